@@ -1,0 +1,372 @@
+"""RFC 9162 (Certificate Transparency v2) Merkle trees: roots, proofs and their verification.
+
+CONSENSUS-CRITICAL. Every receipt ever issued commits to hashes computed here. A change to how a
+leaf or node is hashed, or to the tree's shape, invalidates all of them. Change nothing here
+without a new hash-scheme name.
+
+The rules (RFC 9162 section 2.1.1):
+
+* ``leaf_hash(d)      = H(0x00 || d)``
+* ``node_hash(l, r)   = H(0x01 || l || r)``
+* the root of ``n > 1`` leaves splits them at ``k``, the largest power of two smaller than ``n``:
+  ``MTH(D[n]) = H(0x01 || MTH(D[0:k]) || MTH(D[k:n]))``; ``MTH([]) = H(b"")``.
+
+Building (``root``, ``inclusion_proof``, ``consistency_proof``) is kept apart from checking
+(``verify_*``): a verifier recomputes a root from the proof and compares, and states what it
+expected and what it computed when they differ. The hash function sits behind :class:`Hasher`
+so that SM3 (GB/T 32905) trees use the same code as SHA-256 ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cryptography.hazmat.primitives import hashes
+
+from anchor.errors import ProofError
+
+__all__ = [
+    "HASHERS",
+    "SHA256",
+    "SM3",
+    "Hasher",
+    "ProofError",
+    "Rfc9162Hasher",
+    "consistency_proof",
+    "get_hasher",
+    "inclusion_proof",
+    "inclusion_proofs",
+    "leaf_hash",
+    "node_hash",
+    "root",
+    "root_from_consistency_proof",
+    "root_from_inclusion_proof",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
+# A proof longer than this cannot belong to a tree of fewer than 2**64 leaves.
+MAX_PROOF_LENGTH = 64
+
+
+class Hasher(Protocol):
+    """The tiny interface a tree needs from its hash function (after transparency-dev's LogHasher)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def digest_size(self) -> int: ...
+
+    def empty_root(self) -> bytes: ...
+
+    def hash_leaf(self, data: bytes) -> bytes: ...
+
+    def hash_children(self, left: bytes, right: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rfc9162Hasher:
+    """RFC 9162 domain-separated hashing over any 32-byte hash function."""
+
+    name: str
+    digest: Callable[[bytes], bytes]
+    digest_size: int = 32
+
+    def empty_root(self) -> bytes:
+        return self.digest(b"")
+
+    def hash_leaf(self, data: bytes) -> bytes:
+        return self.digest(LEAF_PREFIX + data)
+
+    def hash_children(self, left: bytes, right: bytes) -> bytes:
+        return self.digest(NODE_PREFIX + left + right)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _sm3(data: bytes) -> bytes:
+    # cryptography's OpenSSL build always carries SM3; hashlib's depends on the system OpenSSL.
+    h = hashes.Hash(hashes.SM3())
+    h.update(data)
+    return h.finalize()
+
+
+SHA256 = Rfc9162Hasher("rfc9162-sha256", _sha256)
+"""The default scheme: RFC 9162 with SHA-256."""
+
+SM3 = Rfc9162Hasher("rfc9162-sm3", _sm3)
+"""RFC 9162 tree shape and prefixes with SM3 (GB/T 32905), for national-crypto deployments."""
+
+HASHERS: dict[str, Hasher] = {SHA256.name: SHA256, SM3.name: SM3}
+
+
+def get_hasher(name: str) -> Hasher:
+    """Return the hash scheme called ``name``; raises ``ProofError`` (``unknown_hash_scheme``)."""
+    try:
+        return HASHERS[name]
+    except KeyError:
+        raise ProofError(
+            f"unknown hash scheme {name!r}; known: {', '.join(sorted(HASHERS))}",
+            reason="unknown_hash_scheme",
+        ) from None
+
+
+def leaf_hash(data: bytes, *, hasher: Hasher = SHA256) -> bytes:
+    """``H(0x00 || data)``: the hash of one leaf (RFC 9162 section 2.1.1)."""
+    return hasher.hash_leaf(data)
+
+
+def node_hash(left: bytes, right: bytes, *, hasher: Hasher = SHA256) -> bytes:
+    """``H(0x01 || left || right)``: the hash of an interior node."""
+    return hasher.hash_children(left, right)
+
+
+def _next_level(level: Sequence[bytes], hasher: Hasher) -> list[bytes]:
+    # Pairing neighbours and carrying an odd last node up unhashed yields exactly RFC 9162's
+    # "split at the largest power of two" shape, in one linear pass.
+    hash_children = hasher.hash_children
+    paired = [hash_children(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+    if len(level) % 2:
+        paired.append(level[-1])
+    return paired
+
+
+def _levels(leaf_hashes: Sequence[bytes], hasher: Hasher) -> list[Sequence[bytes]]:
+    levels: list[Sequence[bytes]] = [leaf_hashes]
+    while len(levels[-1]) > 1:
+        levels.append(_next_level(levels[-1], hasher))
+    return levels
+
+
+def root(leaf_hashes: Sequence[bytes], *, hasher: Hasher = SHA256) -> bytes:
+    """The Merkle Tree Hash of the given leaf hashes; ``root([]) == H(b"")``. Linear time."""
+    if not leaf_hashes:
+        return hasher.empty_root()
+    level: Sequence[bytes] = leaf_hashes
+    while len(level) > 1:
+        level = _next_level(level, hasher)
+    return level[0]
+
+
+def _path_from_levels(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    path = []
+    for level in levels[:-1]:
+        sibling = index ^ 1
+        # No sibling means this node is carried up unhashed: no proof element at this level.
+        if sibling < len(level):
+            path.append(level[sibling])
+        index >>= 1
+    return path
+
+
+def inclusion_proof(
+    leaf_hashes: Sequence[bytes], index: int, *, hasher: Hasher = SHA256
+) -> list[bytes]:
+    """The RFC 9162 audit path for the leaf at ``index`` (section 2.1.3.1), bottom-up.
+
+    Raises ``ProofError`` when ``index`` is not in ``[0, len(leaf_hashes))``.
+    """
+    if not 0 <= index < len(leaf_hashes):
+        raise ProofError(f"index {index} is outside a tree of size {len(leaf_hashes)}")
+    return _path_from_levels(_levels(leaf_hashes, hasher), index)
+
+
+def inclusion_proofs(leaf_hashes: Sequence[bytes], *, hasher: Hasher = SHA256) -> list[list[bytes]]:
+    """Audit paths for every leaf at once: O(n log n), where n calls to ``inclusion_proof`` are O(n^2)."""
+    levels = _levels(leaf_hashes, hasher)
+    return [_path_from_levels(levels, i) for i in range(len(leaf_hashes))]
+
+
+def _largest_power_of_two_below(n: int) -> int:
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def _subproof(
+    old_size: int, leaves: Sequence[bytes], complete: bool, hasher: Hasher
+) -> list[bytes]:
+    # RFC 9162 section 2.1.4.1, SUBPROOF(m, D[n], b).
+    n = len(leaves)
+    if old_size == n:
+        return [] if complete else [root(leaves, hasher=hasher)]
+    k = _largest_power_of_two_below(n)
+    if old_size <= k:
+        return [*_subproof(old_size, leaves[:k], complete, hasher), root(leaves[k:], hasher=hasher)]
+    return [*_subproof(old_size - k, leaves[k:], False, hasher), root(leaves[:k], hasher=hasher)]
+
+
+def consistency_proof(
+    leaf_hashes: Sequence[bytes], old_size: int, *, hasher: Hasher = SHA256
+) -> list[bytes]:
+    """The RFC 9162 consistency proof from the tree's first ``old_size`` leaves to all of them.
+
+    The proof is empty when ``old_size`` is 0 or equals the size. Raises ``ProofError`` when
+    ``old_size`` is negative or larger than the tree.
+    """
+    new_size = len(leaf_hashes)
+    if not 0 <= old_size <= new_size:
+        raise ProofError(f"old size {old_size} is outside [0, {new_size}]")
+    if old_size in (0, new_size):
+        return []
+    return _subproof(old_size, leaf_hashes, True, hasher)
+
+
+def _check_hash(value: bytes, what: str, hasher: Hasher) -> None:
+    if not isinstance(value, bytes | bytearray) or len(value) != hasher.digest_size:
+        size = len(value) if isinstance(value, bytes | bytearray) else type(value).__name__
+        raise ProofError(f"{what} must be {hasher.digest_size} bytes, got {size}")
+
+
+def _check_proof(proof: Sequence[bytes], hasher: Hasher) -> None:
+    if len(proof) > MAX_PROOF_LENGTH:
+        raise ProofError(f"proof has {len(proof)} hashes, more than any tree needs")
+    for i, p in enumerate(proof):
+        _check_hash(p, f"proof[{i}]", hasher)
+
+
+def _mismatch(what: str, expected: bytes, calculated: bytes) -> ProofError:
+    return ProofError(
+        f"{what} mismatch: expected {expected.hex()}, calculated {calculated.hex()}",
+        reason="root_mismatch",
+    )
+
+
+def root_from_inclusion_proof(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes], *, hasher: Hasher = SHA256
+) -> bytes:
+    """The root that ``proof`` leads to from ``leaf`` at ``index`` (RFC 9162 section 2.1.3.2).
+
+    Requires ``0 <= index < size``, 32-byte hashes and a proof of exactly the right length;
+    raises ``ProofError`` otherwise.
+    """
+    if not 0 <= index < size:
+        raise ProofError(f"index {index} is outside a tree of size {size}")
+    _check_hash(leaf, "leaf hash", hasher)
+    _check_proof(proof, hasher)
+    # Steps 1-5 of RFC 9162 section 2.1.3.2, with fn/sn as the RFC names them.
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            raise ProofError(f"inclusion proof is too long ({len(proof)} hashes)")
+        if fn & 1 or fn == sn:
+            r = hasher.hash_children(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = hasher.hash_children(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError(f"inclusion proof is too short ({len(proof)} hashes)")
+    return r
+
+
+def verify_inclusion(
+    leaf_hash: bytes,
+    index: int,
+    size: int,
+    proof: Sequence[bytes],
+    root: bytes,
+    *,
+    hasher: Hasher = SHA256,
+) -> None:
+    """Check that ``leaf_hash`` is leaf ``index`` of the ``size``-leaf tree with ``root``.
+
+    Returns None; raises ``ProofError`` (reason ``root_mismatch`` or ``proof_malformed``).
+    """
+    _check_hash(root, "root", hasher)
+    calculated = root_from_inclusion_proof(leaf_hash, index, size, proof, hasher=hasher)
+    if calculated != root:
+        raise _mismatch("inclusion root", root, calculated)
+
+
+def root_from_consistency_proof(
+    old_size: int,
+    new_size: int,
+    proof: Sequence[bytes],
+    old_root: bytes,
+    *,
+    hasher: Hasher = SHA256,
+) -> bytes:
+    """The new root that a consistency proof implies, after checking it reproduces ``old_root``.
+
+    Requires ``0 < old_size < new_size``; raises ``ProofError`` on any malformed proof or when
+    the proof does not lead back to ``old_root``.
+    """
+    if not 0 < old_size < new_size:
+        raise ProofError(f"need 0 < old size < new size, got {old_size} and {new_size}")
+    _check_hash(old_root, "old root", hasher)
+    _check_proof(proof, hasher)
+    if not proof:
+        raise ProofError("empty consistency proof between different sizes")
+    # RFC 9162 section 2.1.4.2, steps 1-7.
+    nodes = list(proof)
+    if old_size & (old_size - 1) == 0:
+        # A power-of-two old tree is a complete subtree; its root is the implicit first node.
+        nodes.insert(0, old_root)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = nodes[0]
+    for c in nodes[1:]:
+        if sn == 0:
+            raise ProofError(f"consistency proof is too long ({len(proof)} hashes)")
+        if fn & 1 or fn == sn:
+            fr = hasher.hash_children(c, fr)
+            sr = hasher.hash_children(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = hasher.hash_children(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError(f"consistency proof is too short ({len(proof)} hashes)")
+    if fr != old_root:
+        raise _mismatch("old root", old_root, fr)
+    return sr
+
+
+def verify_consistency(
+    old_size: int,
+    new_size: int,
+    proof: Sequence[bytes],
+    old_root: bytes,
+    new_root: bytes,
+    *,
+    hasher: Hasher = SHA256,
+) -> None:
+    """Check that the ``old_size`` tree with ``old_root`` is a prefix of the ``new_size`` one.
+
+    An empty old tree is consistent with everything, but only with an empty proof (as in
+    transparency-dev/merkle). Returns None; raises ``ProofError``.
+    """
+    if old_size < 0 or new_size < 0:
+        raise ProofError(f"negative tree size ({old_size}, {new_size})")
+    if old_size > new_size:
+        raise ProofError(f"old size {old_size} is larger than new size {new_size}")
+    _check_hash(old_root, "old root", hasher)
+    _check_hash(new_root, "new root", hasher)
+    if old_size == new_size:
+        if proof:
+            raise ProofError("consistency proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise _mismatch("root", old_root, new_root)
+        return
+    if old_size == 0:
+        if proof:
+            raise ProofError("consistency proof from an empty tree must be empty")
+        return
+    calculated = root_from_consistency_proof(old_size, new_size, proof, old_root, hasher=hasher)
+    if calculated != new_root:
+        raise _mismatch("new root", new_root, calculated)

@@ -1,0 +1,1 @@
+"""Device side of cityanchor: keys, readings, signing and publishing."""

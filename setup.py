@@ -1,0 +1,33 @@
+"""Distribution `cityanchor`: tamper-evident smart-city sensor data anchored on a blockchain."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cityanchor",
+    version="0.1.0",
+    description="Signed smart-city sensor readings, batched into RFC 9162 Merkle trees and anchored on chain",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["anchor", "anchor.*", "devices", "devices.*"]),
+    package_data={"anchor": ["py.typed", "schemas/*.json"], "devices": ["py.typed"]},
+    install_requires=[
+        "cryptography>=42,<51",
+        "cbor2>=5.6,<7",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "hypothesis>=6.100,<7",
+            "jsonschema>=4.20,<5",
+            # Independent implementations used only as test oracles.
+            "pycose>=1.1,<2",
+            "joserfc>=1.0,<2",
+            "PyJWT>=2.8,<3",
+            "ruff>=0.5,<1",
+            "mypy>=1.10,<3",
+        ],
+    },
+    entry_points={"console_scripts": ["cityanchor=anchor.cli:main"]},
+)
