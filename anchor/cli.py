@@ -1,0 +1,266 @@
+"""The ``cityanchor`` command.
+
+One entry point with subcommands; ``main(argv)`` is callable from tests and returns the exit
+code. AnchorError is turned into a message and an exit code in one place, :func:`main`.
+
+Exit codes: 0 success (``verify``: every receipt valid), 1 failure (``verify``: any receipt
+invalid), 2 usage error (bad flags, unreadable input files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anchor import __version__
+from anchor.errors import AnchorError, UsageError
+
+__all__ = ["main"]
+
+log = logging.getLogger("anchor")
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+# ---------------------------------------------------------------------------------------- keygen
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.operator:
+        from anchor.checkpoint import generate_note_key
+        from anchor.files import write_private_file, write_public_file
+
+        signer = generate_note_key(args.name)
+        skey_path = write_private_file(out / "operator.skey", (signer.skey() + "\n").encode())
+        vkey_path = write_public_file(out / "operator.vkey", (signer.verifier.vkey() + "\n").encode())
+        print(f"operator note key {args.name!r}")
+        print(f"  private: {skey_path} (mode 0600; keep it secret)")
+        print(f"  public:  {vkey_path}  {signer.verifier.vkey()}")
+        return EXIT_OK
+    if not args.device_id:
+        raise UsageError("keygen needs --device-id (or --operator)")
+    from devices.keystore import generate_device_key
+
+    files = generate_device_key(out, args.device_id, key_type=args.type)
+    print(f"device key for {args.device_id} ({args.type})")
+    print(f"  private: {files.private_pem} (mode 0600)")
+    print(f"  public:  {files.public_jwk}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ sign
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from devices.keystore import load_private_key
+    from devices.signer import DeviceSigner
+
+    try:
+        values = json.loads(args.values)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--values is not JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise UsageError("--values must be a JSON object")
+    key = load_private_key(Path(args.key))
+    state = Path(args.state) if args.state else Path(str(args.key) + f".{args.device_id}.state.json")
+    signer = DeviceSigner.open(args.device_id, key, state_path=state, format=args.format)
+    envelope = signer.sign(args.kind, values, ts_ms=args.ts)
+    if args.out == "-":
+        if args.format != "jws":
+            raise UsageError("a COSE envelope is binary: give --out FILE")
+        sys.stdout.write(envelope.decode("ascii") + "\n")
+    else:
+        Path(args.out).write_bytes(envelope)
+        print(f"signed {args.device_id} seq {signer.seq} ({args.format}, {len(envelope)} bytes) -> {args.out}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------- verify
+def _load_device_keys(paths: Sequence[str]) -> list[Any]:
+    from anchor.keys import PublicKey
+
+    keys = []
+    for path in paths:
+        raw = _read_bytes(path, "device key")
+        try:
+            jwk = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"device key {path} is not a JWK (JSON): {exc}") from exc
+        if isinstance(jwk, dict) and "version" in jwk and "reading" in jwk:
+            raise UsageError(f"{path} is a receipt, not a key: put receipts before --device-key")
+        try:
+            keys.append(PublicKey.from_jwk(jwk))
+        except AnchorError as exc:
+            raise UsageError(f"device key {path}: {exc.detail}") from exc
+    return keys
+
+
+def _load_log_keys(paths: Sequence[str]) -> list[Any]:
+    from anchor.checkpoint import NoteVerifier
+
+    verifiers = []
+    for path in paths:
+        text = _read_bytes(path, "log key").decode("utf-8", "replace").strip()
+        try:
+            verifiers.append(NoteVerifier.from_vkey(text))
+        except AnchorError as exc:
+            raise UsageError(f"log key {path}: {exc.detail}") from exc
+    return verifiers
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from anchor.receipt import loads_receipt
+    from anchor.verify import Check, ReceiptReport, verify_receipt
+
+    device_keys = _load_device_keys(args.device_key)
+    log_keys = _load_log_keys(args.log_key)
+    if args.rpc:
+        log.warning("--rpc: on-chain anchor checks arrive with the EVM backend; anchors are skipped")
+    results: list[tuple[str, ReceiptReport]] = []
+    for path in args.receipts:
+        raw = _read_bytes(path, "receipt")
+        try:
+            receipt = loads_receipt(raw)
+        except AnchorError as exc:
+            bad = Check("receipt", "fail", exc.detail, exc.reason)
+            results.append((path, ReceiptReport("?", 0, (bad,))))
+            continue
+        report = verify_receipt(receipt, device_keys=device_keys, log_verifiers=log_keys)
+        results.append((path, report))
+    if args.json:
+        doc = [{"file": path, **report.to_dict()} for path, report in results]
+        print(json.dumps(doc, indent=2))
+    else:
+        for path, report in results:
+            verdict = "VALID" if report.valid else "INVALID"
+            if report.valid and not report.fully_verified:
+                verdict += " (some checks skipped)"
+            print(f"{path}: {verdict}")
+            for c in report.checks:
+                tag = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}[c.status]
+                reason = f" [{c.reason}]" if c.reason else ""
+                if args.quiet and c.status == "pass":
+                    continue
+                print(f"  {tag} {c.name:<21}{reason} {c.detail}")
+        bad = sum(1 for _, r in results if not r.valid)
+        print(f"{len(results) - bad} of {len(results)} receipts valid")
+    return EXIT_OK if all(r.valid for _, r in results) else EXIT_INVALID
+
+
+# ---------------------------------------------------------------------------------------- export
+def _cmd_export(args: argparse.Namespace) -> int:
+    from anchor.chainpoint import chainpoint_proofs
+
+    if not args.chainpoint:
+        raise UsageError("choose an export format: --chainpoint")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for path in args.batches:
+        try:
+            batch = json.loads(_read_bytes(path, "batch file"))
+            leaves = [bytes.fromhex(h) for h in batch["leaf_hashes"]]
+            batch_id, rfc_root = int(batch["id"]), bytes.fromhex(batch["root"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{path} is not a batch file (id, root, leaf_hashes): {exc}") from exc
+        docs = chainpoint_proofs(leaves, batch_id=batch_id, rfc9162_root=rfc_root)
+        target = out / f"batch-{batch_id}.chainpoint.json"
+        target.write_text(json.dumps(docs, indent=2) + "\n")
+        count += len(docs)
+        print(f"batch {batch_id}: {len(docs)} Chainpoint v2 proofs -> {target}")
+    print(f"{count} proofs exported")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from anchor.demo import run_offline_demo
+
+    return run_offline_demo(Path(args.out), readings=args.readings, batch_size=args.batch_size)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cityanchor",
+        description="Tamper-evident smart-city sensor data: signed readings, Merkle receipts, anchors.",
+    )
+    parser.add_argument("--version", action="version", version=f"cityanchor {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="generate a device key or the operator's checkpoint key")
+    p.add_argument("--device-id", help="device id ([A-Za-z0-9._-]{1,64})")
+    p.add_argument("--type", choices=("Ed25519", "P-256"), default="Ed25519", help="device key type")
+    p.add_argument("--operator", action="store_true", help="generate the operator's note key")
+    p.add_argument("--name", default="cityanchor.example/log", help="operator key/log name")
+    p.add_argument("--out", default=".", help="directory for the key files")
+    p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("sign", help="sign one reading as a device")
+    p.add_argument("--key", required=True, help="device private key (PEM)")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--kind", required=True, help="e.g. iot.air_quality, 5g.cell_kpi")
+    p.add_argument("--values", required=True, help='JSON object, e.g. \'{"pm2_5": 12.5}\'')
+    p.add_argument("--ts", type=int, default=None, help="device time in ms (default: now)")
+    p.add_argument("--format", choices=("cose-sign1", "jws"), default="cose-sign1")
+    p.add_argument("--state", help="seq/prev state file (default: next to the key)")
+    p.add_argument("--out", default="-", help="envelope output file ('-': stdout, JWS only)")
+    p.set_defaults(func=_cmd_sign)
+
+    p = sub.add_parser("verify", help="verify receipts offline (and on chain with --rpc)")
+    p.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt JSON files")
+    # nargs="+" with extend lets a shell glob (--device-key devices/*.jwk) work as well as
+    # repeated flags; receipts therefore go before the key flags.
+    p.add_argument("--device-key", action="extend", nargs="+", default=[], metavar="JWK_FILE",
+                   help="trusted device public keys (JWK files); repeatable, globs welcome")
+    p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE",
+                   help="the operator's checkpoint verifier key (C2SP note vkey); repeatable")
+    p.add_argument("--rpc", metavar="URL", help="JSON-RPC endpoint of the anchoring chain")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only failed or skipped checks")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("export", help="export proofs in other formats")
+    p.add_argument("batches", nargs="+", metavar="BATCH_FILE", help="batch JSON files")
+    p.add_argument("--chainpoint", action="store_true", help="Chainpoint v2 proofs (merkletools)")
+    p.add_argument("--out", default="chainpoint", help="output directory")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("demo", help="run the offline end-to-end demo")
+    p.add_argument("--out", default="demo-output", help="output directory")
+    p.add_argument("--readings", type=int, default=300, help="readings to sign")
+    p.add_argument("--batch-size", type=int, default=64, help="readings per batch")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (argparse itself exits 2 on bad flags)."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
+    try:
+        code: int = args.func(args)
+    except UsageError as exc:
+        print(f"cityanchor: error: {exc.detail}", file=sys.stderr)
+        return EXIT_USAGE
+    except AnchorError as exc:
+        print(f"cityanchor: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

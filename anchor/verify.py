@@ -1,0 +1,245 @@
+"""Receipt verification: every check a city app or auditor runs, without trusting the operator.
+
+CONSENSUS-CRITICAL: this is what "valid" means for a ``cityanchor/receipt/v1`` document.
+Pure (no I/O). On-chain checks are supplied by the caller as an :data:`AnchorChecker`, so the
+offline verifier and the network one share every other step.
+
+The checks, in order (DESIGN.md "Receipt"):
+
+1. ``envelope``   the envelope parses (bounded) and names the receipt's device_id, seq, format;
+2. ``signature``  the envelope's signature verifies with a device key the verifier trusts;
+3. ``leaf_hash``  ``H(0x00 || envelope)`` equals ``leaf_hash``;
+4. ``batch_path`` ``leaf_hash`` is leaf ``batch.index`` of the ``batch.size`` tree with ``batch.root``;
+5. ``log_path``   ``H(0x00 || batch.root)`` is leaf ``log.index`` of the log with ``log.root``;
+6. ``checkpoint`` the signed note names exactly ``log.size`` and ``log.root``;
+7. ``checkpoint_signature`` the note is signed by the operator key the verifier trusts;
+8. ``anchors``    each anchor holds ``log.root`` on chain (needs a chain endpoint).
+
+A check the verifier cannot run (no device key, no log key, no chain endpoint) is ``skip``,
+never ``pass``; a receipt is valid when no check failed, and *fully* verified when none was
+skipped either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from anchor import merkle
+from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
+from anchor.envelope import Envelope, parse_envelope, verify_envelope
+from anchor.errors import AnchorError
+from anchor.keys import PublicKey
+from anchor.receipt import Receipt
+
+__all__ = [
+    "CHECK_NAMES",
+    "AnchorChecker",
+    "Check",
+    "ReceiptReport",
+    "verify_receipt",
+]
+
+CHECK_NAMES = (
+    "envelope",
+    "signature",
+    "leaf_hash",
+    "batch_path",
+    "log_path",
+    "checkpoint",
+    "checkpoint_signature",
+    "anchors",
+)
+
+Status = Literal["pass", "fail", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """The outcome of one named check; ``reason`` is the AnchorError code when it failed."""
+
+    name: str
+    status: Status
+    detail: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "status": self.status, "reason": self.reason, "detail": self.detail}
+
+
+AnchorChecker = Callable[[Receipt], Sequence[Check]]
+"""Checks a receipt's anchors on chain; returns ``anchors`` checks (one per anchor)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptReport:
+    """All checks of one receipt."""
+
+    device_id: str
+    seq: int
+    checks: tuple[Check, ...]
+
+    @property
+    def valid(self) -> bool:
+        """No check failed (skipped checks allowed)."""
+        return all(c.status != "fail" for c in self.checks)
+
+    @property
+    def fully_verified(self) -> bool:
+        """Every check ran and passed."""
+        return all(c.status == "pass" for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.status == "fail")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "device_id": self.device_id,
+            "seq": self.seq,
+            "valid": self.valid,
+            "fully_verified": self.fully_verified,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def _fail(name: str, exc: AnchorError) -> Check:
+    return Check(name, "fail", exc.detail, exc.reason)
+
+
+def _hasher_of(receipt: Receipt) -> merkle.Hasher:
+    scheme = receipt.extra.get("hash_scheme", merkle.SHA256.name)
+    return merkle.get_hasher(str(scheme))
+
+
+def _check_envelope(receipt: Receipt) -> tuple[Check, Envelope | None]:
+    try:
+        envelope = parse_envelope(receipt.envelope)
+    except AnchorError as exc:
+        return _fail("envelope", exc), None
+    r = envelope.reading
+    mismatches = [
+        f"{field}: receipt says {claimed!r}, envelope says {actual!r}"
+        for field, claimed, actual in (
+            ("device_id", receipt.device_id, r.device_id),
+            ("seq", receipt.seq, r.seq),
+            ("format", receipt.format, envelope.format),
+        )
+        if claimed != actual
+    ]
+    if mismatches:
+        return Check("envelope", "fail", "; ".join(mismatches), "receipt_mismatch"), envelope
+    return Check("envelope", "pass", f"{envelope.format} {envelope.alg}, kind {r.kind}"), envelope
+
+
+def _check_signature(envelope: Envelope | None, device_keys: Mapping[bytes, PublicKey]) -> Check:
+    if envelope is None:
+        return Check("signature", "skip", "envelope did not parse")
+    if not device_keys:
+        return Check("signature", "skip", "no device key given (--device-key)")
+    key = device_keys.get(envelope.kid)
+    if key is None:
+        return Check(
+            "signature",
+            "fail",
+            f"no trusted device key has kid {envelope.kid.hex()}",
+            "unknown_kid",
+        )
+    try:
+        verify_envelope(envelope, key)
+    except AnchorError as exc:
+        return _fail("signature", exc)
+    return Check("signature", "pass", f"{envelope.alg} signature by kid {envelope.kid.hex()[:16]}…")
+
+
+def _check_proofs(receipt: Receipt, hasher: merkle.Hasher) -> list[Check]:
+    checks = []
+    computed_leaf = merkle.leaf_hash(receipt.envelope, hasher=hasher)
+    if computed_leaf == receipt.leaf_hash:
+        checks.append(Check("leaf_hash", "pass", computed_leaf.hex()))
+    else:
+        checks.append(
+            Check(
+                "leaf_hash",
+                "fail",
+                f"expected {receipt.leaf_hash.hex()}, calculated {computed_leaf.hex()}",
+                "leaf_mismatch",
+            )
+        )
+    b = receipt.batch
+    try:
+        merkle.verify_inclusion(computed_leaf, b.index, b.size, b.path, b.root, hasher=hasher)
+        checks.append(Check("batch_path", "pass", f"leaf {b.index} of {b.size} in batch {b.id}"))
+    except AnchorError as exc:
+        checks.append(_fail("batch_path", exc))
+    lg = receipt.log
+    try:
+        log_leaf = merkle.leaf_hash(b.root, hasher=hasher)
+        merkle.verify_inclusion(log_leaf, lg.index, lg.size, lg.path, lg.root, hasher=hasher)
+        checks.append(Check("log_path", "pass", f"batch root at {lg.index} of {lg.size} in the log"))
+    except AnchorError as exc:
+        checks.append(_fail("log_path", exc))
+    return checks
+
+
+def _check_checkpoint(receipt: Receipt, log_verifiers: Sequence[NoteVerifier]) -> list[Check]:
+    try:
+        checkpoint = parse_checkpoint_unverified(receipt.checkpoint)
+    except AnchorError as exc:
+        return [_fail("checkpoint", exc), Check("checkpoint_signature", "skip", "unparseable")]
+    lg = receipt.log
+    if (checkpoint.size, checkpoint.root) != (lg.size, lg.root):
+        structural = Check(
+            "checkpoint",
+            "fail",
+            f"checkpoint names size {checkpoint.size} root {checkpoint.root.hex()}, "
+            f"receipt's log has size {lg.size} root {lg.root.hex()}",
+            "checkpoint_mismatch",
+        )
+    else:
+        structural = Check("checkpoint", "pass", f"{checkpoint.origin!r} at size {checkpoint.size}")
+    if not log_verifiers:
+        return [structural, Check("checkpoint_signature", "skip", "no log key given (--log-key)")]
+    errors: list[AnchorError] = []
+    for verifier in log_verifiers:
+        try:
+            open_checkpoint(receipt.checkpoint, verifier)
+        except AnchorError as exc:
+            errors.append(exc)
+            continue
+        return [structural, Check("checkpoint_signature", "pass", f"signed by {verifier.name}")]
+    return [structural, _fail("checkpoint_signature", errors[-1])]
+
+
+def verify_receipt(
+    receipt: Receipt,
+    *,
+    device_keys: Sequence[PublicKey] = (),
+    log_verifiers: Sequence[NoteVerifier] = (),
+    anchor_checker: AnchorChecker | None = None,
+) -> ReceiptReport:
+    """Run every check on ``receipt`` and report each one; never raises for a bad receipt.
+
+    ``device_keys`` and ``log_verifiers`` are the keys the caller trusts; signature checks
+    without them are skipped. ``anchor_checker`` looks the anchors up on chain.
+    """
+    checks: list[Check] = []
+    try:
+        hasher = _hasher_of(receipt)
+    except AnchorError as exc:
+        return ReceiptReport(receipt.device_id, receipt.seq, (_fail("envelope", exc),))
+    envelope_check, envelope = _check_envelope(receipt)
+    checks.append(envelope_check)
+    checks.append(_check_signature(envelope, {k.kid: k for k in device_keys}))
+    checks.extend(_check_proofs(receipt, hasher))
+    checks.extend(_check_checkpoint(receipt, log_verifiers))
+    if not receipt.anchors:
+        checks.append(Check("anchors", "skip", f"status {receipt.status}: not anchored yet"))
+    elif anchor_checker is None:
+        checks.append(
+            Check("anchors", "skip", f"{len(receipt.anchors)} anchor(s) not checked: no chain endpoint")
+        )
+    else:
+        checks.extend(anchor_checker(receipt))
+    return ReceiptReport(receipt.device_id, receipt.seq, tuple(checks))
