@@ -19,8 +19,8 @@ the same in every run; the per-reading noise comes from the caller's seeded ``ra
 Example::
 
     rng = random.Random(7)
-    values = generate_values(rng, "5g.cell_kpi", "gnb-0042", 1_700_000_000_000)
-    # {'source': 'ue', 'cell_id': '0a1b2c3d4', 'slice': '1-000001', 'rsrp_dbm': -97, ...}
+    values = generate_values("5g.cell_kpi", rng, ts_ms=1_700_000_000_000, device_id="gnb-0042")
+    # {'source': 'ue', 'cell_id': 'bba0d4001', 'slice': '2-000001', 'rsrp_dbm': -99, ...}
 """
 
 from __future__ import annotations
@@ -339,27 +339,29 @@ _SIMPLE: Mapping[str, _Simple] = {
 
 
 def generate_values(
-    rng: random.Random,
     kind: str,
-    device_id: str,
-    ts_ms: int,
+    rng: random.Random,
     *,
+    ts_ms: int,
+    device_id: str = "",
     utc_offset_min: int = 0,
 ) -> dict[str, Value]:
     """One plausible ``values`` map for a ``kind`` reading by ``device_id`` at ``ts_ms``.
 
     ``ts_ms`` is milliseconds since the Unix epoch and ``utc_offset_min`` shifts it to the
-    city's local time, which drives the daily patterns. The result depends only on the
-    arguments and the state of ``rng``, which it advances. Raises ``ValueError`` for a kind not
-    in :data:`KINDS`.
+    city's local time, which drives the daily patterns. ``device_id`` picks the device's fixed
+    profile (site, road, slice, ...); the empty default is one generic device. The result depends
+    only on the arguments and the state of ``rng``, which it advances. Raises ``ValueError`` for
+    a kind not in :data:`KINDS`.
     """
+    clock = _clock(ts_ms, utc_offset_min)
     if kind == "iot.energy_meter":
-        return _energy_meter(rng, device_id, _clock(ts_ms, utc_offset_min), ts_ms, utc_offset_min)
+        return _energy_meter(rng, device_id, clock, ts_ms, utc_offset_min)
     try:
         make = _SIMPLE[kind]
     except KeyError:
         raise ValueError(f"unknown reading kind {kind!r}; known: {', '.join(KINDS)}") from None
-    return make(rng, device_id, _clock(ts_ms, utc_offset_min))
+    return make(rng, device_id, clock)
 
 
 class ReadingGenerator:
@@ -378,5 +380,5 @@ class ReadingGenerator:
     def values(self, kind: str, device_id: str, ts_ms: int) -> dict[str, Value]:
         """See :func:`generate_values`."""
         return generate_values(
-            self._rng, kind, device_id, ts_ms, utc_offset_min=self.utc_offset_min
+            kind, self._rng, ts_ms=ts_ms, device_id=device_id, utc_offset_min=self.utc_offset_min
         )

@@ -1,0 +1,580 @@
+"""The ``cityanchor/receipt/v1`` document: everything needed to verify one reading offline.
+
+CONSENSUS-CRITICAL. Receipts are handed to city applications and auditors and kept by them for
+years; DESIGN.md "Receipt" is a byte-exact contract. A change to a field's name, encoding or
+meaning here breaks receipts already issued, so anything new goes in as an extra field or under
+a new version string.
+
+The JSON shape (DESIGN.md "Receipt"; JSON Schema in ``docs/receipt-v1.schema.json``, packaged as
+``anchor/schemas/receipt-v1.schema.json``)::
+
+    {
+      "version": "cityanchor/receipt/v1",
+      "reading": {"device_id", "seq", "format": "cose-sign1" | "jws",
+                  "envelope": base64url without padding (RFC 4648 section 5)},
+      "leaf_hash": hex,
+      "batch": {"id", "size", "index", "root": hex, "path": [hex, ...]},
+      "log": {"index", "size", "root": hex, "path": [hex, ...]},
+      "checkpoint": the C2SP signed checkpoint note,
+      "anchors": [{"chain_id", "contract": "0x"+40 hex, "tx_hash": "0x"+64 hex,
+                   "block_number", "block_time": RFC 3339}],
+      "status": "sealed" | "anchored" | "erased"
+    }
+
+Every hash is 64 lowercase hex digits (32 bytes); every integer is a JSON integer in
+``[0, 2**64)`` (``seq`` and sizes from 1); the envelope is base64url without padding, in its
+canonical spelling. ``contract`` may be EIP-55 mixed case (kept verbatim; its checksum needs
+Keccak-256, which this module does not carry). ``status`` "anchored" needs at least one anchor.
+
+Forward compatibility ("Extra fields may be added; these keep their meaning"): unknown top-level
+fields are kept in :attr:`Receipt.extra` and written back after the known ones; unknown fields
+inside ``reading``, ``batch``, ``log`` and anchors are ignored.
+
+This module checks structure only. Whether the paths lead to the roots, the checkpoint is
+signed and the chain holds the root is :mod:`anchor.verify`'s job; in particular ``checkpoint``
+is only required to be a non-empty string here, so that a verifier can report a bad checkpoint
+as its own failed check.
+
+Errors are :class:`~anchor.errors.ReceiptError` whose message starts with the JSON path of the
+offending field (``batch.path[2]: not 64 lowercase hex chars``) and whose ``reason`` is one of:
+
+``receipt_malformed``
+    Not JSON, duplicate keys, NaN, a missing or ill-typed field, a bad encoding or range.
+``receipt_version_unsupported``
+    ``version`` is a string other than ``cityanchor/receipt/v1`` (a newer receipt, say).
+``receipt_too_large``
+    The JSON text is over :data:`MAX_RECEIPT_SIZE` bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+from anchor.errors import ReceiptError
+from anchor.merkle import MAX_PROOF_LENGTH
+
+__all__ = [
+    "FORMATS",
+    "MAX_ANCHORS",
+    "MAX_RECEIPT_SIZE",
+    "RECEIPT_VERSION",
+    "STATUSES",
+    "AnchorRecord",
+    "BatchProof",
+    "LogProof",
+    "Receipt",
+    "ReceiptError",
+    "dumps_receipt",
+    "loads_receipt",
+    "receipt_from_dict",
+    "receipt_to_dict",
+]
+
+RECEIPT_VERSION = "cityanchor/receipt/v1"
+STATUSES = ("sealed", "anchored", "erased")
+"""Receipt states: in a sealed batch and the log; anchored on a chain; reading erased."""
+FORMATS = ("cose-sign1", "jws")
+"""Envelope formats (DESIGN.md "Envelope wire format"), as ``anchor.envelope`` names them."""
+
+MAX_RECEIPT_SIZE = 1 << 20
+"""Largest receipt JSON accepted, in UTF-8 bytes."""
+MAX_ANCHORS = 16
+"""Most anchor records in one receipt (dual anchoring needs two)."""
+MAX_UINT64 = (1 << 64) - 1
+# Bounds a hostile extra field; far deeper than any honest one.
+MAX_EXTRA_DEPTH = 32
+
+HASH_SIZE = 32
+_TOP_KEYS = (
+    "version",
+    "reading",
+    "leaf_hash",
+    "batch",
+    "log",
+    "checkpoint",
+    "anchors",
+    "status",
+)
+_ANCHOR_KEYS = ("chain_id", "contract", "tx_hash", "block_number", "block_time")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+_CONTRACT = re.compile(r"0x[0-9a-fA-F]{40}")
+_TX_HASH = re.compile(r"0x[0-9a-f]{64}")
+# RFC 3339 section 5.6 date-time, with the upper-case "T" and "Z" that every producer writes.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
+    r"(Z|[+-]([0-9]{2}):([0-9]{2}))"
+)
+
+
+def _fail(path: str, message: str, reason: str = "receipt_malformed") -> NoReturn:
+    raise ReceiptError(f"{path}: {message}", reason=reason)
+
+
+def _type_name(value: object) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        type(None): "null",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
+
+
+def _uint(value: object, path: str, low: int = 0) -> int:
+    # bool is an int subclass in Python, and JSON true must not pass for 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        _fail(path, f"expected an integer, got {_type_name(value)}")
+    if not low <= value <= MAX_UINT64:
+        _fail(path, f"{value} is outside [{low}, 2**64-1]")
+    return value
+
+
+def _text(value: object, path: str) -> str:
+    if not isinstance(value, str):
+        _fail(path, f"expected a string, got {_type_name(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        _fail(path, "contains a lone surrogate (not UTF-8)")
+    return value
+
+
+def _hash(value: object, path: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
+        _fail(path, f"expected {HASH_SIZE} bytes")
+    return value
+
+
+def _hashes(value: object, path: str) -> tuple[bytes, ...]:
+    if isinstance(value, bytes | str) or not isinstance(value, Sequence):
+        _fail(path, "expected a sequence of hashes")
+    if len(value) > MAX_PROOF_LENGTH:
+        _fail(path, f"{len(value)} hashes, more than any tree of 2**64 leaves needs")
+    return tuple(_hash(h, f"{path}[{i}]") for i, h in enumerate(value))
+
+
+def _check_anchor(fields: Mapping[str, object], path: str) -> None:
+    """Check the five anchor fields, named by JSON key, reporting under ``path``."""
+    _uint(fields["chain_id"], f"{path}.chain_id", 1)
+    if _CONTRACT.fullmatch(_text(fields["contract"], f"{path}.contract")) is None:
+        _fail(f"{path}.contract", "not '0x' followed by 40 hex digits")
+    if _TX_HASH.fullmatch(_text(fields["tx_hash"], f"{path}.tx_hash")) is None:
+        _fail(f"{path}.tx_hash", "not '0x' followed by 64 lowercase hex digits")
+    _uint(fields["block_number"], f"{path}.block_number")
+    block_time = _text(fields["block_time"], f"{path}.block_time")
+    _rfc3339(block_time, f"{path}.block_time")
+
+
+def _rfc3339(value: str, path: str) -> None:
+    m = _RFC3339.fullmatch(value)
+    if m is None:
+        _fail(path, f"{value!r} is not an RFC 3339 date-time like 2026-01-31T12:00:00Z")
+    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+    try:
+        dt.datetime(year, month, day, hour, minute, second)
+    except ValueError as exc:
+        _fail(path, f"{value!r} is not a real date and time ({exc})")
+    if m.group(9) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
+        _fail(path, f"{value!r} has an impossible UTC offset")
+
+
+def _check_extra_value(value: object, path: str, depth: int) -> None:
+    # Extra fields must survive a JSON round trip unchanged, so only JSON's own types pass.
+    if depth > MAX_EXTRA_DEPTH:
+        _fail(path, f"nests deeper than {MAX_EXTRA_DEPTH}")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            _fail(path, "NaN and infinities are not JSON")
+        return
+    if isinstance(value, str):
+        _text(value, path)
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_extra_value(item, f"{path}[{i}]", depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _text(key, f"{path} (a key)")
+            _check_extra_value(item, f"{path}.{key}", depth + 1)
+        return
+    _fail(path, f"{type(value).__name__} is not a JSON value")
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorRecord:
+    """One on-chain anchor of ``log.root``: chain, AnchorRegistry address, transaction, block.
+
+    ``contract`` is ``"0x"`` + 40 hex digits (any case), ``tx_hash`` ``"0x"`` + 64 lowercase hex
+    digits, ``block_time`` an RFC 3339 date-time string kept verbatim. Raises ``ReceiptError``.
+    """
+
+    chain_id: int
+    contract: str
+    tx_hash: str
+    block_number: int
+    block_time: str
+
+    def __post_init__(self) -> None:
+        _check_anchor(
+            {
+                "chain_id": self.chain_id,
+                "contract": self.contract,
+                "tx_hash": self.tx_hash,
+                "block_number": self.block_number,
+                "block_time": self.block_time,
+            },
+            "anchor",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProof:
+    """The reading's place in its batch: RFC 9162 inclusion of ``leaf_hash`` under ``root``.
+
+    Requires ``0 <= index < size`` and 32-byte hashes; ``path`` is kept as a tuple. Whether the
+    path is right is for the verifier. Raises ``ReceiptError``.
+    """
+
+    id: int
+    size: int
+    index: int
+    root: bytes
+    path: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _uint(self.id, "batch.id")
+        _uint(self.size, "batch.size", 1)
+        _uint(self.index, "batch.index")
+        if self.index >= self.size:
+            _fail("batch.index", f"{self.index} is not below batch.size {self.size}")
+        _hash(self.root, "batch.root")
+        object.__setattr__(self, "path", _hashes(self.path, "batch.path"))
+
+
+@dataclass(frozen=True, slots=True)
+class LogProof:
+    """The batch's place in the batch log: inclusion of ``SHA-256(0x00 || batch.root)``.
+
+    ``root`` is the log root at ``size``, the one the checkpoint signs and the chain anchors.
+    Requires ``0 <= index < size`` and 32-byte hashes. Raises ``ReceiptError``.
+    """
+
+    index: int
+    size: int
+    root: bytes
+    path: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        _uint(self.index, "log.index")
+        _uint(self.size, "log.size", 1)
+        if self.index >= self.size:
+            _fail("log.index", f"{self.index} is not below log.size {self.size}")
+        _hash(self.root, "log.root")
+        object.__setattr__(self, "path", _hashes(self.path, "log.path"))
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A ``cityanchor/receipt/v1`` receipt, with raw bytes where the JSON has hex or base64.
+
+    ``device_id``, ``seq``, ``format`` and ``envelope`` make up the JSON ``reading``. ``extra``
+    holds unknown top-level fields (read-only; never one of the known names). Construction
+    validates every field, naming it by its JSON path, and raises ``ReceiptError``.
+    """
+
+    device_id: str
+    seq: int
+    format: str
+    envelope: bytes
+    leaf_hash: bytes
+    batch: BatchProof
+    log: LogProof
+    checkpoint: str
+    anchors: tuple[AnchorRecord, ...] = ()
+    status: str = "sealed"
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if _DEVICE_ID.fullmatch(_text(self.device_id, "reading.device_id")) is None:
+            _fail("reading.device_id", "does not match [A-Za-z0-9._-]{1,64}")
+        _uint(self.seq, "reading.seq", 1)
+        if self.format not in FORMATS:
+            _fail("reading.format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
+        if not isinstance(self.envelope, bytes) or not self.envelope:
+            _fail("reading.envelope", "expected non-empty bytes")
+        _hash(self.leaf_hash, "leaf_hash")
+        if not isinstance(self.batch, BatchProof):
+            _fail("batch", f"expected a BatchProof, got {type(self.batch).__name__}")
+        if not isinstance(self.log, LogProof):
+            _fail("log", f"expected a LogProof, got {type(self.log).__name__}")
+        if not _text(self.checkpoint, "checkpoint"):
+            _fail("checkpoint", "is empty")
+        anchors: object = self.anchors  # callers may pass a list; typed as a tuple
+        if isinstance(anchors, str) or not isinstance(anchors, Sequence):
+            _fail("anchors", "expected a sequence of AnchorRecord")
+        if len(anchors) > MAX_ANCHORS:
+            _fail("anchors", f"{len(anchors)} anchors, more than {MAX_ANCHORS}")
+        for i, a in enumerate(anchors):
+            if not isinstance(a, AnchorRecord):
+                _fail(f"anchors[{i}]", f"expected an AnchorRecord, got {type(a).__name__}")
+        object.__setattr__(self, "anchors", tuple(anchors))
+        if self.status not in STATUSES:
+            _fail("status", f"{self.status!r} is not one of {', '.join(STATUSES)}")
+        if self.status == "anchored" and not self.anchors:
+            _fail("status", "'anchored' but anchors is empty")
+        if not isinstance(self.extra, Mapping):
+            _fail("extra", f"expected a mapping, got {type(self.extra).__name__}")
+        for key, value in self.extra.items():
+            _text(key, "(extra key)")
+            if key in _TOP_KEYS:
+                _fail(key, "is a receipt field, it cannot be an extra field too")
+            _check_extra_value(value, key, 1)
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+
+def _b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def receipt_to_dict(receipt: Receipt) -> dict[str, Any]:
+    """The receipt as JSON-ready data, keys in DESIGN.md order, then the extra fields."""
+    out: dict[str, Any] = {
+        "version": RECEIPT_VERSION,
+        "reading": {
+            "device_id": receipt.device_id,
+            "seq": receipt.seq,
+            "format": receipt.format,
+            "envelope": _b64url_encode(receipt.envelope),
+        },
+        "leaf_hash": receipt.leaf_hash.hex(),
+        "batch": {
+            "id": receipt.batch.id,
+            "size": receipt.batch.size,
+            "index": receipt.batch.index,
+            "root": receipt.batch.root.hex(),
+            "path": [h.hex() for h in receipt.batch.path],
+        },
+        "log": {
+            "index": receipt.log.index,
+            "size": receipt.log.size,
+            "root": receipt.log.root.hex(),
+            "path": [h.hex() for h in receipt.log.path],
+        },
+        "checkpoint": receipt.checkpoint,
+        "anchors": [
+            {
+                "chain_id": a.chain_id,
+                "contract": a.contract,
+                "tx_hash": a.tx_hash,
+                "block_number": a.block_number,
+                "block_time": a.block_time,
+            }
+            for a in receipt.anchors
+        ],
+        "status": receipt.status,
+    }
+    for key, value in receipt.extra.items():
+        out[key] = copy.deepcopy(value)
+    return out
+
+
+def _object(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _fail(path, f"expected an object, got {_type_name(value)}")
+    return value
+
+
+def _member(obj: Mapping[str, Any], key: str, path: str) -> Any:
+    try:
+        return obj[key]
+    except KeyError:
+        _fail(f"{path}.{key}" if path else key, "missing")
+
+
+def _hex32(value: object, path: str) -> bytes:
+    if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
+        _fail(path, "not 64 lowercase hex chars")
+    return bytes.fromhex(value)
+
+
+def _hex_path(value: object, path: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list):
+        _fail(path, f"expected an array, got {_type_name(value)}")
+    if len(value) > MAX_PROOF_LENGTH:
+        _fail(path, f"{len(value)} hashes, more than any tree of 2**64 leaves needs")
+    return tuple(_hex32(h, f"{path}[{i}]") for i, h in enumerate(value))
+
+
+def _b64url(value: object, path: str) -> bytes:
+    # RFC 4648 section 5 without padding (RFC 7515 section 2 "Base64url Encoding"), and only
+    # its canonical spelling: one string per byte string, so receipts compare as text.
+    if not isinstance(value, str) or _B64URL.fullmatch(value) is None:
+        _fail(path, "not base64url without padding (alphabet A-Z a-z 0-9 - _)")
+    if len(value) % 4 == 1:
+        _fail(path, "base64url length is impossible")
+    try:
+        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        _fail(path, "not base64url without padding")
+    if _b64url_encode(data) != value:
+        _fail(path, "base64url has non-zero trailing bits (not canonical)")
+    return data
+
+
+def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
+    """Build a :class:`Receipt` from parsed JSON, checking every field.
+
+    Raises ``ReceiptError``; the message starts with the JSON path of the first bad field.
+    """
+    doc = _object(data, "$")
+    version = _member(doc, "version", "")
+    if not isinstance(version, str):
+        _fail("version", f"expected a string, got {_type_name(version)}")
+    if version != RECEIPT_VERSION:
+        _fail(
+            "version",
+            f"{version[:64]!r} is not {RECEIPT_VERSION!r}",
+            reason="receipt_version_unsupported",
+        )
+    reading = _object(_member(doc, "reading", ""), "reading")
+    device_id = _member(reading, "device_id", "reading")
+    seq = _member(reading, "seq", "reading")
+    fmt = _member(reading, "format", "reading")
+    if not isinstance(fmt, str):
+        _fail("reading.format", f"expected a string, got {_type_name(fmt)}")
+    envelope = _b64url(_member(reading, "envelope", "reading"), "reading.envelope")
+    leaf = _hex32(_member(doc, "leaf_hash", ""), "leaf_hash")
+
+    b = _object(_member(doc, "batch", ""), "batch")
+    batch = BatchProof(
+        id=_member(b, "id", "batch"),
+        size=_member(b, "size", "batch"),
+        index=_member(b, "index", "batch"),
+        root=_hex32(_member(b, "root", "batch"), "batch.root"),
+        path=_hex_path(_member(b, "path", "batch"), "batch.path"),
+    )
+    lg = _object(_member(doc, "log", ""), "log")
+    log = LogProof(
+        index=_member(lg, "index", "log"),
+        size=_member(lg, "size", "log"),
+        root=_hex32(_member(lg, "root", "log"), "log.root"),
+        path=_hex_path(_member(lg, "path", "log"), "log.path"),
+    )
+    checkpoint = _member(doc, "checkpoint", "")
+
+    raw_anchors = _member(doc, "anchors", "")
+    if not isinstance(raw_anchors, list):
+        _fail("anchors", f"expected an array, got {_type_name(raw_anchors)}")
+    if len(raw_anchors) > MAX_ANCHORS:
+        _fail("anchors", f"{len(raw_anchors)} anchors, more than {MAX_ANCHORS}")
+    anchors = []
+    for i, item in enumerate(raw_anchors):
+        path = f"anchors[{i}]"
+        a = _object(item, path)
+        fields = {k: _member(a, k, path) for k in _ANCHOR_KEYS}
+        # Checked here with the index in the path; AnchorRecord re-checks without it.
+        _check_anchor(fields, path)
+        anchors.append(AnchorRecord(**fields))
+    status = _member(doc, "status", "")
+    if not isinstance(status, str):
+        _fail("status", f"expected a string, got {_type_name(status)}")
+
+    extra = {k: v for k, v in doc.items() if k not in _TOP_KEYS}
+    return Receipt(
+        device_id=device_id,
+        seq=seq,
+        format=fmt,
+        envelope=envelope,
+        leaf_hash=leaf,
+        batch=batch,
+        log=log,
+        checkpoint=checkpoint,
+        anchors=tuple(anchors),
+        status=status,
+        extra=extra,
+    )
+
+
+def dumps_receipt(receipt: Receipt) -> str:
+    """The receipt as JSON text: two-space indent, DESIGN.md key order, UTF-8, final newline.
+
+    Raises ``ReceiptError`` (``receipt_too_large``) when the text would exceed
+    :data:`MAX_RECEIPT_SIZE`, so that whatever this writes :func:`loads_receipt` reads back.
+    """
+    try:
+        text = json.dumps(receipt_to_dict(receipt), indent=2, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        # Only an extra value built around __post_init__ can get here.
+        raise ReceiptError(f"$: cannot be written as JSON ({exc})") from exc
+    text += "\n"
+    if len(text.encode("utf-8")) > MAX_RECEIPT_SIZE:
+        _fail("$", f"receipt JSON exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+    return text
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # Two parsers could each pick a different copy; refuse rather than choose.
+            _fail("$", f"duplicate key {key[:64]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> NoReturn:
+    _fail("$", f"{name} is not JSON (RFC 8259 has no NaN or infinities)")
+
+
+def loads_receipt(text: str | bytes) -> Receipt:
+    """Parse receipt JSON (``str``, or ``bytes`` in UTF-8) and check it as
+    :func:`receipt_from_dict` does.
+
+    Rejects more than :data:`MAX_RECEIPT_SIZE` bytes (``receipt_too_large``), duplicate object
+    keys, ``NaN``/``Infinity`` and anything that is not RFC 8259 JSON (``receipt_malformed``).
+    """
+    if isinstance(text, bytes | bytearray | memoryview):
+        raw = bytes(text)
+        if len(raw) > MAX_RECEIPT_SIZE:
+            _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _fail("$", f"not UTF-8 ({exc.reason} at byte {exc.start})")
+    elif not isinstance(text, str):
+        _fail("$", f"expected JSON text, got {type(text).__name__}")
+    # Characters never outnumber bytes, so the cheap test goes first.
+    if (
+        len(text) > MAX_RECEIPT_SIZE
+        or len(text.encode("utf-8", "surrogatepass")) > MAX_RECEIPT_SIZE
+    ):
+        _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+    try:
+        data = json.loads(
+            text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constants
+        )
+    except json.JSONDecodeError as exc:
+        _fail("$", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        _fail("$", "JSON nests too deeply")
+    except ValueError as exc:
+        # e.g. an integer literal longer than Python's int/str conversion limit.
+        _fail("$", f"not acceptable JSON: {exc}")
+    return receipt_from_dict(data)

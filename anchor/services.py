@@ -1,0 +1,986 @@
+"""Private PostgreSQL and Mosquitto servers for tests, the demo and single-host runs.
+
+Each server lives in a directory the caller gives, listens only on ``127.0.0.1`` at a port the
+caller names or a free one, and is stopped by :meth:`stop`, by leaving its ``with`` block or, as a
+last resort, at interpreter exit. Services that merely happen to run on the machine (a system
+PostgreSQL on 5432, a Mosquitto on 1883) are never used: a test that passes against them proves
+nothing about a fresh host.
+
+Running as root: ``initdb`` and ``postgres`` refuse to run as root, so they run as the
+``postgres`` user through ``runuser`` on a directory chowned to it; Mosquitto drops privileges to
+the ``mosquitto`` user by itself, so its directory and files are chowned to that user (it re-reads
+config, password and ACL files on SIGHUP, after the drop). Every ancestor of the directory must be
+traversable by that user: ``tempfile.mkdtemp()`` and pytest's ``tmp_path`` are not (0700 root), so
+callers running as root should create a directory and chmod it 0711 or wider.
+
+Failures raise :class:`ServiceError` with a stable ``reason``: ``binary_missing``,
+``port_in_use``, ``permission_denied``, ``user_missing``, ``config_invalid``, ``start_failed``,
+``stop_failed``.
+
+Example::
+
+    with PostgresServer(Path("/srv/ca/pg")) as pg, MosquittoServer(Path("/srv/ca/mqtt")) as mq:
+        print(pg.dsn, mq.url)
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from anchor.errors import AnchorError
+
+__all__ = [
+    "LOOPBACK",
+    "MosquittoServer",
+    "PostgresServer",
+    "ServiceError",
+    "find_mosquitto",
+    "find_pg_bindir",
+    "free_port",
+    "mosquitto_password_hash",
+]
+
+LOOPBACK = "127.0.0.1"
+
+_PG_PACKAGE = "postgresql"
+_MOSQUITTO_PACKAGE = "mosquitto"
+_PG_USER = "postgres"
+_MOSQUITTO_USER = "mosquitto"
+# sun_path is 108 bytes on Linux; PostgreSQL appends "/.s.PGSQL.NNNNN" (15 bytes) and a NUL.
+_MAX_SOCKET_DIR = 107 - 16
+_IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_MQTT_USER = re.compile(r"[^:\s]{1,256}")
+_LOG_TAIL_LINES = 30
+# Tries with a fresh free port when the one we picked was taken in the meantime (a race between
+# free_port() closing its socket and the server binding it); a port the caller named is never
+# swapped for another.
+_PORT_RETRIES = 3
+
+
+class ServiceError(AnchorError):
+    """A private PostgreSQL or Mosquitto could not be found, configured, started or stopped."""
+
+    reason = "start_failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by both servers
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+
+    Another process may take it before the caller binds it; the servers here retry with a new
+    port when that happens and the caller did not name the port.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _check_port_free(port: int) -> None:
+    if not 0 < port < 65536:
+        raise ServiceError(f"port {port} is out of range", reason="config_invalid")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR as the servers set it: a port left in TIME_WAIT counts as free, a port
+        # with a listener (on 127.0.0.1 or on 0.0.0.0) does not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((LOOPBACK, port))
+        except OSError as exc:
+            raise ServiceError(
+                f"port {port} on {LOOPBACK} is already in use ({exc.strerror})",
+                reason="port_in_use",
+            ) from exc
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _user(name: str, package: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise ServiceError(
+            f"running as root needs the system user {name!r}, which does not exist; "
+            f"it is created by the Debian package {package!r}",
+            reason="user_missing",
+        ) from None
+
+
+def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
+    """Raise unless ``user`` may enter every ancestor of ``path`` (so a server can reach it)."""
+    groups = {user.pw_gid, *os.getgrouplist(user.pw_name, user.pw_gid)}
+    for parent in reversed(path.resolve().parents):
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid in groups:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            raise ServiceError(
+                f"user {user.pw_name!r} cannot enter {parent} (mode {stat.filemode(st.st_mode)}); "
+                f"put the server directory {path} under a directory it can traverse "
+                f"(e.g. chmod o+x {parent})",
+                reason="permission_denied",
+            )
+
+
+def _chown_tree(path: Path, user: pwd.struct_passwd) -> None:
+    os.chown(path, user.pw_uid, user.pw_gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.pw_uid, user.pw_gid, follow_symlinks=False)
+
+
+def _log_tail(*paths: Path) -> str:
+    parts = []
+    for path in paths:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        if lines:
+            parts.append(f"--- last lines of {path} ---\n" + "\n".join(lines[-_LOG_TAIL_LINES:]))
+    return "\n".join(parts) if parts else "(no log output)"
+
+
+def _clean_env() -> dict[str, str]:
+    # PG* variables of the caller (PGHOST, PGDATABASE, PGOPTIONS, ...) would redirect or alter
+    # our client calls; LC_ALL=C keeps server messages in English so "Address already in use"
+    # can be recognised in the log.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    return env
+
+
+class _Registry:
+    """Servers still running, stopped at interpreter exit so no process outlives the caller."""
+
+    def __init__(self) -> None:
+        self._live: dict[int, PostgresServer | MosquittoServer] = {}
+        atexit.register(self.stop_all)
+
+    def add(self, server: PostgresServer | MosquittoServer) -> None:
+        self._live[id(server)] = server
+
+    def discard(self, server: PostgresServer | MosquittoServer) -> None:
+        self._live.pop(id(server), None)
+
+    def stop_all(self) -> None:
+        for server in list(self._live.values()):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+_REGISTRY = _Registry()
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+def _pg_version_key(bindir: Path) -> tuple[int, ...]:
+    # /usr/lib/postgresql/15/bin -> (15,); "9.6" -> (9, 6): numeric, so 10 sorts after 9.6.
+    return tuple(int(p) for p in re.findall(r"\d+", bindir.parent.name)) or (0,)
+
+
+def find_pg_bindir(env: Mapping[str, str] | None = None) -> Path:
+    """Return the directory holding ``initdb``, ``pg_ctl``, ``postgres`` and ``psql``.
+
+    ``CITYANCHOR_PG_BINDIR`` in ``env`` (default: ``os.environ``) wins; otherwise the newest
+    ``/usr/lib/postgresql/*/bin`` that contains ``initdb``.
+
+    Raises:
+        ServiceError: ``binary_missing``, naming the Debian package to install.
+    """
+    env = os.environ if env is None else env
+    override = env.get("CITYANCHOR_PG_BINDIR")
+    if override:
+        bindir = Path(override)
+        if not (bindir / "initdb").is_file():
+            raise ServiceError(
+                f"CITYANCHOR_PG_BINDIR={override} has no initdb", reason="binary_missing"
+            )
+        return bindir
+    candidates = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.is_file()]
+    if not candidates:
+        raise ServiceError(
+            "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb); install "
+            f"them with `apt-get install -y {_PG_PACKAGE}` (or run scripts/ensure-system-deps.sh), "
+            "or set CITYANCHOR_PG_BINDIR",
+            reason="binary_missing",
+        )
+    return max(candidates, key=_pg_version_key)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster in ``base_dir``, reachable only on 127.0.0.1.
+
+    Layout: ``base_dir/data`` (the cluster, created by initdb on the first start only, so a
+    persistent ``base_dir`` keeps its data), ``base_dir/run`` (the unix socket, never
+    /var/run/postgresql) and ``base_dir/postgres.log``. Authentication is ``trust``: the server
+    is private and accepts only loopback and unix-socket connections in its own directory.
+
+    ``fsync`` stays on by default because the store's durability is the point of this project;
+    ``fsync=False`` exists for throwaway benchmark clusters only (a crash can corrupt them).
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        port: int | None = None,
+        database: str = "cityanchor",
+        fsync: bool = True,
+        bindir: Path | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
+        if not _IDENT.fullmatch(database):
+            raise ServiceError(
+                f"database name {database!r} is not a plain identifier", reason="config_invalid"
+            )
+        self.base_dir = Path(base_dir).absolute()
+        self.data_dir = self.base_dir / "data"
+        self.socket_dir = self.base_dir / "run"
+        self.log_path = self.base_dir / "postgres.log"
+        self.database = database
+        self.fsync = fsync
+        self.start_timeout = start_timeout
+        self._requested_port = port
+        self._port: int | None = port
+        self._bindir = bindir
+        self._running = False
+        #: True when the last start() ran initdb (a new cluster), False when it reused one.
+        self.created = False
+
+    # -- public properties ----------------------------------------------------------------
+
+    @property
+    def bindir(self) -> Path:
+        if self._bindir is None:
+            self._bindir = find_pg_bindir()
+        return self._bindir
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServiceError("the server has no port until it is started", reason="usage")
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://postgres@127.0.0.1:PORT/cityanchor`` (libpq and asyncpg accept it)."""
+        return f"postgresql://{_PG_USER}@{LOOPBACK}:{self.port}/{self.database}"
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid from ``postmaster.pid``, or None when it is not running."""
+        try:
+            first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
+            return int(first)
+        except (OSError, ValueError):
+            return None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Create the cluster if needed, start it, wait until it answers, create the database.
+
+        Raises:
+            ServiceError: ``port_in_use`` (the named port is taken), ``binary_missing``,
+                ``permission_denied``, ``user_missing`` or ``start_failed`` (with the log tail).
+        """
+        if self._running:
+            return self
+        if self._requested_port is not None:
+            _check_port_free(self._requested_port)
+        bindir = self.bindir
+        if len(str(self.socket_dir)) > _MAX_SOCKET_DIR:
+            raise ServiceError(
+                f"{self.socket_dir} is too long for a unix socket path; use a shorter base_dir",
+                reason="config_invalid",
+            )
+        self._prepare_dirs()
+        if not (self.data_dir / "PG_VERSION").is_file():
+            self._initdb(bindir)
+            self.created = True
+        else:
+            self.created = False
+
+        for attempt in range(_PORT_RETRIES):
+            port = self._requested_port if self._requested_port is not None else free_port()
+            self._port = port
+            self._write_settings(port)
+            error = self._pg_ctl_start(bindir)
+            if error is None:
+                break
+            retry = error.reason == "port_in_use" and self._requested_port is None
+            if retry and attempt + 1 < _PORT_RETRIES:
+                continue
+            raise error
+        self._running = True
+        _REGISTRY.add(self)
+        try:
+            self._wait_ready(bindir)
+            self._create_database()
+        except BaseException:
+            self.stop(mode="immediate")
+            raise
+        return self
+
+    def stop(self, *, mode: Literal["smart", "fast", "immediate"] = "fast") -> None:
+        """Stop the server (``pg_ctl stop -m fast`` by default) and wait until it is gone.
+
+        ``mode="immediate"`` skips the shutdown checkpoint, like a crash: the next start replays
+        the WAL. Idempotent.
+
+        Raises:
+            ServiceError: ``stop_failed`` when the postmaster is still alive afterwards.
+        """
+        if not self._running:
+            return
+        pid = self.pid
+        result = self._run_as_owner(
+            [
+                str(self.bindir / "pg_ctl"),
+                "stop",
+                "-D",
+                str(self.data_dir),
+                "-m",
+                mode,
+                "-w",
+                "-t",
+                "60",
+            ],
+        )
+        if result.returncode != 0 and mode != "immediate":
+            # A fast shutdown that hangs (a stuck client) must not leave a server behind.
+            result = self._run_as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "stop",
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "30",
+                ],
+            )
+        if pid is not None and _pid_alive(pid, wait=10.0):
+            raise ServiceError(
+                f"PostgreSQL (pid {pid}) did not stop: {result.stdout}{result.stderr}\n"
+                + _log_tail(self.log_path),
+                reason="stop_failed",
+            )
+        self._running = False
+        _REGISTRY.discard(self)
+
+    def psql(self, sql: str, *, database: str | None = None) -> str:
+        """Run ``sql`` with ``psql`` from the same bindir; return its unaligned, tuples-only output.
+
+        Raises:
+            ServiceError: ``sql_failed`` with psql's error message.
+        """
+        cmd = [
+            str(self.bindir / "psql"),
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            LOOPBACK,
+            "-p",
+            str(self.port),
+            "-U",
+            _PG_USER,
+            "-d",
+            database or self.database,
+            "-c",
+            sql,
+        ]
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, env=_clean_env(), timeout=60, check=False
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"psql failed: {result.stderr.strip()}", reason="sql_failed")
+        return result.stdout.strip()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"port={self._port}" if self._running else "stopped"
+        return f"PostgresServer({str(self.base_dir)!r}, {state})"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _owner(self) -> pwd.struct_passwd | None:
+        return _user(_PG_USER, _PG_PACKAGE) if _is_root() else None
+
+    def _run_as_owner(
+        self, cmd: list[str], *, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        if _is_root():
+            runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+            cmd = [runuser, "-u", _PG_USER, "--", *cmd]
+        # cwd inside our own directory: initdb and pg_ctl fail when they cannot stat the
+        # current directory, which as the postgres user they often cannot (e.g. /root).
+        return subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=_clean_env(),
+            cwd=self.base_dir,
+            timeout=timeout,
+            check=False,
+        )
+
+    def _prepare_dirs(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
+        owner = self._owner()
+        if owner is not None:
+            _check_traversable(self.base_dir, owner)
+            os.chown(self.base_dir, owner.pw_uid, owner.pw_gid)
+            os.chown(self.socket_dir, owner.pw_uid, owner.pw_gid)
+            if self.log_path.exists():
+                os.chown(self.log_path, owner.pw_uid, owner.pw_gid)
+        os.chmod(self.base_dir, 0o700)
+
+    def _initdb(self, bindir: Path) -> None:
+        cmd = [
+            str(bindir / "initdb"),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            _PG_USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ]
+        if not self.fsync:
+            cmd.append("--no-sync")
+        result = self._run_as_owner(cmd)
+        if result.returncode != 0:
+            raise ServiceError(
+                f"initdb failed in {self.data_dir}:\n{result.stdout}{result.stderr}",
+                reason="start_failed",
+            )
+        # Only loopback TCP and our own unix socket: no replication lines, no ::1, no LAN.
+        hba = (
+            "# Generated by anchor.services: a private server, loopback and local socket only.\n"
+            "local all all trust\n"
+            f"host all all {LOOPBACK}/32 trust\n"
+        )
+        self._write_owned(self.data_dir / "pg_hba.conf", hba)
+        with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
+            # Settings that change per start (port) live in an included file we rewrite.
+            f.write("\ninclude_if_exists = 'cityanchor.conf'\n")
+
+    def _write_owned(self, path: Path, text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+        os.chmod(path, 0o600)
+        owner = self._owner()
+        if owner is not None:
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    def _write_settings(self, port: int) -> None:
+        conf = (
+            "# Generated by anchor.services at every start; edits are overwritten.\n"
+            f"listen_addresses = '{LOOPBACK}'\n"
+            f"port = {port}\n"
+            f"unix_socket_directories = '{self.socket_dir}'\n"
+            "unix_socket_permissions = 0700\n"
+            f"fsync = {'on' if self.fsync else 'off'}\n"
+            f"synchronous_commit = {'on' if self.fsync else 'off'}\n"
+            "full_page_writes = on\n"
+            "max_connections = 200\n"
+        )
+        self._write_owned(self.data_dir / "cityanchor.conf", conf)
+
+    def _pg_ctl_start(self, bindir: Path) -> ServiceError | None:
+        result = self._run_as_owner(
+            [
+                str(bindir / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-w",
+                "-t",
+                str(int(self.start_timeout)),
+            ],
+            timeout=self.start_timeout + 30,
+        )
+        if result.returncode == 0:
+            return None
+        tail = _log_tail(self.log_path)
+        reason = "port_in_use" if "Address already in use" in tail else "start_failed"
+        return ServiceError(
+            f"PostgreSQL did not start on {LOOPBACK}:{self._port} "
+            f"(pg_ctl: {result.stdout.strip()} {result.stderr.strip()})\n{tail}",
+            reason=reason,
+        )
+
+    def _wait_ready(self, bindir: Path) -> None:
+        # pg_ctl -w already waited for the postmaster; this also proves TCP on loopback answers.
+        deadline = time.monotonic() + self.start_timeout
+        cmd = [
+            str(bindir / "pg_isready"),
+            "-q",
+            "-h",
+            LOOPBACK,
+            "-p",
+            str(self.port),
+            "-U",
+            _PG_USER,
+            "-d",
+            "postgres",
+            "-t",
+            "2",
+        ]
+        while True:
+            result = subprocess.run(cmd, env=_clean_env(), check=False, capture_output=True)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"PostgreSQL on {LOOPBACK}:{self.port} did not become ready\n"
+                    + _log_tail(self.log_path),
+                    reason="start_failed",
+                )
+            time.sleep(0.1)
+
+    def _create_database(self) -> None:
+        exists = self.psql(
+            f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'", database="postgres"
+        )
+        if exists != "1":
+            # Validated as a plain identifier in __init__, so interpolation is safe here.
+            self.psql(f'CREATE DATABASE "{self.database}"', database="postgres")
+
+
+def _pid_alive(pid: int, *, wait: float = 0.0) -> bool:
+    """True while ``pid`` exists (and is not a zombie), polling up to ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            alive = state != "Z"
+        except (OSError, IndexError):
+            alive = False
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mosquitto
+
+
+def find_mosquitto(env: Mapping[str, str] | None = None) -> Path:
+    """Return the ``mosquitto`` broker binary (``CITYANCHOR_MOSQUITTO`` in ``env`` wins).
+
+    /usr/sbin is searched even when it is not on PATH (it is not for most non-root users).
+
+    Raises:
+        ServiceError: ``binary_missing``, naming the Debian package to install.
+    """
+    env = os.environ if env is None else env
+    override = env.get("CITYANCHOR_MOSQUITTO")
+    if override:
+        if not Path(override).is_file():
+            raise ServiceError(
+                f"CITYANCHOR_MOSQUITTO={override} does not exist", reason="binary_missing"
+            )
+        return Path(override)
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise ServiceError(
+            f"the mosquitto broker is not installed; install it with `apt-get install -y "
+            f"{_MOSQUITTO_PACKAGE}` (or run scripts/ensure-system-deps.sh), "
+            "or set CITYANCHOR_MOSQUITTO",
+            reason="binary_missing",
+        )
+    return Path(found)
+
+
+def _find_passwd_tool() -> Path | None:
+    found = shutil.which("mosquitto_passwd")
+    return Path(found) if found else None
+
+
+def mosquitto_password_hash(
+    password: str, *, salt: bytes | None = None, iterations: int = 101
+) -> str:
+    """Hash ``password`` as mosquitto_passwd does by default: ``$7$`` = PBKDF2-HMAC-SHA512.
+
+    The format is ``$7$ITERATIONS$base64(salt)$base64(64-byte key)`` (mosquitto 2.0
+    ``mosquitto_passwd``, 12-byte salt, 101 iterations). Used only when ``mosquitto_passwd`` is
+    not installed.
+    """
+    salt = secrets.token_bytes(12) if salt is None else salt
+    key = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
+
+
+class MosquittoServer:
+    """A private Mosquitto (MQTT v5, 3.1.1) broker in ``base_dir``, listening on 127.0.0.1 only.
+
+    Persistence is on, in ``base_dir/persistence/``, so QoS 1 messages queued for persistent
+    sessions survive a clean broker restart (Mosquitto writes its database at shutdown and every
+    ``autosave_interval`` seconds; a *crash* loses what arrived since the last save).
+
+    ``max_queued_messages`` is generous because Mosquitto *drops* QoS 1 messages for a client
+    whose queue is full; ``max_inflight_messages`` must be at least the ingestor's batch size,
+    since the ingestor acknowledges only after its batch is committed.
+
+    With ``users`` (``{username: password}``) and ``acl`` (Mosquitto ACL file text) the broker
+    requires logins; ``allow_anonymous`` defaults to True only when no users are given.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        *,
+        port: int | None = None,
+        allow_anonymous: bool | None = None,
+        users: Mapping[str, str] | None = None,
+        acl: str | None = None,
+        max_inflight_messages: int = 10_000,
+        max_queued_messages: int = 100_000,
+        autosave_interval: int = 60,
+        binary: Path | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.base_dir = Path(base_dir).absolute()
+        self.conf_path = self.base_dir / "mosquitto.conf"
+        self.password_path = self.base_dir / "passwords"
+        self.acl_path = self.base_dir / "acl"
+        self.persistence_dir = self.base_dir / "persistence"
+        self.log_path = self.base_dir / "mosquitto.log"
+        self.stderr_path = self.base_dir / "mosquitto.stderr"
+        self.allow_anonymous = (users is None) if allow_anonymous is None else allow_anonymous
+        self.max_inflight_messages = max_inflight_messages
+        self.max_queued_messages = max_queued_messages
+        self.autosave_interval = autosave_interval
+        self.start_timeout = start_timeout
+        self._users = dict(users) if users is not None else None
+        self._acl = acl
+        self._validate_users(self._users)
+        self._requested_port = port
+        self._port: int | None = port
+        self._binary = binary
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- public properties ----------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServiceError("the broker has no port until it is started", reason="usage")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``mqtt://127.0.0.1:PORT``."""
+        return f"mqtt://{LOOPBACK}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Write the configuration, start ``mosquitto -c`` and wait until the port accepts.
+
+        Raises:
+            ServiceError: ``port_in_use``, ``binary_missing``, ``permission_denied``,
+                ``user_missing``, ``config_invalid`` or ``start_failed`` (with the log tail).
+        """
+        if self.running:
+            return self
+        if self._requested_port is not None:
+            _check_port_free(self._requested_port)
+        binary = self._binary or find_mosquitto()
+        self._prepare_dirs()
+        for attempt in range(_PORT_RETRIES):
+            port = self._requested_port if self._requested_port is not None else free_port()
+            self._port = port
+            self._write_files()
+            error = self._spawn(binary)
+            if error is None:
+                return self
+            retry = error.reason == "port_in_use" and self._requested_port is None
+            if retry and attempt + 1 < _PORT_RETRIES:
+                continue
+            raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """SIGTERM (Mosquitto saves its persistence database), wait, SIGKILL if it hangs."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._proc = None
+        _REGISTRY.discard(self)
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto re-reads its configuration, password and ACL files."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise ServiceError("the broker is not running", reason="usage")
+        self._proc.send_signal(signal.SIGHUP)
+
+    def set_auth(
+        self,
+        users: Mapping[str, str],
+        acl: str | None = None,
+        *,
+        allow_anonymous: bool | None = None,
+    ) -> None:
+        """Replace the logins and ACL and, when the broker runs, reload them (SIGHUP).
+
+        The reload is asynchronous: the broker applies it within moments, not before return.
+        ``allow_anonymous`` None keeps the current setting.
+        """
+        new_users = dict(users)
+        self._validate_users(new_users)
+        self._users = new_users
+        self._acl = acl
+        if allow_anonymous is not None:
+            self.allow_anonymous = allow_anonymous
+        if self._port is not None:
+            self._write_files()
+        if self.running:
+            self.reload()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"port={self._port}" if self.running else "stopped"
+        return f"MosquittoServer({str(self.base_dir)!r}, {state})"
+
+    # -- internals ------------------------------------------------------------------------
+
+    @staticmethod
+    def _validate_users(users: Mapping[str, str] | None) -> None:
+        for name, password in (users or {}).items():
+            if not _MQTT_USER.fullmatch(name):
+                raise ServiceError(
+                    f"MQTT username {name!r} is empty or has ':' or whitespace",
+                    reason="config_invalid",
+                )
+            if "\n" in password or "\r" in password or not password:
+                raise ServiceError(
+                    f"password of {name!r} is empty or has a line break", reason="config_invalid"
+                )
+
+    def _owner(self) -> pwd.struct_passwd | None:
+        return _user(_MOSQUITTO_USER, _MOSQUITTO_PACKAGE) if _is_root() else None
+
+    def _prepare_dirs(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.persistence_dir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.base_dir, 0o700)
+        owner = self._owner()
+        if owner is not None:
+            _check_traversable(self.base_dir, owner)
+
+    def _config_text(self) -> str:
+        lines = [
+            "# Generated by anchor.services at every start; edits are overwritten.",
+            "per_listener_settings false",
+            f"listener {self.port} {LOOPBACK}",
+            "protocol mqtt",
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            "persistence true",
+            # The trailing slash matters: Mosquitto concatenates location and file name.
+            f"persistence_location {self.persistence_dir}/",
+            "persistence_file mosquitto.db",
+            f"autosave_interval {self.autosave_interval}",
+            # Sessions of MQTT 3.1.1 clients without an expiry interval; v5 clients send theirs.
+            "persistent_client_expiration 14d",
+            f"max_inflight_messages {self.max_inflight_messages}",
+            f"max_queued_messages {self.max_queued_messages}",
+            "max_queued_bytes 0",
+            "queue_qos0_messages false",
+            "set_tcp_nodelay true",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        ]
+        if _is_root():
+            lines.append(f"user {_MOSQUITTO_USER}")
+        if self._users is not None:
+            lines.append(f"password_file {self.password_path}")
+        if self._acl is not None:
+            lines.append(f"acl_file {self.acl_path}")
+        return "\n".join(lines) + "\n"
+
+    def _write_files(self) -> None:
+        owner = self._owner()
+        self._write(self.conf_path, self._config_text(), owner)
+        if self._users is not None:
+            self._write_passwords(self._users, owner)
+        if self._acl is not None:
+            self._write(
+                self.acl_path, self._acl if self._acl.endswith("\n") else self._acl + "\n", owner
+            )
+        if owner is not None:
+            # The broker writes its log and persistence database after dropping to this user.
+            _chown_tree(self.base_dir, owner)
+
+    @staticmethod
+    def _write(path: Path, text: str, owner: pwd.struct_passwd | None) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if owner is not None:
+            os.chown(tmp, owner.pw_uid, owner.pw_gid)
+        # Atomic replace: a SIGHUP arriving mid-write never sees half a password or ACL file.
+        os.replace(tmp, path)
+
+    def _write_passwords(self, users: Mapping[str, str], owner: pwd.struct_passwd | None) -> None:
+        tool = _find_passwd_tool()
+        tmp = self.password_path.with_name(".passwords.tmp")
+        if tool is None:
+            text = "".join(f"{u}:{mosquitto_password_hash(p)}\n" for u, p in users.items())
+            self._write(self.password_path, text, owner)
+            return
+        # Plain text hashed in place by `mosquitto_passwd -U`: the passwords never appear on a
+        # command line (visible to every local user in ps) and the file is 0600 throughout.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(f"{u}:{p}\n" for u, p in users.items()))
+        result = subprocess.run(
+            [str(tool), "-U", str(tmp)], capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise ServiceError(
+                f"mosquitto_passwd -U failed: {result.stdout}{result.stderr}",
+                reason="config_invalid",
+            )
+        os.chmod(tmp, 0o600)
+        if owner is not None:
+            os.chown(tmp, owner.pw_uid, owner.pw_gid)
+        os.replace(tmp, self.password_path)
+
+    def _spawn(self, binary: Path) -> ServiceError | None:
+        with self.stderr_path.open("ab") as err:
+            # A new session: Ctrl-C in the caller's terminal must not kill the broker before
+            # stop() can shut it down in order (and save its persistence database).
+            proc = subprocess.Popen(
+                [str(binary), "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                cwd=self.base_dir,
+                start_new_session=True,
+            )
+        self._proc = proc
+        _REGISTRY.add(self)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if proc.poll() is not None:
+                self._proc = None
+                _REGISTRY.discard(self)
+                tail = _log_tail(self.stderr_path, self.log_path)
+                reason = "port_in_use" if "Address already in use" in tail else "start_failed"
+                return ServiceError(
+                    f"mosquitto exited with status {proc.returncode} while starting on "
+                    f"{LOOPBACK}:{self.port}\n{tail}",
+                    reason=reason,
+                )
+            if _accepts(LOOPBACK, self.port):
+                return None
+            if time.monotonic() > deadline:
+                self.stop()
+                return ServiceError(
+                    f"mosquitto did not accept connections on {LOOPBACK}:{self.port} within "
+                    f"{self.start_timeout} s\n" + _log_tail(self.stderr_path, self.log_path),
+                    reason="start_failed",
+                )
+            time.sleep(0.02)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
