@@ -45,7 +45,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
         signer = generate_note_key(args.name)
         skey_path = write_private_file(out / "operator.skey", (signer.skey() + "\n").encode())
-        vkey_path = write_public_file(out / "operator.vkey", (signer.verifier.vkey() + "\n").encode())
+        vkey_path = write_public_file(
+            out / "operator.vkey", (signer.verifier.vkey() + "\n").encode()
+        )
         print(f"operator note key {args.name!r}")
         print(f"  private: {skey_path} (mode 0600; keep it secret)")
         print(f"  public:  {vkey_path}  {signer.verifier.vkey()}")
@@ -73,7 +75,9 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     if not isinstance(values, dict):
         raise UsageError("--values must be a JSON object")
     key = load_private_key(Path(args.key))
-    state = Path(args.state) if args.state else Path(str(args.key) + f".{args.device_id}.state.json")
+    state = (
+        Path(args.state) if args.state else Path(str(args.key) + f".{args.device_id}.state.json")
+    )
     signer = DeviceSigner.open(args.device_id, key, state_path=state, format=args.format)
     envelope = signer.sign(args.kind, values, ts_ms=args.ts)
     if args.out == "-":
@@ -82,7 +86,10 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         sys.stdout.write(envelope.decode("ascii") + "\n")
     else:
         Path(args.out).write_bytes(envelope)
-        print(f"signed {args.device_id} seq {signer.seq} ({args.format}, {len(envelope)} bytes) -> {args.out}")
+        print(
+            f"signed {args.device_id} seq {signer.seq} ({args.format}, {len(envelope)} bytes)"
+            f" -> {args.out}"
+        )
     return EXIT_OK
 
 
@@ -126,7 +133,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     device_keys = _load_device_keys(args.device_key)
     log_keys = _load_log_keys(args.log_key)
     if args.rpc:
-        log.warning("--rpc: on-chain anchor checks arrive with the EVM backend; anchors are skipped")
+        log.warning(
+            "--rpc: on-chain anchor checks arrive with the EVM backend; anchors are skipped"
+        )
     results: list[tuple[str, ReceiptReport]] = []
     for path in args.receipts:
         raw = _read_bytes(path, "receipt")
@@ -153,8 +162,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 if args.quiet and c.status == "pass":
                     continue
                 print(f"  {tag} {c.name:<21}{reason} {c.detail}")
-        bad = sum(1 for _, r in results if not r.valid)
-        print(f"{len(results) - bad} of {len(results)} receipts valid")
+        invalid = sum(1 for _, r in results if not r.valid)
+        print(f"{len(results) - invalid} of {len(results)} receipts valid")
     return EXIT_OK if all(r.valid for _, r in results) else EXIT_INVALID
 
 
@@ -193,7 +202,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityanchor",
-        description="Tamper-evident smart-city sensor data: signed readings, Merkle receipts, anchors.",
+        description="Tamper-evident smart-city sensor data: signed readings, receipts, anchors.",
     )
     parser.add_argument("--version", action="version", version=f"cityanchor {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -201,7 +210,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="generate a device key or the operator's checkpoint key")
     p.add_argument("--device-id", help="device id ([A-Za-z0-9._-]{1,64})")
-    p.add_argument("--type", choices=("Ed25519", "P-256"), default="Ed25519", help="device key type")
+    p.add_argument(
+        "--type", choices=("Ed25519", "P-256"), default="Ed25519", help="device key type"
+    )
     p.add_argument("--operator", action="store_true", help="generate the operator's note key")
     p.add_argument("--name", default="cityanchor.example/log", help="operator key/log name")
     p.add_argument("--out", default=".", help="directory for the key files")
@@ -211,7 +222,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, help="device private key (PEM)")
     p.add_argument("--device-id", required=True)
     p.add_argument("--kind", required=True, help="e.g. iot.air_quality, 5g.cell_kpi")
-    p.add_argument("--values", required=True, help='JSON object, e.g. \'{"pm2_5": 12.5}\'')
+    p.add_argument("--values", required=True, help="JSON object, e.g. '{\"pm2_5\": 12.5}'")
     p.add_argument("--ts", type=int, default=None, help="device time in ms (default: now)")
     p.add_argument("--format", choices=("cose-sign1", "jws"), default="cose-sign1")
     p.add_argument("--state", help="seq/prev state file (default: next to the key)")
@@ -222,10 +233,22 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt JSON files")
     # nargs="+" with extend lets a shell glob (--device-key devices/*.jwk) work as well as
     # repeated flags; receipts therefore go before the key flags.
-    p.add_argument("--device-key", action="extend", nargs="+", default=[], metavar="JWK_FILE",
-                   help="trusted device public keys (JWK files); repeatable, globs welcome")
-    p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE",
-                   help="the operator's checkpoint verifier key (C2SP note vkey); repeatable")
+    p.add_argument(
+        "--device-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="JWK_FILE",
+        help="trusted device public keys (JWK files); repeatable, globs welcome",
+    )
+    p.add_argument(
+        "--log-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="VKEY_FILE",
+        help="the operator's checkpoint verifier key (C2SP note vkey); repeatable",
+    )
     p.add_argument("--rpc", metavar="URL", help="JSON-RPC endpoint of the anchoring chain")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failed or skipped checks")
@@ -250,7 +273,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
+    log.setLevel(
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    )
     try:
         code: int = args.func(args)
     except UsageError as exc:

@@ -224,10 +224,11 @@ def _check_scalar(value: object, what: str) -> None:
 def _check_extra(value: object, what: str, depth: int) -> None:
     # Extra payload keys are kept and signed but not interpreted: any JSON-like value (plus
     # byte strings, which only COSE can carry) within the depth bound.
-    if depth > MAX_CBOR_DEPTH:
-        _malformed(f"{what} nests deeper than {MAX_CBOR_DEPTH}")
+    # ``depth`` is the nesting level of ``value`` if it is a container (the payload map is 1).
     if value is None or isinstance(value, bytes):
         return
+    if isinstance(value, list | dict | MappingProxyType) and depth > MAX_CBOR_DEPTH:
+        _malformed(f"{what} nests deeper than {MAX_CBOR_DEPTH}")
     if isinstance(value, list):
         for i, item in enumerate(value):
             _check_extra(item, f"{what}[{i}]", depth + 1)

@@ -55,7 +55,7 @@ MAX_PROOF_LENGTH = 64
 
 
 class Hasher(Protocol):
-    """The tiny interface a tree needs from its hash function (after transparency-dev's LogHasher)."""
+    """What a tree needs from its hash function (after transparency-dev's LogHasher)."""
 
     @property
     def name(self) -> str: ...
@@ -180,7 +180,7 @@ def inclusion_proof(
 
 
 def inclusion_proofs(leaf_hashes: Sequence[bytes], *, hasher: Hasher = SHA256) -> list[list[bytes]]:
-    """Audit paths for every leaf at once: O(n log n), where n calls to ``inclusion_proof`` are O(n^2)."""
+    """Audit paths for all leaves: O(n log n), where n ``inclusion_proof`` calls are O(n^2)."""
     levels = _levels(leaf_hashes, hasher)
     return [_path_from_levels(levels, i) for i in range(len(leaf_hashes))]
 

@@ -34,7 +34,9 @@ class SealedBatch:
         return len(self.leaf_hashes)
 
 
-def seal_batch(batch_id: int, envelopes: Sequence[Envelope], *, hasher: merkle.Hasher = merkle.SHA256) -> SealedBatch:
+def seal_batch(
+    batch_id: int, envelopes: Sequence[Envelope], *, hasher: merkle.Hasher = merkle.SHA256
+) -> SealedBatch:
     """Seal ``envelopes`` (already verified) into batch ``batch_id``; raises on an empty batch."""
     if not envelopes:
         raise ProofError("a batch needs at least one envelope")
@@ -78,7 +80,9 @@ class BatchLog:
         return merkle.inclusion_proof(self._leaves[: self._size(size)], index, hasher=self.hasher)
 
     def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
-        return merkle.consistency_proof(self._leaves[: self._size(new_size)], old_size, hasher=self.hasher)
+        return merkle.consistency_proof(
+            self._leaves[: self._size(new_size)], old_size, hasher=self.hasher
+        )
 
     def checkpoint(self, signer: NoteSigner, size: int | None = None) -> str:
         """The signed C2SP checkpoint note of the log at ``size`` (default: now)."""

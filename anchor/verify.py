@@ -9,7 +9,7 @@ The checks, in order (DESIGN.md "Receipt"):
 1. ``envelope``   the envelope parses (bounded) and names the receipt's device_id, seq, format;
 2. ``signature``  the envelope's signature verifies with a device key the verifier trusts;
 3. ``leaf_hash``  ``H(0x00 || envelope)`` equals ``leaf_hash``;
-4. ``batch_path`` ``leaf_hash`` is leaf ``batch.index`` of the ``batch.size`` tree with ``batch.root``;
+4. ``batch_path`` ``leaf_hash`` is leaf ``batch.index`` of the ``batch.size``-leaf ``batch.root``;
 5. ``log_path``   ``H(0x00 || batch.root)`` is leaf ``log.index`` of the log with ``log.root``;
 6. ``checkpoint`` the signed note names exactly ``log.size`` and ``log.root``;
 7. ``checkpoint_signature`` the note is signed by the operator key the verifier trusts;
@@ -65,7 +65,12 @@ class Check:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
-        return {"name": self.name, "status": self.status, "reason": self.reason, "detail": self.detail}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
 
 
 AnchorChecker = Callable[[Receipt], Sequence[Check]]
@@ -177,7 +182,9 @@ def _check_proofs(receipt: Receipt, hasher: merkle.Hasher) -> list[Check]:
     try:
         log_leaf = merkle.leaf_hash(b.root, hasher=hasher)
         merkle.verify_inclusion(log_leaf, lg.index, lg.size, lg.path, lg.root, hasher=hasher)
-        checks.append(Check("log_path", "pass", f"batch root at {lg.index} of {lg.size} in the log"))
+        checks.append(
+            Check("log_path", "pass", f"batch root at {lg.index} of {lg.size} in the log")
+        )
     except AnchorError as exc:
         checks.append(_fail("log_path", exc))
     return checks
@@ -238,7 +245,11 @@ def verify_receipt(
         checks.append(Check("anchors", "skip", f"status {receipt.status}: not anchored yet"))
     elif anchor_checker is None:
         checks.append(
-            Check("anchors", "skip", f"{len(receipt.anchors)} anchor(s) not checked: no chain endpoint")
+            Check(
+                "anchors",
+                "skip",
+                f"{len(receipt.anchors)} anchor(s) not checked: no chain endpoint",
+            )
         )
     else:
         checks.extend(anchor_checker(receipt))

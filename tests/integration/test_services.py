@@ -108,6 +108,9 @@ class MqttClient:
         self.client.on_publish = self._on_publish
 
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
+        if rc.is_failure:
+            # Stops paho's loop instead of letting it retry the refused login after a back-off.
+            self.client.disconnect()
         self.connacks.put((rc, bool(flags.session_present)))
 
     def _on_message(self, c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -125,7 +128,7 @@ class MqttClient:
         """Connect and return (CONNACK reason code, session present)."""
         props = None
         if session_expiry is not None:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = session_expiry
         self.client.connect(
             self.broker.host,
@@ -137,7 +140,6 @@ class MqttClient:
         self.client.loop_start()
         rc, present = self.connacks.get(timeout=TIMEOUT)
         if rc.is_failure:
-            # Otherwise paho's thread would keep retrying the refused login.
             self.client.loop_stop()
         return rc, present
 
@@ -227,7 +229,8 @@ def test_postgres_listens_on_loopback_only(postgres: PostgresServer) -> None:
 def test_postgres_row_survives_crash_and_restart(service_dir: Path) -> None:
     server = PostgresServer(service_dir / "pg")
     with server:
-        assert server.created
+        first_start_created = server.created
+        assert first_start_created
 
         async def write() -> None:
             conn = await asyncpg.connect(server.dsn)

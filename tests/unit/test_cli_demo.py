@@ -36,7 +36,10 @@ def test_demo_leaves_the_documented_layout(demo: Path) -> None:
     assert len(receipts) == 90
     device_ids = {json.loads(p.read_text())["reading"]["device_id"] for p in receipts}
     assert {p.stem for p in (demo / "devices").glob("*.jwk")} == device_ids
-    assert (demo / "operator.vkey").read_text().count("+") == 2
+    from anchor.checkpoint import NoteVerifier
+
+    vkey = NoteVerifier.from_vkey((demo / "operator.vkey").read_text().strip())
+    assert vkey.name == "demo.cityanchor.example/log"
     skey = demo / "operator.skey"
     assert stat.S_IMODE(skey.stat().st_mode) == 0o600
 
@@ -49,7 +52,11 @@ def test_demo_receipts_match_schema_and_independent_hashing(demo: Path) -> None:
         # Recompute with hashlib only, straight from the DESIGN.md rules.
         envelope = _b64url(doc["reading"]["envelope"])
         assert hashlib.sha256(b"\x00" + envelope).hexdigest() == doc["leaf_hash"]
-        node, index, size = bytes.fromhex(doc["leaf_hash"]), doc["batch"]["index"], doc["batch"]["size"]
+        node, index, size = (
+            bytes.fromhex(doc["leaf_hash"]),
+            doc["batch"]["index"],
+            doc["batch"]["size"],
+        )
         fn, sn = index, size - 1
         for sibling_hex in doc["batch"]["path"]:
             sibling = bytes.fromhex(sibling_hex)
@@ -67,16 +74,24 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
     receipts = sorted(str(p) for p in (demo / "receipts").glob("*.json"))
     keys = sorted(str(p) for p in (demo / "devices").glob("*.jwk"))
     vkey = str(demo / "operator.vkey")
-    ok = subprocess.run([CITYANCHOR, "verify", *receipts[:5], "--device-key", *keys, "--log-key", vkey],
-                        capture_output=True, text=True, check=False)
+    ok = subprocess.run(
+        [CITYANCHOR, "verify", *receipts[:5], "--device-key", *keys, "--log-key", vkey],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "5 of 5 receipts valid" in ok.stdout
     assert ok.stdout.count("PASS signature") == 5
 
     tampered = sorted(str(p) for p in (demo / "tampered").glob("*.json"))
     assert len(tampered) == 1
-    bad = subprocess.run([CITYANCHOR, "verify", receipts[0], *tampered, "--device-key", *keys, "--json"],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [CITYANCHOR, "verify", receipts[0], *tampered, "--device-key", *keys, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 1
     results = json.loads(bad.stdout)
     assert [r["valid"] for r in results] == [True, False]
@@ -86,36 +101,82 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
 
     usage = subprocess.run([CITYANCHOR, "verify"], capture_output=True, text=True, check=False)
     assert usage.returncode == 2
-    missing = subprocess.run([CITYANCHOR, "verify", str(demo / "nope.json")], capture_output=True, text=True, check=False)
+    missing = subprocess.run(
+        [CITYANCHOR, "verify", str(demo / "nope.json")], capture_output=True, text=True, check=False
+    )
     assert missing.returncode == 2 and "cannot read receipt" in missing.stderr
-    key_first = subprocess.run([CITYANCHOR, "verify", receipts[0], "--device-key", receipts[1]],
-                               capture_output=True, text=True, check=False)
+    key_first = subprocess.run(
+        [CITYANCHOR, "verify", receipts[0], "--device-key", receipts[1]],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert key_first.returncode == 2 and "is a receipt, not a key" in key_first.stderr
 
 
 def test_verify_help_names_the_stable_flags() -> None:
-    out = subprocess.run([CITYANCHOR, "verify", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [CITYANCHOR, "verify", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for flag in ("--device-key", "--log-key", "--rpc", "--json"):
         assert flag in out
 
 
-def test_keygen_sign_verify_envelope_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_keygen_sign_verify_envelope_round_trip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from anchor.envelope import parse_envelope, verify_envelope
     from anchor.keys import PublicKey
 
-    assert main(["keygen", "--device-id", "wm-0001", "--type", "P-256", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["keygen", "--device-id", "wm-0001", "--type", "P-256", "--out", str(tmp_path)]) == 0
+    )
     pems = [p for p in tmp_path.iterdir() if p.suffix == ".pem" and "pub" not in p.name]
     assert pems and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in pems)
     jwk = json.loads((tmp_path / "wm-0001.jwk").read_text())
     state = tmp_path / "state.json"
     for n in (1, 2):
         out = tmp_path / f"r{n}.cbor"
-        assert main(["sign", "--key", str(pems[0]), "--device-id", "wm-0001", "--kind", "iot.water_level",
-                     "--values", '{"level_m": 1.25}', "--state", str(state), "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "sign",
+                    "--key",
+                    str(pems[0]),
+                    "--device-id",
+                    "wm-0001",
+                    "--kind",
+                    "iot.water_level",
+                    "--values",
+                    '{"level_m": 1.25}',
+                    "--state",
+                    str(state),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         env = verify_envelope(parse_envelope(out.read_bytes()), PublicKey.from_jwk(jwk))
         assert env.reading.seq == n
-    assert main(["sign", "--key", str(pems[0]), "--device-id", "wm-0001", "--kind", "k",
-                 "--values", "[1]", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "sign",
+                "--key",
+                str(pems[0]),
+                "--device-id",
+                "wm-0001",
+                "--kind",
+                "k",
+                "--values",
+                "[1]",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert main(["keygen", "--operator", "--name", "city.example/log", "--out", str(tmp_path)]) == 0
     assert stat.S_IMODE((tmp_path / "operator.skey").stat().st_mode) == 0o600
     assert (tmp_path / "operator.vkey").read_text().startswith("city.example/log+")

@@ -6,10 +6,26 @@ import json
 import subprocess
 import sys
 
-CORE = ["anchor.merkle", "anchor.envelope", "anchor.keys", "anchor.receipt", "anchor.checkpoint",
-        "anchor.verify", "anchor.sealing", "anchor.chainpoint"]
-FORBIDDEN = ("paho", "asyncpg", "aiohttp", "web3", "socket", "urllib.request", "http.client",
-             "logging")
+CORE = [
+    "anchor.merkle",
+    "anchor.envelope",
+    "anchor.keys",
+    "anchor.receipt",
+    "anchor.checkpoint",
+    "anchor.verify",
+    "anchor.sealing",
+    "anchor.chainpoint",
+]
+FORBIDDEN = (
+    "paho",
+    "asyncpg",
+    "aiohttp",
+    "web3",
+    "socket",
+    "urllib.request",
+    "http.client",
+    "logging",
+)
 
 
 def test_core_imports_no_io_library() -> None:

@@ -1,4 +1,4 @@
-"""Receipt verification: valid receipts pass every check, each kind of tampering fails the right one."""
+"""Receipt verification: valid receipts pass every check; each tampering fails the right one."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import pytest
 
 from anchor import merkle
 from anchor.checkpoint import generate_note_key
-from anchor.envelope import FORMAT_COSE, FORMAT_JWS, Reading, sign_reading
+from anchor.envelope import FORMAT_COSE, FORMAT_JWS, Reading, parse_envelope, sign_reading
 from anchor.keys import PrivateKey
 from anchor.receipt import AnchorRecord, Receipt, dumps_receipt, loads_receipt
 from anchor.sealing import BatchLog, seal_batch
-from anchor.envelope import parse_envelope
 from anchor.verify import verify_receipt
 
 ORIGIN = "test.cityanchor.example/log"
@@ -46,10 +45,15 @@ def _world(hasher: merkle.Hasher = merkle.SHA256) -> World:
         prev[k] = merkle.leaf_hash(raw)
         envelopes.append(parse_envelope(raw))
     log = BatchLog(ORIGIN, [bytes([9]) * 32], hasher=hasher)  # a batch from before, at index 0
-    batches = [seal_batch(1, envelopes[:10], hasher=hasher), seal_batch(2, envelopes[10:], hasher=hasher)]
+    batches = [
+        seal_batch(1, envelopes[:10], hasher=hasher),
+        seal_batch(2, envelopes[10:], hasher=hasher),
+    ]
     indexes = [log.append(b.root) for b in batches]
     note = log.checkpoint(operator)
-    receipts = [r for b, i in zip(batches, indexes, strict=True) for r in log.receipts(b, i, note, log.size)]
+    receipts = [
+        r for b, i in zip(batches, indexes, strict=True) for r in log.receipts(b, i, note, log.size)
+    ]
     return World(receipts, keys, operator.verifier)
 
 
@@ -71,7 +75,9 @@ def test_every_fresh_receipt_passes_every_offline_check(world: World) -> None:
     assert len(world.receipts) == 23
     for r in world.receipts:
         report = verify_receipt(
-            r, device_keys=[k.public_key for k in world.keys], log_verifiers=[world.operator_vkey]  # type: ignore[list-item]
+            r,
+            device_keys=[k.public_key for k in world.keys],
+            log_verifiers=[world.operator_vkey],  # type: ignore[list-item]
         )
         assert report.valid
         statuses = {c.name: c.status for c in report.checks}
@@ -109,8 +115,14 @@ def test_flipped_signature_byte_fails_signature_and_leaf(world: World) -> None:
 
 def test_receipt_for_other_device_or_seq_fails_envelope_check(world: World) -> None:
     r = world.receipts[2]
-    assert _verify(world, dataclasses.replace(r, seq=r.seq + 1))["envelope"] == ("fail", "receipt_mismatch")
-    assert _verify(world, dataclasses.replace(r, device_id="dev-9"))["envelope"] == ("fail", "receipt_mismatch")
+    assert _verify(world, dataclasses.replace(r, seq=r.seq + 1))["envelope"] == (
+        "fail",
+        "receipt_mismatch",
+    )
+    assert _verify(world, dataclasses.replace(r, device_id="dev-9"))["envelope"] == (
+        "fail",
+        "receipt_mismatch",
+    )
 
 
 def test_untrusted_device_key_is_unknown_kid(world: World) -> None:
