@@ -15,6 +15,8 @@ setup(
     install_requires=[
         "cryptography>=42,<51",
         "cbor2>=5.6,<7",
+        "asyncpg>=0.29,<1",
+        "paho-mqtt>=2.1,<3",
     ],
     extras_require={
         "test": [

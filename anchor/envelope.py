@@ -446,10 +446,12 @@ def verify_envelope(envelope: Envelope | bytes, key: PublicKey) -> Envelope:
             f"envelope kid {b64url_encode(envelope.kid)} is not the key's kid "
             f"{b64url_encode(expected)}"
         )
-    if ALG_KEY_TYPES[envelope.alg] != key.key_type:
-        raise AlgorithmKeyMismatch(
-            f"alg {envelope.alg} needs a {ALG_KEY_TYPES[envelope.alg]} key, not {key.key_type}"
-        )
+    needed = ALG_KEY_TYPES.get(envelope.alg)
+    if needed is None:
+        # Only a hand-built Envelope can get here; parse_envelope enforces the allow-list.
+        raise AlgorithmNotAllowed(f"alg {_excerpt(envelope.alg)} is not allowed")
+    if needed != key.key_type:
+        raise AlgorithmKeyMismatch(f"alg {envelope.alg} needs a {needed} key, not {key.key_type}")
     key.verify(envelope.signature, envelope.signed_bytes)
     return envelope
 
@@ -608,9 +610,10 @@ def _parse_cose(raw: bytes) -> Envelope:
 # JWS compact serialization (RFC 7515 sections 3.1, 5.2, 7.1)
 # --------------------------------------------------------------------------------------------
 
-# A JSON string literal, escapes included; used to skip strings when measuring depth.
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+# One token: a JSON string literal (escapes included; an unterminated one runs to the end) or a
+# bracket. The possessive ``*+`` never backtracks, so scanning is linear: a plain
+# ``"(?:[^"\\]|\\.)*"`` takes quadratic time on a run of escaped quotes with no closing one.
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*+"?|[\[\]{}]', re.DOTALL)
 
 
 class _JsonReject(ValueError):
@@ -631,12 +634,21 @@ def _no_constant(name: str) -> NoReturn:
 
 
 def _json_depth(data: bytes) -> int:
-    # Bound the nesting before json.loads, whose recursion would otherwise hit Python's limit
-    # (RecursionError) on a 16 KiB string of "[".
+    """The deepest bracket nesting in ``data`` outside strings, counted up to one past the limit.
+
+    Bounds the nesting before ``json.loads``, whose recursion would otherwise reach Python's
+    limit (``RecursionError``) on 16 KiB of ``[``.
+    """
     depth = deepest = 0
-    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub(b'""', data)):
-        depth += 1 if bracket in b"[{" else -1
-        deepest = max(deepest, depth)
+    for match in _JSON_TOKEN.finditer(data):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+        elif token in (b"]", b"}"):
+            depth -= 1
     return deepest
 
 
@@ -646,9 +658,10 @@ def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
         obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         # UnicodeDecodeError, JSONDecodeError, _JsonReject and the int-digits limit are all
-        # ValueErrors; JSONDecodeError messages give positions, not content.
+        # ValueErrors; JSONDecodeError messages give positions, not content. RecursionError
+        # cannot happen after the depth check; it is caught so that it could never escape.
         raise MalformedEnvelope(f"{what} is not valid JSON: {_excerpt(str(exc), 100)}") from exc
     if not isinstance(obj, dict):
         _malformed(f"{what} must be a JSON object")

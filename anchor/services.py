@@ -1,10 +1,11 @@
 """Private PostgreSQL and Mosquitto servers for tests, the demo and single-host runs.
 
 Each server lives in a directory the caller gives, listens only on ``127.0.0.1`` at a port the
-caller names or a free one, and is stopped by :meth:`stop`, by leaving its ``with`` block or, as a
-last resort, at interpreter exit. Services that merely happen to run on the machine (a system
-PostgreSQL on 5432, a Mosquitto on 1883) are never used: a test that passes against them proves
-nothing about a fresh host.
+caller names or a free one (a restart reuses the previous port while it is still free, so clients
+holding the old URL or DSN reconnect), and is stopped by :meth:`stop`, by leaving its ``with``
+block or, as a last resort, at interpreter exit. Services that merely happen to run on the
+machine (a system PostgreSQL on 5432, a Mosquitto on 1883) are never used: a test that passes
+against them proves nothing about a fresh host.
 
 Running as root: ``initdb`` and ``postgres`` refuse to run as root, so they run as the
 ``postgres`` user through ``runuser`` on a directory chowned to it; Mosquitto drops privileges to
@@ -15,7 +16,7 @@ callers running as root should create a directory and chmod it 0711 or wider.
 
 Failures raise :class:`ServiceError` with a stable ``reason``: ``binary_missing``,
 ``port_in_use``, ``permission_denied``, ``user_missing``, ``config_invalid``, ``start_failed``,
-``stop_failed``.
+``stop_failed``, ``sql_failed`` (:meth:`PostgresServer.psql`), ``usage``.
 
 Example::
 
@@ -110,6 +111,21 @@ def _check_port_free(port: int) -> None:
                 f"port {port} on {LOOPBACK} is already in use ({exc.strerror})",
                 reason="port_in_use",
             ) from exc
+
+
+def _pick_port(requested: int | None, previous: int | None, attempt: int) -> int:
+    """The caller's port; else, on the first try, the port of the previous run if still free
+    (clients holding the old URL or DSN reconnect after a restart); else a fresh free port."""
+    if requested is not None:
+        return requested
+    if previous is not None and attempt == 0:
+        try:
+            _check_port_free(previous)
+        except ServiceError:
+            pass
+        else:
+            return previous
+    return free_port()
 
 
 def _is_root() -> bool:
@@ -304,7 +320,7 @@ class PostgresServer:
 
     @property
     def pid(self) -> int | None:
-        """The postmaster's pid from ``postmaster.pid``, or None when it is not running."""
+        """The postmaster's pid from ``postmaster.pid``, or None when there is no such file."""
         try:
             first = (self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0]
             return int(first)
@@ -338,7 +354,7 @@ class PostgresServer:
             self.created = False
 
         for attempt in range(_PORT_RETRIES):
-            port = self._requested_port if self._requested_port is not None else free_port()
+            port = self._pick_port(attempt)
             self._port = port
             self._write_settings(port)
             error = self._pg_ctl_start(bindir)
@@ -370,34 +386,10 @@ class PostgresServer:
         if not self._running:
             return
         pid = self.pid
-        result = self._run_as_owner(
-            [
-                str(self.bindir / "pg_ctl"),
-                "stop",
-                "-D",
-                str(self.data_dir),
-                "-m",
-                mode,
-                "-w",
-                "-t",
-                "60",
-            ],
-        )
+        result = self._pg_ctl_stop(mode, timeout=60)
         if result.returncode != 0 and mode != "immediate":
             # A fast shutdown that hangs (a stuck client) must not leave a server behind.
-            result = self._run_as_owner(
-                [
-                    str(self.bindir / "pg_ctl"),
-                    "stop",
-                    "-D",
-                    str(self.data_dir),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "-t",
-                    "30",
-                ],
-            )
+            result = self._pg_ctl_stop("immediate", timeout=30)
         if pid is not None and _pid_alive(pid, wait=10.0):
             raise ServiceError(
                 f"PostgreSQL (pid {pid}) did not stop: {result.stdout}{result.stderr}\n"
@@ -413,25 +405,9 @@ class PostgresServer:
         Raises:
             ServiceError: ``sql_failed`` with psql's error message.
         """
-        cmd = [
-            str(self.bindir / "psql"),
-            "-X",
-            "-q",
-            "-t",
-            "-A",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            LOOPBACK,
-            "-p",
-            str(self.port),
-            "-U",
-            _PG_USER,
-            "-d",
-            database or self.database,
-            "-c",
-            sql,
-        ]
+        psql = str(self.bindir / "psql")
+        target = self._target(database or self.database)
+        cmd = [psql, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", *target, "-c", sql]
         result = subprocess.run(
             cmd, capture_output=True, text=True, env=_clean_env(), timeout=60, check=False
         )
@@ -455,6 +431,19 @@ class PostgresServer:
         return f"PostgresServer({str(self.base_dir)!r}, {state})"
 
     # -- internals ------------------------------------------------------------------------
+
+    def _pick_port(self, attempt: int) -> int:
+        return _pick_port(self._requested_port, self._port, attempt)
+
+    def _target(self, database: str) -> list[str]:
+        # Always TCP on loopback with explicit user and database: never a default socket or a
+        # PG* variable of the caller's environment.
+        return [
+            f"--host={LOOPBACK}",
+            f"--port={self.port}",
+            f"--username={_PG_USER}",
+            f"--dbname={database}",
+        ]
 
     def _owner(self) -> pwd.struct_passwd | None:
         return _user(_PG_USER, _PG_PACKAGE) if _is_root() else None
@@ -490,17 +479,10 @@ class PostgresServer:
         os.chmod(self.base_dir, 0o700)
 
     def _initdb(self, bindir: Path) -> None:
-        cmd = [
-            str(bindir / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "-U",
-            _PG_USER,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-        ]
+        initdb = str(bindir / "initdb")
+        cmd = [initdb, "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust", "-E", "UTF8"]
+        # C collation: byte order, identical on every host, and no dependency on system locales.
+        cmd.append("--no-locale")
         if not self.fsync:
             cmd.append("--no-sync")
         result = self._run_as_owner(cmd)
@@ -541,6 +523,11 @@ class PostgresServer:
         )
         self._write_owned(self.data_dir / "cityanchor.conf", conf)
 
+    def _pg_ctl_stop(self, mode: str, *, timeout: int) -> subprocess.CompletedProcess[str]:
+        pg_ctl = str(self.bindir / "pg_ctl")
+        cmd = [pg_ctl, "stop", "-D", str(self.data_dir), "-m", mode, "-w", "-t", str(timeout)]
+        return self._run_as_owner(cmd, timeout=timeout + 30)
+
     def _pg_ctl_start(self, bindir: Path) -> ServiceError | None:
         result = self._run_as_owner(
             [
@@ -558,6 +545,9 @@ class PostgresServer:
         )
         if result.returncode == 0:
             return None
+        # pg_ctl gives up after its timeout but the postmaster may still come up later: stop it
+        # so a failed start never leaves a server behind (a no-op when none is running).
+        self._pg_ctl_stop("immediate", timeout=30)
         tail = _log_tail(self.log_path)
         reason = "port_in_use" if "Address already in use" in tail else "start_failed"
         return ServiceError(
@@ -569,20 +559,7 @@ class PostgresServer:
     def _wait_ready(self, bindir: Path) -> None:
         # pg_ctl -w already waited for the postmaster; this also proves TCP on loopback answers.
         deadline = time.monotonic() + self.start_timeout
-        cmd = [
-            str(bindir / "pg_isready"),
-            "-q",
-            "-h",
-            LOOPBACK,
-            "-p",
-            str(self.port),
-            "-U",
-            _PG_USER,
-            "-d",
-            "postgres",
-            "-t",
-            "2",
-        ]
+        cmd = [str(bindir / "pg_isready"), "-q", *self._target("postgres"), "--timeout=2"]
         while True:
             result = subprocess.run(cmd, env=_clean_env(), check=False, capture_output=True)
             if result.returncode == 0:
@@ -758,7 +735,7 @@ class MosquittoServer:
         binary = self._binary or find_mosquitto()
         self._prepare_dirs()
         for attempt in range(_PORT_RETRIES):
-            port = self._requested_port if self._requested_port is not None else free_port()
+            port = self._pick_port(attempt)
             self._port = port
             self._write_files()
             error = self._spawn(binary)
@@ -830,6 +807,9 @@ class MosquittoServer:
         return f"MosquittoServer({str(self.base_dir)!r}, {state})"
 
     # -- internals ------------------------------------------------------------------------
+
+    def _pick_port(self, attempt: int) -> int:
+        return _pick_port(self._requested_port, self._port, attempt)
 
     @staticmethod
     def _validate_users(users: Mapping[str, str] | None) -> None:

@@ -27,7 +27,6 @@ from anchor.services import (
     PostgresServer,
     ServiceError,
     find_pg_bindir,
-    free_port,
     mosquitto_password_hash,
 )
 
@@ -243,12 +242,13 @@ def test_postgres_row_survives_crash_and_restart(service_dir: Path) -> None:
         asyncio.run(write())
         # Immediate mode is a crash as far as the data files go: no shutdown checkpoint, so
         # the row comes back only through the fsynced WAL.
-        pid = server.pid
+        pid, port = server.pid, server.port
         server.stop(mode="immediate")
         assert pid is not None and not _pid_alive(pid)
 
     with server:
         assert not server.created, "initdb must run only on the first start"
+        assert server.port == port, "a restart keeps the port while it is free"
 
         async def read() -> bytes:
             conn = await asyncpg.connect(server.dsn)
@@ -385,7 +385,7 @@ def test_builtin_password_hash_matches_mosquitto(
 def test_persistent_session_survives_offline_time_and_broker_restart(
     service_dir: Path, clients: list[MqttClient]
 ) -> None:
-    broker = MosquittoServer(service_dir / "mq", port=free_port())
+    broker = MosquittoServer(service_dir / "mq")
     with broker, _closing(clients):
         sub = _client(clients, broker, "ingestor-1")
         sub.connect(clean_start=False, session_expiry=3600)
@@ -406,7 +406,9 @@ def test_persistent_session_survives_offline_time_and_broker_restart(
         pub.close()
     # Stopped with SIGTERM: Mosquitto writes its persistence database; same dir, same port.
     assert (broker.persistence_dir / "mosquitto.db").is_file()
+    port = broker.port
     with broker, _closing(clients):
+        assert broker.port == port, "a restart keeps the port while it is free"
         sub = _client(clients, broker, "ingestor-1")
         rc, present = sub.connect(clean_start=False, session_expiry=3600)
         assert not rc.is_failure and present

@@ -471,11 +471,16 @@ def invalid_cases() -> list[dict[str, Any]]:
     add("COSE payload changed after signing",
         cose(payload_bytes=payload_map({**p, "seq": 8}), signature=SK.sign(sig_structure(
             protected(), payload_map(p)))), "bad_signature")  # fmt: skip
-    add("COSE signed with a non-empty external_aad",
-        cose(signature=SK.sign(sig_structure(protected(), body, aad=b"x"))), "bad_signature")
-    add("COSE signed as Signature (not Signature1)",
+    add(
+        "COSE signed with a non-empty external_aad",
+        cose(signature=SK.sign(sig_structure(protected(), body, aad=b"x"))),
+        "bad_signature",
+    )
+    add(
+        "COSE signed as Signature (not Signature1)",
         cose(signature=SK.sign(sig_structure(protected(), body, context="Signature"))),
-        "bad_signature")
+        "bad_signature",
+    )
     add("JWS signature from another payload", f"{h}.{b64u(compact(jws_payload_obj(seq=8)))}.{s}",
         "bad_signature")  # fmt: skip
     add("JWS signature all zero", jws(signature=bytes(64)), "bad_signature")
