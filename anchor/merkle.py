@@ -30,6 +30,8 @@ from anchor.errors import ProofError
 
 __all__ = [
     "HASHERS",
+    "compact_append",
+    "compact_root",
     "SHA256",
     "SM3",
     "Hasher",
@@ -183,6 +185,39 @@ def inclusion_proofs(leaf_hashes: Sequence[bytes], *, hasher: Hasher = SHA256) -
     """Audit paths for all leaves: O(n log n), where n ``inclusion_proof`` calls are O(n^2)."""
     levels = _levels(leaf_hashes, hasher)
     return [_path_from_levels(levels, i) for i in range(len(leaf_hashes))]
+
+
+def compact_append(
+    frontier: Sequence[bytes], size: int, leaf: bytes, *, hasher: Hasher = SHA256
+) -> list[bytes]:
+    """Append one leaf hash to a compact range of a ``size``-leaf tree; return the new range.
+
+    A compact range (the "frontier") holds the roots of the perfect subtrees that make up the
+    tree, largest first, one per set bit of ``size``. It lets a log of any length grow and
+    report its root in O(log n) hashes, so sealing never rereads old leaves.
+    """
+    if len(frontier) != size.bit_count():
+        raise ProofError(
+            f"a compact range of size {size} has {size.bit_count()} hashes, not {len(frontier)}"
+        )
+    nodes = list(frontier)
+    node = leaf
+    # Each trailing 1 bit of size is a perfect subtree the new leaf completes and merges with.
+    while size & 1:
+        node = hasher.hash_children(nodes.pop(), node)
+        size >>= 1
+    nodes.append(node)
+    return nodes
+
+
+def compact_root(frontier: Sequence[bytes], *, hasher: Hasher = SHA256) -> bytes:
+    """The Merkle Tree Hash of the tree whose compact range is ``frontier``."""
+    if not frontier:
+        return hasher.empty_root()
+    node = frontier[-1]
+    for left in reversed(frontier[:-1]):
+        node = hasher.hash_children(left, node)
+    return node
 
 
 def _largest_power_of_two_below(n: int) -> int:
