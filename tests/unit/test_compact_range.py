@@ -31,5 +31,5 @@ def test_compact_range_sm3(leaves: list[bytes]) -> None:
 
 def test_compact_append_rejects_a_range_of_the_wrong_size() -> None:
     with pytest.raises(merkle.ProofError) as exc:
-        merkle.compact_append([bytes(32)], 2, bytes(32))
+        merkle.compact_append([bytes(32)], 3, bytes(32))
     assert exc.value.reason == "proof_malformed"
