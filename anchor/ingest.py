@@ -1,0 +1,519 @@
+"""The ingestor: MQTT v5 -> checks -> signature verification on all cores -> batch -> one
+PostgreSQL transaction -> PUBACK.
+
+Nothing is acknowledged before it is durable. paho runs with ``manual_ack=True``: a PUBACK for a
+message is sent only after the transaction that stores it (or its quarantine row) has committed.
+A crash before that means the broker redelivers, and the store's (device_id, seq) uniqueness
+makes the redelivery harmless, so the effect is exactly-once.
+
+Back-pressure comes from MQTT v5 itself: the CONNECT packet's Receive Maximum caps how many
+unacknowledged QoS 1 messages the broker may hand us. When PostgreSQL is slow or down nothing is
+acknowledged, the window fills, and the broker keeps the rest; nothing is ever dropped here.
+
+Pipeline (one asyncio loop; paho's network thread only converts packets into values):
+
+1. ``on_message`` (paho thread) -> :class:`Incoming` -> asyncio queue (bounded by the window);
+2. cheap checks in order: size cap, topic, envelope parse, topic/device match, registry lookup,
+   key status, clock skew; a failure becomes a quarantine :class:`~anchor.store.Rejection`;
+3. signatures verified in a process pool, in chunks, so the event loop never blocks on crypto;
+4. a batch closes at ``batch_size`` readings or when its oldest is ``batch_age_ms`` old, and is
+   handed to the sealing task; ``Store.seal`` decides duplicates, seq conflicts and prev links
+   under the log lock and commits readings, batch, log append, checkpoint and quarantine at once;
+5. after the commit, every message of the batch is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import multiprocessing
+import re
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from anchor import merkle
+from anchor.checkpoint import NoteSigner
+from anchor.config import Settings
+from anchor.envelope import Envelope, parse_envelope
+from anchor.errors import AnchorError
+from anchor.keys import PublicKey
+from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store
+
+__all__ = ["IngestStats", "Incoming", "Ingestor", "parse_topic"]
+
+log = logging.getLogger("anchor.ingest")
+
+TOPIC_RE = re.compile(r"^city/([A-Za-z0-9._-]{1,64})/([A-Za-z0-9._-]{1,64})/readings$")
+VERIFY_CHUNK = 128
+# How long a failed seal waits before trying again, doubling up to the cap.
+RETRY_INITIAL_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One MQTT delivery, as taken off paho's thread."""
+
+    mid: int
+    topic: str
+    payload: bytes
+    received_at: datetime
+    generation: int  # which MQTT connection delivered it: a mid is only valid on that one
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch being filled: verified candidates and rejections, with the deliveries to ack."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    deliveries: list[Incoming] = field(default_factory=list)
+    opened: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """``city/{district}/{device_id}/readings`` -> (district, device_id), else None."""
+    m = TOPIC_RE.match(topic)
+    return (m.group(1), m.group(2)) if m else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _worker_key(key_type: str, raw: bytes) -> PublicKey:
+    return PublicKey(key_type, raw)
+
+
+def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[str | None]:
+    """Worker-process side: verify (signed_bytes, signature, key_type, key_raw) tuples.
+
+    Returns, per item, None when the signature is valid or the reason code why not.
+    """
+    out: list[str | None] = []
+    for signed, signature, key_type, key_raw in items:
+        try:
+            _worker_key(key_type, key_raw).verify(signature, signed)
+            out.append(None)
+        except AnchorError as exc:
+            out.append(exc.reason)
+    return out
+
+
+class IngestStats:
+    """Counters for logs and metrics: outcomes by reason, seal latency."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.seal_latency_s: deque[float] = deque(maxlen=10_000)
+        self.batches = 0
+        self.seal_failures = 0
+        self.received = 0
+
+    def record_seal(self, result: SealResult, latency_s: float) -> None:
+        self.outcomes["accepted"] += result.accepted
+        self.outcomes["duplicate"] += result.duplicates
+        for reason, n in result.quarantined.items():
+            self.outcomes[f"quarantined:{reason}"] += n
+        if result.batch_id is not None:
+            self.batches += 1
+        self.seal_latency_s.append(latency_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        lat = sorted(self.seal_latency_s)
+
+        def q(p: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 4) if lat else None
+
+        return {
+            "received": self.received,
+            "batches": self.batches,
+            "seal_failures": self.seal_failures,
+            "outcomes": dict(self.outcomes),
+            "seal_latency_p50_s": q(0.50),
+            "seal_latency_p99_s": q(0.99),
+        }
+
+
+class _Registry:
+    """The ingestor's cache of the device registry, refreshed in the background and on a miss."""
+
+    def __init__(self, store: Store, refresh_s: float) -> None:
+        self._store = store
+        self._refresh_s = refresh_s
+        self._devices: dict[str, DeviceRecord] = {}
+        self._missed: dict[str, float] = {}
+
+    async def refresh(self) -> None:
+        self._devices = await self._store.device_keys_snapshot()
+        self._missed.clear()
+
+    async def lookup(self, device_id: str) -> DeviceRecord | None:
+        record = self._devices.get(device_id)
+        if record is not None:
+            return record
+        # A device registered since the last refresh is found at once; an unknown one costs at
+        # most one query per refresh interval, however fast it floods us.
+        now = time.monotonic()
+        if now - self._missed.get(device_id, -1e9) < self._refresh_s:
+            return None
+        self._missed[device_id] = now
+        try:
+            record = await self._store.get_device(device_id)
+        except AnchorError as exc:
+            if exc.reason != "not_found":
+                raise
+            return None
+        self._devices[device_id] = record
+        return record
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Ingestor:
+    """One ingestor process. ``run(stop)`` returns after a clean drain once ``stop`` is set."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        signer: NoteSigner,
+        client_id: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.signer = signer
+        self.client_id = client_id
+        self.hasher = merkle.get_hasher(settings.hash_scheme)
+        self.stats = IngestStats()
+        self._registry = _Registry(store, settings.registry_refresh_ms / 1000)
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        self._seal_queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=2)
+        self._generation = 0
+        self._client: mqtt.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connected = asyncio.Event()
+        self._pool: ProcessPoolExecutor | None = None
+
+    # ------------------------------------------------------------------------------ MQTT side
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt connect refused: %s", reason_code)
+            return
+        self._generation += 1
+        client.subscribe(self.settings.mqtt_topic, qos=1)
+        log.info(
+            "mqtt connected (session present: %s), subscribed to %s",
+            flags.session_present,
+            self.settings.mqtt_topic,
+        )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.set)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        log.warning("mqtt disconnected: %s; unacknowledged messages will be redelivered", reason_code)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._connected.clear)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # paho's thread: turn the packet into a value and hand it over; nothing else here.
+        incoming = Incoming(msg.mid, msg.topic, bytes(msg.payload), _now(), self._generation)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, incoming)
+
+    def _start_mqtt(self) -> mqtt.Client:
+        url = urlsplit(self.settings.mqtt_url)
+        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+            raise AnchorError(f"unsupported MQTT URL {self.settings.mqtt_url!r}", reason="usage")
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+            manual_ack=True,
+        )
+        if self.settings.mqtt_username:
+            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password or None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
+        props.ReceiveMaximum = self.settings.inflight_window
+        client.connect_async(
+            url.hostname, url.port or 1883, keepalive=30, clean_start=False, properties=props
+        )
+        client.loop_start()
+        return client
+
+    def _ack(self, deliveries: Sequence[Incoming]) -> None:
+        client = self._client
+        if client is None:
+            return
+        stale = 0
+        for d in deliveries:
+            # A mid names a message only on the connection that delivered it; after a reconnect
+            # the broker redelivers those messages and the store de-duplicates them.
+            if d.generation != self._generation:
+                stale += 1
+                continue
+            client.ack(d.mid, 1)
+        if stale:
+            log.info("%d deliveries from an earlier connection left to redelivery", stale)
+
+    # --------------------------------------------------------------------------- checks
+    def _reject(
+        self,
+        item: Incoming,
+        reason: str,
+        detail: str,
+        *,
+        device_id: str | None = None,
+        seq: int | None = None,
+    ) -> Rejection:
+        return Rejection(
+            received_at=item.received_at,
+            topic=item.topic,
+            reason=reason,
+            detail=detail,
+            raw=item.payload,
+            device_id=device_id,
+            seq=seq,
+        )
+
+    async def _precheck(self, item: Incoming) -> Rejection | tuple[Envelope, PublicKey]:
+        s = self.settings
+        if len(item.payload) > s.max_envelope_bytes:
+            return self._reject(
+                item, "oversized", f"{len(item.payload)} bytes > {s.max_envelope_bytes}"
+            )
+        topic = parse_topic(item.topic)
+        if topic is None:
+            return self._reject(item, "bad_topic", f"topic {item.topic[:120]!r} is not ours")
+        try:
+            envelope = parse_envelope(item.payload)
+        except AnchorError as exc:
+            return self._reject(item, exc.reason, exc.detail, device_id=topic[1])
+        reading = envelope.reading
+        if reading.device_id != topic[1]:
+            return self._reject(
+                item,
+                "topic_mismatch",
+                f"envelope of {reading.device_id!r} published under {topic[1]!r}",
+                device_id=topic[1],
+                seq=reading.seq,
+            )
+        record = await self._registry.lookup(reading.device_id)
+        if record is None:
+            return self._reject(
+                item, "unknown_device", "not in the registry", device_id=reading.device_id,
+                seq=reading.seq,
+            )
+        if record.status == "revoked" and (
+            record.revoked_at is None or item.received_at >= record.revoked_at
+        ):
+            return self._reject(
+                item, "device_revoked", f"revoked at {record.revoked_at}",
+                device_id=reading.device_id, seq=reading.seq,
+            )
+        key = next((k for k in record.keys if k.kid == envelope.kid), None)
+        if key is None:
+            return self._reject(
+                item, "unknown_kid", f"kid {envelope.kid.hex()[:16]}… is not a key of this device",
+                device_id=reading.device_id, seq=reading.seq,
+            )
+        if key.valid_until is not None and reading.ts >= key.valid_until.timestamp() * 1000:
+            return self._reject(
+                item, "key_rotated", f"signed at {reading.ts} with a key retired at {key.valid_until}",
+                device_id=reading.device_id, seq=reading.seq,
+            )
+        received_ms = item.received_at.timestamp() * 1000
+        if reading.ts - received_ms > s.clock_skew_future_ms or (
+            s.clock_skew_past_ms and received_ms - reading.ts > s.clock_skew_past_ms
+        ):
+            return self._reject(
+                item, "clock_skew", f"device time {reading.ts} vs received {int(received_ms)}",
+                device_id=reading.device_id, seq=reading.seq,
+            )
+        return envelope, key.public_key
+
+    async def _verify(
+        self, checked: Sequence[tuple[Incoming, Envelope, PublicKey]]
+    ) -> list[str | None]:
+        if not checked:
+            return []
+        loop = asyncio.get_running_loop()
+        jobs = [
+            (e.signed_bytes, e.signature, k.key_type, k.raw) for _, e, k in checked
+        ]
+        chunks = [jobs[i : i + VERIFY_CHUNK] for i in range(0, len(jobs), VERIFY_CHUNK)]
+        assert self._pool is not None
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._pool, _verify_chunk, c) for c in chunks)
+        )
+        return [r for chunk in results for r in chunk]
+
+    async def _process(self, items: Sequence[Incoming], pending: _Pending) -> None:
+        checked: list[tuple[Incoming, Envelope, PublicKey]] = []
+        for item in items:
+            outcome = await self._precheck(item)
+            if isinstance(outcome, Rejection):
+                pending.rejections.append(outcome)
+            else:
+                checked.append((item, *outcome))
+        for (item, envelope, _key), failure in zip(
+            checked, await self._verify(checked), strict=True
+        ):
+            if failure is None:
+                pending.candidates.append(Candidate(envelope, item.received_at, item.topic))
+            else:
+                r = envelope.reading
+                pending.rejections.append(
+                    self._reject(item, failure, "signature does not verify with the registered key",
+                                 device_id=r.device_id, seq=r.seq)
+                )
+        pending.deliveries.extend(items)
+
+    # --------------------------------------------------------------------------- sealing
+    async def _seal_forever(self) -> None:
+        while True:
+            batch = await self._seal_queue.get()
+            try:
+                await self._seal_with_retry(batch)
+            finally:
+                self._seal_queue.task_done()
+
+    async def _seal_with_retry(self, batch: _Pending) -> None:
+        delay = RETRY_INITIAL_S
+        while True:
+            try:
+                result = await self.store.seal(
+                    batch.candidates,
+                    batch.rejections,
+                    signer=self.signer,
+                    origin=self.settings.log_origin,
+                    ingestor=self.client_id,
+                    hasher=self.hasher,
+                )
+                break
+            except AnchorError as exc:
+                # Durable first: nothing of this batch is acknowledged until a seal commits, so
+                # the broker holds our window and redelivers if we die meanwhile.
+                self.stats.seal_failures += 1
+                log.warning("seal of %d deliveries failed (%s); retrying in %.1fs",
+                            len(batch), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+        latency = time.monotonic() - batch.opened
+        self.stats.record_seal(result, latency)
+        for r in batch.rejections:
+            log.info(
+                json.dumps(
+                    {"event": "quarantined", "reason": r.reason, "device_id": r.device_id,
+                     "seq": r.seq, "topic": r.topic[:200], "detail": r.detail[:200]}
+                )
+            )
+        self._ack(batch.deliveries)
+        if result.batch_id is not None:
+            log.debug("sealed batch %s: %d readings, log index %s, %.3fs",
+                      result.batch_id, result.size, result.log_index, latency)
+
+    # --------------------------------------------------------------------------- main loop
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ingest until ``stop`` is set, then seal and acknowledge what was verified, and return."""
+        self._loop = asyncio.get_running_loop()
+        s = self.settings
+        await self._registry.refresh()
+        workers = s.verify_processes or max(1, multiprocessing.cpu_count())
+        # spawn, not fork: paho's network thread must not be duplicated into the workers.
+        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        await self._loop.run_in_executor(self._pool, _verify_chunk, [])  # start the workers now
+        self._client = self._start_mqtt()
+        sealer = asyncio.create_task(self._seal_forever(), name="sealer")
+        refresher = asyncio.create_task(self._refresh_registry(stop), name="registry")
+        pending = _Pending()
+        try:
+            while not stop.is_set():
+                items = await self._take(pending, stop)
+                if items:
+                    if not pending.deliveries:
+                        pending.opened = time.monotonic()
+                    self.stats.received += len(items)
+                    await self._process(items, pending)
+                age_ms = (time.monotonic() - pending.opened) * 1000 if pending.deliveries else 0
+                if len(pending) >= s.batch_size or (pending.deliveries and age_ms >= s.batch_age_ms):
+                    await self._seal_queue.put(pending)
+                    pending = _Pending()
+            # Drain: seal what we hold; the queue's unverified rest is left to redelivery.
+            if pending.deliveries:
+                await self._seal_queue.put(pending)
+            await self._seal_queue.join()
+        finally:
+            sealer.cancel()
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sealer
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+            if self._client is not None:
+                self._client.disconnect()
+                self._client.loop_stop()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            log.info("ingestor stopped: %s", json.dumps(self.stats.snapshot()))
+
+    async def _take(self, pending: _Pending, stop: asyncio.Event) -> list[Incoming]:
+        """Up to the rest of a batch's worth of deliveries, waiting at most until its deadline."""
+        s = self.settings
+        room = max(1, s.batch_size - len(pending))
+        if pending.deliveries:
+            timeout = max(0.0, s.batch_age_ms / 1000 - (time.monotonic() - pending.opened))
+        else:
+            timeout = 0.25  # wake up now and then to notice `stop`
+        items: list[Incoming] = []
+        try:
+            items.append(await asyncio.wait_for(self._queue.get(), timeout))
+        except TimeoutError:
+            return items
+        while len(items) < room and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
+    async def _refresh_registry(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.settings.registry_refresh_ms / 1000)
+            try:
+                await self._registry.refresh()
+            except AnchorError as exc:
+                log.warning("registry refresh failed: %s", exc)
