@@ -192,6 +192,45 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------- config
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from anchor.config import load_settings
+
+    overrides = {
+        "database_url": getattr(args, "database_url", None),
+        "mqtt_url": getattr(args, "mqtt", None),
+        "operator_key_file": getattr(args, "operator_key", None),
+        "log_origin": getattr(args, "origin", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "batch_age_ms": getattr(args, "batch_age_ms", None),
+        "verify_processes": getattr(args, "verify_processes", None),
+        **extra,
+    }
+    config = Path(args.config) if getattr(args, "config", None) else None
+    return load_settings(toml_path=config, overrides=overrides)
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_settings(args).masked(), indent=2))
+    return EXIT_OK
+
+
+def _add_service_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="TOML", help="settings file (CITYANCHOR_* variables override)")
+    p.add_argument("--database-url", help="PostgreSQL DSN (CITYANCHOR_DATABASE_URL)")
+    p.add_argument("--mqtt", metavar="URL", help="broker, mqtt://host:port (CITYANCHOR_MQTT_URL)")
+    p.add_argument("--operator-key", metavar="SKEY_FILE", help="checkpoint signing key")
+    p.add_argument("--origin", help="log origin line of checkpoints")
+
+
+# ---------------------------------------------------------------------------------------- ingest
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from anchor.ingest_main import run_ingest
+
+    settings = _settings(args)
+    return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     from anchor.demo import run_offline_demo
@@ -259,6 +298,28 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chainpoint", action="store_true", help="Chainpoint v2 proofs (merkletools)")
     p.add_argument("--out", default="chainpoint", help="output directory")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("show", help="print the effective settings, secrets masked")
+    _add_service_flags(c)
+    c.set_defaults(func=_cmd_config_show)
+
+    p = sub.add_parser("ingest", help="run the MQTT ingestor")
+    _add_service_flags(p)
+    p.add_argument("--batch-size", type=int, help="readings per batch (default 1000)")
+    p.add_argument("--batch-age-ms", type=int, help="seal a batch this old (default 1000)")
+    p.add_argument("--verify-processes", type=int, help="signature workers (default: one per core)")
+    p.add_argument("--workers", type=int, default=1, help="ingestor processes on the shared subscription")
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_ingest)
+
+    from anchor.registry import add_db_commands, add_device_commands
+    from devices.simulator import add_simulate_command
+
+    add_db_commands(sub)
+    add_device_commands(sub)
+    add_simulate_command(sub)
 
     p = sub.add_parser("demo", help="run the offline end-to-end demo")
     p.add_argument("--out", default="demo-output", help="output directory")

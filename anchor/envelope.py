@@ -284,6 +284,9 @@ class Reading:
             _malformed(f"values must be a map, got {type(self.values).__name__}")
         for key, value in self.values.items():
             _check_text(key, "a key in values")
+            # Fast path for the common finite float, so the message is only built on failure.
+            if type(value) is float and math.isfinite(value):
+                continue
             _check_scalar(value, f"values[{_excerpt(key, 24)}]")
         if not isinstance(self.prev, bytes) or len(self.prev) != _PREV_SIZE:
             _malformed("prev must be 32 bytes")

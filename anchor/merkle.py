@@ -383,8 +383,8 @@ def verify_consistency(
 ) -> None:
     """Check that the ``old_size`` tree with ``old_root`` is a prefix of the ``new_size`` one.
 
-    An empty old tree is consistent with everything, but only with an empty proof (as in
-    transparency-dev/merkle). Returns None; raises ``ProofError``.
+    An empty old tree (whose root must be the empty root) is consistent with every tree, and
+    only with an empty proof. Returns None; raises ``ProofError``.
     """
     if old_size < 0 or new_size < 0:
         raise ProofError(f"negative tree size ({old_size}, {new_size})")
@@ -401,6 +401,8 @@ def verify_consistency(
     if old_size == 0:
         if proof:
             raise ProofError("consistency proof from an empty tree must be empty")
+        if old_root != hasher.empty_root():
+            raise _mismatch("empty tree root", hasher.empty_root(), old_root)
         return
     calculated = root_from_consistency_proof(old_size, new_size, proof, old_root, hasher=hasher)
     if calculated != new_root:

@@ -8,8 +8,9 @@ DESIGN.md "Batch log" fixes it. Receipts issued from these values must verify fo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from anchor import merkle
 from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
@@ -17,7 +18,21 @@ from anchor.envelope import Envelope
 from anchor.errors import ProofError
 from anchor.receipt import BatchProof, LogProof, Receipt
 
-__all__ = ["BatchLog", "SealedBatch", "seal_batch"]
+__all__ = [
+    "DUPLICATE_DETAIL",
+    "MAX_STORED_INT",
+    "BatchLog",
+    "Candidate",
+    "LogNode",
+    "Rejection",
+    "SealedBatch",
+    "classify_candidates",
+    "log_append",
+    "log_consistency_nodes",
+    "log_inclusion_nodes",
+    "log_root_from_nodes",
+    "seal_batch",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,3 +145,213 @@ class BatchLog:
                 zip(batch.envelopes, batch.leaf_hashes, paths, strict=True)
             )
         ]
+
+
+# --------------------------------------------------------------------------------------------
+# The pure half of the store's seal: which candidates enter the batch, and the log's nodes.
+# --------------------------------------------------------------------------------------------
+
+MAX_STORED_INT = 2**63 - 1
+"""Largest ``seq`` or ``ts`` the store can hold (PostgreSQL ``bigint``); the wire allows 2**64-1."""
+
+DUPLICATE_DETAIL = "identical to the stored reading: redelivery or replay"
+
+_ZERO_PREV = bytes(32)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A reading that passed the ingestor's size, parse, registry and signature checks.
+
+    ``received_at`` (timezone-aware) is when the ingestor took it off MQTT; it is the
+    partition key of the stored reading. ``topic`` is the MQTT topic it came on.
+    """
+
+    envelope: Envelope
+    received_at: datetime
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message rejected before sealing, or by :func:`classify_candidates` during it.
+
+    ``reason`` is a stable reason code (docs/reason-codes.md); ``raw`` the bytes received (the
+    store keeps the first 16 KiB and the SHA-256 of all of them).
+    """
+
+    received_at: datetime
+    topic: str
+    reason: str
+    detail: str
+    raw: bytes
+    device_id: str | None = None
+    seq: int | None = None
+
+
+def _reject(c: Candidate, reason: str, detail: str) -> Rejection:
+    r = c.envelope.reading
+    seq = r.seq if r.seq <= MAX_STORED_INT else None
+    return Rejection(c.received_at, c.topic, reason, detail, c.envelope.raw, r.device_id, seq)
+
+
+def classify_candidates(
+    candidates: Sequence[Candidate],
+    stored_leaf: Mapping[tuple[str, int], bytes],
+    *,
+    hasher: merkle.Hasher = merkle.SHA256,
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Decide which candidates enter the batch; return (accepted in input order, rejections).
+
+    ``stored_leaf`` maps (device_id, seq) to the leaf hash already stored, for at least every
+    candidate's seq and seq - 1. Candidates are judged in (device_id, seq, arrival) order, so
+    the result does not depend on how one device's readings were interleaved in the batch; the
+    first arrival of a seq wins. In order, a candidate is:
+
+    1. ``out_of_range`` when ``seq`` or ``ts`` exceeds :data:`MAX_STORED_INT` (the wire allows
+       uint64, the store holds int64; refusing here keeps one such reading from failing every
+       retry of the whole seal);
+    2. ``replayed_seq`` (a duplicate) when the same (device_id, seq) is stored or accepted
+       earlier in this batch with the same leaf hash: a redelivery or a replay;
+    3. ``seq_conflict`` when that seq holds a different leaf hash (equivocation or forgery);
+    4. ``prev_mismatch`` when seq is 1 and ``prev`` is not 32 zero bytes, or when seq - 1 is
+       known (stored or accepted in this batch) and ``prev`` is not its leaf hash;
+    5. accepted otherwise. An unknown seq - 1 is a gap, recorded by the ``device_seq_gaps``
+       view, not a fault.
+
+    Only links backwards are checked: a stored seq + 1 is not re-read.
+    """
+    leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in candidates]
+    order = sorted(
+        range(len(candidates)),
+        key=lambda i: (
+            candidates[i].envelope.reading.device_id,
+            candidates[i].envelope.reading.seq,
+            i,
+        ),
+    )
+    in_batch: dict[tuple[str, int], bytes] = {}
+    verdict: dict[int, Rejection] = {}
+    for i in order:
+        c, leaf = candidates[i], leaves[i]
+        r = c.envelope.reading
+        if r.seq > MAX_STORED_INT or r.ts > MAX_STORED_INT:
+            verdict[i] = _reject(
+                c, "out_of_range", f"seq {r.seq} or ts {r.ts} exceeds {MAX_STORED_INT}"
+            )
+            continue
+        key = (r.device_id, r.seq)
+        known = in_batch.get(key, stored_leaf.get(key))
+        if known is not None:
+            if known == leaf:
+                verdict[i] = _reject(c, "replayed_seq", DUPLICATE_DETAIL)
+            else:
+                verdict[i] = _reject(
+                    c,
+                    "seq_conflict",
+                    f"seq {r.seq} already holds another reading (leaf {known.hex()}, "
+                    f"this one {leaf.hex()})",
+                )
+            continue
+        if r.seq == 1:
+            expected: bytes | None = _ZERO_PREV
+        else:
+            before = (r.device_id, r.seq - 1)
+            expected = in_batch.get(before, stored_leaf.get(before))
+        if expected is not None and r.prev != expected:
+            verdict[i] = _reject(
+                c,
+                "prev_mismatch",
+                f"prev {r.prev.hex()} is not the leaf hash {expected.hex()} of seq {r.seq - 1}",
+            )
+            continue
+        in_batch[key] = leaf
+    accepted = [c for i, c in enumerate(candidates) if i not in verdict]
+    rejected = [verdict[i] for i in range(len(candidates)) if i in verdict]
+    return accepted, rejected
+
+
+LogNode = tuple[int, int]
+"""``(level, idx)``: the perfect subtree over log leaves ``[idx << level, (idx + 1) << level)``."""
+
+
+def log_append(
+    frontier: Sequence[bytes], size: int, leaf: bytes, *, hasher: merkle.Hasher = merkle.SHA256
+) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    """Append ``leaf`` (a log leaf hash) at index ``size``; return the new compact range and
+    every perfect subtree the append completes, as ``(level, idx, hash)``, the leaf first.
+
+    The final frontier is :func:`anchor.merkle.compact_append`'s; the nodes are the same merges
+    spelt out, so a store can keep them and serve proofs in O(log n) lookups.
+    """
+    new_frontier = merkle.compact_append(frontier, size, leaf, hasher=hasher)
+    nodes = [(0, size, leaf)]
+    node, level, rest = leaf, 0, list(frontier)
+    while (size >> level) & 1:
+        node = hasher.hash_children(rest.pop(), node)
+        level += 1
+        nodes.append((level, size >> level, node))
+    if node != new_frontier[-1]:  # pragma: no cover - two spellings of one algorithm
+        raise ProofError("log_append disagrees with compact_append")
+    return new_frontier, nodes
+
+
+def _range_nodes(lo: int, hi: int) -> list[LogNode]:
+    # [lo, hi) as aligned perfect subtrees, largest first: the RFC 9162 shape of any subtree of
+    # the log (each starts at a multiple of a power of two at least as large as itself).
+    nodes = []
+    while lo < hi:
+        level = (hi - lo).bit_length() - 1
+        while lo % (1 << level):
+            level -= 1
+        nodes.append((level, lo >> level))
+        lo += 1 << level
+    return nodes
+
+
+def _largest_power_of_two_below(n: int) -> int:
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def log_inclusion_nodes(index: int, size: int) -> list[list[LogNode]]:
+    """The inclusion proof of leaf ``index`` in a ``size``-leaf log (RFC 9162 section 2.1.3.1),
+    bottom-up, each element given as the perfect subtrees whose :func:`log_root_from_nodes` it is.
+    """
+    if not 0 <= index < size:
+        raise ProofError(f"index {index} is outside a tree of size {size}")
+    path: list[list[LogNode]] = []
+    lo, n, m = 0, size, index
+    while n > 1:
+        k = _largest_power_of_two_below(n)
+        if m < k:
+            path.append(_range_nodes(lo + k, lo + n))
+            n = k
+        else:
+            path.append(_range_nodes(lo, lo + k))
+            lo, n, m = lo + k, n - k, m - k
+    path.reverse()
+    return path
+
+
+def log_consistency_nodes(old_size: int, new_size: int) -> list[list[LogNode]]:
+    """The RFC 9162 section 2.1.4.1 consistency proof from ``old_size`` to ``new_size``, each
+    element given as perfect subtrees (see :func:`log_inclusion_nodes`)."""
+    if not 0 <= old_size <= new_size:
+        raise ProofError(f"old size {old_size} is outside [0, {new_size}]")
+    if old_size in (0, new_size):
+        return []
+
+    def sub(m: int, lo: int, n: int, complete: bool) -> list[list[LogNode]]:
+        if m == n:
+            return [] if complete else [_range_nodes(lo, lo + n)]
+        k = _largest_power_of_two_below(n)
+        if m <= k:
+            return [*sub(m, lo, k, complete), _range_nodes(lo + k, lo + n)]
+        return [*sub(m - k, lo + k, n - k, False), _range_nodes(lo, lo + k)]
+
+    return sub(old_size, 0, new_size, True)
+
+
+def log_root_from_nodes(hashes: Sequence[bytes], *, hasher: merkle.Hasher = merkle.SHA256) -> bytes:
+    """The root of a range given its perfect subtrees' hashes, largest (leftmost) first."""
+    return merkle.compact_root(hashes, hasher=hasher)

@@ -95,9 +95,7 @@ def run_sections(
     A section returning a key another already returned is an error: figures must not be
     silently overwritten.
     """
-    args = parser(f"cityanchor benchmark: {bench}").parse_args(
-        None if argv is None else list(argv)
-    )
+    args = parser(f"cityanchor benchmark: {bench}").parse_args(None if argv is None else list(argv))
     cfg = BenchConfig(quick=args.quick, repeat=args.repeat)
     figures: Figures = {"bench": bench, "quick": cfg.quick, "python": platform.python_version()}
     for section in sections:
