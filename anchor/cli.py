@@ -216,7 +216,9 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _add_service_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="TOML", help="settings file (CITYANCHOR_* variables override)")
+    p.add_argument(
+        "--config", metavar="TOML", help="settings file (CITYANCHOR_* variables override)"
+    )
     p.add_argument("--database-url", help="PostgreSQL DSN (CITYANCHOR_DATABASE_URL)")
     p.add_argument("--mqtt", metavar="URL", help="broker, mqtt://host:port (CITYANCHOR_MQTT_URL)")
     p.add_argument("--operator-key", metavar="SKEY_FILE", help="checkpoint signing key")
@@ -310,7 +312,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="readings per batch (default 1000)")
     p.add_argument("--batch-age-ms", type=int, help="seal a batch this old (default 1000)")
     p.add_argument("--verify-processes", type=int, help="signature workers (default: one per core)")
-    p.add_argument("--workers", type=int, default=1, help="ingestor processes on the shared subscription")
+    p.add_argument(
+        "--workers", type=int, default=1, help="ingestor processes on the shared subscription"
+    )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_ingest)
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from anchor.errors import UsageError
 
@@ -60,13 +61,14 @@ class Settings:
 
 
 def _mask(name: str, value: str) -> str:
-    if name == "database_url" and "@" in value and ":" in value.split("@", 1)[0].split("//")[-1]:
-        scheme, rest = value.split("//", 1)
-        cred, host = rest.split("@", 1)
-        return f"{scheme}//{cred.split(':', 1)[0]}:***@{host}"
-    if name == "database_url":
+    if name != "database_url":
+        return "***"
+    # Keep the DSN readable (host, port, database); hide only its password.
+    url = urlsplit(value)
+    if url.password is None:
         return value
-    return "***"
+    netloc = f"{url.username or ''}:***@{url.hostname or ''}" + (f":{url.port}" if url.port else "")
+    return urlunsplit(url._replace(netloc=netloc))
 
 
 def _coerce(name: str, kind: type, raw: Any, source: str) -> Any:

@@ -52,9 +52,9 @@ from anchor.config import Settings
 from anchor.envelope import Envelope, parse_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
-from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store
+from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
-__all__ = ["IngestStats", "Incoming", "Ingestor", "parse_topic"]
+__all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
 
 log = logging.getLogger("anchor.ingest")
 
@@ -243,7 +243,9 @@ class Ingestor:
         reason_code: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        log.warning("mqtt disconnected: %s; unacknowledged messages will be redelivered", reason_code)
+        log.warning(
+            "mqtt disconnected: %s; unacknowledged messages will be redelivered", reason_code
+        )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.clear)
 
@@ -338,34 +340,28 @@ class Ingestor:
         record = await self._registry.lookup(reading.device_id)
         if record is None:
             return self._reject(
-                item, "unknown_device", "not in the registry", device_id=reading.device_id,
+                item,
+                "unknown_device",
+                "not in the registry",
+                device_id=reading.device_id,
                 seq=reading.seq,
             )
-        if record.status == "revoked" and (
-            record.revoked_at is None or item.received_at >= record.revoked_at
-        ):
+        try:
+            key = record.check_reading(envelope.kid, reading.ts, item.received_at)
+        except AnchorError as exc:  # device_revoked, unknown_kid, key_rotated
             return self._reject(
-                item, "device_revoked", f"revoked at {record.revoked_at}",
-                device_id=reading.device_id, seq=reading.seq,
-            )
-        key = next((k for k in record.keys if k.kid == envelope.kid), None)
-        if key is None:
-            return self._reject(
-                item, "unknown_kid", f"kid {envelope.kid.hex()[:16]}… is not a key of this device",
-                device_id=reading.device_id, seq=reading.seq,
-            )
-        if key.valid_until is not None and reading.ts >= key.valid_until.timestamp() * 1000:
-            return self._reject(
-                item, "key_rotated", f"signed at {reading.ts} with a key retired at {key.valid_until}",
-                device_id=reading.device_id, seq=reading.seq,
+                item, exc.reason, exc.detail, device_id=reading.device_id, seq=reading.seq
             )
         received_ms = item.received_at.timestamp() * 1000
         if reading.ts - received_ms > s.clock_skew_future_ms or (
             s.clock_skew_past_ms and received_ms - reading.ts > s.clock_skew_past_ms
         ):
             return self._reject(
-                item, "clock_skew", f"device time {reading.ts} vs received {int(received_ms)}",
-                device_id=reading.device_id, seq=reading.seq,
+                item,
+                "clock_skew",
+                f"device time {reading.ts} vs received {int(received_ms)}",
+                device_id=reading.device_id,
+                seq=reading.seq,
             )
         return envelope, key.public_key
 
@@ -375,9 +371,7 @@ class Ingestor:
         if not checked:
             return []
         loop = asyncio.get_running_loop()
-        jobs = [
-            (e.signed_bytes, e.signature, k.key_type, k.raw) for _, e, k in checked
-        ]
+        jobs = [(e.signed_bytes, e.signature, k.key_type, k.raw) for _, e, k in checked]
         chunks = [jobs[i : i + VERIFY_CHUNK] for i in range(0, len(jobs), VERIFY_CHUNK)]
         assert self._pool is not None
         results = await asyncio.gather(
@@ -401,8 +395,13 @@ class Ingestor:
             else:
                 r = envelope.reading
                 pending.rejections.append(
-                    self._reject(item, failure, "signature does not verify with the registered key",
-                                 device_id=r.device_id, seq=r.seq)
+                    self._reject(
+                        item,
+                        failure,
+                        "signature does not verify with the registered key",
+                        device_id=r.device_id,
+                        seq=r.seq,
+                    )
                 )
         pending.deliveries.extend(items)
 
@@ -430,25 +429,45 @@ class Ingestor:
                 break
             except AnchorError as exc:
                 # Durable first: nothing of this batch is acknowledged until a seal commits, so
-                # the broker holds our window and redelivers if we die meanwhile.
+                # the broker holds our window and redelivers if we die meanwhile. A failure that
+                # is not retryable (a bug, a schema mismatch) is retried too, but loudly: holding
+                # the batch unacknowledged is the only choice that loses nothing.
                 self.stats.seal_failures += 1
-                log.warning("seal of %d deliveries failed (%s); retrying in %.1fs",
-                            len(batch), exc, delay)
+                retryable = isinstance(exc, StoreError) and exc.retryable
+                log.log(
+                    logging.WARNING if retryable else logging.ERROR,
+                    "seal of %d deliveries failed (%s%s); retrying in %.1fs",
+                    len(batch),
+                    exc,
+                    "" if retryable else ", not retryable: needs an operator",
+                    delay,
+                )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+                delay = min(delay * 2, RETRY_MAX_S if retryable else 30.0)
         latency = time.monotonic() - batch.opened
         self.stats.record_seal(result, latency)
         for r in batch.rejections:
             log.info(
                 json.dumps(
-                    {"event": "quarantined", "reason": r.reason, "device_id": r.device_id,
-                     "seq": r.seq, "topic": r.topic[:200], "detail": r.detail[:200]}
+                    {
+                        "event": "quarantined",
+                        "reason": r.reason,
+                        "device_id": r.device_id,
+                        "seq": r.seq,
+                        "topic": r.topic[:200],
+                        "detail": r.detail[:200],
+                    }
                 )
             )
         self._ack(batch.deliveries)
         if result.batch_id is not None:
-            log.debug("sealed batch %s: %d readings, log index %s, %.3fs",
-                      result.batch_id, result.size, result.log_index, latency)
+            log.debug(
+                "sealed batch %s: %d readings, log index %s, %.3fs",
+                result.batch_id,
+                result.size,
+                result.log_index,
+                latency,
+            )
 
     # --------------------------------------------------------------------------- main loop
     async def run(self, stop: asyncio.Event) -> None:
@@ -473,7 +492,9 @@ class Ingestor:
                     self.stats.received += len(items)
                     await self._process(items, pending)
                 age_ms = (time.monotonic() - pending.opened) * 1000 if pending.deliveries else 0
-                if len(pending) >= s.batch_size or (pending.deliveries and age_ms >= s.batch_age_ms):
+                if len(pending) >= s.batch_size or (
+                    pending.deliveries and age_ms >= s.batch_age_ms
+                ):
                     await self._seal_queue.put(pending)
                     pending = _Pending()
             # Drain: seal what we hold; the queue's unverified rest is left to redelivery.

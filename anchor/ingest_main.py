@@ -85,7 +85,9 @@ def _supervise(workers: int) -> int:
         for i, child in list(children.items()):
             code = child.poll()
             if code is not None:
-                log.error("ingestor worker %d exited with %s; restarting in %.0fs", i, code, backoff[i])
+                log.error(
+                    "ingestor worker %d exited with %s; restarting in %.0fs", i, code, backoff[i]
+                )
                 time.sleep(backoff[i])
                 backoff[i] = min(backoff[i] * 2, 30.0)
                 if not stopping:

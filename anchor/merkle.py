@@ -30,13 +30,13 @@ from anchor.errors import ProofError
 
 __all__ = [
     "HASHERS",
-    "compact_append",
-    "compact_root",
     "SHA256",
     "SM3",
     "Hasher",
     "ProofError",
     "Rfc9162Hasher",
+    "compact_append",
+    "compact_root",
     "consistency_proof",
     "get_hasher",
     "inclusion_proof",

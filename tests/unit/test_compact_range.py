@@ -26,7 +26,9 @@ def test_compact_range_sm3(leaves: list[bytes]) -> None:
     frontier: list[bytes] = []
     for n, leaf in enumerate(leaves):
         frontier = merkle.compact_append(frontier, n, leaf, hasher=merkle.SM3)
-    assert merkle.compact_root(frontier, hasher=merkle.SM3) == merkle.root(leaves, hasher=merkle.SM3)
+    assert merkle.compact_root(frontier, hasher=merkle.SM3) == merkle.root(
+        leaves, hasher=merkle.SM3
+    )
 
 
 def test_compact_append_rejects_a_range_of_the_wrong_size() -> None:

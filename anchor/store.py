@@ -1,0 +1,1147 @@
+"""PostgreSQL storage: the device registry, sealed batches, the batch log and quarantine.
+
+An adapter around asyncpg (the pure decisions live in :mod:`anchor.sealing`). Every asyncpg or
+socket failure is translated here, at the edge, into :class:`StoreError` with a stable reason:
+
+``db_unavailable``  the server cannot be reached or went away (refused, reset, shut down,
+                    timed out, too many connections, out of disk); retryable.
+``db_busy``         a serialization failure, deadlock or lock timeout; retryable.
+``db_error``        any other database error (a bug or a schema mismatch); not retryable.
+``not_found``       the device, reading or batch does not exist.
+``conflict``        the device or key is already registered, the device already revoked, ...
+``device_id_invalid``  a device id outside ``[A-Za-z0-9._-]{1,64}``.
+``migration_checksum_mismatch``  an applied ``sql/NNN_*.sql`` file was edited afterwards.
+``migrations_missing``  the ``sql/`` directory cannot be read.
+``log_inconsistent``   the batch log and its checkpoints disagree (never expected; the seal
+                    refuses to extend a log it cannot account for).
+``erased``          the reading's envelope was erased, so no receipt can carry it.
+
+:attr:`StoreError.retryable` tells a caller whether trying again later can help. In particular
+:meth:`Store.seal` is all-or-nothing: when it raises, nothing of the seal was committed, and the
+ingestor must not acknowledge the MQTT messages (the broker redelivers them, and the dedupe check
+makes the retry idempotent).
+
+Key validity (rotation). A device keeps every key it ever had in ``device_keys``; rotation sets
+the current key's ``valid_until`` to the rotation time and adds the new key with ``valid_until``
+NULL. A reading signed with key K is acceptable when K is a key of that device and either K is
+current (``valid_until`` NULL) or the reading's device time ``ts`` (ms) is before
+``K.valid_until``. So a reading signed just before a rotation but delivered after it still
+verifies, and a reading signed with the old key after the rotation does not. A backdated
+``ts`` is bounded by the ingestor's clock-skew check (``ts`` must be close to the time it is
+received), so an old key is in effect honoured only until ``valid_until`` plus that bound.
+Revocation is by *received* time: a revoked device's readings received at or after
+``revoked_at`` are refused whatever their ``ts``. :meth:`DeviceRecord.check_reading` applies
+both rules.
+
+Concurrency. Every seal takes the transaction-level advisory lock :data:`SEAL_LOCK`, so seals
+of any number of ingestors are serialised: the dedupe check, the batch's log index and the
+checkpoint are decided under it and committed with the readings. ``migrate()`` holds
+:data:`MIGRATE_LOCK` (a session lock) for its whole run; ``ensure_partitions()`` takes the seal
+lock so that moving rows out of the default partition never races a seal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+
+from anchor import merkle
+from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from anchor.errors import AnchorError
+from anchor.keys import PublicKey
+from anchor.receipt import BatchProof, LogProof, Receipt
+from anchor.sealing import (
+    MAX_STORED_INT,
+    Candidate,
+    Rejection,
+    classify_candidates,
+    log_append,
+    log_inclusion_nodes,
+    log_root_from_nodes,
+)
+
+__all__ = [
+    "ADVISORY_LOCKS",
+    "MIGRATE_LOCK",
+    "QUARANTINE_RAW_LIMIT",
+    "SEAL_LOCK",
+    "Candidate",
+    "DeviceKeyRecord",
+    "DeviceRecord",
+    "DeviceSpec",
+    "RegistryError",
+    "Rejection",
+    "SealResult",
+    "Store",
+    "StoreError",
+]
+
+# Advisory lock keys (pg_advisory_lock's bigint space is shared by everything in the database:
+# other components must pick other numbers). "CA" + a small number.
+SEAL_LOCK = 0x4341_0001
+MIGRATE_LOCK = 0x4341_0002
+ADVISORY_LOCKS: Mapping[str, int] = {"seal": SEAL_LOCK, "migrate": MIGRATE_LOCK}
+
+QUARANTINE_RAW_LIMIT = 16 * 1024
+"""Bytes of a quarantined message kept in ``quarantine.raw`` (its size and SHA-256 are of all)."""
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+"""Where the numbered migrations live (``sql/NNN_name.sql`` at the repository root)."""
+
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_MIGRATION_FILE = re.compile(r"(\d{3,})_([A-Za-z0-9_]+)\.sql")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RETRYABLE_UNAVAILABLE = ("08", "53", "57", "58")  # connection, resources, shutdown, system I/O
+_RETRYABLE_BUSY = ("40", "55")  # serialization/deadlock, lock not available
+_MAX_LIST = 1000
+_TEXT_LIMITS = {"topic": 1024, "detail": 4096, "device_id": 128}
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class StoreError(AnchorError):
+    """A storage operation failed; ``reason`` says how (see the module docstring)."""
+
+    reason = "db_error"
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same call may succeed later (the database was down or busy)."""
+        return self.reason in ("db_unavailable", "db_busy")
+
+
+class RegistryError(AnchorError):
+    """A reading cannot be checked with a registered key.
+
+    Reasons: ``device_revoked`` (received at or after the revocation), ``unknown_kid`` (the
+    device has no key with this kid), ``key_rotated`` (the kid is a rotated-out key of the
+    device and the reading's ``ts`` is not before its ``valid_until``).
+    """
+
+    reason = "unknown_kid"
+
+
+_CLIENT_DATA_ERRORS = (
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions._base.DataError,
+)
+
+
+def _translate(exc: BaseException, what: str) -> StoreError | None:
+    """The StoreError for an asyncpg/socket failure, or None for anything else (a bug)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        message = f"{what}: {type(exc).__name__} ({state}): {exc}"
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            return StoreError(message, reason="conflict")
+        if state[:2] in _RETRYABLE_UNAVAILABLE:
+            return StoreError(message, reason="db_unavailable")
+        if state[:2] in _RETRYABLE_BUSY:
+            return StoreError(message, reason="db_busy")
+        return StoreError(message, reason="db_error")
+    # Client-side refusals of a value or a setting: retrying the same call cannot help.
+    if isinstance(exc, _CLIENT_DATA_ERRORS):
+        return StoreError(f"{what}: {exc}", reason="db_error")
+    if isinstance(exc, asyncpg.InterfaceError):
+        # "connection is closed", "pool is closing", ...: the connection is gone.
+        return StoreError(f"{what}: {exc}", reason="db_unavailable")
+    if isinstance(exc, OSError | TimeoutError):
+        return StoreError(f"{what}: database unreachable: {exc!r}", reason="db_unavailable")
+    if isinstance(exc, asyncpg.InternalClientError):
+        return StoreError(f"{what}: {exc}", reason="db_error")
+    return None
+
+
+def _not_found(what: str) -> StoreError:
+    return StoreError(what, reason="not_found")
+
+
+def _conflict(what: str) -> StoreError:
+    return StoreError(what, reason="conflict")
+
+
+def _check_device_id(device_id: object) -> str:
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+        raise StoreError(
+            f"device id {ascii(device_id)[:80]} does not match [A-Za-z0-9._-]{{1,64}}",
+            reason="device_id_invalid",
+        )
+    return device_id
+
+
+def _clean_text(value: str | None, limit: int) -> str | None:
+    # Device-supplied text must never make a write fail (a failed seal is retried forever):
+    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8.
+    if value is None:
+        return None
+    text = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    return text[:limit]
+
+
+def _micros(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKeyRecord:
+    """One registered key of a device; ``valid_until`` is None for the current key."""
+
+    device_id: str
+    kid: bytes
+    public_key: PublicKey
+    valid_from: datetime
+    valid_until: datetime | None
+
+    @property
+    def current(self) -> bool:
+        return self.valid_until is None
+
+    def accepts_ts(self, ts_ms: int) -> bool:
+        """The key-validity rule: current, or the reading's device time precedes the rotation."""
+        return self.valid_until is None or ts_ms * 1000 < _micros(self.valid_until)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A registered device and all its keys, oldest first."""
+
+    device_id: str
+    district: str
+    kind: str
+    status: str
+    registered_at: datetime
+    revoked_at: datetime | None
+    revoke_reason: str | None
+    keys: tuple[DeviceKeyRecord, ...]
+
+    @property
+    def current_key(self) -> DeviceKeyRecord | None:
+        """The key new readings are signed with (None only for a hand-built record)."""
+        return next((k for k in self.keys if k.valid_until is None), None)
+
+    def key(self, kid: bytes) -> DeviceKeyRecord | None:
+        """The device's key with this kid, current or rotated out, or None."""
+        return next((k for k in self.keys if k.kid == kid), None)
+
+    def check_reading(self, kid: bytes, ts_ms: int, received_at: datetime) -> DeviceKeyRecord:
+        """The key that may verify a reading of this device signed with ``kid`` at device time
+        ``ts_ms`` and received at ``received_at`` (see "Key validity" in the module docstring).
+
+        Raises ``RegistryError``: ``device_revoked``, ``unknown_kid`` or ``key_rotated``.
+        Does not check the signature, nor the clock skew of ``ts_ms``.
+        """
+        if self.revoked_at is not None and received_at >= self.revoked_at:
+            raise RegistryError(
+                f"device {self.device_id} was revoked at {self.revoked_at.isoformat()}",
+                reason="device_revoked",
+            )
+        key = self.key(kid)
+        if key is None:
+            raise RegistryError(
+                f"device {self.device_id} has no key with kid {kid.hex()}", reason="unknown_kid"
+            )
+        if not key.accepts_ts(ts_ms):
+            assert key.valid_until is not None
+            raise RegistryError(
+                f"key {kid.hex()} of device {self.device_id} was rotated out at "
+                f"{key.valid_until.isoformat()}; the reading's ts {ts_ms} is not before that",
+                reason="key_rotated",
+            )
+        return key
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A device to register; ``line`` locates it in an import file, for error messages."""
+
+    device_id: str
+    key: PublicKey
+    district: str = ""
+    kind: str = ""
+    line: int | None = None
+
+    def where(self) -> str:
+        return f"line {self.line}: " if self.line is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
+class SealResult:
+    """What one :meth:`Store.seal` committed.
+
+    ``batch_id``, ``log_index``, ``root`` (the batch root) and ``checkpoint`` (the signed note
+    of the log including this batch) are None when nothing was accepted. ``quarantined`` counts
+    rows written to quarantine per reason, the passed-in rejections included; ``duplicates``
+    equals ``quarantined.get("replayed_seq", 0)``.
+    """
+
+    batch_id: int | None
+    log_index: int | None
+    size: int
+    root: bytes | None
+    checkpoint: str | None
+    accepted: int
+    duplicates: int
+    quarantined: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Migration:
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+
+def _migrations(directory: Path) -> list[_Migration]:
+    try:
+        paths = sorted(directory.iterdir())
+    except OSError as exc:
+        raise StoreError(
+            f"cannot read migrations in {directory}: {exc}", reason="migrations_missing"
+        ) from exc
+    found: dict[int, _Migration] = {}
+    for path in paths:
+        m = _MIGRATION_FILE.fullmatch(path.name)
+        if m is None:
+            continue
+        version = int(m.group(1))
+        if version in found:
+            raise StoreError(
+                f"two migrations with version {version} in {directory}", reason="db_error"
+            )
+        data = path.read_bytes()
+        found[version] = _Migration(
+            version, m.group(2), data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+        )
+    if not found:
+        raise StoreError(f"no NNN_name.sql migrations in {directory}", reason="migrations_missing")
+    return [found[v] for v in sorted(found)]
+
+
+def _key_record(row: Mapping[str, Any]) -> DeviceKeyRecord:
+    return DeviceKeyRecord(
+        device_id=row["device_id"],
+        kid=bytes(row["kid"]),
+        public_key=PublicKey(row["key_type"], bytes(row["public_key"])),
+        valid_from=row["valid_from"],
+        valid_until=row["valid_until"],
+    )
+
+
+def _device_record(row: Mapping[str, Any], keys: Iterable[DeviceKeyRecord]) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=row["device_id"],
+        district=row["district"],
+        kind=row["kind"],
+        status=row["status"],
+        registered_at=row["registered_at"],
+        revoked_at=row["revoked_at"],
+        revoke_reason=row["revoke_reason"],
+        keys=tuple(keys),
+    )
+
+
+_DEVICE_COLUMNS = "device_id, district, kind, status, registered_at, revoked_at, revoke_reason"
+_KEY_COLUMNS = "device_id, kid, key_type, public_key, valid_from, valid_until"
+_READING_COLUMNS = (
+    "device_id", "seq", "ts", "received_at", "format", "kind", "kid", "envelope", "leaf_hash",
+    "batch_id", "batch_index",
+)  # fmt: skip
+_SEQ_COLUMNS = ("device_id", "seq", "leaf_hash", "batch_id", "batch_index", "received_at")
+_QUARANTINE_COLUMNS = (
+    "received_at", "topic", "device_id", "seq", "reason", "detail", "raw", "raw_size",
+    "raw_sha256", "ingestor",
+)  # fmt: skip
+
+
+def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
+    raw = bytes(r.raw)
+    # A replay's bytes are already stored with the original reading: keep only size and hash.
+    kept = None if r.reason == "replayed_seq" else raw[:QUARANTINE_RAW_LIMIT]
+    seq = r.seq if r.seq is not None and 0 <= r.seq <= MAX_STORED_INT else None
+    return (
+        r.received_at,
+        _clean_text(r.topic, _TEXT_LIMITS["topic"]) or "",
+        _clean_text(r.device_id, _TEXT_LIMITS["device_id"]),
+        seq,
+        _clean_text(r.reason, 64) or "unknown",
+        _clean_text(r.detail, _TEXT_LIMITS["detail"]) or "",
+        kept,
+        len(raw),
+        hashlib.sha256(raw).digest(),
+        _clean_text(ingestor, 256) or "",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+
+
+class Store:
+    """A pool of connections to the cityanchor database. Build it with :meth:`connect`."""
+
+    def __init__(self, pool: Any, *, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        timeout: float = 10.0,
+        command_timeout: float | None = 60.0,
+    ) -> Store:
+        """Open a pool of ``min_size``..``max_size`` connections to ``dsn``.
+
+        ``timeout`` bounds connecting and waiting for a free connection; ``command_timeout``
+        each statement. Raises ``StoreError`` (``db_unavailable`` when the server is not there).
+        """
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=timeout,
+                command_timeout=command_timeout,
+                server_settings={"application_name": "cityanchor", "timezone": "UTC"},
+            )
+        except Exception as exc:
+            err = _translate(exc, "connect")
+            if err is None:
+                raise
+            raise err from exc
+        return cls(pool, timeout=timeout)
+
+    async def close(self) -> None:
+        """Close every connection (waits for connections in use to be released)."""
+        with contextlib.suppress(Exception):
+            await self._pool.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, what: str) -> AsyncIterator[Any]:
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except AnchorError:
+            raise
+        except Exception as exc:
+            err = _translate(exc, what)
+            if err is None:
+                raise
+            raise err from exc
+
+    async def ping(self) -> None:
+        """Round-trip ``SELECT 1``; raises ``StoreError`` (``db_unavailable``)."""
+        async with self._connection("ping") as conn:
+            await conn.fetchval("SELECT 1")
+
+    # ---------------------------------------------------------------------------- schema
+
+    async def migrate(self, *, directory: Path | None = None) -> list[int]:
+        """Apply the migrations not applied yet, each in its own transaction; return their
+        versions. Then :meth:`ensure_partitions`.
+
+        Safe to run from several processes at once (a session advisory lock serialises them)
+        and idempotent. Raises ``StoreError`` (``migration_checksum_mismatch``) before applying
+        anything when an applied file's SHA-256 changed.
+        """
+        files = _migrations(directory or SQL_DIR)
+        applied_now: list[int] = []
+        async with self._connection("migrate") as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATE_LOCK)
+            try:
+                await conn.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version int PRIMARY KEY,
+                        name text NOT NULL,
+                        checksum text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+                rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+                applied = {r["version"]: r for r in rows}
+                for m in files:
+                    row = applied.get(m.version)
+                    if row is not None and row["checksum"] != m.checksum:
+                        raise StoreError(
+                            f"migration {m.version:03d}_{m.name}.sql changed after it was "
+                            f"applied (sha256 {row['checksum']} applied, {m.checksum} now); "
+                            "add a new migration instead of editing an applied one",
+                            reason="migration_checksum_mismatch",
+                        )
+                for m in files:
+                    if m.version in applied:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(m.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name, checksum) "
+                            "VALUES ($1, $2, $3)",
+                            m.version,
+                            m.name,
+                            m.checksum,
+                        )
+                    applied_now.append(m.version)
+            finally:
+                # Also released when the session ends, should this fail with the connection.
+                with contextlib.suppress(Exception):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATE_LOCK)
+        await self.ensure_partitions()
+        return applied_now
+
+    async def ensure_partitions(
+        self, months_ahead: int = 2, *, start: datetime | None = None
+    ) -> list[str]:
+        """Create the monthly ``readings`` partitions (UTC months) from the current month (or
+        the month of ``start``) to ``months_ahead`` months later, moving any rows for them out
+        of the default partition; return the names of the partitions created now.
+        """
+        created: list[str] = []
+        async with self._connection("ensure_partitions") as conn:
+            if start is None:
+                start = await conn.fetchval("SELECT now()")
+                assert start is not None
+            year, month = start.astimezone(UTC).year, start.astimezone(UTC).month
+            for _ in range(months_ahead + 1):
+                nyear, nmonth = (year + 1, 1) if month == 12 else (year, month + 1)
+                name = f"readings_y{year:04d}m{month:02d}"
+                if await self._ensure_partition(
+                    conn,
+                    name,
+                    datetime(year, month, 1, tzinfo=UTC),
+                    datetime(nyear, nmonth, 1, tzinfo=UTC),
+                ):
+                    created.append(name)
+                year, month = nyear, nmonth
+        return created
+
+    @staticmethod
+    async def _ensure_partition(conn: Any, name: str, lo: datetime, hi: datetime) -> bool:
+        # pg_class read with a fresh snapshot, not to_regclass(): that uses the catalog cache,
+        # which taking an advisory lock does not refresh, so it can miss a table that a
+        # concurrent migrate() just committed.
+        exists = (
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1 "
+            "AND relnamespace = current_schema()::regnamespace)"
+        )
+        if await conn.fetchval(exists, name):
+            return False
+        async with conn.transaction():
+            # Under the seal lock no seal can insert into the default partition between the
+            # move below and the ATTACH (which would then fail on the row it finds there).
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK)
+            if await conn.fetchval(exists, name):
+                return False
+            bounds = f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
+            await conn.execute(
+                f"CREATE TABLE {name} (LIKE readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            )
+            # The bound as a constraint lets ATTACH skip scanning the new table.
+            await conn.execute(
+                f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK "
+                f"(received_at >= '{lo.isoformat()}' AND received_at < '{hi.isoformat()}')"
+            )
+            await conn.execute(
+                f"WITH moved AS (DELETE FROM readings_default WHERE received_at >= $1 "
+                f"AND received_at < $2 RETURNING *) INSERT INTO {name} SELECT * FROM moved",
+                lo,
+                hi,
+            )
+            await conn.execute(f"ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES {bounds}")
+        return True
+
+    # -------------------------------------------------------------------------- registry
+
+    async def register_device(
+        self, device_id: str, key: PublicKey, *, district: str, kind: str
+    ) -> DeviceRecord:
+        """Register a new device with its first key. Raises ``StoreError``: ``conflict`` (the
+        device exists, or the key is another device's), ``device_id_invalid``."""
+        (record,) = await self.register_devices([DeviceSpec(device_id, key, district, kind)])
+        return record
+
+    async def register_devices(self, specs: Sequence[DeviceSpec]) -> list[DeviceRecord]:
+        """Register many devices in one transaction: all of them or, on any problem, none.
+
+        Raises ``StoreError`` (``conflict`` or ``device_id_invalid``) whose detail lists every
+        problem found, one per line, prefixed by the spec's line number when it has one.
+        """
+        problems: list[str] = []
+        invalid = 0
+        seen_ids: dict[str, DeviceSpec] = {}
+        seen_kids: dict[bytes, DeviceSpec] = {}
+        for spec in specs:
+            try:
+                _check_device_id(spec.device_id)
+            except StoreError as exc:
+                problems.append(spec.where() + exc.detail)
+                invalid += 1
+                continue
+            if spec.device_id in seen_ids:
+                problems.append(f"{spec.where()}device {spec.device_id} appears twice")
+            if spec.key.kid in seen_kids:
+                problems.append(
+                    f"{spec.where()}device {spec.device_id} has the same key as "
+                    f"{seen_kids[spec.key.kid].device_id}"
+                )
+            seen_ids[spec.device_id] = spec
+            seen_kids.setdefault(spec.key.kid, spec)
+        if problems:
+            reason = "device_id_invalid" if invalid == len(problems) else "conflict"
+            raise StoreError("\n".join(problems), reason=reason)
+        if not specs:
+            return []
+        async with self._connection("register") as conn, conn.transaction():
+            ids = [s.device_id for s in specs]
+            kids = [s.key.kid for s in specs]
+            for row in await conn.fetch(
+                "SELECT device_id FROM devices WHERE device_id = ANY($1::text[])", ids
+            ):
+                spec = seen_ids[row["device_id"]]
+                problems.append(f"{spec.where()}device {spec.device_id} is already registered")
+            for row in await conn.fetch(
+                "SELECT device_id, kid FROM device_keys WHERE kid = ANY($1::bytea[])", kids
+            ):
+                spec = seen_kids[bytes(row["kid"])]
+                problems.append(
+                    f"{spec.where()}the key of {spec.device_id} is already registered to "
+                    f"device {row['device_id']}"
+                )
+            if problems:
+                raise _conflict("\n".join(problems))
+            await conn.executemany(
+                "INSERT INTO devices (device_id, district, kind) VALUES ($1, $2, $3)",
+                [(s.device_id, s.district, s.kind) for s in specs],
+            )
+            await conn.executemany(
+                "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk) "
+                "VALUES ($1, $2, $3, $4, $5::jsonb)",
+                [
+                    (s.device_id, s.key.kid, s.key.key_type, s.key.raw, json.dumps(s.key.to_jwk()))
+                    for s in specs
+                ],
+            )
+            return await self._fetch_devices(conn, "WHERE device_id = ANY($1::text[])", ids)
+
+    async def rotate_device_key(self, device_id: str, key: PublicKey) -> DeviceRecord:
+        """Close the device's current key (``valid_until = now()``) and make ``key`` current.
+
+        Raises ``StoreError``: ``not_found``, ``conflict`` (the device is revoked, or the key
+        is already registered, to this device or another).
+        """
+        _check_device_id(device_id)
+        async with self._connection("rotate") as conn, conn.transaction():
+            status = await conn.fetchval(
+                "SELECT status FROM devices WHERE device_id = $1 FOR UPDATE", device_id
+            )
+            if status is None:
+                raise _not_found(f"device {device_id} is not registered")
+            if status == "revoked":
+                raise _conflict(f"device {device_id} is revoked; its keys cannot be rotated")
+            owner = await conn.fetchval("SELECT device_id FROM device_keys WHERE kid = $1", key.kid)
+            if owner is not None:
+                which = "this device" if owner == device_id else f"device {owner}"
+                raise _conflict(f"the new key is already registered to {which}")
+            await conn.execute(
+                "UPDATE device_keys SET valid_until = now() "
+                "WHERE device_id = $1 AND valid_until IS NULL",
+                device_id,
+            )
+            await conn.execute(
+                "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk) "
+                "VALUES ($1, $2, $3, $4, $5::jsonb)",
+                device_id,
+                key.kid,
+                key.key_type,
+                key.raw,
+                json.dumps(key.to_jwk()),
+            )
+            (record,) = await self._fetch_devices(conn, "WHERE device_id = $1", device_id)
+            return record
+
+    async def revoke_device(self, device_id: str, *, reason: str = "") -> DeviceRecord:
+        """Revoke the device now: its readings received from now on are refused.
+
+        Raises ``StoreError``: ``not_found``, ``conflict`` (already revoked).
+        """
+        _check_device_id(device_id)
+        async with self._connection("revoke") as conn, conn.transaction():
+            status = await conn.fetchval(
+                "SELECT status FROM devices WHERE device_id = $1 FOR UPDATE", device_id
+            )
+            if status is None:
+                raise _not_found(f"device {device_id} is not registered")
+            if status == "revoked":
+                raise _conflict(f"device {device_id} is already revoked")
+            await conn.execute(
+                "UPDATE devices SET status = 'revoked', revoked_at = now(), revoke_reason = $2 "
+                "WHERE device_id = $1",
+                device_id,
+                _clean_text(reason, 1024),
+            )
+            (record,) = await self._fetch_devices(conn, "WHERE device_id = $1", device_id)
+            return record
+
+    async def get_device(self, device_id: str) -> DeviceRecord:
+        """The device and all its keys; raises ``StoreError`` (``not_found``)."""
+        _check_device_id(device_id)
+        async with self._connection("get_device") as conn:
+            found = await self._fetch_devices(conn, "WHERE device_id = $1", device_id)
+        if not found:
+            raise _not_found(f"device {device_id} is not registered")
+        return found[0]
+
+    async def list_devices(
+        self,
+        *,
+        district: str | None = None,
+        status: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[DeviceRecord]:
+        """Devices ordered by id, after the cursor ``after`` (the last id of the previous page),
+        at most ``limit`` (capped at 1000), optionally of one district and/or status."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("district", district), ("status", status)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if after is not None:
+            args.append(after)
+            where.append(f"device_id > ${len(args)}")
+        args.append(max(1, min(limit, _MAX_LIST)))
+        clause = ("WHERE " + " AND ".join(where) if where else "") + (
+            f" ORDER BY device_id LIMIT ${len(args)}"
+        )
+        async with self._connection("list_devices") as conn:
+            return await self._fetch_devices(conn, clause, *args)
+
+    async def device_keys_snapshot(self) -> dict[str, DeviceRecord]:
+        """Every device with all its keys, by id: the ingestor's registry cache."""
+        async with self._connection("device_keys_snapshot") as conn:
+            records = await self._fetch_devices(conn, "")
+        return {r.device_id: r for r in records}
+
+    @staticmethod
+    async def _fetch_devices(conn: Any, clause: str, *args: Any) -> list[DeviceRecord]:
+        rows = await conn.fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices {clause}", *args)
+        if not rows:
+            return []
+        ids = [r["device_id"] for r in rows]
+        keys: dict[str, list[DeviceKeyRecord]] = {i: [] for i in ids}
+        for k in await conn.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM device_keys WHERE device_id = ANY($1::text[]) "
+            "ORDER BY device_id, valid_from, valid_until NULLS LAST, kid",
+            ids,
+        ):
+            keys[k["device_id"]].append(_key_record(k))
+        records = [_device_record(r, keys[r["device_id"]]) for r in rows]
+        return sorted(records, key=lambda d: d.device_id)
+
+    # --------------------------------------------------------------------------- sealing
+
+    async def seal(
+        self,
+        candidates: Sequence[Candidate],
+        rejections: Sequence[Rejection],
+        *,
+        signer: NoteSigner,
+        origin: str,
+        ingestor: str,
+        hasher: merkle.Hasher = merkle.SHA256,
+    ) -> SealResult:
+        """Store one batch and everything rejected with it, in ONE transaction.
+
+        Under :data:`SEAL_LOCK`: look up the candidates' (device_id, seq) and seq - 1, classify
+        them (:func:`anchor.sealing.classify_candidates`), and if any is accepted: number the
+        batch, compute its root, append ``leaf_hash(root)`` to the batch log, sign the new
+        checkpoint, and COPY batch, checkpoint, log nodes, readings and reading_seqs; finally
+        COPY the quarantine rows (passed-in rejections first). When nothing is accepted only
+        quarantine rows are written.
+
+        All-or-nothing: on ``StoreError`` nothing was committed (unless the failure hit the
+        COMMIT itself, where the server may have committed; a retry is then classified as
+        duplicates, which is why duplicates are acknowledged like accepted readings).
+        """
+        lookup: set[tuple[str, int]] = set()
+        for c in candidates:
+            r = c.envelope.reading
+            if r.seq <= MAX_STORED_INT:
+                lookup.add((r.device_id, r.seq))
+                if r.seq > 1:
+                    lookup.add((r.device_id, r.seq - 1))
+        async with self._connection("seal") as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK)
+            stored: dict[tuple[str, int], bytes] = {}
+            if lookup:
+                ids, seqs = zip(*lookup, strict=True)
+                for row in await conn.fetch(
+                    "SELECT s.device_id, s.seq, s.leaf_hash FROM reading_seqs s "
+                    "JOIN unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
+                    "ON s.device_id = k.device_id AND s.seq = k.seq",
+                    list(ids),
+                    list(seqs),
+                ):
+                    stored[(row["device_id"], row["seq"])] = bytes(row["leaf_hash"])
+            accepted, rejected = classify_candidates(candidates, stored, hasher=hasher)
+            quarantine = [*rejections, *rejected]
+            batch_id = log_index = None
+            batch_root = note = None
+            if accepted:
+                batch_id, log_index, batch_root, note = await self._append_batch(
+                    conn, accepted, signer=signer, origin=origin, ingestor=ingestor, hasher=hasher
+                )
+            if quarantine:
+                await conn.copy_records_to_table(
+                    "quarantine",
+                    records=[_quarantine_record(r, ingestor) for r in quarantine],
+                    columns=_QUARANTINE_COLUMNS,
+                )
+        counts: dict[str, int] = {}
+        for q in quarantine:
+            counts[q.reason] = counts.get(q.reason, 0) + 1
+        return SealResult(
+            batch_id=batch_id,
+            log_index=log_index,
+            size=len(accepted),
+            root=batch_root,
+            checkpoint=note,
+            accepted=len(accepted),
+            duplicates=counts.get("replayed_seq", 0),
+            quarantined=counts,
+        )
+
+    @staticmethod
+    async def _append_batch(
+        conn: Any,
+        accepted: Sequence[Candidate],
+        *,
+        signer: NoteSigner,
+        origin: str,
+        ingestor: str,
+        hasher: merkle.Hasher,
+    ) -> tuple[int, int, bytes, str]:
+        leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in accepted]
+        batch_root = merkle.root(leaves, hasher=hasher)
+        batch_id: int = await conn.fetchval("SELECT nextval('batch_ids')")
+        head = await conn.fetchrow(
+            "SELECT log_size, frontier FROM checkpoints ORDER BY log_size DESC LIMIT 1"
+        )
+        size: int = head["log_size"] if head else 0
+        frontier = [bytes(h) for h in head["frontier"]] if head else []
+        next_index: int = await conn.fetchval("SELECT coalesce(max(log_index) + 1, 0) FROM batches")
+        if next_index != size:
+            raise StoreError(
+                f"the log has {next_index} batches but its latest checkpoint says {size}",
+                reason="log_inconsistent",
+            )
+        new_frontier, nodes = log_append(
+            frontier, size, merkle.leaf_hash(batch_root, hasher=hasher), hasher=hasher
+        )
+        log_root = merkle.compact_root(new_frontier, hasher=hasher)
+        note = sign_checkpoint(Checkpoint(origin, size + 1, log_root), signer)
+        await conn.execute(
+            "INSERT INTO batches (id, size, root, log_index, ingestor) VALUES ($1, $2, $3, $4, $5)",
+            batch_id,
+            len(accepted),
+            batch_root,
+            size,
+            _clean_text(ingestor, 256) or "",
+        )
+        await conn.execute(
+            "INSERT INTO checkpoints (log_size, root, note, frontier) VALUES ($1, $2, $3, $4)",
+            size + 1,
+            log_root,
+            note,
+            new_frontier,
+        )
+        await conn.copy_records_to_table(
+            "log_nodes", records=nodes, columns=("level", "idx", "hash")
+        )
+        readings = []
+        seqs = []
+        for i, (c, leaf) in enumerate(zip(accepted, leaves, strict=True)):
+            env, r = c.envelope, c.envelope.reading
+            readings.append(
+                (
+                    r.device_id, r.seq, r.ts, c.received_at, env.format,
+                    _clean_text(r.kind, 1 << 16), env.kid, env.raw, leaf, batch_id, i,
+                )
+            )  # fmt: skip
+            seqs.append((r.device_id, r.seq, leaf, batch_id, i, c.received_at))
+        await conn.copy_records_to_table("readings", records=readings, columns=_READING_COLUMNS)
+        await conn.copy_records_to_table("reading_seqs", records=seqs, columns=_SEQ_COLUMNS)
+        return batch_id, size, batch_root, note
+
+    async def quarantine(self, rejections: Sequence[Rejection], *, ingestor: str) -> None:
+        """Write quarantine rows only (one transaction), for rejections with no seal to join."""
+        if not rejections:
+            return
+        async with self._connection("quarantine") as conn, conn.transaction():
+            await conn.copy_records_to_table(
+                "quarantine",
+                records=[_quarantine_record(r, ingestor) for r in rejections],
+                columns=_QUARANTINE_COLUMNS,
+            )
+
+    # ----------------------------------------------------------------------------- reads
+
+    async def log_size(self) -> int:
+        """The size of the batch log at its latest checkpoint (0 when empty)."""
+        async with self._connection("log_size") as conn:
+            size: int = await conn.fetchval("SELECT coalesce(max(log_size), 0) FROM checkpoints")
+        return size
+
+    async def latest_checkpoint(self) -> str | None:
+        """The latest signed checkpoint note, or None before the first seal."""
+        async with self._connection("latest_checkpoint") as conn:
+            note: str | None = await conn.fetchval(
+                "SELECT note FROM checkpoints ORDER BY log_size DESC LIMIT 1"
+            )
+        return note
+
+    async def checkpoint_at(self, log_size: int) -> str:
+        """The signed checkpoint note at ``log_size``; raises ``StoreError`` (``not_found``)."""
+        async with self._connection("checkpoint_at") as conn:
+            note: str | None = await conn.fetchval(
+                "SELECT note FROM checkpoints WHERE log_size = $1", log_size
+            )
+        if note is None:
+            raise _not_found(f"no checkpoint at log size {log_size}")
+        return note
+
+    async def receipt(
+        self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> Receipt:
+        """The receipt (status ``sealed``) of one stored reading, against the latest checkpoint.
+
+        Raises ``StoreError``: ``not_found``, ``erased``, ``log_inconsistent`` (the stored
+        proofs do not lead to the stored roots: never handed out).
+        """
+        _check_device_id(device_id)
+        if not 1 <= seq <= MAX_STORED_INT:
+            raise _not_found(f"no reading {device_id} seq {seq}")
+        async with (
+            self._connection("receipt") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                "SELECT batch_id, batch_index, received_at FROM reading_seqs "
+                "WHERE device_id = $1 AND seq = $2",
+                device_id,
+                seq,
+            )
+            if row is None:
+                raise _not_found(f"no reading {device_id} seq {seq}")
+            envelopes = await conn.fetch(
+                "SELECT device_id, seq, format, envelope, batch_index FROM readings "
+                "WHERE device_id = $1 AND seq = $2 AND received_at = $3",
+                device_id,
+                seq,
+                row["received_at"],
+            )
+            (receipt,) = await self._receipts(conn, row["batch_id"], envelopes, hasher=hasher)
+        return receipt
+
+    async def receipts_for_batch(
+        self, batch_id: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> list[Receipt]:
+        """The receipts of every reading of a batch, in batch order, against the latest
+        checkpoint; raises ``StoreError`` (``not_found``, ``erased``, ``log_inconsistent``)."""
+        async with (
+            self._connection("receipts_for_batch") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            span = await conn.fetchrow(
+                "SELECT min(received_at) AS lo, max(received_at) AS hi FROM reading_seqs "
+                "WHERE batch_id = $1",
+                batch_id,
+            )
+            if span is None or span["lo"] is None:
+                raise _not_found(f"no batch {batch_id}")
+            # The received_at range lets PostgreSQL look only at the batch's partitions.
+            envelopes = await conn.fetch(
+                "SELECT device_id, seq, format, envelope, batch_index FROM readings "
+                "WHERE batch_id = $1 AND received_at BETWEEN $2 AND $3 ORDER BY batch_index",
+                batch_id,
+                span["lo"],
+                span["hi"],
+            )
+            return await self._receipts(conn, batch_id, envelopes, hasher=hasher)
+
+    async def _receipts(
+        self,
+        conn: Any,
+        batch_id: int,
+        envelopes: Sequence[Mapping[str, Any]],
+        *,
+        hasher: merkle.Hasher,
+    ) -> list[Receipt]:
+        batch = await conn.fetchrow(
+            "SELECT size, root, log_index FROM batches WHERE id = $1", batch_id
+        )
+        if batch is None or not envelopes:
+            raise _not_found(f"no batch {batch_id}")
+        batch_root = bytes(batch["root"])
+        leaves = [
+            bytes(r["leaf_hash"])
+            for r in await conn.fetch(
+                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
+                batch_id,
+            )
+        ]
+        if len(leaves) != batch["size"] or merkle.root(leaves, hasher=hasher) != batch_root:
+            raise StoreError(
+                f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
+                reason="log_inconsistent",
+            )
+        head = await conn.fetchrow(
+            "SELECT log_size, root, note FROM checkpoints ORDER BY log_size DESC LIMIT 1"
+        )
+        log_index: int = batch["log_index"]
+        log_size: int = head["log_size"]
+        log_root = bytes(head["root"])
+        log_path = await self._log_path(conn, log_index, log_size, hasher=hasher)
+        try:
+            merkle.verify_inclusion(
+                merkle.leaf_hash(batch_root, hasher=hasher),
+                log_index,
+                log_size,
+                log_path,
+                log_root,
+                hasher=hasher,
+            )
+        except merkle.ProofError as exc:
+            raise StoreError(
+                f"batch {batch_id} at log index {log_index}: stored log nodes do not lead to "
+                f"the checkpoint root at size {log_size}: {exc.detail}",
+                reason="log_inconsistent",
+            ) from exc
+        log = LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path))
+        extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
+        paths: dict[int, list[bytes]]
+        if len(envelopes) == 1:
+            only = envelopes[0]["batch_index"]
+            paths = {only: merkle.inclusion_proof(leaves, only, hasher=hasher)}
+        else:
+            paths = dict(enumerate(merkle.inclusion_proofs(leaves, hasher=hasher)))
+        receipts = []
+        for r in envelopes:
+            if r["envelope"] is None:
+                raise StoreError(
+                    f"reading {r['device_id']} seq {r['seq']} was erased", reason="erased"
+                )
+            index = r["batch_index"]
+            receipts.append(
+                Receipt(
+                    device_id=r["device_id"],
+                    seq=r["seq"],
+                    format=r["format"],
+                    envelope=bytes(r["envelope"]),
+                    leaf_hash=leaves[index],
+                    batch=BatchProof(
+                        id=batch_id,
+                        size=len(leaves),
+                        index=index,
+                        root=batch_root,
+                        path=tuple(paths[index]),
+                    ),
+                    log=log,
+                    checkpoint=head["note"],
+                    status="sealed",
+                    extra=extra,
+                )
+            )
+        return receipts
+
+    @staticmethod
+    async def _log_path(conn: Any, index: int, size: int, *, hasher: merkle.Hasher) -> list[bytes]:
+        elements = log_inclusion_nodes(index, size)
+        wanted = sorted({node for element in elements for node in element})
+        found: dict[tuple[int, int], bytes] = {}
+        if wanted:
+            levels, idxs = zip(*wanted, strict=True)
+            for row in await conn.fetch(
+                "SELECT n.level, n.idx, n.hash FROM log_nodes n "
+                "JOIN unnest($1::smallint[], $2::bigint[]) AS k(level, idx) "
+                "ON n.level = k.level AND n.idx = k.idx",
+                list(levels),
+                list(idxs),
+            ):
+                found[(row["level"], row["idx"])] = bytes(row["hash"])
+        missing = [n for n in wanted if n not in found]
+        if missing:
+            raise StoreError(
+                f"log nodes {missing[:4]} missing for index {index} at size {size}",
+                reason="log_inconsistent",
+            )
+        return [
+            log_root_from_nodes([found[n] for n in element], hasher=hasher) for element in elements
+        ]
+
+    async def batch_leaf_hashes(self, batch_id: int) -> list[bytes]:
+        """The batch's leaf hashes in batch order; raises ``StoreError`` (``not_found``)."""
+        async with self._connection("batch_leaf_hashes") as conn:
+            rows = await conn.fetch(
+                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
+                batch_id,
+            )
+        if not rows:
+            raise _not_found(f"no batch {batch_id}")
+        return [bytes(r["leaf_hash"]) for r in rows]
+
+    async def log_leaf_roots(self, size: int) -> list[bytes]:
+        """The first ``size`` batch roots in log order (the log's leaf *data*). O(size)."""
+        async with self._connection("log_leaf_roots") as conn:
+            rows = await conn.fetch(
+                "SELECT root FROM batches WHERE log_index < $1 ORDER BY log_index", size
+            )
+        return [bytes(r["root"]) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts for tests and metrics: ``readings``, ``batches``, ``log_size``,
+        ``devices``, ``quarantine`` and ``quarantine.<reason>`` for each reason present."""
+        async with self._connection("counts") as conn:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM reading_seqs) AS readings, "
+                "(SELECT count(*) FROM batches) AS batches, "
+                "(SELECT coalesce(max(log_size), 0) FROM checkpoints) AS log_size, "
+                "(SELECT count(*) FROM devices) AS devices, "
+                "(SELECT count(*) FROM quarantine) AS quarantine"
+            )
+            reasons = await conn.fetch(
+                "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason"
+            )
+        out = {k: int(v) for k, v in row.items()}
+        out.update({f"quarantine.{r['reason']}": int(r["n"]) for r in reasons})
+        return out
