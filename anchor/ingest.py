@@ -235,6 +235,19 @@ class Ingestor:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.set)
 
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("mqtt subscription to %s refused: %s", self.settings.mqtt_topic, reason_codes)
+        else:
+            log.info("mqtt subscription active: %s", self.settings.mqtt_topic)
+
     def _on_disconnect(
         self,
         client: mqtt.Client,
@@ -270,6 +283,7 @@ class Ingestor:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(min_delay=1, max_delay=10)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s

@@ -843,9 +843,9 @@ class Publisher:
                         event.code,
                         event.name,
                     )
+                    self._count("rejected")
                     self.outbox.reject(entry_id, event.code, reason)
                     self._retry_delay.pop(entry_id, None)
-                    self._count("rejected")
                 else:
                     delay = self._retry_delay.get(entry_id, self.retry_min_s / 2) * 2
                     delay = min(max(delay, self.retry_min_s), self.retry_max_s)
@@ -861,8 +861,9 @@ class Publisher:
                     )
                     self._count("retried")
         if acked:
-            self.outbox.ack_many(acked)
+            # Counted first, so that whoever sees the outbox empty also sees the counter.
             self._count("acked", len(acked))
+            self.outbox.ack_many(acked)
 
     def _pump(self) -> None:
         if not self._connected:
