@@ -60,6 +60,7 @@ log = logging.getLogger("anchor.ingest")
 
 TOPIC_RE = re.compile(r"^city/([A-Za-z0-9._-]{1,64})/([A-Za-z0-9._-]{1,64})/readings$")
 VERIFY_CHUNK = 128
+STATS_EVERY_S = 10.0
 # How long a failed seal waits before trying again, doubling up to the cap.
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
@@ -458,7 +459,8 @@ class Ingestor:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S if retryable else 30.0)
-        latency = time.monotonic() - batch.opened
+        # Seal latency as a device would feel it: from the oldest delivery's arrival to commit.
+        latency = (_now() - batch.deliveries[0].received_at).total_seconds()
         self.stats.record_seal(result, latency)
         for r in batch.rejections:
             log.info(
@@ -546,9 +548,13 @@ class Ingestor:
         return items
 
     async def _refresh_registry(self, stop: asyncio.Event) -> None:
+        last_stats = time.monotonic()
         while not stop.is_set():
             await asyncio.sleep(self.settings.registry_refresh_ms / 1000)
             try:
                 await self._registry.refresh()
             except AnchorError as exc:
                 log.warning("registry refresh failed: %s", exc)
+            if time.monotonic() - last_stats >= STATS_EVERY_S:
+                last_stats = time.monotonic()
+                log.info("ingest stats: %s", json.dumps(self.stats.snapshot()))

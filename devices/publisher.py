@@ -604,6 +604,8 @@ class Publisher:
         """Connect in the background and start sending the outbox. Idempotent."""
         if self._worker is not None:
             return self
+        with self._cond:
+            self._stopping = False
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._session_expiry_s
         try:

@@ -151,10 +151,11 @@ class SimulationConfig:
     """What to simulate. ``rate`` is readings per second for the whole fleet (faults
     included); ``faults`` maps names of :data:`FAULTS` to proportions of all messages (their
     sum at most 0.9). ``fiveg_share``, ``p256_share`` and ``jws_share`` shape the fleet that
-    :func:`make_fleet` builds from this config (see :meth:`make_fleet`). ``connections`` paho
+    :func:`make_fleet` builds from this config. ``connections`` paho
     clients share the fleet, each with at most ``max_inflight`` unacknowledged publishes (also
     capped by the broker's Receive Maximum). ``drain_timeout_s`` bounds the wait for the last
-    PUBACKs. Only QoS 1 is supported: the ingest contract is at-least-once.
+    PUBACKs and ``connect_timeout_s`` the wait for the first connection. Only QoS 1 is
+    supported: the ingest contract is at-least-once.
     Raises ``SimulationError`` (``usage``).
     """
 
@@ -174,6 +175,7 @@ class SimulationConfig:
     connections: int = 4
     max_inflight: int = 1000
     drain_timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         def bad(detail: str) -> SimulationError:
@@ -748,7 +750,8 @@ class _Run:
             for conn in self.conns:
                 conn.client.disconnect()
                 conn.client.loop_stop()
-        save_fleet_state(self.fleet)
+            # Even after an interruption: a seq that was sent must never be signed again.
+            save_fleet_state(self.fleet)
         with self.cond:
             unacked = sum(c.outstanding for c in self.conns)
             return SimulationReport(
@@ -770,11 +773,12 @@ class _Run:
             )
 
     def _wait_connected(self) -> None:
-        deadline = time.monotonic() + 10.0
+        limit = self.config.connect_timeout_s
+        deadline = time.monotonic() + limit
         for conn in self.conns:
             if not conn.ready.wait(max(0.0, deadline - time.monotonic())):
                 raise SimulationError(
-                    f"no MQTT connection to {self.config.mqtt_url} within 10 s",
+                    f"no MQTT connection to {self.config.mqtt_url} within {limit} s",
                     reason="connect_failed",
                 )
             if conn.refused is not None:

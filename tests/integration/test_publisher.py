@@ -201,9 +201,7 @@ def test_publisher_killed_before_pubacks_resends_everything(
         sub.close()
 
 
-def test_not_authorized_puback_moves_the_row_to_rejected(
-    service_dir: Path, tmp_path: Path
-) -> None:
+def test_not_authorized_puback_moves_the_row_to_rejected(service_dir: Path, tmp_path: Path) -> None:
     acl = "user dev\ntopic write city/nanshan/aq-nanshan-00001/readings\n"
     server = MosquittoServer(service_dir / "auth", users={"dev": "s3cret"}, acl=acl).start()
     try:
