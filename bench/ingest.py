@@ -49,6 +49,8 @@ SIZES = {True: 20_000, False: 100_000}
 LATENCY_SECONDS = {True: 6, False: 20}
 OFFERED_PER_S = 10_000
 DEVICES = 200
+# Ingestor processes on the shared subscription (`cityanchor ingest --workers N`).
+WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "1"))
 
 
 def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> int:
@@ -105,7 +107,7 @@ class System:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.pg = PostgresServer(base / "pg").start()
-        self.mq = MosquittoServer(base / "mq").start()
+        self.mq = MosquittoServer(base / "mq", max_queued_messages=1_000_000).start()
         self.operator = generate_note_key("bench.cityanchor.example/log")
         (base / "operator.skey").write_text(self.operator.skey() + "\n")
         self.signers = [
@@ -146,10 +148,13 @@ class System:
         )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anchor", "-v", "ingest"], env=env, stdout=log, stderr=log
+                [sys.executable, "-m", "anchor", "-v", "ingest", "--workers", str(WORKERS)],
+                env=env,
+                stdout=log,
+                stderr=log,
             )
         deadline = time.monotonic() + 30
-        while b"subscription active" not in self.log_path.read_bytes():
+        while self.log_path.read_bytes().count(b"subscription active") < WORKERS:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("ingestor did not start:\n" + self.log_path.read_text()[-2000:])
             time.sleep(0.1)
@@ -228,38 +233,59 @@ def ingest_section(cfg: BenchConfig) -> dict[str, Any]:
             base_s = best_of(lambda: sum(pool.map(_verify_chunk, chunks)), cfg.repeat)
         baseline_per_s = n / base_s
 
+        # Capacity: the ingestor drains a backlog the broker holds in its persistent session, so
+        # the publisher does not compete with it for the cores while it is timed.
         system.start_ingestor()
+        system.stop_ingestor()
+        with ProcessPoolExecutor(1, mp_context=ctx) as pub:
+            publish_s = pub.submit(_publish, system.mq.url, throughput_msgs, 0, 4).result()
+        t0 = time.perf_counter()
+        system.start_ingestor()
+        t_end = _wait_stored(system, n, 300)
+        per_s = n / (t_end - t0)
+        live_msgs = system.messages(n // 2)
+        # Live: publisher and ingestor at once, as in production on one small machine.
         with ProcessPoolExecutor(1, mp_context=ctx) as pub:
             t0 = time.perf_counter()
-            fut = pub.submit(_publish, system.mq.url, throughput_msgs, 0, 4)
-            t_end = _wait_stored(system, n, 300)
-            publish_s = fut.result()
-        per_s = n / (t_end - t0)
+            fut = pub.submit(_publish, system.mq.url, live_msgs, 0, 4)
+            t_end = _wait_stored(system, n + len(live_msgs), 300)
+            fut.result()
+        live_per_s = len(live_msgs) / (t_end - t0)
+        n += len(live_msgs)
 
-        # Latency at a fixed offered rate: a fresh ingestor, so its latency figures are only these.
-        system.stop_ingestor()
-        system.log_path.write_bytes(b"")
-        system.start_ingestor()
-        m = OFFERED_PER_S * LATENCY_SECONDS[cfg.quick]
-        latency_msgs = system.messages(m)
-        with ProcessPoolExecutor(1, mp_context=ctx) as pub:
-            fut = pub.submit(_publish, system.mq.url, latency_msgs, OFFERED_PER_S, 4)
-            offered_s = fut.result()
-            _wait_stored(system, n + m, 300)
-        rss = system.peak_rss_mb()
-        stats = system.stop_ingestor()
+        def latency_at(rate: int) -> tuple[dict[str, Any], float, float]:
+            """Offer ``rate``/s to a fresh ingestor: its seal latency, achieved rate and RSS."""
+            nonlocal n
+            system.stop_ingestor()
+            system.log_path.write_bytes(b"")
+            system.start_ingestor()
+            m = rate * LATENCY_SECONDS[cfg.quick]
+            msgs = system.messages(m)
+            with ProcessPoolExecutor(1, mp_context=ctx) as pub:
+                offered_s = pub.submit(_publish, system.mq.url, msgs, rate, 4).result()
+                _wait_stored(system, n + m, 300)
+            n += m
+            rss = system.peak_rss_mb()  # read while the ingestor still runs
+            return system.stop_ingestor(), m / offered_s, rss
+
+        half_stats, _, _ = latency_at(OFFERED_PER_S // 2)
+        stats, achieved_offer, rss = latency_at(OFFERED_PER_S)
     finally:
         system.close()
     return {
-        "readings": n,
+        "readings": SIZES[cfg.quick],
         "per_s": per_s,
+        "live_per_s": live_per_s,
         "baseline_per_s": baseline_per_s,
         "ratio": per_s / baseline_per_s,
         "publish_per_s": n / publish_s,
         "offered_per_s": OFFERED_PER_S,
-        "achieved_offer_per_s": m / offered_s,
+        "achieved_offer_per_s": achieved_offer,
         "p50_s": stats.get("seal_latency_p50_s"),
         "p99_s": stats.get("seal_latency_p99_s"),
+        "half_offered_per_s": OFFERED_PER_S // 2,
+        "half_p50_s": half_stats.get("seal_latency_p50_s"),
+        "half_p99_s": half_stats.get("seal_latency_p99_s"),
         "rss_mb": rss,
         "cores": cores,
     }
