@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint demo bench clean
+.PHONY: install test unit lint demo demo-offline bench clean
 
 install: $(STAMP)
 
@@ -30,8 +30,12 @@ lint: install
 demo: install
 	$(VENV)/bin/cityanchor demo --out demo-output
 
+demo-offline: install
+	$(VENV)/bin/cityanchor demo --offline --out demo-output
+
 bench: install
 	$(PY) bench/core.py
+	$(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) demo-output build *.egg-info

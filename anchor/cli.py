@@ -235,9 +235,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from anchor.demo import run_offline_demo
+    if args.offline:
+        from anchor.demo import run_offline_demo
 
-    return run_offline_demo(Path(args.out), readings=args.readings, batch_size=args.batch_size)
+        return run_offline_demo(Path(args.out), readings=args.readings, batch_size=args.batch_size)
+    from anchor.demo_live import LiveDemoConfig, run_live_demo
+
+    config = LiveDemoConfig(devices=args.devices, rate=args.rate, duration_s=args.duration)
+    return run_live_demo(Path(args.out), config)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -325,10 +330,14 @@ def _build_parser() -> argparse.ArgumentParser:
     add_device_commands(sub)
     add_simulate_command(sub)
 
-    p = sub.add_parser("demo", help="run the offline end-to-end demo")
+    p = sub.add_parser("demo", help="run the end-to-end demo (private services, simulated fleet)")
     p.add_argument("--out", default="demo-output", help="output directory")
-    p.add_argument("--readings", type=int, default=300, help="readings to sign")
-    p.add_argument("--batch-size", type=int, default=64, help="readings per batch")
+    p.add_argument("--offline", action="store_true", help="the core only: no services needed")
+    p.add_argument("--devices", type=int, default=120, help="live: simulated devices")
+    p.add_argument("--rate", type=float, default=400.0, help="live: readings per second")
+    p.add_argument("--duration", type=float, default=25.0, help="live: seconds of simulation")
+    p.add_argument("--readings", type=int, default=300, help="offline: readings to sign")
+    p.add_argument("--batch-size", type=int, default=64, help="offline: readings per batch")
     p.set_defaults(func=_cmd_demo)
     return parser
 

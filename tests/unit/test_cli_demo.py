@@ -23,7 +23,10 @@ CITYANCHOR = str(Path(sys.executable).parent / "cityanchor")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--readings", "90", "--batch-size", "16"]) == 0
+    assert (
+        main(["demo", "--offline", "--out", str(out), "--readings", "90", "--batch-size", "16"])
+        == 0
+    )
     return out
 
 
@@ -200,5 +203,8 @@ def test_chainpoint_export_validates_with_merkletools(demo: Path, tmp_path: Path
 def test_demo_is_rerunnable_in_place(demo: Path) -> None:
     # `make demo` twice in a row must not fail or mix old and new receipts.
     before = os.listdir(demo / "receipts")
-    assert main(["demo", "--out", str(demo), "--readings", "90", "--batch-size", "16"]) == 0
+    assert (
+        main(["demo", "--offline", "--out", str(demo), "--readings", "90", "--batch-size", "16"])
+        == 0
+    )
     assert sorted(os.listdir(demo / "receipts")) == sorted(before)
