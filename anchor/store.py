@@ -56,10 +56,11 @@ from typing import Any, Self
 import asyncpg
 
 from anchor import merkle
+from anchor.chains.base import AnchorConfirmation, AnchorTx
 from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
-from anchor.receipt import BatchProof, LogProof, Receipt
+from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import (
     MAX_STORED_INT,
     Candidate,
@@ -72,25 +73,34 @@ from anchor.sealing import (
 
 __all__ = [
     "ADVISORY_LOCKS",
+    "ANCHOR_LOCK",
     "MIGRATE_LOCK",
     "QUARANTINE_RAW_LIMIT",
     "SEAL_LOCK",
     "Candidate",
+    "CheckpointRecord",
     "DeviceKeyRecord",
     "DeviceRecord",
     "DeviceSpec",
+    "OpenAnchorTx",
     "RegistryError",
     "Rejection",
     "SealResult",
     "Store",
     "StoreError",
+    "StoredAnchor",
 ]
 
 # Advisory lock keys (pg_advisory_lock's bigint space is shared by everything in the database:
 # other components must pick other numbers). "CA" + a small number.
 SEAL_LOCK = 0x4341_0001
 MIGRATE_LOCK = 0x4341_0002
-ADVISORY_LOCKS: Mapping[str, int] = {"seal": SEAL_LOCK, "migrate": MIGRATE_LOCK}
+ANCHOR_LOCK = 0x4341_0003
+ADVISORY_LOCKS: Mapping[str, int] = {
+    "seal": SEAL_LOCK,
+    "migrate": MIGRATE_LOCK,
+    "anchor": ANCHOR_LOCK,
+}
 
 QUARANTINE_RAW_LIMIT = 16 * 1024
 """Bytes of a quarantined message kept in ``quarantine.raw`` (its size and SHA-256 are of all)."""
@@ -396,9 +406,10 @@ def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
 class Store:
     """A pool of connections to the cityanchor database. Build it with :meth:`connect`."""
 
-    def __init__(self, pool: Any, *, timeout: float) -> None:
+    def __init__(self, pool: Any, *, timeout: float, dsn: str = "") -> None:
         self._pool = pool
         self._timeout = timeout
+        self._dsn = dsn
 
     @classmethod
     async def connect(
@@ -429,7 +440,7 @@ class Store:
             if err is None:
                 raise
             raise err from exc
-        return cls(pool, timeout=timeout)
+        return cls(pool, timeout=timeout, dsn=dsn)
 
     async def close(self) -> None:
         """Close every connection (waits for connections in use to be released)."""
@@ -1025,10 +1036,31 @@ class Store:
                 f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
                 reason="log_inconsistent",
             )
+        log_index: int = batch["log_index"]
+        # The newest anchored checkpoint that covers this batch, so the receipt ends on chain;
+        # until one exists, the newest checkpoint (status "sealed").
         head = await conn.fetchrow(
+            "SELECT c.log_size, c.root, c.note FROM checkpoints c WHERE c.log_size > $1 "
+            "AND EXISTS (SELECT 1 FROM anchors a WHERE a.log_size = c.log_size) "
+            "ORDER BY c.log_size DESC LIMIT 1",
+            log_index,
+        ) or await conn.fetchrow(
             "SELECT log_size, root, note FROM checkpoints ORDER BY log_size DESC LIMIT 1"
         )
-        log_index: int = batch["log_index"]
+        anchors = tuple(
+            AnchorRecord(
+                chain_id=a["chain_id"],
+                contract=a["contract"],
+                tx_hash=a["tx_hash"],
+                block_number=a["block_number"],
+                block_time=_rfc3339(a["block_time"]),
+            )
+            for a in await conn.fetch(
+                "SELECT chain_id, contract, tx_hash, block_number, block_time FROM anchors "
+                "WHERE log_size = $1 ORDER BY backend",
+                head["log_size"],
+            )
+        )
         log_size: int = head["log_size"]
         log_root = bytes(head["root"])
         log_path = await self._log_path(conn, log_index, log_size, hasher=hasher)
@@ -1078,7 +1110,8 @@ class Store:
                     ),
                     log=log,
                     checkpoint=head["note"],
-                    status="sealed",
+                    anchors=anchors,
+                    status="anchored" if anchors else "sealed",
                     extra=extra,
                 )
             )
@@ -1145,3 +1178,213 @@ class Store:
         out = {k: int(v) for k, v in row.items()}
         out.update({f"quarantine.{r['reason']}": int(r["n"]) for r in reasons})
         return out
+
+    # ---------------------------------------------------------------------------- anchoring
+    async def latest_checkpoint_record(self) -> CheckpointRecord | None:
+        """The newest checkpoint (size, root, signed note), or None for an empty log."""
+        async with self._connection("latest_checkpoint_record") as conn:
+            row = await conn.fetchrow(
+                "SELECT log_size, root, note FROM checkpoints ORDER BY log_size DESC LIMIT 1"
+            )
+        return (
+            None
+            if row is None
+            else CheckpointRecord(row["log_size"], bytes(row["root"]), row["note"])
+        )
+
+    async def last_anchor(self, backend: str) -> StoredAnchor | None:
+        """The newest confirmed anchor of ``backend``, or None."""
+        async with self._connection("last_anchor") as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_ANCHOR_COLUMNS} FROM anchors WHERE backend = $1 "
+                "ORDER BY log_size DESC LIMIT 1",
+                backend,
+            )
+        return None if row is None else _stored_anchor(row)
+
+    async def list_anchors(
+        self, *, since_log_size: int = 0, limit: int = 100
+    ) -> list[StoredAnchor]:
+        """Confirmed anchors with ``log_size > since_log_size``, oldest first (a cursor)."""
+        async with self._connection("list_anchors") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ANCHOR_COLUMNS} FROM anchors WHERE log_size > $1 "
+                "ORDER BY log_size, backend LIMIT $2",
+                since_log_size,
+                max(1, min(limit, 1000)),
+            )
+        return [_stored_anchor(r) for r in rows]
+
+    async def open_anchor_tx(self, backend: str) -> OpenAnchorTx | None:
+        """The backend's newest transaction that is prepared or sent and not yet settled."""
+        async with self._connection("open_anchor_tx") as conn:
+            row = await conn.fetchrow(
+                "SELECT id, backend, log_size, state, tx FROM anchor_txs "
+                "WHERE backend = $1 AND state IN ('prepared', 'sent') ORDER BY id DESC LIMIT 1",
+                backend,
+            )
+        if row is None:
+            return None
+        return OpenAnchorTx(
+            row["id"],
+            row["backend"],
+            row["log_size"],
+            row["state"],
+            AnchorTx.from_json(json.loads(row["tx"])),
+        )
+
+    async def save_anchor_tx(
+        self, tx: AnchorTx, log_size: int, *, replaces: int | None = None
+    ) -> int:
+        """Persist a signed transaction (state ``prepared``) BEFORE it is broadcast; when it
+        ``replaces`` an earlier one (same slot, higher fee), mark that one ``replaced`` in the
+        same transaction. Returns the new row id."""
+        async with self._connection("save_anchor_tx") as conn, conn.transaction():
+            if replaces is not None:
+                await conn.execute(
+                    "UPDATE anchor_txs SET state = 'replaced', updated_at = now() WHERE id = $1",
+                    replaces,
+                )
+            tx_id: int = await conn.fetchval(
+                "INSERT INTO anchor_txs (backend, chain_id, contract, log_size, root, tx_hash, tx, "
+                "state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'prepared') RETURNING id",
+                tx.backend,
+                tx.chain_id,
+                tx.contract,
+                log_size,
+                tx.root,
+                tx.tx_hash,
+                json.dumps(tx.to_json()),
+            )
+        return tx_id
+
+    async def set_anchor_tx_state(self, tx_id: int, state: str, detail: str = "") -> None:
+        async with self._connection("set_anchor_tx_state") as conn:
+            await conn.execute(
+                "UPDATE anchor_txs SET state = $2, detail = $3, updated_at = now() WHERE id = $1",
+                tx_id,
+                state,
+                detail[:500],
+            )
+
+    async def record_anchor(
+        self,
+        backend: str,
+        log_size: int,
+        root: bytes,
+        confirmation: AnchorConfirmation,
+        *,
+        tx_id: int | None = None,
+    ) -> None:
+        """Record a confirmed anchor (idempotent) and settle its transaction row."""
+        async with self._connection("record_anchor") as conn, conn.transaction():
+            stored_root = await conn.fetchval(
+                "SELECT root FROM checkpoints WHERE log_size = $1", log_size
+            )
+            if stored_root is None or bytes(stored_root) != root:
+                raise StoreError(
+                    f"anchor of {root.hex()} names log size {log_size}, whose checkpoint root "
+                    "differs",
+                    reason="log_inconsistent",
+                )
+            await conn.execute(
+                "INSERT INTO anchors (backend, chain_id, contract, log_size, root, tx_hash, "
+                "block_number, block_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (backend, log_size) DO NOTHING",
+                backend,
+                confirmation.chain_id,
+                confirmation.contract,
+                log_size,
+                root,
+                confirmation.tx_hash,
+                confirmation.block_number,
+                confirmation.block_time,
+            )
+            if tx_id is not None:
+                await conn.execute(
+                    "UPDATE anchor_txs SET state = 'confirmed', updated_at = now() WHERE id = $1",
+                    tx_id,
+                )
+
+    async def checkpoint_for_root(self, root: bytes) -> CheckpointRecord | None:
+        async with self._connection("checkpoint_for_root") as conn:
+            row = await conn.fetchrow(
+                "SELECT log_size, root, note FROM checkpoints WHERE root = $1 "
+                "ORDER BY log_size LIMIT 1",
+                root,
+            )
+        return (
+            None
+            if row is None
+            else CheckpointRecord(row["log_size"], bytes(row["root"]), row["note"])
+        )
+
+    @contextlib.asynccontextmanager
+    async def leadership(self, lock: int = ANCHOR_LOCK) -> AsyncIterator[Any]:
+        """Hold a session advisory lock on a dedicated connection for the block's duration.
+
+        Yields the connection (whose liveness the holder checks); waits until the lock is free.
+        When the holder's process dies its connection closes and PostgreSQL frees the lock, so
+        a waiting replica takes over.
+        """
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        except Exception as exc:
+            err = _translate(exc, "leadership")
+            if err is None:
+                raise
+            raise err from exc
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", lock)
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    log_size: int
+    root: bytes
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnchor:
+    backend: str
+    chain_id: int
+    contract: str
+    log_size: int
+    root: bytes
+    tx_hash: str
+    block_number: int
+    block_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAnchorTx:
+    id: int
+    backend: str
+    log_size: int
+    state: str
+    tx: AnchorTx
+
+
+_ANCHOR_COLUMNS = "backend, chain_id, contract, log_size, root, tx_hash, block_number, block_time"
+
+
+def _stored_anchor(row: Mapping[str, Any]) -> StoredAnchor:
+    return StoredAnchor(
+        row["backend"],
+        row["chain_id"],
+        row["contract"],
+        row["log_size"],
+        bytes(row["root"]),
+        row["tx_hash"],
+        row["block_number"],
+        row["block_time"],
+    )
+
+
+def _rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -28,6 +28,9 @@ T = TypeVar("T")
 ORIGIN = "cityanchor.test/log"
 SIGNER = generate_note_key(ORIGIN)
 
+# Every numbered migration file, in order: what a fresh database gets.
+ALL_MIGRATIONS = sorted(int(p.name.split("_", 1)[0]) for p in SQL_DIR.glob("[0-9]*_*.sql"))
+
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
@@ -121,12 +124,12 @@ def test_migrate_is_idempotent_and_creates_partitions(db_dsn: str) -> None:
     async def body() -> None:
         store = await _store(db_dsn, migrate=False)
         try:
-            assert await store.migrate() == [1]
+            assert await store.migrate() == ALL_MIGRATIONS
             assert await store.migrate() == []
             conn = await asyncpg.connect(db_dsn)
             try:
                 rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
-                assert [(r["version"], r["name"]) for r in rows] == [(1, "init")]
+                assert [r["version"] for r in rows] == ALL_MIGRATIONS
                 parts = {
                     r["name"]
                     for r in await conn.fetch(
@@ -156,7 +159,7 @@ def test_concurrent_migrations_are_safe(db_dsn: str) -> None:
         a, b = await _store(db_dsn, migrate=False), await _store(db_dsn, migrate=False)
         try:
             results = await asyncio.gather(a.migrate(), b.migrate())
-            assert sorted(results) == [[], [1]]
+            assert sorted(results) == [[], ALL_MIGRATIONS]
             assert await a.log_size() == 0
         finally:
             await a.close()
@@ -172,7 +175,7 @@ def test_changed_migration_is_refused(db_dsn: str, tmp_path: Path) -> None:
     async def body() -> None:
         store = await _store(db_dsn, migrate=False)
         try:
-            assert await store.migrate(directory=sql) == [1]
+            assert await store.migrate(directory=sql) == ALL_MIGRATIONS
             path = next(sql.glob("001_*.sql"))
             path.write_text(path.read_text() + "\n-- edited\n")
             with pytest.raises(StoreError) as exc:
@@ -180,8 +183,9 @@ def test_changed_migration_is_refused(db_dsn: str, tmp_path: Path) -> None:
             assert exc.value.reason == "migration_checksum_mismatch"
             # A new numbered file alongside an unchanged history applies normally.
             path.write_text(path.read_text().removesuffix("\n-- edited\n"))
-            (sql / "002_extra.sql").write_text("CREATE TABLE extra (x int);")
-            assert await store.migrate(directory=sql) == [2]
+            extra = ALL_MIGRATIONS[-1] + 1
+            (sql / f"{extra:03d}_extra.sql").write_text("CREATE TABLE extra (x int);")
+            assert await store.migrate(directory=sql) == [extra]
         finally:
             await store.close()
 
