@@ -99,7 +99,8 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
     """Return the ``anvil`` binary (``CITYANCHOR_ANVIL`` in ``env`` wins).
 
     Otherwise ``node_modules/@foundry-rs/anvil-<platform>/bin/anvil`` of the project checkout
-    (installed by ``make install``, i.e. ``npm ci``).
+    (installed by ``make install``, i.e. ``npm ci``), or ``node_modules/@foundry-rs/anvil/anvil``
+    (the package's postinstall fallback).
 
     Raises:
         ServiceError: ``binary_missing``, saying how to install it.
@@ -121,10 +122,15 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
         )
     tried = []
     for node_modules in _npm_roots():
-        candidate = node_modules / _NPM_SCOPE / f"anvil-{suffix}" / "bin" / "anvil"
-        tried.append(str(candidate))
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
+        # The per-platform optional dependency; else where the package's postinstall script
+        # puts the binary it downloads when npm skipped optional dependencies.
+        for candidate in (
+            node_modules / _NPM_SCOPE / f"anvil-{suffix}" / "bin" / "anvil",
+            node_modules / _NPM_SCOPE / "anvil" / "anvil",
+        ):
+            tried.append(str(candidate))
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return candidate
     raise ServiceError(
         "the anvil binary of the npm package @foundry-rs/anvil is not installed (looked at "
         + ", ".join(tried)

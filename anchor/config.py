@@ -8,6 +8,7 @@ keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -18,10 +19,46 @@ from urllib.parse import urlsplit, urlunsplit
 
 from anchor.errors import UsageError
 
-__all__ = ["ENV_PREFIX", "SECRET_FIELDS", "Settings", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "ChainSettings",
+    "Settings",
+    "load_settings",
+    "settings_to_toml",
+]
 
 ENV_PREFIX = "CITYANCHOR_"
 SECRET_FIELDS = frozenset({"mqtt_password", "database_url"})
+
+
+FEE_MODES = ("eip1559", "legacy", "zero")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSettings:
+    """One anchoring backend (an EVM chain reached over JSON-RPC).
+
+    The signing key is never part of the settings: only where to read it (``key_file``, or the
+    environment variable named by ``key_env``).
+    """
+
+    name: str = "evm"
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int = 31337
+    contract: str = ""
+    key_file: str = ""
+    key_env: str = ""
+    confirmations: int = 1
+    fee_mode: str = "eip1559"
+    gas_limit: int = 100_000
+    rpc_timeout_s: int = 10
+
+    def __post_init__(self) -> None:
+        if self.fee_mode not in FEE_MODES:
+            raise UsageError(f"chain {self.name}: fee_mode must be one of {', '.join(FEE_MODES)}")
+        if self.confirmations < 1:
+            raise UsageError(f"chain {self.name}: confirmations must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +87,9 @@ class Settings:
     verify_processes: int = 0  # 0: one per core
     ingestor_name: str = "ingest"
     registry_refresh_ms: int = 5_000
+    anchor_period_s: int = 60
+    # Anchoring backends; from TOML [[chains]] tables, or one from CITYANCHOR_CHAIN_* variables.
+    chains: tuple[ChainSettings, ...] = ()
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced, for ``config show`` and logs."""
@@ -95,8 +135,13 @@ def load_settings(
     Raises UsageError naming the source of any unknown key or badly typed value.
     """
     env = os.environ if env is None else env
-    types = {f.name: (int if f.type in ("int", int) else str) for f in fields(Settings)}
+    types = {
+        f.name: (int if f.type in ("int", int) else str)
+        for f in fields(Settings)
+        if f.name != "chains"
+    }
     values: dict[str, Any] = {}
+    chains: list[ChainSettings] = []
     if toml_path is not None:
         try:
             doc = tomllib.loads(toml_path.read_text(encoding="utf-8"))
@@ -105,6 +150,9 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config {toml_path} is not valid TOML: {exc}") from exc
         for key, raw in doc.items():
+            if key == "chains":
+                chains = [_chain(t, f"{toml_path} [[chains]]") for t in _tables(raw, toml_path)]
+                continue
             if key not in types:
                 raise UsageError(f"{toml_path}: unknown setting {key!r}")
             values[key] = _coerce(key, types[key], raw, str(toml_path))
@@ -112,10 +160,65 @@ def load_settings(
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = _coerce(name, kind, raw, ENV_PREFIX + name.upper())
+    chain_env = {
+        f.name: env[var] for f in fields(ChainSettings) if (var := _chain_var(f.name)) in env
+    }
+    if chain_env:
+        # The variables define one backend, or override the TOML one of the same name.
+        name = chain_env.get("name", chains[0].name if len(chains) == 1 else "evm")
+        base = next((c for c in chains if c.name == name), ChainSettings(name=name))
+        merged = _chain({**dataclasses.asdict(base), **chain_env}, f"{ENV_PREFIX}CHAIN_*")
+        chains = [c for c in chains if c.name != name] + [merged]
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue
         if name not in types:
             raise UsageError(f"unknown setting {name!r}")
         values[name] = _coerce(name, types[name], raw, f"--{name.replace('_', '-')}")
-    return Settings(**values)
+    names = [c.name for c in chains]
+    if len(set(names)) != len(names):
+        raise UsageError(f"chain names must be unique, got {names}")
+    return Settings(**values, chains=tuple(chains))
+
+
+def _chain_var(field_name: str) -> str:
+    # CITYANCHOR_CHAIN_RPC_URL, CITYANCHOR_CHAIN_ID (not ..._CHAIN_CHAIN_ID), ...
+    return ENV_PREFIX + ("CHAIN_ID" if field_name == "chain_id" else f"CHAIN_{field_name.upper()}")
+
+
+def _tables(raw: Any, source: Path) -> list[Mapping[str, Any]]:
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise UsageError(f"{source}: chains must be [[chains]] tables")
+    return raw
+
+
+def _chain(table: Mapping[str, Any], source: str) -> ChainSettings:
+    kinds = {f.name: (int if f.type in ("int", int) else str) for f in fields(ChainSettings)}
+    values = {}
+    for key, raw in table.items():
+        if key not in kinds:
+            raise UsageError(f"{source}: unknown chain setting {key!r}")
+        values[key] = _coerce(key, kinds[key], raw, source)
+    return ChainSettings(**values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """The settings as a TOML file that :func:`load_settings` reads back to the same value."""
+    lines = ["# cityanchor settings (CITYANCHOR_* variables and flags override these)"]
+    for f in fields(Settings):
+        if f.name != "chains":
+            lines.append(f"{f.name} = {_toml_value(getattr(settings, f.name))}")
+    for chain in settings.chains:
+        lines += ["", "[[chains]]"]
+        lines += [
+            f"{f.name} = {_toml_value(getattr(chain, f.name))}" for f in fields(ChainSettings)
+        ]
+    return "\n".join(lines) + "\n"

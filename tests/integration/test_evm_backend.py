@@ -490,3 +490,26 @@ def test_find_anvil(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         find_anvil({})
     assert exc.value.reason == "binary_missing"
     assert "make install" in str(exc.value)
+
+
+def test_reorg_unconfirms_and_the_same_bytes_anchor_again(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+    # evm_revert stands in for a reorg that drops the anchoring block: the confirmation goes
+    # away, the chain forgets the root, and re-broadcasting the persisted bytes restores it.
+    node = anvil_factory()
+    backend = EvmBackend(_config(node, _deploy(node)))
+    before = node.snapshot()
+    root = _root()
+    tx = backend.prepare(root, 21)
+    _send(backend, tx)
+    assert backend.confirmation(tx) is not None
+    assert backend.find_anchor(root) is not None
+
+    node.revert(before)
+    assert backend.status(tx) in ("dropped", "pending")
+    assert backend.confirmation(tx) is None
+    assert backend.anchored_at(root) == 0
+    assert backend.find_anchor(root) is None
+
+    _send(backend, tx)
+    conf = backend.confirmation(tx)
+    assert conf is not None and conf.tx_hash == tx.tx_hash
