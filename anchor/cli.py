@@ -132,10 +132,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     device_keys = _load_device_keys(args.device_key)
     log_keys = _load_log_keys(args.log_key)
+    checker = None
     if args.rpc:
-        log.warning(
-            "--rpc: on-chain anchor checks arrive with the EVM backend; anchors are skipped"
-        )
+        from anchor.anchor_main import rpc_anchor_checker
+
+        checker = rpc_anchor_checker(args.rpc)
     results: list[tuple[str, ReceiptReport]] = []
     for path in args.receipts:
         raw = _read_bytes(path, "receipt")
@@ -145,7 +146,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             bad = Check("receipt", "fail", exc.detail, exc.reason)
             results.append((path, ReceiptReport("?", 0, (bad,))))
             continue
-        report = verify_receipt(receipt, device_keys=device_keys, log_verifiers=log_keys)
+        report = verify_receipt(
+            receipt, device_keys=device_keys, log_verifiers=log_keys, anchor_checker=checker
+        )
         results.append((path, report))
     if args.json:
         doc = [{"file": path, **report.to_dict()} for path, report in results]
@@ -233,6 +236,117 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
 
 
+# ------------------------------------------------------------------------------------- anchoring
+def _cmd_anchor(args: argparse.Namespace) -> int:
+    from anchor.anchor_main import run_anchor_loop, run_anchor_once
+
+    settings = _settings(args)
+    if args.anchor_command == "run":
+        return run_anchor_once(settings, timeout_s=args.timeout)
+    return run_anchor_loop(
+        settings, period_s=_seconds(args.period or f"{settings.anchor_period_s}s")
+    )
+
+
+def _seconds(text: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            number = text[: -len(unit)]
+            break
+    else:
+        unit, number = "s", text
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise UsageError(f"not a duration: {text!r} (e.g. 60s, 2m, 500ms)") from None
+    if value <= 0:
+        raise UsageError(f"duration must be positive: {text!r}")
+    return value
+
+
+def _cmd_chain_deploy(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from anchor.anchor_main import deploy
+    from anchor.config import ChainSettings, settings_to_toml
+
+    settings = _settings(args)
+    existing = next((c for c in settings.chains if c.name == args.name), None)
+    chain = existing or ChainSettings(name=args.name)
+    updates = {
+        k: v
+        for k, v in {
+            "rpc_url": args.rpc_url,
+            "chain_id": args.chain_id,
+            "key_file": args.key_file,
+            "fee_mode": args.fee_mode,
+        }.items()
+        if v is not None
+    }
+    chain = dataclasses.replace(chain, **updates)
+    address = deploy(chain, submitters=args.submitter)
+    chain = dataclasses.replace(chain, contract=address)
+    print(f"AnchorRegistry deployed on chain {chain.chain_id} at {address}")
+    if args.config:
+        others = [c for c in settings.chains if c.name != chain.name]
+        updated = dataclasses.replace(settings, chains=(*others, chain))
+        Path(args.config).write_text(settings_to_toml(updated), encoding="utf-8")
+        print(f"wrote the address to {args.config} (chain {chain.name!r})")
+    return EXIT_OK
+
+
+def _cmd_verify_consistency(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from anchor import merkle
+    from anchor.checkpoint import open_checkpoint, parse_checkpoint_unverified
+    from anchor.store import Store
+
+    notes = [_read_bytes(p, "checkpoint").decode("utf-8", "replace") for p in (args.old, args.new)]
+    keys = _load_log_keys(args.log_key)
+    checkpoints = []
+    for path, note in zip((args.old, args.new), notes, strict=True):
+        if keys:
+            errors = []
+            for key in keys:
+                try:
+                    checkpoints.append(open_checkpoint(note, key))
+                    break
+                except AnchorError as exc:
+                    errors.append(exc)
+            else:
+                print(f"FAIL checkpoint_signature {path}: {errors[-1]}")
+                return EXIT_INVALID
+        else:
+            checkpoints.append(parse_checkpoint_unverified(note))
+    old, new = checkpoints
+    if args.proof:
+        proof = [bytes.fromhex(h) for h in json.loads(_read_bytes(args.proof, "proof"))]
+    else:
+        settings = _settings(args)
+
+        async def fetch() -> list[bytes]:
+            store = await Store.connect(settings.database_url, max_size=1)
+            try:
+                return await store.consistency_proof(old.size, new.size)
+            finally:
+                await store.close()
+
+        proof = asyncio.run(fetch())
+    try:
+        merkle.verify_consistency(old.size, new.size, proof, old.root, new.root)
+    except AnchorError as exc:
+        print(f"FAIL consistency [{exc.reason}] {exc.detail}")
+        return EXIT_INVALID
+    signed = "signed checkpoints" if keys else "checkpoints (signatures not checked: no --log-key)"
+    print(
+        f"PASS consistency: the log at size {new.size} extends the log at size {old.size} "
+        f"({signed}, {len(proof)}-hash proof)"
+    )
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.offline:
@@ -295,7 +409,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="VKEY_FILE",
         help="the operator's checkpoint verifier key (C2SP note vkey); repeatable",
     )
-    p.add_argument("--rpc", metavar="URL", help="JSON-RPC endpoint of the anchoring chain")
+    p.add_argument(
+        "--rpc",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="JSON-RPC endpoint of an anchoring chain (repeatable, one per chain)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failed or skipped checks")
     p.set_defaults(func=_cmd_verify)
@@ -322,6 +442,45 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")
+    asub = p.add_subparsers(dest="anchor_command", required=True, metavar="ACTION")
+    a = asub.add_parser("run", help="anchor the newest checkpoint once and wait for it")
+    _add_service_flags(a)
+    a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for confirmation")
+    a.set_defaults(func=_cmd_anchor)
+    a = asub.add_parser("loop", help="the anchoring job: one transaction per period")
+    _add_service_flags(a)
+    a.add_argument("--period", help="e.g. 60s (default: anchor_period_s)")
+    a.set_defaults(func=_cmd_anchor)
+
+    p = sub.add_parser("chain", help="chain operations")
+    chsub = p.add_subparsers(dest="chain_command", required=True, metavar="ACTION")
+    c = chsub.add_parser("deploy", help="deploy the AnchorRegistry contract")
+    _add_service_flags(c)
+    c.add_argument("--name", default="evm", help="backend name (a [[chains]] entry)")
+    c.add_argument("--rpc-url", help="JSON-RPC endpoint")
+    c.add_argument("--chain-id", type=int, help="the chain id the endpoint must report")
+    c.add_argument("--key-file", help="file holding the deploying account's hex private key")
+    c.add_argument("--fee-mode", choices=("eip1559", "legacy", "zero"))
+    c.add_argument(
+        "--submitter",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="restrict anchoring to these accounts, forever (repeatable)",
+    )
+    c.set_defaults(func=_cmd_chain_deploy)
+
+    p = sub.add_parser(
+        "verify-consistency", help="check that a newer checkpoint extends an older one"
+    )
+    _add_service_flags(p)
+    p.add_argument("old", metavar="OLD", help="older checkpoint (signed note file)")
+    p.add_argument("new", metavar="NEW", help="newer checkpoint (signed note file)")
+    p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE")
+    p.add_argument("--proof", help="JSON list of hex hashes (default: ask the database)")
+    p.set_defaults(func=_cmd_verify_consistency)
 
     from anchor.registry import add_db_commands, add_device_commands
     from devices.simulator import add_simulate_command

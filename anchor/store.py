@@ -67,6 +67,7 @@ from anchor.sealing import (
     Rejection,
     classify_candidates,
     log_append,
+    log_consistency_nodes,
     log_inclusion_nodes,
     log_root_from_nodes,
 )
@@ -1119,7 +1120,38 @@ class Store:
 
     @staticmethod
     async def _log_path(conn: Any, index: int, size: int, *, hasher: merkle.Hasher) -> list[bytes]:
-        elements = log_inclusion_nodes(index, size)
+        return await Store._resolve_nodes(
+            conn, log_inclusion_nodes(index, size), f"index {index} at size {size}", hasher=hasher
+        )
+
+    async def consistency_proof(
+        self, old_size: int, new_size: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> list[bytes]:
+        """The RFC 9162 consistency proof between two log sizes, from stored log nodes.
+
+        Raises ``StoreError`` (``not_found`` when ``new_size`` is beyond the log).
+        """
+        async with self._connection("consistency_proof") as conn:
+            size = await conn.fetchval("SELECT coalesce(max(log_size), 0) FROM checkpoints")
+            if not 0 <= old_size <= new_size <= size:
+                raise _not_found(
+                    f"no consistency proof from {old_size} to {new_size} (log size {size})"
+                )
+            return await self._resolve_nodes(
+                conn,
+                log_consistency_nodes(old_size, new_size),
+                f"{old_size} -> {new_size}",
+                hasher=hasher,
+            )
+
+    @staticmethod
+    async def _resolve_nodes(
+        conn: Any,
+        elements: Sequence[Sequence[tuple[int, int]]],
+        what: str,
+        *,
+        hasher: merkle.Hasher,
+    ) -> list[bytes]:
         wanted = sorted({node for element in elements for node in element})
         found: dict[tuple[int, int], bytes] = {}
         if wanted:
@@ -1135,8 +1167,7 @@ class Store:
         missing = [n for n in wanted if n not in found]
         if missing:
             raise StoreError(
-                f"log nodes {missing[:4]} missing for index {index} at size {size}",
-                reason="log_inconsistent",
+                f"log nodes {missing[:4]} missing for {what}", reason="log_inconsistent"
             )
         return [
             log_root_from_nodes([found[n] for n in element], hasher=hasher) for element in elements

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,10 +55,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, cast
 from urllib.parse import urlsplit
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from web3 import HTTPProvider, Web3
-from web3.exceptions import (
+# py_ecc, which eth_account imports, raises the interpreter's recursion limit to 100 000 at
+# import time. With that limit a deeply nested JSON document (a hostile receipt) overflows the C
+# stack inside json.loads and kills the process instead of raising RecursionError; so the limit
+# is put back right after the imports below (nothing we call from web3 needs deep recursion).
+_RECURSION_LIMIT = sys.getrecursionlimit()
+
+from eth_account import Account  # noqa: E402
+from eth_account.signers.local import LocalAccount  # noqa: E402
+from web3 import HTTPProvider, Web3  # noqa: E402
+from web3.exceptions import (  # noqa: E402
     ContractCustomError,
     ContractLogicError,
     ContractPanicError,
@@ -66,12 +73,14 @@ from web3.exceptions import (
     Web3Exception,
     Web3RPCError,
 )
-from web3.middleware import ExtraDataToPOAMiddleware
-from web3.types import TxParams, TxReceipt
+from web3.middleware import ExtraDataToPOAMiddleware  # noqa: E402
+from web3.types import TxParams, TxReceipt  # noqa: E402
 
-from anchor.chains.base import AnchorConfirmation, AnchorTx, ChainError, TxStatus
-from anchor.contracts import load_artifact
-from anchor.errors import UsageError
+from anchor.chains.base import AnchorConfirmation, AnchorTx, ChainError, TxStatus  # noqa: E402
+from anchor.contracts import load_artifact  # noqa: E402
+from anchor.errors import UsageError  # noqa: E402
+
+sys.setrecursionlimit(_RECURSION_LIMIT)
 
 __all__ = [
     "DEFAULT_GAS_LIMIT",

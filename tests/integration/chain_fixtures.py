@@ -28,6 +28,12 @@ import pytest
 
 from anchor.chain_node import AnvilNode
 
+# Imported here, early (conftest imports this module before any test module), because importing
+# web3 / eth_account raises the recursion limit (py_ecc) and anchor.chains.evm puts it back; a
+# test module importing web3 first would leave it at 100 000 and a unit test feeding deeply
+# nested JSON to json.loads would crash the whole session.
+from anchor.chains.evm import EvmConfig, deploy_registry
+
 __all__ = ["AnvilFactory", "anchor_registry", "anvil", "anvil_factory", "assert_stopped"]
 
 AnvilFactory = Callable[..., AnvilNode]
@@ -95,8 +101,6 @@ def anvil_factory(services_dir: Path, request: pytest.FixtureRequest) -> Iterato
 @pytest.fixture(scope="session")
 def anchor_registry(anvil: AnvilNode) -> str:
     """Address of an AnchorRegistry (no allow-list) deployed on ``anvil`` by dev account 0."""
-    from anchor.chains.evm import EvmConfig, deploy_registry
-
     config = EvmConfig(
         name="deployer",
         rpc_url=anvil.rpc_url,
