@@ -98,3 +98,8 @@ def mosquitto(services_dir: Path) -> Iterator[MosquittoServer]:
     finally:
         server.stop()
         _assert_gone(pid, "Mosquitto")
+
+
+# The chain fixtures (private anvil nodes) live in their own module; importing them here makes
+# them available to every integration test.
+from integration.chain_fixtures import anchor_registry, anvil, anvil_factory  # noqa: E402, F401

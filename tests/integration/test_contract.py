@@ -18,7 +18,6 @@ from web3.exceptions import ContractCustomError
 
 from anchor.chain_node import AnvilNode
 from anchor.contracts import load_artifact
-from integration.chain_fixtures import anvil, anvil_factory  # noqa: F401  (until conftest has them)
 
 ARTIFACT = load_artifact()
 ZERO = bytes(32)
@@ -43,7 +42,7 @@ def _custom_error(exc: ContractCustomError) -> tuple[str, tuple[Any, ...]]:
 
 
 @pytest.fixture(scope="module")
-def w3(anvil: AnvilNode) -> Iterator[Web3]:  # noqa: F811
+def w3(anvil: AnvilNode) -> Iterator[Web3]:
     yield Web3(HTTPProvider(anvil.rpc_url, exception_retry_configuration=None))
 
 
@@ -176,7 +175,7 @@ def test_nothing_can_change_an_anchored_root(w3: Web3, registry: Contract) -> No
         assert receipt["status"] == 0
 
 
-def test_registries_on_two_chains_are_independent(anvil_factory: Any) -> None:  # noqa: F811
+def test_registries_on_two_chains_are_independent(anvil_factory: Any) -> None:
     # The same root anchors separately on each chain (dual anchoring).
     root = os.urandom(32)
     blocks = []

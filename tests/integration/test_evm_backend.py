@@ -21,12 +21,7 @@ from anchor.chains.base import AnchorTx, ChainBackend, ChainError
 from anchor.chains.evm import EvmBackend, EvmConfig, deploy_registry
 from anchor.errors import UsageError
 from anchor.services import ServiceError
-from integration.chain_fixtures import (  # noqa: F401  (until conftest imports them)
-    AnvilFactory,
-    anchor_registry,
-    anvil,
-    anvil_factory,
-)
+from integration.chain_fixtures import AnvilFactory
 
 Account.enable_unaudited_hdwallet_features()
 
@@ -70,7 +65,7 @@ def _send(backend: EvmBackend, tx: AnchorTx, timeout: float = 5.0) -> None:
 # The happy path
 
 
-def test_prepare_broadcast_confirm_with_two_confirmations(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_prepare_broadcast_confirm_with_two_confirmations(anvil_factory: AnvilFactory) -> None:
     node = anvil_factory()
     backend = EvmBackend(_config(node, _deploy(node), confirmations=2))
     assert isinstance(backend, ChainBackend)
@@ -116,7 +111,7 @@ def test_prepare_broadcast_confirm_with_two_confirmations(anvil_factory: AnvilFa
     assert log["args"]["submitter"] == backend.sender
 
 
-def test_find_anchor_without_the_tx_hash(anvil, anchor_registry: str) -> None:  # noqa: F811
+def test_find_anchor_without_the_tx_hash(anvil, anchor_registry: str) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, account=1, confirmations=3))
     root = _root()
     assert backend.find_anchor(root) is None
@@ -135,7 +130,7 @@ def test_find_anchor_without_the_tx_hash(anvil, anchor_registry: str) -> None:  
     assert found.tx_hash == tx.tx_hash
 
 
-def test_prepare_refuses_an_anchored_root(anvil, anchor_registry: str) -> None:  # noqa: F811
+def test_prepare_refuses_an_anchored_root(anvil, anchor_registry: str) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, account=2))
     root = _root()
     _send(backend, backend.prepare(root, 1))
@@ -148,7 +143,7 @@ def test_prepare_refuses_an_anchored_root(anvil, anchor_registry: str) -> None: 
             backend.prepare(bad_root, size)
 
 
-def test_racing_transactions_for_one_root_anchor_once(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_racing_transactions_for_one_root_anchor_once(anvil_factory: AnvilFactory) -> None:
     # Two signed transactions for the same root (e.g. a job that lost track of the first) both
     # pass the dry run while neither is mined; the contract lets only the first through.
     node = anvil_factory()
@@ -168,7 +163,7 @@ def test_racing_transactions_for_one_root_anchor_once(anvil_factory: AnvilFactor
     assert exc.value.reason == "already_anchored"
 
 
-def test_allow_list_refuses_other_signers(anvil) -> None:  # noqa: F811
+def test_allow_list_refuses_other_signers(anvil) -> None:
     allowed = anvil.accounts[3].address
     address = deploy_registry(_config(anvil, account=3), [allowed])
     stranger = EvmBackend(_config(anvil, address, account=4))
@@ -186,7 +181,7 @@ def test_allow_list_refuses_other_signers(anvil) -> None:  # noqa: F811
 # Failures
 
 
-def test_chain_id_mismatch(anvil, anchor_registry: str) -> None:  # noqa: F811
+def test_chain_id_mismatch(anvil, anchor_registry: str) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, chain_id=1))
     for call in (
         backend.ping,
@@ -202,7 +197,7 @@ def test_chain_id_mismatch(anvil, anchor_registry: str) -> None:  # noqa: F811
     assert exc.value.reason == "chain_mismatch"
 
 
-def test_no_contract_at_address(anvil) -> None:  # noqa: F811
+def test_no_contract_at_address(anvil) -> None:
     backend = EvmBackend(_config(anvil, "0x" + "12" * 20))
     with pytest.raises(ChainError) as exc:
         backend.ping()
@@ -210,7 +205,7 @@ def test_no_contract_at_address(anvil) -> None:  # noqa: F811
 
 
 def test_rpc_down_is_retryable_and_state_survives_a_restart(
-    anvil_factory: AnvilFactory,  # noqa: F811
+    anvil_factory: AnvilFactory,
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "chain-state.json"
@@ -246,7 +241,7 @@ def test_rpc_down_is_retryable_and_state_survives_a_restart(
     assert backend.status(pending) == "mined"
 
 
-def test_dropped_transaction_is_replaced_with_the_same_nonce(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_dropped_transaction_is_replaced_with_the_same_nonce(anvil_factory: AnvilFactory) -> None:
     node = anvil_factory()
     backend = EvmBackend(_config(node, _deploy(node)))
     node.set_automine(False)
@@ -273,7 +268,7 @@ def test_dropped_transaction_is_replaced_with_the_same_nonce(anvil_factory: Anvi
     assert backend.prepare(_root(), 5).nonce == tx.nonce + 1
 
 
-def test_replacement_outbids_a_transaction_still_pending(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_replacement_outbids_a_transaction_still_pending(anvil_factory: AnvilFactory) -> None:
     # A stuck (underpriced) transaction is replaced while the node still holds it: the node
     # accepts the replacement only because it outbids the original on every fee field.
     node = anvil_factory()
@@ -293,7 +288,7 @@ def test_replacement_outbids_a_transaction_still_pending(anvil_factory: AnvilFac
     assert exc.value.reason == "tx_rejected"
 
 
-def test_replacement_respects_the_fee_cap(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_replacement_respects_the_fee_cap(anvil_factory: AnvilFactory) -> None:
     node = anvil_factory()
     address = _deploy(node)
     probe = EvmBackend(_config(node, address)).prepare(_root(), 1)
@@ -306,7 +301,7 @@ def test_replacement_respects_the_fee_cap(anvil_factory: AnvilFactory) -> None: 
     assert exc.value.reason == "tx_rejected"
 
 
-def test_broadcast_is_idempotent(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_broadcast_is_idempotent(anvil_factory: AnvilFactory) -> None:
     node = anvil_factory()
     backend = EvmBackend(_config(node, _deploy(node)))
     node.set_automine(False)
@@ -322,7 +317,7 @@ def test_broadcast_is_idempotent(anvil_factory: AnvilFactory) -> None:  # noqa: 
     assert sum(t["hash"].hex() == tx.tx_hash[2:] for b in blocks for t in b["transactions"]) == 1
 
 
-def test_nonce_resync_after_a_lost_transaction(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_nonce_resync_after_a_lost_transaction(anvil_factory: AnvilFactory) -> None:
     node = anvil_factory()
     backend = EvmBackend(_config(node, _deploy(node)))
     node.set_automine(False)
@@ -340,7 +335,7 @@ def test_nonce_resync_after_a_lost_transaction(anvil_factory: AnvilFactory) -> N
 
 
 @pytest.mark.parametrize("fee_mode", ["eip1559", "legacy", "zero"])
-def test_fee_modes(anvil_factory: AnvilFactory, fee_mode: str) -> None:  # noqa: F811
+def test_fee_modes(anvil_factory: AnvilFactory, fee_mode: str) -> None:
     zero = fee_mode == "zero"
     node = anvil_factory(**({"base_fee": 0, "gas_price": 0} if zero else {}))
     overrides: dict[str, Any] = {"fee_mode": fee_mode}
@@ -382,7 +377,7 @@ def _calldata_gas(data: bytes) -> int:
     return sum(16 if b else 4 for b in data)
 
 
-def test_gas_per_anchor_is_constant(anvil, anchor_registry: str, capsys: Any) -> None:  # noqa: F811
+def test_gas_per_anchor_is_constant(anvil, anchor_registry: str, capsys: Any) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, account=6))
     w3 = _w3(anvil)
     roots = [_root() for _ in range(4)] + [b"\x01" + bytes(31), b"\xff" * 32]
@@ -408,7 +403,7 @@ def test_gas_per_anchor_is_constant(anvil, anchor_registry: str, capsys: Any) ->
 # Two chains, config hygiene
 
 
-def test_two_anvil_chains_at_once(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_two_anvil_chains_at_once(anvil_factory: AnvilFactory) -> None:
     nodes = [anvil_factory(chain_id=cid) for cid in (7001, 7002)]
     backends = [EvmBackend(_config(n, _deploy(n))) for n in nodes]
     root = _root()
@@ -427,7 +422,7 @@ def test_two_anvil_chains_at_once(anvil_factory: AnvilFactory) -> None:  # noqa:
         backends[1].broadcast(backends[0].prepare(_root(), 1))
 
 
-def test_config_never_shows_the_key(anvil) -> None:  # noqa: F811
+def test_config_never_shows_the_key(anvil) -> None:
     key = anvil.accounts[0].private_key
     config = _config(anvil, "0x" + "12" * 20)
     assert key[2:] not in repr(config) and key[2:] not in str(config)
@@ -448,7 +443,7 @@ def test_config_never_shows_the_key(anvil) -> None:  # noqa: F811
 # The launcher
 
 
-def test_anvil_node_accounts_and_helpers(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_anvil_node_accounts_and_helpers(anvil_factory: AnvilFactory) -> None:
     node = anvil_factory(chain_id=555)
     assert node.rpc_url.startswith("http://127.0.0.1:")
     assert len(node.accounts) == 10
@@ -469,7 +464,7 @@ def test_anvil_node_accounts_and_helpers(anvil_factory: AnvilFactory) -> None:  
     assert exc.value.reason == "rpc_failed"
 
 
-def test_anvil_node_named_port_in_use_and_stop(anvil_factory: AnvilFactory, tmp_path: Path) -> None:  # noqa: F811
+def test_anvil_node_named_port_in_use_and_stop(anvil_factory: AnvilFactory, tmp_path: Path) -> None:
     first = anvil_factory()
     with pytest.raises(ServiceError) as exc:
         AnvilNode(tmp_path / "second", port=first.port).start()
@@ -492,7 +487,7 @@ def test_find_anvil(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert "make install" in str(exc.value)
 
 
-def test_reorg_unconfirms_and_the_same_bytes_anchor_again(anvil_factory: AnvilFactory) -> None:  # noqa: F811
+def test_reorg_unconfirms_and_the_same_bytes_anchor_again(anvil_factory: AnvilFactory) -> None:
     # evm_revert stands in for a reorg that drops the anchoring block: the confirmation goes
     # away, the chain forgets the root, and re-broadcasting the persisted bytes restores it.
     node = anvil_factory()

@@ -1,0 +1,374 @@
+"""The anchoring job against real anvil nodes and a real PostgreSQL.
+
+Batches are sealed with ``Store.seal`` directly (the ingestor has its own tests); the job, the
+EVM backend, the contract and the verifier are the real ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from anchor.anchoring import AnchorJob, StepResult
+from anchor.chain_node import AnvilNode
+from anchor.chains.evm import EvmBackend, EvmConfig, deploy_registry
+from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.cli import main as cli_main
+from anchor.envelope import parse_envelope
+from anchor.keys import PrivateKey
+from anchor.receipt import dumps_receipt
+from anchor.services import PostgresServer
+from anchor.store import Candidate, DeviceSpec, Store
+from devices.signer import DeviceSigner
+
+T = TypeVar("T")
+ORIGIN = "anchor-it.cityanchor.example/log"
+_counter = itertools.count(1)
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class World:
+    dsn: str
+    operator: NoteSigner
+    signers: list[DeviceSigner]
+    tmp: Path
+
+    async def store(self) -> Store:
+        return await Store.connect(self.dsn)
+
+    async def seal(self, batches: int = 1, per_batch: int = 5) -> None:
+        store = await self.store()
+        try:
+            for _ in range(batches):
+                candidates = []
+                for i in range(per_batch):
+                    s = self.signers[i % len(self.signers)]
+                    raw = s.sign("iot.noise", {"laeq_db": 50.0 + i})
+                    candidates.append(Candidate(parse_envelope(raw), datetime.now(UTC), "t"))
+                await store.seal(candidates, [], signer=self.operator, origin=ORIGIN, ingestor="it")
+        finally:
+            await store.close()
+
+
+@pytest.fixture
+def world(postgres: PostgresServer, tmp_path: Path) -> World:
+    name = f"anchoring_{next(_counter)}_{os.getpid()}"
+    postgres.psql(f"CREATE DATABASE {name}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    signers = [DeviceSigner(f"dev-{i}", PrivateKey.generate()) for i in range(3)]
+
+    async def setup() -> None:
+        store = await Store.connect(dsn)
+        try:
+            await store.migrate()
+            await store.register_devices(
+                [DeviceSpec(s.device_id, s.key.public_key, district="d", kind="iot.noise") for s in signers]
+            )
+        finally:
+            await store.close()
+
+    run(setup())
+    return World(dsn, generate_note_key(ORIGIN), signers, tmp_path)
+
+
+def _backend(node: AnvilNode, contract: str, *, name: str = "local", account: int = 1,
+             confirmations: int = 1, **extra: Any) -> EvmBackend:
+    return EvmBackend(EvmConfig(name=name, rpc_url=node.rpc_url, chain_id=node.chain_id,
+                                contract=contract, signer_key=node.accounts[account].private_key,
+                                confirmations=confirmations, **extra))
+
+
+def _deploy(node: AnvilNode) -> str:
+    return deploy_registry(EvmConfig(name="deployer", rpc_url=node.rpc_url, chain_id=node.chain_id,
+                                     signer_key=node.accounts[0].private_key))
+
+
+async def _job_step(world: World, backends: list[EvmBackend], **kw: Any) -> list[StepResult]:
+    store = await world.store()
+    try:
+        return await AnchorJob(store=store, backends=backends).step(**kw)
+    finally:
+        await store.close()
+
+
+async def _job_run_once(world: World, backends: list[EvmBackend], timeout_s: float = 30) -> list[StepResult]:
+    store = await world.store()
+    try:
+        return await AnchorJob(store=store, backends=backends).run_once(timeout_s=timeout_s, poll_s=0.1)
+    finally:
+        await store.close()
+
+
+async def _query(world: World, fn: Callable[[Store], Awaitable[T]]) -> T:
+    store = await world.store()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _anchored_events(node: AnvilNode, contract: str) -> list[dict[str, Any]]:
+    logs = node.rpc("eth_getLogs", [{"address": contract, "fromBlock": "0x0", "toBlock": "latest"}])
+    return list(logs)
+
+
+def _write_receipts(world: World, out: Path) -> list[str]:
+    async def body(store: Store) -> list[str]:
+        paths = []
+        for batch_id in range(1, (await store.counts())["batches"] + 1):
+            for r in await store.receipts_for_batch(batch_id):
+                p = out / f"{r.device_id}-{r.seq}.json"
+                p.write_text(dumps_receipt(r))
+                paths.append(str(p))
+        return paths
+
+    out.mkdir(parents=True, exist_ok=True)
+    return run(_query(world, body))
+
+
+def _device_keys(world: World) -> list[str]:
+    paths = []
+    for s in world.signers:
+        p = world.tmp / f"{s.device_id}.jwk"
+        p.write_text(json.dumps(s.key.public_key.to_jwk()))
+        paths.append(str(p))
+    vkey = world.tmp / "operator.vkey"
+    vkey.write_text(world.operator.verifier.vkey() + "\n")
+    return paths
+
+
+def test_anchor_then_verify_receipts_on_chain(
+    world: World, anvil: AnvilNode, anchor_registry: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(world.seal(batches=3))
+    results = run(_job_run_once(world, [_backend(anvil, anchor_registry)]))
+    assert [r.outcome for r in results] == ["up_to_date"]
+    receipts = _write_receipts(world, world.tmp / "receipts")
+    assert len(receipts) == 15
+    doc = json.loads(Path(receipts[0]).read_text())
+    assert doc["status"] == "anchored"
+    (anchor,) = doc["anchors"]
+    assert anchor["chain_id"] == anvil.chain_id and anchor["contract"].lower() == anchor_registry.lower()
+    assert doc["log"]["size"] == 3
+    keys = _device_keys(world)
+    vkey = str(world.tmp / "operator.vkey")
+    assert cli_main(["verify", *receipts, "--device-key", *keys, "--log-key", vkey,
+                     "--rpc", anvil.rpc_url, "--json"]) == 0
+    reports = json.loads(capsys.readouterr().out)
+    assert all(r["fully_verified"] for r in reports), reports[0]
+    # A receipt claiming another block fails the on-chain check, naming it.
+    doc["anchors"][0]["block_number"] += 1
+    bad = world.tmp / "bad.json"
+    bad.write_text(json.dumps(doc))
+    assert cli_main(["verify", str(bad), "--rpc", anvil.rpc_url, "--json"]) == 1
+    (report,) = json.loads(capsys.readouterr().out)
+    assert {c["name"]: c["reason"] for c in report["checks"] if c["status"] == "fail"} == {
+        "anchors": "anchor_block_mismatch"
+    }
+    # ...and an RPC of another chain cannot vouch for it.
+    doc["anchors"][0]["block_number"] -= 1
+    doc["anchors"][0]["chain_id"] = 999
+    bad.write_text(json.dumps(doc))
+    assert cli_main(["verify", str(bad), "--rpc", anvil.rpc_url, "--json"]) == 1
+    (report,) = json.loads(capsys.readouterr().out)
+    assert "chain_mismatch" in {c["reason"] for c in report["checks"]}
+
+
+def test_one_transaction_per_period_whatever_the_volume(
+    world: World, anvil_factory: Callable[..., AnvilNode]
+) -> None:
+    node = anvil_factory()
+    contract = _deploy(node)
+    backend = _backend(node, contract)
+    run(world.seal(batches=5, per_batch=40))
+    run(_job_run_once(world, [backend]))
+    run(world.seal(batches=7, per_batch=3))
+    run(_job_run_once(world, [backend]))
+    events = _anchored_events(node, contract)
+    assert len(events) == 2  # two periods, 12 batches, 221 readings
+    gas = [int(node.rpc("eth_getTransactionReceipt", [e["transactionHash"]])["gasUsed"], 16) for e in events]
+    assert gas[0] == gas[1]  # constant in the number of readings
+
+
+def test_crash_after_broadcast_before_recording_anchors_nothing_twice(
+    world: World, anvil_factory: Callable[..., AnvilNode], tmp_path: Path
+) -> None:
+    node = anvil_factory()
+    contract = _deploy(node)
+    node.set_automine(False)
+    run(world.seal(batches=2))
+    key_file = tmp_path / "chain.key"
+    key_file.write_text(node.accounts[1].private_key)
+    env = dict(os.environ, CITYANCHOR_DATABASE_URL=world.dsn, CITYANCHOR_CHAIN_RPC_URL=node.rpc_url,
+               CITYANCHOR_CHAIN_ID=str(node.chain_id), CITYANCHOR_CHAIN_CONTRACT=contract,
+               CITYANCHOR_CHAIN_KEY_FILE=str(key_file), CITYANCHOR_CHAIN_NAME="local")
+    with (tmp_path / "first-run.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "anchor", "anchor", "run", "--timeout", "60"],
+            env=env, stdout=log, stderr=log,
+        )
+    try:
+        # Wait until the transaction is persisted and broadcast (it sits in the mempool: no
+        # automine), then kill -9: the job never learns the outcome.
+        deadline = time.monotonic() + 30
+        while not node.rpc("txpool_content")["pending"]:
+            assert time.monotonic() < deadline, "no transaction was broadcast"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rows = run(_query(world, lambda s: s.open_anchor_tx("local")))
+    assert rows is not None and rows.state == "sent"
+    node.mine(1)
+    node.set_automine(True)
+    out = subprocess.run([sys.executable, "-m", "anchor", "anchor", "run", "--timeout", "60"],
+                         env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert len(_anchored_events(node, contract)) == 1
+    anchors = run(_query(world, lambda s: s.list_anchors()))
+    assert [(a.backend, a.log_size) for a in anchors] == [("local", 2)]
+
+
+def test_prepared_but_never_broadcast_is_sent_not_rebuilt(
+    world: World, anvil_factory: Callable[..., AnvilNode]
+) -> None:
+    node = anvil_factory()
+    backend = _backend(node, _deploy(node))
+    run(world.seal())
+
+    async def persist_only(store: Store) -> str:
+        cp = await store.latest_checkpoint_record()
+        assert cp is not None
+        tx = backend.prepare(cp.root, cp.log_size)
+        await store.save_anchor_tx(tx, cp.log_size)  # ...and the process died here
+        return tx.tx_hash
+
+    tx_hash = run(_query(world, persist_only))
+    run(_job_run_once(world, [backend]))
+    (anchor,) = run(_query(world, lambda s: s.list_anchors()))
+    assert anchor.tx_hash == tx_hash
+
+
+def test_anchor_found_on_chain_is_recovered_without_sending(
+    world: World, anvil_factory: Callable[..., AnvilNode]
+) -> None:
+    node = anvil_factory()
+    contract = _deploy(node)
+    backend = _backend(node, contract)
+    run(world.seal())
+    cp = run(_query(world, lambda s: s.latest_checkpoint_record()))
+    assert cp is not None
+    tx = backend.prepare(cp.root, cp.log_size)  # sent, but the record of it was lost
+    backend.broadcast(tx)
+    results = run(_job_step(world, [backend]))
+    assert [r.outcome for r in results] == ["recovered"]
+    assert len(_anchored_events(node, contract)) == 1
+
+
+def test_dropped_transaction_is_replaced(world: World, anvil_factory: Callable[..., AnvilNode]) -> None:
+    node = anvil_factory()
+    contract = _deploy(node)
+    backend = _backend(node, contract)
+    run(world.seal())
+    node.set_automine(False)
+    (first,) = run(_job_step(world, [backend]))
+    assert first.outcome == "sent"
+    node.drop_transaction(first.tx_hash or "")
+    (second,) = run(_job_step(world, [backend]))
+    assert second.outcome == "replaced" and second.tx_hash != first.tx_hash
+    node.mine(1)
+    (third,) = run(_job_step(world, [backend]))
+    assert third.outcome == "confirmed"
+    (anchor,) = run(_query(world, lambda s: s.list_anchors()))
+    assert anchor.tx_hash == second.tx_hash
+    assert len(_anchored_events(node, contract)) == 1
+
+
+def test_rpc_down_backs_off_and_catches_up(
+    world: World, anvil_factory: Callable[..., AnvilNode], tmp_path: Path
+) -> None:
+    node = anvil_factory(state_path=tmp_path / "chain-state.json")
+    contract = _deploy(node)
+    backend = _backend(node, contract)
+    run(world.seal())
+    run(_job_run_once(world, [backend]))
+    node.stop()
+    run(world.seal(batches=2))  # sealing does not depend on the chain
+    (down,) = run(_job_step(world, [backend]))
+    assert down.outcome == "error" and "chain_unavailable" in down.detail
+    node.start()  # same port, same state
+    results = run(_job_run_once(world, [backend], timeout_s=60))
+    assert [r.outcome for r in results] == ["up_to_date"]
+    anchors = run(_query(world, lambda s: s.list_anchors()))
+    assert [a.log_size for a in anchors] == [1, 3]
+
+
+def test_dual_anchoring_survives_one_backend_down(
+    world: World, anvil_factory: Callable[..., AnvilNode], tmp_path: Path
+) -> None:
+    a = anvil_factory(chain_id=7001)
+    b = anvil_factory(chain_id=7002, state_path=tmp_path / "b-state.json")
+    ba, bb = _backend(a, _deploy(a), name="bsn-a"), _backend(b, _deploy(b), name="bsn-b")
+    run(world.seal())
+    run(_job_run_once(world, [ba, bb]))
+    b.stop()
+    run(world.seal())
+    results = {r.backend: r for r in run(_job_run_once(world, [ba, bb], timeout_s=5))}
+    assert results["bsn-a"].outcome == "up_to_date"
+    assert results["bsn-b"].outcome == "error"
+    b.start()
+    results = {r.backend: r for r in run(_job_run_once(world, [ba, bb], timeout_s=60))}
+    assert {k: r.outcome for k, r in results.items()} == {"bsn-a": "up_to_date", "bsn-b": "up_to_date"}
+    receipts = _write_receipts(world, world.tmp / "dual")
+    doc = json.loads(Path(receipts[-1]).read_text())
+    assert sorted(x["chain_id"] for x in doc["anchors"]) == [7001, 7002]
+    keys = _device_keys(world)
+    assert cli_main(["verify", *receipts, "--device-key", *keys, "--rpc", a.rpc_url,
+                     "--rpc", b.rpc_url, "-q"]) == 0
+
+
+def test_two_jobs_only_one_sends(world: World, anvil_factory: Callable[..., AnvilNode]) -> None:
+    node = anvil_factory()
+    contract = _deploy(node)
+
+    async def body() -> None:
+        stores = [await world.store(), await world.store()]
+        jobs = [AnchorJob(store=s, backends=[_backend(node, contract, account=1 + i)])
+                for i, s in enumerate(stores)]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(j.loop(period_s=0.3, stop=stop, poll_s=0.1)) for j in jobs]
+        try:
+            for _ in range(4):
+                await world.seal()
+                await asyncio.sleep(0.8)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            for s in stores:
+                await s.close()
+
+    run(body())
+    senders = {node.rpc("eth_getTransactionByHash", [e["transactionHash"]])["from"].lower()
+               for e in _anchored_events(node, contract)}
+    assert len(senders) == 1  # one leader; the other waited
+    assert len(_anchored_events(node, contract)) >= 2
