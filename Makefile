@@ -4,12 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint demo demo-offline bench clean
+.PHONY: install test unit lint demo demo-offline bench clean contract
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py package.json package-lock.json
 	scripts/ensure-system-deps.sh
+	# Pinned node tools, project-local: the anvil EVM node and the solc compiler.
+	npm ci --no-audit --no-fund --loglevel=error
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -37,5 +39,9 @@ bench: install
 	$(PY) bench/core.py
 	$(PY) bench/ingest.py
 
+# Regenerate anchor/contracts/AnchorRegistry.json from the .sol (a test checks they match).
+contract: install
+	node scripts/compile-contract.js
+
 clean:
-	rm -rf $(VENV) demo-output build *.egg-info
+	rm -rf $(VENV) node_modules demo-output build *.egg-info

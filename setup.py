@@ -11,12 +11,16 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["anchor", "anchor.*", "devices", "devices.*"]),
-    package_data={"anchor": ["py.typed", "schemas/*.json"], "devices": ["py.typed"]},
+    package_data={
+        "anchor": ["py.typed", "schemas/*.json", "contracts/*.json", "contracts/*.sol"],
+        "devices": ["py.typed"],
+    },
     install_requires=[
         "cryptography>=42,<51",
         "cbor2>=5.6,<7",
         "asyncpg>=0.29,<1",
         "paho-mqtt>=2.1,<3",
+        "web3>=7,<9",
     ],
     extras_require={
         "test": [

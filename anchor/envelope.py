@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 import cbor2
 
 from anchor.errors import EnvelopeError
+from anchor.jsonbounds import nesting_depth
 from anchor.keys import (
     ED25519,
     P256,
@@ -616,9 +617,6 @@ def _parse_cose(raw: bytes) -> Envelope:
 # One token: a JSON string literal (escapes included; an unterminated one runs to the end) or a
 # bracket. The possessive ``*+`` never backtracks, so scanning is linear: a plain
 # ``"(?:[^"\\]|\\.)*"`` takes quadratic time on a run of escaped quotes with no closing one.
-_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*+"?|[\[\]{}]', re.DOTALL)
-
-
 class _JsonReject(ValueError):
     pass
 
@@ -636,27 +634,8 @@ def _no_constant(name: str) -> NoReturn:
     raise _JsonReject(f"{name} is not JSON")
 
 
-def _json_depth(data: bytes) -> int:
-    """The deepest bracket nesting in ``data`` outside strings, counted up to one past the limit.
-
-    Bounds the nesting before ``json.loads``, whose recursion would otherwise reach Python's
-    limit (``RecursionError``) on 16 KiB of ``[``.
-    """
-    depth = deepest = 0
-    for match in _JSON_TOKEN.finditer(data):
-        token = match.group()
-        if token in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                break
-        elif token in (b"]", b"}"):
-            depth -= 1
-    return deepest
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    if _json_depth(data) > MAX_JSON_DEPTH:
+    if nesting_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         _malformed(f"{what} nests deeper than {MAX_JSON_DEPTH}")
     try:
         text = data.decode("utf-8")

@@ -61,6 +61,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from anchor.errors import ReceiptError
+from anchor.jsonbounds import nesting_depth
 from anchor.merkle import MAX_PROOF_LENGTH
 
 __all__ = [
@@ -87,6 +88,8 @@ FORMATS = ("cose-sign1", "jws")
 """Envelope formats (DESIGN.md "Envelope wire format"), as ``anchor.envelope`` names them."""
 
 MAX_RECEIPT_SIZE = 1 << 20
+# Deep enough for any extension field; json.loads must never recurse further (see jsonbounds).
+MAX_JSON_DEPTH = 32
 """Largest receipt JSON accepted, in UTF-8 bytes."""
 MAX_ANCHORS = 16
 """Most anchor records in one receipt (dual anchoring needs two)."""
@@ -566,6 +569,8 @@ def loads_receipt(text: str | bytes) -> Receipt:
         or len(text.encode("utf-8", "surrogatepass")) > MAX_RECEIPT_SIZE
     ):
         _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+    if nesting_depth(text.encode("utf-8", "surrogatepass"), MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        _fail("$", f"JSON nests deeper than {MAX_JSON_DEPTH}")
     try:
         data = json.loads(
             text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constants

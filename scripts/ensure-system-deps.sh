@@ -1,7 +1,7 @@
 #!/bin/sh
 # Make the system binaries the integration tests and the demo need available: the PostgreSQL
-# server (initdb, pg_ctl, postgres, psql under /usr/lib/postgresql/*/bin) and the Mosquitto
-# broker. Idempotent and quick when everything is present. It only installs packages: the
+# server (initdb, pg_ctl, postgres, psql under /usr/lib/postgresql/*/bin), the Mosquitto
+# broker, and Node.js/npm (for the pinned anvil and solc npm packages). Idempotent and quick when everything is present. It only installs packages: the
 # services the packages may start or enable are left as the machine has them, because cityanchor
 # never uses them (anchor/services.py starts private servers on free loopback ports).
 set -eu
@@ -13,12 +13,16 @@ fi
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     missing="$missing mosquitto"
 fi
+# Node.js and npm install the pinned anvil node and solc compiler (package.json).
+if ! command -v npm >/dev/null 2>&1; then
+    missing="$missing nodejs npm"
+fi
 # mosquitto_passwd hashes MQTT passwords; anchor.services can hash them itself, so it is not
 # required, only installed alongside the broker when the broker itself is missing.
 case "$missing" in *mosquitto*) missing="$missing mosquitto-clients" ;; esac
 
 if [ -z "$missing" ]; then
-    echo "ensure-system-deps: PostgreSQL server and Mosquitto already installed; nothing to do."
+    echo "ensure-system-deps: PostgreSQL server, Mosquitto and npm already installed; nothing to do."
     exit 0
 fi
 

@@ -79,7 +79,10 @@ def world(postgres: PostgresServer, tmp_path: Path) -> World:
         try:
             await store.migrate()
             await store.register_devices(
-                [DeviceSpec(s.device_id, s.key.public_key, district="d", kind="iot.noise") for s in signers]
+                [
+                    DeviceSpec(s.device_id, s.key.public_key, district="d", kind="iot.noise")
+                    for s in signers
+                ]
             )
         finally:
             await store.close()
@@ -88,16 +91,37 @@ def world(postgres: PostgresServer, tmp_path: Path) -> World:
     return World(dsn, generate_note_key(ORIGIN), signers, tmp_path)
 
 
-def _backend(node: AnvilNode, contract: str, *, name: str = "local", account: int = 1,
-             confirmations: int = 1, **extra: Any) -> EvmBackend:
-    return EvmBackend(EvmConfig(name=name, rpc_url=node.rpc_url, chain_id=node.chain_id,
-                                contract=contract, signer_key=node.accounts[account].private_key,
-                                confirmations=confirmations, **extra))
+def _backend(
+    node: AnvilNode,
+    contract: str,
+    *,
+    name: str = "local",
+    account: int = 1,
+    confirmations: int = 1,
+    **extra: Any,
+) -> EvmBackend:
+    return EvmBackend(
+        EvmConfig(
+            name=name,
+            rpc_url=node.rpc_url,
+            chain_id=node.chain_id,
+            contract=contract,
+            signer_key=node.accounts[account].private_key,
+            confirmations=confirmations,
+            **extra,
+        )
+    )
 
 
 def _deploy(node: AnvilNode) -> str:
-    return deploy_registry(EvmConfig(name="deployer", rpc_url=node.rpc_url, chain_id=node.chain_id,
-                                     signer_key=node.accounts[0].private_key))
+    return deploy_registry(
+        EvmConfig(
+            name="deployer",
+            rpc_url=node.rpc_url,
+            chain_id=node.chain_id,
+            signer_key=node.accounts[0].private_key,
+        )
+    )
 
 
 async def _job_step(world: World, backends: list[EvmBackend], **kw: Any) -> list[StepResult]:
@@ -108,10 +132,14 @@ async def _job_step(world: World, backends: list[EvmBackend], **kw: Any) -> list
         await store.close()
 
 
-async def _job_run_once(world: World, backends: list[EvmBackend], timeout_s: float = 30) -> list[StepResult]:
+async def _job_run_once(
+    world: World, backends: list[EvmBackend], timeout_s: float = 30
+) -> list[StepResult]:
     store = await world.store()
     try:
-        return await AnchorJob(store=store, backends=backends).run_once(timeout_s=timeout_s, poll_s=0.1)
+        return await AnchorJob(store=store, backends=backends).run_once(
+            timeout_s=timeout_s, poll_s=0.1
+        )
     finally:
         await store.close()
 
@@ -165,12 +193,29 @@ def test_anchor_then_verify_receipts_on_chain(
     doc = json.loads(Path(receipts[0]).read_text())
     assert doc["status"] == "anchored"
     (anchor,) = doc["anchors"]
-    assert anchor["chain_id"] == anvil.chain_id and anchor["contract"].lower() == anchor_registry.lower()
+    assert (
+        anchor["chain_id"] == anvil.chain_id
+        and anchor["contract"].lower() == anchor_registry.lower()
+    )
     assert doc["log"]["size"] == 3
     keys = _device_keys(world)
     vkey = str(world.tmp / "operator.vkey")
-    assert cli_main(["verify", *receipts, "--device-key", *keys, "--log-key", vkey,
-                     "--rpc", anvil.rpc_url, "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "verify",
+                *receipts,
+                "--device-key",
+                *keys,
+                "--log-key",
+                vkey,
+                "--rpc",
+                anvil.rpc_url,
+                "--json",
+            ]
+        )
+        == 0
+    )
     reports = json.loads(capsys.readouterr().out)
     assert all(r["fully_verified"] for r in reports), reports[0]
     # A receipt claiming another block fails the on-chain check, naming it.
@@ -203,7 +248,10 @@ def test_one_transaction_per_period_whatever_the_volume(
     run(_job_run_once(world, [backend]))
     events = _anchored_events(node, contract)
     assert len(events) == 2  # two periods, 12 batches, 221 readings
-    gas = [int(node.rpc("eth_getTransactionReceipt", [e["transactionHash"]])["gasUsed"], 16) for e in events]
+    gas = [
+        int(node.rpc("eth_getTransactionReceipt", [e["transactionHash"]])["gasUsed"], 16)
+        for e in events
+    ]
     assert gas[0] == gas[1]  # constant in the number of readings
 
 
@@ -216,13 +264,21 @@ def test_crash_after_broadcast_before_recording_anchors_nothing_twice(
     run(world.seal(batches=2))
     key_file = tmp_path / "chain.key"
     key_file.write_text(node.accounts[1].private_key)
-    env = dict(os.environ, CITYANCHOR_DATABASE_URL=world.dsn, CITYANCHOR_CHAIN_RPC_URL=node.rpc_url,
-               CITYANCHOR_CHAIN_ID=str(node.chain_id), CITYANCHOR_CHAIN_CONTRACT=contract,
-               CITYANCHOR_CHAIN_KEY_FILE=str(key_file), CITYANCHOR_CHAIN_NAME="local")
+    env = dict(
+        os.environ,
+        CITYANCHOR_DATABASE_URL=world.dsn,
+        CITYANCHOR_CHAIN_RPC_URL=node.rpc_url,
+        CITYANCHOR_CHAIN_ID=str(node.chain_id),
+        CITYANCHOR_CHAIN_CONTRACT=contract,
+        CITYANCHOR_CHAIN_KEY_FILE=str(key_file),
+        CITYANCHOR_CHAIN_NAME="local",
+    )
     with (tmp_path / "first-run.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "anchor", "anchor", "run", "--timeout", "60"],
-            env=env, stdout=log, stderr=log,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     try:
         # Wait until the transaction is persisted and broadcast (it sits in the mempool: no
@@ -241,8 +297,13 @@ def test_crash_after_broadcast_before_recording_anchors_nothing_twice(
     assert rows is not None and rows.state == "sent"
     node.mine(1)
     node.set_automine(True)
-    out = subprocess.run([sys.executable, "-m", "anchor", "anchor", "run", "--timeout", "60"],
-                         env=env, capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "anchor", "anchor", "run", "--timeout", "60"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(_anchored_events(node, contract)) == 1
     anchors = run(_query(world, lambda s: s.list_anchors()))
@@ -285,7 +346,9 @@ def test_anchor_found_on_chain_is_recovered_without_sending(
     assert len(_anchored_events(node, contract)) == 1
 
 
-def test_dropped_transaction_is_replaced(world: World, anvil_factory: Callable[..., AnvilNode]) -> None:
+def test_dropped_transaction_is_replaced(
+    world: World, anvil_factory: Callable[..., AnvilNode]
+) -> None:
     node = anvil_factory()
     contract = _deploy(node)
     backend = _backend(node, contract)
@@ -338,13 +401,30 @@ def test_dual_anchoring_survives_one_backend_down(
     assert results["bsn-b"].outcome == "error"
     b.start()
     results = {r.backend: r for r in run(_job_run_once(world, [ba, bb], timeout_s=60))}
-    assert {k: r.outcome for k, r in results.items()} == {"bsn-a": "up_to_date", "bsn-b": "up_to_date"}
+    assert {k: r.outcome for k, r in results.items()} == {
+        "bsn-a": "up_to_date",
+        "bsn-b": "up_to_date",
+    }
     receipts = _write_receipts(world, world.tmp / "dual")
     doc = json.loads(Path(receipts[-1]).read_text())
     assert sorted(x["chain_id"] for x in doc["anchors"]) == [7001, 7002]
     keys = _device_keys(world)
-    assert cli_main(["verify", *receipts, "--device-key", *keys, "--rpc", a.rpc_url,
-                     "--rpc", b.rpc_url, "-q"]) == 0
+    assert (
+        cli_main(
+            [
+                "verify",
+                *receipts,
+                "--device-key",
+                *keys,
+                "--rpc",
+                a.rpc_url,
+                "--rpc",
+                b.rpc_url,
+                "-q",
+            ]
+        )
+        == 0
+    )
 
 
 def test_two_jobs_only_one_sends(world: World, anvil_factory: Callable[..., AnvilNode]) -> None:
@@ -353,8 +433,10 @@ def test_two_jobs_only_one_sends(world: World, anvil_factory: Callable[..., Anvi
 
     async def body() -> None:
         stores = [await world.store(), await world.store()]
-        jobs = [AnchorJob(store=s, backends=[_backend(node, contract, account=1 + i)])
-                for i, s in enumerate(stores)]
+        jobs = [
+            AnchorJob(store=s, backends=[_backend(node, contract, account=1 + i)])
+            for i, s in enumerate(stores)
+        ]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(j.loop(period_s=0.3, stop=stop, poll_s=0.1)) for j in jobs]
         try:
@@ -368,7 +450,9 @@ def test_two_jobs_only_one_sends(world: World, anvil_factory: Callable[..., Anvi
                 await s.close()
 
     run(body())
-    senders = {node.rpc("eth_getTransactionByHash", [e["transactionHash"]])["from"].lower()
-               for e in _anchored_events(node, contract)}
+    senders = {
+        node.rpc("eth_getTransactionByHash", [e["transactionHash"]])["from"].lower()
+        for e in _anchored_events(node, contract)
+    }
     assert len(senders) == 1  # one leader; the other waited
     assert len(_anchored_events(node, contract)) >= 2

@@ -18,6 +18,7 @@ from web3.exceptions import ContractCustomError
 
 from anchor.chain_node import AnvilNode
 from anchor.contracts import load_artifact
+from integration.chain_fixtures import AnvilFactory
 
 ARTIFACT = load_artifact()
 ZERO = bytes(32)
@@ -175,7 +176,7 @@ def test_nothing_can_change_an_anchored_root(w3: Web3, registry: Contract) -> No
         assert receipt["status"] == 0
 
 
-def test_registries_on_two_chains_are_independent(anvil_factory: Any) -> None:
+def test_registries_on_two_chains_are_independent(anvil_factory: AnvilFactory) -> None:
     # The same root anchors separately on each chain (dual anchoring).
     root = os.urandom(32)
     blocks = []

@@ -111,7 +111,7 @@ def test_prepare_broadcast_confirm_with_two_confirmations(anvil_factory: AnvilFa
     assert log["args"]["submitter"] == backend.sender
 
 
-def test_find_anchor_without_the_tx_hash(anvil, anchor_registry: str) -> None:
+def test_find_anchor_without_the_tx_hash(anvil: AnvilNode, anchor_registry: str) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, account=1, confirmations=3))
     root = _root()
     assert backend.find_anchor(root) is None
@@ -130,7 +130,7 @@ def test_find_anchor_without_the_tx_hash(anvil, anchor_registry: str) -> None:
     assert found.tx_hash == tx.tx_hash
 
 
-def test_prepare_refuses_an_anchored_root(anvil, anchor_registry: str) -> None:
+def test_prepare_refuses_an_anchored_root(anvil: AnvilNode, anchor_registry: str) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, account=2))
     root = _root()
     _send(backend, backend.prepare(root, 1))
@@ -163,7 +163,7 @@ def test_racing_transactions_for_one_root_anchor_once(anvil_factory: AnvilFactor
     assert exc.value.reason == "already_anchored"
 
 
-def test_allow_list_refuses_other_signers(anvil) -> None:
+def test_allow_list_refuses_other_signers(anvil: AnvilNode) -> None:
     allowed = anvil.accounts[3].address
     address = deploy_registry(_config(anvil, account=3), [allowed])
     stranger = EvmBackend(_config(anvil, address, account=4))
@@ -181,7 +181,7 @@ def test_allow_list_refuses_other_signers(anvil) -> None:
 # Failures
 
 
-def test_chain_id_mismatch(anvil, anchor_registry: str) -> None:
+def test_chain_id_mismatch(anvil: AnvilNode, anchor_registry: str) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, chain_id=1))
     for call in (
         backend.ping,
@@ -197,7 +197,7 @@ def test_chain_id_mismatch(anvil, anchor_registry: str) -> None:
     assert exc.value.reason == "chain_mismatch"
 
 
-def test_no_contract_at_address(anvil) -> None:
+def test_no_contract_at_address(anvil: AnvilNode) -> None:
     backend = EvmBackend(_config(anvil, "0x" + "12" * 20))
     with pytest.raises(ChainError) as exc:
         backend.ping()
@@ -377,7 +377,7 @@ def _calldata_gas(data: bytes) -> int:
     return sum(16 if b else 4 for b in data)
 
 
-def test_gas_per_anchor_is_constant(anvil, anchor_registry: str, capsys: Any) -> None:
+def test_gas_per_anchor_is_constant(anvil: AnvilNode, anchor_registry: str, capsys: Any) -> None:
     backend = EvmBackend(_config(anvil, anchor_registry, account=6))
     w3 = _w3(anvil)
     roots = [_root() for _ in range(4)] + [b"\x01" + bytes(31), b"\xff" * 32]
@@ -422,7 +422,7 @@ def test_two_anvil_chains_at_once(anvil_factory: AnvilFactory) -> None:
         backends[1].broadcast(backends[0].prepare(_root(), 1))
 
 
-def test_config_never_shows_the_key(anvil) -> None:
+def test_config_never_shows_the_key(anvil: AnvilNode) -> None:
     key = anvil.accounts[0].private_key
     config = _config(anvil, "0x" + "12" * 20)
     assert key[2:] not in repr(config) and key[2:] not in str(config)

@@ -581,7 +581,7 @@ def test_not_an_object() -> None:
         ("{", "not JSON"),
         ("{} {}", "not JSON"),
         ("{'a': 1}", "not JSON"),
-        ("[" * 100_000 + "]" * 100_000, "deeply"),
+        ("[" * 100_000 + "]" * 100_000, "nests deeper"),
         ('{"x": ' + "9" * 5000 + "}", "not acceptable JSON"),
     ],
 )
