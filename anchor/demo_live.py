@@ -27,16 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from anchor import cli
+from anchor.anchor_main import deploy
+from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.config import ChainSettings
 from anchor.files import write_private_file, write_public_file
 from anchor.receipt import dumps_receipt
 from anchor.services import MosquittoServer, PostgresServer
-from anchor.store import DeviceSpec, Store
+from anchor.store import DeviceSpec, Store, StoredAnchor
 from devices.simulator import SimulationConfig, SimulationReport, make_fleet, run_simulation
 
 __all__ = ["LiveDemoConfig", "run_live_demo"]
 
 ORIGIN = "demo.cityanchor.example/log"
+CHAIN_ID = 31337
 DISTRICTS = ("futian", "nanshan", "luohu")
 FAULTS = {
     "bad_signature": 0.004,
@@ -55,6 +59,7 @@ class LiveDemoConfig:
     rate: float = 400.0
     duration_s: float = 25.0
     receipts_batches: int = 3  # write every receipt of this many batches (first, middle, last)
+    anchor_period_s: int = 5
     seed: int = 20261125
 
 
@@ -73,22 +78,27 @@ def _private_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-class _Ingestor:
-    """``cityanchor ingest`` as a child process, stopped with SIGTERM (a clean drain)."""
+class _Child:
+    """A ``cityanchor`` subcommand as a child process, stopped with SIGTERM (a clean drain).
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    ``ready`` is a line fragment its log shows once it is up (None: don't wait).
+    """
+
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, ready: bytes | None
+    ) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anchor", "-v", "ingest"], env=env, stdout=log, stderr=log
+                [sys.executable, "-m", "anchor", "-v", *args], env=env, stdout=log, stderr=log
             )
         deadline = time.monotonic() + 60
-        while b"subscription active" not in log_path.read_bytes():
+        while ready is not None and ready not in log_path.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the ingestor did not start; its log ends:\n{tail}")
+                raise RuntimeError(f"cityanchor {args[0]} did not start; its log ends:\n{tail}")
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -113,6 +123,27 @@ async def _register(dsn: str, fleet: list[Any]) -> None:
         )
     finally:
         await store.close()
+
+
+async def _anchors(dsn: str) -> list[StoredAnchor]:
+    store = await Store.connect(dsn)
+    try:
+        return await store.list_anchors(limit=1000)
+    finally:
+        await store.close()
+
+
+def _run_cli_env(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run a ``cityanchor`` command in a child process with ``env`` (its own settings)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "anchor", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    return out.returncode, out.stdout + out.stderr
 
 
 async def _counts(dsn: str) -> dict[str, int]:
@@ -184,15 +215,31 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
     with _private_dir() as base:
         pg = PostgresServer(base / "postgres")
         mq = MosquittoServer(base / "mosquitto")
-        ingestor: _Ingestor | None = None
+        chain = AnvilNode(base / "anvil", chain_id=CHAIN_ID)
+        children: list[_Child] = []
         try:
             pg.start()
             mq.start()
+            chain.start()
             _say(f"private PostgreSQL {pg.dsn}")
             _say(f"private Mosquitto  {mq.url}")
+            _say(f"private EVM chain  {chain.rpc_url} (anvil, chain id {chain.chain_id})")
             operator: NoteSigner = generate_note_key(ORIGIN)
             skey = write_private_file(out / "operator.skey", (operator.skey() + "\n").encode())
             write_public_file(out / "operator.vkey", (operator.verifier.vkey() + "\n").encode())
+            # Anvil's dev accounts: #0 deploys the registry, #1 is the anchoring job's account.
+            deployer = write_private_file(
+                base / "deployer.key", chain.accounts[0].private_key.encode()
+            )
+            job_key = write_private_file(
+                base / "anchor.key", chain.accounts[1].private_key.encode()
+            )
+            contract = deploy(
+                ChainSettings(
+                    name="local", rpc_url=chain.rpc_url, chain_id=CHAIN_ID, key_file=str(deployer)
+                )
+            )
+            _say(f"AnchorRegistry deployed at {contract}")
 
             fleet = make_fleet(config.devices, seed=config.seed, districts=DISTRICTS)
             asyncio.run(_register(pg.dsn, fleet))
@@ -217,9 +264,25 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
                 CITYANCHOR_LOG_ORIGIN=ORIGIN,
                 CITYANCHOR_BATCH_SIZE="500",
                 CITYANCHOR_BATCH_AGE_MS="1000",
+                CITYANCHOR_CHAIN_NAME="local",
+                CITYANCHOR_CHAIN_RPC_URL=chain.rpc_url,
+                CITYANCHOR_CHAIN_ID=str(CHAIN_ID),
+                CITYANCHOR_CHAIN_CONTRACT=contract,
+                CITYANCHOR_CHAIN_KEY_FILE=str(job_key),
             )
-            ingestor = _Ingestor(env, out / "logs" / "ingest.log")
-            _say(f"ingestor running (log: {ingestor.log_path})")
+            ingestor = _Child(["ingest"], env, out / "logs" / "ingest.log", b"subscription active")
+            children.append(ingestor)
+            anchorer = _Child(
+                ["anchor", "loop", "--period", f"{config.anchor_period_s}s"],
+                env,
+                out / "logs" / "anchor.log",
+                b"is the leader",
+            )
+            children.append(anchorer)
+            _say(
+                f"ingestor and anchoring job (period {config.anchor_period_s} s) running; "
+                f"logs in {out}/logs/"
+            )
 
             sim = SimulationConfig(
                 mqtt_url=mq.url,
@@ -239,6 +302,10 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
 
             counts = _wait_for_store(pg.dsn, report, timeout=60)
             ingestor.stop()
+            anchorer.stop()
+            # One last anchor so that every receipt below ends on chain.
+            code_a, text_a = _run_cli_env(["anchor", "run", "--timeout", "60"], env)
+            (out / "logs" / "anchor-run.log").write_text(text_a)
             counts = asyncio.run(_counts(pg.dsn))
             stored = counts.get("readings", 0)
             quarantined = {
@@ -255,59 +322,76 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
                 mark = "ok" if injected == found else "MISMATCH"
                 ok &= injected == found
                 _say(f"  {reason:<16} {injected:>4} -> {found:<4} {mark}")
+            anchors = asyncio.run(_anchors(pg.dsn))
+            _say(f"anchored {len(anchors)} checkpoints on chain {CHAIN_ID}, one transaction each:")
+            for a in anchors[-4:]:
+                _say(f"  log size {a.log_size:>3}  block {a.block_number:>3}  tx {a.tx_hash}")
+            ok &= code_a == 0 and bool(anchors)
 
             written, picks = asyncio.run(
                 _write_receipts(pg.dsn, out / "receipts", config.receipts_batches)
             )
             _say(f"wrote {written} receipts (every reading of batches {picks}) to {out}/receipts/")
-        finally:
-            if ingestor is not None:
-                ingestor.stop()
+            for child in children:
+                child.stop()
             mq.stop()
             pg.stop()
-        _say("stopped the ingestor, Mosquitto and PostgreSQL")
+            _say("stopped the ingestor, the anchoring job, Mosquitto and PostgreSQL")
 
-    receipts = sorted(str(p) for p in (out / "receipts").glob("*.json"))
-    keys = sorted(str(p) for p in (out / "devices").glob("*.jwk"))
-    code, text = _run_cli(
-        [
-            "verify",
-            *receipts,
-            "--device-key",
-            *keys,
-            "--log-key",
-            str(out / "operator.vkey"),
-            "--json",
-        ]
-    )
-    results = json.loads(text)
-    valid = sum(1 for r in results if r["valid"])
-    offline_ok = sum(
-        1
-        for r in results
-        if all(c["status"] == "pass" for c in r["checks"] if c["name"] != "anchors")
-    )
-    _say(
-        f"cityanchor verify: {valid}/{len(results)} receipts valid (exit {code}); signature, "
-        f"hashes, both paths and the signed checkpoint pass on {offline_ok}; anchors: not yet"
-    )
-    ok &= code == 0 and valid == offline_ok == len(results) > 0
+            receipts = sorted(str(p) for p in (out / "receipts").glob("*.json"))
+            keys = sorted(str(p) for p in (out / "devices").glob("*.jwk"))
+            vkey = str(out / "operator.vkey")
+            code, text = _run_cli(
+                [
+                    "verify",
+                    *receipts,
+                    "--device-key",
+                    *keys,
+                    "--log-key",
+                    vkey,
+                    "--rpc",
+                    chain.rpc_url,
+                    "--json",
+                ]
+            )
+            results = json.loads(text)
+            valid = sum(1 for r in results if r["valid"])
+            full = sum(1 for r in results if r["fully_verified"])
+            _say(
+                f"cityanchor verify --rpc {chain.rpc_url}: {valid}/{len(results)} receipts valid "
+                f"(exit {code}); every check, the on-chain anchor included, passes on {full}"
+            )
+            ok &= code == 0 and valid == full == len(results) > 0
 
-    cose = [
-        p for p in receipts if json.loads(Path(p).read_text())["reading"]["format"] == "cose-sign1"
-    ]
-    victim = Path(cose[len(cose) // 2])
-    tampered = out / "tampered" / victim.name
-    _tamper(victim, tampered)
-    code_t, text_t = _run_cli(["verify", str(tampered), "--device-key", *keys, "--json"])
-    failed = [
-        f"{c['name']} [{c['reason']}]"
-        for r in json.loads(text_t)
-        for c in r["checks"]
-        if c["status"] == "fail"
-    ]
-    _say(f"tampered copy of {victim.name}: exit {code_t}, failing checks: {', '.join(failed)}")
-    ok &= code_t == 1
+            cose = [
+                p
+                for p in receipts
+                if json.loads(Path(p).read_text())["reading"]["format"] == "cose-sign1"
+            ]
+            victim = Path(cose[len(cose) // 2])
+            tampered = out / "tampered" / victim.name
+            _tamper(victim, tampered)
+            code_t, text_t = _run_cli(
+                ["verify", str(tampered), "--device-key", *keys, "--rpc", chain.rpc_url, "--json"]
+            )
+            failed = [
+                f"{c['name']} [{c['reason']}]"
+                for r in json.loads(text_t)
+                for c in r["checks"]
+                if c["status"] == "fail"
+            ]
+            _say(
+                f"tampered copy of {victim.name}: exit {code_t}, "
+                f"failing checks: {', '.join(failed)}"
+            )
+            ok &= code_t == 1
+        finally:
+            for child in children:
+                child.stop()
+            mq.stop()
+            pg.stop()
+            chain.stop()
+        _say("stopped the chain; removed the private services' directory")
 
     summary = {
         "devices": config.devices,
@@ -318,6 +402,10 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
         "injected_faults": dict(report.by_fault),
         "batches": counts.get("batches", 0),
         "log_size": counts.get("log_size", 0),
+        "anchors": [
+            {"log_size": a.log_size, "block_number": a.block_number, "tx_hash": a.tx_hash}
+            for a in anchors
+        ],
         "receipts_written": written,
         "receipts_valid": valid,
         "tampered_rejected": code_t == 1,

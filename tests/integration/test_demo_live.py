@@ -12,7 +12,9 @@ from anchor.demo_live import LiveDemoConfig, run_live_demo
 
 def test_live_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo-output"
-    code = run_live_demo(out, LiveDemoConfig(devices=24, rate=300, duration_s=3, seed=7))
+    code = run_live_demo(
+        out, LiveDemoConfig(devices=24, rate=300, duration_s=3, seed=7, anchor_period_s=1)
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     report = json.loads((out / "report.json").read_text())
@@ -24,3 +26,6 @@ def test_live_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert ids <= {p.stem for p in (out / "devices").glob("*.jwk")}
     assert (out / "operator.vkey").is_file()
     assert "tampered copy" in printed and "exit 1" in printed
+    assert report["anchors"], "the demo anchors on its private chain"
+    doc = json.loads(receipts[0].read_text())
+    assert doc["status"] == "anchored" and doc["anchors"][0]["chain_id"] == 31337
