@@ -21,6 +21,7 @@ setup(
         "asyncpg>=0.29,<1",
         "paho-mqtt>=2.1,<3",
         "web3>=7,<9",
+        "aiohttp>=3.9,<4",
     ],
     extras_require={
         "test": [

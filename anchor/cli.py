@@ -236,6 +236,14 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
 
 
+# ------------------------------------------------------------------------------------------- api
+def _cmd_api(args: argparse.Namespace) -> int:
+    from anchor.api import run_api
+
+    logging.getLogger("anchor").setLevel(min(log.level or logging.INFO, logging.INFO))
+    return run_api(_settings(args), host=args.host, port=args.port)
+
+
 # ------------------------------------------------------------------------------------- anchoring
 def _cmd_anchor(args: argparse.Namespace) -> int:
     from anchor.anchor_main import run_anchor_loop, run_anchor_once
@@ -442,6 +450,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")
+    _add_service_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--port", type=int, default=8080, help="listen port")
+    p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")
     asub = p.add_subparsers(dest="anchor_command", required=True, metavar="ACTION")

@@ -1,0 +1,226 @@
+"""The HTTP API (aiohttp): proofs for city apps, operator endpoints, operations.
+
+Any number of replicas can run against the same PostgreSQL. Every error is an RFC 9457 Problem
+Details document whose ``reason`` is the same stable code the core uses (see
+``docs/reason-codes.md``); no stack trace ever reaches a client.
+
+Layout: :func:`create_app` builds the application from an :class:`ApiContext`; route groups live
+in their own modules and register themselves with ``add_*_routes(app)``:
+
+* this module: the app, the error middleware, ``/healthz``, ``/readyz``;
+* ``anchor.api_public``: receipts, verify, completeness, batches, log, anchors, operator key,
+  ``/openapi.json`` and ``/docs``;
+* ``anchor.api_operator``: tokens, device registry, erasure, audit log, ``/metrics``;
+* ``anchor.explorer``: the proof explorer page under ``/explorer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from anchor.checkpoint import NoteVerifier
+from anchor.config import Settings
+from anchor.errors import AnchorError
+from anchor.store import Store
+
+__all__ = [
+    "CONTEXT",
+    "ApiContext",
+    "create_app",
+    "problem",
+    "status_for",
+]
+
+log = logging.getLogger("anchor.api")
+
+MAX_BODY_BYTES = 1 << 20
+PROBLEM_TYPE = "https://cityanchor.example/problems/"
+
+# HTTP status for each reason code; anything not listed is 400 (the client's input) unless it
+# is a server-side failure, which is 503 (retryable) or 500.
+_STATUS: dict[str, int] = {
+    "not_found": 404,
+    "erased": 410,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "conflict": 409,
+    "too_large": 413,
+    "oversized": 413,
+    "receipt_too_large": 413,
+    "rate_limited": 429,
+    "db_unavailable": 503,
+    "db_busy": 503,
+    "chain_unavailable": 503,
+    "db_error": 500,
+    "log_inconsistent": 500,
+    "internal": 500,
+}
+
+
+def status_for(reason: str) -> int:
+    """The HTTP status that carries ``reason``."""
+    return _STATUS.get(reason, 400)
+
+
+def problem(
+    status: int, reason: str, detail: str, *, title: str | None = None, **extra: Any
+) -> web.Response:
+    """An RFC 9457 Problem Details response (``application/problem+json``)."""
+    body = {
+        "type": PROBLEM_TYPE + reason,
+        "title": title or reason.replace("_", " "),
+        "status": status,
+        "detail": detail,
+        "reason": reason,
+        **extra,
+    }
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/problem+json",
+    )
+
+
+@dataclass(slots=True)
+class ApiContext:
+    """What the handlers need: the store, the settings, and the keys the API vouches with."""
+
+    store: Store
+    settings: Settings
+    log_verifiers: Sequence[NoteVerifier] = ()
+    # Rate limiting: requests per second per client address (0 = off).
+    rate_per_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    latency: dict[str, list[float]] = field(default_factory=dict)
+
+
+CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    except AnchorError as exc:
+        return problem(status_for(exc.reason), exc.reason, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status, "bad_request"
+        )
+        return problem(exc.status, reason, exc.reason or reason)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception:
+        # The trace goes to our log, never to the client.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "internal", "internal error; the operator's log has the details")
+    finally:
+        ctx = request.app.get(CONTEXT)
+        if ctx is not None:
+            route = request.match_info.route.resource
+            name = route.canonical if route is not None else "unmatched"
+            ctx.latency.setdefault(name, []).append(time.perf_counter() - started)
+            if len(ctx.latency[name]) > 10_000:
+                del ctx.latency[name][:5_000]
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    checks: dict[str, str] = {}
+    try:
+        await ctx.store.ping()
+        checks["database"] = "ok"
+    except AnchorError as exc:
+        checks["database"] = f"{exc.reason}: {exc.detail}"
+    for chain in ctx.settings.chains:
+        try:
+            from anchor.anchor_main import build_backend
+
+            backend = build_backend(chain, with_key=False)
+            await asyncio.to_thread(backend.ping)
+            checks[f"chain:{chain.name}"] = "ok"
+        except AnchorError as exc:
+            checks[f"chain:{chain.name}"] = f"{exc.reason}: {exc.detail}"
+    ready = all(v == "ok" for v in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+def create_app(ctx: ApiContext) -> web.Application:
+    """The aiohttp application with every route group registered."""
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app[CONTEXT] = ctx
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    for module in ("anchor.api_public", "anchor.api_operator", "anchor.explorer"):
+        try:
+            mod = __import__(module, fromlist=["add_routes"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # a route group not built yet
+        mod.add_routes(app)
+    return app
+
+
+async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve the API until ``stop`` is set."""
+    from anchor.ingest_main import load_operator_signer
+
+    store = await Store.connect(settings.database_url, max_size=8)
+    try:
+        verifiers: list[NoteVerifier] = []
+        try:
+            verifiers.append(load_operator_signer(settings.operator_key_file).verifier)
+        except AnchorError as exc:
+            log.warning("no operator key (%s): checkpoints are served but not vouched for", exc)
+        app = create_app(ApiContext(store=store, settings=settings, log_verifiers=verifiers))
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise AnchorError(
+                f"cannot listen on {host}:{port}: {exc.strerror}", reason="port_in_use"
+            ) from exc
+        log.info("api listening on http://%s:%d", host, port)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+    finally:
+        await store.close()
+
+
+def run_api(settings: Settings, *, host: str, port: int) -> int:
+    """``cityanchor api``: serve until SIGINT/SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, host=host, port=port, stop=stop)
+
+    asyncio.run(main())
+    return 0
