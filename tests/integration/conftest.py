@@ -102,4 +102,5 @@ def mosquitto(services_dir: Path) -> Iterator[MosquittoServer]:
 
 # The chain fixtures (private anvil nodes) live in their own module; importing them here makes
 # them available to every integration test.
+from integration.api_fixtures import api_world  # noqa: E402, F401
 from integration.chain_fixtures import anchor_registry, anvil, anvil_factory  # noqa: E402, F401
