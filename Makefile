@@ -38,6 +38,7 @@ demo-offline: install
 bench: install
 	$(PY) bench/core.py
 	$(PY) bench/ingest.py
+	$(PY) bench/anchoring.py
 
 # Regenerate anchor/contracts/AnchorRegistry.json from the .sol (a test checks they match).
 contract: install
