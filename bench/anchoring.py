@@ -55,7 +55,6 @@ from anchor.services import MosquittoServer, PostgresServer
 from anchor.store import DeviceSpec, Store
 from devices.signer import DeviceSigner
 
-
 CHAIN_ID = 31337
 DEVICES = 50
 RATE_PER_S = 200
