@@ -236,6 +236,30 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
 
 
+# -------------------------------------------------------------------------------------------- up
+def _cmd_up(args: argparse.Namespace) -> int:
+    from anchor.up import UpOptions, run_up
+
+    if (args.rpc_url is None) != (args.chain_id is None):
+        raise UsageError("--rpc-url and --chain-id go together (with --chain-key-file)")
+    return run_up(
+        UpOptions(
+            data_dir=Path(args.data_dir),
+            mqtt_port=args.mqtt_port,
+            http_port=args.http_port,
+            chain_port=args.chain_port,
+            rpc_url=args.rpc_url,
+            chain_id=args.chain_id,
+            chain_key_file=args.chain_key_file,
+            anchor_period_s=_seconds(args.anchor_period),
+            operator_token_file=Path(args.operator_token_file)
+            if args.operator_token_file
+            else None,
+            workers=args.workers,
+        )
+    )
+
+
 # ------------------------------------------------------------------------------------------- api
 def _cmd_api(args: argparse.Namespace) -> int:
     from anchor.api import run_api
@@ -451,6 +475,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_ingest)
 
+    p = sub.add_parser(
+        "up", help="run everything on this machine (database, broker, chain, services)"
+    )
+    p.add_argument("--data-dir", required=True, help="all state lives here; reuse it to resume")
+    p.add_argument("--mqtt-port", type=int, help="broker port (default: last time's, else free)")
+    p.add_argument("--http-port", type=int, help="API port (default: a free one)")
+    p.add_argument(
+        "--chain-port", type=int, help="local chain port (default: last time's, else free)"
+    )
+    p.add_argument("--rpc-url", help="an external EVM chain instead of the local one")
+    p.add_argument("--chain-id", type=int, help="the external chain's id")
+    p.add_argument("--chain-key-file", help="the external chain account's hex private key")
+    p.add_argument("--anchor-period", default="60s", help="anchoring period, e.g. 60s")
+    p.add_argument("--operator-token-file", help="where to keep the operator's API token")
+    p.add_argument("--workers", type=int, default=1, help="ingestor processes")
+    p.set_defaults(func=_cmd_up)
+
     p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")
     _add_service_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
@@ -502,6 +543,9 @@ def _build_parser() -> argparse.ArgumentParser:
     add_db_commands(sub)
     add_device_commands(sub)
     add_simulate_command(sub)
+    from anchor.tokens import add_token_commands
+
+    add_token_commands(sub)
 
     p = sub.add_parser("demo", help="run the end-to-end demo (private services, simulated fleet)")
     p.add_argument("--out", default="demo-output", help="output directory")

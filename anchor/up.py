@@ -1,0 +1,364 @@
+"""``cityanchor up``: the whole service on one machine, on embedded defaults.
+
+Starts and supervises, in one command: a private PostgreSQL (initdb on first run), a private
+Mosquitto, a local EVM chain (anvil, its state kept in the data dir) with the AnchorRegistry
+deployed, the ingestor(s), the anchoring loop and the API. Everything lives in ``--data-dir``, so
+stopping and starting again keeps readings, keys, the log and the chain state. When every part is
+ready it writes ``DATA_DIR/up.json`` (DESIGN.md "Interfaces") and removes it on shutdown.
+Ctrl-C / SIGTERM stops the children first (each drains: nothing acknowledged is lost), then the
+servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anchor.chain_node import AnvilNode
+from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.config import ChainSettings, Settings, settings_to_toml
+from anchor.errors import AnchorError, UsageError
+from anchor.files import write_private_file, write_public_file
+from anchor.services import MosquittoServer, PostgresServer, free_port
+
+__all__ = ["UpOptions", "run_up"]
+
+log = logging.getLogger("anchor.up")
+
+LOCAL_CHAIN_ID = 31337
+ORIGIN = "local.cityanchor.example/log"
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    data_dir: Path
+    mqtt_port: int | None = None
+    http_port: int | None = None
+    chain_port: int | None = None
+    rpc_url: str | None = None  # an external chain instead of the local anvil
+    chain_id: int | None = None
+    chain_key_file: str | None = None
+    anchor_period_s: float = 60.0
+    operator_token_file: Path | None = None
+    workers: int = 1
+
+
+def _say(text: str) -> None:
+    print(f"cityanchor up: {text}", flush=True)
+
+
+class _Child:
+    """A supervised ``cityanchor`` subcommand, restarted with back-off if it dies."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name, self.args, self.env = name, args, env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.backoff = 1.0
+        self.restart_at = 0.0
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "anchor", "-v", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
+
+    def check(self) -> None:
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.restart_at == 0.0:
+            log.error(
+                "%s exited with %s; restarting in %.0fs (log: %s)",
+                self.name,
+                self.proc.returncode,
+                self.backoff,
+                self.log_path,
+            )
+            _say(f"{self.name} exited ({self.proc.returncode}); restarting, see {self.log_path}")
+            self.restart_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, 30.0)
+        elif now >= self.restart_at:
+            self.restart_at = 0.0
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AnchorError(
+                f"{what} did not become ready in {timeout:.0f}s", reason="start_failed"
+            )
+        time.sleep(0.1)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _operator_key(keys: Path) -> NoteSigner:
+    skey = keys / "operator.skey"
+    if skey.exists():
+        return NoteSigner.from_skey(skey.read_text().strip())
+    signer = generate_note_key(ORIGIN)
+    write_private_file(skey, (signer.skey() + "\n").encode())
+    write_public_file(keys / "operator.vkey", (signer.verifier.vkey() + "\n").encode())
+    return signer
+
+
+async def _prepare_database(dsn: str) -> None:
+    from anchor.store import Store
+
+    store = await Store.connect(dsn)
+    try:
+        await store.migrate()
+        await store.ensure_partitions()
+    finally:
+        await store.close()
+
+
+async def _operator_token(dsn: str, path: Path) -> None:
+    """An all-scopes API token for the operator, created once and kept in ``path`` (0600)."""
+    if path.exists():
+        return
+    from anchor.store import Store
+    from anchor.tokens import SCOPES, create_token
+
+    store = await Store.connect(dsn)
+    try:
+        new = await create_token(store, name="up-operator", scopes=list(SCOPES))
+    finally:
+        await store.close()
+    write_private_file(path, (new.token + "\n").encode())
+
+
+def _start_on_stable_port(make: Any, requested: int | None, remembered: int | None) -> Any:
+    """Start a server on the requested port, else on the port it had last time (so clients'
+    addresses survive a restart), else on a free one."""
+    if requested is not None:
+        return make(requested).start()
+    if remembered is not None:
+        try:
+            return make(remembered).start()
+        except AnchorError as exc:
+            if exc.reason != "port_in_use":
+                raise
+    return make(None).start()
+
+
+@contextlib.contextmanager
+def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
+    d = opts.data_dir
+    ports_file = d / "ports.json"
+    ports: dict[str, int] = {}
+    with contextlib.suppress(OSError, ValueError):
+        ports = {k: int(v) for k, v in json.loads(ports_file.read_text()).items()}
+    started: list[Any] = []
+    try:
+        pg = _start_on_stable_port(
+            lambda port: PostgresServer(d / "postgres", port=port), None, ports.get("postgres")
+        )
+        started.append(pg)
+        mq = _start_on_stable_port(
+            lambda port: MosquittoServer(d / "mosquitto", port=port),
+            opts.mqtt_port,
+            ports.get("mqtt"),
+        )
+        started.append(mq)
+        ports.update(postgres=pg.port, mqtt=mq.port)
+        chain: AnvilNode | None = None
+        if opts.rpc_url is None:
+            chain = _start_on_stable_port(
+                lambda port: AnvilNode(
+                    d / "chain",
+                    port=port,
+                    chain_id=LOCAL_CHAIN_ID,
+                    state_path=d / "chain" / "state.json",
+                    state_interval=5,
+                ),
+                opts.chain_port,
+                ports.get("chain"),
+            )
+            started.append(chain)
+            ports["chain"] = chain.port
+        ports_file.write_text(json.dumps(ports) + "\n")
+        yield {"pg": pg, "mq": mq, "chain": chain}
+    finally:
+        for server in reversed(started):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+def _chain_settings(
+    opts: UpOptions, chain: AnvilNode | None, keys: Path, config_path: Path
+) -> ChainSettings:
+    from anchor.anchor_main import deploy
+    from anchor.chains.evm import EvmBackend, EvmConfig
+
+    previous: ChainSettings | None = None
+    if config_path.exists():
+        from anchor.config import load_settings
+
+        old = load_settings(toml_path=config_path, env={})
+        previous = old.chains[0] if old.chains else None
+    if chain is not None:
+        key_file = keys / "chain.key"
+        if not key_file.exists():
+            write_private_file(key_file, chain.accounts[1].private_key.encode())
+        deployer = keys / "deployer.key"
+        if not deployer.exists():
+            write_private_file(deployer, chain.accounts[0].private_key.encode())
+        settings = ChainSettings(
+            name="local", rpc_url=chain.rpc_url, chain_id=LOCAL_CHAIN_ID, key_file=str(key_file)
+        )
+    else:
+        if opts.chain_id is None or not opts.chain_key_file:
+            raise UsageError("--rpc-url needs --chain-id and --chain-key-file")
+        settings = ChainSettings(
+            name="external",
+            rpc_url=opts.rpc_url or "",
+            chain_id=opts.chain_id,
+            key_file=opts.chain_key_file,
+        )
+        deployer = Path(opts.chain_key_file)
+    contract = previous.contract if previous and previous.chain_id == settings.chain_id else ""
+    if contract:
+        # The chain state may be gone (a fresh external chain, a deleted state file): check.
+        backend = EvmBackend(
+            EvmConfig(
+                name=settings.name,
+                rpc_url=settings.rpc_url,
+                chain_id=settings.chain_id,
+                contract=contract,
+            )
+        )
+        if not backend.w3.eth.get_code(backend.w3.to_checksum_address(contract)):
+            _say(f"no contract at {contract} on this chain any more: deploying a new one")
+            contract = ""
+    if not contract:
+        contract = deploy(dataclasses.replace(settings, key_file=str(deployer)))
+        _say(f"AnchorRegistry deployed at {contract}")
+    return dataclasses.replace(settings, contract=contract)
+
+
+def run_up(opts: UpOptions) -> int:
+    """Run everything until SIGINT/SIGTERM; returns an exit code."""
+    d = opts.data_dir.absolute()
+    d.mkdir(parents=True, exist_ok=True)
+    # The servers drop to their own users (postgres, mosquitto): they must reach their folders.
+    os.chmod(d, 0o711)
+    for sub in ("keys", "logs"):
+        (d / sub).mkdir(exist_ok=True)
+    os.chmod(d / "keys", 0o700)
+    up_json = d / "up.json"
+    up_json.unlink(missing_ok=True)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    children: list[_Child] = []
+    with _services(dataclasses.replace(opts, data_dir=d)) as svc:
+        pg, mq, chain = svc["pg"], svc["mq"], svc["chain"]
+        _say(f"PostgreSQL {pg.dsn}")
+        _say(f"Mosquitto  {mq.url}")
+        operator = _operator_key(d / "keys")
+        asyncio.run(_prepare_database(pg.dsn))
+        config_path = d / "config.toml"
+        chain_settings = _chain_settings(opts, chain, d / "keys", config_path)
+        _say(f"chain      {chain_settings.rpc_url} (chain id {chain_settings.chain_id})")
+        http_port = opts.http_port or free_port()
+        settings = Settings(
+            database_url=pg.dsn,
+            mqtt_url=mq.url,
+            operator_key_file=str(d / "keys" / "operator.skey"),
+            log_origin=operator.name,
+            anchor_period_s=max(1, round(opts.anchor_period_s)),
+            chains=(chain_settings,),
+        )
+        config_path.write_text(settings_to_toml(settings))
+        token_file = opts.operator_token_file or d / "keys" / "operator.token"
+        asyncio.run(_operator_token(pg.dsn, token_file))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
+        flags = ["--config", str(config_path)]
+        children = [
+            _Child("ingest", ["ingest", *flags, "--workers", str(opts.workers)], env, d / "logs"),
+            _Child(
+                "anchor",
+                ["anchor", "loop", *flags, "--period", f"{opts.anchor_period_s}s"],
+                env,
+                d / "logs",
+            ),
+            _Child("api", ["api", *flags, "--port", str(http_port)], env, d / "logs"),
+        ]
+        try:
+            for child in children:
+                child.start()
+            ingest_log = d / "logs" / "ingest.log"
+            size_before = ingest_log.stat().st_size if ingest_log.exists() else 0
+            _wait_for(
+                lambda: (
+                    ingest_log.read_bytes()[size_before:].count(b"subscription active")
+                    >= opts.workers
+                ),
+                60,
+                "the ingestor",
+            )
+            http = f"http://127.0.0.1:{http_port}"
+            _wait_for(lambda: _http_ok(http + "/healthz"), 60, "the API")
+            doc = {
+                "mqtt": mq.url,
+                "http": http,
+                "rpc": chain_settings.rpc_url,
+                "chain_id": chain_settings.chain_id,
+                "contract": chain_settings.contract,
+                "operator_vkey": operator.verifier.vkey(),
+                "token_file": str(token_file),
+            }
+            write_public_file(up_json, (json.dumps(doc, indent=2) + "\n").encode())
+            _say(f"ready: {up_json}")
+            _say(f"API {http}   explorer {http}/explorer   MQTT {mq.url}")
+            while not stop:
+                time.sleep(0.2)
+                for child in children:
+                    child.check()
+        finally:
+            up_json.unlink(missing_ok=True)
+            _say("stopping (the ingestor drains first: nothing acknowledged is lost)")
+            for child in children:
+                child.stop()
+    _say("stopped")
+    return 0
