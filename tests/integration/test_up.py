@@ -1,0 +1,215 @@
+"""`cityanchor up`: everything on one machine, through its stable interfaces (DESIGN.md):
+up.json, POST /v1/devices with the operator token, MQTT, GET /v1/receipts, verify --rpc; then a
+clean stop, and a restart on the same data dir that resumes with every reading and anchor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from anchor.cli import main as cli_main
+from anchor.keys import PrivateKey
+from devices.signer import DeviceSigner
+
+
+def _start(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "anchor",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--anchor-period",
+                "1s",
+            ],
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+
+
+def _wait_up(proc: subprocess.Popen[bytes], data_dir: Path, log: Path) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while not (data_dir / "up.json").exists():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    doc: dict[str, Any] = json.loads((data_dir / "up.json").read_text())
+    return doc
+
+
+def _stop(proc: subprocess.Popen[bytes], data_dir: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(90) == 0
+    assert not (data_dir / "up.json").exists()
+
+
+def _request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def _publish(url: str, signer: DeviceSigner, n: int) -> list[int]:
+    u = urlsplit(url)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"up-test-{os.getpid()}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.connect(u.hostname or "127.0.0.1", u.port or 1883)
+    client.loop_start()
+    seqs = []
+    try:
+        for i in range(n):
+            raw = signer.sign("iot.water_level", {"level_m": 1.0 + i / 100})
+            client.publish(
+                f"city/harbour/{signer.device_id}/readings", raw, qos=1
+            ).wait_for_publish(10)
+            seqs.append(signer.seq)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return seqs
+
+
+def _wait_anchored(http: str, device_id: str, seq: int) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        status, doc = _request("GET", f"{http}/v1/receipts/{device_id}/{seq}")
+        if status == 200 and doc["status"] == "anchored":
+            return dict(doc)
+        assert time.monotonic() < deadline, (status, doc)
+        time.sleep(0.3)
+
+
+def _port_closed(url: str) -> bool:
+    u = urlsplit(url)
+    with socket.socket() as s:
+        return s.connect_ex((u.hostname or "127.0.0.1", u.port or 0)) != 0
+
+
+def test_up_runs_everything_and_resumes_on_the_same_data_dir(
+    tmp_path: Path, services_dir: Path
+) -> None:
+    # Short (unix socket paths are limited) and reachable by the servers' own users.
+    data_dir = Path(tempfile.mkdtemp(prefix="up-", dir=services_dir))
+    log = tmp_path / "up.log"
+    signer = DeviceSigner("wl-harbour-0001", PrivateKey.generate())
+    jwk_file = tmp_path / "device.jwk"
+    jwk_file.write_text(json.dumps(signer.key.public_key.to_jwk()))
+    vkey_file = tmp_path / "operator.vkey"
+
+    proc = _start(data_dir, log)
+    try:
+        up = _wait_up(proc, data_dir, log)
+        assert set(up) >= {
+            "mqtt",
+            "http",
+            "rpc",
+            "chain_id",
+            "contract",
+            "operator_vkey",
+            "token_file",
+        }
+        token = Path(up["token_file"]).read_text().strip()
+        status, device = _request(
+            "POST",
+            up["http"] + "/v1/devices",
+            {
+                "device_id": signer.device_id,
+                "public_key_jwk": signer.key.public_key.to_jwk(),
+                "district": "harbour",
+                "kind": "iot.water_level",
+            },
+            token,
+        )
+        assert status == 201, device
+        assert device["kid"] == signer.key.public_key.kid.hex()
+        seqs = _publish(up["mqtt"], signer, 10)
+        receipt = _wait_anchored(up["http"], signer.device_id, seqs[-1])
+        assert receipt["anchors"][0]["chain_id"] == up["chain_id"]
+        (tmp_path / "r1.json").write_text(json.dumps(receipt))
+        vkey_file.write_text(up["operator_vkey"] + "\n")
+        assert (
+            cli_main(
+                [
+                    "verify",
+                    str(tmp_path / "r1.json"),
+                    "--device-key",
+                    str(jwk_file),
+                    "--log-key",
+                    str(vkey_file),
+                    "--rpc",
+                    up["rpc"],
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        _stop(proc, data_dir)
+        assert all(_port_closed(up[k]) for k in ("mqtt", "http", "rpc"))
+
+        # Restart on the same data dir: same broker and chain addresses, every reading kept,
+        # the chain state (and so the anchors) kept, and new readings continue the chain.
+        proc = _start(data_dir, log)
+        again = _wait_up(proc, data_dir, log)
+        assert (again["mqtt"], again["rpc"], again["contract"]) == (
+            up["mqtt"],
+            up["rpc"],
+            up["contract"],
+        )
+        status, old = _request("GET", f"{again['http']}/v1/receipts/{signer.device_id}/{seqs[0]}")
+        assert status == 200 and old["status"] == "anchored"
+        more = _publish(again["mqtt"], signer, 5)
+        latest = _wait_anchored(again["http"], signer.device_id, more[-1])
+        (tmp_path / "r2.json").write_text(json.dumps(latest))
+        (tmp_path / "r0.json").write_text(json.dumps(old))
+        assert (
+            cli_main(
+                [
+                    "verify",
+                    str(tmp_path / "r0.json"),
+                    str(tmp_path / "r2.json"),
+                    "--device-key",
+                    str(jwk_file),
+                    "--log-key",
+                    str(vkey_file),
+                    "--rpc",
+                    again["rpc"],
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        _stop(proc, data_dir)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
