@@ -236,6 +236,41 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
 
 
+# ------------------------------------------------------------------------------------------ audit
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from anchor.audit import run_audit
+    from anchor.ingest_main import load_operator_signer
+
+    settings = _settings(args)
+    keys = _load_log_keys(args.log_key)
+    if not keys:
+        try:
+            keys = [load_operator_signer(settings.operator_key_file).verifier]
+        except AnchorError:
+            print("audit: no --log-key and no operator key: checkpoint signatures not checked")
+    backends = []
+    if not args.no_chain:
+        from anchor.anchor_main import build_backend
+
+        backends = [build_backend(c, with_key=False) for c in settings.chains if c.contract]
+    report = asyncio.run(run_audit(settings.database_url, log_verifiers=keys, backends=backends))
+    for d in report.divergences:
+        print(f"DIVERGENCE {d.kind}: {d.what}: {d.detail}")
+    print(
+        f"audit: {report.batches} batches, {report.readings} readings ({report.erased} erased), "
+        f"{report.checkpoints} checkpoints, {report.anchors_checked} anchors checked on chain"
+        + (
+            f" ({report.anchors_skipped} on unconfigured chains skipped)"
+            if report.anchors_skipped
+            else ""
+        )
+        + (" -> OK" if report.ok else f" -> {len(report.divergences)} DIVERGENCE(S)")
+    )
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
 # -------------------------------------------------------------------------------------------- up
 def _cmd_up(args: argparse.Namespace) -> int:
     from anchor.up import UpOptions, run_up
@@ -379,6 +414,41 @@ def _cmd_verify_consistency(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_verify_completeness(args: argparse.Namespace) -> int:
+    from anchor.completeness import verify_completeness
+
+    device_keys = _load_device_keys(args.device_key)
+    log_keys = _load_log_keys(args.log_key)
+    try:
+        proof = json.loads(_read_bytes(args.proof, "completeness proof"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.proof} is not JSON: {exc}") from exc
+    try:
+        report = verify_completeness(proof, device_key=device_keys, log_verifiers=log_keys)
+    except AnchorError as exc:
+        if args.json:
+            print(json.dumps({"valid": False, "reason": exc.reason, "detail": exc.detail}))
+        else:
+            print(f"FAIL completeness [{exc.reason}] {exc.detail}")
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps({"valid": True, **report.to_dict()}, indent=2))
+        return EXIT_OK
+    gaps = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in report.gaps) or "none"
+    print(
+        f"PASS completeness: {report.device_id} seqs {report.from_seq}..{report.to_seq}: "
+        f"{report.readings} readings chained and in the log at size {report.log_size} "
+        f"({report.status}); missing: {gaps}"
+    )
+    if report.erased or report.unlinked:
+        print(f"  {report.erased} erased; links not checkable at seqs {list(report.unlinked)}")
+    if not report.signatures_checked:
+        print("  SKIP device signatures (no --device-key)")
+    if not report.checkpoint_signed:
+        print("  SKIP checkpoint signature (no --log-key)")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------ demo
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.offline:
@@ -492,6 +562,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="ingestor processes")
     p.set_defaults(func=_cmd_up)
 
+    p = sub.add_parser("audit", help="recompute every batch, the log, checkpoints and anchors")
+    _add_service_flags(p)
+    p.add_argument(
+        "--log-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="VKEY_FILE",
+        help="operator key to check checkpoint signatures (default: the configured one)",
+    )
+    p.add_argument("--no-chain", action="store_true", help="do not check anchors on chain")
+    p.set_defaults(func=_cmd_audit)
+
     p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")
     _add_service_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
@@ -536,6 +619,23 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE")
     p.add_argument("--proof", help="JSON list of hex hashes (default: ask the database)")
     p.set_defaults(func=_cmd_verify_consistency)
+
+    p = sub.add_parser(
+        "verify-completeness",
+        help="check a device's completeness proof (GET /v1/devices/{id}/completeness) offline",
+    )
+    p.add_argument("proof", metavar="FILE", help="completeness proof JSON")
+    p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE")
+    p.add_argument(
+        "--device-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="JWK_FILE",
+        help="the device's public keys (JWK files); without one, signatures are not checked",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_verify_completeness)
 
     from anchor.registry import add_db_commands, add_device_commands
     from devices.simulator import add_simulate_command

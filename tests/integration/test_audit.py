@@ -1,0 +1,143 @@
+"""`cityanchor audit` recomputes everything from the store and names what was tampered with."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from anchor.anchoring import AnchorJob
+from anchor.audit import run_audit
+from anchor.chain_node import AnvilNode
+from anchor.chains.evm import EvmBackend, EvmConfig
+from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.envelope import parse_envelope
+from anchor.keys import PrivateKey
+from anchor.services import PostgresServer
+from anchor.store import Candidate, DeviceSpec, Store
+from devices.signer import DeviceSigner
+
+ORIGIN = "audit-it.cityanchor.example/log"
+
+
+@dataclass
+class Sealed:
+    dsn: str
+    operator: NoteSigner
+    backend: EvmBackend
+
+
+@pytest.fixture
+def sealed(postgres: PostgresServer, anvil: AnvilNode, anchor_registry: str) -> Sealed:
+    name = f"audit_{os.getpid()}_{datetime.now(UTC).strftime('%H%M%S%f')}"
+    postgres.psql(f"CREATE DATABASE {name}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    operator = generate_note_key(ORIGIN)
+    signer = DeviceSigner("audit-dev-1", PrivateKey.generate())
+    backend = EvmBackend(
+        EvmConfig(
+            name="local",
+            rpc_url=anvil.rpc_url,
+            chain_id=anvil.chain_id,
+            contract=anchor_registry,
+            signer_key=anvil.accounts[3].private_key,
+        )
+    )
+
+    async def setup() -> None:
+        store = await Store.connect(dsn)
+        try:
+            await store.migrate()
+            await store.register_devices(
+                [DeviceSpec(signer.device_id, signer.key.public_key, district="d", kind="k")]
+            )
+            for _ in range(4):
+                candidates = [
+                    Candidate(
+                        parse_envelope(signer.sign("iot.noise", {"x": float(i)})),
+                        datetime.now(UTC),
+                        "t",
+                    )
+                    for i in range(6)
+                ]
+                await store.seal(candidates, [], signer=operator, origin=ORIGIN, ingestor="it")
+            await AnchorJob(store=store, backends=[backend]).run_once(timeout_s=30, poll_s=0.1)
+        finally:
+            await store.close()
+
+    asyncio.run(setup())
+    return Sealed(dsn, operator, backend)
+
+
+def test_audit_passes_then_names_the_corrupted_reading(sealed: Sealed) -> None:
+    report = asyncio.run(
+        run_audit(
+            sealed.dsn,
+            log_verifiers=[sealed.operator.verifier],
+            backends=[sealed.backend],
+            progress=None,
+        )
+    )
+    assert report.ok, report.divergences
+    assert (report.batches, report.readings, report.checkpoints, report.anchors_checked) == (
+        4,
+        24,
+        4,
+        1,
+    )
+
+    async def corrupt() -> tuple[str, int, int]:
+        conn = await asyncpg.connect(sealed.dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT device_id, seq, batch_id, envelope FROM readings "
+                "WHERE batch_id = 3 AND batch_index = 2"
+            )
+            env = bytearray(row["envelope"])
+            env[len(env) // 2] ^= 0x01  # one stored byte
+            await conn.execute(
+                "UPDATE readings SET envelope = $1 WHERE device_id = $2 AND seq = $3",
+                bytes(env),
+                row["device_id"],
+                row["seq"],
+            )
+            return row["device_id"], row["seq"], row["batch_id"]
+        finally:
+            await conn.close()
+
+    device_id, seq, batch_id = asyncio.run(corrupt())
+    report = asyncio.run(
+        run_audit(
+            sealed.dsn,
+            log_verifiers=[sealed.operator.verifier],
+            backends=[sealed.backend],
+            progress=None,
+        )
+    )
+    assert not report.ok
+    named = {(d.kind, d.what.split(" (")[0]) for d in report.divergences}
+    assert ("reading", f"{device_id} seq {seq}") in named
+    assert ("batch", f"batch {batch_id}") in named
+
+
+def test_audit_cli_exit_codes(sealed: Sealed, capsys: pytest.CaptureFixture[str]) -> None:
+    from anchor.cli import main
+
+    assert main(["audit", "--database-url", sealed.dsn, "--no-chain"]) == 0
+    assert "-> OK" in capsys.readouterr().out
+
+    async def rewrite_root() -> None:
+        conn = await asyncpg.connect(sealed.dsn)
+        try:
+            await conn.execute("UPDATE batches SET root = $1 WHERE log_index = 1", b"\x07" * 32)
+        finally:
+            await conn.close()
+
+    asyncio.run(rewrite_root())
+    assert main(["audit", "--database-url", sealed.dsn, "--no-chain"]) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGENCE batch: batch 2" in out and "DIVERGENCE checkpoint" in out
