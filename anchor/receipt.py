@@ -23,8 +23,10 @@ The JSON shape (DESIGN.md "Receipt"; JSON Schema in ``docs/receipt-v1.schema.jso
 
 Every hash is 64 lowercase hex digits (32 bytes); every integer is a JSON integer in
 ``[0, 2**64)`` (``seq`` and sizes from 1); the envelope is base64url without padding, in its
-canonical spelling. ``contract`` may be EIP-55 mixed case (kept verbatim; its checksum needs
-Keccak-256, which this module does not carry). ``status`` "anchored" needs at least one anchor.
+canonical spelling, and empty only when ``status`` is "erased" (the operator erased the
+reading's bytes under privacy law; ``leaf_hash`` and both paths still prove its place).
+``contract`` may be EIP-55 mixed case (kept verbatim; its checksum needs Keccak-256, which
+this module does not carry). ``status`` "anchored" needs at least one anchor.
 
 Forward compatibility ("Extra fields may be added; these keep their meaning"): unknown top-level
 fields are kept in :attr:`Receipt.extra` and written back after the known ones; unknown fields
@@ -320,7 +322,9 @@ class Receipt:
         _uint(self.seq, "reading.seq", 1)
         if self.format not in FORMATS:
             _fail("reading.format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
-        if not isinstance(self.envelope, bytes) or not self.envelope:
+        # Only an erased reading's receipt may lack its envelope (its leaf hash still proves
+        # its place in the batch).
+        if not isinstance(self.envelope, bytes) or (not self.envelope and self.status != "erased"):
             _fail("reading.envelope", "expected non-empty bytes")
         _hash(self.leaf_hash, "leaf_hash")
         if not isinstance(self.batch, BatchProof):
@@ -462,7 +466,10 @@ def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     fmt = _member(reading, "format", "reading")
     if not isinstance(fmt, str):
         _fail("reading.format", f"expected a string, got {_type_name(fmt)}")
-    envelope = _b64url(_member(reading, "envelope", "reading"), "reading.envelope")
+    raw_envelope = _member(reading, "envelope", "reading")
+    # "" is the envelope of an erased reading; Receipt refuses it with any other status.
+    erased = raw_envelope == "" and doc.get("status") == "erased"
+    envelope = b"" if erased else _b64url(raw_envelope, "reading.envelope")
     leaf = _hex32(_member(doc, "leaf_hash", ""), "leaf_hash")
 
     b = _object(_member(doc, "batch", ""), "batch")

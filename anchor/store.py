@@ -14,7 +14,8 @@ socket failure is translated here, at the edge, into :class:`StoreError` with a 
 ``migrations_missing``  the ``sql/`` directory cannot be read.
 ``log_inconsistent``   the batch log and its checkpoints disagree (never expected; the seal
                     refuses to extend a log it cannot account for).
-``erased``          the reading's envelope was erased, so no receipt can carry it.
+``erased``          the reading's envelope is gone without a tombstone (an erasure with a
+                    tombstone gives a receipt with status ``erased`` instead).
 
 :attr:`StoreError.retryable` tells a caller whether trying again later can help. In particular
 :meth:`Store.seal` is all-or-nothing: when it raises, nothing of the seal was committed, and the
@@ -42,7 +43,9 @@ lock so that moving rows out of the default partition never races a seal.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -58,6 +61,12 @@ import asyncpg
 from anchor import merkle
 from anchor.chains.base import AnchorConfirmation, AnchorTx
 from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from anchor.completeness import (
+    CompletenessProof,
+    StoredBatch,
+    StoredReading,
+    build_completeness,
+)
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
@@ -1090,17 +1099,32 @@ class Store:
             paths = dict(enumerate(merkle.inclusion_proofs(leaves, hasher=hasher)))
         receipts = []
         for r in envelopes:
+            # An erased reading (sql/003_operator.sql) keeps its leaf and proofs; its receipt
+            # has no envelope, status "erased" and the tombstone as the extra field "erasure".
+            erasure = None
             if r["envelope"] is None:
-                raise StoreError(
-                    f"reading {r['device_id']} seq {r['seq']} was erased", reason="erased"
+                stone = await conn.fetchrow(
+                    "SELECT erased_at, actor, legal_reason FROM reading_erasures "
+                    "WHERE device_id = $1 AND seq = $2",
+                    r["device_id"],
+                    r["seq"],
                 )
+                if stone is None:
+                    raise StoreError(
+                        f"reading {r['device_id']} seq {r['seq']} was erased", reason="erased"
+                    )
+                erasure = {
+                    "erased_at": _rfc3339(stone["erased_at"]),
+                    "erased_by": stone["actor"],
+                    "legal_reason": stone["legal_reason"],
+                }
             index = r["batch_index"]
             receipts.append(
                 Receipt(
                     device_id=r["device_id"],
                     seq=r["seq"],
                     format=r["format"],
-                    envelope=bytes(r["envelope"]),
+                    envelope=b"" if erasure else bytes(r["envelope"]),
                     leaf_hash=leaves[index],
                     batch=BatchProof(
                         id=batch_id,
@@ -1112,8 +1136,8 @@ class Store:
                     log=log,
                     checkpoint=head["note"],
                     anchors=anchors,
-                    status="anchored" if anchors else "sealed",
-                    extra=extra,
+                    status="erased" if erasure else "anchored" if anchors else "sealed",
+                    extra={**extra, "erasure": erasure} if erasure else extra,
                 )
             )
         return receipts
@@ -1371,6 +1395,184 @@ class Store:
         finally:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+    # ---------------------------------------------------------------- public API reads
+    async def batch_record(self, batch_id: int) -> BatchRecord:
+        """A sealed batch with every leaf hash in batch order; raises ``StoreError``
+        (``not_found``)."""
+        async with (
+            self._connection("batch_record") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                "SELECT id, size, root, log_index, sealed_at FROM batches WHERE id = $1", batch_id
+            )
+            if row is None:
+                raise _not_found(f"no batch {batch_id}")
+            leaves = await conn.fetch(
+                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
+                batch_id,
+            )
+        return BatchRecord(
+            row["id"],
+            row["size"],
+            bytes(row["root"]),
+            row["log_index"],
+            row["sealed_at"],
+            tuple(bytes(r["leaf_hash"]) for r in leaves),
+        )
+
+    async def anchors_page(
+        self, *, since_log_size: int = 0, limit: int = 100
+    ) -> tuple[list[StoredAnchor], int | None]:
+        """Confirmed anchors of the first ``limit`` anchored log sizes above ``since_log_size``
+        (every backend's anchor of a size on the same page), oldest first, and the cursor of
+        the next page (None on the last page)."""
+        limit = max(1, min(limit, _MAX_LIST))
+        async with self._connection("anchors_page") as conn:
+            sizes = [
+                r["log_size"]
+                for r in await conn.fetch(
+                    "SELECT DISTINCT log_size FROM anchors WHERE log_size > $1 "
+                    "ORDER BY log_size LIMIT $2",
+                    since_log_size,
+                    limit + 1,
+                )
+            ]
+            page = sizes[:limit]
+            rows = await conn.fetch(
+                f"SELECT {_ANCHOR_COLUMNS} FROM anchors WHERE log_size = ANY($1::bigint[]) "
+                "ORDER BY log_size, backend",
+                page,
+            )
+        return [_stored_anchor(r) for r in rows], (page[-1] if len(sizes) > limit else None)
+
+    async def completeness_proof(
+        self, device_id: str, from_seq: int, to_seq: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> CompletenessProof:
+        """The completeness proof of the device's readings in ``[from_seq, to_seq]`` (clipped to
+        its newest stored seq) against one checkpoint: the newest anchored one covering every
+        batch involved, else the newest (see :mod:`anchor.completeness`).
+
+        Raises ``StoreError``: ``device_id_invalid``, ``not_found`` (unregistered device, empty
+        log), ``log_inconsistent`` (stored leaves or log nodes disagree with stored roots).
+        """
+        _check_device_id(device_id)
+        async with (
+            self._connection("completeness_proof") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM devices WHERE device_id = $1)", device_id
+            ):
+                raise _not_found(f"device {device_id} is not registered")
+            latest: int = await conn.fetchval(
+                "SELECT coalesce(max(seq), 0) FROM reading_seqs WHERE device_id = $1", device_id
+            )
+            hi = min(to_seq, latest)
+            rows = await conn.fetch(
+                "SELECT s.seq, s.leaf_hash, s.batch_id, s.batch_index, r.format, r.envelope "
+                "FROM reading_seqs s JOIN readings r ON r.device_id = s.device_id "
+                "AND r.seq = s.seq AND r.received_at = s.received_at "
+                "WHERE s.device_id = $1 AND s.seq BETWEEN $2 AND $3 ORDER BY s.seq",
+                device_id,
+                from_seq,
+                hi,
+            )
+            batch_ids = sorted({r["batch_id"] for r in rows})
+            batch_rows = await conn.fetch(
+                "SELECT id, root, log_index FROM batches WHERE id = ANY($1::bigint[])", batch_ids
+            )
+            leaves: dict[int, list[bytes]] = {b: [] for b in batch_ids}
+            for r in await conn.fetch(
+                "SELECT batch_id, leaf_hash FROM reading_seqs WHERE batch_id = ANY($1::bigint[]) "
+                "ORDER BY batch_id, batch_index",
+                batch_ids,
+            ):
+                leaves[r["batch_id"]].append(bytes(r["leaf_hash"]))
+            top = max((b["log_index"] for b in batch_rows), default=-1)
+            head = await conn.fetchrow(
+                "SELECT c.log_size, c.root, c.note FROM checkpoints c WHERE c.log_size > $1 "
+                "AND EXISTS (SELECT 1 FROM anchors a WHERE a.log_size = c.log_size) "
+                "ORDER BY c.log_size DESC LIMIT 1",
+                top,
+            ) or await conn.fetchrow(
+                "SELECT log_size, root, note FROM checkpoints ORDER BY log_size DESC LIMIT 1"
+            )
+            if head is None:
+                raise _not_found("the batch log is empty")
+            log_size: int = head["log_size"]
+            anchors = [
+                AnchorRecord(a["chain_id"], a["contract"], a["tx_hash"], a["block_number"],
+                             _rfc3339(a["block_time"]))
+                for a in await conn.fetch(
+                    "SELECT chain_id, contract, tx_hash, block_number, block_time FROM anchors "
+                    "WHERE log_size = $1 ORDER BY backend",
+                    log_size,
+                )
+            ]  # fmt: skip
+            elements: list[Sequence[tuple[int, int]]] = []
+            spans: dict[int, tuple[int, int]] = {}
+            for b in batch_rows:
+                nodes = log_inclusion_nodes(b["log_index"], log_size)
+                spans[b["id"]] = (len(elements), len(elements) + len(nodes))
+                elements.extend(nodes)
+            resolved = await self._resolve_nodes(
+                conn, elements, f"completeness of {device_id}", hasher=hasher
+            )
+        batches: dict[int, StoredBatch] = {}
+        for b in batch_rows:
+            root = bytes(b["root"])
+            if merkle.root(leaves[b["id"]], hasher=hasher) != root:
+                raise StoreError(
+                    f"batch {b['id']}: its stored leaves do not recompute to its root",
+                    reason="log_inconsistent",
+                )
+            lo, end = spans[b["id"]]
+            batches[b["id"]] = StoredBatch(
+                b["id"], root, b["log_index"], tuple(leaves[b["id"]]), tuple(resolved[lo:end])
+            )
+        readings = [
+            StoredReading(
+                r["seq"],
+                r["format"],
+                None if r["envelope"] is None else bytes(r["envelope"]),
+                bytes(r["leaf_hash"]),
+                r["batch_id"],
+                r["batch_index"],
+            )
+            for r in rows
+        ]
+        try:
+            # Hashing every involved batch's tree is CPU work: keep it off the event loop.
+            return await asyncio.to_thread(
+                functools.partial(
+                    build_completeness,
+                    device_id=device_id,
+                    from_seq=from_seq,
+                    to_seq=max(hi, from_seq - 1),
+                    latest_seq=latest,
+                    readings=readings,
+                    batches=batches,
+                    log_size=log_size,
+                    log_root=bytes(head["root"]),
+                    checkpoint=head["note"],
+                    anchors=anchors,
+                    hasher=hasher,
+                )
+            )
+        except AnchorError as exc:
+            raise StoreError(exc.detail, reason="log_inconsistent") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    id: int
+    size: int
+    root: bytes
+    log_index: int
+    sealed_at: datetime
+    leaf_hashes: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,10 @@ The checks, in order (DESIGN.md "Receipt"):
 7. ``checkpoint_signature`` the note is signed by the operator key the verifier trusts;
 8. ``anchors``    each anchor holds ``log.root`` on chain (needs a chain endpoint).
 
-A check the verifier cannot run (no device key, no log key, no chain endpoint) is ``skip``,
-never ``pass``; a receipt is valid when no check failed, and *fully* verified when none was
-skipped either.
+A check the verifier cannot run (no device key, no log key, no chain endpoint, or, for a
+reading erased by the operator, no envelope: checks 1-3 then skip and ``leaf_hash`` itself is
+what the batch path proves) is ``skip``, never ``pass``; a receipt is valid when no check
+failed, and *fully* verified when none was skipped either.
 """
 
 from __future__ import annotations
@@ -158,10 +159,30 @@ def _check_signature(envelope: Envelope | None, device_keys: Mapping[bytes, Publ
     return Check("signature", "pass", f"{envelope.alg} signature by kid {envelope.kid.hex()[:16]}…")
 
 
+def _erased(receipt: Receipt) -> str | None:
+    """The skip detail for an erased reading's receipt (no envelope), else None."""
+    if receipt.status != "erased" or receipt.envelope:
+        return None
+    erasure = receipt.extra.get("erasure")
+    info = ""
+    if isinstance(erasure, Mapping):
+        info = ", ".join(
+            f"{k} {str(erasure[k])[:200]}"
+            for k in ("erased_at", "erased_by", "legal_reason")
+            if k in erasure
+        )
+    return f"erased by the operator (tombstone{': ' + info if info else ''})"
+
+
 def _check_proofs(receipt: Receipt, hasher: merkle.Hasher) -> list[Check]:
     checks = []
+    erased = _erased(receipt)
     computed_leaf = merkle.leaf_hash(receipt.envelope, hasher=hasher)
-    if computed_leaf == receipt.leaf_hash:
+    if erased is not None:
+        # No envelope to hash: the receipt's leaf_hash is what the batch path proves.
+        computed_leaf = receipt.leaf_hash
+        checks.append(Check("leaf_hash", "skip", erased))
+    elif computed_leaf == receipt.leaf_hash:
         checks.append(Check("leaf_hash", "pass", computed_leaf.hex()))
     else:
         checks.append(
@@ -236,9 +257,14 @@ def verify_receipt(
         hasher = _hasher_of(receipt)
     except AnchorError as exc:
         return ReceiptReport(receipt.device_id, receipt.seq, (_fail("envelope", exc),))
-    envelope_check, envelope = _check_envelope(receipt)
-    checks.append(envelope_check)
-    checks.append(_check_signature(envelope, {k.kid: k for k in device_keys}))
+    erased = _erased(receipt)
+    if erased is not None:
+        checks.append(Check("envelope", "skip", erased))
+        checks.append(Check("signature", "skip", erased))
+    else:
+        envelope_check, envelope = _check_envelope(receipt)
+        checks.append(envelope_check)
+        checks.append(_check_signature(envelope, {k.kid: k for k in device_keys}))
     checks.extend(_check_proofs(receipt, hasher))
     checks.extend(_check_checkpoint(receipt, log_verifiers))
     if not receipt.anchors:

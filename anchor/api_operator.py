@@ -1,0 +1,471 @@
+"""Operator endpoints of the API: device registry, erasure, anchoring, audit log, metrics.
+
+Every operator endpoint takes a bearer token (``Authorization: Bearer ca_<id>_<secret>``, see
+:mod:`anchor.tokens`) with one scope:
+
+* ``POST /v1/devices`` (``devices:write``): register, exactly as DESIGN.md "Interfaces"
+  (body exactly ``{"device_id", "public_key_jwk", "district", "kind"}``): 201, the device;
+* ``POST /v1/devices/{id}/rotate`` (``devices:write``): ``{"public_key_jwk"}``: 200, the device;
+* ``POST /v1/devices/{id}/revoke`` (``devices:write``): ``{"reason"}`` (optional): 200;
+* ``DELETE /v1/readings/{id}/{seq}`` (``readings:erase``): ``legal_reason`` in the JSON body
+  or the query: 200 with the tombstone;
+* ``POST /v1/anchors/run`` (``anchors:run``): one anchoring step: 202 with its results;
+* ``GET /v1/audit?after=&limit=`` (``audit:read``): the audit log, oldest first, id cursor;
+* ``GET /metrics`` (``metrics:read``): Prometheus text format 0.0.4 (see :mod:`anchor.metrics`).
+
+Public (no token; a device's public key is public information, and a city app needs it to
+verify signatures): ``GET /v1/devices?district=&status=&after=&limit=`` (cursor: the last
+device id of the previous page, ``next`` in the answer) and ``GET /v1/devices/{id}``.
+
+A device record: ``device_id``, ``district``, ``kind``, ``status``, ``registered_at``,
+``revoked_at``, ``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the
+current key), ``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the
+current key) and ``keys`` (the whole key history, each with ``kid``, ``kid_b64url``,
+``key_type``, ``public_key_jwk``, ``valid_from``, ``valid_until``, ``current``).
+``mqtt_username`` and ``mqtt_password`` are absent: the broker does not require device logins
+yet; once it does, the registration answer carries them (and only that answer).
+
+Errors are problem documents (RFC 9457) with a ``reason``: ``unauthorized`` (401: no token, a
+malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), ``forbidden``
+(403: the token lacks the scope), ``bad_request`` (400: body not JSON, fields missing, unknown
+or of the wrong type, bad query parameters), ``key_invalid`` (400: the JWK), ``device_id_invalid``
+(400), ``conflict`` (409: device or key already registered, device already revoked, anchoring
+job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no chain configured).
+
+Erasure (PIPL / GDPR): ``DELETE /v1/readings/{device_id}/{seq}`` sets the stored envelope to
+NULL (its bytes and so its values are gone) and records a tombstone (who, when, legal reason);
+the leaf hash, the batch and every proof stay, so every other receipt still verifies, and the
+erased reading's receipt says ``"status": "erased"`` with an ``erasure`` object. Idempotent:
+the answer is 200 ``{"status": "erased", "erased_now": bool, "tombstone": {...}}``, with the
+first tombstone again (``erased_now`` false) on a repeat.
+
+Audit log: every request to a changing endpoint (POST/DELETE above) is recorded, whatever its
+outcome (including 401 and 403), with the actor (token name, or ``anonymous``), token id,
+action, target, outcome (``ok`` or the reason code), HTTP status, remote address and details.
+Reading it needs ``audit:read``, not ``metrics:read``: it names people and legal reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from anchor import operator_store as ops
+from anchor import tokens
+from anchor.api import CONTEXT, Handler, problem, status_for
+from anchor.errors import AnchorError
+from anchor.keys import PublicKey, b64url_encode
+from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
+from anchor.operator_store import TokenRow
+from anchor.store import DeviceRecord, StoreError
+from anchor.tokens import TokenError
+
+__all__ = ["METRICS", "add_routes", "device_json"]
+
+log = logging.getLogger("anchor.api")
+
+METRICS: web.AppKey[MetricsState] = web.AppKey("metrics", MetricsState)
+# Per-request notes for the audit entry (what the handler learnt, how it refused).
+AUDIT_DETAIL: web.RequestKey[dict[str, Any]] = web.RequestKey("audit_detail", dict)
+AUDIT_OUTCOME: web.RequestKey[str] = web.RequestKey("audit_outcome", str)
+ANCHOR_STEP_TIMEOUT_S = 90.0
+_DEVICE_FIELDS = ("device_id", "public_key_jwk", "district", "kind")
+_MAX_TEXT = 256
+_MAX_LEGAL_REASON = 1000
+OperatorHandler = Callable[[web.Request, TokenRow], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(AnchorError):
+    reason = "bad_request"
+
+
+# --------------------------------------------------------------------------------------------
+# Representations
+
+
+def _when(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def device_json(record: DeviceRecord) -> dict[str, Any]:
+    """The device record the API answers with (see the module docstring)."""
+    current = record.current_key
+    return {
+        "device_id": record.device_id,
+        "district": record.district,
+        "kind": record.kind,
+        "status": record.status,
+        "registered_at": _when(record.registered_at),
+        "revoked_at": _when(record.revoked_at),
+        "revoke_reason": record.revoke_reason,
+        "kid": current.kid.hex() if current else None,
+        "kid_b64url": b64url_encode(current.kid) if current else None,
+        "public_key_jwk": current.public_key.to_jwk() if current else None,
+        "keys": [
+            {
+                "kid": k.kid.hex(),
+                "kid_b64url": b64url_encode(k.kid),
+                "key_type": k.public_key.key_type,
+                "public_key_jwk": k.public_key.to_jwk(),
+                "valid_from": _when(k.valid_from),
+                "valid_until": _when(k.valid_until),
+                "current": k.current,
+            }
+            for k in record.keys
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Request helpers
+
+
+async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise BadRequest("the request needs a JSON object body")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _exact_fields(
+    body: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> None:
+    missing = [k for k in required if k not in body]
+    extra = [k for k in body if k not in required and k not in optional]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(missing))
+        if extra:
+            parts.append("unknown " + ", ".join(repr(k)[:40] for k in extra[:5]))
+        raise BadRequest(f"{'; '.join(parts)} (expected exactly {', '.join(required + optional)})")
+
+
+def _text_field(body: Mapping[str, Any], name: str, limit: int = _MAX_TEXT) -> str:
+    value = body.get(name, "")
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    if len(value) > limit or "\x00" in value:
+        raise BadRequest(f"{name} must be at most {limit} characters, without NUL")
+    return value
+
+
+def _jwk(value: object) -> PublicKey:
+    if not isinstance(value, dict):
+        raise AnchorError("public_key_jwk must be a JWK object", reason="key_invalid")
+    return PublicKey.from_jwk(value)  # KeyMaterialError: key_invalid
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdecimal() or len(text) > 19 or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be an integer in [{low}, {high}]")
+    return int(text)
+
+
+def _seq(text: str) -> int:
+    if not text.isdecimal() or len(text) > 19 or not 1 <= int(text) < 1 << 63:
+        raise StoreError(f"no reading with seq {text[:24]!r}", reason="not_found")
+    return int(text)
+
+
+# --------------------------------------------------------------------------------------------
+# Authentication, authorisation and the audit log
+
+
+async def _target(request: web.Request) -> str:
+    info = request.match_info
+    if "seq" in info:
+        return f"reading:{info.get('device_id', '')}/{info['seq']}"
+    if "device_id" in info:
+        return f"device:{info['device_id']}"
+    if request.path == "/v1/devices" and request.method == "POST":
+        # A refused registration is audited under the device it named, when it named one.
+        try:
+            device_id = json.loads(await request.read()).get("device_id")
+        except (ValueError, AttributeError, web.HTTPException):
+            device_id = None
+        if isinstance(device_id, str):
+            return f"device:{device_id[:64]}"
+    return ""
+
+
+def _refusal(exc: AnchorError, scope: str) -> web.Response:
+    status = status_for(exc.reason)
+    resp = problem(status, exc.reason, exc.detail)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="cityanchor", error="invalid_token"'
+    elif status == 403:
+        resp.headers["WWW-Authenticate"] = (
+            f'Bearer realm="cityanchor", error="insufficient_scope", scope="{scope}"'
+        )
+    return resp
+
+
+def operator(scope: str, action: str | None = None) -> Callable[[OperatorHandler], Handler]:
+    """Wrap a handler: authenticate the bearer token, require ``scope``, and when ``action``
+    is given (a changing endpoint) record the request in the audit log, whatever its outcome."""
+
+    def wrap(handler: OperatorHandler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            ctx = request.app[CONTEXT]
+            metrics = request.app[METRICS]
+            token: TokenRow | None = None
+            status, outcome = 500, "internal"
+            try:
+                try:
+                    text = tokens.bearer(request.headers.get("Authorization"))
+                    token = await tokens.authenticate(ctx.store, text)
+                    tokens.require_scope(token, scope)
+                except TokenError as exc:
+                    metrics.auth_failed(exc.failure)
+                    status, outcome = status_for(exc.reason), exc.reason
+                    return _refusal(exc, scope)
+                try:
+                    response = await handler(request, token)
+                except AnchorError as exc:
+                    status, outcome = status_for(exc.reason), exc.reason
+                    raise
+                except web.HTTPException as exc:
+                    status, outcome = exc.status, "http_error"
+                    raise
+                status = response.status
+                outcome = "ok" if status < 400 else request.get(AUDIT_OUTCOME, "error")
+                return response
+            finally:
+                if action is not None:
+                    await _audit(request, token, action, status, outcome)
+
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    return wrap
+
+
+async def _audit(
+    request: web.Request, token: TokenRow | None, action: str, status: int, outcome: str
+) -> None:
+    ctx = request.app[CONTEXT]
+    target = await _target(request)
+    try:
+        await ops.record_audit(
+            ctx.store,
+            actor=token.name if token is not None else "anonymous",
+            token_id=token.id if token is not None else None,
+            action=action,
+            target=target,
+            outcome=outcome,
+            status=status,
+            detail=request.get(AUDIT_DETAIL) or {},
+            remote_addr=request.remote,
+        )
+    except AnchorError as exc:
+        # The action itself is done (or refused); losing its audit entry is logged loudly.
+        log.error("audit entry for %s %s lost: %s", action, target, exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Devices
+
+
+@operator("devices:write", "device.register")
+async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    body = await _json_object(request)
+    _exact_fields(body, _DEVICE_FIELDS)
+    device_id = body["device_id"]
+    if not isinstance(device_id, str):
+        raise StoreError("device_id must be a string", reason="device_id_invalid")
+    district, kind = _text_field(body, "district"), _text_field(body, "kind")
+    key = _jwk(body["public_key_jwk"])
+    request[AUDIT_DETAIL] = {"district": district, "kind": kind, "kid": key.kid.hex()}
+    record = await ctx.store.register_device(device_id, key, district=district, kind=kind)
+    return web.json_response(
+        device_json(record), status=201, headers={"Location": f"/v1/devices/{device_id}"}
+    )
+
+
+@operator("devices:write", "device.rotate")
+async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    body = await _json_object(request)
+    _exact_fields(body, ("public_key_jwk",))
+    key = _jwk(body["public_key_jwk"])
+    request[AUDIT_DETAIL] = {"kid": key.kid.hex()}
+    record = await ctx.store.rotate_device_key(request.match_info["device_id"], key)
+    return web.json_response(device_json(record))
+
+
+@operator("devices:write", "device.revoke")
+async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    body = await _json_object(request, optional=True)
+    _exact_fields(body, (), ("reason",))
+    reason = _text_field(body, "reason", 1024)
+    request[AUDIT_DETAIL] = {"reason": reason}
+    record = await ctx.store.revoke_device(request.match_info["device_id"], reason=reason)
+    return web.json_response(device_json(record))
+
+
+async def _list_devices(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    status = request.query.get("status") or None
+    if status not in (None, "active", "revoked"):
+        raise BadRequest("status must be active or revoked")
+    limit = _int_query(request, "limit", 100, 1, 1000)
+    records = await ctx.store.list_devices(
+        district=request.query.get("district") or None,
+        status=status,
+        after=request.query.get("after") or None,
+        limit=limit,
+    )
+    return web.json_response(
+        {
+            "devices": [device_json(r) for r in records],
+            "next": records[-1].device_id if len(records) == limit else None,
+        }
+    )
+
+
+async def _get_device(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    record = await ctx.store.get_device(request.match_info["device_id"])
+    return web.json_response(device_json(record))
+
+
+# --------------------------------------------------------------------------------------------
+# Erasure
+
+
+@operator("readings:erase", "reading.erase")
+async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    device_id, seq = request.match_info["device_id"], _seq(request.match_info["seq"])
+    body = await _json_object(request, optional=True)
+    _exact_fields(body, (), ("legal_reason",))
+    legal = body.get("legal_reason", request.query.get("legal_reason", ""))
+    if not isinstance(legal, str) or not legal.strip():
+        raise BadRequest("legal_reason is required (in the JSON body or the query)")
+    if len(legal) > _MAX_LEGAL_REASON or "\x00" in legal:
+        raise BadRequest(f"legal_reason must be at most {_MAX_LEGAL_REASON} characters")
+    request[AUDIT_DETAIL] = {"legal_reason": legal}
+    stone, now = await ops.erase_reading(
+        ctx.store, device_id, seq, actor=token.name, legal_reason=legal, token_id=token.id
+    )
+    request[AUDIT_DETAIL] = {"legal_reason": legal, "erased_now": now}
+    return web.json_response({"status": "erased", "erased_now": now, "tombstone": stone.to_dict()})
+
+
+# --------------------------------------------------------------------------------------------
+# Anchoring
+
+
+@operator("anchors:run", "anchors.run")
+async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    from anchor.anchor_main import build_backend
+    from anchor.anchoring import AnchorJob
+
+    ctx = request.app[CONTEXT]
+    chains = [c for c in ctx.settings.chains if c.contract]
+    if not chains:
+        request[AUDIT_OUTCOME] = "anchoring_unconfigured"
+        return problem(
+            503, "anchoring_unconfigured", "no anchoring chain with a contract is configured"
+        )
+    backends = [build_backend(c) for c in chains]
+    async with ops.anchor_lock_nowait(ctx.store) as held:
+        if not held:
+            raise StoreError(
+                "the anchoring job is running (it holds the anchoring lock); it will anchor "
+                "the newest checkpoint itself",
+                reason="conflict",
+            )
+        results = await asyncio.wait_for(
+            AnchorJob(store=ctx.store, backends=backends).step(), ANCHOR_STEP_TIMEOUT_S
+        )
+    doc = [
+        {
+            "backend": r.backend,
+            "outcome": r.outcome,
+            "log_size": r.log_size,
+            "tx_hash": r.tx_hash,
+            "detail": r.detail,
+        }
+        for r in results
+    ]
+    request[AUDIT_DETAIL] = {"results": doc}
+    return web.json_response({"results": doc}, status=202)
+
+
+# --------------------------------------------------------------------------------------------
+# Audit log and metrics
+
+
+@operator("audit:read")
+async def _audit_log(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    after = _int_query(request, "after", 0, 0, (1 << 63) - 1)
+    limit = _int_query(request, "limit", 100, 1, 1000)
+    entries = await ops.list_audit(ctx.store, after=after, limit=limit)
+    return web.json_response(
+        {
+            "entries": [e.to_dict() for e in entries],
+            "next": entries[-1].id if len(entries) == limit else None,
+        }
+    )
+
+
+@operator("metrics:read")
+async def _metrics(request: web.Request, token: TokenRow) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    families = await collect(
+        ctx.store,
+        request.app[METRICS],
+        backends=[c.name for c in ctx.settings.chains],
+    )
+    return web.Response(
+        body=render(families).encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
+    )
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    try:
+        return await handler(request)
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].observe_request(route, time.perf_counter() - started)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the operator routes, the metrics state and its latency middleware."""
+    app[METRICS] = MetricsState()
+    app.middlewares.append(_observe)
+    r = app.router
+    r.add_post("/v1/devices", _register)
+    r.add_get("/v1/devices", _list_devices)
+    r.add_get("/v1/devices/{device_id}", _get_device)
+    r.add_post("/v1/devices/{device_id}/rotate", _rotate)
+    r.add_post("/v1/devices/{device_id}/revoke", _revoke)
+    r.add_delete("/v1/readings/{device_id}/{seq}", _erase)
+    r.add_post("/v1/anchors/run", _anchor_run)
+    r.add_get("/v1/audit", _audit_log)
+    r.add_get("/metrics", _metrics)

@@ -1,0 +1,151 @@
+"""The proof explorer (``/explorer``) in headless Chromium, against the real API process.
+
+The Debian ``chromium`` package is driven by playwright-core (``tests/browser/run-explorer.mjs``,
+pinned in package.json): look readings up and see every check pass in the browser; paste a
+tampered receipt and see the failing checks named. Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from anchor.verify import CHECK_NAMES
+from integration.api_fixtures import ApiWorld
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+RUNNER = ROOT / "tests" / "browser" / "run-explorer.mjs"
+ARTIFACTS = ROOT / "test-artifacts"
+
+ALL_PASS = dict.fromkeys(CHECK_NAMES, "pass")
+
+
+def _get(world: ApiWorld, path: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(world.url(path), timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_explorer_serves_page_config_and_static_files(api_world: ApiWorld) -> None:
+    status, headers, body = _get(api_world, "/explorer")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b'src="/explorer/static/explorer.js"' in body
+    csp = headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    # The page may call the chain's JSON-RPC, and nothing else off this origin.
+    assert f"connect-src 'self' {api_world.rpc_url.rstrip('/')}" in csp
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+    status, _, body = _get(api_world, "/explorer/config.json")
+    assert status == 200
+    config = json.loads(body)
+    assert config["chains"] == [
+        {
+            "name": "local",
+            "chain_id": api_world.chain_id,
+            "rpc_url": api_world.rpc_url,
+            "contract": api_world.contract,
+        }
+    ]
+    assert config["operator_vkey"] == api_world.operator.verifier.vkey()
+    assert config["operator_vkeys"] == [api_world.operator.verifier.vkey()]
+
+    for name, media_type in (
+        ("explorer.js", "text/javascript"),
+        ("verify.js", "text/javascript"),
+        ("explorer.css", "text/css"),
+    ):
+        status, headers, _ = _get(api_world, f"/explorer/static/{name}")
+        assert status == 200 and headers["Content-Type"].startswith(media_type), name
+    for name in ("index.html", "..%2F__init__.py", "nope.js"):
+        status, headers, body = _get(api_world, f"/explorer/static/{name}")
+        assert status == 404, name
+        assert json.loads(body)["reason"] == "not_found"
+
+
+def _run_browser(world: ApiWorld, targets: list[tuple[str, int]]) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not on PATH (make install needs it for anvil too)")
+    if not (ROOT / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("playwright-core is not installed: run `npm ci` (make install does)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "explorer.png"
+    for old in (screenshot, ARTIFACTS / "explorer-tampered.png"):
+        old.unlink(missing_ok=True)
+    result = subprocess.run(
+        [node, str(RUNNER), world.base_url, str(screenshot), *(f"{d}:{s}" for d, s in targets)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no output from the browser script (exit {result.returncode}): {result.stderr}"
+    out: dict[str, Any] = json.loads(lines[-1])
+    assert result.returncode == 0 and "error" not in out, out.get("error") or result.stderr
+    return out
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium is missing: install the Debian `chromium` package "
+    "(scripts/ensure-system-deps.sh does)",
+)
+def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) -> None:
+    # Readings of api-dev-00 (Ed25519, COSE_Sign1), -01 (P-256, JWS), -03 (Ed25519, JWS);
+    # then one that is sealed but not anchored yet.
+    anchored = [api_world.anchored[i] for i in (0, 1, 3)]
+    sealed = api_world.sealed_only[0]
+    for device_id, seq in [*anchored, sealed]:
+        status, _, _ = _get(api_world, f"/v1/receipts/{device_id}/{seq}")
+        assert status == 200, f"GET /v1/receipts/{device_id}/{seq}: {status}"
+
+    out = _run_browser(api_world, [*anchored, sealed])
+
+    assert out["console_errors"] == []
+    *looked_up, sealed_result = out["lookups"]
+    # 1) Looked up through the form: every check passes in the browser.
+    for result in looked_up:
+        assert result["state"] == "done", result
+        assert result["checks"] == ALL_PASS, result["details"]
+        assert result["verdict"].startswith("Fully verified"), result
+    assert sealed_result["checks"] == {**ALL_PASS, "anchors": "skip"}, sealed_result["details"]
+    assert "not anchored yet" in sealed_result["details"]["anchors"]
+    first = looked_up[0]
+    assert first["title"] == f"Receipt: {anchored[0][0]} #{anchored[0][1]}"
+    assert first["url"].endswith(f"/explorer?device_id={anchored[0][0]}&seq={anchored[0][1]}")
+
+    # 2) Pasted with one envelope byte flipped: the signature and the hashes fail, by name.
+    envelope = out["tampered"]["envelope_byte"]
+    assert envelope["state"] == "done"
+    assert envelope["checks"] == {
+        **ALL_PASS,
+        "signature": "fail",
+        "leaf_hash": "fail",
+        "batch_path": "fail",
+    }, envelope["details"]
+    assert "signature, leaf_hash, batch_path failed" in envelope["verdict"]
+    # ... and with log.root changed: the log path, the checkpoint and the anchor fail.
+    log_root = out["tampered"]["log_root"]
+    assert log_root["checks"] == {
+        **ALL_PASS,
+        "log_path": "fail",
+        "checkpoint": "fail",
+        "anchors": "fail",
+    }, log_root["details"]
+    assert "log root not anchored" in log_root["details"]["anchors"]
+
+    # 3) The screenshots are test artifacts.
+    for path in out["screenshots"]:
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
