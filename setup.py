@@ -12,7 +12,13 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["anchor", "anchor.*", "devices", "devices.*"]),
     package_data={
-        "anchor": ["py.typed", "schemas/*.json", "contracts/*.json", "contracts/*.sol"],
+        "anchor": [
+            "py.typed",
+            "schemas/*.json",
+            "contracts/*.json",
+            "contracts/*.sol",
+            "explorer/static/*",
+        ],
         "devices": ["py.typed"],
     },
     install_requires=[

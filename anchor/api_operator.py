@@ -27,8 +27,9 @@ yet; once it does, the registration answer carries them (and only that answer).
 
 Errors are problem documents (RFC 9457) with a ``reason``: ``unauthorized`` (401: no token, a
 malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), ``forbidden``
-(403: the token lacks the scope), ``bad_request`` (400: body not JSON, fields missing, unknown
-or of the wrong type, bad query parameters), ``key_invalid`` (400: the JWK), ``device_id_invalid``
+(403: the token lacks the scope), ``body_malformed`` (400: body not a UTF-8 JSON object,
+duplicate keys, fields missing, unknown or of the wrong type), ``invalid_parameter`` (400: a
+query or path parameter out of range), ``key_invalid`` (400: the JWK), ``device_id_invalid``
 (400), ``conflict`` (409: device or key already registered, device already revoked, anchoring
 job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no chain configured).
 
@@ -82,7 +83,11 @@ OperatorHandler = Callable[[web.Request, TokenRow], Awaitable[web.StreamResponse
 
 
 class BadRequest(AnchorError):
-    reason = "bad_request"
+    """A request body the endpoint cannot act on (``body_malformed``, 400), or a query or path
+    parameter out of its range (``invalid_parameter``, 400): the codes ``anchor.api_public``
+    uses too."""
+
+    reason = "body_malformed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,6 +131,15 @@ def device_json(record: DeviceRecord) -> dict[str, Any]:
 # Request helpers
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadRequest(f"duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
@@ -133,9 +147,11 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
             return {}
         raise BadRequest("the request needs a JSON object body")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
+        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except BadRequest:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}")
     return body
@@ -175,13 +191,18 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     if text is None or text == "":
         return default
     if not text.isdecimal() or len(text) > 19 or not low <= int(text) <= high:
-        raise BadRequest(f"{name} must be an integer in [{low}, {high}]")
+        raise BadRequest(
+            f"{name} must be a decimal integer in [{low}, {high}]", reason="invalid_parameter"
+        )
     return int(text)
 
 
 def _seq(text: str) -> int:
     if not text.isdecimal() or len(text) > 19 or not 1 <= int(text) < 1 << 63:
-        raise StoreError(f"no reading with seq {text[:24]!r}", reason="not_found")
+        raise BadRequest(
+            f"seq {text[:24]!r} is not a decimal integer in [1, 2^63-1]",
+            reason="invalid_parameter",
+        )
     return int(text)
 
 
@@ -327,7 +348,7 @@ async def _list_devices(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     status = request.query.get("status") or None
     if status not in (None, "active", "revoked"):
-        raise BadRequest("status must be active or revoked")
+        raise BadRequest("status must be active or revoked", reason="invalid_parameter")
     limit = _int_query(request, "limit", 100, 1, 1000)
     records = await ctx.store.list_devices(
         district=request.query.get("district") or None,
@@ -361,9 +382,14 @@ async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
     _exact_fields(body, (), ("legal_reason",))
     legal = body.get("legal_reason", request.query.get("legal_reason", ""))
     if not isinstance(legal, str) or not legal.strip():
-        raise BadRequest("legal_reason is required (in the JSON body or the query)")
+        raise BadRequest(
+            "legal_reason is required (in the JSON body or the query)", reason="invalid_parameter"
+        )
     if len(legal) > _MAX_LEGAL_REASON or "\x00" in legal:
-        raise BadRequest(f"legal_reason must be at most {_MAX_LEGAL_REASON} characters")
+        raise BadRequest(
+            f"legal_reason must be at most {_MAX_LEGAL_REASON} characters",
+            reason="invalid_parameter",
+        )
     request[AUDIT_DETAIL] = {"legal_reason": legal}
     stone, now = await ops.erase_reading(
         ctx.store, device_id, seq, actor=token.name, legal_reason=legal, token_id=token.id
@@ -469,3 +495,279 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/anchors/run", _anchor_run)
     r.add_get("/v1/audit", _audit_log)
     r.add_get("/metrics", _metrics)
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAPI (merged into /openapi.json by anchor.openapi)
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "Problem Details (RFC 9457) with a reason code",
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for s in (*statuses, 500, 503)
+    }
+
+
+def _ok(status: int, schema: str, description: str) -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
+def _scoped(scope: str) -> list[dict[str, list[str]]]:
+    return [{"bearerToken": [scope]}]
+
+
+_DEVICE_ID_PARAM = {
+    "name": "device_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_JWK = {"$ref": "#/components/schemas/Jwk"}
+
+OPENAPI_COMPONENTS: dict[str, Any] = {
+    "securitySchemes": {
+        "bearerToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "ca_<id>_<base64url secret>",
+            "description": "Created with `cityanchor token create --name N --scope S`. Scopes: "
+            "devices:write, readings:erase, anchors:run, metrics:read, audit:read. Missing, "
+            "wrong or revoked: 401 `unauthorized`; without the scope: 403 `forbidden`.",
+        }
+    },
+    "schemas": {
+        "Device": {
+            "type": "object",
+            "required": ["device_id", "district", "kind", "status", "kid", "kid_b64url", "keys"],
+            "properties": {
+                "device_id": {"type": "string"},
+                "district": {"type": "string"},
+                "kind": {"type": "string"},
+                "status": {"enum": ["active", "revoked"]},
+                "registered_at": _TIME,
+                "revoked_at": _TIME,
+                "revoke_reason": {"type": ["string", "null"]},
+                "kid": {
+                    "type": ["string", "null"],
+                    "pattern": "^[0-9a-f]{64}$",
+                    "description": "hex of the RFC 7638 SHA-256 thumbprint of the current key",
+                },
+                "kid_b64url": {"type": ["string", "null"]},
+                "public_key_jwk": {"oneOf": [_JWK, {"type": "null"}]},
+                "keys": {"type": "array", "items": {"type": "object"}},
+                "mqtt_username": {
+                    "type": "string",
+                    "description": "only once the broker requires device logins (not yet)",
+                },
+                "mqtt_password": {
+                    "type": "string",
+                    "description": "only once the broker requires device logins (not yet)",
+                },
+            },
+        },
+        "DevicePage": {
+            "type": "object",
+            "required": ["devices", "next"],
+            "properties": {
+                "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}},
+                "next": {"type": ["string", "null"], "description": "the `after` of the next page"},
+            },
+        },
+        "Erasure": {
+            "type": "object",
+            "required": ["status", "erased_now", "tombstone"],
+            "properties": {
+                "status": {"const": "erased"},
+                "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
+                "tombstone": {
+                    "type": "object",
+                    "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
+                    "properties": {
+                        "device_id": {"type": "string"},
+                        "seq": {"type": "integer"},
+                        "leaf_hash": {"type": "string"},
+                        "erased_at": {"type": "string", "format": "date-time"},
+                        "actor": {"type": "string"},
+                        "legal_reason": {"type": "string"},
+                    },
+                },
+            },
+        },
+        "AnchorRun": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"results": {"type": "array", "items": {"type": "object"}}},
+        },
+        "AuditPage": {
+            "type": "object",
+            "required": ["entries", "next"],
+            "properties": {
+                "entries": {"type": "array", "items": {"type": "object"}},
+                "next": {"type": ["integer", "null"]},
+            },
+        },
+    },
+}
+
+_JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/devices": {
+        "post": {
+            "tags": ["operator"],
+            "operationId": "registerDevice",
+            "summary": "Register a device (scope devices:write)",
+            "security": _scoped("devices:write"),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": list(_DEVICE_FIELDS),
+                            "additionalProperties": False,
+                            "properties": {
+                                "device_id": {"type": "string"},
+                                "public_key_jwk": _JWK,
+                                "district": {"type": "string"},
+                                "kind": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                **_ok(201, "Device", "Registered."),
+                **_problems(400, 401, 403, 409, 413),
+            },
+        },
+        "get": {
+            "tags": ["operator"],
+            "operationId": "listDevices",
+            "summary": "List devices (public: device keys are public information)",
+            "parameters": [
+                {"name": "district", "in": "query", "schema": {"type": "string"}},
+                {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked"]}},
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+            ],
+            "responses": {**_ok(200, "DevicePage", "One page."), **_problems(400)},
+        },
+    },
+    "/v1/devices/{device_id}": {
+        "get": {
+            "tags": ["operator"],
+            "operationId": "getDevice",
+            "summary": "A device and its key history (public)",
+            "parameters": [_DEVICE_ID_PARAM],
+            "responses": {**_ok(200, "Device", "The device."), **_problems(400, 404)},
+        }
+    },
+    "/v1/devices/{device_id}/rotate": {
+        "post": {
+            "tags": ["operator"],
+            "operationId": "rotateDeviceKey",
+            "summary": "Replace a device's key (scope devices:write); body {public_key_jwk}",
+            "security": _scoped("devices:write"),
+            "parameters": [_DEVICE_ID_PARAM],
+            "requestBody": {"required": True, **_JSON_BODY},
+            "responses": {
+                **_ok(200, "Device", "Rotated."),
+                **_problems(400, 401, 403, 404, 409),
+            },
+        }
+    },
+    "/v1/devices/{device_id}/revoke": {
+        "post": {
+            "tags": ["operator"],
+            "operationId": "revokeDevice",
+            "summary": "Revoke a device (scope devices:write); optional body {reason}",
+            "security": _scoped("devices:write"),
+            "parameters": [_DEVICE_ID_PARAM],
+            "requestBody": {"required": False, **_JSON_BODY},
+            "responses": {
+                **_ok(200, "Device", "Revoked."),
+                **_problems(400, 401, 403, 404, 409),
+            },
+        }
+    },
+    "/v1/readings/{device_id}/{seq}": {
+        "delete": {
+            "tags": ["operator"],
+            "operationId": "eraseReading",
+            "summary": "Erase a reading's envelope for privacy law (scope readings:erase)",
+            "description": "Keeps the leaf hash, batch and proofs; records a tombstone. "
+            "legal_reason in the JSON body or the query. Idempotent (200 again, erased_now "
+            "false, the first tombstone).",
+            "security": _scoped("readings:erase"),
+            "parameters": [
+                _DEVICE_ID_PARAM,
+                {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
+                {"name": "legal_reason", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                **_ok(200, "Erasure", "Erased (now or before)."),
+                **_problems(400, 401, 403, 404),
+            },
+        }
+    },
+    "/v1/anchors/run": {
+        "post": {
+            "tags": ["operator"],
+            "operationId": "runAnchoring",
+            "summary": "Run one anchoring step now (scope anchors:run)",
+            "security": _scoped("anchors:run"),
+            "responses": {
+                **_ok(202, "AnchorRun", "The step's result per backend."),
+                **_problems(401, 403, 409),
+            },
+        }
+    },
+    "/v1/audit": {
+        "get": {
+            "tags": ["operator"],
+            "operationId": "listAudit",
+            "summary": "The audit log, oldest first (scope audit:read)",
+            "security": _scoped("audit:read"),
+            "parameters": [
+                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                },
+            ],
+            "responses": {**_ok(200, "AuditPage", "One page."), **_problems(400, 401, 403)},
+        }
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["operator"],
+            "operationId": "metrics",
+            "summary": "Prometheus metrics, text format 0.0.4 (scope metrics:read)",
+            "security": _scoped("metrics:read"),
+            "responses": {
+                "200": {
+                    "description": "The exposition.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                **_problems(401, 403),
+            },
+        }
+    },
+}

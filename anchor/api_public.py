@@ -257,6 +257,12 @@ def _verify_sync(
 async def _post_verify(request: web.Request) -> web.Response:
     ctx = _context(request)
     body = _parse_body(await request.read())
+    jwk = body.get("device_key")
+    device_key: PublicKey | None = None
+    if jwk is not None:
+        if not isinstance(jwk, dict):
+            raise ApiInputError("device_key must be a JWK object", reason="key_invalid")
+        device_key = PublicKey.from_jwk(jwk)  # KeyMaterialError: key_invalid, 400
     try:
         receipt = receipt_from_dict(body["receipt"])
     except AnchorError as exc:
@@ -273,13 +279,10 @@ async def _post_verify(request: web.Request) -> web.Response:
             },
             cache="no-store",
         )
-    jwk = body.get("device_key")
     keys: list[PublicKey]
     unknown_device = False
-    if jwk is not None:
-        if not isinstance(jwk, dict):
-            raise ApiInputError("device_key must be a JWK object", reason="key_invalid")
-        keys = [PublicKey.from_jwk(jwk)]  # KeyMaterialError: key_invalid, 400
+    if device_key is not None:
+        keys = [device_key]
         source = "request"
     else:
         found = await _registry_keys(ctx, receipt.device_id)

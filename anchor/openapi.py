@@ -55,6 +55,9 @@ EXAMPLE_ANCHOR = {
 }
 
 
+_B64URL_32 = {"type": "string", "pattern": "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _REF + name}
 
@@ -136,27 +139,35 @@ def _schemas() -> dict[str, Any]:
             },
         ),
         "Jwk": {
-            "description": "A device public key (RFC 7517 / RFC 8037).",
+            "description": "A device public key (RFC 7517 / RFC 8037): members are base64url "
+            "without padding of 32 bytes; a P-256 point must be on the curve; a private member "
+            "`d` is refused. Anything else is 400 `key_invalid`.",
             "oneOf": [
                 _obj(
                     ["kty", "crv", "x"],
-                    {"kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": {"type": "string"}},
+                    {"kty": {"const": "OKP"}, "crv": {"const": "Ed25519"}, "x": _B64URL_32},
+                    **{"not": {"required": ["d"]}},
                 ),
                 _obj(
                     ["kty", "crv", "x", "y"],
                     {
                         "kty": {"const": "EC"},
                         "crv": {"const": "P-256"},
-                        "x": {"type": "string"},
-                        "y": {"type": "string"},
+                        "x": _B64URL_32,
+                        "y": _B64URL_32,
                     },
+                    **{"not": {"required": ["d"]}},
                 ),
             ],
         },
         "VerifyRequest": _obj(
             ["receipt"],
             {
-                "receipt": _ref("Receipt"),
+                "receipt": {
+                    "type": "object",
+                    "description": "a `cityanchor/receipt/v1` document (schema `Receipt`); an "
+                    "object that is not one is answered with one failed check named `receipt`",
+                },
                 "device_key": {
                     "anyOf": [_ref("Jwk"), {"type": "null"}],
                     "description": "the device key to trust; default: the registry's key for "

@@ -17,12 +17,16 @@ fi
 if ! command -v npm >/dev/null 2>&1; then
     missing="$missing nodejs npm"
 fi
+# Chromium runs the proof explorer's browser test (driven by the npm playwright-core package).
+if [ ! -x /usr/bin/chromium ]; then
+    missing="$missing chromium"
+fi
 # mosquitto_passwd hashes MQTT passwords; anchor.services can hash them itself, so it is not
 # required, only installed alongside the broker when the broker itself is missing.
 case "$missing" in *mosquitto*) missing="$missing mosquitto-clients" ;; esac
 
 if [ -z "$missing" ]; then
-    echo "ensure-system-deps: PostgreSQL server, Mosquitto and npm already installed; nothing to do."
+    echo "ensure-system-deps: PostgreSQL, Mosquitto, npm and Chromium already installed; nothing to do."
     exit 0
 fi
 

@@ -7,14 +7,15 @@ import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
-  VerifyError, bytesToHex, checkSignature, hexToBytes, leafHash, parseEnvelope, verifyInclusion,
+  VerifyError, bytesToHex, checkSignature, hexToBytes, leafHash, parseEnvelope, parseVkey,
+  verifyInclusion,
 } from "../../anchor/explorer/static/verify.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const VECTORS = join(ROOT, "tests", "vectors");
 const b64 = (s) => Uint8Array.from(Buffer.from(s ?? "", "base64"));
 const mismatches = [];
-const counts = { inclusion: 0, valid_envelopes: 0, invalid_envelopes: 0 };
+const counts = { inclusion: 0, valid_envelopes: 0, invalid_envelopes: 0, vkeys: 0 };
 
 function* jsonFiles(dir) {
   for (const name of readdirSync(dir).sort()) {
@@ -79,6 +80,29 @@ for (const c of invalid.cases) {
     reason = e.reason;
   }
   if (reason !== c.reason) mismatches.push({ vector: `invalid: ${c.desc}`, want: c.reason, got: reason });
+}
+
+// Note verifier keys: every "vkey" string in the note vectors parses, "+" in its base64 or not.
+for (const path of jsonFiles(join(VECTORS, "note"))) {
+  const vkeys = [];
+  const walk = (v) => {
+    if (Array.isArray(v)) v.forEach(walk);
+    else if (v && typeof v === "object") {
+      for (const [k, x] of Object.entries(v)) {
+        if (/vkey|verifier/i.test(k) && typeof x === "string" && x.split("+").length >= 3) vkeys.push(x);
+        else walk(x);
+      }
+    }
+  };
+  walk(JSON.parse(readFileSync(path, "utf8")));
+  for (const vkey of vkeys) {
+    counts.vkeys++;
+    try {
+      await parseVkey(vkey);
+    } catch (e) {
+      mismatches.push({ vector: `vkey in ${path.slice(ROOT.length)}: ${vkey}`, got: e.message });
+    }
+  }
 }
 
 console.log(JSON.stringify({ counts, mismatches }));

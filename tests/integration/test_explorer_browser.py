@@ -118,7 +118,7 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
     # 1) Looked up through the form: every check passes in the browser.
     for result in looked_up:
         assert result["state"] == "done", result
-        assert result["checks"] == ALL_PASS, result["details"]
+        assert result["checks"] == ALL_PASS, json.dumps(result["details"])
         assert result["verdict"].startswith("Fully verified"), result
     assert sealed_result["checks"] == {**ALL_PASS, "anchors": "skip"}, sealed_result["details"]
     assert "not anchored yet" in sealed_result["details"]["anchors"]

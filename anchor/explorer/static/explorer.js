@@ -140,7 +140,7 @@ function renderReading(r, env) {
       ["Previous leaf", rd.prev, "hash"], ["Algorithm", env.alg], ["Key id", bytesToHex(env.kid), "hash"]);
     for (const [k, v] of Object.entries(rd.extra)) rows.push([`Extra: ${k}`, JSON.stringify(v, jsonSafe)]);
   } else {
-    rows.push(["Payload", "the envelope did not parse"]);
+    rows.push(["Payload", r.envelope.length ? "the envelope did not parse" : "erased by the operator"]);
   }
   rows.push(["Leaf hash", bytesToHex(r.leafHash), "hash"]);
   definitions($("reading"), rows);

@@ -584,10 +584,12 @@ async function verifyWith(keyType, jwk, signature, data) {
 
 /** Parse a C2SP note verifier key name+hex(keyhash)+base64(0x01 || pub); throws VerifyError. */
 export async function parseVkey(vkey) {
-  const parts = typeof vkey === "string" ? vkey.trim().split("+") : [];
   const bad = (why) => new VerifyError("bad_key", `operator key ${why}`);
-  if (parts.length !== 3) throw bad("is not name+keyhash+key");
-  const [name, hash, b64] = parts;
+  // The name has no "+"; the standard base64 key may well contain some.
+  const text = typeof vkey === "string" ? vkey.trim() : "";
+  const i = text.indexOf("+"), j = text.indexOf("+", i + 1);
+  if (i <= 0 || j < 0) throw bad("is not name+keyhash+key");
+  const [name, hash, b64] = [text.slice(0, i), text.slice(i + 1, j), text.slice(j + 1)];
   if (!/^[0-9a-f]{8}$/.test(hash)) throw bad("has no 8-digit hex key hash");
   const raw = b64Decode(b64);
   if (!raw || raw.length !== 33 || raw[0] !== 0x01) throw bad("is not an Ed25519 (0x01) key");
@@ -647,8 +649,11 @@ export function parseReceipt(obj) {
   const { reading, batch, log } = obj;
   if (typeof reading.device_id !== "string") throw bad("reading.device_id must be text");
   uint(reading.seq, "reading.seq");
+  // "" is the envelope of a reading the operator erased (privacy law); only with that status.
   const envelope = b64urlDecode(reading.envelope);
-  if (!envelope) throw bad("reading.envelope is not unpadded base64url");
+  if (!envelope || (!envelope.length && obj.status !== "erased")) {
+    throw bad("reading.envelope is not unpadded base64url");
+  }
   const path = (v, what) => {
     if (!Array.isArray(v)) throw bad(`${what} must be a list`);
     return v.map((h, i) => hexToBytes(h, `${what}[${i}]`, 32));
@@ -693,7 +698,20 @@ export function parseReceipt(obj) {
 // The checks
 // ------------------------------------------------------------------------------------------
 
+/** The skip detail for an erased reading's receipt (no envelope), else null. */
+function erasedDetail(r) {
+  if (r.status !== "erased" || r.envelope.length) return null;
+  const e = r.json.erasure;
+  const info = e && typeof e === "object"
+    ? ["erased_at", "erased_by", "legal_reason"].filter((k) => k in e)
+      .map((k) => `${k} ${String(e[k]).slice(0, 200)}`).join(", ")
+    : "";
+  return `erased by the operator (tombstone${info ? ": " + info : ""})`;
+}
+
 function checkEnvelope(r) {
+  const erased = erasedDetail(r);
+  if (erased) return [check("envelope", "skip", erased), null];
   let env;
   try {
     env = parseEnvelope(r.envelope);
@@ -710,7 +728,8 @@ function checkEnvelope(r) {
   return [check("envelope", "pass", `${env.format} ${env.alg}, kind ${rd.kind}`), env];
 }
 
-export async function checkSignature(env, deviceKeys) {
+export async function checkSignature(env, deviceKeys, erased = null) {
+  if (erased) return check("signature", "skip", erased);
   if (!env) return check("signature", "skip", "the envelope did not parse");
   if (!deviceKeys.keys.length) return check("signature", "skip", `no device key: ${deviceKeys.why}`);
   let match = null;
@@ -749,8 +768,10 @@ async function checkProofs(r) {
     return ["leaf_hash", "batch_path", "log_path"].map((n) => check(n, "skip", why));
   }
   const out = [];
-  const leaf = await leafHash(r.envelope);
-  out.push(equalBytes(leaf, r.leafHash)
+  const erased = erasedDetail(r);
+  // An erased reading has no envelope to hash: its leaf_hash is what the batch path proves.
+  const leaf = erased ? r.leafHash : await leafHash(r.envelope);
+  out.push(erased ? check("leaf_hash", "skip", erased) : equalBytes(leaf, r.leafHash)
     ? check("leaf_hash", "pass", bytesToHex(leaf))
     : check("leaf_hash", "fail", `expected ${bytesToHex(r.leafHash)}, calculated ${bytesToHex(leaf)}`,
       "leaf_mismatch"));
@@ -913,7 +934,7 @@ export async function verifyReceipt(r, { deviceKeys, operatorKeys, chains, timeo
       return names.map((n) => check(n, "fail", `unexpected error: ${err && err.message}`, "internal"));
     }
   };
-  checks.push(...await guard(["signature"], async () => [await checkSignature(env, deviceKeys)]));
+  checks.push(...await guard(["signature"], async () => [await checkSignature(env, deviceKeys, erasedDetail(r))]));
   checks.push(...await guard(["leaf_hash", "batch_path", "log_path"], () => checkProofs(r)));
   checks.push(...await guard(["checkpoint", "checkpoint_signature"], () => checkCheckpoint(r, operatorKeys)));
   checks.push(...await guard(["anchors"], async () => [await checkAnchors(r, chains, timeoutMs)]));
