@@ -457,7 +457,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return run_offline_demo(Path(args.out), readings=args.readings, batch_size=args.batch_size)
     from anchor.demo_live import LiveDemoConfig, run_live_demo
 
-    config = LiveDemoConfig(devices=args.devices, rate=args.rate, duration_s=args.duration)
+    config = LiveDemoConfig(
+        devices=args.devices,
+        rate=args.rate,
+        duration_s=args.duration,
+        keep_running=args.keep_running,
+    )
     return run_live_demo(Path(args.out), config)
 
 
@@ -650,6 +655,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the end-to-end demo (private services, simulated fleet)")
     p.add_argument("--out", default="demo-output", help="output directory")
     p.add_argument("--offline", action="store_true", help="the core only: no services needed")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="live: keep the services and the explorer up until Ctrl-C",
+    )
     p.add_argument("--devices", type=int, default=120, help="live: simulated devices")
     p.add_argument("--rate", type=float, default=400.0, help="live: readings per second")
     p.add_argument("--duration", type=float, default=25.0, help="live: seconds of simulation")

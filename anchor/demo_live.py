@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.config import ChainSettings
 from anchor.files import write_private_file, write_public_file
 from anchor.receipt import dumps_receipt
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.services import MosquittoServer, PostgresServer, free_port
 from anchor.store import DeviceSpec, Store, StoredAnchor
 from devices.simulator import SimulationConfig, SimulationReport, make_fleet, run_simulation
 
@@ -60,6 +61,7 @@ class LiveDemoConfig:
     duration_s: float = 25.0
     receipts_batches: int = 3  # write every receipt of this many batches (first, middle, last)
     anchor_period_s: int = 5
+    keep_running: bool = False  # leave the services (and the explorer) up until Ctrl-C
     seed: int = 20261125
 
 
@@ -332,6 +334,30 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
                 _write_receipts(pg.dsn, out / "receipts", config.receipts_batches)
             )
             _say(f"wrote {written} receipts (every reading of batches {picks}) to {out}/receipts/")
+
+            # The HTTP API and the proof explorer, on the same data.
+            port = free_port()
+            api = _Child(
+                ["api", "--port", str(port)], env, out / "logs" / "api.log", b"api listening"
+            )
+            children.append(api)
+            sample = sorted((out / "receipts").glob("*.json"))[0]
+            sample_doc = json.loads(sample.read_text())
+            device_id, seq = sample_doc["reading"]["device_id"], sample_doc["reading"]["seq"]
+            http = f"http://127.0.0.1:{port}"
+            with urllib.request.urlopen(
+                f"{http}/v1/receipts/{device_id}/{seq}", timeout=10
+            ) as resp:
+                served = json.loads(resp.read())
+            ok &= served["leaf_hash"] == sample_doc["leaf_hash"] and served["status"] == "anchored"
+            explorer = f"{http}/explorer?device_id={device_id}&seq={seq}"
+            _say(f"API {http}: GET /v1/receipts/{device_id}/{seq} -> {served['status']}")
+            _say(f"proof explorer (verifies in your browser): {explorer}")
+            if config.keep_running:
+                _say("--keep-running: the services stay up; press Ctrl-C to stop the demo")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
             for child in children:
                 child.stop()
             mq.stop()
@@ -406,6 +432,7 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
             {"log_size": a.log_size, "block_number": a.block_number, "tx_hash": a.tx_hash}
             for a in anchors
         ],
+        "explorer_url": explorer,
         "receipts_written": written,
         "receipts_valid": valid,
         "tampered_rejected": code_t == 1,

@@ -28,7 +28,7 @@ from typing import Any
 from anchor import __version__
 from anchor.api import MAX_BODY_BYTES
 
-__all__ = ["EXTENSION_MODULES", "openapi_document", "render_docs"]
+__all__ = ["EXTENSION_MODULES", "openapi_document", "own_paths", "render_docs"]
 
 EXTENSION_MODULES = ("anchor.api_operator", "anchor.explorer")
 
@@ -816,6 +816,11 @@ def _document() -> dict[str, Any]:
     }
     _merge_extensions(doc)
     return doc
+
+
+def own_paths() -> tuple[str, ...]:
+    """The paths this module describes itself (public and operations), not the extensions'."""
+    return tuple(_paths())
 
 
 def openapi_document() -> dict[str, Any]:

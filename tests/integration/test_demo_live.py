@@ -27,5 +27,6 @@ def test_live_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (out / "operator.vkey").is_file()
     assert "tampered copy" in printed and "exit 1" in printed
     assert report["anchors"], "the demo anchors on its private chain"
+    assert "/explorer?device_id=" in report["explorer_url"] and "proof explorer" in printed
     doc = json.loads(receipts[0].read_text())
     assert doc["status"] == "anchored" and doc["anchors"][0]["chain_id"] == 31337
