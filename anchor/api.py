@@ -170,14 +170,11 @@ def create_app(ctx: ApiContext) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
-    for module in ("anchor.api_public", "anchor.api_operator", "anchor.explorer"):
-        try:
-            mod = __import__(module, fromlist=["add_routes"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # a route group not built yet
-        mod.add_routes(app)
+    # Imported here: each route group imports this module's CONTEXT and problem().
+    from anchor import api_operator, api_public, explorer
+
+    for group in (api_public, api_operator, explorer):
+        group.add_routes(app)
     return app
 
 

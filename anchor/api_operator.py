@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -78,6 +79,10 @@ AUDIT_OUTCOME: web.RequestKey[str] = web.RequestKey("audit_outcome", str)
 ANCHOR_STEP_TIMEOUT_S = 90.0
 _DEVICE_FIELDS = ("device_id", "public_key_jwk", "district", "kind")
 _MAX_TEXT = 256
+_STATUS = re.compile(r"active|revoked")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Any text a district can hold, without control characters (PostgreSQL text has no NUL).
+_DISTRICT = re.compile(r"[^\x00-\x1f\x7f]{0,256}")
 _MAX_LEGAL_REASON = 1000
 OperatorHandler = Callable[[web.Request, TokenRow], Awaitable[web.StreamResponse]]
 
@@ -188,7 +193,7 @@ def _jwk(value: object) -> PublicKey:
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     text = request.query.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     if not text.isdecimal() or len(text) > 19 or not low <= int(text) <= high:
         raise BadRequest(
@@ -344,17 +349,21 @@ async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     return web.json_response(device_json(record))
 
 
+def _text_query(request: web.Request, name: str, pattern: re.Pattern[str]) -> str | None:
+    value = request.query.get(name)
+    if value is not None and pattern.fullmatch(value) is None:
+        raise BadRequest(f"{name} must match {pattern.pattern}", reason="invalid_parameter")
+    return value
+
+
 async def _list_devices(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    status = request.query.get("status") or None
-    if status not in (None, "active", "revoked"):
-        raise BadRequest("status must be active or revoked", reason="invalid_parameter")
+    status = _text_query(request, "status", _STATUS)
+    district = _text_query(request, "district", _DISTRICT)
+    after = _text_query(request, "after", _DEVICE_ID)
     limit = _int_query(request, "limit", 100, 1, 1000)
     records = await ctx.store.list_devices(
-        district=request.query.get("district") or None,
-        status=status,
-        after=request.query.get("after") or None,
-        limit=limit,
+        district=district, status=status, after=after, limit=limit
     )
     return web.json_response(
         {
@@ -657,9 +666,18 @@ OPENAPI_PATHS: dict[str, Any] = {
             "operationId": "listDevices",
             "summary": "List devices (public: device keys are public information)",
             "parameters": [
-                {"name": "district", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "district",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{0,256}$"},
+                },
                 {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked"]}},
-                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "after",
+                    "in": "query",
+                    "description": "the last device id of the previous page (`next`)",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                },
                 {
                     "name": "limit",
                     "in": "query",

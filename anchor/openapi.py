@@ -21,6 +21,7 @@ import copy
 import functools
 import html
 import json
+import re
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -356,7 +357,8 @@ _PROBLEMS = {
     400: "Bad request: `device_id_invalid`, `invalid_parameter`, `range_too_large`, "
     "`body_malformed`, `key_invalid`.",
     404: "`not_found`: no such device, reading, batch or log size (or an empty log).",
-    410: "`erased`: the reading's envelope was erased (privacy law); no receipt can carry it.",
+    410: "`erased`: the reading's envelope is gone without an erasure tombstone (an erasure "
+    "with a tombstone gives a 200 receipt with status `erased`).",
     413: "`too_large`: the request body is over 1 MiB.",
     500: "`internal`, `db_error`, `log_inconsistent`: a server fault (no stack trace).",
     503: "`db_unavailable`, `db_busy`: retry later.",
@@ -455,7 +457,8 @@ def _paths() -> dict[str, Any]:
                 "checkpoint (`status` sealed). Anchored receipts never change: "
                 "`Cache-Control: public, max-age=31536000, immutable`; sealed ones are cached "
                 "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
-                "`If-None-Match` with 304.",
+                "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
+                "envelope, and the tombstone as `erasure` (cached 5 s).",
                 "parameters": [
                     DEVICE_ID,
                     _param("seq", "path", _int(1), "the reading's seq (else 400)"),
@@ -849,6 +852,11 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _md(value: object) -> str:
+    """Escaped text with Markdown code spans (`x`) as <code> (the only markup used here)."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", _e(value))
+
+
 def _schema_summary(schema: Mapping[str, Any]) -> str:
     if "$ref" in schema:
         name = str(schema["$ref"]).removeprefix(_REF)
@@ -877,7 +885,7 @@ def _render_operation(path: str, method: str, op: Mapping[str, Any]) -> str:
         f"<p><strong>{_e(op.get('summary', ''))}</strong></p>",
     ]
     if op.get("description"):
-        out.append(f"<p>{_e(op['description'])}</p>")
+        out.append(f"<p>{_md(op['description'])}</p>")
     params = op.get("parameters", [])
     if params:
         out.append(
@@ -889,7 +897,7 @@ def _render_operation(path: str, method: str, op: Mapping[str, Any]) -> str:
                 f"<tr><td><code>{_e(p['name'])}</code></td><td>{_e(p['in'])}</td>"
                 f"<td>{'yes' if p.get('required') else 'no'}</td>"
                 f"<td>{_schema_summary(p.get('schema', {}))}</td>"
-                f"<td>{_e(p.get('description', ''))}</td></tr>"
+                f"<td>{_md(p.get('description', ''))}</td></tr>"
             )
         out.append("</table>")
     body = op.get("requestBody")
@@ -919,7 +927,7 @@ def _render_operation(path: str, method: str, op: Mapping[str, Any]) -> str:
         if headers:
             cells.append(f"headers: {headers}")
         out.append(
-            f'<tr><td class="status">{_e(status)}</td><td>{_e(resp.get("description", ""))}</td>'
+            f'<tr><td class="status">{_e(status)}</td><td>{_md(resp.get("description", ""))}</td>'
             f"<td>{'<br>'.join(cells)}</td></tr>"
         )
     out.append("</table></section>")
@@ -953,7 +961,7 @@ def render_docs() -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<style>{_CSS}</style></head><body><header><h1>{_e(info['title'])} "
         f"<small>{_e(info['version'])}</small></h1><p>{_e(info['summary'])}</p></header><main>"
-        f"<p>{_e(info['description'])}</p>"
+        f"<p>{_md(info['description'])}</p>"
         '<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>'
         f"<nav><h2>Endpoints</h2><ul>{toc}</ul></nav><h2>Operations</h2>"
         + "\n".join(_render_operation(p, m, op) for p, m, op in ops)

@@ -563,3 +563,33 @@ def test_token_cli_create_list_revoke(
     audit = on_db(api_world.dsn, cli_audit)
     assert [a for a, _ in audit] == ["token.create", "token.revoke"]
     assert all(actor.startswith("cli") for _, actor in audit)
+
+
+# --- the public device reads against /openapi.json -----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+@pytest.mark.parametrize("path", ["/v1/devices", "/v1/devices/{device_id}"])
+def test_public_device_reads_match_the_openapi_document(
+    api_world: ApiWorld, path: str, mode: str
+) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(api_world.url("/openapi.json"))
+    operation = schema[path]["GET"]
+    generation = GenerationMode.POSITIVE if mode == "positive" else GenerationMode.NEGATIVE
+
+    @given(case=operation.as_strategy(generation_mode=generation))
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case: schemathesis.Case) -> None:
+        case.call_and_validate(base_url=api_world.base_url, timeout=30)
+
+    run()
