@@ -96,14 +96,41 @@ class ApiContext:
     store: Store
     settings: Settings
     log_verifiers: Sequence[NoteVerifier] = ()
-    # Rate limiting: requests per second per client address (0 = off).
+    # Rate limiting: requests per second per client address (0 = off), bursts of twice that.
     rate_per_s: float = 0.0
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     latency: dict[str, list[float]] = field(default_factory=dict)
 
 
 CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _take_token(ctx: ApiContext, client: str, now: float) -> float:
+    """Token bucket per client: 0.0 when the request may proceed, else seconds to wait."""
+    capacity = 2 * ctx.rate_per_s
+    tokens, last = ctx.buckets.get(client, (capacity, now))
+    tokens = min(capacity, tokens + (now - last) * ctx.rate_per_s)
+    if tokens < 1.0:
+        ctx.buckets[client] = (tokens, now)
+        return (1.0 - tokens) / ctx.rate_per_s
+    ctx.buckets[client] = (tokens - 1.0, now)
+    if len(ctx.buckets) > 100_000:  # forget idle clients rather than grow without bound
+        ctx.buckets.clear()
+    return 0.0
+
+
+@web.middleware
+async def _rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = request.app[CONTEXT]
+    if ctx.rate_per_s > 0 and request.path not in ("/healthz", "/readyz"):
+        wait = _take_token(ctx, request.remote or "?", time.monotonic())
+        if wait > 0:
+            response = problem(429, "rate_limited", f"too many requests; retry in {wait:.2f}s")
+            response.headers["Retry-After"] = str(max(1, round(wait)))
+            return response
+    return await handler(request)
 
 
 @web.middleware
@@ -166,7 +193,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 def create_app(ctx: ApiContext) -> web.Application:
     """The aiohttp application with every route group registered."""
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_errors, _rate_limit], client_max_size=MAX_BODY_BYTES)
     app[CONTEXT] = ctx
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
@@ -189,7 +216,14 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
             verifiers.append(load_operator_signer(settings.operator_key_file).verifier)
         except AnchorError as exc:
             log.warning("no operator key (%s): checkpoints are served but not vouched for", exc)
-        app = create_app(ApiContext(store=store, settings=settings, log_verifiers=verifiers))
+        app = create_app(
+            ApiContext(
+                store=store,
+                settings=settings,
+                log_verifiers=verifiers,
+                rate_per_s=float(settings.api_rate_per_s),
+            )
+        )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)

@@ -64,6 +64,7 @@ MAX_BODY_DEPTH = 48
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=5"
+ANCHORED_RECEIPT = "public, max-age=3600, must-revalidate"
 NO_CACHE = "no-cache"
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -163,7 +164,10 @@ async def _get_receipt(request: web.Request) -> web.Response:
     seq = _integer(request.match_info["seq"], "seq", low=1)
     receipt = await ctx.store.receipt(device_id, seq, hasher=_hasher(ctx))
     # An anchored receipt never changes; a sealed one becomes anchored within a period.
-    cache = IMMUTABLE if receipt.status == "anchored" else SHORT
+    # Not "immutable": an anchored receipt's proofs never change, but its envelope can be erased
+    # under privacy law, and a cache must not keep serving erased bytes for a year. An hour,
+    # then revalidation by ETag (cheap: 304).
+    cache = ANCHORED_RECEIPT if receipt.status == "anchored" else SHORT
     body = dumps_receipt(receipt).encode("utf-8")
     return _with_etag(request, body, content_type="application/json", cache=cache)
 

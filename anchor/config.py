@@ -88,6 +88,9 @@ class Settings:
     ingestor_name: str = "ingest"
     registry_refresh_ms: int = 5_000
     anchor_period_s: int = 60
+    # Per client address; bursts of twice this. 0 turns the limit off (e.g. behind a proxy
+    # that limits already).
+    api_rate_per_s: int = 1000
     # Anchoring backends; from TOML [[chains]] tables, or one from CITYANCHOR_CHAIN_* variables.
     chains: tuple[ChainSettings, ...] = ()
 

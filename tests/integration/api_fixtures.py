@@ -208,7 +208,7 @@ def api_world(
         def up() -> bool:
             try:
                 with urllib.request.urlopen(world.url("/healthz"), timeout=2) as r:
-                    return r.status == 200
+                    return bool(r.status == 200)
             except OSError:
                 return False
 

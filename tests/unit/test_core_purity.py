@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 CORE = [
+    "anchor.completeness",
+    "anchor.jsonbounds",
     "anchor.merkle",
     "anchor.envelope",
     "anchor.keys",
