@@ -22,8 +22,9 @@ A device record: ``device_id``, ``district``, ``kind``, ``status``, ``registered
 current key), ``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the
 current key) and ``keys`` (the whole key history, each with ``kid``, ``kid_b64url``,
 ``key_type``, ``public_key_jwk``, ``valid_from``, ``valid_until``, ``current``).
-``mqtt_username`` and ``mqtt_password`` are absent: the broker does not require device logins
-yet; once it does, the registration answer carries them (and only that answer).
+``mqtt_username`` (= device_id) and ``mqtt_password`` are in the registration answer, and only
+there, when the broker requires device logins (setting ``mqtt_device_logins``, on under
+``cityanchor up``); otherwise they are absent.
 
 Errors are problem documents (RFC 9457) with a ``reason``: ``unauthorized`` (401: no token, a
 malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), ``forbidden``
@@ -322,9 +323,13 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
     key = _jwk(body["public_key_jwk"])
     request[AUDIT_DETAIL] = {"district": district, "kind": kind, "kid": key.kid.hex()}
     record = await ctx.store.register_device(device_id, key, district=district, kind=kind)
-    return web.json_response(
-        device_json(record), status=201, headers={"Location": f"/v1/devices/{device_id}"}
-    )
+    answer = device_json(record)
+    if ctx.settings.mqtt_device_logins:
+        from anchor.broker_auth import issue_device_login
+
+        # The only time the password exists in clear: the broker stores its hash.
+        answer.update(await issue_device_login(ctx.store, device_id))
+    return web.json_response(answer, status=201, headers={"Location": f"/v1/devices/{device_id}"})
 
 
 @operator("devices:write", "device.rotate")

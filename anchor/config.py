@@ -72,6 +72,8 @@ class Settings:
     # One shared subscription for every ingestor process, so N of them split the stream.
     mqtt_topic: str = "$share/cityanchor/city/+/+/readings"
     mqtt_session_expiry_s: int = 86_400
+    # 1: the broker requires device logins; POST /v1/devices then issues each device's password.
+    mqtt_device_logins: int = 0
     operator_key_file: str = "operator.skey"
     log_origin: str = "cityanchor.example/log"
     hash_scheme: str = "rfc9162-sha256"

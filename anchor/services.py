@@ -687,6 +687,7 @@ class MosquittoServer:
         self.autosave_interval = autosave_interval
         self.start_timeout = start_timeout
         self._users = dict(users) if users is not None else None
+        self._hashed = False
         self._acl = acl
         self._validate_users(self._users)
         self._requested_port = port
@@ -783,9 +784,26 @@ class MosquittoServer:
         new_users = dict(users)
         self._validate_users(new_users)
         self._users = new_users
+        self._hashed = False
         self._acl = acl
         if allow_anonymous is not None:
             self.allow_anonymous = allow_anonymous
+        if self._port is not None:
+            self._write_files()
+        if self.running:
+            self.reload()
+
+    def set_hashed_auth(self, hashed_users: Mapping[str, str], acl: str | None = None) -> None:
+        """Like :meth:`set_auth`, with ``{username: "$7$..." hash}`` as stored in a registry, so
+        plaintext passwords never have to exist on this side."""
+        for name, hashed in hashed_users.items():
+            self._validate_users({name: hashed})
+            if not hashed.startswith("$7$"):
+                raise ServiceError(f"{name!r}: not a $7$ password hash", reason="config_invalid")
+        self._users = dict(hashed_users)
+        self._hashed = True
+        self._acl = acl
+        self.allow_anonymous = False
         if self._port is not None:
             self._write_files()
         if self.running:
@@ -873,7 +891,10 @@ class MosquittoServer:
     def _write_files(self) -> None:
         owner = self._owner()
         self._write(self.conf_path, self._config_text(), owner)
-        if self._users is not None:
+        if self._users is not None and self._hashed:
+            text = "".join(f"{u}:{h}\n" for u, h in self._users.items())
+            self._write(self.password_path, text, owner)
+        elif self._users is not None:
             self._write_passwords(self._users, owner)
         if self._acl is not None:
             self._write(

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor.broker_auth import INGEST_USER, acl_text
 from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.config import ChainSettings, Settings, settings_to_toml
 from anchor.errors import AnchorError, UsageError
 from anchor.files import write_private_file, write_public_file
-from anchor.services import MosquittoServer, PostgresServer, free_port
+from anchor.services import MosquittoServer, PostgresServer, free_port, mosquitto_password_hash
 
 __all__ = ["UpOptions", "run_up"]
 
@@ -126,6 +128,49 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _secret(path: Path) -> str:
+    """A random secret kept in ``path`` (0600), created on first use."""
+    if not path.exists():
+        write_private_file(path, (secrets.token_urlsafe(24) + "\n").encode())
+    return path.read_text().strip()
+
+
+async def _device_login_hashes(dsn: str) -> dict[str, str]:
+    from anchor.broker_auth import broker_password_hashes
+    from anchor.store import Store
+
+    store = await Store.connect(dsn, max_size=1)
+    try:
+        return await broker_password_hashes(store)
+    finally:
+        await store.close()
+
+
+class _BrokerLogins:
+    """Keeps the broker's password file in step with the registry (new devices, revocations)."""
+
+    def __init__(self, mq: MosquittoServer, dsn: str, ingest_password: str) -> None:
+        self.mq, self.dsn = mq, dsn
+        self.ingest_hash = mosquitto_password_hash(ingest_password)
+        self.current: dict[str, str] | None = None
+        self.next_check = 0.0
+
+    def refresh(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next_check:
+            return
+        self.next_check = now + 2.0
+        try:
+            devices = asyncio.run(_device_login_hashes(self.dsn))
+        except AnchorError as exc:
+            log.warning("cannot read broker logins from the registry: %s", exc)
+            return
+        if devices != self.current:
+            self.mq.set_hashed_auth({**devices, INGEST_USER: self.ingest_hash}, acl_text())
+            self.current = devices
+            log.info("broker logins reloaded: %d devices", len(devices))
+
+
 def _operator_key(keys: Path) -> NoteSigner:
     skey = keys / "operator.skey"
     if skey.exists():
@@ -189,8 +234,13 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
             lambda port: PostgresServer(d / "postgres", port=port), None, ports.get("postgres")
         )
         started.append(pg)
+        # Logins required from the start: the ingestors' account now, the devices' as soon as
+        # the registry is readable (see _BrokerLogins).
+        ingest_password = _secret(d / "keys" / "mqtt-ingest.password")
         mq = _start_on_stable_port(
-            lambda port: MosquittoServer(d / "mosquitto", port=port),
+            lambda port: MosquittoServer(
+                d / "mosquitto", port=port, users={INGEST_USER: ingest_password}, acl=acl_text()
+            ),
             opts.mqtt_port,
             ports.get("mqtt"),
         )
@@ -301,15 +351,22 @@ def run_up(opts: UpOptions) -> int:
         chain_settings = _chain_settings(opts, chain, d / "keys", config_path)
         _say(f"chain      {chain_settings.rpc_url} (chain id {chain_settings.chain_id})")
         http_port = opts.http_port or free_port()
+        ingest_password = _secret(d / "keys" / "mqtt-ingest.password")
+        logins = _BrokerLogins(mq, pg.dsn, ingest_password)
+        logins.refresh(force=True)
         settings = Settings(
             database_url=pg.dsn,
             mqtt_url=mq.url,
+            mqtt_username=INGEST_USER,
+            mqtt_password=ingest_password,
+            mqtt_device_logins=1,
             operator_key_file=str(d / "keys" / "operator.skey"),
             log_origin=operator.name,
             anchor_period_s=max(1, round(opts.anchor_period_s)),
             chains=(chain_settings,),
         )
-        config_path.write_text(settings_to_toml(settings))
+        # It holds the ingestors' broker password: owner-only, like the keys.
+        write_private_file(config_path, settings_to_toml(settings).encode())
         token_file = opts.operator_token_file or d / "keys" / "operator.token"
         asyncio.run(_operator_token(pg.dsn, token_file))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
@@ -353,6 +410,7 @@ def run_up(opts: UpOptions) -> int:
             _say(f"API {http}   explorer {http}/explorer   MQTT {mq.url}")
             while not stop:
                 time.sleep(0.2)
+                logins.refresh()
                 for child in children:
                     child.check()
         finally:

@@ -76,27 +76,66 @@ def _request(method: str, url: str, body: Any = None, token: str | None = None) 
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def _publish(url: str, signer: DeviceSigner, n: int) -> list[int]:
+def _client(url: str, username: str, password: str) -> mqtt.Client:
     u = urlsplit(url)
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
-        client_id=f"up-test-{os.getpid()}",
+        client_id=f"{username}-{time.monotonic_ns()}",
         protocol=MQTTProtocolVersion.MQTTv5,
     )
+    client.username_pw_set(username, password)
     client.connect(u.hostname or "127.0.0.1", u.port or 1883)
     client.loop_start()
+    return client
+
+
+def _publish(
+    url: str,
+    signer: DeviceSigner,
+    n: int,
+    login: dict[str, str],
+    topic_device: str | None = None,
+) -> tuple[list[int], list[int]]:
+    """Publish n readings; returns their seqs and the PUBACK reason codes."""
+    client = _client(url, login["mqtt_username"], login["mqtt_password"])
+    codes: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, props: codes.append(rc.value)
     seqs = []
     try:
+        deadline = time.monotonic() + 10
+        while not client.is_connected():
+            assert time.monotonic() < deadline, "device login refused"
+            time.sleep(0.05)
         for i in range(n):
             raw = signer.sign("iot.water_level", {"level_m": 1.0 + i / 100})
-            client.publish(
-                f"city/harbour/{signer.device_id}/readings", raw, qos=1
-            ).wait_for_publish(10)
+            topic = f"city/harbour/{topic_device or signer.device_id}/readings"
+            client.publish(topic, raw, qos=1).wait_for_publish(10)
             seqs.append(signer.seq)
+        deadline = time.monotonic() + 10
+        while len(codes) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
     finally:
         client.disconnect()
         client.loop_stop()
-    return seqs
+    return seqs, codes
+
+
+def _connect_code(url: str, username: str, password: str) -> int:
+    u = urlsplit(url)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"probe-{time.monotonic_ns()}",
+        protocol=MQTTProtocolVersion.MQTTv5,
+    )
+    client.username_pw_set(username, password)
+    codes: list[int] = []
+    client.on_connect = lambda c, ud, flags, rc, props: codes.append(rc.value)
+    client.connect(u.hostname or "127.0.0.1", u.port or 1883)
+    deadline = time.monotonic() + 5
+    while not codes and time.monotonic() < deadline:
+        client.loop(0.1)
+    client.disconnect()
+    return codes[0] if codes else -1
 
 
 def _wait_anchored(http: str, device_id: str, seq: int) -> dict[str, Any]:
@@ -152,7 +191,32 @@ def test_up_runs_everything_and_resumes_on_the_same_data_dir(
         )
         assert status == 201, device
         assert device["kid"] == signer.key.public_key.kid.hex()
-        seqs = _publish(up["mqtt"], signer, 10)
+        # The broker requires logins: the registration answer carries this device's, once.
+        login = {k: device[k] for k in ("mqtt_username", "mqtt_password")}
+        assert login["mqtt_username"] == signer.device_id
+        time.sleep(2.5)  # up reloads the broker's logins from the registry every 2 s
+        assert _connect_code(up["mqtt"], signer.device_id, "wrong password") != 0
+        seqs, codes = _publish(up["mqtt"], signer, 10, login)
+        assert codes == [0] * 10
+
+        # A second device may not publish under the first one's topic (per-device ACL).
+        intruder = DeviceSigner("wl-harbour-0002", PrivateKey.generate())
+        status, other = _request(
+            "POST",
+            up["http"] + "/v1/devices",
+            {
+                "device_id": intruder.device_id,
+                "public_key_jwk": intruder.key.public_key.to_jwk(),
+                "district": "harbour",
+                "kind": "iot.water_level",
+            },
+            token,
+        )
+        assert status == 201, other
+        time.sleep(2.5)
+        intruder_login = {k: other[k] for k in ("mqtt_username", "mqtt_password")}
+        _, denied = _publish(up["mqtt"], intruder, 1, intruder_login, topic_device=signer.device_id)
+        assert denied == [0x87]  # not authorized: the broker refused it, nothing to ingest
         receipt = _wait_anchored(up["http"], signer.device_id, seqs[-1])
         assert receipt["anchors"][0]["chain_id"] == up["chain_id"]
         (tmp_path / "r1.json").write_text(json.dumps(receipt))
@@ -187,7 +251,7 @@ def test_up_runs_everything_and_resumes_on_the_same_data_dir(
         )
         status, old = _request("GET", f"{again['http']}/v1/receipts/{signer.device_id}/{seqs[0]}")
         assert status == 200 and old["status"] == "anchored"
-        more = _publish(again["mqtt"], signer, 5)
+        more, _ = _publish(again["mqtt"], signer, 5, login)
         latest = _wait_anchored(again["http"], signer.device_id, more[-1])
         (tmp_path / "r2.json").write_text(json.dumps(latest))
         (tmp_path / "r0.json").write_text(json.dumps(old))
