@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from anchor import cli
 from anchor.anchor_main import deploy
 from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.children import ChildProcess
 from anchor.config import ChainSettings
 from anchor.files import write_private_file, write_public_file
 from anchor.receipt import dumps_receipt
@@ -80,37 +80,9 @@ def _private_dir() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-class _Child:
-    """A ``cityanchor`` subcommand as a child process, stopped with SIGTERM (a clean drain).
-
-    ``ready`` is a line fragment its log shows once it is up (None: don't wait).
-    """
-
-    def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Path, ready: bytes | None
-    ) -> None:
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anchor", "-v", *args], env=env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 60
-        while ready is not None and ready not in log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"cityanchor {args[0]} did not start; its log ends:\n{tail}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _child(args: list[str], env: dict[str, str], log_path: Path, ready: bytes) -> ChildProcess:
+    """Start ``cityanchor ARGS`` and wait until its log shows ``ready``."""
+    return ChildProcess(args, env, log_path).start(ready=ready)
 
 
 async def _register(dsn: str, fleet: list[Any]) -> None:
@@ -218,7 +190,7 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
         pg = PostgresServer(base / "postgres")
         mq = MosquittoServer(base / "mosquitto")
         chain = AnvilNode(base / "anvil", chain_id=CHAIN_ID)
-        children: list[_Child] = []
+        children: list[ChildProcess] = []
         try:
             pg.start()
             mq.start()
@@ -272,9 +244,9 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
                 CITYANCHOR_CHAIN_CONTRACT=contract,
                 CITYANCHOR_CHAIN_KEY_FILE=str(job_key),
             )
-            ingestor = _Child(["ingest"], env, out / "logs" / "ingest.log", b"subscription active")
+            ingestor = _child(["ingest"], env, out / "logs" / "ingest.log", b"subscription active")
             children.append(ingestor)
-            anchorer = _Child(
+            anchorer = _child(
                 ["anchor", "loop", "--period", f"{config.anchor_period_s}s"],
                 env,
                 out / "logs" / "anchor.log",
@@ -337,7 +309,7 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
 
             # The HTTP API and the proof explorer, on the same data.
             port = free_port()
-            api = _Child(
+            api = _child(
                 ["api", "--port", str(port)], env, out / "logs" / "api.log", b"api listening"
             )
             children.append(api)

@@ -19,8 +19,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from typing import Any
 from anchor.broker_auth import INGEST_USER, acl_text
 from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.children import ChildProcess
 from anchor.config import ChainSettings, Settings, settings_to_toml
 from anchor.errors import AnchorError, UsageError
 from anchor.files import write_private_file, write_public_file
@@ -62,52 +61,41 @@ def _say(text: str) -> None:
     print(f"cityanchor up: {text}", flush=True)
 
 
-class _Child:
-    """A supervised ``cityanchor`` subcommand, restarted with back-off if it dies."""
+class _Supervised:
+    """A ``cityanchor`` subcommand that is restarted with back-off whenever it dies."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.args, self.env = name, args, env
-        self.log_path = log_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.name = name
+        self.child = ChildProcess(args, env, log_dir / f"{name}.log")
+        self.log_path = self.child.log_path
         self.backoff = 1.0
         self.restart_at = 0.0
 
     def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anchor", "-v", *self.args],
-                env=self.env,
-                stdout=out,
-                stderr=out,
-            )
+        self.child.start()
 
     def check(self) -> None:
-        if self.proc is None or self.proc.poll() is None:
+        proc = self.child.proc
+        if proc is None or proc.poll() is None:
             return
         now = time.monotonic()
         if self.restart_at == 0.0:
             log.error(
                 "%s exited with %s; restarting in %.0fs (log: %s)",
                 self.name,
-                self.proc.returncode,
+                proc.returncode,
                 self.backoff,
                 self.log_path,
             )
-            _say(f"{self.name} exited ({self.proc.returncode}); restarting, see {self.log_path}")
+            _say(f"{self.name} exited ({proc.returncode}); restarting, see {self.log_path}")
             self.restart_at = now + self.backoff
             self.backoff = min(self.backoff * 2, 30.0)
         elif now >= self.restart_at:
             self.restart_at = 0.0
-            self.start()
+            self.child.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.child.stop()
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> None:
@@ -340,7 +328,7 @@ def run_up(opts: UpOptions) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    children: list[_Child] = []
+    children: list[_Supervised] = []
     with _services(dataclasses.replace(opts, data_dir=d)) as svc:
         pg, mq, chain = svc["pg"], svc["mq"], svc["chain"]
         _say(f"PostgreSQL {pg.dsn}")
@@ -372,14 +360,16 @@ def run_up(opts: UpOptions) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
         flags = ["--config", str(config_path)]
         children = [
-            _Child("ingest", ["ingest", *flags, "--workers", str(opts.workers)], env, d / "logs"),
-            _Child(
+            _Supervised(
+                "ingest", ["ingest", *flags, "--workers", str(opts.workers)], env, d / "logs"
+            ),
+            _Supervised(
                 "anchor",
                 ["anchor", "loop", *flags, "--period", f"{opts.anchor_period_s}s"],
                 env,
                 d / "logs",
             ),
-            _Child("api", ["api", *flags, "--port", str(http_port)], env, d / "logs"),
+            _Supervised("api", ["api", *flags, "--port", str(http_port)], env, d / "logs"),
         ]
         try:
             for child in children:

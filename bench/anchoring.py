@@ -33,8 +33,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +46,7 @@ from _common import BenchConfig, best_of, run_sections
 from anchor.anchor_main import deploy
 from anchor.chain_node import AnvilNode
 from anchor.checkpoint import generate_note_key
+from anchor.children import ChildProcess
 from anchor.config import ChainSettings
 from anchor.files import write_private_file
 from anchor.keys import PrivateKey
@@ -96,32 +95,9 @@ def _publish_timed(url: str, messages: list[tuple[str, bytes]], rate: float) -> 
     return times
 
 
-class _Child:
-    """``cityanchor ARGS`` as a child process, up once its log shows ``ready``; SIGTERM stops it."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, ready: bytes) -> None:
-        self.args = args
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "anchor", "-v", *args], env=env, stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + 30
-        while ready not in log_path.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"cityanchor {' '.join(args)} did not start:\n{tail}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _child(args: list[str], env: dict[str, str], log_path: Path, ready: bytes) -> ChildProcess:
+    """Start ``cityanchor ARGS`` and wait until its log shows ``ready``."""
+    return ChildProcess(args, env, log_path).start(ready=ready, timeout_s=30)
 
 
 async def _setup_db(dsn: str, signers: list[DeviceSigner]) -> None:
@@ -193,7 +169,7 @@ def anchor_section(cfg: BenchConfig) -> dict[str, Any]:
     pg = PostgresServer(base / "pg")
     mq = MosquittoServer(base / "mq")
     chain = AnvilNode(base / "anvil", chain_id=CHAIN_ID)
-    children: list[_Child] = []
+    children: list[ChildProcess] = []
     figures: dict[str, Any] = {"periods_s": list(periods)}
     try:
         pg.start()
@@ -227,13 +203,13 @@ def anchor_section(cfg: BenchConfig) -> dict[str, Any]:
             CITYANCHOR_CHAIN_CONTRACT=contract,
             CITYANCHOR_CHAIN_KEY_FILE=str(job_key),
         )
-        children.append(_Child(["ingest"], env, base / "ingest.log", b"subscription active"))
+        children.append(_child(["ingest"], env, base / "ingest.log", b"subscription active"))
 
         stored_total = 0
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pub:
             pub.submit(time.time).result()  # the publisher process is up before any timing
             for period in periods:
-                job = _Child(
+                job = _child(
                     ["anchor", "loop", "--period", f"{period}s"],
                     env,
                     base / f"anchor-{period}.log",
