@@ -26,8 +26,9 @@ The load generator is ``wrk`` (one thread, a Lua script picking random receipt U
 on the PATH (Debian package ``wrk``), else an aiohttp client in a separate process (slower: it
 takes more of the shared cores, so its figures are lower for both sides); ``load_generator``
 names the one used. Aim (issue 6): ``per_s`` >= 3000 and ``p99_s`` < 0.020 on a 2-core machine.
-The API process, PostgreSQL and the generator share the same cores; ``api_cpu_cores`` is the
-API process's CPU use during the timed run (1.0 = one core busy: the event loop is saturated).
+The API process, PostgreSQL and the generator share the same cores; ``api_cpu_cores`` and
+``pg_cpu_cores`` are the CPU use of the API process and of PostgreSQL (all its processes) during
+the timed run (1.0 = one core busy; the API's event loop is saturated near 1.0).
 """
 
 from __future__ import annotations
@@ -181,6 +182,28 @@ async def _fill(
 # ------------------------------------------------------------------------------- servers
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` used so far (``/proc/PID/stat``); 0 once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pg_cpu(pg: PostgresServer) -> dict[int, float]:
+    """CPU seconds of the postmaster and each of its children (the backends), by pid."""
+    root = pg.pid
+    if root is None:
+        return {}
+    try:
+        children = Path(f"/proc/{root}/task/{root}/children").read_text().split()
+    except OSError:
+        children = []
+    return {pid: _cpu_s(pid) for pid in [root, *map(int, children)]}
+
+
 class _Server:
     """A child process serving HTTP on ``port``, up once ``/healthz`` answers 200."""
 
@@ -207,9 +230,7 @@ class _Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cpu_s(self) -> float:
-        """User + system CPU seconds used so far (``/proc/PID/stat``)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -318,13 +339,20 @@ class _Load:
                 _client_load, url, self.devices, self.per_device, seconds, CONNECTIONS
             ).result()
 
-    def measure(self, server: _Server, cfg: BenchConfig) -> tuple[dict[str, Any], float]:
-        """Warm-up, then the timed run; also the server's CPU use (cores) during it."""
+    def measure(
+        self, server: _Server, cfg: BenchConfig, pg: PostgresServer | None = None
+    ) -> tuple[dict[str, Any], float, float]:
+        """Warm-up, then the timed run; also the CPU use (cores) during it of the server and
+        of PostgreSQL (0.0 without ``pg``)."""
         self.run(server.url(), WARMUP_S[cfg.quick])
+        pg0 = _pg_cpu(pg) if pg else {}
         cpu0, t0 = server.cpu_s(), time.perf_counter()
         figures = self.run(server.url(), DURATION_S[cfg.quick])
-        cores = (server.cpu_s() - cpu0) / (time.perf_counter() - t0)
-        return figures, cores
+        elapsed = time.perf_counter() - t0
+        cores = (server.cpu_s() - cpu0) / elapsed
+        pg1 = _pg_cpu(pg) if pg else {}
+        pg_cores = sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items()) / elapsed
+        return figures, cores, pg_cores
 
 
 # ------------------------------------------------------------------------------- section
@@ -385,7 +413,7 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
             base / "baseline.log",
         )
         servers.append(baseline)
-        base_fig, base_cores = load.measure(baseline, cfg)
+        base_fig, base_cores, _ = load.measure(baseline, cfg)
         baseline.stop()
 
         port = free_port()
@@ -405,7 +433,7 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
         )  # fmt: skip
         servers.append(api)
         figures["sample_valid"] = _sample_valid(api, keys[0], operator, per_device // 2 + 1)
-        api_fig, api_cores = load.measure(api, cfg)
+        api_fig, api_cores, pg_cores = load.measure(api, cfg, pg)
         api.stop()
 
         figures.update(
@@ -415,6 +443,7 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
             max_s=api_fig["max_s"],
             errors=api_fig["errors"],
             api_cpu_cores=api_cores,
+            pg_cpu_cores=pg_cores,
             baseline_per_s=base_fig["per_s"],
             baseline_p50_s=base_fig["p50_s"],
             baseline_p99_s=base_fig["p99_s"],
