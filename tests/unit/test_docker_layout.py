@@ -387,3 +387,19 @@ def test_grafana_provisioning_points_at_the_dashboard_and_prometheus(
     mounts = _services(compose)["grafana"]["volumes"]
     assert f"./grafana/dashboards:{path}:ro" in mounts
     assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
+
+
+def test_compose_file_matches_the_compose_specification_schema() -> None:
+    # The Compose Specification's own JSON Schema (vendored with its licence and commit):
+    # an independent check that runs even without the docker compose plugin.
+    import json
+
+    import jsonschema
+
+    schema_path = (
+        Path(__file__).resolve().parents[1] / "vectors" / "compose-spec" / "compose-spec.json"
+    )
+    schema = json.loads(schema_path.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(_load_yaml(COMPOSE))]
+    assert not errors, errors
