@@ -205,7 +205,9 @@ def create_app(ctx: ApiContext) -> web.Application:
     return app
 
 
-async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event) -> None:
+async def serve(
+    settings: Settings, *, host: str, port: int, stop: asyncio.Event, reuse_port: bool = False
+) -> None:
     """Serve the API until ``stop`` is set."""
     from anchor.ingest_main import load_operator_signer
 
@@ -226,7 +228,9 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
         )
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        # reuse_port: with `--workers N`, N processes accept on one port and the kernel spreads
+        # the connections between them (the event loop is single-core).
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
         try:
             await site.start()
         except OSError as exc:
@@ -242,16 +246,54 @@ async def serve(settings: Settings, *, host: str, port: int, stop: asyncio.Event
         await store.close()
 
 
-def run_api(settings: Settings, *, host: str, port: int) -> int:
-    """``cityanchor api``: serve until SIGINT/SIGTERM."""
+def run_api(
+    settings: Settings, *, host: str, port: int, workers: int = 1, reuse_port: bool = False
+) -> int:
+    """``cityanchor api``: serve until SIGINT/SIGTERM, in ``workers`` processes on one port."""
     import signal
+    import subprocess
+    import sys
+
+    if workers > 1:
+        # The children serve; this process only forwards the stop signal and waits.
+        argv = [
+            sys.executable, "-m", "anchor", *_drop_flag_value(sys.argv[1:], "--workers"),
+            "--reuse-port",
+        ]  # fmt: skip
+        children = [subprocess.Popen(argv) for _ in range(workers)]
+
+        def forward(signum: int, frame: object) -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        return max(child.wait() for child in children)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, host=host, port=port, stop=stop)
+        await serve(settings, host=host, port=port, stop=stop, reuse_port=reuse_port)
 
     asyncio.run(main())
     return 0
+
+
+def _drop_flag_value(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` / ``flag=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == flag:
+            skip = True
+            continue
+        if arg.startswith(flag + "="):
+            continue
+        out.append(arg)
+    return out

@@ -300,7 +300,15 @@ def _cmd_api(args: argparse.Namespace) -> int:
     from anchor.api import run_api
 
     logging.getLogger("anchor").setLevel(min(log.level or logging.INFO, logging.INFO))
-    return run_api(_settings(args), host=args.host, port=args.port)
+    if args.workers > 1 and args.port == 0:
+        raise UsageError("--workers needs a fixed --port (the processes share it)")
+    return run_api(
+        _settings(args),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        reuse_port=args.reuse_port,
+    )
 
 
 # ------------------------------------------------------------------------------------- anchoring
@@ -584,6 +592,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_service_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     p.add_argument("--port", type=int, default=8080, help="listen port")
+    p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")

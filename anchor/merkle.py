@@ -43,9 +43,11 @@ __all__ = [
     "inclusion_proofs",
     "leaf_hash",
     "node_hash",
+    "path_from_levels",
     "root",
     "root_from_consistency_proof",
     "root_from_inclusion_proof",
+    "tree_levels",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -179,6 +181,21 @@ def inclusion_proof(
     if not 0 <= index < len(leaf_hashes):
         raise ProofError(f"index {index} is outside a tree of size {len(leaf_hashes)}")
     return _path_from_levels(_levels(leaf_hashes, hasher), index)
+
+
+def tree_levels(leaf_hashes: Sequence[bytes], *, hasher: Hasher = SHA256) -> list[Sequence[bytes]]:
+    """Every level of the tree, leaves first, root last (a one-element level); build once, then
+    read the root and any number of audit paths with :func:`path_from_levels`."""
+    if not leaf_hashes:
+        return [[hasher.empty_root()]]
+    return _levels(leaf_hashes, hasher)
+
+
+def path_from_levels(levels: Sequence[Sequence[bytes]], index: int) -> list[bytes]:
+    """The audit path of leaf ``index`` from :func:`tree_levels` (as ``inclusion_proof``)."""
+    if not 0 <= index < len(levels[0]):
+        raise ProofError(f"index {index} is outside a tree of size {len(levels[0])}")
+    return _path_from_levels(levels, index)
 
 
 def inclusion_proofs(leaf_hashes: Sequence[bytes], *, hasher: Hasher = SHA256) -> list[list[bytes]]:

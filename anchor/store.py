@@ -44,6 +44,7 @@ lock so that moving rows out of the default partition never races a seal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -103,6 +104,8 @@ __all__ = [
 
 # Advisory lock keys (pg_advisory_lock's bigint space is shared by everything in the database:
 # other components must pick other numbers). "CA" + a small number.
+# Sealed batches whose verified Merkle trees a Store keeps (about 64 KiB each at 1000 readings).
+BATCH_TREE_CACHE = 256
 SEAL_LOCK = 0x4341_0001
 MIGRATE_LOCK = 0x4341_0002
 ANCHOR_LOCK = 0x4341_0003
@@ -383,7 +386,9 @@ _READING_COLUMNS = (
     "device_id", "seq", "ts", "received_at", "format", "kind", "kid", "envelope", "leaf_hash",
     "batch_id", "batch_index",
 )  # fmt: skip
-_SEQ_COLUMNS = ("device_id", "seq", "leaf_hash", "batch_id", "batch_index", "received_at")
+_SEQ_COLUMNS = (
+    "device_id", "seq", "leaf_hash", "batch_id", "batch_index", "received_at", "batch_path",
+)  # fmt: skip
 _QUARANTINE_COLUMNS = (
     "received_at", "topic", "device_id", "seq", "reason", "detail", "raw", "raw_size",
     "raw_sha256", "ingestor",
@@ -420,6 +425,11 @@ class Store:
         self._pool = pool
         self._timeout = timeout
         self._dsn = dsn
+        # A sealed batch never changes (erasure keeps every leaf hash): its verified tree is
+        # cached, so a receipt costs a path lookup, not a fetch and rehash of the whole batch.
+        self._batch_trees: collections.OrderedDict[tuple[int, str], list[Sequence[bytes]]] = (
+            collections.OrderedDict()
+        )
 
     @classmethod
     async def connect(
@@ -873,7 +883,8 @@ class Store:
         hasher: merkle.Hasher,
     ) -> tuple[int, int, bytes, str]:
         leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in accepted]
-        batch_root = merkle.root(leaves, hasher=hasher)
+        levels = merkle.tree_levels(leaves, hasher=hasher)
+        batch_root = levels[-1][0]
         batch_id: int = await conn.fetchval("SELECT nextval('batch_ids')")
         head = await conn.fetchrow(
             "SELECT log_size, frontier FROM checkpoints ORDER BY log_size DESC LIMIT 1"
@@ -919,7 +930,8 @@ class Store:
                     _clean_text(r.kind, 1 << 16), env.kid, env.raw, leaf, batch_id, i,
                 )
             )  # fmt: skip
-            seqs.append((r.device_id, r.seq, leaf, batch_id, i, c.received_at))
+            path = b"".join(merkle.path_from_levels(levels, i))
+            seqs.append((r.device_id, r.seq, leaf, batch_id, i, c.received_at, path))
         await conn.copy_records_to_table("readings", records=readings, columns=_READING_COLUMNS)
         await conn.copy_records_to_table("reading_seqs", records=seqs, columns=_SEQ_COLUMNS)
         return batch_id, size, batch_root, note
@@ -977,8 +989,8 @@ class Store:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow(
-                "SELECT batch_id, batch_index, received_at FROM reading_seqs "
-                "WHERE device_id = $1 AND seq = $2",
+                "SELECT batch_id, batch_index, received_at, leaf_hash, batch_path "
+                "FROM reading_seqs WHERE device_id = $1 AND seq = $2",
                 device_id,
                 seq,
             )
@@ -991,7 +1003,18 @@ class Store:
                 seq,
                 row["received_at"],
             )
-            (receipt,) = await self._receipts(conn, row["batch_id"], envelopes, hasher=hasher)
+            stored = None
+            if row["batch_path"] is not None:
+                raw_path = bytes(row["batch_path"])
+                stored = {
+                    row["batch_index"]: (
+                        bytes(row["leaf_hash"]),
+                        [raw_path[i : i + 32] for i in range(0, len(raw_path), 32)],
+                    )
+                }
+            (receipt,) = await self._receipts(
+                conn, row["batch_id"], envelopes, hasher=hasher, stored_paths=stored
+            )
         return receipt
 
     async def receipts_for_batch(
@@ -1027,6 +1050,7 @@ class Store:
         envelopes: Sequence[Mapping[str, Any]],
         *,
         hasher: merkle.Hasher,
+        stored_paths: Mapping[int, tuple[bytes, list[bytes]]] | None = None,
     ) -> list[Receipt]:
         batch = await conn.fetchrow(
             "SELECT size, root, log_index FROM batches WHERE id = $1", batch_id
@@ -1034,28 +1058,25 @@ class Store:
         if batch is None or not envelopes:
             raise _not_found(f"no batch {batch_id}")
         batch_root = bytes(batch["root"])
-        leaves = [
-            bytes(r["leaf_hash"])
-            for r in await conn.fetch(
-                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
-                batch_id,
-            )
-        ]
-        if len(leaves) != batch["size"] or merkle.root(leaves, hasher=hasher) != batch_root:
-            raise StoreError(
-                f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
-                reason="log_inconsistent",
-            )
+        batch_size: int = batch["size"]
+        leaves_and_paths = self._checked_paths(stored_paths, batch_size, batch_root, hasher)
+        if leaves_and_paths is None:
+            levels = await self._batch_tree(conn, batch_id, batch_size, batch_root, hasher)
+            leaves_and_paths = {
+                r["batch_index"]: (
+                    levels[0][r["batch_index"]],
+                    merkle.path_from_levels(levels, r["batch_index"]),
+                )
+                for r in envelopes
+            }
         log_index: int = batch["log_index"]
         # The newest anchored checkpoint that covers this batch, so the receipt ends on chain;
-        # until one exists, the newest checkpoint (status "sealed").
+        # until one exists, the newest checkpoint (status "sealed"). One round trip.
         head = await conn.fetchrow(
-            "SELECT c.log_size, c.root, c.note FROM checkpoints c WHERE c.log_size > $1 "
-            "AND EXISTS (SELECT 1 FROM anchors a WHERE a.log_size = c.log_size) "
-            "ORDER BY c.log_size DESC LIMIT 1",
+            "SELECT log_size, root, note FROM checkpoints WHERE log_size = coalesce("
+            "(SELECT max(log_size) FROM anchors WHERE log_size > $1), "
+            "(SELECT max(log_size) FROM checkpoints))",
             log_index,
-        ) or await conn.fetchrow(
-            "SELECT log_size, root, note FROM checkpoints ORDER BY log_size DESC LIMIT 1"
         )
         anchors = tuple(
             AnchorRecord(
@@ -1091,12 +1112,6 @@ class Store:
             ) from exc
         log = LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path))
         extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
-        paths: dict[int, list[bytes]]
-        if len(envelopes) == 1:
-            only = envelopes[0]["batch_index"]
-            paths = {only: merkle.inclusion_proof(leaves, only, hasher=hasher)}
-        else:
-            paths = dict(enumerate(merkle.inclusion_proofs(leaves, hasher=hasher)))
         receipts = []
         for r in envelopes:
             # An erased reading (sql/003_operator.sql) keeps its leaf and proofs; its receipt
@@ -1125,13 +1140,13 @@ class Store:
                     seq=r["seq"],
                     format=r["format"],
                     envelope=b"" if erasure else bytes(r["envelope"]),
-                    leaf_hash=leaves[index],
+                    leaf_hash=leaves_and_paths[index][0],
                     batch=BatchProof(
                         id=batch_id,
-                        size=len(leaves),
+                        size=batch_size,
                         index=index,
                         root=batch_root,
-                        path=tuple(paths[index]),
+                        path=tuple(leaves_and_paths[index][1]),
                     ),
                     log=log,
                     checkpoint=head["note"],
@@ -1141,6 +1156,51 @@ class Store:
                 )
             )
         return receipts
+
+    @staticmethod
+    def _checked_paths(
+        stored: Mapping[int, tuple[bytes, list[bytes]]] | None,
+        size: int,
+        root: bytes,
+        hasher: merkle.Hasher,
+    ) -> dict[int, tuple[bytes, list[bytes]]] | None:
+        """The stored (leaf, path) pairs if every one leads to the stored root, else None (the
+        caller then rebuilds the tree): a stored path is never handed out unchecked."""
+        if not stored:
+            return None
+        for index, (leaf, path) in stored.items():
+            try:
+                merkle.verify_inclusion(leaf, index, size, path, root, hasher=hasher)
+            except merkle.ProofError:
+                return None
+        return dict(stored)
+
+    async def _batch_tree(
+        self, conn: Any, batch_id: int, size: int, root: bytes, hasher: merkle.Hasher
+    ) -> list[Sequence[bytes]]:
+        """The batch's tree levels, checked against its stored root once, then cached."""
+        key = (batch_id, hasher.name)
+        levels = self._batch_trees.get(key)
+        if levels is not None:
+            self._batch_trees.move_to_end(key)
+            return levels
+        leaves = [
+            bytes(r["leaf_hash"])
+            for r in await conn.fetch(
+                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
+                batch_id,
+            )
+        ]
+        levels = merkle.tree_levels(leaves, hasher=hasher)
+        if len(leaves) != size or levels[-1][0] != root:
+            raise StoreError(
+                f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
+                reason="log_inconsistent",
+            )
+        self._batch_trees[key] = levels
+        if len(self._batch_trees) > BATCH_TREE_CACHE:
+            self._batch_trees.popitem(last=False)
+        return levels
 
     @staticmethod
     async def _log_path(conn: Any, index: int, size: int, *, hasher: merkle.Hasher) -> list[bytes]:

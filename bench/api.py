@@ -64,6 +64,9 @@ DEVICES = {True: 50, False: 100}
 DURATION_S = {True: 5, False: 10}
 WARMUP_S = {True: 1, False: 2}
 CONNECTIONS = 16
+# `cityanchor api --workers N` processes share the port (one event loop uses one core); the
+# baseline is a single trivial aiohttp process, as the issue defines it.
+API_WORKERS = int(os.environ.get("BENCH_API_WORKERS", str(os.cpu_count() or 1)))
 BATCH = 1000
 GROUP = 10  # devices interleaved in one batch, as an ingestor sees a fleet
 ORIGIN = "bench.cityanchor.example/log"
@@ -426,7 +429,7 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
         )
         api = _Server(
             [sys.executable, "-m", "anchor", "-v", "api", "--host", "127.0.0.1",
-             "--port", str(port)],
+             "--port", str(port), "--workers", str(API_WORKERS)],
             env,
             port,
             base / "api.log",
@@ -437,6 +440,7 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
         api.stop()
 
         figures.update(
+            api_workers=API_WORKERS,
             per_s=api_fig["per_s"],
             p50_s=api_fig["p50_s"],
             p99_s=api_fig["p99_s"],
