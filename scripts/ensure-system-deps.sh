@@ -21,6 +21,10 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
     missing="$missing chromium"
 fi
+# wrk is bench/api.py's load generator (it falls back to a slower Python client without it).
+if ! command -v wrk >/dev/null 2>&1; then
+    missing="$missing wrk"
+fi
 # mosquitto_passwd hashes MQTT passwords; anchor.services can hash them itself, so it is not
 # required, only installed alongside the broker when the broker itself is missing.
 case "$missing" in *mosquitto*) missing="$missing mosquitto-clients" ;; esac
