@@ -672,7 +672,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--devices", type=int, default=120, help="live: simulated devices")
     p.add_argument("--rate", type=float, default=400.0, help="live: readings per second")
-    p.add_argument("--duration", type=float, default=25.0, help="live: seconds of simulation")
+    p.add_argument("--duration", type=float, default=45.0, help="live: seconds of simulation")
     p.add_argument("--readings", type=int, default=300, help="offline: readings to sign")
     p.add_argument("--batch-size", type=int, default=64, help="offline: readings per batch")
     p.set_defaults(func=_cmd_demo)

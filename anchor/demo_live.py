@@ -58,7 +58,7 @@ FAULTS = {
 class LiveDemoConfig:
     devices: int = 120
     rate: float = 400.0
-    duration_s: float = 25.0
+    duration_s: float = 45.0
     receipts_batches: int = 3  # write every receipt of this many batches (first, middle, last)
     anchor_period_s: int = 5
     keep_running: bool = False  # leave the services (and the explorer) up until Ctrl-C
