@@ -325,6 +325,8 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
             explorer = f"{http}/explorer?device_id={device_id}&seq={seq}"
             _say(f"API {http}: GET /v1/receipts/{device_id}/{seq} -> {served['status']}")
             _say(f"proof explorer (verifies in your browser): {explorer}")
+            if not config.keep_running:
+                _say("  (live while the demo runs; `cityanchor demo --keep-running` keeps it up)")
             if config.keep_running:
                 _say("--keep-running: the services stay up; press Ctrl-C to stop the demo")
                 with contextlib.suppress(KeyboardInterrupt):
