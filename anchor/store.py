@@ -976,6 +976,83 @@ class Store:
     async def receipt(
         self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
     ) -> Receipt:
+        """The receipt of one stored reading (see :meth:`_receipt_full`).
+
+        The common case takes two statements: one for the reading, its batch, the checkpoint to
+        prove against and that checkpoint's anchors, one for the log nodes. Both stored paths
+        are checked against the stored roots before anything is handed out; an erased reading,
+        a reading sealed before paths were stored, or any path that does not check out takes
+        the full path, which rebuilds the proofs.
+        """
+        _check_device_id(device_id)
+        if not 1 <= seq <= MAX_STORED_INT:
+            raise _not_found(f"no reading {device_id} seq {seq}")
+        async with self._connection("receipt") as conn:
+            # One statement is one snapshot; the log nodes read next are append-only.
+            row = await conn.fetchrow(_RECEIPT_SQL, device_id, seq)
+            if row is None:
+                raise _not_found(f"no reading {device_id} seq {seq}")
+            fast = await self._receipt_fast(conn, row, hasher)
+        return fast if fast is not None else await self._receipt_full(device_id, seq, hasher=hasher)
+
+    async def _receipt_fast(
+        self, conn: Any, row: Mapping[str, Any], hasher: merkle.Hasher
+    ) -> Receipt | None:
+        if row["envelope"] is None or row["batch_path"] is None or row["log_size"] is None:
+            return None
+        raw_path = bytes(row["batch_path"])
+        batch_path = [raw_path[i : i + 32] for i in range(0, len(raw_path), 32)]
+        leaf, batch_root = bytes(row["leaf_hash"]), bytes(row["batch_root"])
+        log_index, log_size, log_root = row["log_index"], row["log_size"], bytes(row["log_root"])
+        try:
+            merkle.verify_inclusion(
+                leaf, row["batch_index"], row["size"], batch_path, batch_root, hasher=hasher
+            )
+            log_path = await self._log_path(conn, log_index, log_size, hasher=hasher)
+            merkle.verify_inclusion(
+                merkle.leaf_hash(batch_root, hasher=hasher),
+                log_index,
+                log_size,
+                log_path,
+                log_root,
+                hasher=hasher,
+            )
+        except (merkle.ProofError, StoreError):
+            return None
+        anchors = tuple(
+            AnchorRecord(
+                chain_id=a["chain_id"],
+                contract=a["contract"],
+                tx_hash=a["tx_hash"],
+                block_number=a["block_number"],
+                block_time=_rfc3339(datetime.fromisoformat(a["block_time"])),
+            )
+            for a in json.loads(row["anchors"])
+        )
+        extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
+        return Receipt(
+            device_id=row["device_id"],
+            seq=row["seq"],
+            format=row["format"],
+            envelope=bytes(row["envelope"]),
+            leaf_hash=leaf,
+            batch=BatchProof(
+                id=row["batch_id"],
+                size=row["size"],
+                index=row["batch_index"],
+                root=batch_root,
+                path=tuple(batch_path),
+            ),
+            log=LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path)),
+            checkpoint=row["note"],
+            anchors=anchors,
+            status="anchored" if anchors else "sealed",
+            extra=extra,
+        )
+
+    async def _receipt_full(
+        self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> Receipt:
         """The receipt (status ``sealed``) of one stored reading, against the latest checkpoint.
 
         Raises ``StoreError``: ``not_found``, ``erased``, ``log_inconsistent`` (the stored
@@ -1664,6 +1741,34 @@ class OpenAnchorTx:
 
 
 _ANCHOR_COLUMNS = "backend, chain_id, contract, log_size, root, tx_hash, block_number, block_time"
+
+# Store.receipt's one statement: the reading, its batch, the checkpoint to prove against (the
+# newest anchored one covering the batch, else the newest) and that checkpoint's anchors.
+_RECEIPT_SQL = """
+WITH s AS (
+    SELECT batch_id, batch_index, received_at, leaf_hash, batch_path
+    FROM reading_seqs WHERE device_id = $1 AND seq = $2
+), b AS (
+    SELECT id, size, root, log_index FROM batches WHERE id = (SELECT batch_id FROM s)
+), h AS (
+    SELECT log_size, root, note FROM checkpoints WHERE log_size = coalesce(
+        (SELECT max(log_size) FROM anchors WHERE log_size > (SELECT log_index FROM b)),
+        (SELECT max(log_size) FROM checkpoints))
+)
+SELECT s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
+       r.device_id, r.seq, r.format, r.envelope,
+       b.size, b.root AS batch_root, b.log_index,
+       h.log_size, h.root AS log_root, h.note,
+       (SELECT coalesce(json_agg(json_build_object(
+            'chain_id', a.chain_id, 'contract', a.contract, 'tx_hash', a.tx_hash,
+            'block_number', a.block_number, 'block_time', a.block_time) ORDER BY a.backend),
+            '[]')
+        FROM anchors a WHERE a.log_size = h.log_size) AS anchors
+FROM s
+JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
+CROSS JOIN b
+LEFT JOIN h ON true
+"""
 
 
 def _stored_anchor(row: Mapping[str, Any]) -> StoredAnchor:
