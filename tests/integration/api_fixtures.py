@@ -158,6 +158,9 @@ def api_world(
         CITYANCHOR_CHAIN_ID=str(anvil.chain_id),
         CITYANCHOR_CHAIN_CONTRACT=anchor_registry,
         CITYANCHOR_CHAIN_KEY_FILE=str(workdir / "chain.key"),
+        # Every test of the session talks to this server from one address: the per-client rate
+        # limit (tested on its own in tests/unit/test_api_rate_limit.py) must not throttle them.
+        CITYANCHOR_API_RATE_PER_S="0",
     )
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -23,3 +23,26 @@ def test_burst_of_twice_the_rate_then_limited_then_refilled() -> None:
     assert _take_token(ctx, "b", now) == 0.0  # other clients are not affected
     assert _take_token(ctx, "a", now + 0.11) == 0.0  # a token back after 1/rate seconds
     assert _take_token(ctx, "a", now + 0.11) > 0
+
+
+def test_the_middleware_answers_429_problems_with_retry_after() -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from anchor.api import create_app
+    from anchor.config import Settings
+
+    async def body() -> None:
+        ctx = ApiContext(store=None, settings=Settings(), rate_per_s=2)  # type: ignore[arg-type]
+        async with TestClient(TestServer(create_app(ctx))) as client:
+            statuses = [(await client.get("/v1/no-such-route")).status for _ in range(4)]
+            assert statuses == [404, 404, 404, 404]  # a burst of twice the rate passes
+            limited = await client.get("/v1/no-such-route")
+            assert limited.status == 429
+            assert limited.headers["Retry-After"] == "1"
+            problem = await limited.json(content_type="application/problem+json")
+            assert problem["reason"] == "rate_limited" and problem["status"] == 429
+            assert (await client.get("/healthz")).status == 200  # never limited
+
+    asyncio.run(body())
