@@ -367,7 +367,8 @@ def device_to_dict(record: DeviceRecord) -> dict[str, Any]:
 # Command line
 
 
-def _run(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
+def run_with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work(store)`` on ``--database-url`` for a CLI subcommand, then close the store."""
     dsn = args.database_url
     if not dsn:
         raise UsageError(f"no database: give --database-url or set {DATABASE_URL_ENV}")
@@ -407,7 +408,7 @@ def _print_device(record: DeviceRecord, as_json: bool) -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    record = _run(
+    record = run_with_store(
         args,
         lambda s: register(s, args.device_id, args.jwk, district=args.district, kind=args.kind),
     )
@@ -417,7 +418,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     specs = parse_import(args.file, format=args.format)  # bad rows fail before connecting
-    records = _run(args, lambda s: s.register_devices(specs))
+    records = run_with_store(args, lambda s: s.register_devices(specs))
     if args.json:
         print(json.dumps([device_to_dict(r) for r in records], indent=2))
     else:
@@ -426,17 +427,19 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    _print_device(_run(args, lambda s: rotate(s, args.device_id, args.jwk)), args.json)
+    _print_device(run_with_store(args, lambda s: rotate(s, args.device_id, args.jwk)), args.json)
     return 0
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    _print_device(_run(args, lambda s: revoke(s, args.device_id, reason=args.reason)), args.json)
+    _print_device(
+        run_with_store(args, lambda s: revoke(s, args.device_id, reason=args.reason)), args.json
+    )
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    records = _run(
+    records = run_with_store(
         args,
         lambda s: list_devices(
             s, district=args.district, status=args.status, after=args.after, limit=args.limit
@@ -447,12 +450,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    _print_device(_run(args, lambda s: show(s, args.device_id)), args.json)
+    _print_device(run_with_store(args, lambda s: show(s, args.device_id)), args.json)
     return 0
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    applied = _run(args, migrate)
+    applied = run_with_store(args, migrate)
     if applied:
         print("applied migration(s) " + ", ".join(f"{v:03d}" for v in applied))
     else:

@@ -35,7 +35,6 @@ each with ``--database-url`` (default ``$CITYANCHOR_DATABASE_URL``) and ``--json
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import binascii
 import getpass
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from anchor import operator_store as ops
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError
 from anchor.operator_store import TokenRow
 from anchor.store import Store
 
@@ -241,18 +240,10 @@ DATABASE_URL_ENV = "CITYANCHOR_DATABASE_URL"
 
 
 def _run(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
-    dsn = args.database_url
-    if not dsn:
-        raise UsageError(f"no database: give --database-url or set {DATABASE_URL_ENV}")
+    # The same store plumbing as the device commands: one helper for every DB subcommand.
+    from anchor.registry import run_with_store
 
-    async def main() -> T:
-        store = await Store.connect(dsn, min_size=1, max_size=2)
-        try:
-            return await work(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(main())
+    return run_with_store(args, work)
 
 
 def _cli_actor() -> str:
