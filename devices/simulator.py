@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -173,6 +174,9 @@ class SimulationConfig:
     password: str | None = None
     qos: int = 1
     connections: int = 4
+    # {device_id: password}: the broker requires per-device logins (and per-device topic ACLs),
+    # so every device gets its own connection instead of sharing ``connections``.
+    logins: Mapping[str, str] = field(default_factory=dict)
     max_inflight: int = 1000
     drain_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
@@ -542,7 +546,14 @@ class _Run:
         self.faults: list[InjectedFault] = []
         self.started = 0.0
         self.deadline = 0.0
-        n_conn = min(config.connections, len(self.fleet))
+        if config.logins:
+            missing = [d.device_id for d in self.fleet if d.device_id not in config.logins]
+            if missing:
+                raise SimulationError(
+                    f"no broker login for {len(missing)} devices (e.g. {missing[0]})",
+                    reason="usage",
+                )
+        n_conn = len(self.fleet) if config.logins else min(config.connections, len(self.fleet))
         self.conn_of = {d.device_id: i % n_conn for i, d in enumerate(self.fleet)}
         district = config.districts[0]
         self.ghosts: list[SimDevice] = []
@@ -565,7 +576,10 @@ class _Run:
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         user = self.config.username or target.username
-        if user:
+        if self.config.logins:
+            device_id = self.fleet[index].device_id
+            client.username_pw_set(device_id, self.config.logins[device_id])
+        elif user:
             client.username_pw_set(user, self.config.password or target.password)
         if target.tls:
             client.tls_set()
@@ -985,6 +999,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="file holding the MQTT password (kept off the command line)",
     )
+    p.add_argument(
+        "--register-via",
+        metavar="HTTP_URL",
+        default=None,
+        help="register the fleet with POST /v1/devices on this API first (needs --token-file); "
+        "the answers' broker logins are then used, one connection per device (a broker with "
+        "per-device ACLs refuses unknown_device and topic_mismatch faults itself: PUBACK 0x87)",
+    )
+    p.add_argument("--token-file", type=Path, default=None, help="API token (devices:write)")
     p.add_argument("--drain-timeout", default="30s", help="wait this long for the last PUBACKs")
     p.add_argument(
         "--report-json",
@@ -1016,6 +1039,81 @@ def _write_json(path: Path, data: object) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _register_via_api(
+    base_url: str, token_file: Path | None, fleet: Sequence[SimDevice]
+) -> dict[str, str]:
+    """Register every device with ``POST /v1/devices``; return the broker logins answered."""
+    import urllib.error
+    import urllib.request
+
+    if token_file is None:
+        raise UsageError("--register-via needs --token-file (a devices:write token)")
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read {token_file}: {exc.strerror}") from exc
+    logins: dict[str, str] = {}
+    for body in fleet_registration(fleet):
+        request = urllib.request.Request(
+            base_url.rstrip("/") + "/v1/devices",
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                answer = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise SimulationError(
+                f"registering {body['device_id']}: HTTP {exc.code} {exc.read()[:300]!r}",
+                reason="register_failed",
+            ) from exc
+        except OSError as exc:
+            raise SimulationError(
+                f"cannot reach {base_url}: {exc}", reason="register_failed"
+            ) from exc
+        if "mqtt_password" in answer:
+            logins[answer["mqtt_username"]] = answer["mqtt_password"]
+    return logins
+
+
+def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float = 20.0) -> None:
+    """Wait until the broker accepts the newest login: fresh registrations reach the broker's
+    password file within seconds (``cityanchor up`` reloads it from the registry)."""
+    target = parse_mqtt_url(mqtt_url)
+    user, password = list(logins.items())[-1]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes: list[int] = []
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"cityanchor-sim-probe-{os.getpid()}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        client.username_pw_set(user, password)
+        client.on_connect = lambda c, u, f, rc, p, codes=codes: codes.append(int(rc.value))
+        try:
+            client.connect(target.host, target.port, keepalive=10)
+            until = time.monotonic() + 3
+            while not codes and time.monotonic() < until:
+                client.loop(0.1)
+        except OSError:
+            pass
+        finally:
+            client.disconnect()
+            sock = client.socket()
+            if sock is not None:  # a refused login leaves paho's socket open
+                sock.close()
+        if codes and codes[0] == 0:
+            return
+        if time.monotonic() > deadline:
+            raise SimulationError(
+                f"the broker did not accept the new device logins within {timeout_s:.0f} s",
+                reason="connect_failed",
+            )
+        time.sleep(0.5)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -1060,6 +1158,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     )
     if args.fleet_file is not None:
         _write_json(args.fleet_file, fleet_registration(fleet))
+    if args.register_via:
+        logins = _register_via_api(args.register_via, args.token_file, fleet)
+        if logins:
+            _wait_for_logins(config.mqtt_url, logins)
+            config = dataclasses.replace(config, logins=logins)
     if args.fleet_only:
         print(json.dumps({"devices": len(fleet), "fleet_file": str(args.fleet_file)}))
         return 0

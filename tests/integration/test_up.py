@@ -272,6 +272,29 @@ def test_up_runs_everything_and_resumes_on_the_same_data_dir(
             )
             == 0
         )
+        # A simulated fleet registered through the API, each device on its own broker login.
+        sim = subprocess.run(
+            [sys.executable, "-m", "anchor", "simulate", "--mqtt", again["mqtt"], "--devices", "6",
+             "--rate", "60/s", "--duration", "2s", "--district", "harbour", "--no-progress",
+             "--register-via", again["http"], "--token-file", again["token_file"]],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert sim.returncode == 0, sim.stdout + sim.stderr
+        summary = json.loads(sim.stdout.strip().splitlines()[-1])
+        assert summary["acked"] == summary["sent"] > 0
+        status, devices = _request("GET", again["http"] + "/v1/devices?district=harbour")
+        simulated = [
+            d["device_id"]
+            for d in devices["devices"]
+            if d["device_id"].startswith(
+                ("aq-", "noise-", "traffic-", "water-", "meter-", "parking-", "gnb-", "ue-")
+            )
+        ]
+        assert len(simulated) == 6, devices
+        deadline = time.monotonic() + 30
+        while _request("GET", f"{again['http']}/v1/receipts/{simulated[0]}/1")[0] != 200:
+            assert time.monotonic() < deadline, "simulated readings were not ingested"
+            time.sleep(0.3)
         _stop(proc, data_dir)
     finally:
         if proc.poll() is None:
