@@ -297,6 +297,12 @@ def test_up_runs_everything_and_resumes_on_the_same_data_dir(
             time.sleep(0.3)
         _stop(proc, data_dir)
     finally:
+        # On a failed assertion: stop `up` the way an operator would (SIGTERM), so that it stops
+        # the servers and children it started; SIGKILL would orphan them.
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
