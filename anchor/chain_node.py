@@ -34,8 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import json
 import os
 import platform
@@ -48,17 +46,17 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from eth_utils.address import to_checksum_address
 
 from anchor.services import (
+    _REGISTRY,
     LOOPBACK,
+    LocalServer,
     ServiceError,
     _check_port_free,
     _log_tail,
-    _pick_port,
     _pid_alive,
 )
 
@@ -147,29 +145,7 @@ class DevAccount:
     private_key: str = field(repr=False)
 
 
-class _Registry:
-    """Nodes still running, stopped at interpreter exit so no process outlives the caller."""
-
-    def __init__(self) -> None:
-        self._live: dict[int, AnvilNode] = {}
-        atexit.register(self.stop_all)
-
-    def add(self, node: AnvilNode) -> None:
-        self._live[id(node)] = node
-
-    def discard(self, node: AnvilNode) -> None:
-        self._live.pop(id(node), None)
-
-    def stop_all(self) -> None:
-        for node in list(self._live.values()):
-            with contextlib.suppress(Exception):
-                node.stop()
-
-
-_REGISTRY = _Registry()
-
-
-class AnvilNode:
+class AnvilNode(LocalServer):
     """A private anvil node in ``base_dir``, JSON-RPC over HTTP on 127.0.0.1 only.
 
     Files: ``base_dir/anvil.log`` (anvil's output, appended), ``base_dir/anvil-config.json``
@@ -179,6 +155,8 @@ class AnvilNode:
     (``base_fee=0, gas_price=0`` makes a zero-gas chain, like permissioned networks);
     ``hardfork`` pins the EVM rules (default: anvil's latest).
     """
+
+    _NOUN = "node"
 
     def __init__(
         self,
@@ -226,16 +204,6 @@ class AnvilNode:
     # -- public properties ----------------------------------------------------------------
 
     @property
-    def host(self) -> str:
-        return LOOPBACK
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("the node has no port until it is started", reason="usage")
-        return self._port
-
-    @property
     def rpc_url(self) -> str:
         """``http://127.0.0.1:PORT`` (JSON-RPC over HTTP)."""
         return f"http://{LOOPBACK}:{self.port}"
@@ -277,7 +245,7 @@ class AnvilNode:
         if self.state_path is not None:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(_PORT_RETRIES):
-            self._port = _pick_port(self._requested_port, self._port, attempt)
+            self._port = self._pick_port(attempt)
             error = self._spawn(binary)
             if error is None:
                 return self
@@ -320,20 +288,8 @@ class AnvilNode:
         self._proc = None
         _REGISTRY.discard(self)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"port={self._port}" if self.running else "stopped"
-        return f"AnvilNode({str(self.base_dir)!r}, chain_id={self._chain_id}, {state})"
+    def _repr_extra(self) -> str:
+        return f", chain_id={self._chain_id}"
 
     # -- JSON-RPC helpers -----------------------------------------------------------------
 

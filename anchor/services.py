@@ -49,6 +49,7 @@ from anchor.errors import AnchorError
 
 __all__ = [
     "LOOPBACK",
+    "LocalServer",
     "MosquittoServer",
     "PostgresServer",
     "ServiceError",
@@ -195,19 +196,74 @@ class _Registry:
     """Servers still running, stopped at interpreter exit so no process outlives the caller."""
 
     def __init__(self) -> None:
-        self._live: dict[int, PostgresServer | MosquittoServer] = {}
+        self._live: dict[int, LocalServer] = {}
         atexit.register(self.stop_all)
 
-    def add(self, server: PostgresServer | MosquittoServer) -> None:
+    def add(self, server: LocalServer) -> None:
         self._live[id(server)] = server
 
-    def discard(self, server: PostgresServer | MosquittoServer) -> None:
+    def discard(self, server: LocalServer) -> None:
         self._live.pop(id(server), None)
 
     def stop_all(self) -> None:
         for server in list(self._live.values()):
             with contextlib.suppress(Exception):
                 server.stop()
+
+
+class LocalServer:
+    """What every private server (PostgreSQL, Mosquitto, anvil) shares: a directory, a loopback
+    port chosen at start, context-manager use, and a place in the at-exit registry.
+
+    Subclasses set ``base_dir``, ``_requested_port`` and ``_port``, and implement ``start``,
+    ``stop`` and ``running``; ``_NOUN`` names them in errors.
+    """
+
+    _NOUN = "server"
+    base_dir: Path
+    _requested_port: int | None
+    _port: int | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def host(self) -> str:
+        return LOOPBACK
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ServiceError(f"the {self._NOUN} has no port until it is started", reason="usage")
+        return self._port
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _repr_extra(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        state = f"port={self._port}" if self.running else "stopped"
+        return f"{type(self).__name__}({str(self.base_dir)!r}{self._repr_extra()}, {state})"
+
+    def _pick_port(self, attempt: int) -> int:
+        return _pick_port(self._requested_port, self._port, attempt)
 
 
 _REGISTRY = _Registry()
@@ -251,7 +307,7 @@ def find_pg_bindir(env: Mapping[str, str] | None = None) -> Path:
     return max(candidates, key=_pg_version_key)
 
 
-class PostgresServer:
+class PostgresServer(LocalServer):
     """A private PostgreSQL cluster in ``base_dir``, reachable only on 127.0.0.1.
 
     Layout: ``base_dir/data`` (the cluster, created by initdb on the first start only, so a
@@ -298,16 +354,6 @@ class PostgresServer:
         if self._bindir is None:
             self._bindir = find_pg_bindir()
         return self._bindir
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("the server has no port until it is started", reason="usage")
-        return self._port
 
     @property
     def dsn(self) -> str:
@@ -415,25 +461,7 @@ class PostgresServer:
             raise ServiceError(f"psql failed: {result.stderr.strip()}", reason="sql_failed")
         return result.stdout.strip()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"port={self._port}" if self._running else "stopped"
-        return f"PostgresServer({str(self.base_dir)!r}, {state})"
-
     # -- internals ------------------------------------------------------------------------
-
-    def _pick_port(self, attempt: int) -> int:
-        return _pick_port(self._requested_port, self._port, attempt)
 
     def _target(self, database: str) -> list[str]:
         # Always TCP on loopback with explicit user and database: never a default socket or a
@@ -645,7 +673,7 @@ def mosquitto_password_hash(
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(key).decode()}"
 
 
-class MosquittoServer:
+class MosquittoServer(LocalServer):
     """A private Mosquitto (MQTT v5, 3.1.1) broker in ``base_dir``, listening on 127.0.0.1 only.
 
     Persistence is on, in ``base_dir/persistence/``, so QoS 1 messages queued for persistent
@@ -659,6 +687,8 @@ class MosquittoServer:
     With ``users`` (``{username: password}``) and ``acl`` (Mosquitto ACL file text) the broker
     requires logins; ``allow_anonymous`` defaults to True only when no users are given.
     """
+
+    _NOUN = "broker"
 
     def __init__(
         self,
@@ -696,16 +726,6 @@ class MosquittoServer:
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- public properties ----------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        return LOOPBACK
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise ServiceError("the broker has no port until it is started", reason="usage")
-        return self._port
 
     @property
     def url(self) -> str:
@@ -809,25 +829,7 @@ class MosquittoServer:
         if self.running:
             self.reload()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"port={self._port}" if self.running else "stopped"
-        return f"MosquittoServer({str(self.base_dir)!r}, {state})"
-
     # -- internals ------------------------------------------------------------------------
-
-    def _pick_port(self, attempt: int) -> int:
-        return _pick_port(self._requested_port, self._port, attempt)
 
     @staticmethod
     def _validate_users(users: Mapping[str, str] | None) -> None:
