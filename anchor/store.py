@@ -357,6 +357,27 @@ def _migrations(directory: Path) -> list[_Migration]:
     return [found[v] for v in sorted(found)]
 
 
+_INSERT_KEY = (
+    "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk) "
+    "VALUES ($1, $2, $3, $4, $5::jsonb)"
+)
+
+
+def _key_row(device_id: str, key: PublicKey) -> tuple[str, bytes, str, bytes, str]:
+    return device_id, key.kid, key.key_type, key.raw, json.dumps(key.to_jwk())
+
+
+async def _lock_active_device(conn: Any, device_id: str, if_revoked: str) -> None:
+    """Lock the device's row for this transaction; ``not_found`` / ``conflict`` (revoked)."""
+    status = await conn.fetchval(
+        "SELECT status FROM devices WHERE device_id = $1 FOR UPDATE", device_id
+    )
+    if status is None:
+        raise _not_found(f"device {device_id} is not registered")
+    if status == "revoked":
+        raise _conflict(if_revoked)
+
+
 def _key_record(row: Mapping[str, Any]) -> DeviceKeyRecord:
     return DeviceKeyRecord(
         device_id=row["device_id"],
@@ -674,12 +695,8 @@ class Store:
                 [(s.device_id, s.district, s.kind) for s in specs],
             )
             await conn.executemany(
-                "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk) "
-                "VALUES ($1, $2, $3, $4, $5::jsonb)",
-                [
-                    (s.device_id, s.key.kid, s.key.key_type, s.key.raw, json.dumps(s.key.to_jwk()))
-                    for s in specs
-                ],
+                _INSERT_KEY,
+                [_key_row(s.device_id, s.key) for s in specs],
             )
             return await self._fetch_devices(conn, "WHERE device_id = ANY($1::text[])", ids)
 
@@ -691,13 +708,9 @@ class Store:
         """
         _check_device_id(device_id)
         async with self._connection("rotate") as conn, conn.transaction():
-            status = await conn.fetchval(
-                "SELECT status FROM devices WHERE device_id = $1 FOR UPDATE", device_id
+            await _lock_active_device(
+                conn, device_id, f"device {device_id} is revoked; its keys cannot be rotated"
             )
-            if status is None:
-                raise _not_found(f"device {device_id} is not registered")
-            if status == "revoked":
-                raise _conflict(f"device {device_id} is revoked; its keys cannot be rotated")
             owner = await conn.fetchval("SELECT device_id FROM device_keys WHERE kid = $1", key.kid)
             if owner is not None:
                 which = "this device" if owner == device_id else f"device {owner}"
@@ -707,15 +720,7 @@ class Store:
                 "WHERE device_id = $1 AND valid_until IS NULL",
                 device_id,
             )
-            await conn.execute(
-                "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk) "
-                "VALUES ($1, $2, $3, $4, $5::jsonb)",
-                device_id,
-                key.kid,
-                key.key_type,
-                key.raw,
-                json.dumps(key.to_jwk()),
-            )
+            await conn.execute(_INSERT_KEY, *_key_row(device_id, key))
             (record,) = await self._fetch_devices(conn, "WHERE device_id = $1", device_id)
             return record
 
@@ -726,13 +731,7 @@ class Store:
         """
         _check_device_id(device_id)
         async with self._connection("revoke") as conn, conn.transaction():
-            status = await conn.fetchval(
-                "SELECT status FROM devices WHERE device_id = $1 FOR UPDATE", device_id
-            )
-            if status is None:
-                raise _not_found(f"device {device_id} is not registered")
-            if status == "revoked":
-                raise _conflict(f"device {device_id} is already revoked")
+            await _lock_active_device(conn, device_id, f"device {device_id} is already revoked")
             await conn.execute(
                 "UPDATE devices SET status = 'revoked', revoked_at = now(), revoke_reason = $2 "
                 "WHERE device_id = $1",
