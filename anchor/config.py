@@ -65,7 +65,7 @@ class ChainSettings:
 class Settings:
     """The effective configuration. Durations are in milliseconds unless named otherwise."""
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/cityanchor"
+    database_url: str = "postgresql://cityanchor@127.0.0.1:5432/cityanchor"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str = ""
     mqtt_password: str = ""
