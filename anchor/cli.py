@@ -43,8 +43,22 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         from anchor.checkpoint import generate_note_key
         from anchor.files import write_private_file, write_public_file
 
+        skey_file = out / "operator.skey"
+        refusal = (
+            f"{skey_file} already exists; refusing to replace the operator's checkpoint key "
+            "(every checkpoint is signed with it, and verifiers trust its operator.vkey). "
+            "Pass --force to replace it deliberately, and keep the old operator.vkey: "
+            "receipts issued so far verify only with it."
+        )
+        if skey_file.exists() and not args.force:
+            raise UsageError(refusal)
         signer = generate_note_key(args.name)
-        skey_path = write_private_file(out / "operator.skey", (signer.skey() + "\n").encode())
+        try:
+            skey_path = write_private_file(
+                skey_file, (signer.skey() + "\n").encode(), replace=args.force
+            )
+        except FileExistsError:
+            raise UsageError(refusal) from None
         vkey_path = write_public_file(
             out / "operator.vkey", (signer.verifier.vkey() + "\n").encode()
         )
@@ -491,6 +505,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", action="store_true", help="generate the operator's note key")
     p.add_argument("--name", default="cityanchor.example/log", help="operator key/log name")
     p.add_argument("--out", default=".", help="directory for the key files")
+    p.add_argument(
+        "--force", action="store_true", help="--operator: replace an existing operator key"
+    )
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("sign", help="sign one reading as a device")
