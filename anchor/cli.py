@@ -19,6 +19,7 @@ from typing import Any
 
 from anchor import __version__
 from anchor.errors import AnchorError, UsageError
+from anchor.redact import RedactingFormatter, redact_text
 
 __all__ = ["main"]
 
@@ -700,17 +701,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse itself exits 2 on bad flags)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # what logging.basicConfig would do, with secrets masked
+        handler = logging.StreamHandler()
+        handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     log.setLevel(
         logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     )
     try:
         code: int = args.func(args)
     except UsageError as exc:
-        print(f"cityanchor: error: {exc.detail}", file=sys.stderr)
+        print(f"cityanchor: error: {redact_text(exc.detail)}", file=sys.stderr)
         return EXIT_USAGE
     except AnchorError as exc:
-        print(f"cityanchor: {exc}", file=sys.stderr)
+        # Connection failures may quote a DSN or an RPC URL: never with its password.
+        print(f"cityanchor: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
     return code
 

@@ -400,7 +400,12 @@ class PostgresServer(LocalServer):
 
     @property
     def running(self) -> bool:
-        return self._running
+        """Started by us and the postmaster still alive (False after it crashed or was killed:
+        :meth:`start` then starts it again)."""
+        if not self._running:
+            return False
+        pid = self.pid
+        return pid is not None and _pid_alive(pid)
 
     @property
     def pid(self) -> int | None:
@@ -420,8 +425,10 @@ class PostgresServer(LocalServer):
             ServiceError: ``port_in_use`` (the named port is taken), ``binary_missing``,
                 ``permission_denied``, ``user_missing`` or ``start_failed`` (with the log tail).
         """
-        if self._running:
+        if self.running:
             return self
+        # Not running, though maybe started before: the postmaster died (crash, kill -9).
+        self._running = False
         if self._requested_port is not None:
             _check_port_free(self._requested_port)
         bindir = self.bindir
