@@ -40,6 +40,10 @@ _KEYWORD = re.compile(
     r"(?i)((?<![A-Za-z])(?:password|passwd|pwd|secret|token|api[-_]?key|apikey|access[-_]?key)"
     r"[\"']?\s*[=:]\s*[\"']?)([^\s&\"',;}]+)"
 )
+# A URL's path quoted without its scheme and host, as urllib3/requests errors do
+# ("Max retries exceeded with url: /v3/KEY?apikey=..."), so web3 failures to reach an RPC
+# endpoint quote its API key.
+_URL_PATH = re.compile(r"(?i)(\burl:\s*)(/[^\s'\"<>`]*)")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
 # cityanchor API tokens: ca_<id>_<base64url secret> (anchor.tokens.format_token).
 _API_TOKEN = re.compile(r"\b(ca_\d+_)[A-Za-z0-9_-]{8,}")
@@ -99,6 +103,7 @@ def redact_text(text: str) -> str:
     """``text`` with every URL passed through :func:`redact_url` and every ``password=...``,
     ``Bearer ...`` and cityanchor API token masked. Idempotent."""
     text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    text = _URL_PATH.sub(lambda m: m.group(1) + redact_url("x://h" + m.group(2))[5:], text)
     text = _KEYWORD.sub(lambda m: m.group(1) + MASK, text)
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     return _API_TOKEN.sub(lambda m: m.group(1) + MASK, text)
