@@ -16,7 +16,8 @@ callers running as root should create a directory and chmod it 0711 or wider.
 
 Failures raise :class:`ServiceError` with a stable ``reason``: ``binary_missing``,
 ``port_in_use``, ``permission_denied``, ``user_missing``, ``config_invalid``, ``start_failed``,
-``stop_failed``, ``sql_failed`` (:meth:`PostgresServer.psql`), ``usage``.
+``stop_failed``, ``sql_failed`` (:meth:`PostgresServer.psql`), ``already_running``
+(:meth:`PostgresServer.start` on a data dir whose postmaster another process runs), ``usage``.
 
 Example::
 
@@ -429,6 +430,16 @@ class PostgresServer(LocalServer):
             return self
         # Not running, though maybe started before: the postmaster died (crash, kill -9).
         self._running = False
+        other = self.pid
+        if other is not None and _pid_alive(other):
+            # Someone else's server on this data dir: refuse before changing any file of it
+            # (port, pg_hba.conf) and never stop it (an earlier version's failed start sent such
+            # a server an immediate shutdown).
+            raise ServiceError(
+                f"PostgreSQL (pid {other}) is already running on {self.data_dir}, started by "
+                "another process; nothing was changed",
+                reason="already_running",
+            )
         if self._requested_port is not None:
             _check_port_free(self._requested_port)
         bindir = self.bindir
@@ -495,6 +506,24 @@ class PostgresServer(LocalServer):
             )
         self._running = False
         _REGISTRY.discard(self)
+
+    def stop_stale(self) -> int | None:
+        """Stop (fast) a postmaster left running on this data dir by an owner that is gone, e.g.
+        a ``cityanchor up`` killed with SIGKILL; return its pid, or None when there was none.
+
+        Only for a caller that knows the owner is gone (``up`` holds the data dir's lock).
+        """
+        other = self.pid
+        if self._running or other is None or not _pid_alive(other):
+            return None
+        result = self._pg_ctl_stop("fast", timeout=60)
+        if _pid_alive(other, wait=10.0):
+            raise ServiceError(
+                f"the stale PostgreSQL (pid {other}) on {self.data_dir} did not stop: "
+                f"{result.stdout}{result.stderr}",
+                reason="stop_failed",
+            )
+        return other
 
     def psql(self, sql: str, *, database: str | None = None) -> str:
         """Run ``sql`` with ``psql`` from the same bindir; return its unaligned, tuples-only output.

@@ -294,6 +294,11 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
     with contextlib.suppress(OSError, ValueError):
         ports = {k: int(v) for k, v in json.loads(ports_file.read_text()).items()}
     started: list[Any] = []
+    # We hold the data dir's lock, so a postmaster still running in it belongs to an `up` that
+    # died without stopping it (SIGKILL): stop it, then start ours.
+    stale = PostgresServer(d / "postgres").stop_stale()
+    if stale is not None:
+        _say(f"stopped PostgreSQL pid {stale}, left running by an earlier up")
     try:
         pg = _start_on_stable_port(
             lambda port: PostgresServer(d / "postgres", port=port), None, ports.get("postgres")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from anchor.keys import PrivateKey
-from anchor.services import PostgresServer
+from anchor.services import PostgresServer, ServiceError
 from devices.signer import DeviceSigner
 from integration.conftest import pid_alive
 from integration.test_pg_auth import assert_locked_down
@@ -179,3 +179,27 @@ def test_up_is_locked_restarts_its_servers_and_keeps_its_secrets(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def test_a_second_server_on_a_running_data_dir_leaves_the_first_alone(service_dir: Path) -> None:
+    """The library-level half of item 12: the old failed start of a second PostgresServer on the
+    same data dir sent the running postmaster an immediate shutdown."""
+    first = PostgresServer(service_dir / "pg", fsync=False).start()
+    try:
+        pid = first.pid
+        conf = (first.data_dir / "cityanchor.conf").read_bytes()
+        with pytest.raises(ServiceError) as exc:
+            PostgresServer(service_dir / "pg", fsync=False).start()
+        assert exc.value.reason == "already_running"
+        assert f"pid {pid}" in exc.value.detail
+        assert first.running and first.pid == pid
+        assert (first.data_dir / "cityanchor.conf").read_bytes() == conf
+        assert first.psql("SELECT 1") == "1"
+        # What `up` does, holding the data dir's lock, for a postmaster whose owner died.
+        assert PostgresServer(service_dir / "pg").stop_stale() == pid
+        assert pid is not None and not pid_alive(pid)
+        assert not first.running
+        first.start()  # and it starts again on the same data
+        assert first.psql("SELECT 1") == "1"
+    finally:
+        first.stop()
