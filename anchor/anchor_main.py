@@ -124,6 +124,7 @@ def run_anchor_once(settings: Settings, *, timeout_s: float = 120.0) -> int:
 
 def run_anchor_loop(settings: Settings, *, period_s: float) -> int:
     """``cityanchor anchor loop``: the long-running job (one leader across replicas)."""
+    log.info("anchoring job starting: %s", json.dumps(settings.masked()))
 
     async def body(job: AnchorJob) -> None:
         stop = asyncio.Event()

@@ -211,6 +211,7 @@ async def serve(
     """Serve the API until ``stop`` is set."""
     from anchor.ingest_main import load_operator_signer
 
+    log.info("api starting: %s", json.dumps(settings.masked()))
     store = await Store.connect(settings.database_url, max_size=8)
     try:
         verifiers: list[NoteVerifier] = []

@@ -19,6 +19,7 @@ from typing import Any
 
 from anchor import __version__
 from anchor.errors import AnchorError, UsageError
+from anchor.redact import RedactingFormatter, redact_text
 
 __all__ = ["main"]
 
@@ -43,8 +44,22 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         from anchor.checkpoint import generate_note_key
         from anchor.files import write_private_file, write_public_file
 
+        skey_file = out / "operator.skey"
+        refusal = (
+            f"{skey_file} already exists; refusing to replace the operator's checkpoint key "
+            "(every checkpoint is signed with it, and verifiers trust its operator.vkey). "
+            "Pass --force to replace it deliberately, and keep the old operator.vkey: "
+            "receipts issued so far verify only with it."
+        )
+        if skey_file.exists() and not args.force:
+            raise UsageError(refusal)
         signer = generate_note_key(args.name)
-        skey_path = write_private_file(out / "operator.skey", (signer.skey() + "\n").encode())
+        try:
+            skey_path = write_private_file(
+                skey_file, (signer.skey() + "\n").encode(), replace=args.force
+            )
+        except FileExistsError:
+            raise UsageError(refusal) from None
         vkey_path = write_public_file(
             out / "operator.vkey", (signer.verifier.vkey() + "\n").encode()
         )
@@ -491,6 +506,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", action="store_true", help="generate the operator's note key")
     p.add_argument("--name", default="cityanchor.example/log", help="operator key/log name")
     p.add_argument("--out", default=".", help="directory for the key files")
+    p.add_argument(
+        "--force", action="store_true", help="--operator: replace an existing operator key"
+    )
     p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("sign", help="sign one reading as a device")
@@ -683,17 +701,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse itself exits 2 on bad flags)."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger()
+    if not root.handlers:  # what logging.basicConfig would do, with secrets masked
+        handler = logging.StreamHandler()
+        handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     log.setLevel(
         logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     )
     try:
         code: int = args.func(args)
     except UsageError as exc:
-        print(f"cityanchor: error: {exc.detail}", file=sys.stderr)
+        print(f"cityanchor: error: {redact_text(exc.detail)}", file=sys.stderr)
         return EXIT_USAGE
     except AnchorError as exc:
-        print(f"cityanchor: {exc}", file=sys.stderr)
+        # Connection failures may quote a DSN or an RPC URL: never with its password.
+        print(f"cityanchor: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
     return code
 

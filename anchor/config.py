@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from anchor.errors import UsageError
+from anchor.redact import MASK, redact_text
 
 __all__ = [
     "ENV_PREFIX",
@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "CITYANCHOR_"
-SECRET_FIELDS = frozenset({"mqtt_password", "database_url"})
+# Settings whose whole value is secret; every other string (database_url, mqtt_url, a chain's
+# rpc_url, ...) is shown through anchor.redact.redact_text, which hides the secrets inside it.
+SECRET_FIELDS = frozenset({"mqtt_password"})
 
 
 FEE_MODES = ("eip1559", "legacy", "zero")
@@ -65,7 +67,7 @@ class ChainSettings:
 class Settings:
     """The effective configuration. Durations are in milliseconds unless named otherwise."""
 
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/cityanchor"
+    database_url: str = "postgresql://cityanchor@127.0.0.1:5432/cityanchor"
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str = ""
     mqtt_password: str = ""
@@ -98,22 +100,18 @@ class Settings:
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced, for ``config show`` and logs."""
-        out = dataclasses.asdict(self)
-        for name in SECRET_FIELDS:
-            if out.get(name):
-                out[name] = _mask(name, out[name])
-        return out
+        masked: dict[str, Any] = _masked(dataclasses.asdict(self))
+        return masked
 
 
-def _mask(name: str, value: str) -> str:
-    if name != "database_url":
-        return "***"
-    # Keep the DSN readable (host, port, database); hide only its password.
-    url = urlsplit(value)
-    if url.password is None:
-        return value
-    netloc = f"{url.username or ''}:***@{url.hostname or ''}" + (f":{url.port}" if url.port else "")
-    return urlunsplit(url._replace(netloc=netloc))
+def _masked(value: Any, name: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, name) for v in value]
+    if isinstance(value, str) and value:
+        return MASK if name in SECRET_FIELDS else redact_text(value)
+    return value
 
 
 def _coerce(name: str, kind: type, raw: Any, source: str) -> Any:

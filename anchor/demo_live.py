@@ -34,6 +34,7 @@ from anchor.children import ChildProcess
 from anchor.config import ChainSettings
 from anchor.files import write_private_file, write_public_file
 from anchor.receipt import dumps_receipt
+from anchor.redact import redact_url
 from anchor.services import MosquittoServer, PostgresServer, free_port
 from anchor.store import DeviceSpec, Store, StoredAnchor
 from devices.simulator import SimulationConfig, SimulationReport, make_fleet, run_simulation
@@ -195,7 +196,7 @@ def run_live_demo(out: Path, config: LiveDemoConfig = LiveDemoConfig()) -> int:
             pg.start()
             mq.start()
             chain.start()
-            _say(f"private PostgreSQL {pg.dsn}")
+            _say(f"private PostgreSQL {redact_url(pg.dsn)}")
             _say(f"private Mosquitto  {mq.url}")
             _say(f"private EVM chain  {chain.rpc_url} (anvil, chain id {chain.chain_id})")
             operator: NoteSigner = generate_note_key(ORIGIN)

@@ -9,7 +9,7 @@ from pathlib import Path
 __all__ = ["write_private_file", "write_public_file"]
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> Path:
+def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file gets its final mode before any byte is written, so a secret is never
     # readable by others, not even for an instant; rename makes the write all-or-nothing.
@@ -20,16 +20,25 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            # A link, unlike a rename, fails when the name exists (FileExistsError): no
+            # check-then-write race can replace a file someone created meanwhile.
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def write_private_file(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, readable by the owner only (0600)."""
-    return _atomic_write(path, data, 0o600)
+def write_private_file(path: Path, data: bytes, *, replace: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically, readable by the owner only (0600).
+
+    With ``replace=False`` an existing ``path`` is left alone and ``FileExistsError`` raised.
+    """
+    return _atomic_write(path, data, 0o600, replace=replace)
 
 
 def write_public_file(path: Path, data: bytes) -> Path:

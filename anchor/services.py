@@ -16,7 +16,8 @@ callers running as root should create a directory and chmod it 0711 or wider.
 
 Failures raise :class:`ServiceError` with a stable ``reason``: ``binary_missing``,
 ``port_in_use``, ``permission_denied``, ``user_missing``, ``config_invalid``, ``start_failed``,
-``stop_failed``, ``sql_failed`` (:meth:`PostgresServer.psql`), ``usage``.
+``stop_failed``, ``sql_failed`` (:meth:`PostgresServer.psql`), ``already_running``
+(:meth:`PostgresServer.start` on a data dir whose postmaster another process runs), ``usage``.
 
 Example::
 
@@ -30,6 +31,7 @@ import atexit
 import base64
 import contextlib
 import hashlib
+import hmac
 import os
 import pwd
 import re
@@ -57,6 +59,7 @@ __all__ = [
     "find_pg_bindir",
     "free_port",
     "mosquitto_password_hash",
+    "scram_sha256_verifier",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -312,8 +315,21 @@ class PostgresServer(LocalServer):
 
     Layout: ``base_dir/data`` (the cluster, created by initdb on the first start only, so a
     persistent ``base_dir`` keeps its data), ``base_dir/run`` (the unix socket, never
-    /var/run/postgresql) and ``base_dir/postgres.log``. Authentication is ``trust``: the server
-    is private and accepts only loopback and unix-socket connections in its own directory.
+    /var/run/postgresql), ``base_dir/postgres.log`` and two generated passwords, each 0600:
+    ``base_dir/superuser.password`` (role ``postgres``, used only by :meth:`psql` and
+    :attr:`superuser_dsn` for administration) and ``base_dir/service.password`` (``role``).
+
+    Authentication is ``scram-sha-256`` for every connection, TCP and unix socket alike; there
+    is no ``trust`` line: any local OS user can reach 127.0.0.1, so a password is what keeps
+    them out. The service connects as ``role`` (default ``cityanchor``): a login without
+    SUPERUSER, CREATEDB, CREATEROLE or REPLICATION that owns ``database`` and its ``public``
+    schema, so it can run the migrations but not ``COPY ... TO PROGRAM`` or read other
+    databases' files. :attr:`dsn` carries that role and its password.
+
+    A cluster initialised by an older version with ``trust`` authentication is upgraded at
+    :meth:`start`: the superuser gets a password (set in single-user mode, so no password-less
+    window is ever open), ``pg_hba.conf`` is rewritten and the database with everything in its
+    ``public`` schema is handed to ``role``.
 
     ``fsync`` stays on by default because the store's durability is the point of this project;
     ``fsync=False`` exists for throwaway benchmark clusters only (a crash can corrupt them).
@@ -325,6 +341,7 @@ class PostgresServer(LocalServer):
         *,
         port: int | None = None,
         database: str = "cityanchor",
+        role: str = "cityanchor",
         fsync: bool = True,
         bindir: Path | None = None,
         start_timeout: float = 60.0,
@@ -333,11 +350,19 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"database name {database!r} is not a plain identifier", reason="config_invalid"
             )
+        if not _IDENT.fullmatch(role) or role == _PG_USER or role.startswith("pg_"):
+            raise ServiceError(
+                f"service role {role!r} is not a plain identifier other than {_PG_USER!r}",
+                reason="config_invalid",
+            )
         self.base_dir = Path(base_dir).absolute()
         self.data_dir = self.base_dir / "data"
         self.socket_dir = self.base_dir / "run"
         self.log_path = self.base_dir / "postgres.log"
+        self.superuser_password_path = self.base_dir / "superuser.password"
+        self.password_path = self.base_dir / "service.password"
         self.database = database
+        self.role = role
         self.fsync = fsync
         self.start_timeout = start_timeout
         self._requested_port = port
@@ -357,12 +382,31 @@ class PostgresServer(LocalServer):
 
     @property
     def dsn(self) -> str:
-        """``postgresql://postgres@127.0.0.1:PORT/cityanchor`` (libpq and asyncpg accept it)."""
-        return f"postgresql://{_PG_USER}@{LOOPBACK}:{self.port}/{self.database}"
+        """``postgresql://cityanchor:PASSWORD@127.0.0.1:PORT/cityanchor``: the service role
+        (not a superuser) with its password (libpq and asyncpg accept it)."""
+        return self.dsn_for(self.database)
+
+    def dsn_for(self, database: str) -> str:
+        """The service role's DSN for another database on this server (see
+        :meth:`create_database`)."""
+        # token_urlsafe passwords need no percent-encoding in the userinfo.
+        password = _read_secret(self.password_path)
+        return f"postgresql://{self.role}:{password}@{LOOPBACK}:{self.port}/{database}"
+
+    @property
+    def superuser_dsn(self) -> str:
+        """The superuser's DSN: administration and tests only, never the service."""
+        password = _read_secret(self.superuser_password_path)
+        return f"postgresql://{_PG_USER}:{password}@{LOOPBACK}:{self.port}/{self.database}"
 
     @property
     def running(self) -> bool:
-        return self._running
+        """Started by us and the postmaster still alive (False after it crashed or was killed:
+        :meth:`start` then starts it again)."""
+        if not self._running:
+            return False
+        pid = self.pid
+        return pid is not None and _pid_alive(pid)
 
     @property
     def pid(self) -> int | None:
@@ -382,8 +426,20 @@ class PostgresServer(LocalServer):
             ServiceError: ``port_in_use`` (the named port is taken), ``binary_missing``,
                 ``permission_denied``, ``user_missing`` or ``start_failed`` (with the log tail).
         """
-        if self._running:
+        if self.running:
             return self
+        # Not running, though maybe started before: the postmaster died (crash, kill -9).
+        self._running = False
+        other = self.pid
+        if other is not None and _pid_alive(other):
+            # Someone else's server on this data dir: refuse before changing any file of it
+            # (port, pg_hba.conf) and never stop it (an earlier version's failed start sent such
+            # a server an immediate shutdown).
+            raise ServiceError(
+                f"PostgreSQL (pid {other}) is already running on {self.data_dir}, started by "
+                "another process; nothing was changed",
+                reason="already_running",
+            )
         if self._requested_port is not None:
             _check_port_free(self._requested_port)
         bindir = self.bindir
@@ -398,6 +454,11 @@ class PostgresServer(LocalServer):
             self.created = True
         else:
             self.created = False
+            if self._needs_auth_upgrade():
+                self._upgrade_auth(bindir)
+            # Edits are overwritten: no start ever runs with a pg_hba.conf other than ours.
+            self._write_owned(self.data_dir / "pg_hba.conf", _HBA)
+        self._ensure_secret(self.password_path)
 
         for attempt in range(_PORT_RETRIES):
             port = self._pick_port(attempt)
@@ -414,7 +475,8 @@ class PostgresServer(LocalServer):
         _REGISTRY.add(self)
         try:
             self._wait_ready(bindir)
-            self._create_database()
+            self._ensure_role()
+            self.create_database(self.database)
         except BaseException:
             self.stop(mode="immediate")
             raise
@@ -445,6 +507,24 @@ class PostgresServer(LocalServer):
         self._running = False
         _REGISTRY.discard(self)
 
+    def stop_stale(self) -> int | None:
+        """Stop (fast) a postmaster left running on this data dir by an owner that is gone, e.g.
+        a ``cityanchor up`` killed with SIGKILL; return its pid, or None when there was none.
+
+        Only for a caller that knows the owner is gone (``up`` holds the data dir's lock).
+        """
+        other = self.pid
+        if self._running or other is None or not _pid_alive(other):
+            return None
+        result = self._pg_ctl_stop("fast", timeout=60)
+        if _pid_alive(other, wait=10.0):
+            raise ServiceError(
+                f"the stale PostgreSQL (pid {other}) on {self.data_dir} did not stop: "
+                f"{result.stdout}{result.stderr}",
+                reason="stop_failed",
+            )
+        return other
+
     def psql(self, sql: str, *, database: str | None = None) -> str:
         """Run ``sql`` with ``psql`` from the same bindir; return its unaligned, tuples-only output.
 
@@ -453,13 +533,46 @@ class PostgresServer(LocalServer):
         """
         psql = str(self.bindir / "psql")
         target = self._target(database or self.database)
-        cmd = [psql, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", *target, "-c", sql]
+        # The SQL goes in on stdin, not as -c: a command line is visible to every local user.
+        cmd = [psql, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", *target, "-f", "-"]
         result = subprocess.run(
-            cmd, capture_output=True, text=True, env=_clean_env(), timeout=60, check=False
+            cmd,
+            input=sql,
+            capture_output=True,
+            text=True,
+            env=self._superuser_env(),
+            timeout=60,
+            check=False,
         )
         if result.returncode != 0:
             raise ServiceError(f"psql failed: {result.stderr.strip()}", reason="sql_failed")
         return result.stdout.strip()
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` owned by the service role (or hand an existing one to it,
+        with everything in its ``public`` schema); return the service role's DSN for it."""
+        if not _IDENT.fullmatch(name):
+            raise ServiceError(
+                f"database name {name!r} is not a plain identifier", reason="config_invalid"
+            )
+        # Identifiers validated above, so interpolation is safe.
+        exists = self.psql(
+            f"SELECT 1 FROM pg_database WHERE datname = '{name}'", database="postgres"
+        )
+        if exists != "1":
+            self.psql(f'CREATE DATABASE "{name}" OWNER "{self.role}"', database="postgres")
+        else:
+            self.psql(f'ALTER DATABASE "{name}" OWNER TO "{self.role}"', database="postgres")
+        self.psql(_hand_over_sql(self.role), database=name)
+        return self.dsn_for(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database ``name`` (disconnecting its clients); a no-op when it does not exist."""
+        if not _IDENT.fullmatch(name):
+            raise ServiceError(
+                f"database name {name!r} is not a plain identifier", reason="config_invalid"
+            )
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
 
     # -- internals ------------------------------------------------------------------------
 
@@ -473,11 +586,84 @@ class PostgresServer(LocalServer):
             f"--dbname={database}",
         ]
 
+    def _superuser_env(self) -> dict[str, str]:
+        # PGPASSWORD, not a command-line flag: /proc/PID/environ is readable by its owner only.
+        env = _clean_env()
+        env["PGPASSWORD"] = _read_secret(self.superuser_password_path)
+        return env
+
     def _owner(self) -> pwd.struct_passwd | None:
         return _user(_PG_USER, _PG_PACKAGE) if _is_root() else None
 
+    def _ensure_secret(self, path: Path) -> str:
+        """A random password kept in ``path`` (0600, owned by the server's user), created once."""
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        os.chmod(path, 0o600)
+        owner = self._owner()
+        if owner is not None:
+            # initdb --pwfile reads it as the server's user.
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        return _read_secret(path)
+
+    def _ensure_role(self) -> None:
+        """Create or refresh the service role: login, no privileges beyond its own objects, the
+        password from ``password_path`` (sent as a SCRAM verifier: the server never sees it)."""
+        verifier = scram_sha256_verifier(_read_secret(self.password_path))
+        role = self.role  # validated in __init__
+        self.psql(
+            "DO $$ BEGIN\n"
+            f"  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN\n"
+            f'    CREATE ROLE "{role}";\n'
+            "  END IF;\n"
+            "END $$;\n"
+            f'ALTER ROLE "{role}" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION '
+            f"NOBYPASSRLS NOINHERIT PASSWORD '{verifier}';\n",
+            database="postgres",
+        )
+
+    def _needs_auth_upgrade(self) -> bool:
+        """True for a cluster from an older version (``trust`` in pg_hba.conf) or one whose
+        superuser password file is gone."""
+        if not self.superuser_password_path.exists():
+            return True
+        try:
+            hba = (self.data_dir / "pg_hba.conf").read_text(encoding="utf-8")
+        except OSError:
+            return True
+        return any("trust" in line.split("#", 1)[0].split() for line in hba.splitlines())
+
+    def _upgrade_auth(self, bindir: Path) -> None:
+        """Give the superuser a (new) password and switch pg_hba.conf to scram-sha-256.
+
+        Done in single-user mode, with the postmaster down: no connection is possible while
+        it runs, so there is never a moment in which a password-less login works.
+        """
+        if self.pid is not None and _pid_alive(self.pid):
+            raise ServiceError(
+                f"PostgreSQL (pid {self.pid}) is already running on {self.data_dir}; stop it "
+                "(or the cityanchor process that started it) first",
+                reason="start_failed",
+            )
+        self.superuser_password_path.unlink(missing_ok=True)
+        verifier = scram_sha256_verifier(self._ensure_secret(self.superuser_password_path))
+        result = self._run_as_owner(
+            [str(bindir / "postgres"), "--single", "-D", str(self.data_dir), "postgres"],
+            stdin=f"ALTER ROLE {_PG_USER} WITH PASSWORD '{verifier}';\n",
+        )
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or "ERROR:" in output or "FATAL:" in output:
+            raise ServiceError(
+                f"could not set the superuser password of the cluster in {self.data_dir} "
+                f"(single-user mode):\n{output.strip()}",
+                reason="start_failed",
+            )
+        self._write_owned(self.data_dir / "pg_hba.conf", _HBA)
+
     def _run_as_owner(
-        self, cmd: list[str], *, timeout: float = 120.0
+        self, cmd: list[str], *, timeout: float = 120.0, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         if _is_root():
             runuser = shutil.which("runuser") or "/usr/sbin/runuser"
@@ -486,6 +672,8 @@ class PostgresServer(LocalServer):
         # current directory, which as the postgres user they often cannot (e.g. /root).
         return subprocess.run(
             cmd,
+            input=stdin,
+            stdin=subprocess.DEVNULL if stdin is None else None,
             capture_output=True,
             text=True,
             env=_clean_env(),
@@ -508,7 +696,19 @@ class PostgresServer(LocalServer):
 
     def _initdb(self, bindir: Path) -> None:
         initdb = str(bindir / "initdb")
-        cmd = [initdb, "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust", "-E", "UTF8"]
+        self.superuser_password_path.unlink(missing_ok=True)
+        self._ensure_secret(self.superuser_password_path)
+        cmd = [
+            initdb,
+            "-D",
+            str(self.data_dir),
+            "-U",
+            _PG_USER,
+            "--auth=scram-sha-256",
+            f"--pwfile={self.superuser_password_path}",
+            "-E",
+            "UTF8",
+        ]
         # C collation: byte order, identical on every host, and no dependency on system locales.
         cmd.append("--no-locale")
         if not self.fsync:
@@ -519,13 +719,7 @@ class PostgresServer(LocalServer):
                 f"initdb failed in {self.data_dir}:\n{result.stdout}{result.stderr}",
                 reason="start_failed",
             )
-        # Only loopback TCP and our own unix socket: no replication lines, no ::1, no LAN.
-        hba = (
-            "# Generated by anchor.services: a private server, loopback and local socket only.\n"
-            "local all all trust\n"
-            f"host all all {LOOPBACK}/32 trust\n"
-        )
-        self._write_owned(self.data_dir / "pg_hba.conf", hba)
+        self._write_owned(self.data_dir / "pg_hba.conf", _HBA)
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
             # Settings that change per start (port) live in an included file we rewrite.
             f.write("\ninclude_if_exists = 'cityanchor.conf'\n")
@@ -548,6 +742,7 @@ class PostgresServer(LocalServer):
             f"synchronous_commit = {'on' if self.fsync else 'off'}\n"
             "full_page_writes = on\n"
             "max_connections = 200\n"
+            "password_encryption = 'scram-sha-256'\n"
         )
         self._write_owned(self.data_dir / "cityanchor.conf", conf)
 
@@ -600,13 +795,93 @@ class PostgresServer(LocalServer):
                 )
             time.sleep(0.1)
 
-    def _create_database(self) -> None:
-        exists = self.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'", database="postgres"
-        )
-        if exists != "1":
-            # Validated as a plain identifier in __init__, so interpolation is safe here.
-            self.psql(f'CREATE DATABASE "{self.database}"', database="postgres")
+
+# Only loopback TCP and our own unix socket, both with a password: no trust line, no
+# replication lines, no ::1, no LAN. Any local OS user can reach 127.0.0.1.
+_HBA = (
+    "# Generated by anchor.services: a private server, loopback and local socket only,\n"
+    "# password (scram-sha-256) for everyone. Edits are overwritten at start.\n"
+    "local all all scram-sha-256\n"
+    f"host all all {LOOPBACK}/32 scram-sha-256\n"
+)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ServiceError(
+            f"cannot read the password file {path}: {exc.strerror}; start the server once to "
+            "create it",
+            reason="usage",
+        ) from exc
+
+
+def scram_sha256_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = 4096
+) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+
+    ``ALTER ROLE ... PASSWORD 'SCRAM-SHA-256$...'`` stores it as given, so the clear password
+    never reaches the server (nor its log, should the statement be logged).
+    """
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = base64.b64encode
+    return (
+        f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}"
+        f"${b64(stored_key).decode()}:{b64(server_key).decode()}"
+    )
+
+
+def _hand_over_sql(role: str) -> str:
+    """SQL (run in a database as superuser) giving ``role`` the public schema and every object
+    in it that another role owns: what a cluster from the trust-auth era needs, a no-op after.
+
+    Sequences owned by a column (bigserial) follow their table and are skipped.
+    """
+    return f"""
+ALTER SCHEMA public OWNER TO "{role}";
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN
+    SELECT c.oid::regclass AS obj, c.relkind FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+      AND c.relowner <> '"{role}"'::regrole
+      AND NOT (c.relkind = 'S' AND EXISTS (
+        SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+        AND d.objid = c.oid AND d.deptype IN ('a', 'i')))
+  LOOP
+    EXECUTE format('ALTER %s %s OWNER TO "{role}"',
+      CASE r.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW'
+        WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+      r.obj);
+  END LOOP;
+  FOR r IN
+    SELECT p.oid::regprocedure AS obj, p.prokind FROM pg_proc p
+    JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = 'public' AND p.proowner <> '"{role}"'::regrole
+  LOOP
+    EXECUTE format('ALTER %s %s OWNER TO "{role}"',
+      CASE r.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+      r.obj);
+  END LOOP;
+  FOR r IN
+    SELECT t.oid::regtype AS obj, t.typtype FROM pg_type t
+    JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE n.nspname = 'public' AND t.typtype IN ('e', 'd', 'r', 'm')
+      AND t.typowner <> '"{role}"'::regrole
+  LOOP
+    EXECUTE format('ALTER %s %s OWNER TO "{role}"',
+      CASE r.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, r.obj);
+  END LOOP;
+END $$;
+"""
 
 
 def _pid_alive(pid: int, *, wait: float = 0.0) -> bool:

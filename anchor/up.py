@@ -7,6 +7,18 @@ stopping and starting again keeps readings, keys, the log and the chain state. W
 ready it writes ``DATA_DIR/up.json`` (DESIGN.md "Interfaces") and removes it on shutdown.
 Ctrl-C / SIGTERM stops the children first (each drains: nothing acknowledged is lost), then the
 servers.
+
+One ``up`` per data dir: it holds an exclusive lock on ``DATA_DIR/up.lock`` (``flock``, released
+by the kernel when the process ends, however it ends) for its whole life; a second ``up`` on the
+same dir prints ``already running, pid N`` and exits 2 without touching anything. While it runs,
+``up`` restarts with back-off whatever dies: the ingestor, the anchoring job, the API, and the
+servers themselves (PostgreSQL, Mosquitto, the local chain).
+
+PostgreSQL asks every client for a password (see :class:`anchor.services.PostgresServer`); the
+services connect as its non-superuser role ``cityanchor``, whose password is in
+``DATA_DIR/postgres/service.password`` and, inside the DSN, in ``DATA_DIR/config.toml`` (both
+0600). A data dir from a version that used ``trust`` authentication is upgraded on start.
+Nothing ``up`` prints, logs or writes to ``up.json`` carries a password (anchor.redact).
 """
 
 from __future__ import annotations
@@ -14,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import secrets
 import signal
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +47,7 @@ from anchor.children import ChildProcess
 from anchor.config import ChainSettings, Settings, settings_to_toml
 from anchor.errors import AnchorError, UsageError
 from anchor.files import write_private_file, write_public_file
+from anchor.redact import redact_text, redact_url
 from anchor.services import MosquittoServer, PostgresServer, free_port, mosquitto_password_hash
 
 __all__ = ["UpOptions", "run_up"]
@@ -57,8 +72,70 @@ class UpOptions:
     workers: int = 1
 
 
+EXIT_ALREADY_RUNNING = 2
+
+
 def _say(text: str) -> None:
     print(f"cityanchor up: {text}", flush=True)
+
+
+class _AlreadyRunning(Exception):
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+
+def _lock_data_dir(d: Path) -> int:
+    """Take the data dir's lock for the life of this process; return its descriptor.
+
+    ``flock`` rather than a pid file: the kernel drops it when the process ends, even on
+    SIGKILL, so a stale file never blocks a restart. O_CLOEXEC (and Popen's close_fds) keep it
+    out of the children: a lock inherited by a surviving server would outlive ``up``.
+    Raises _AlreadyRunning with the holder's pid as written in the file.
+    """
+    fd = os.open(d / "up.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise _AlreadyRunning(holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class _SupervisedServer:
+    """A private server (PostgreSQL, Mosquitto, anvil) started again, with back-off, when it
+    dies (a crash, the OOM killer, kill -9). Clients reconnect to the same port: each server
+    reuses its previous port while it is free."""
+
+    def __init__(self, name: str, server: Any) -> None:
+        self.name = name
+        self.server = server
+        self.backoff = 0.5
+        self.restart_at = 0.0
+
+    def check(self) -> None:
+        if self.server.running:
+            return
+        now = time.monotonic()
+        if self.restart_at == 0.0:
+            log.error("%s died; restarting in %.1fs", self.name, self.backoff)
+            _say(f"{self.name} died; restarting")
+            self.restart_at = now + self.backoff
+            self.backoff = min(self.backoff * 2, 30.0)
+        elif now >= self.restart_at:
+            self.restart_at = 0.0
+            try:
+                self.server.start()
+            except AnchorError as exc:
+                # E.g. PostgreSQL's old backends still hold its shared memory for a moment.
+                log.error("restarting %s failed: %s", self.name, exc)
+                return
+            log.info("%s restarted (pid %s)", self.name, self.server.pid)
+            _say(f"{self.name} restarted (pid {self.server.pid})")
+            self.backoff = 0.5
 
 
 class _Supervised:
@@ -151,7 +228,7 @@ class _BrokerLogins:
         try:
             devices = asyncio.run(_device_login_hashes(self.dsn))
         except AnchorError as exc:
-            log.warning("cannot read broker logins from the registry: %s", exc)
+            log.warning("cannot read broker logins from the registry: %s", redact_text(str(exc)))
             return
         if devices != self.current:
             self.mq.set_hashed_auth({**devices, INGEST_USER: self.ingest_hash}, acl_text())
@@ -217,6 +294,11 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
     with contextlib.suppress(OSError, ValueError):
         ports = {k: int(v) for k, v in json.loads(ports_file.read_text()).items()}
     started: list[Any] = []
+    # We hold the data dir's lock, so a postmaster still running in it belongs to an `up` that
+    # died without stopping it (SIGKILL): stop it, then start ours.
+    stale = PostgresServer(d / "postgres").stop_stale()
+    if stale is not None:
+        _say(f"stopped PostgreSQL pid {stale}, left running by an earlier up")
     try:
         pg = _start_on_stable_port(
             lambda port: PostgresServer(d / "postgres", port=port), None, ports.get("postgres")
@@ -313,6 +395,24 @@ def run_up(opts: UpOptions) -> int:
     """Run everything until SIGINT/SIGTERM; returns an exit code."""
     d = opts.data_dir.absolute()
     d.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_fd = _lock_data_dir(d)
+    except _AlreadyRunning as exc:
+        # Before anything else: a second `up` must not touch the first one's servers or files.
+        print(
+            f"cityanchor up: already running, pid {exc.holder} (data dir {d}, lock "
+            f"{d / 'up.lock'}); stop it first, or use another --data-dir",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_ALREADY_RUNNING
+    try:
+        return _run_locked(opts, d)
+    finally:
+        os.close(lock_fd)
+
+
+def _run_locked(opts: UpOptions, d: Path) -> int:
     # The servers drop to their own users (postgres, mosquitto): they must reach their folders.
     os.chmod(d, 0o711)
     for sub in ("keys", "logs"):
@@ -331,13 +431,15 @@ def run_up(opts: UpOptions) -> int:
     children: list[_Supervised] = []
     with _services(dataclasses.replace(opts, data_dir=d)) as svc:
         pg, mq, chain = svc["pg"], svc["mq"], svc["chain"]
-        _say(f"PostgreSQL {pg.dsn}")
+        _say(f"PostgreSQL {redact_url(pg.dsn)}")
         _say(f"Mosquitto  {mq.url}")
         operator = _operator_key(d / "keys")
         asyncio.run(_prepare_database(pg.dsn))
         config_path = d / "config.toml"
         chain_settings = _chain_settings(opts, chain, d / "keys", config_path)
-        _say(f"chain      {chain_settings.rpc_url} (chain id {chain_settings.chain_id})")
+        _say(
+            f"chain      {redact_url(chain_settings.rpc_url)} (chain id {chain_settings.chain_id})"
+        )
         http_port = opts.http_port or free_port()
         ingest_password = _secret(d / "keys" / "mqtt-ingest.password")
         logins = _BrokerLogins(mq, pg.dsn, ingest_password)
@@ -389,7 +491,8 @@ def run_up(opts: UpOptions) -> int:
             doc = {
                 "mqtt": mq.url,
                 "http": http,
-                "rpc": chain_settings.rpc_url,
+                # An external RPC URL may carry an API key: up.json is world-readable.
+                "rpc": redact_url(chain_settings.rpc_url),
                 "chain_id": chain_settings.chain_id,
                 "contract": chain_settings.contract,
                 "operator_vkey": operator.verifier.vkey(),
@@ -398,8 +501,14 @@ def run_up(opts: UpOptions) -> int:
             write_public_file(up_json, (json.dumps(doc, indent=2) + "\n").encode())
             _say(f"ready: {up_json}")
             _say(f"API {http}   explorer {http}/explorer   MQTT {mq.url}")
+            servers = [_SupervisedServer("PostgreSQL", pg), _SupervisedServer("Mosquitto", mq)]
+            if chain is not None:
+                servers.append(_SupervisedServer("chain", chain))
             while not stop:
                 time.sleep(0.2)
+                # Servers first: a child that died with its server restarts against a live one.
+                for server in servers:
+                    server.check()
                 logins.refresh()
                 for child in children:
                     child.check()

@@ -118,8 +118,7 @@ def api_world(
 ) -> Iterator[ApiWorld]:
     workdir = tmp_path_factory.mktemp("api-world")
     name = f"api_{os.getpid()}"
-    postgres.psql(f"CREATE DATABASE {name}")
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = postgres.create_database(name)
     operator = generate_note_key(ORIGIN)
     (workdir / "operator.skey").write_text(operator.skey() + "\n")
     (workdir / "chain.key").write_text(anvil.accounts[2].private_key)

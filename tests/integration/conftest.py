@@ -73,7 +73,11 @@ def _assert_gone(pid: int | None, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgres(services_dir: Path) -> Iterator[PostgresServer]:
-    """The session's PostgreSQL; database ``cityanchor``, trust auth on 127.0.0.1."""
+    """The session's PostgreSQL; database ``cityanchor`` owned by the service role
+    ``cityanchor`` (not a superuser), password auth only (scram-sha-256) on 127.0.0.1.
+
+    ``postgres.dsn`` / ``pg_dsn`` carry that role and its password; ``postgres.create_database``
+    gives a test a fresh database owned by it; ``postgres.psql`` runs SQL as the superuser."""
     server = PostgresServer(services_dir / "postgres").start()
     pid = server.pid
     try:

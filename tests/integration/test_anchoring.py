@@ -70,8 +70,7 @@ class World:
 @pytest.fixture
 def world(postgres: PostgresServer, tmp_path: Path) -> World:
     name = f"anchoring_{next(_counter)}_{os.getpid()}"
-    postgres.psql(f"CREATE DATABASE {name}")
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = postgres.create_database(name)
     signers = [DeviceSigner(f"dev-{i}", PrivateKey.generate()) for i in range(3)]
 
     async def setup() -> None:

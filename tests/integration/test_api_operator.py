@@ -452,8 +452,7 @@ def test_anchor_run_steps_the_job(
     from anchor.config import ChainSettings, Settings
 
     name = f"oprun_{uuid.uuid4().hex[:12]}"
-    postgres.psql(f"CREATE DATABASE {name}", database="postgres")
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = postgres.create_database(name)
     key_file = tmp_path / "chain.key"
     key_file.write_text(anvil.accounts[4].private_key)
     chain = ChainSettings(
@@ -495,7 +494,7 @@ def test_anchor_run_steps_the_job(
     try:
         (ok, busy, unconfigured, (_, audit)) = asyncio.run(main())
     finally:
-        postgres.psql(f"DROP DATABASE {name} WITH (FORCE)", database="postgres")
+        postgres.drop_database(name)
     assert ok[0] == 202, ok
     assert ok[1]["results"] == [
         {

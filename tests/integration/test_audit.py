@@ -34,8 +34,7 @@ class Sealed:
 @pytest.fixture
 def sealed(postgres: PostgresServer, anvil: AnvilNode, anchor_registry: str) -> Sealed:
     name = f"audit_{os.getpid()}_{datetime.now(UTC).strftime('%H%M%S%f')}"
-    postgres.psql(f"CREATE DATABASE {name}")
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = postgres.create_database(name)
     operator = generate_note_key(ORIGIN)
     signer = DeviceSigner("audit-dev-1", PrivateKey.generate())
     backend = EvmBackend(

@@ -78,8 +78,7 @@ async def _with_store(dsn: str, fn: Callable[[Store], Any]) -> Any:
 
 
 def _new_database(server: PostgresServer, name: str) -> str:
-    server.psql(f"CREATE DATABASE {name}")
-    dsn = server.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = server.create_database(name)
     _run(_with_store(dsn, lambda s: s.migrate()))
     return dsn
 

@@ -21,9 +21,8 @@ from anchor.store import DeviceRecord, Store, StoreError
 @pytest.fixture
 def db_dsn(postgres: PostgresServer) -> Iterator[str]:
     name = f"r_{uuid.uuid4().hex[:16]}"
-    postgres.psql(f"CREATE DATABASE {name}", database="postgres")
-    yield f"postgresql://postgres@{postgres.host}:{postgres.port}/{name}"
-    postgres.psql(f"DROP DATABASE {name} WITH (FORCE)", database="postgres")
+    yield postgres.create_database(name)
+    postgres.drop_database(name)
 
 
 def cli(*argv: str) -> int:

@@ -200,7 +200,8 @@ def _occupied_port() -> tuple[socket.socket, int]:
 
 
 def test_postgres_answers_with_psql_and_asyncpg(postgres: PostgresServer, pg_dsn: str) -> None:
-    assert pg_dsn == f"postgresql://postgres@127.0.0.1:{postgres.port}/cityanchor"
+    password = postgres.password_path.read_text().strip()
+    assert pg_dsn == f"postgresql://cityanchor:{password}@127.0.0.1:{postgres.port}/cityanchor"
     assert postgres.psql("SELECT current_database()") == "cityanchor"
     assert postgres.psql("SHOW fsync") == "on"
     assert postgres.psql("SHOW unix_socket_directories") == str(postgres.socket_dir)
@@ -215,7 +216,7 @@ def test_postgres_answers_with_psql_and_asyncpg(postgres: PostgresServer, pg_dsn
             await conn.close()
 
     user, version = asyncio.run(query())
-    assert user == "postgres"
+    assert user == "cityanchor"  # the service role, not the superuser
     assert version.startswith("PostgreSQL")
 
 

@@ -37,16 +37,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _dsn(postgres: PostgresServer, database: str) -> str:
-    return f"postgresql://postgres@{postgres.host}:{postgres.port}/{database}"
+    return postgres.dsn_for(database)
 
 
 @pytest.fixture
 def db_dsn(postgres: PostgresServer) -> Iterator[str]:
     """A fresh, empty database for one test."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    postgres.psql(f"CREATE DATABASE {name}", database="postgres")
+    postgres.create_database(name)
     yield _dsn(postgres, name)
-    postgres.psql(f"DROP DATABASE {name} WITH (FORCE)", database="postgres")
+    postgres.drop_database(name)
 
 
 async def _store(dsn: str, *, migrate: bool = True, **kw: Any) -> Store:
@@ -196,7 +196,7 @@ def test_connect_to_nothing_is_db_unavailable() -> None:
     from anchor.services import free_port
 
     with pytest.raises(StoreError) as exc:
-        run(Store.connect(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=2))
+        run(Store.connect(f"postgresql://cityanchor:pw@127.0.0.1:{free_port()}/x", timeout=2))
     assert exc.value.reason == "db_unavailable"
     assert exc.value.retryable
 

@@ -208,3 +208,29 @@ def test_demo_is_rerunnable_in_place(demo: Path) -> None:
         == 0
     )
     assert sorted(os.listdir(demo / "receipts")) == sorted(before)
+
+
+def test_keygen_operator_refuses_to_overwrite_without_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 13: a second `keygen --operator` silently replaced the signing key."""
+    args = ["keygen", "--operator", "--name", "city.example/log", "--out", str(tmp_path)]
+    assert main(args) == 0
+    skey, vkey = (
+        (tmp_path / "operator.skey").read_bytes(),
+        (tmp_path / "operator.vkey").read_bytes(),
+    )
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err
+    # Nothing of the first key was touched.
+    assert (tmp_path / "operator.skey").read_bytes() == skey
+    assert (tmp_path / "operator.vkey").read_bytes() == vkey
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["operator.skey", "operator.vkey"]
+    # --force replaces it deliberately (still 0600).
+    assert main([*args, "--force"]) == 0
+    assert (tmp_path / "operator.skey").read_bytes() != skey
+    assert (tmp_path / "operator.vkey").read_bytes() != vkey
+    assert stat.S_IMODE((tmp_path / "operator.skey").stat().st_mode) == 0o600
+    capsys.readouterr()
