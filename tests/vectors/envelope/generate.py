@@ -280,6 +280,7 @@ def valid_cases() -> list[dict[str, Any]]:
              "values": {"rsrp_dbm": -95, "sinr_db": 12.25, "latency_ms": 8}}  # fmt: skip
     # Untagged, non-canonical CBOR and unprotected-header variants were valid here before
     # issue 10 (item 5); they are in invalid.json now, reason non_canonical.
+    floats = {**p, "values": FLOAT_EDGES}
     ec_cose = cose(protected(alg=-7, kid=EC_KID), enc(p), sign=es256)
     ec_jws = jws({"alg": "ES256", "kid": b64u(EC_KID)}, sign=es256)
     cases: list[tuple[str, str, str, bytes | str, dict[str, Any], bool]] = [
@@ -290,6 +291,8 @@ def valid_cases() -> list[dict[str, Any]]:
         ("COSE, 5G extra keys", "cose-sign1", "Ed25519", cose(payload_bytes=enc(fiveg)), fiveg,
          True),
         ("COSE, alg -7 (ES256), low-S", "cose-sign1", "ES256", ec_cose, p, False),
+        ("COSE, floats in their shortest forms", "cose-sign1", "Ed25519",
+         cose(payload_bytes=enc(floats)), floats, True),
         ("JWS, alg ES256, low-S", "jws", "ES256", ec_jws, p, False),
         ("JWS, alg Ed25519", "jws", "Ed25519", jws(), p, True),
         ("JWS, alg EdDSA", "jws", "EdDSA", jws({"alg": "EdDSA", "kid": b64u(KID)}), p, True),
@@ -318,6 +321,19 @@ def valid_cases() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# Floats at the edges of the half/single/double forms; cbor2 canonical=True writes each in the
+# shortest form that keeps its value (RFC 8949 section 4.2.1 preferred serialization).
+FLOAT_EDGES = {
+    "a_tenth": 0.1,  # double only
+    "half_max": 65504.0,  # f9 7bff
+    "half_subnormal": 5.960464477539063e-08,  # f9 0001
+    "neg_zero": -0.0,  # f9 8000
+    "single_max": 3.4028234663852886e38,  # fa 7f7fffff
+    "single_only": 1.100000023841858,  # fa 3f8ccccd
+}
+assert enc(65504.0) == b"\xf9\x7b\xff" and enc(-0.0) == b"\xf9\x80\x00"
 
 
 def sig_of_cose() -> bytes:
@@ -388,6 +404,13 @@ def canonical_cases(add: Callable[[str, bytes | str, str], None], section: list[
         add(f"payload 12.5 as a {desc}-precision float",
             spelt(values=cmap([(enc(k), spelling if k == "pm25" else enc(v))
                                for k, v in vals])), nc)  # fmt: skip
+    edges = sorted(FLOAT_EDGES.items(), key=lambda kv: enc(kv[0]))
+    for name, fmt in (("half_max", ">f"), ("half_subnormal", ">f"), ("neg_zero", ">d"),
+                      ("single_max", ">d"), ("single_only", ">d")):  # fmt: skip
+        wide = (b"\xfa" if fmt == ">f" else b"\xfb") + struct.pack(fmt, FLOAT_EDGES[name])
+        add(f"payload {name} {FLOAT_EDGES[name]!r} as {'single' if fmt == '>f' else 'double'}",
+            spelt(values=cmap([(enc(k), wide if k == name else enc(v)) for k, v in edges])),
+            nc)  # fmt: skip
     add("payload values map length spelt b9 00 04",
         spelt(values=b"\xb9\x00\x04" + b"".join(enc(k) + enc(v) for k, v in vals)),
         nc)  # fmt: skip
