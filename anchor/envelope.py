@@ -496,9 +496,12 @@ def sign_reading(
     """Sign ``reading`` with ``key`` and return the envelope bytes.
 
     ``alg`` defaults to ``"Ed25519"`` (COSE -19) for an Ed25519 key and ``"ES256"`` for a P-256
-    key; ``"EdDSA"`` (COSE -8) is available for receivers that predate RFC 9864. COSE messages
-    carry tag 18, an empty unprotected header and a deterministically encoded (cbor2
-    ``canonical``) payload; JWS payloads are compact JSON with sorted keys. Raises
+    key; ``"EdDSA"`` (COSE -8) is available for receivers that predate RFC 9864. The result is
+    in the canonical form (module docstring): COSE messages carry tag 18, an empty unprotected
+    header and RFC 8949 deterministic CBOR (cbor2 ``canonical`` sorts map keys length first,
+    which is the bytewise order for the text keys a reading has and for ``{1, 4}``); JWS
+    payloads are compact JSON with sorted keys; ES256 signatures are low-S
+    (:meth:`anchor.keys.PrivateKey.sign`). Raises
     ``AlgorithmNotAllowed``, ``AlgorithmKeyMismatch``, ``MalformedEnvelope`` (a reading JSON
     cannot carry) or ``OversizedEnvelope``.
     """
