@@ -450,8 +450,9 @@ def detect_format(raw: bytes) -> str:
 def parse_envelope(raw: bytes) -> Envelope:
     """Parse ``raw`` strictly and within fixed bounds, without any cryptography.
 
-    Raises ``OversizedEnvelope``, ``MalformedEnvelope``, ``AlgorithmNotAllowed`` or
-    ``UnsupportedHeader``. The result still needs :func:`verify_envelope`.
+    Raises ``OversizedEnvelope``, ``MalformedEnvelope``, ``AlgorithmNotAllowed``,
+    ``UnsupportedHeader`` or, for a well-formed envelope in another spelling than the canonical
+    one, ``NonCanonicalEnvelope``. The result still needs :func:`verify_envelope`.
     """
     if not isinstance(raw, bytes | bytearray | memoryview):
         _malformed(f"an envelope is bytes, got {type(raw).__name__}")
