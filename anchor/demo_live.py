@@ -52,6 +52,7 @@ FAULTS = {
     "malformed": 0.002,
     "seq_conflict": 0.002,
     "topic_mismatch": 0.002,
+    "non_canonical": 0.002,
 }
 
 

@@ -13,10 +13,23 @@ Two steps, kept apart:
    > :data:`MAX_CBOR_DEPTH`, indefinite lengths, duplicate map keys, any CBOR tag other than
    the leading COSE_Sign1 tag 18, trailing bytes, NaN/infinity, non-text payload keys, bad
    base64url, duplicate JSON members: all ``malformed``), then the header rules (algorithm
-   allow-list, protected ``alg`` and ``kid``, critical headers).
+   allow-list, protected ``alg`` and ``kid``, critical headers), and last the canonical form
+   (``non_canonical``, see below).
 2. :func:`verify_envelope` checks, in order, that the envelope names the given key
    (``unknown_kid``), that its algorithm fits the key type (``alg_key_mismatch``), and the
    signature (``bad_signature``).
+
+Canonical form. For one signed reading exactly one byte string is accepted, so that nobody but
+the device can make another (a re-spelt envelope would hash to another leaf, could take the
+reading's seq first and get the device's own reading refused). COSE_Sign1 carries tag 18, is
+deterministically encoded (RFC 8949 section 4.2.1: shortest heads and floats, definite lengths,
+map keys in bytewise order of their encodings) in its outer array, protected header and payload,
+and has an empty unprotected header; JWS segments are unpadded base64url with zero trailing bits;
+ES256 signatures are low-S (``s <= n/2``). Ed25519 needs no rule here: RFC 8032 section 5.1.7
+(and ``cryptography``) refuse ``S >= L``, so ``S + L`` is a ``bad_signature``. The check comes
+after every structural rule, so ``non_canonical`` means "valid, but spelt another way than the
+device's signer spells it"; a CBOR or base64url spelling that is not even well-formed stays
+``malformed``.
 
 The bytes are never re-encoded: ``Envelope.raw`` is the input, and ``Envelope.signed_bytes`` is
 built from the received protected-header and payload byte strings (COSE, RFC 9052 section 4.4)
@@ -29,10 +42,13 @@ messages quote device-supplied text only as a short ``repr()`` excerpt.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import math
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +61,7 @@ from anchor.jsonbounds import nesting_depth
 from anchor.keys import (
     ED25519,
     P256,
+    P256_ORDER,
     SIGNATURE_SIZE,
     BadSignature,
     PrivateKey,
@@ -71,6 +88,7 @@ __all__ = [
     "Envelope",
     "EnvelopeError",
     "MalformedEnvelope",
+    "NonCanonicalEnvelope",
     "OversizedEnvelope",
     "Reading",
     "UnknownKid",
@@ -144,6 +162,14 @@ class MalformedEnvelope(EnvelopeError):
     reason = "malformed"
 
 
+class NonCanonicalEnvelope(EnvelopeError):
+    """A well-formed envelope that is not in the one canonical spelling of DESIGN.md (reason
+    ``non_canonical``): untagged or non-deterministic CBOR, a non-empty COSE unprotected header,
+    padded or non-zero-trailing-bit base64url in a JWS segment, or a high-S ES256 signature."""
+
+    reason = "non_canonical"
+
+
 class OversizedEnvelope(EnvelopeError):
     """The envelope is larger than :data:`MAX_ENVELOPE_BYTES` (reason ``oversized``)."""
 
@@ -186,6 +212,10 @@ def _excerpt(value: object, limit: int = 40) -> str:
 
 def _malformed(detail: str) -> NoReturn:
     raise MalformedEnvelope(detail)
+
+
+def _non_canonical(detail: str) -> NoReturn:
+    raise NonCanonicalEnvelope(detail)
 
 
 # --------------------------------------------------------------------------------------------
@@ -420,8 +450,9 @@ def detect_format(raw: bytes) -> str:
 def parse_envelope(raw: bytes) -> Envelope:
     """Parse ``raw`` strictly and within fixed bounds, without any cryptography.
 
-    Raises ``OversizedEnvelope``, ``MalformedEnvelope``, ``AlgorithmNotAllowed`` or
-    ``UnsupportedHeader``. The result still needs :func:`verify_envelope`.
+    Raises ``OversizedEnvelope``, ``MalformedEnvelope``, ``AlgorithmNotAllowed``,
+    ``UnsupportedHeader`` or, for a well-formed envelope in another spelling than the canonical
+    one, ``NonCanonicalEnvelope``. The result still needs :func:`verify_envelope`.
     """
     if not isinstance(raw, bytes | bytearray | memoryview):
         _malformed(f"an envelope is bytes, got {type(raw).__name__}")
@@ -466,9 +497,12 @@ def sign_reading(
     """Sign ``reading`` with ``key`` and return the envelope bytes.
 
     ``alg`` defaults to ``"Ed25519"`` (COSE -19) for an Ed25519 key and ``"ES256"`` for a P-256
-    key; ``"EdDSA"`` (COSE -8) is available for receivers that predate RFC 9864. COSE messages
-    carry tag 18, an empty unprotected header and a deterministically encoded (cbor2
-    ``canonical``) payload; JWS payloads are compact JSON with sorted keys. Raises
+    key; ``"EdDSA"`` (COSE -8) is available for receivers that predate RFC 9864. The result is
+    in the canonical form (module docstring): COSE messages carry tag 18, an empty unprotected
+    header and RFC 8949 deterministic CBOR (cbor2 ``canonical`` sorts map keys length first,
+    which is the bytewise order for the text keys a reading has and for ``{1, 4}``); JWS
+    payloads are compact JSON with sorted keys; ES256 signatures are low-S
+    (:meth:`anchor.keys.PrivateKey.sign`). Raises
     ``AlgorithmNotAllowed``, ``AlgorithmKeyMismatch``, ``MalformedEnvelope`` (a reading JSON
     cannot carry) or ``OversizedEnvelope``.
     """
@@ -532,6 +566,96 @@ def _cbor_decode(data: bytes, what: str) -> Any:
     if isinstance(item, cbor2.CBORSimpleValue) or item is cbor2.undefined:
         _malformed(f"{what} is a CBOR simple value")
     return item
+
+
+class _NotDeterministic(Exception):
+    pass
+
+
+def _fits(fmt: str, value: float) -> bool:
+    # True when ``value`` survives a round trip through the narrower IEEE 754 format ``fmt``,
+    # bit for bit (so -0.0 fits, and NaN never does: its canonical form is f9 7e00).
+    try:
+        narrow = struct.unpack(fmt, struct.pack(fmt, value))[0]
+    except (OverflowError, struct.error):
+        return False
+    return struct.pack(">d", narrow) == struct.pack(">d", value) and not math.isnan(value)
+
+
+def _deterministic_item(data: bytes, pos: int) -> int:
+    """Check the CBOR item at ``pos`` against RFC 8949 section 4.2.1; return where it ends.
+
+    Precondition: ``data`` was decoded by :func:`_cbor_decode` (well-formed, definite lengths,
+    depth <= :data:`MAX_CBOR_DEPTH`, so the recursion is shallow). Raises ``_NotDeterministic``.
+    """
+    initial = data[pos]
+    major, info = initial >> 5, initial & 0x1F
+    pos += 1
+    if major == 7:
+        # Simple values and floats (section 3.3). Section 4.2.1 asks for the preferred
+        # serialization: a float in the shortest of half, single, double that keeps its value.
+        if info < 24:
+            return pos
+        if info == 24:
+            return pos + 1
+        if info == 25:
+            return pos + 2
+        if info == 26:
+            if _fits(">e", struct.unpack_from(">f", data, pos)[0]):
+                raise _NotDeterministic("a single-precision float that fits in half precision")
+            return pos + 4
+        if info == 27:
+            if _fits(">f", struct.unpack_from(">d", data, pos)[0]):
+                raise _NotDeterministic("a double-precision float that fits in single precision")
+            return pos + 8
+        raise _NotDeterministic("an indefinite-length item or a reserved simple value")
+    if info < 24:
+        argument = info
+    elif info < 28:
+        size = 1 << (info - 24)
+        argument = int.from_bytes(data[pos : pos + size], "big")
+        pos += size
+        # Section 4.2.1: the argument in the shortest form (0..23 in the initial byte).
+        if argument < (24 if size == 1 else 1 << (4 * size)):
+            raise _NotDeterministic(f"a {size}-byte argument {argument} (not the shortest head)")
+    else:
+        raise _NotDeterministic("an indefinite-length item")
+    if major in (2, 3):
+        return pos + argument
+    if major == 4:
+        for _ in range(argument):
+            pos = _deterministic_item(data, pos)
+        return pos
+    if major == 5:
+        # Keys sorted by the bytewise lexicographic order of their deterministic encodings.
+        previous = b""
+        for i in range(argument):
+            start = pos
+            pos = _deterministic_item(data, pos)
+            key = data[start:pos]
+            if i and key <= previous:
+                raise _NotDeterministic("map keys not in bytewise order of their encodings")
+            previous = key
+            pos = _deterministic_item(data, pos)
+        return pos
+    if major == 6:
+        return _deterministic_item(data, pos)
+    return pos  # major 0 and 1: the argument is the value
+
+
+def _check_deterministic(data: bytes, what: str) -> None:
+    """Raise ``NonCanonicalEnvelope`` unless ``data`` (strictly decoded already) is in RFC 8949
+    section 4.2.1 core deterministic encoding."""
+    try:
+        _deterministic_item(data, 0)
+    except _NotDeterministic as exc:
+        _non_canonical(f"{what} is not deterministically encoded CBOR: {exc}")
+
+
+def _check_low_s(alg: str, signature: bytes) -> None:
+    # An ECDSA signature (r, s) has a twin (r, n - s) that verifies too; only s <= n/2 counts.
+    if alg == "ES256" and int.from_bytes(signature[32:], "big") > P256_ORDER // 2:
+        _non_canonical("ES256 signature is not low-S (s > n/2); the signer must use n - s")
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:
@@ -599,9 +723,21 @@ def _parse_cose(raw: bytes) -> Envelope:
         _malformed(f"signature must be {SIGNATURE_SIZE} bytes, got {len(signature)}")
 
     reading = Reading.from_payload(_cbor_decode(payload_bytes, "COSE payload"), FORMAT_COSE)
+
+    # The canonical form, last (module docstring), in this order (verify.js follows it).
+    if raw[0] != _COSE_SIGN1_TAG:
+        _non_canonical("COSE_Sign1 must carry tag 18")
+    if unprotected:
+        # Nothing in it is signed: anyone could add labels and make a new envelope.
+        _non_canonical("COSE unprotected header must be an empty map")
+    for data, what in ((body, "COSE_Sign1 message"), (protected_bytes, "COSE protected header"),
+                       (payload_bytes, "COSE payload")):  # fmt: skip
+        _check_deterministic(data, what)
+    alg = COSE_ALG_NAMES[alg_id]
+    _check_low_s(alg, signature)
     return Envelope(
         format=FORMAT_COSE,
-        alg=COSE_ALG_NAMES[alg_id],
+        alg=alg,
         kid=kid,
         reading=reading,
         raw=raw,
@@ -665,12 +801,39 @@ def _segment(text: str, what: str) -> bytes:
         raise MalformedEnvelope(f"JWS {what}: {exc}") from exc
 
 
+_B64URL_TEXT = re.compile(r"([A-Za-z0-9_-]*)(={0,2})")
+
+
+def _segment_spelling(text: str, what: str) -> tuple[bytes, bool]:
+    """Decode one of the three JWS segments: ``(bytes, canonical)``.
+
+    Other spellings of the same bytes that a lenient base64url decoder takes, padding ``=`` and
+    non-zero unused trailing bits, decode here with ``canonical`` False, so that they are
+    ``non_canonical`` (after every structural check); anything else is ``malformed``.
+    """
+    match = _B64URL_TEXT.fullmatch(text)
+    if match is None:
+        _malformed(f"JWS {what}: not base64url (character outside the alphabet)")
+    body, padding = match.groups()
+    if len(body) % 4 == 1 or (padding and len(padding) != -len(body) % 4):
+        _malformed(f"JWS {what}: not base64url (impossible length or padding)")
+    try:
+        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - excluded by the checks above
+        raise MalformedEnvelope(f"JWS {what}: not base64url") from exc
+    return data, not padding and b64url_encode(data) == body
+
+
 def _parse_jws(raw: bytes) -> Envelope:
     # RFC 7515 section 7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature).
     header_b64, payload_b64, signature_b64 = raw.decode("ascii").split(".")
-    header = _json_object(_segment(header_b64, "protected header"), "JWS protected header")
-    payload_bytes = _segment(payload_b64, "payload")
-    signature = _segment(signature_b64, "signature")
+    segments = [
+        (_segment_spelling(text, what), what)
+        for text, what in ((header_b64, "protected header"), (payload_b64, "payload"),
+                           (signature_b64, "signature"))
+    ]  # fmt: skip
+    (header_bytes, _), (payload_bytes, _), (signature, _) = (seg for seg, _ in segments)
+    header = _json_object(header_bytes, "JWS protected header")
 
     # Section 5.2 steps: validate the header before anything depends on it.
     if "crit" in header:
@@ -701,6 +864,12 @@ def _parse_jws(raw: bytes) -> Envelope:
         _malformed(f"signature must be {SIGNATURE_SIZE} bytes, got {len(signature)}")
 
     reading = Reading.from_payload(_json_object(payload_bytes, "JWS payload"), FORMAT_JWS)
+
+    # The canonical form, last (module docstring), in this order (verify.js follows it).
+    for (_, canonical), what in segments:
+        if not canonical:
+            _non_canonical(f"JWS {what} is not canonical base64url (padding or trailing bits)")
+    _check_low_s(alg, signature)
     return Envelope(
         format=FORMAT_JWS,
         alg=alg,

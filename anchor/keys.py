@@ -12,7 +12,10 @@ thumbprint is computed, or which signature encodings verify, changes which recei
 * ``kid`` is the 32 raw bytes of the RFC 7638 thumbprint: required members only, in
   lexicographic order, no whitespace, SHA-256.
 * Signatures are raw: 64 bytes for Ed25519 (RFC 8032), and for ES256 the 64-byte ``r || s``
-  of RFC 7518 section 3.4 / RFC 9053 section 2.1, never DER.
+  of RFC 7518 section 3.4 / RFC 9053 section 2.1, never DER. ES256 signatures made here are
+  low-S (``s <= n/2``, :data:`P256_ORDER` ``n``): ``(r, n - s)`` verifies as well, and the
+  envelope wire format accepts only the low one, so that nobody but the signer can produce a
+  second accepted spelling of a signed reading (DESIGN.md "Envelope wire format").
 
 Pure: bytes in, bytes out, no I/O, no logging. Every failure is a
 :class:`~anchor.errors.KeyMaterialError` (``key_invalid``) or :class:`BadSignature`
@@ -45,6 +48,7 @@ __all__ = [
     "ED25519",
     "KEY_TYPES",
     "P256",
+    "P256_ORDER",
     "SIGNATURE_SIZE",
     "BadSignature",
     "KeyMaterialError",
@@ -62,6 +66,9 @@ KEY_TYPES = (ED25519, P256)
 
 SIGNATURE_SIZE = 64
 """Both Ed25519 and ES256 (``r || s``) signatures are exactly 64 bytes."""
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+"""``n``, the order of the P-256 base point (SEC 2 section 2.4.2; FIPS 186-5 D.1.2.3)."""
 
 # Coordinate / scalar size of both curves, in bytes.
 _FIELD_SIZE = 32
@@ -336,11 +343,16 @@ class PrivateKey:
         return PublicKey(*_raw_public(self._key.public_key()))
 
     def sign(self, message: bytes) -> bytes:
-        """A raw 64-byte signature: Ed25519, or ES256 as ``r || s`` (RFC 7518 section 3.4)."""
+        """A raw 64-byte signature: Ed25519, or ES256 as ``r || s`` (RFC 7518 section 3.4)
+        with ``s`` normalised to the low half (``s <= n/2``)."""
         if isinstance(self._key, Ed25519PrivateKey):
             return self._key.sign(message)
         der = self._key.sign(message, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
+        # (r, s) and (r, n - s) both verify; the wire format accepts only the low one.
+        # Ed25519 needs no such step: RFC 8032 section 5.1.7 already requires S < L.
+        if s > P256_ORDER // 2:
+            s = P256_ORDER - s
         return r.to_bytes(_FIELD_SIZE, "big") + s.to_bytes(_FIELD_SIZE, "big")
 
     def to_pem(self) -> bytes:

@@ -19,6 +19,9 @@ the quarantine reason codes the ingestor is expected to record:
 * ``oversized``      the device's next reading with a large extra ``padding`` value: a valid
   signed envelope, but larger than :data:`~anchor.envelope.MAX_ENVELOPE_BYTES` (16 KiB);
 * ``malformed``      random bytes (starting with 0xff, so neither COSE nor JWS);
+* ``non_canonical``  the device's next reading, validly signed, re-spelt as a third party can
+  without the key: COSE with ``{99: "relay"}`` in its unsigned unprotected header, JWS with its
+  signature padded ``==`` (the wire format accepts only the canonical spelling);
 * ``topic_mismatch`` the device's next reading, validly signed, published under another
   device's topic;
 * ``unknown_device`` a valid reading of a device that is not in the fleet (``ghost-...``, never
@@ -28,7 +31,7 @@ the quarantine reason codes the ingestor is expected to record:
 * ``seq_conflict``   a seq that an acknowledged envelope already used, re-signed by its device
   (same ``prev``) with different values (and ``ts`` one ms later).
 
-Exact accounting. The faults never touch a fleet device's real chain: the first four sign with
+Exact accounting. The faults never touch a fleet device's real chain: the first five sign with
 a throw-away copy of the device's state, ``seq_conflict`` re-signs an old seq, ``replayed_seq``
 signs nothing, and ``unknown_device`` uses the ghost's own chain. So the readings that must be
 stored are exactly the good ones (sent unmodified, for the first time), each device's good
@@ -112,6 +115,7 @@ FAULTS: tuple[str, ...] = (
     "malformed",
     "seq_conflict",
     "topic_mismatch",
+    "non_canonical",
 )
 """Injectable faults; each name is the quarantine reason the ingestor should record."""
 
@@ -440,6 +444,15 @@ def _flip_signature(envelope: bytes) -> bytes:
     return head + b"." + body + b"." + b64url_encode(bytes(sig)).encode("ascii")
 
 
+def _respell(envelope: bytes) -> bytes:
+    """The same signed reading in a non-canonical spelling, made without the key (a relay
+    adding an unprotected COSE header, or a lenient base64url encoder padding a JWS)."""
+    if parse_envelope(envelope).format == FORMAT_COSE:
+        protected, _, payload, signature = cbor2.loads(envelope).value
+        return bytes(cbor2.dumps(cbor2.CBORTag(18, [protected, {99: "relay"}, payload, signature])))
+    return envelope + b"=="  # a 64-byte signature is 86 characters: two '=' pad it
+
+
 def _json_bytes(obj: Mapping[str, Any]) -> bytes:
     text = json.dumps(
         obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -706,6 +719,8 @@ class _Run:
                 extra={"padding": "x" * (MAX_ENVELOPE_BYTES + 1024)},
             )
             envelope = _sign_unbounded(reading, dev.key, dev.format)
+        elif fault == "non_canonical":
+            envelope = _respell(self._sign_next(dev, ts))
         elif fault == "malformed":
             envelope = b"\xff" + self.rng.randbytes(self.rng.randint(15, 255))
             seq = fault_device = None

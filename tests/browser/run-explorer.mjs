@@ -4,10 +4,13 @@
 //   node tests/browser/run-explorer.mjs BASE_URL SCREENSHOT.png DEVICE:SEQ [DEVICE:SEQ ...]
 //
 // Scenarios: each DEVICE:SEQ is looked up through the form (the first one is screenshotted to
-// SCREENSHOT.png); then the first receipt is pasted twice, tampered: one envelope byte flipped
-// (screenshot SCREENSHOT-tampered.png), and log.root changed. Exit 0 when the page ran (the
-// caller judges the statuses), 2 on a usage or browser error.
+// SCREENSHOT.png); then the first receipt is pasted three times, tampered: one envelope byte
+// flipped (screenshot SCREENSHOT-tampered.png), log.root changed, and the envelope re-spelt by a
+// third party (issue 10 item 5: COSE with {99: "attacker text"} in the unsigned unprotected
+// header, or a JWS with a padded signature; leaf_hash made to match). Exit 0 when the page ran
+// (the caller judges the statuses), 2 on a usage or browser error.
 
+import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -35,17 +38,18 @@ async function readResult(page) {
     state: "attached", timeout: 20000,
   });
   return page.evaluate(() => {
-    const checks = {}, details = {};
+    const checks = {}, details = {}, states = {};
     for (const li of document.querySelectorAll("#checks li[data-check]")) {
       checks[li.dataset.check] = li.dataset.status;
       details[li.dataset.check] = li.querySelector(".detail")?.textContent ?? "";
+      states[li.dataset.check] = li.querySelector(".state")?.textContent ?? "";
     }
     return {
       state: document.getElementById("result").dataset.state,
       status: document.getElementById("status").textContent,
       verdict: document.getElementById("verdict").textContent,
       title: document.getElementById("result-title").textContent,
-      checks, details,
+      checks, details, states,
     };
   });
 }
@@ -56,6 +60,26 @@ function flipEnvelopeByte(receipt) {
   const raw = Buffer.from(receipt.reading.envelope, "base64url");
   raw[raw.length - 1] ^= 0x01;
   return { ...receipt, reading: { ...receipt.reading, envelope: raw.toString("base64url") } };
+}
+
+function respellEnvelope(receipt) {
+  // What anyone can do to a genuine envelope without the key; the receipt then reads as if the
+  // variant had been sealed (its leaf_hash), which is what happened before the fix.
+  const raw = Buffer.from(receipt.reading.envelope, "base64url");
+  let variant;
+  if (receipt.reading.format === "cose-sign1") {
+    // d2 84 58 <len> <protected> a0 ...: replace the empty unprotected map a0.
+    if (raw[0] !== 0xd2 || raw[1] !== 0x84 || raw[2] !== 0x58) throw new Error("unexpected COSE head");
+    const at = 4 + raw[3];
+    if (raw[at] !== 0xa0) throw new Error("unprotected header is not a0");
+    const text = Buffer.from("attacker text");
+    const header = Buffer.concat([Buffer.from([0xa1, 0x18, 99, 0x60 | text.length]), text]);
+    variant = Buffer.concat([raw.subarray(0, at), header, raw.subarray(at + 1)]);
+  } else {
+    variant = Buffer.concat([raw, Buffer.from("==")]);
+  }
+  const leaf = createHash("sha256").update(Buffer.concat([Buffer.from([0]), variant])).digest("hex");
+  return { ...receipt, leaf_hash: leaf, reading: { ...receipt.reading, envelope: variant.toString("base64url") } };
 }
 
 function changeLogRoot(receipt) {
@@ -96,7 +120,8 @@ try {
   const resp = await fetch(new URL(`/v1/receipts/${encodeURIComponent(first.device_id)}/${first.seq}`, baseUrl));
   if (!resp.ok) throw new Error(`GET receipt: HTTP ${resp.status}`);
   const receipt = await resp.json();
-  for (const [name, tamper] of [["envelope_byte", flipEnvelopeByte], ["log_root", changeLogRoot]]) {
+  for (const [name, tamper] of [["envelope_byte", flipEnvelopeByte], ["log_root", changeLogRoot],
+    ["non_canonical", respellEnvelope]]) {
     await page.goto(explorer);
     await page.getByLabel(/Or paste a receipt/).fill(JSON.stringify(tamper(receipt), null, 2));
     await page.getByRole("button", { name: "Verify pasted receipt" }).click();

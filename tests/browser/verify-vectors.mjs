@@ -1,7 +1,8 @@
 // Cross-check the explorer's verify.js (run here by Node's WebCrypto) against the project's
 // vectors: the RFC 9162 inclusion proofs of tests/vectors/rfc9162/inclusion and the envelope
-// vectors of tests/vectors/envelope (valid: parsed reading, leaf hash, signature; invalid: the
-// same reason code as anchor/envelope.py). Prints one JSON line; exit 1 on any mismatch.
+// vectors of tests/vectors/envelope (valid: parsed reading, leaf hash, signature, with the case's
+// own key when it names one; invalid: the same reason code as anchor/envelope.py, non_canonical
+// included). Prints one JSON line; exit 1 on any mismatch.
 
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -55,7 +56,7 @@ for (const c of valid.cases) {
     if (sorted(got.values) !== sorted(c.reading.values)) throw new Error(`values ${sorted(got.values)}`);
     if (env.format !== c.format || env.alg !== c.alg) throw new Error(`format/alg ${env.format} ${env.alg}`);
     if (bytesToHex(await leafHash(raw)) !== c.leaf_hash) throw new Error("leaf hash differs");
-    const sig = await checkSignature(env, { keys: [valid.key], source: "vector", why: "" });
+    const sig = await checkSignature(env, { keys: [c.key ?? valid.key], source: "vector", why: "" });
     if (sig.status !== "pass") throw new Error(`signature ${sig.status}: ${sig.detail}`);
   } catch (e) {
     mismatches.push({ vector: `valid: ${c.desc}`, got: String(e.message) });

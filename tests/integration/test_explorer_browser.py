@@ -145,6 +145,17 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
         "anchors": "fail",
     }, log_root["details"]
     assert "log root not anchored" in log_root["details"]["anchors"]
+    # ... and re-spelt by a third party (issue 10 item 5), leaf_hash matching the variant: the
+    # browser's own parser refuses it as non_canonical and never checks a signature over it
+    # (the batch path fails too: the genuine envelope is the one in the batch).
+    respelt = out["tampered"]["non_canonical"]
+    assert respelt["checks"] == {
+        **ALL_PASS,
+        "envelope": "fail",
+        "signature": "skip",
+        "batch_path": "fail",
+    }, respelt["details"]
+    assert "(non_canonical)" in respelt["states"]["envelope"], respelt["states"]
 
     # 3) The screenshots are test artifacts.
     for path in out["screenshots"]:

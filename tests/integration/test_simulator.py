@@ -24,6 +24,7 @@ from anchor.envelope import (
     FORMAT_JWS,
     MAX_ENVELOPE_BYTES,
     MalformedEnvelope,
+    NonCanonicalEnvelope,
     Reading,
     parse_envelope,
     sign_reading,
@@ -225,8 +226,8 @@ def _judge(
             continue
         try:
             env = parse_envelope(payload)
-        except MalformedEnvelope:
-            verdicts["malformed"] += 1
+        except (MalformedEnvelope, NonCanonicalEnvelope) as exc:
+            verdicts[exc.reason] += 1
             continue
         r = env.reading
         if r.device_id != topic_device:

@@ -35,6 +35,7 @@ from anchor.envelope import (
     Envelope,
     EnvelopeError,
     MalformedEnvelope,
+    NonCanonicalEnvelope,
     OversizedEnvelope,
     Reading,
     UnknownKid,
@@ -45,7 +46,7 @@ from anchor.envelope import (
     verify_envelope,
 )
 from anchor.errors import AnchorError
-from anchor.keys import PrivateKey, PublicKey, b64url_decode, b64url_encode
+from anchor.keys import P256_ORDER, PrivateKey, PublicKey, b64url_decode, b64url_encode
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "envelope"
 INVALID = json.loads((VECTORS / "invalid.json").read_text(encoding="utf-8"))
@@ -123,9 +124,10 @@ def test_invalid_vector(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", VALID["cases"], ids=lambda c: c["desc"])
 def test_valid_vector(case: dict[str, Any]) -> None:
     raw = raw_of(case)
-    env = verify_envelope(raw, VECTOR_KEY)
+    key = PublicKey.from_jwk(case["key"]) if "key" in case else VECTOR_KEY
+    env = verify_envelope(raw, key)
     assert env.raw == raw
-    assert (env.format, env.alg, env.kid) == (case["format"], case["alg"], VECTOR_KEY.kid)
+    assert (env.format, env.alg, env.kid) == (case["format"], case["alg"], key.kid)
     assert env.leaf_hash.hex() == case["leaf_hash"] == merkle.leaf_hash(raw).hex()
     expected = {**case["reading"], "prev": bytes.fromhex(case["reading"]["prev"])}
     assert env.reading.to_payload(FORMAT_COSE) == expected
@@ -133,6 +135,16 @@ def test_valid_vector(case: dict[str, Any]) -> None:
         # Our signer produces exactly these bytes: the wire encoding is pinned.
         again = sign_reading(env.reading, VECTOR_PRIVATE, format=case["format"], alg=case["alg"])
         assert again == raw
+
+
+def test_every_third_party_variant_class_has_a_vector() -> None:
+    # Issue 10 item 5: the classes of altered envelopes that were accepted as the same reading.
+    canonical = {c["desc"] for c in INVALID["cases"] if c["reason"] == "non_canonical"}
+    for needle in ("without tag 18", "{99: 'attacker text'}", "spelt 98 04",
+                   "protected bstr length as 4 bytes (5a)", "ES256 high-S",
+                   "signature padded", "signature with non-zero trailing bits"):  # fmt: skip
+        assert any(needle in desc for desc in canonical), needle
+    assert all(d.startswith("canonical: ") for d in canonical)
 
 
 # -- round trips -----------------------------------------------------------------------------
@@ -189,11 +201,14 @@ def test_jws_wire_shape() -> None:
     assert parse_envelope(raw).signed_bytes == f"{header_b64}.{payload_b64}".encode()
 
 
-def test_untagged_cose_verifies_and_is_kept_untagged() -> None:
+def test_untagged_cose_is_non_canonical() -> None:
+    # Was accepted (and kept untagged) before issue 10 item 5: tag 18 is now required, since
+    # stripping or keeping it gave anyone two accepted spellings of one signed reading.
     raw = sign_reading(reading(), ED_KEY)[1:]
     assert raw[0] == 0x84
-    env = verify_envelope(raw, ED_KEY.public_key)
-    assert env.raw == raw
+    with pytest.raises(NonCanonicalEnvelope) as exc:
+        verify_envelope(raw, ED_KEY.public_key)
+    assert exc.value.reason == "non_canonical"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -205,30 +220,110 @@ def test_raw_is_an_exact_copy(fmt: str) -> None:
     assert env.raw != raw
 
 
-def test_non_canonical_cose_is_accepted_and_not_reencoded() -> None:
-    # Keys in reverse order and ts as an 8-byte argument: valid CBOR, not canonical.
+def test_non_deterministic_cose_is_non_canonical_even_when_signed() -> None:
+    # Keys in reverse order and seq as an 8-byte argument: valid CBOR, validly signed by the
+    # device, but not RFC 8949 deterministic encoding. Accepted as sent before issue 10 item 5.
     key = ED_KEY
     payload = reading().to_payload()
     body = b"\xa6" + b"".join(
-        cbor2.dumps(k) + (b"\x1b" + v.to_bytes(8, "big") if k == "ts" else cbor2.dumps(v))
+        cbor2.dumps(k) + (b"\x1b" + v.to_bytes(8, "big") if k == "seq" else cbor2.dumps(v))
         for k, v in reversed(list(payload.items()))
     )
     protected = cbor2.dumps({4: key.public_key.kid, 1: -19})
     signature = key.sign(cbor2.dumps(["Signature1", protected, b"", body]))
     raw = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, body, signature]))
-    env = verify_envelope(raw, key.public_key)
-    assert env.raw == raw
-    assert body in env.signed_bytes
-    assert env.reading == reading()
-    assert sign_reading(env.reading, key) != raw  # ours would be canonical: proof it was kept
+    with pytest.raises(NonCanonicalEnvelope, match="protected header"):
+        verify_envelope(raw, key.public_key)
+    protected = cbor2.dumps({1: -19, 4: key.public_key.kid})
+    signature = key.sign(cbor2.dumps(["Signature1", protected, b"", body]))
+    raw = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, body, signature]))
+    with pytest.raises(NonCanonicalEnvelope, match="payload"):
+        verify_envelope(raw, key.public_key)
 
 
-def test_unknown_non_critical_headers_are_ignored() -> None:
+def _attacker_variant(raw: bytes, unprotected: dict[Any, Any]) -> bytes:
+    # What a third party can do with a genuine envelope and no key: re-wrap its signed parts.
+    protected, _, payload, signature = cbor2.loads(raw).value
+    return bytes(cbor2.dumps(cbor2.CBORTag(18, [protected, unprotected, payload, signature])))
+
+
+@pytest.mark.parametrize("key_type", ["Ed25519", "P-256"])
+def test_unprotected_header_labels_are_non_canonical(key_type: str) -> None:
+    genuine = sign_reading(reading(), KEYS[key_type])
+    for unprotected in ({99: "attacker text"}, {"relay": "gw-3", 33: b"x"}, {}):
+        variant = _attacker_variant(genuine, unprotected)
+        if not unprotected:
+            assert variant == genuine  # the re-wrap itself is exact
+            continue
+        with pytest.raises(NonCanonicalEnvelope) as exc:
+            verify_envelope(variant, KEYS[key_type].public_key)
+        assert exc.value.reason == "non_canonical"
+
+
+def test_unprotected_header_up_to_the_size_cap_is_non_canonical() -> None:
+    genuine = sign_reading(reading(), ED_KEY)
+    room = MAX_ENVELOPE_BYTES - len(genuine) - 8
+    variant = _attacker_variant(genuine, {99: "x" * room})
+    assert len(variant) <= MAX_ENVELOPE_BYTES
+    with pytest.raises(NonCanonicalEnvelope):
+        parse_envelope(variant)
+
+
+def _cbor_heads(raw: bytes) -> list[tuple[int, int, int, int]]:
+    """(offset, major type, argument, head length) of every head in the outer COSE structure
+    (the tag, the array, its four elements; not inside the byte strings)."""
+    out, pos = [], 0
+
+    def one() -> tuple[int, int]:
+        nonlocal pos
+        start, major, info = pos, raw[pos] >> 5, raw[pos] & 31
+        size = 0 if info < 24 else 1 << (info - 24)
+        arg = info if info < 24 else int.from_bytes(raw[pos + 1 : pos + 1 + size], "big")
+        pos += 1 + size
+        out.append((start, major, arg, 1 + size))
+        return major, arg
+
+    one()  # tag 18
+    one()  # array of 4
+    for _ in range(4):
+        major, arg = one()
+        if major in (2, 3):
+            pos += arg
+        elif major == 5:
+            assert arg == 0
+    return out
+
+
+@pytest.mark.parametrize("key_type", ["Ed25519", "P-256"])
+def test_every_longer_head_of_the_outer_structure_is_non_canonical(key_type: str) -> None:
+    # Each head of the outer structure respelt with every longer argument size (24 x 98 04,
+    # 5a <len32>, ...): all valid CBOR, same signed bytes, all refused.
+    genuine = sign_reading(reading(), KEYS[key_type])
+    verify_envelope(genuine, KEYS[key_type].public_key)
+    variants = 0
+    for start, major, arg, length in _cbor_heads(genuine)[1:]:
+        for info in (24, 25, 26, 27):
+            size = 1 << (info - 24)
+            if 1 + size <= length or arg >= 1 << (8 * size):
+                continue
+            head = bytes([major << 5 | info]) + arg.to_bytes(size, "big")
+            variant = genuine[:start] + head + genuine[start + length :]
+            with pytest.raises(NonCanonicalEnvelope):
+                verify_envelope(variant, KEYS[key_type].public_key)
+            variants += 1
+    # Array 84, unprotected a0: 4 longer spellings each; protected, payload, signature 58 xx:
+    # 3 each.
+    assert variants == 4 + 4 + 3 + 3 + 3
+
+
+def test_unknown_non_critical_protected_headers_are_ignored() -> None:
+    # Protected (signed) only: an unprotected header must now be empty (issue 10 item 5); the
+    # test used to put unknown labels there as well, untagged.
     r = reading()
     payload = cbor2.dumps(r.to_payload(), canonical=True)
-    protected = cbor2.dumps({1: -19, 4: ED_KEY.public_key.kid, 3: "application/cbor"})
+    protected = cbor2.dumps({1: -19, 3: "application/cbor", 4: ED_KEY.public_key.kid})
     signature = ED_KEY.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
-    raw = cbor2.dumps([protected, {"relay": "gw-3", 33: b"x"}, payload, signature])
+    raw = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature]))
     assert verify_envelope(raw, ED_KEY.public_key).reading == r
 
 
@@ -236,7 +331,7 @@ def test_crit_listing_understood_labels_is_accepted() -> None:
     payload = cbor2.dumps(reading().to_payload(), canonical=True)
     protected = cbor2.dumps({1: -19, 2: [1, 4], 4: ED_KEY.public_key.kid})
     signature = ED_KEY.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
-    raw = cbor2.dumps([protected, {}, payload, signature])
+    raw = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature]))
     verify_envelope(raw, ED_KEY.public_key)
 
 
@@ -396,16 +491,56 @@ def test_tampered_signature_is_bad_signature(fmt: str, key_type: str, alg: str) 
     assert exc.value.reason == "bad_signature"
 
 
-def test_es256_high_s_form_is_accepted() -> None:
-    # ECDSA signatures are malleable: (r, n - s) verifies too. COSE and JOSE do not forbid it,
-    # and the leaf commits to the exact bytes, so the two spellings are two distinct envelopes
-    # (the ingestor's (device_id, seq) uniqueness then reports a seq conflict).
-    n = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-    raw = sign_reading(reading(), EC_KEY, format=FORMAT_JWS)
+def _es256_twin(raw: bytes) -> bytes:
+    """The same envelope with its ES256 signature (r, s) replaced by (r, n - s)."""
     env = parse_envelope(raw)
-    r, s = env.signature[:32], int.from_bytes(env.signature[32:])
-    other = r + (n - s).to_bytes(32)
-    EC_KEY.public_key.verify(other, env.signed_bytes)
+    r, s = env.signature[:32], int.from_bytes(env.signature[32:], "big")
+    twin = r + (P256_ORDER - s).to_bytes(32, "big")
+    if env.format == FORMAT_COSE:
+        assert raw.endswith(env.signature)
+        return raw[:-64] + twin
+    return raw.rsplit(b".", 1)[0] + b"." + b64url_encode(twin).encode()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_es256_high_s_twin_is_non_canonical(fmt: str) -> None:
+    # ECDSA signatures are malleable: (r, n - s) verifies too. Before issue 10 item 5 the twin
+    # was accepted as a second envelope of the same reading (and could take its seq first);
+    # now the signer emits low-S only and the parser refuses high-S.
+    for _ in range(16):  # both halves of the twin pair are exercised whatever the nonce
+        raw = sign_reading(reading(), EC_KEY, format=fmt)
+        env = verify_envelope(raw, EC_KEY.public_key)
+        assert int.from_bytes(env.signature[32:], "big") <= P256_ORDER // 2
+        twin = _es256_twin(raw)
+        # The twin is a valid ECDSA signature: only the canonical-form rule refuses it.
+        r_s = twin[-64:] if fmt == FORMAT_COSE else b64url_decode(twin.rsplit(b".", 1)[1])
+        EC_KEY.public_key.verify(r_s, env.signed_bytes)
+        with pytest.raises(NonCanonicalEnvelope) as exc:
+            verify_envelope(twin, EC_KEY.public_key)
+        assert exc.value.reason == "non_canonical"
+
+
+def test_es256_signer_normalises_to_low_s() -> None:
+    message = b"cityanchor low-S"
+    for _ in range(64):
+        sig = EC_KEY.sign(message)
+        assert int.from_bytes(sig[32:], "big") <= P256_ORDER // 2
+        EC_KEY.public_key.verify(sig, message)
+
+
+def test_cryptography_ed25519_refuses_s_plus_l() -> None:
+    # Ed25519 is malleable in S alone (S and S + L give the same point equation): RFC 8032
+    # section 5.1.7 says reject S >= L, and cryptography (OpenSSL) does; so no canonical-form
+    # rule is needed for it, and the variant is a bad_signature.
+    ell = 2**252 + 27742317777372353535851937790883648493
+    for fmt in FORMATS:
+        raw = sign_reading(reading(), ED_KEY, format=fmt)
+        env = parse_envelope(raw)
+        s = int.from_bytes(env.signature[32:], "little")
+        assert s < ell
+        plus_l = env.signature[:32] + (s + ell).to_bytes(32, "little")
+        with pytest.raises(BadSignature):
+            ED_KEY.public_key.verify(plus_l, env.signed_bytes)
 
 
 # -- signing errors --------------------------------------------------------------------------
@@ -456,6 +591,7 @@ def test_exception_reasons() -> None:
         BadSignature: "bad_signature",
         UnknownKid: "unknown_kid",
         UnsupportedHeader: "unsupported_header",
+        NonCanonicalEnvelope: "non_canonical",
     }
     for cls, reason in expected.items():
         assert issubclass(cls, EnvelopeError)

@@ -12,13 +12,25 @@ Sig_structure (RFC 9052 section 4.4) and runs the Ed25519 operation itself; -19 
 only in the identifier, which is exactly what RFC 9864 section 2 says. A second test shows the
 same without any registration: pycose's -8 Sig_structure, with the protected header swapped for
 a -19 one, is byte for byte the ``signed_bytes`` we compute for our -19 envelope.
+
+Canonical form (issue 10 item 5, DESIGN.md "Envelope wire format"). What these libraries sign
+is accepted when it is canonical: tagged COSE with an empty unprotected header and deterministic
+CBOR, and, for ES256, a low-S signature. They sign ES256 with a random nonce and do not
+normalise s, so about half of their ES256 signatures are high-S and refused ``non_canonical``
+until the signer replaces s by n - s (the tests sign until they have seen both halves). pycose's
+untagged encoding (``encode(tag=False)``) was accepted before and is refused now. The other way
+round, these libraries serve as oracles that each variant we refuse is a real one: pycose,
+joserfc and PyJWT verify the signature of every COSE variant and of the ES256 high-S twins in
+``tests/vectors/envelope/invalid.json``, so only the canonical-form rule stands between them
+and a second accepted envelope.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -48,12 +60,21 @@ from pycose.messages import Sign1Message
 from anchor.envelope import (
     FORMAT_COSE,
     FORMAT_JWS,
+    NonCanonicalEnvelope,
     Reading,
     parse_envelope,
     sign_reading,
     verify_envelope,
 )
-from anchor.keys import PrivateKey, b64url_decode, b64url_encode
+from anchor.keys import P256_ORDER, PrivateKey, PublicKey, b64url_decode, b64url_encode
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "envelope"
+INVALID = json.loads((VECTORS / "invalid.json").read_text(encoding="utf-8"))
+NON_CANONICAL = [c for c in INVALID["cases"] if c["reason"] == "non_canonical"]
+# The P-256 key of the ES256 vectors (valid.json names it per case).
+VECTOR_EC_JWK = next(
+    c["key"] for c in json.loads((VECTORS / "valid.json").read_text())["cases"] if "key" in c
+)
 
 ED_KEY = PrivateKey.generate("Ed25519")
 EC_KEY = PrivateKey.generate("P-256")
@@ -72,6 +93,35 @@ JWS_PAYLOAD = json.dumps(READING.to_payload(FORMAT_JWS), separators=(",", ":")).
 
 
 # -- pycose ----------------------------------------------------------------------------------
+
+
+def high_s(signature: bytes) -> bool:
+    return int.from_bytes(signature[32:], "big") > P256_ORDER // 2
+
+
+def s_twin(signature: bytes) -> bytes:
+    """(r, s) -> (r, n - s): the other signature of the pair (which one is low depends on s)."""
+    return signature[:32] + (P256_ORDER - int.from_bytes(signature[32:], "big")).to_bytes(32)
+
+
+def es256_halves(
+    raw: bytes, signature_of: Callable[[bytes], bytes], twin: Callable[[bytes], bytes]
+) -> tuple[bytes, bytes]:
+    """``(low, high)``: the library's envelope and its (r, n - s) twin, low-S one first.
+
+    pycose signs deterministically (RFC 6979), joserfc and PyJWT with a random nonce; none of
+    them normalises s, so their own envelope is on either side of n/2."""
+    other = twin(raw)
+    return (other, raw) if high_s(signature_of(raw)) else (raw, other)
+
+
+def check_third_party_es256(halves: tuple[bytes, bytes], key: PrivateKey) -> None:
+    """The low-S form is accepted, the high-S form is non_canonical."""
+    low, high = halves
+    assert verify_envelope(low, key.public_key).reading == READING
+    with pytest.raises(NonCanonicalEnvelope) as exc:
+        verify_envelope(high, key.public_key)
+    assert exc.value.reason == "non_canonical"
 
 
 def pycose_key(key: PrivateKey) -> CoseKey:
@@ -147,18 +197,65 @@ def test_ours_to_pycose(key: PrivateKey, cose_alg: Any, alg: str) -> None:
     assert not msg.verify_signature()
 
 
-@pytest.mark.parametrize(("key", "cose_alg", "alg"), PYCOSE_ALGS)
-@pytest.mark.parametrize("tag", [True, False])
-def test_pycose_to_ours(key: PrivateKey, cose_alg: Any, alg: str, tag: bool) -> None:
+def pycose_sign(key: PrivateKey, cose_alg: Any, *, tag: bool = True) -> bytes:
     msg = Sign1Message(
         phdr={Algorithm: cose_alg, KID: key.public_key.kid}, uhdr={}, payload=COSE_PAYLOAD
     )
     msg.key = pycose_key(key)
-    raw = msg.encode(tag=tag)
+    raw: bytes = msg.encode(tag=tag)
+    return raw
+
+
+@pytest.mark.parametrize(("key", "cose_alg", "alg"), PYCOSE_ALGS)
+def test_pycose_to_ours(key: PrivateKey, cose_alg: Any, alg: str) -> None:
+    raw = pycose_sign(key, cose_alg)
+    if alg == "ES256":
+        halves = es256_halves(raw, lambda r: r[-64:], lambda r: r[:-64] + s_twin(r[-64:]))
+        check_third_party_es256(halves, key)
+        raw = halves[0]
     env = verify_envelope(raw, key.public_key)
     assert env.raw == raw
     assert env.alg == alg
     assert env.reading == READING
+
+
+@pytest.mark.parametrize(("key", "cose_alg", "alg"), PYCOSE_ALGS)
+def test_pycose_untagged_is_non_canonical(key: PrivateKey, cose_alg: Any, alg: str) -> None:
+    # test_pycose_to_ours used to accept pycose's encode(tag=False) too. Since issue 10 item 5
+    # tag 18 is required: with it optional, anyone could add or strip it and get a second
+    # accepted envelope (another leaf hash) for the same signed reading.
+    raw = pycose_sign(key, cose_alg, tag=False)
+    assert raw[0] == 0x84
+    with pytest.raises(NonCanonicalEnvelope):
+        verify_envelope(raw, key.public_key)
+
+
+def test_pycose_verifies_every_cose_variant_we_refuse(pycose_ed25519: type[EdDSA]) -> None:
+    # The oracle direction: each non_canonical COSE vector carries a signature that pycose
+    # (an independent COSE implementation) accepts, so each is a real alternative spelling of
+    # a signed reading and only the canonical-form rule refuses it.
+    cases = [c for c in NON_CANONICAL if "hex" in c]
+    assert len(cases) >= 20
+    for case in cases:
+        raw = bytes.fromhex(case["hex"])
+        item = cbor2.loads(raw)
+        protected, unprotected, payload, signature = (
+            item.value if isinstance(item, cbor2.CBORTag) else item
+        )
+        msg = Sign1Message.from_cose_obj(
+            [protected, dict(unprotected), payload, signature], allow_unknown_attributes=True
+        )
+        es256 = "ES256" in case["desc"]
+        jwk = VECTOR_EC_JWK if es256 else INVALID["key"]
+        public = PublicKey.from_jwk(jwk)
+        if es256:
+            x, y = public.raw[1:33], public.raw[33:]
+            msg.key = CoseKey.from_dict({KpKty: KtyEC2, EC2KpCurve: P256, EC2KpX: x, EC2KpY: y})
+        else:
+            msg.key = CoseKey.from_dict({KpKty: KtyOKP, OKPKpCurve: Ed25519, OKPKpX: public.raw})
+        assert msg.verify_signature(), case["desc"]
+        with pytest.raises(NonCanonicalEnvelope):
+            verify_envelope(raw, public)
 
 
 def test_ours_to_pycose_ed25519_minus_19(pycose_ed25519: type[EdDSA]) -> None:
@@ -239,16 +336,55 @@ def test_ours_to_joserfc(key: PrivateKey, alg: str) -> None:
     assert jose_public(key).thumbprint() == b64url_encode(key.public_key.kid)
 
 
+def jws_signature(raw: bytes) -> bytes:
+    return b64url_decode(raw.rsplit(b".", 1)[1])
+
+
+def jws_twin(raw: bytes) -> bytes:
+    head, sig = raw.rsplit(b".", 1)
+    return head + b"." + b64url_encode(s_twin(b64url_decode(sig))).encode()
+
+
 @pytest.mark.parametrize(("key", "alg"), JOSE_ALGS)
 def test_joserfc_to_ours(key: PrivateKey, alg: str) -> None:
     header = {"alg": alg, "kid": b64url_encode(key.public_key.kid)}
-    with jose_warnings(alg):
-        text = joserfc_jws.serialize_compact(header, JWS_PAYLOAD, jose_key(key), algorithms=[alg])
-    raw = text.encode("ascii")
+
+    def sign() -> bytes:
+        with jose_warnings(alg):
+            text = joserfc_jws.serialize_compact(
+                header, JWS_PAYLOAD, jose_key(key), algorithms=[alg]
+            )
+        return text.encode("ascii")
+
+    raw = sign()
+    if alg == "ES256":
+        halves = es256_halves(raw, jws_signature, jws_twin)
+        check_third_party_es256(halves, key)
+        raw = halves[0]
     env = verify_envelope(raw, key.public_key)
     assert env.raw == raw
     assert env.alg == alg
     assert env.reading == READING
+
+
+def test_jose_libraries_verify_the_high_s_twin_we_refuse() -> None:
+    # Oracles: joserfc and PyJWT accept an ES256 (r, n - s) twin; only our low-S rule refuses
+    # it. They already refuse padded or non-zero-trailing-bit segments, as we do.
+    jwk = VECTOR_EC_JWK
+    public = PublicKey.from_jwk(jwk)
+    by_desc = {c["desc"]: c["text"] for c in NON_CANONICAL if "text" in c}
+    twin = by_desc["canonical: JWS ES256 high-S (r, n - s)"]
+    joserfc_jws.deserialize_compact(twin, JoseECKey.import_key(dict(jwk)), algorithms=["ES256"])
+    jwt.PyJWS().decode_complete(twin, public.to_pem(), algorithms=["ES256"])
+    with pytest.raises(NonCanonicalEnvelope):
+        verify_envelope(twin.encode(), public)
+    ed = JoseOKPKey.import_key(dict(INVALID["key"]))
+    for desc, text in by_desc.items():
+        if "padded" in desc or "trailing bits" in desc:
+            with pytest.raises(Exception):  # noqa: B017 - joserfc's own error classes vary
+                joserfc_jws.deserialize_compact(text, ed, algorithms=["Ed25519"])
+            with pytest.raises(NonCanonicalEnvelope):
+                verify_envelope(text.encode(), PublicKey.from_jwk(INVALID["key"]))
 
 
 # -- JWS: PyJWT ------------------------------------------------------------------------------
@@ -270,8 +406,17 @@ def test_ours_to_pyjwt(key: PrivateKey, alg: str) -> None:
 @pytest.mark.parametrize(("key", "alg"), PYJWT_ALGS)
 def test_pyjwt_to_ours(key: PrivateKey, alg: str) -> None:
     headers = {"kid": b64url_encode(key.public_key.kid), "typ": None}
-    text = jwt.PyJWS().encode(JWS_PAYLOAD, key.to_pem(), algorithm=alg, headers=headers)
-    raw = text.encode("ascii")
+
+    def sign() -> bytes:
+        text = jwt.PyJWS().encode(JWS_PAYLOAD, key.to_pem(), algorithm=alg, headers=headers)
+        return text.encode("ascii")
+
+    raw = sign()
+    if alg == "ES256":
+        halves = es256_halves(raw, jws_signature, jws_twin)
+        check_third_party_es256(halves, key)
+        raw = halves[0]
+    text = raw.decode("ascii")
     env = verify_envelope(raw, key.public_key)
     assert env.raw == raw
     assert env.reading == READING

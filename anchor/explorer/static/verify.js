@@ -23,6 +23,8 @@ const SHA256_SCHEME = "rfc9162-sha256";
 const SIG_PREFIX = "\u2014 ";   // C2SP signed-note: em dash, space
 const ANCHORED_AT = "0x9591a610"; // keccak256("anchoredAt(bytes32)")[:4]
 const COSE_ALGS = new Map([[-19, "Ed25519"], [-8, "EdDSA"], [-7, "ES256"]]);
+// n, the order of the P-256 base point: an ES256 signature must be low-S, s <= n / 2.
+const P256_N = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
 const ALG_KEY = { Ed25519: "Ed25519", EdDSA: "Ed25519", ES256: "P-256" };
 
 /** An error with a stable reason code (the same codes as the Python core). */
@@ -173,11 +175,19 @@ export const plain = (v) => (v instanceof Float ? v.value
     : v instanceof Map ? new Map([...v].map(([k, x]) => [k, plain(x)]))
       : v);
 
+// The canonical form (DESIGN.md "Envelope wire format"): RFC 8949 section 4.2.1 deterministic
+// encoding. The reader notes the first departure from it (`spelling`) and goes on decoding, so
+// that a structural error still wins (malformed), as in anchor/envelope.py.
 class CborReader {
   constructor(bytes) {
     this.b = bytes;
     this.pos = 0;
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.spelling = null;
+  }
+
+  notCanonical(why) {
+    if (this.spelling === null) this.spelling = why;
   }
 
   need(n) {
@@ -192,11 +202,18 @@ class CborReader {
     this.need(size);
     const at = this.pos;
     this.pos += size;
-    if (size === 1) return this.view.getUint8(at);
-    if (size === 2) return this.view.getUint16(at);
-    if (size === 4) return this.view.getUint32(at);
-    const big = this.view.getBigUint64(at);
-    return big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+    let value;
+    if (size === 1) value = this.view.getUint8(at);
+    else if (size === 2) value = this.view.getUint16(at);
+    else if (size === 4) value = this.view.getUint32(at);
+    else {
+      const big = this.view.getBigUint64(at);
+      value = big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+    }
+    // Shortest head: 0..23 in the initial byte, then 1, 2, 4, 8 bytes only when needed.
+    const least = { 1: 24, 2: 0x100, 4: 0x10000, 8: 0x100000000 }[size];
+    if (value < least) this.notCanonical(`a ${size}-byte argument ${value} (not the shortest head)`);
+    return value;
   }
 
   item(depth) {
@@ -232,8 +249,16 @@ class CborReader {
         }
         const out = new Map();
         const seen = new Set();
+        let previous = null;
         for (let i = 0; i < arg; i++) {
+          const start = this.pos;
           const key = this.item(depth + 1);
+          // Keys in the bytewise order of their encodings (RFC 8949 section 4.2.1).
+          const encoded = this.b.subarray(start, this.pos);
+          if (previous !== null && compareBytes(previous, encoded) >= 0) {
+            this.notCanonical("map keys not in bytewise order of their encodings");
+          }
+          previous = encoded;
           const id = `${typeof key}:${key instanceof Uint8Array ? bytesToHex(key) : String(key)}`;
           if (seen.has(id)) throw malformed("duplicate CBOR map key");
           seen.add(id);
@@ -256,8 +281,33 @@ class CborReader {
     else if (ai === 27) { this.need(8); value = this.view.getFloat64(this.pos); this.pos += 8; }
     else throw malformed("CBOR simple value or break is not allowed");
     if (!Number.isFinite(value)) throw malformed("NaN or infinity is not allowed");
+    // Preferred serialization: the shortest float that keeps the value.
+    if (ai === 26 && fitsHalf(value)) this.notCanonical("a single-precision float that fits in half precision");
+    if (ai === 27 && Object.is(Math.fround(value), value)) {
+      this.notCanonical("a double-precision float that fits in single precision");
+    }
     return new Float(value);
   }
+}
+
+/** Whether a finite number is exactly an IEEE 754 half-precision value (-0 included). */
+function fitsHalf(v) {
+  const a = Math.abs(v);
+  if (a === 0) return true;
+  if (a > 65504) return false;
+  // Halves are m * 2**-24 with an 11-bit m (subnormals and the lowest binade) or m * 2**(e-10)
+  // with 1024 <= m < 2048: in all cases an integer multiple of 2**-24 whose odd part has at
+  // most 11 bits. Scaling by a power of two is exact here.
+  let m = a * 2 ** 24;
+  if (!Number.isInteger(m)) return false;
+  while (m >= 2048 && m % 2 === 0) m /= 2;
+  return m < 2048;
+}
+
+function compareBytes(a, b) {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
 }
 
 function halfToFloat(h) {
@@ -269,6 +319,11 @@ function halfToFloat(h) {
 
 /** Decode exactly one CBOR item (no trailing bytes). */
 export function cborDecode(bytes, what) {
+  return cborDecodeSpelling(bytes, what)[0];
+}
+
+/** [item, null or why the encoding is not RFC 8949 deterministic]; throws VerifyError. */
+function cborDecodeSpelling(bytes, what) {
   const reader = new CborReader(bytes);
   let item;
   try {
@@ -277,7 +332,16 @@ export function cborDecode(bytes, what) {
     throw err instanceof VerifyError ? malformed(`${what}: ${err.message}`) : err;
   }
   if (reader.pos !== bytes.length) throw malformed(`${what} has ${bytes.length - reader.pos} trailing bytes`);
-  return item;
+  return [item, reader.spelling && `${what} is not deterministically encoded CBOR: ${reader.spelling}`];
+}
+
+const nonCanonical = (detail) => new VerifyError("non_canonical", detail);
+
+/** ES256 signatures (r, s) and (r, n - s) both verify: only the low one is the canonical. */
+function checkLowS(alg, signature) {
+  if (alg !== "ES256") return;
+  const s = BigInt("0x" + bytesToHex(signature.subarray(32)));
+  if (s > P256_N / 2n) throw nonCanonical("ES256 signature is not low-S (s > n/2)");
 }
 
 function cborHead(major, n) {
@@ -356,14 +420,15 @@ function mapToObject(map, what) {
 
 function parseCose(raw) {
   const body = raw[0] === 0xd2 ? raw.subarray(1) : raw;
-  const msg = cborDecode(body, "COSE_Sign1 message");
+  const [msg, bodySpelling] = cborDecodeSpelling(body, "COSE_Sign1 message");
   if (!Array.isArray(msg) || msg.length !== 4) throw malformed("COSE_Sign1 must be an array of 4 items");
   const [protectedBytes, unprotected, payloadBytes, signature] = msg;
   if (!(protectedBytes instanceof Uint8Array)) throw malformed("COSE protected header must be a byte string");
   if (!(unprotected instanceof Map)) throw malformed("COSE unprotected header must be a map");
   if (!(payloadBytes instanceof Uint8Array)) throw malformed("COSE payload must be an attached byte string");
   if (!(signature instanceof Uint8Array)) throw malformed("COSE signature must be a byte string");
-  const prot = protectedBytes.length ? cborDecode(protectedBytes, "COSE protected header") : new Map();
+  const [prot, protSpelling] = protectedBytes.length
+    ? cborDecodeSpelling(protectedBytes, "COSE protected header") : [new Map(), null];
   if (!(prot instanceof Map)) throw malformed("COSE protected header must be a map");
   for (const label of [1, 2, 4]) {
     if (unprotected.has(label)) throw malformed(`COSE header ${label} must be in the protected header`);
@@ -386,10 +451,19 @@ function parseCose(raw) {
     throw malformed("COSE protected header needs kid, a 32-byte thumbprint");
   }
   if (signature.length !== 64) throw malformed(`signature must be 64 bytes, got ${signature.length}`);
-  const payload = mapToObject(cborDecode(payloadBytes, "COSE payload"), "COSE payload");
+  const [payloadMap, payloadSpelling] = cborDecodeSpelling(payloadBytes, "COSE payload");
+  const payload = mapToObject(payloadMap, "COSE payload");
+  const reading = readingFrom(payload, "cose-sign1");
+  // The canonical form, last and in anchor/envelope.py's order: tag 18, an empty unprotected
+  // header (nothing in it is signed), deterministic CBOR throughout, low-S.
+  if (raw[0] !== 0xd2) throw nonCanonical("COSE_Sign1 must carry tag 18");
+  if (unprotected.size) throw nonCanonical("COSE unprotected header must be an empty map");
+  for (const spelling of [bodySpelling, protSpelling, payloadSpelling]) {
+    if (spelling) throw nonCanonical(spelling);
+  }
+  checkLowS(alg, signature);
   return {
-    format: "cose-sign1", alg, kid, signature,
-    reading: readingFrom(payload, "cose-sign1"),
+    format: "cose-sign1", alg, kid, signature, reading,
     signedBytes: sigStructure(protectedBytes, payloadBytes),
   };
 }
@@ -486,14 +560,31 @@ function jsonObject(bytes, what) {
   return obj;
 }
 
+/**
+ * A JWS segment: [bytes, canonical]. Padding and non-zero trailing bits, which lenient decoders
+ * take, decode with canonical false (non_canonical, after the structural checks); anything
+ * else that is not base64url is malformed.
+ */
+function segmentSpelling(text, what) {
+  const m = /^([A-Za-z0-9_-]*)(={0,2})$/.exec(text);
+  if (!m) malformedSegment(what);
+  const [, body, padding] = m;
+  if (body.length % 4 === 1 || (padding && padding.length !== (4 - body.length % 4) % 4)) {
+    malformedSegment(what);
+  }
+  const std = body.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - body.length % 4) % 4);
+  const bytes = Uint8Array.from(atob(std), (c) => c.charCodeAt(0)); // forgiving: ignores stray bits
+  return [bytes, !padding && b64urlEncode(bytes) === body];
+}
+
 function parseJws(raw) {
   const text = new TextDecoder("ascii").decode(raw);
   const parts = text.split(".");
   const [h64, p64, s64] = parts;
-  const header = mapToObject(plain(jsonObject(b64urlDecode(h64) ?? malformedSegment("protected header"),
-    "JWS protected header")), "JWS protected header");
-  const payloadBytes = b64urlDecode(p64) ?? malformedSegment("payload");
-  const signature = b64urlDecode(s64) ?? malformedSegment("signature");
+  const segments = [[h64, "protected header"], [p64, "payload"], [s64, "signature"]]
+    .map(([t, what]) => [...segmentSpelling(t, what), what]);
+  const [[headerBytes], [payloadBytes], [signature]] = segments;
+  const header = mapToObject(plain(jsonObject(headerBytes, "JWS protected header")), "JWS protected header");
   if ("crit" in header) {
     // RFC 7515 section 4.1.11: a non-empty array of names; we implement no extensions.
     const crit = header.crit;
@@ -514,9 +605,14 @@ function parseJws(raw) {
   if (!payloadBytes.length) throw malformed("detached JWS payloads are not supported");
   if (signature.length !== 64) throw malformed(`signature must be 64 bytes, got ${signature.length}`);
   const payload = mapToObject(jsonObject(payloadBytes, "JWS payload"), "JWS payload");
+  const reading = readingFrom(payload, "jws");
+  // The canonical form, last and in anchor/envelope.py's order.
+  for (const [, canonical, what] of segments) {
+    if (!canonical) throw nonCanonical(`JWS ${what} is not canonical base64url (padding or trailing bits)`);
+  }
+  checkLowS(header.alg, signature);
   return {
-    format: "jws", alg: header.alg, kid, signature,
-    reading: readingFrom(payload, "jws"),
+    format: "jws", alg: header.alg, kid, signature, reading,
     signedBytes: utf8(`${h64}.${p64}`),   // RFC 7515 section 5.2: ASCII(header "." payload)
   };
 }

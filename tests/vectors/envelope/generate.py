@@ -5,10 +5,17 @@ output is deterministic (Ed25519 signatures are, and cbor2 ``canonical`` encodin
 ``tests/unit/test_envelope.py`` fails when the files and this script disagree.
 
 Every envelope is signed with the RFC 8037 appendix A.1 Ed25519 key (a published test key),
-except the ``unknown_kid`` case, which uses a second key derived from a fixed seed. Invalid
-cases are *correctly signed* wherever their structure allows, so that each is rejected for the
-one rule it breaks and not for a bad signature. The structural builders below write CBOR by
-hand where cbor2 cannot be made to (duplicate keys, indefinite lengths, trailing bytes).
+except the ``unknown_kid`` case, which uses a second key derived from a fixed seed, and the ES256
+cases, signed with a P-256 key derived from a fixed seed (RFC 6979 deterministic ECDSA, so the
+output is still deterministic); a case that is not checked with the file's ``key`` names its own
+``key``. Invalid cases are *correctly signed* wherever their structure allows, so that each is
+rejected for the one rule it breaks and not for a bad signature. The structural builders below
+write CBOR by hand where cbor2 cannot be made to (duplicate keys, indefinite lengths, trailing
+bytes, non-shortest heads, unsorted keys).
+
+The ``canonical`` section holds the variants of a genuine signed reading that a third party can
+make without the key (issue 10, item 5): each must be refused with ``non_canonical``, in
+``anchor/envelope.py`` and in the explorer's ``verify.js`` alike.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,6 +63,36 @@ OTHER_SK = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"cityanchor othe
 OTHER_KID = thumbprint(b64u(OTHER_SK.public_key().public_bytes_raw()))
 
 PREV = hashlib.sha256(b"previous envelope").digest()
+
+# A P-256 key from a fixed seed (test-only, like the RFC 8037 key), and the group order n.
+EC_SK = ec.derive_private_key(
+    int.from_bytes(hashlib.sha256(b"cityanchor P-256 vector key").digest(), "big"), ec.SECP256R1()
+)
+_EC_PUB = EC_SK.public_key().public_numbers()
+EC_JWK = {"kty": "EC", "crv": "P-256", "x": b64u(_EC_PUB.x.to_bytes(32, "big")),
+          "y": b64u(_EC_PUB.y.to_bytes(32, "big"))}  # fmt: skip
+EC_KID = hashlib.sha256(
+    f'{{"crv":"P-256","kty":"EC","x":"{EC_JWK["x"]}","y":"{EC_JWK["y"]}"}}'.encode()
+).digest()
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+# Ed25519's group order L (RFC 8032 section 5.1).
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
+
+
+def es256(message: bytes, *, high_s: bool = False) -> bytes:
+    """A deterministic (RFC 6979) ES256 signature ``r || s``, low-S unless ``high_s``."""
+    der = EC_SK.sign(message, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    r, s = decode_dss_signature(der)
+    s = min(s, P256_N - s)
+    if high_s:
+        s = P256_N - s
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def ed25519_plus_l(signature: bytes) -> bytes:
+    """The same Ed25519 signature with S + L (S little-endian, RFC 8032 section 5.1.6)."""
+    s = int.from_bytes(signature[32:], "little") + ED25519_L
+    return signature[:32] + s.to_bytes(32, "little")
 
 
 def base_payload() -> dict[str, Any]:
@@ -89,7 +129,9 @@ def cmap(pairs: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def payload_map(payload: dict[str, Any]) -> bytes:
-    return cmap([(enc(k), enc(v)) for k, v in payload.items()])
+    """The payload map, keys in RFC 8949 section 4.2.1 order (bytewise, by encoding), so that
+    a case breaks only the rule it names."""
+    return cmap(sorted((enc(k), enc(v)) for k, v in payload.items()))
 
 
 def protected(alg: Any = -19, kid: Any = KID, **more: Any) -> bytes:
@@ -118,22 +160,29 @@ def cose(
     signature: bytes | None = None,
     tag: bool = True,
     sk: Ed25519PrivateKey = SK,
+    sign: Callable[[bytes], bytes] | None = None,
     trailer: bytes = b"",
+    heads: dict[str, bytes] | None = None,
 ) -> bytes:
-    """A COSE_Sign1 message assembled byte by byte and signed over its own Sig_structure."""
+    """A COSE_Sign1 message assembled byte by byte and signed over its own Sig_structure.
+
+    ``heads`` replaces the head of an outer element (``array``, ``protected``, ``payload``,
+    ``signature``) by the bytes given, e.g. a longer spelling of the same argument."""
     p = protected() if protected_bytes is None else protected_bytes
     body = payload_map(base_payload()) if payload_bytes is None else payload_bytes
     if signature is None:
-        signature = sk.sign(sig_structure(p, body))
+        signature = (sign or sk.sign)(sig_structure(p, body))
+    h = {"array": head(4, 4), "protected": head(2, len(p)), "payload": head(2, len(body)),
+         "signature": head(2, len(signature)), **(heads or {})}  # fmt: skip
     return (
         (b"\xd2" if tag else b"")
-        + head(4, 4)
-        + head(2, len(p))
+        + h["array"]
+        + h["protected"]
         + p
         + unprotected
-        + head(2, len(body))
+        + h["payload"]
         + body
-        + head(2, len(signature))
+        + h["signature"]
         + signature
         + trailer
     )
@@ -174,6 +223,7 @@ def jws(
     *,
     signature: bytes | None = None,
     sk: Ed25519PrivateKey = SK,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> str:
     """A JWS compact string from raw (or JSON-encoded) header and payload, correctly signed."""
     if header is None:
@@ -184,8 +234,20 @@ def jws(
     p = payload if isinstance(payload, bytes) else compact(payload)
     signing_input = f"{b64u(h)}.{b64u(p)}"
     if signature is None:
-        signature = sk.sign(signing_input.encode())
+        signature = (sign or sk.sign)(signing_input.encode())
     return f"{signing_input}.{b64u(signature)}"
+
+
+def retail(segment: str) -> str:
+    """The same base64url segment with its last character's unused trailing bits set: a lenient
+    decoder reads the same bytes (the segment must leave unused bits, i.e. len % 4 != 0)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    assert len(segment) % 4
+    return segment[:-1] + alphabet[alphabet.index(segment[-1]) | 1]
+
+
+def padded(segment: str) -> str:
+    return segment + "=" * (-len(segment) % 4)
 
 
 def jws_hdr(**changes: Any) -> str:
@@ -216,22 +278,22 @@ def valid_cases() -> list[dict[str, Any]]:
     p = base_payload()
     fiveg = {**p, "kind": "5g.cell_kpi", "cell_id": "460-00-1234-5", "slice": {"sst": 1},
              "values": {"rsrp_dbm": -95, "sinr_db": 12.25, "latency_ms": 8}}  # fmt: skip
-    # seq spelt with a one-byte argument (0x18 0x07) and keys in insertion order: valid CBOR,
-    # not canonical, and accepted as sent.
-    loose = cmap([(enc(k), b"\x18\x07" if k == "seq" else enc(v)) for k, v in p.items()])
+    # Untagged, non-canonical CBOR and unprotected-header variants were valid here before
+    # issue 10 (item 5); they are in invalid.json now, reason non_canonical.
+    floats = {**p, "values": FLOAT_EDGES}
+    ec_cose = cose(protected(alg=-7, kid=EC_KID), enc(p), sign=es256)
+    ec_jws = jws({"alg": "ES256", "kid": b64u(EC_KID)}, sign=es256)
     cases: list[tuple[str, str, str, bytes | str, dict[str, Any], bool]] = [
         ("COSE, alg -19 (Ed25519), tagged", "cose-sign1", "Ed25519", cose(payload_bytes=enc(p)),
          p, True),
         ("COSE, alg -8 (EdDSA), tagged", "cose-sign1", "EdDSA",
          cose(protected(alg=-8), enc(p)), p, True),
-        ("COSE, alg -19, untagged", "cose-sign1", "Ed25519", cose(payload_bytes=enc(p), tag=False),
-         p, False),
         ("COSE, 5G extra keys", "cose-sign1", "Ed25519", cose(payload_bytes=enc(fiveg)), fiveg,
          True),
-        ("COSE, non-canonical payload encoding", "cose-sign1", "Ed25519",
-         cose(payload_bytes=loose), p, False),
-        ("COSE, unknown unprotected header kept", "cose-sign1", "Ed25519",
-         cose(payload_bytes=enc(p), unprotected=enc({"note": "relay-7"})), p, False),
+        ("COSE, alg -7 (ES256), low-S", "cose-sign1", "ES256", ec_cose, p, False),
+        ("COSE, floats in their shortest forms", "cose-sign1", "Ed25519",
+         cose(payload_bytes=enc(floats)), floats, True),
+        ("JWS, alg ES256, low-S", "jws", "ES256", ec_jws, p, False),
         ("JWS, alg Ed25519", "jws", "Ed25519", jws(), p, True),
         ("JWS, alg EdDSA", "jws", "EdDSA", jws({"alg": "EdDSA", "kid": b64u(KID)}), p, True),
         ("JWS, 5G extra keys", "jws", "Ed25519", jws(payload=jws_payload_obj(
@@ -249,6 +311,8 @@ def valid_cases() -> list[dict[str, Any]]:
                 "desc": desc,
                 "format": fmt,
                 "alg": alg,
+                # Checked with the file's key, unless the case names its own.
+                **({"key": EC_JWK} if alg == "ES256" else {}),
                 **({"text": raw} if isinstance(raw, str) else {"hex": raw.hex()}),
                 "reading": {**reading, "prev": reading["prev"].hex()},
                 "leaf_hash": hashlib.sha256(b"\x00" + data).hexdigest(),
@@ -257,6 +321,124 @@ def valid_cases() -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# Floats at the edges of the half/single/double forms; cbor2 canonical=True writes each in the
+# shortest form that keeps its value (RFC 8949 section 4.2.1 preferred serialization).
+FLOAT_EDGES = {
+    "a_tenth": 0.1,  # double only
+    "half_max": 65504.0,  # f9 7bff
+    "half_subnormal": 5.960464477539063e-08,  # f9 0001
+    "neg_zero": -0.0,  # f9 8000
+    "single_max": 3.4028234663852886e38,  # fa 7f7fffff
+    "single_only": 1.100000023841858,  # fa 3f8ccccd
+}
+assert enc(65504.0) == b"\xf9\x7b\xff" and enc(-0.0) == b"\xf9\x80\x00"
+
+
+def sig_of_cose() -> bytes:
+    return SK.sign(sig_structure(protected(), payload_map(base_payload())))
+
+
+def canonical_cases(add: Callable[[str, bytes | str, str], None], section: list[str]) -> None:
+    """Other spellings of genuine signed readings, as a third party can make them: each one
+    is ``non_canonical`` (DESIGN.md "Envelope wire format", canonical form only)."""
+    section[0] = "canonical"
+    p = base_payload()
+    prot, body = protected(), payload_map(p)
+    sig = SK.sign(sig_structure(prot, body))
+    nc = "non_canonical"
+
+    # Outer structure: the tag, the unsigned unprotected header, the heads of the array.
+    add("COSE without tag 18", cose(tag=False), nc)
+    add("COSE unprotected header {99: 'attacker text'}",
+        cose(signature=sig, unprotected=enc({99: "attacker text"})), nc)  # fmt: skip
+    add("COSE unprotected header with a 1 KiB text label",
+        cose(signature=sig, unprotected=enc({"note": "x" * 1024})), nc)  # fmt: skip
+    add("COSE unprotected header as an empty map spelt b8 00", cose(unprotected=b"\xb8\x00"), nc)
+    add("COSE array of 4 spelt 98 04", cose(heads={"array": b"\x98\x04"}), nc)
+    add("COSE protected bstr length as 4 bytes (5a)",
+        cose(heads={"protected": b"\x5a" + struct.pack(">I", len(prot))}), nc)  # fmt: skip
+    add("COSE payload bstr length as 4 bytes (5a)",
+        cose(heads={"payload": b"\x5a" + struct.pack(">I", len(body))}), nc)  # fmt: skip
+    add("COSE payload bstr length as 2 bytes (59)",
+        cose(heads={"payload": b"\x59" + struct.pack(">H", len(body))}), nc)  # fmt: skip
+    add("COSE signature bstr length as 8 bytes (5b)",
+        cose(heads={"signature": b"\x5b" + struct.pack(">Q", 64)}), nc)  # fmt: skip
+    add("COSE untagged with the array spelt 98 04",
+        cose(tag=False, heads={"array": b"\x98\x04"}), "malformed")  # fmt: skip
+
+    # Protected header contents (signed: only the device could make these, but they are still
+    # not the canonical form, and two spellings of one header must not both be accepted).
+    add("COSE protected header keys unsorted {4: kid, 1: alg}",
+        cose(cmap([(enc(4), enc(KID)), (enc(1), enc(-19))])), nc)  # fmt: skip
+    add("COSE protected alg -19 spelt 38 12",
+        cose(cmap([(enc(1), b"\x38\x12"), (enc(4), enc(KID))])), nc)  # fmt: skip
+    # RFC 7049's "canonical" order (shorter keys first, which cbor2 canonical=True uses) is not
+    # RFC 8949's bytewise order once keys of different types mix: 1000 (19 03e8) sorts before
+    # "x" (61 78) bytewise, after it by length. Unknown protected labels are otherwise ignored.
+    length_first = enc({1: -19, 4: KID, "x": 1, 1000: 1})
+    assert length_first.index(b"\x61x") < length_first.index(b"\x19\x03\xe8")
+    add("COSE protected header in length-first (RFC 7049) order", cose(length_first), nc)
+    add("COSE protected kid length spelt 59 00 20",
+        cose(cmap([(enc(1), enc(-19)), (enc(4), b"\x59\x00\x20" + KID)])), nc)  # fmt: skip
+
+    # Payload contents.
+    def spelt(**raw_values: bytes) -> bytes:
+        return cose(payload_bytes=cmap(
+            [(enc(k), raw_values.get(k, enc(v))) for k, v in sorted(
+                p.items(), key=lambda kv: enc(kv[0]))]))  # fmt: skip
+
+    assert spelt() == cose(payload_bytes=enc(p))  # the helper is canonical when nothing changes
+    add("payload keys in insertion order",
+        cose(payload_bytes=cmap([(enc(k), enc(v)) for k, v in p.items()])), nc)  # fmt: skip
+    add("payload seq 7 spelt 18 07", spelt(seq=b"\x18\x07"), nc)
+    add("payload seq 7 spelt 1b 00..07", spelt(seq=b"\x1b" + struct.pack(">Q", 7)), nc)
+    add("payload kind length spelt 78 0f", spelt(kind=b"\x78\x0f" + p["kind"].encode()), nc)
+    add("payload prev length spelt 59 00 20", spelt(prev=b"\x59\x00\x20" + PREV), nc)
+    vals = sorted(p["values"].items(), key=lambda kv: enc(kv[0]))
+    add("payload values keys unsorted",
+        spelt(values=cmap([(enc(k), enc(v)) for k, v in reversed(vals)])), nc)  # fmt: skip
+    for desc, spelling in (("single", b"\xfa" + struct.pack(">f", 12.5)),
+                           ("double", b"\xfb" + struct.pack(">d", 12.5))):  # fmt: skip
+        add(f"payload 12.5 as a {desc}-precision float",
+            spelt(values=cmap([(enc(k), spelling if k == "pm25" else enc(v))
+                               for k, v in vals])), nc)  # fmt: skip
+    edges = sorted(FLOAT_EDGES.items(), key=lambda kv: enc(kv[0]))
+    for name, fmt in (("half_max", ">f"), ("half_subnormal", ">f"), ("neg_zero", ">d"),
+                      ("single_max", ">d"), ("single_only", ">d")):  # fmt: skip
+        wide = (b"\xfa" if fmt == ">f" else b"\xfb") + struct.pack(fmt, FLOAT_EDGES[name])
+        add(f"payload {name} {FLOAT_EDGES[name]!r} as {'single' if fmt == '>f' else 'double'}",
+            spelt(values=cmap([(enc(k), wide if k == name else enc(v)) for k, v in edges])),
+            nc)  # fmt: skip
+    add("payload values map length spelt b9 00 04",
+        spelt(values=b"\xb9\x00\x04" + b"".join(enc(k) + enc(v) for k, v in vals)),
+        nc)  # fmt: skip
+
+    # ES256: (r, s) -> (r, n - s) verifies with any ECDSA verifier.
+    ec_prot = protected(alg=-7, kid=EC_KID)
+    add("COSE ES256 high-S (r, n - s)",
+        cose(ec_prot, body, sign=lambda m: es256(m, high_s=True)), nc)  # fmt: skip
+    ec_header = {"alg": "ES256", "kid": b64u(EC_KID)}
+    add("JWS ES256 high-S (r, n - s)", jws(ec_header, sign=lambda m: es256(m, high_s=True)), nc)
+
+    # JWS: other spellings of the same three segments.
+    good = jws()
+    h, b, sg = good.split(".")
+    add("JWS signature padded with ==", f"{h}.{b}.{padded(sg)}", nc)
+    add("JWS signature with non-zero trailing bits", f"{h}.{b}.{retail(sg)}", nc)
+    assert len(sg) % 4, "the signature must leave unused bits"
+    # The usual header is a multiple of 3 bytes (no spare bits): add a "typ" that leaves some.
+    typed = next(t for t in ("JOSE", "JOSE+JSON", "x") if len(b64u(compact(
+        {"alg": "Ed25519", "kid": b64u(KID), "typ": t}))) % 4)  # fmt: skip
+    th, tb, ts = jws({"alg": "Ed25519", "kid": b64u(KID), "typ": typed}).split(".")
+    add("JWS header padded", f"{padded(th)}.{tb}.{ts}", nc)
+    add("JWS header with non-zero trailing bits", f"{retail(th)}.{tb}.{ts}", nc)
+    # Likewise an extra payload member, so that the payload segment leaves unused bits.
+    note = next(t for t in ("x", "xx", "xxx") if len(b64u(compact(jws_payload_obj(note=t)))) % 4)
+    ph, pb, ps = jws(payload=jws_payload_obj(note=note)).split(".")
+    add("JWS payload padded", f"{ph}.{padded(pb)}.{ps}", nc)
+    add("JWS payload with non-zero trailing bits", f"{ph}.{retail(pb)}.{ps}", nc)
 
 
 def invalid_cases() -> list[dict[str, Any]]:
@@ -387,14 +569,12 @@ def invalid_cases() -> list[dict[str, Any]]:
     add("JWS with three dots", good + ".", "malformed")
     add("JWS JSON serialization", json.dumps({"protected": h, "payload": b, "signature": s}),
         "malformed")  # fmt: skip
-    add("padding on the signature", good + "==", "malformed")
+    add("padding on the signature (wrong amount)", good + "=", "malformed")
     add("'+' (standard base64) in the payload", f"{h}.{b[:-1]}+.{s}", "malformed")
     add("whitespace in a segment", f"{h}.{b[:10]} {b[10:]}.{s}", "malformed")
     add("trailing newline", good + "\n", "malformed")
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    # 64 bytes leave 4 unused bits in the last character; setting one spells the same bytes.
-    odd = alphabet[alphabet.index(s[-1]) | 1]
-    add("non-canonical last base64url character", f"{h}.{b}.{s[:-1]}{odd}", "malformed")
+    add("padding inside a segment", f"{h}.{b[:-2]}==.{s}", "malformed")
+    add("'=' where no padding is needed", f"{h}.{b}.{s}A==", "malformed")
     add("non-ASCII byte", good.encode()[:-1] + b"\xc3\xa9", "malformed")
     add("empty header segment", f".{b}.{s}", "malformed")
     add("empty payload (detached)", jws(payload=b""), "malformed")
@@ -458,13 +638,19 @@ def invalid_cases() -> list[dict[str, Any]]:
     add("payload lacks values", jws(payload=jws_payload_obj(values=...)), "malformed")
     add("trailing garbage after the JSON", jws(payload=body_text + b"x"), "malformed")
 
+    canonical_cases(add, section)
+
     # Verification-stage rejections (checked against the RFC 8037 key).
     section[0] = "verify"
     add("COSE signed by another key", cose(protected(kid=OTHER_KID), sk=OTHER_SK), "unknown_kid")
     add("JWS signed by another key", jws({"alg": "Ed25519", "kid": b64u(OTHER_KID)}, sk=OTHER_SK),
         "unknown_kid")  # fmt: skip
-    add("COSE alg -7 (ES256) with an Ed25519 kid", cose(protected(alg=-7)), "alg_key_mismatch")
-    add("JWS alg ES256 with an Ed25519 kid", jws_hdr(alg="ES256"), "alg_key_mismatch")
+    # A real (low-S) ES256 signature: an Ed25519 one read as r || s is high-S half the time,
+    # and non_canonical is a parse-time reason that would come first.
+    add("COSE alg -7 (ES256) with an Ed25519 kid", cose(protected(alg=-7), sign=es256),
+        "alg_key_mismatch")  # fmt: skip
+    add("JWS alg ES256 with an Ed25519 kid", jws({"alg": "ES256", "kid": b64u(KID)}, sign=es256),
+        "alg_key_mismatch")  # fmt: skip
     cose_sig_flip = bytearray(cose())
     cose_sig_flip[-1] ^= 0x01
     add("COSE signature bit flipped", bytes(cose_sig_flip), "bad_signature")
@@ -484,6 +670,11 @@ def invalid_cases() -> list[dict[str, Any]]:
     add("JWS signature from another payload", f"{h}.{b64u(compact(jws_payload_obj(seq=8)))}.{s}",
         "bad_signature")  # fmt: skip
     add("JWS signature all zero", jws(signature=bytes(64)), "bad_signature")
+    # Ed25519's own malleability, S -> S + L, is refused by the signature check itself
+    # (RFC 8032 section 5.1.7 requires S < L; OpenSSL, BoringSSL and so cryptography and
+    # WebCrypto do): bad_signature, not non_canonical.
+    add("COSE Ed25519 S + L", cose(signature=ed25519_plus_l(sig_of_cose())), "bad_signature")
+    add("JWS Ed25519 S + L", f"{h}.{b}.{b64u(ed25519_plus_l(unb64u(s)))}", "bad_signature")
 
     out = []
     for desc, raw, reason in c:
