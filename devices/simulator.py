@@ -570,10 +570,14 @@ class _Run:
 
     def _client(self, index: int) -> _Conn:
         target = parse_mqtt_url(self.config.mqtt_url)
+        # A device login is bound to its client id, which is its device id.
+        client_id = (
+            self.fleet[index].device_id
+            if self.config.logins
+            else f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}"
+        )
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
         user = self.config.username or target.username
         if self.config.logins:
