@@ -1084,8 +1084,8 @@ def _register_via_api(
 
 
 def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float = 20.0) -> None:
-    """Wait until the broker accepts the newest login: fresh registrations reach the broker's
-    password file within seconds (``cityanchor up`` reloads it from the registry)."""
+    """Wait until the broker accepts the newest login (``cityanchor up``'s broker has it when
+    the registration answers; a broker synchronised from the registry later may lag)."""
     target = parse_mqtt_url(mqtt_url)
     user, password = list(logins.items())[-1]
     deadline = time.monotonic() + timeout_s
@@ -1093,7 +1093,7 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
         codes: list[int] = []
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"cityanchor-sim-probe-{os.getpid()}",
+            client_id=user,  # a device login is bound to its device id as client id
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         client.username_pw_set(user, password)

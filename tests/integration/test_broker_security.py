@@ -443,3 +443,37 @@ def test_the_ingestor_quarantines_a_reading_under_another_district(
     counts = counts_of(env)
     assert counts["readings"] == 5
     assert counts["quarantine"] == counts["quarantine.district_mismatch"] == 5, counts
+
+
+def test_dynsec_config_from_the_registry_gives_a_broker_with_the_same_rules(
+    up: Up, tmp_path: Path, service_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cityanchor broker dynsec-config` (how docker/ seeds its broker): a broker started on
+    the file knows the registered devices' logins (from their hashes) and refuses what `up`'s
+    refuses."""
+    signer, login = _register(up, "seeded")
+    monkeypatch.setenv("CITYANCHOR_MQTT_PASSWORD", "ingest-secret")
+    monkeypatch.setenv("CITYANCHOR_MQTT_ADMIN_PASSWORD", "admin-secret")
+    out = tmp_path / "dynamic-security.json"
+    assert cli_main(["broker", "dynsec-config", "--out", str(out), "--database-url", up.dsn]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    config = json.loads(out.read_text())
+    assert login["mqtt_password"] not in out.read_text()  # hashes only
+    with MosquittoServer(service_dir / "broker", dynsec=config) as broker:
+        dev = Device(broker.url, login).start()
+        try:
+            assert dev.subscribe("#") == [NOT_AUTHORIZED]
+            topic = f"city/{DISTRICT}/{signer.device_id}/readings"
+            assert dev.publish_all(topic, _readings(signer, 1)) == [0x10]  # no subscribers
+            assert dev.publish_all("city/x/y/readings", _readings(signer, 1)) == [NOT_AUTHORIZED]
+        finally:
+            dev.close()
+        thief = Device(broker.url, login, client_id="cityanchor-ingest-0")
+        assert thief.attempt() == NOT_AUTHORIZED
+        ingest = {"mqtt_username": "cityanchor-ingest", "mqtt_password": "ingest-secret"}
+        ingestor = Device(broker.url, ingest, client_id="cityanchor-ingest-0").start()
+        try:
+            assert ingestor.subscribe("$share/cityanchor/city/+/+/readings") == [1]
+            assert ingestor.subscribe("$SYS/#") == [NOT_AUTHORIZED]
+        finally:
+            ingestor.close()
