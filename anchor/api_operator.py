@@ -31,8 +31,10 @@ malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), 
 (403: the token lacks the scope), ``body_malformed`` (400: body not a UTF-8 JSON object,
 duplicate keys, fields missing, unknown or of the wrong type), ``invalid_parameter`` (400: a
 query or path parameter out of range), ``key_invalid`` (400: the JWK), ``device_id_invalid``
-(400), ``conflict`` (409: device or key already registered, device already revoked, anchoring
-job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no chain configured).
+(400), ``device_id_reserved`` (400: registering ``.``, ``..``, ``-...`` or ``cityanchor...``,
+see :mod:`anchor.device_id`), ``conflict`` (409: device or key already registered, device
+already revoked, anchoring job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no
+chain configured).
 
 Erasure (PIPL / GDPR): ``DELETE /v1/readings/{device_id}/{seq}`` sets the stored envelope to
 NULL (its bytes and so its values are gone) and records a tombstone (who, when, legal reason);
@@ -668,6 +670,10 @@ OPENAPI_PATHS: dict[str, Any] = {
             "tags": ["operator"],
             "operationId": "registerDevice",
             "summary": "Register a device (scope devices:write)",
+            "description": "A reserved device id (`.`, `..`, starting with `-` or with "
+            "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
+            "answer carries `mqtt_username` (= device_id, also the only client id the broker "
+            "accepts for it) and `mqtt_password`, already accepted by the broker.",
             "security": _scoped("devices:write"),
             "requestBody": {
                 "required": True,
