@@ -477,3 +477,50 @@ def test_dynsec_config_from_the_registry_gives_a_broker_with_the_same_rules(
             assert ingestor.subscribe("$SYS/#") == [NOT_AUTHORIZED]
         finally:
             ingestor.close()
+
+
+def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
+    postgres: PostgresServer, service_dir: Path
+) -> None:
+    """The backstop behind the API: logins the broker lacks (the API could not reach it, or the
+    broker restarted) are loaded from the registry; revoked devices lose theirs."""
+    from anchor.broker_auth import issue_device_login
+    from anchor.up import _BrokerLogins, _service_dynsec
+
+    name = f"reconcile_{os.getpid()}"
+    postgres.psql(f"CREATE DATABASE {name}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+    async def register(device_id: str) -> dict[str, str]:
+        store = await Store.connect(dsn, max_size=1)
+        try:
+            await store.migrate()
+            key = PrivateKey.generate().public_key
+            await store.register_device(device_id, key, district=DISTRICT, kind="iot.noise")
+            # No admin: the running broker is not told, as when the API could not reach it.
+            return await issue_device_login(store, device_id, district=DISTRICT)
+        finally:
+            await store.close()
+
+    async def revoke(device_id: str) -> None:
+        store = await Store.connect(dsn, max_size=1)
+        try:
+            await store.revoke_device(device_id, reason="test")
+        finally:
+            await store.close()
+
+    first = asyncio.run(register("early-0001"))
+    with MosquittoServer(
+        service_dir / "broker", dynsec=_service_dynsec([], "ingest-pw", "admin-pw")
+    ) as broker:
+        assert Device(broker.url, first).attempt() == NOT_AUTHORIZED
+        logins = _BrokerLogins(broker, dsn, "ingest-pw", "admin-pw")
+        logins.refresh(force=True)  # the broker started with the service logins only
+        assert Device(broker.url, first).attempt() == 0
+        late = asyncio.run(register("late-0001"))
+        logins.refresh(force=True)  # the broker lacks it: restarted from the registry
+        assert Device(broker.url, late).attempt() == 0
+        asyncio.run(revoke("early-0001"))
+        logins.refresh(force=True)
+        assert Device(broker.url, first).attempt() == NOT_AUTHORIZED
+        assert Device(broker.url, late).attempt() == 0
