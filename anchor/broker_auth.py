@@ -256,6 +256,7 @@ class BrokerAdmin:
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             if rc.is_failure:
                 failure.append(f"the broker refused the admin login: {rc}")
+                subscribed.set()
                 done.set()
             else:
                 c.subscribe(RESPONSE_TOPIC, qos=1)
@@ -264,8 +265,7 @@ class BrokerAdmin:
             if any(rc.is_failure for rc in rcs):
                 failure.append(f"the broker refused the admin's subscription: {rcs}")
                 done.set()
-            else:
-                subscribed.set()
+            subscribed.set()
 
         def on_message(c: Any, userdata: Any, msg: Any) -> None:
             try:
@@ -279,16 +279,18 @@ class BrokerAdmin:
             if len(answers) == len(tagged):
                 done.set()
 
+        def on_connect_fail(c: Any, userdata: Any) -> None:
+            failure.append(f"cannot reach the broker at {self.host}:{self.port}")
+            subscribed.set()
+            done.set()
+
         client.on_connect = on_connect
+        client.on_connect_fail = on_connect_fail
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        try:
-            client.connect(self.host, self.port, keepalive=30)
-        except OSError as exc:
-            raise BrokerError(
-                f"cannot reach the broker at {self.host}:{self.port}: {exc}",
-                reason="broker_unavailable",
-            ) from exc
+        # The network thread connects (connect() before loop_start() leaks paho's socket pair,
+        # one per call in a long-running API process).
+        client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
         try:
             if subscribed.wait(self.timeout) and not failure:
