@@ -278,6 +278,11 @@ def test_devices_subscribe_to_nothing_and_every_reading_of_another_is_stored(up:
         assert set(codes) == {0}, sorted(set(codes))
         assert _wait_stored(up, victim.device_id, 1000) == {}  # none quarantined
         assert [dev.received for _, dev in attackers] == [[], [], []]
+        # Their sessions' expiry is bounded, whatever they asked for (Mosquitto keeps the
+        # smaller of this and the client's).
+        conf = (up.data_dir / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+        assert "persistent_client_expiration 24h" in conf
+        assert not any(line.startswith(("acl_file", "password_file")) for line in conf)
     finally:
         for _, dev in attackers:
             dev.close()
