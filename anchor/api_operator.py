@@ -31,8 +31,10 @@ malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), 
 (403: the token lacks the scope), ``body_malformed`` (400: body not a UTF-8 JSON object,
 duplicate keys, fields missing, unknown or of the wrong type), ``invalid_parameter`` (400: a
 query or path parameter out of range), ``key_invalid`` (400: the JWK), ``device_id_invalid``
-(400), ``conflict`` (409: device or key already registered, device already revoked, anchoring
-job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no chain configured).
+(400), ``device_id_reserved`` (400: registering ``.``, ``..``, ``-...`` or ``cityanchor...``,
+see :mod:`anchor.device_id`), ``conflict`` (409: device or key already registered, device
+already revoked, anchoring job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no
+chain configured).
 
 Erasure (PIPL / GDPR): ``DELETE /v1/readings/{device_id}/{seq}`` sets the stored envelope to
 NULL (its bytes and so its values are gone) and records a tombstone (who, when, legal reason);
@@ -55,19 +57,24 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from anchor import operator_store as ops
 from anchor import tokens
 from anchor.api import CONTEXT, Handler, problem, status_for
+from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey, b64url_encode
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.operator_store import TokenRow
 from anchor.store import DeviceRecord, StoreError
 from anchor.tokens import TokenError
+
+if TYPE_CHECKING:
+    from anchor.broker_auth import BrokerAdmin
+    from anchor.config import Settings
 
 __all__ = ["METRICS", "add_routes", "device_json"]
 
@@ -81,7 +88,7 @@ ANCHOR_STEP_TIMEOUT_S = 90.0
 _DEVICE_FIELDS = ("device_id", "public_key_jwk", "district", "kind")
 _MAX_TEXT = 256
 _STATUS = re.compile(r"active|revoked")
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 # Any text a district can hold, without control characters (PostgreSQL text has no NUL).
 _DISTRICT = re.compile(r"[^\x00-\x1f\x7f]{0,256}")
 _MAX_LEGAL_REASON = 1000
@@ -327,9 +334,24 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
     if ctx.settings.mqtt_device_logins:
         from anchor.broker_auth import issue_device_login
 
-        # The only time the password exists in clear: the broker stores its hash.
-        answer.update(await issue_device_login(ctx.store, device_id))
+        # The only time the password exists in clear: the registry stores its hash, and with
+        # an admin login the broker has the login before this answer leaves.
+        answer.update(
+            await issue_device_login(
+                ctx.store, device_id, district=district, admin=_broker_admin(ctx.settings)
+            )
+        )
     return web.json_response(answer, status=201, headers={"Location": f"/v1/devices/{device_id}"})
+
+
+def _broker_admin(settings: Settings) -> BrokerAdmin | None:
+    if not settings.mqtt_admin_password:
+        return None
+    from anchor.broker_auth import ADMIN_USER, BrokerAdmin
+
+    return BrokerAdmin(
+        settings.mqtt_url, settings.mqtt_admin_username or ADMIN_USER, settings.mqtt_admin_password
+    )
 
 
 @operator("devices:write", "device.rotate")
@@ -351,6 +373,12 @@ async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     reason = _text_field(body, "reason", 1024)
     request[AUDIT_DETAIL] = {"reason": reason}
     record = await ctx.store.revoke_device(request.match_info["device_id"], reason=reason)
+    admin = _broker_admin(ctx.settings) if ctx.settings.mqtt_device_logins else None
+    if admin is not None:
+        from anchor.broker_auth import revoke_device_login
+
+        # Its login goes at once (and its connection with it), not at the next reconcile.
+        await revoke_device_login(admin, record.device_id)
     return web.json_response(device_json(record))
 
 
@@ -642,6 +670,10 @@ OPENAPI_PATHS: dict[str, Any] = {
             "tags": ["operator"],
             "operationId": "registerDevice",
             "summary": "Register a device (scope devices:write)",
+            "description": "A reserved device id (`.`, `..`, starting with `-` or with "
+            "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
+            "answer carries `mqtt_username` (= device_id, also the only client id the broker "
+            "accepts for it) and `mqtt_password`, already accepted by the broker.",
             "security": _scoped("devices:write"),
             "requestBody": {
                 "required": True,

@@ -36,6 +36,7 @@ from anchor import merkle
 from anchor.api import CONTEXT, ApiContext
 from anchor.checkpoint import parse_checkpoint_unverified
 from anchor.completeness import completeness_to_dict
+from anchor.device_id import DEVICE_ID_RE
 from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError
 from anchor.jsonbounds import nesting_depth
@@ -67,7 +68,7 @@ SHORT = "public, max-age=5"
 ANCHORED_RECEIPT = "public, max-age=3600, must-revalidate"
 NO_CACHE = "no-cache"
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 
 

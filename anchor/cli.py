@@ -679,6 +679,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from anchor.tokens import add_token_commands
 
     add_token_commands(sub)
+    from anchor.broker_auth import add_broker_commands
+
+    add_broker_commands(sub)
 
     p = sub.add_parser("demo", help="run the end-to-end demo (private services, simulated fleet)")
     p.add_argument("--out", default="demo-output", help="output directory")

@@ -62,6 +62,7 @@ from typing import Any, NoReturn
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
+from anchor.device_id import DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
@@ -92,7 +93,7 @@ ZERO_PREV = bytes(32)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _FORMATS = (FORMAT_COSE, FORMAT_JWS)
 
 

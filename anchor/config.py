@@ -31,7 +31,7 @@ __all__ = [
 ENV_PREFIX = "CITYANCHOR_"
 # Settings whose whole value is secret; every other string (database_url, mqtt_url, a chain's
 # rpc_url, ...) is shown through anchor.redact.redact_text, which hides the secrets inside it.
-SECRET_FIELDS = frozenset({"mqtt_password"})
+SECRET_FIELDS = frozenset({"mqtt_password", "mqtt_admin_password"})
 
 
 FEE_MODES = ("eip1559", "legacy", "zero")
@@ -76,6 +76,10 @@ class Settings:
     mqtt_session_expiry_s: int = 86_400
     # 1: the broker requires device logins; POST /v1/devices then issues each device's password.
     mqtt_device_logins: int = 0
+    # The broker's dynamic-security admin login: with it, POST /v1/devices creates the device's
+    # login in the running broker (and revoke deletes it) before answering.
+    mqtt_admin_username: str = ""
+    mqtt_admin_password: str = ""
     operator_key_file: str = "operator.skey"
     log_origin: str = "cityanchor.example/log"
     hash_scheme: str = "rfc9162-sha256"

@@ -56,6 +56,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
+from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import EnvelopeError
 from anchor.jsonbounds import nesting_depth
 from anchor.keys import (
@@ -138,7 +139,7 @@ _MAX_SEQ = 2**64 - 1
 # CBOR's integer range (major types 0 and 1); JSON integers must fit it too, so that a reading
 # means the same thing in both formats.
 _MIN_INT, _MAX_INT = -(2**64), 2**64 - 1
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _PREV_HEX = re.compile(r"[0-9a-f]{64}")
 _CORE_KEYS = ("device_id", "seq", "ts", "kind", "values", "prev")
 

@@ -14,7 +14,8 @@ Pipeline (one asyncio loop; paho's network thread only converts packets into val
 
 1. ``on_message`` (paho thread) -> :class:`Incoming` -> an inbox (bounded by the window);
 2. cheap checks in order: size cap, topic, envelope parse, topic/device match, registry lookup,
-   key status, clock skew; a failure becomes a quarantine :class:`~anchor.store.Rejection`;
+   topic/district match, key status, clock skew; a failure becomes a quarantine
+   :class:`~anchor.store.Rejection`;
 3. signatures verified in a process pool, in chunks, so the event loop never blocks on crypto;
 4. a batch closes at ``batch_size`` readings or when its oldest is ``batch_age_ms`` old, and is
    handed to the sealing task; ``Store.seal`` decides duplicates, seq conflicts and prev links
@@ -49,6 +50,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from anchor import merkle
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
+from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.envelope import Envelope, parse_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
@@ -58,7 +60,7 @@ __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
 
 log = logging.getLogger("anchor.ingest")
 
-TOPIC_RE = re.compile(r"^city/([A-Za-z0-9._-]{1,64})/([A-Za-z0-9._-]{1,64})/readings$")
+TOPIC_RE = re.compile(rf"^city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings$")
 VERIFY_CHUNK = 128
 STATS_EVERY_S = 10.0
 # How long a failed seal waits before trying again, doubling up to the cap.
@@ -366,6 +368,16 @@ class Ingestor:
                 item,
                 "unknown_device",
                 "not in the registry",
+                device_id=reading.device_id,
+                seq=reading.seq,
+            )
+        if record.district != topic[0]:
+            # The topic's district is the device's claim of where it is; it must be the one
+            # the operator registered, or readings could be filed under another district.
+            return self._reject(
+                item,
+                "district_mismatch",
+                f"published under district {topic[0]!r}, registered in {record.district!r}",
                 device_id=reading.device_id,
                 seq=reading.seq,
             )

@@ -354,8 +354,8 @@ def _schemas() -> dict[str, Any]:
 # ------------------------------------------------------------------------------- operations
 
 _PROBLEMS = {
-    400: "Bad request: `device_id_invalid`, `invalid_parameter`, `range_too_large`, "
-    "`body_malformed`, `key_invalid`.",
+    400: "Bad request: `device_id_invalid`, `device_id_reserved`, `invalid_parameter`, "
+    "`range_too_large`, `body_malformed`, `key_invalid`.",
     404: "`not_found`: no such device, reading, batch or log size (or an empty log).",
     410: "`erased`: the reading's envelope is gone without an erasure tombstone (an erasure "
     "with a tombstone gives a 200 receipt with status `erased`).",

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import ReceiptError
 from anchor.jsonbounds import nesting_depth
 from anchor.merkle import MAX_PROOF_LENGTH
@@ -111,7 +112,7 @@ _TOP_KEYS = (
     "status",
 )
 _ANCHOR_KEYS = ("chain_id", "contract", "tx_hash", "block_number", "block_time")
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CONTRACT = re.compile(r"0x[0-9a-fA-F]{40}")

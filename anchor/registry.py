@@ -486,7 +486,11 @@ def add_device_commands(subparsers: _Subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("register", help="register a device with its public JWK")
     p.add_argument("device_id", metavar="DEVICE_ID")
     p.add_argument("--jwk", required=True, metavar="JWK_FILE", help="the device's public JWK")
-    p.add_argument("--district", default="", help="e.g. nanshan")
+    p.add_argument(
+        "--district",
+        default="",
+        help="e.g. nanshan: the device's readings are accepted only under city/{district}/...",
+    )
     p.add_argument("--kind", default="", help="e.g. iot.air_quality")
     _common(p)
     p.set_defaults(func=_cmd_register)

@@ -32,6 +32,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import pwd
 import re
@@ -45,7 +46,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from anchor.errors import AnchorError
 
@@ -55,6 +56,7 @@ __all__ = [
     "MosquittoServer",
     "PostgresServer",
     "ServiceError",
+    "find_dynsec_plugin",
     "find_mosquitto",
     "find_pg_bindir",
     "free_port",
@@ -929,6 +931,35 @@ def find_mosquitto(env: Mapping[str, str] | None = None) -> Path:
     return Path(found)
 
 
+# Where Debian/Ubuntu (libmosquitto, multiarch), the eclipse-mosquitto image and source builds
+# put the dynamic-security plugin.
+_DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+
+
+def find_dynsec_plugin(env: Mapping[str, str] | None = None) -> Path:
+    """Return Mosquitto's dynamic-security plugin (``CITYANCHOR_MOSQUITTO_DYNSEC`` wins).
+
+    Raises:
+        ServiceError: ``binary_missing``.
+    """
+    env = os.environ if env is None else env
+    override = env.get("CITYANCHOR_MOSQUITTO_DYNSEC")
+    candidates = (override,) if override else _DYNSEC_PLUGIN_PATHS
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise ServiceError(
+        f"Mosquitto's dynamic-security plugin is not in {', '.join(candidates)}; it ships with "
+        f"the {_MOSQUITTO_PACKAGE} package (2.0 or later), or set CITYANCHOR_MOSQUITTO_DYNSEC",
+        reason="binary_missing",
+    )
+
+
 def _find_passwd_tool() -> Path | None:
     found = shutil.which("mosquitto_passwd")
     return Path(found) if found else None
@@ -960,7 +991,16 @@ class MosquittoServer(LocalServer):
     since the ingestor acknowledges only after its batch is committed.
 
     With ``users`` (``{username: password}``) and ``acl`` (Mosquitto ACL file text) the broker
-    requires logins; ``allow_anonymous`` defaults to True only when no users are given.
+    requires logins; ``allow_anonymous`` defaults to True only when no users are given. An ACL
+    file cannot refuse a SUBSCRIBE in Mosquitto 2.0 (it grants every filter and only filters
+    delivery), so where clients are untrusted use ``dynsec`` instead: the dynamic-security
+    plugin's configuration (JSON, see :func:`anchor.broker_auth.dynsec_config`), written to
+    ``base_dir/dynsec.json`` at every start; then logins, roles and client-id bindings come from
+    it alone and change at run time through its ``$CONTROL`` topic (the plugin rewrites the
+    file; a SIGHUP does not reload it).
+
+    ``session_expiry_cap_h`` bounds every session's expiry interval, whatever the client asks
+    (``persistent_client_expiration``; Mosquitto 2.0 applies it to MQTT v5 sessions too).
     """
 
     _NOUN = "broker"
@@ -973,6 +1013,8 @@ class MosquittoServer(LocalServer):
         allow_anonymous: bool | None = None,
         users: Mapping[str, str] | None = None,
         acl: str | None = None,
+        dynsec: Mapping[str, Any] | None = None,
+        session_expiry_cap_h: int = 14 * 24,
         max_inflight_messages: int = 10_000,
         max_queued_messages: int = 100_000,
         autosave_interval: int = 60,
@@ -983,10 +1025,20 @@ class MosquittoServer(LocalServer):
         self.conf_path = self.base_dir / "mosquitto.conf"
         self.password_path = self.base_dir / "passwords"
         self.acl_path = self.base_dir / "acl"
+        self.dynsec_path = self.base_dir / "dynsec.json"
         self.persistence_dir = self.base_dir / "persistence"
         self.log_path = self.base_dir / "mosquitto.log"
         self.stderr_path = self.base_dir / "mosquitto.stderr"
-        self.allow_anonymous = (users is None) if allow_anonymous is None else allow_anonymous
+        if dynsec is not None and (users is not None or acl is not None):
+            raise ServiceError(
+                "dynsec replaces users and acl: give one or the other", reason="usage"
+            )
+        no_logins = users is None and dynsec is None
+        self.allow_anonymous = no_logins if allow_anonymous is None else allow_anonymous
+        self._dynsec = dict(dynsec) if dynsec is not None else None
+        if session_expiry_cap_h < 1:
+            raise ServiceError("session_expiry_cap_h must be at least 1", reason="usage")
+        self.session_expiry_cap_h = session_expiry_cap_h
         self.max_inflight_messages = max_inflight_messages
         self.max_queued_messages = max_queued_messages
         self.autosave_interval = autosave_interval
@@ -1104,6 +1156,17 @@ class MosquittoServer(LocalServer):
         if self.running:
             self.reload()
 
+    def set_dynsec(self, config: Mapping[str, Any]) -> None:
+        """Replace the dynamic-security configuration used from the broker's next start.
+
+        A running broker is not changed (the plugin owns its file while it runs and ignores
+        SIGHUP): change it through ``$CONTROL/dynamic-security/v1``
+        (:class:`anchor.broker_auth.BrokerAdmin`), or restart it.
+        """
+        if self._dynsec is None:
+            raise ServiceError("this broker was not started with dynsec", reason="usage")
+        self._dynsec = dict(config)
+
     # -- internals ------------------------------------------------------------------------
 
     @staticmethod
@@ -1142,8 +1205,9 @@ class MosquittoServer(LocalServer):
             f"persistence_location {self.persistence_dir}/",
             "persistence_file mosquitto.db",
             f"autosave_interval {self.autosave_interval}",
-            # Sessions of MQTT 3.1.1 clients without an expiry interval; v5 clients send theirs.
-            "persistent_client_expiration 14d",
+            # An upper bound on every session's expiry, MQTT v5 clients' requests included
+            # (Mosquitto 2.0 keeps the smaller of the two).
+            f"persistent_client_expiration {self.session_expiry_cap_h}h",
             f"max_inflight_messages {self.max_inflight_messages}",
             f"max_queued_messages {self.max_queued_messages}",
             "max_queued_bytes 0",
@@ -1159,6 +1223,9 @@ class MosquittoServer(LocalServer):
         ]
         if _is_root():
             lines.append(f"user {_MOSQUITTO_USER}")
+        if self._dynsec is not None:
+            lines.append(f"plugin {find_dynsec_plugin()}")
+            lines.append(f"plugin_opt_config_file {self.dynsec_path}")
         if self._users is not None:
             lines.append(f"password_file {self.password_path}")
         if self._acl is not None:
@@ -1168,6 +1235,9 @@ class MosquittoServer(LocalServer):
     def _write_files(self) -> None:
         owner = self._owner()
         self._write(self.conf_path, self._config_text(), owner)
+        if self._dynsec is not None and not self.running:
+            # Only before a start: while it runs, the plugin owns (and rewrites) this file.
+            self._write(self.dynsec_path, json.dumps(self._dynsec, indent=1) + "\n", owner)
         if self._users is not None and self._hashed:
             text = "".join(f"{u}:{h}\n" for u, h in self._users.items())
             self._write(self.password_path, text, owner)

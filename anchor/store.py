@@ -10,6 +10,8 @@ socket failure is translated here, at the edge, into :class:`StoreError` with a 
 ``not_found``       the device, reading or batch does not exist.
 ``conflict``        the device or key is already registered, the device already revoked, ...
 ``device_id_invalid``  a device id outside ``[A-Za-z0-9._-]{1,64}``.
+``device_id_reserved``  registering a well-formed but reserved id (``.``, ``..``, ``-...``,
+                    ``cityanchor...``; see :mod:`anchor.device_id`).
 ``migration_checksum_mismatch``  an applied ``sql/NNN_*.sql`` file was edited afterwards.
 ``migrations_missing``  the ``sql/`` directory cannot be read.
 ``log_inconsistent``   the batch log and its checkpoints disagree (never expected; the seal
@@ -68,6 +70,7 @@ from anchor.completeness import (
     StoredReading,
     build_completeness,
 )
+from anchor.device_id import DeviceIdError, check_device_id, check_new_device_id
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
@@ -121,7 +124,6 @@ QUARANTINE_RAW_LIMIT = 16 * 1024
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 """Where the numbered migrations live (``sql/NNN_name.sql`` at the repository root)."""
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _MIGRATION_FILE = re.compile(r"(\d{3,})_([A-Za-z0-9_]+)\.sql")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _RETRYABLE_UNAVAILABLE = ("08", "53", "57", "58")  # connection, resources, shutdown, system I/O
@@ -195,13 +197,13 @@ def _conflict(what: str) -> StoreError:
     return StoreError(what, reason="conflict")
 
 
-def _check_device_id(device_id: object) -> str:
-    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
-        raise StoreError(
-            f"device id {ascii(device_id)[:80]} does not match [A-Za-z0-9._-]{{1,64}}",
-            reason="device_id_invalid",
-        )
-    return device_id
+def _check_device_id(device_id: object, *, new: bool = False) -> str:
+    """The id, or ``StoreError`` ``device_id_invalid`` (or, with ``new``, for a registration,
+    ``device_id_reserved``): the rule is :mod:`anchor.device_id`'s, in one place."""
+    try:
+        return check_new_device_id(device_id) if new else check_device_id(device_id)
+    except DeviceIdError as exc:
+        raise StoreError(exc.detail, reason=exc.reason) from None
 
 
 def _clean_text(value: str | None, limit: int) -> str | None:
@@ -648,14 +650,16 @@ class Store:
         problem found, one per line, prefixed by the spec's line number when it has one.
         """
         problems: list[str] = []
+        id_reasons: set[str] = set()
         invalid = 0
         seen_ids: dict[str, DeviceSpec] = {}
         seen_kids: dict[bytes, DeviceSpec] = {}
         for spec in specs:
             try:
-                _check_device_id(spec.device_id)
+                _check_device_id(spec.device_id, new=True)
             except StoreError as exc:
                 problems.append(spec.where() + exc.detail)
+                id_reasons.add(exc.reason)
                 invalid += 1
                 continue
             if spec.device_id in seen_ids:
@@ -668,7 +672,12 @@ class Store:
             seen_ids[spec.device_id] = spec
             seen_kids.setdefault(spec.key.kid, spec)
         if problems:
-            reason = "device_id_invalid" if invalid == len(problems) else "conflict"
+            # Only id problems: their code (device_id_reserved only if every one is reserved).
+            reason = (
+                (id_reasons.pop() if len(id_reasons) == 1 else "device_id_invalid")
+                if invalid == len(problems)
+                else "conflict"
+            )
             raise StoreError("\n".join(problems), reason=reason)
         if not specs:
             return []

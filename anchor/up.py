@@ -40,7 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anchor.broker_auth import INGEST_USER, acl_text
+from anchor.broker_auth import (
+    ADMIN_USER,
+    INGEST_USER,
+    BrokerAdmin,
+    BrokerError,
+    DeviceLogin,
+    dynsec_config,
+)
 from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.children import ChildProcess
@@ -200,24 +207,45 @@ def _secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-async def _device_login_hashes(dsn: str) -> dict[str, str]:
-    from anchor.broker_auth import broker_password_hashes
+async def _device_logins(dsn: str) -> list[DeviceLogin]:
+    from anchor.broker_auth import broker_logins
     from anchor.store import Store
 
     store = await Store.connect(dsn, max_size=1)
     try:
-        return await broker_password_hashes(store)
+        return await broker_logins(store)
     finally:
         await store.close()
 
 
-class _BrokerLogins:
-    """Keeps the broker's password file in step with the registry (new devices, revocations)."""
+def _service_dynsec(
+    devices: list[DeviceLogin], ingest_password: str, admin_password: str
+) -> dict[str, Any]:
+    return dynsec_config(
+        devices,
+        ingest_hash=mosquitto_password_hash(ingest_password),
+        admin_hash=mosquitto_password_hash(admin_password),
+    )
 
-    def __init__(self, mq: MosquittoServer, dsn: str, ingest_password: str) -> None:
+
+class _BrokerLogins:
+    """Keeps the broker's logins in step with the registry.
+
+    The API creates a device's login in the running broker itself (and deletes a revoked
+    one), so this is the backstop: every two seconds it deletes the logins of devices no longer
+    active, and when the broker lacks a login the registry has (the API could not reach it) it
+    restarts the broker from the registry. It also keeps the configuration a broker (re)start
+    uses current.
+    """
+
+    def __init__(
+        self, mq: MosquittoServer, dsn: str, ingest_password: str, admin_password: str
+    ) -> None:
         self.mq, self.dsn = mq, dsn
-        self.ingest_hash = mosquitto_password_hash(ingest_password)
-        self.current: dict[str, str] | None = None
+        self.passwords = (ingest_password, admin_password)
+        self.admin = BrokerAdmin(mq.url, ADMIN_USER, admin_password)
+        # What the running broker holds; it was started with the service logins only.
+        self.current: dict[str, DeviceLogin] | None = None
         self.next_check = 0.0
 
     def refresh(self, *, force: bool = False) -> None:
@@ -226,14 +254,37 @@ class _BrokerLogins:
             return
         self.next_check = now + 2.0
         try:
-            devices = asyncio.run(_device_login_hashes(self.dsn))
+            logins = asyncio.run(_device_logins(self.dsn))
         except AnchorError as exc:
             log.warning("cannot read broker logins from the registry: %s", redact_text(str(exc)))
             return
-        if devices != self.current:
-            self.mq.set_hashed_auth({**devices, INGEST_USER: self.ingest_hash}, acl_text())
-            self.current = devices
-            log.info("broker logins reloaded: %d devices", len(devices))
+        desired = {login.device_id: login for login in logins}
+        if desired == self.current:
+            return
+        self.mq.set_dynsec(_service_dynsec(logins, *self.passwords))
+        restart = self.current is None and bool(desired)
+        if self.current is not None:
+            try:
+                for gone in sorted(set(self.current) - set(desired)):
+                    self.admin.remove_device(gone)
+                new = [d for d in desired if self.current.get(d) != desired[d]]
+                missing = self.admin.missing(new)
+            except BrokerError as exc:
+                log.warning("cannot update the broker's logins (will retry): %s", exc)
+                return
+            if missing:
+                log.warning(
+                    "the broker lacks the logins of %d devices (e.g. %s): restarting it",
+                    len(missing),
+                    missing[0],
+                )
+                restart = True
+        if restart:
+            # Persistent sessions and queued messages survive (persistence on, clean stop).
+            self.mq.stop()
+            self.mq.start()
+        self.current = desired
+        log.info("broker logins in step with the registry: %d devices", len(desired))
 
 
 def _operator_key(keys: Path) -> NoteSigner:
@@ -307,9 +358,14 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
         # Logins required from the start: the ingestors' account now, the devices' as soon as
         # the registry is readable (see _BrokerLogins).
         ingest_password = _secret(d / "keys" / "mqtt-ingest.password")
+        admin_password = _secret(d / "keys" / "mqtt-admin.password")
         mq = _start_on_stable_port(
             lambda port: MosquittoServer(
-                d / "mosquitto", port=port, users={INGEST_USER: ingest_password}, acl=acl_text()
+                d / "mosquitto",
+                port=port,
+                dynsec=_service_dynsec([], ingest_password, admin_password),
+                # = the ingestors' own session expiry; devices hold no subscriptions anyway.
+                session_expiry_cap_h=24,
             ),
             opts.mqtt_port,
             ports.get("mqtt"),
@@ -442,7 +498,8 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
         )
         http_port = opts.http_port or free_port()
         ingest_password = _secret(d / "keys" / "mqtt-ingest.password")
-        logins = _BrokerLogins(mq, pg.dsn, ingest_password)
+        admin_password = _secret(d / "keys" / "mqtt-admin.password")
+        logins = _BrokerLogins(mq, pg.dsn, ingest_password, admin_password)
         logins.refresh(force=True)
         settings = Settings(
             database_url=pg.dsn,
@@ -450,6 +507,8 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
             mqtt_username=INGEST_USER,
             mqtt_password=ingest_password,
             mqtt_device_logins=1,
+            mqtt_admin_username=ADMIN_USER,
+            mqtt_admin_password=admin_password,
             operator_key_file=str(d / "keys" / "operator.skey"),
             log_origin=operator.name,
             anchor_period_s=max(1, round(opts.anchor_period_s)),

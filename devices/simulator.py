@@ -583,10 +583,14 @@ class _Run:
 
     def _client(self, index: int) -> _Conn:
         target = parse_mqtt_url(self.config.mqtt_url)
+        # A device login is bound to its client id, which is its device id.
+        client_id = (
+            self.fleet[index].device_id
+            if self.config.logins
+            else f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}"
+        )
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
         )
         user = self.config.username or target.username
         if self.config.logins:
@@ -1095,8 +1099,8 @@ def _register_via_api(
 
 
 def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float = 20.0) -> None:
-    """Wait until the broker accepts the newest login: fresh registrations reach the broker's
-    password file within seconds (``cityanchor up`` reloads it from the registry)."""
+    """Wait until the broker accepts the newest login (``cityanchor up``'s broker has it when
+    the registration answers; a broker synchronised from the registry later may lag)."""
     target = parse_mqtt_url(mqtt_url)
     user, password = list(logins.items())[-1]
     deadline = time.monotonic() + timeout_s
@@ -1104,7 +1108,7 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
         codes: list[int] = []
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"cityanchor-sim-probe-{os.getpid()}",
+            client_id=user,  # a device login is bound to its device id as client id
             protocol=MQTTProtocolVersion.MQTTv5,
         )
         client.username_pw_set(user, password)

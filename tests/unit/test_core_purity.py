@@ -17,6 +17,7 @@ CORE = [
     "anchor.verify",
     "anchor.sealing",
     "anchor.chainpoint",
+    "anchor.device_id",
 ]
 FORBIDDEN = (
     "paho",
