@@ -493,8 +493,7 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
     from anchor.up import _BrokerLogins, _service_dynsec
 
     name = f"reconcile_{os.getpid()}"
-    postgres.psql(f"CREATE DATABASE {name}")
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = postgres.create_database(name)
 
     async def register(device_id: str) -> dict[str, str]:
         store = await Store.connect(dsn, max_size=1)
