@@ -92,9 +92,11 @@ def root_from_path(
     m: int, n: int, leaf_hash: bytes, audit_path: Sequence[bytes], h: Digest = sha256
 ) -> bytes | None:
     """The root that ``audit_path`` (bottom-up, as ``path`` returns it) leads to from the leaf
-    hash at ``m`` in a tree of ``n`` leaves, or None when the path has the wrong length for
-    that shape. Mirrors ``path``: the last element is the sibling subtree at the top split."""
-    assert 0 <= m < n
+    hash at ``m`` in a tree of ``n`` leaves, or None when ``m`` is not below ``n`` or the path
+    has the wrong length for that shape. Mirrors ``path``: the last element is the sibling
+    subtree at the top split."""
+    if not 0 <= m < n:
+        return None
     if n == 1:
         return leaf_hash if not audit_path else None
     if not audit_path:
