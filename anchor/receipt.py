@@ -102,7 +102,7 @@ RETIRED_VERSIONS: Mapping[str, str] = MappingProxyType(
             "cityanchor/receipt/v1 receipts are refused: their batch-log leaf does not bind "
             "batch.size (and batch.id is bound by nothing), so a v1 receipt can be altered "
             "without any check failing; only cityanchor/receipt/v2 receipts are verified "
-            "(docs/verifier-guide.md, \"Receipt versions\")"
+            '(docs/verifier-guide.md, "Receipt versions")'
         ),
     }
 )

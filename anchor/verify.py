@@ -198,9 +198,8 @@ def _check_proofs(receipt: Receipt, hasher: merkle.Hasher) -> list[Check]:
     b = receipt.batch
     try:
         merkle.verify_inclusion(computed_leaf, b.index, b.size, b.path, b.root, hasher=hasher)
-        checks.append(
-            Check("batch_path", "pass", f"leaf {b.index} of {b.size} in batch root {b.root.hex()[:16]}…")
-        )
+        detail = f"leaf {b.index} of {b.size} in batch root {b.root.hex()[:16]}…"
+        checks.append(Check("batch_path", "pass", detail))
     except AnchorError as exc:
         checks.append(_fail("batch_path", exc))
     lg = receipt.log
