@@ -19,12 +19,20 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import reference_merkle as ref  # tests/ is not a package
 
 from anchor.cli import main
 from anchor.store import Store
 from integration.api_fixtures import ApiWorld
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parents[2] / "docs" / "receipt-v2.schema.json").read_text()
+)
+VALIDATOR = jsonschema.Draft202012Validator(
+    SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+)
 
 
 def _get(world: ApiWorld, path: str) -> Any:
@@ -61,7 +69,18 @@ def genuine(api_world: ApiWorld) -> dict[str, Any]:
     doc: dict[str, Any] = _get(api_world, f"/v1/receipts/{device_id}/{seq}")
     assert doc["version"] == "cityanchor/receipt/v2" and "id" not in doc["batch"]
     assert (doc["batch"]["size"], doc["batch"]["index"], doc["status"]) == (8, 0, "anchored")
+    VALIDATOR.validate(doc)
     return doc
+
+
+def test_served_receipts_are_v2_and_match_the_v2_schema(api_world: ApiWorld) -> None:
+    for device_id, seq in [*api_world.eight, *api_world.anchored[::40], *api_world.sealed_only]:
+        doc = _get(api_world, f"/v1/receipts/{device_id}/{seq}")
+        VALIDATOR.validate(doc)
+        assert doc["version"] == "cityanchor/receipt/v2" and "id" not in doc["batch"]
+    # The attack's documents are what the schema refuses too: v1, and a batch.id.
+    assert not VALIDATOR.is_valid(_as_v1(doc))
+    assert not VALIDATOR.is_valid({**doc, "batch": {**doc["batch"], "id": 999999}})
 
 
 def _lowered(doc: dict[str, Any]) -> dict[str, Any]:
