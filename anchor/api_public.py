@@ -43,7 +43,7 @@ from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
 from anchor.receipt import dumps_receipt, receipt_from_dict
 from anchor.sealing import MAX_STORED_INT
-from anchor.store import StoredAnchor, StoreError
+from anchor.store import BatchRecord, StoredAnchor, StoreError
 from anchor.verify import Check, ReceiptReport, verify_receipt
 
 __all__ = [
@@ -325,7 +325,17 @@ async def _get_completeness(request: web.Request) -> web.Response:
 async def _get_batch(request: web.Request) -> web.Response:
     ctx = _context(request)
     batch_id = _integer(request.match_info["batch_id"], "batch id", low=0)
-    batch = await ctx.store.batch_record(batch_id)
+    return _batch_json(await ctx.store.batch_record(batch_id))
+
+
+async def _get_batch_at(request: web.Request) -> web.Response:
+    # Receipts v2 name their batch by log.index (which log.path proves), not by id.
+    ctx = _context(request)
+    log_index = _integer(request.match_info["log_index"], "log index", low=0)
+    return _batch_json(await ctx.store.batch_record_at(log_index))
+
+
+def _batch_json(batch: BatchRecord) -> web.Response:
     return _json(
         {
             "id": batch.id,
@@ -478,6 +488,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/verify", _post_verify)
     r.add_get("/v1/devices/{device_id}/completeness", _get_completeness)
     r.add_get("/v1/batches/{batch_id}", _get_batch)
+    r.add_get("/v1/log/batches/{log_index}", _get_batch_at)
     r.add_get("/v1/log/checkpoint", _get_checkpoint)
     r.add_get("/v1/log/consistency", _get_consistency)
     r.add_get("/v1/anchors", _get_anchors)

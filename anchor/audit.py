@@ -2,7 +2,9 @@
 
 1. every batch: each reading's leaf hash from its stored envelope bytes, and the batch root from
    the leaves, in batch order (an erased reading contributes its kept leaf hash);
-2. the whole batch log from the batch roots, and each checkpoint: its root must be the root of
+2. the whole batch log from the batches' sizes and roots (each log leaf is
+   ``H(0x00 || uint64_be(size) || root)``, :func:`anchor.merkle.log_leaf_hash`), where the size
+   is the count of readings stored for the batch, and each checkpoint: its root must be the root of
    that prefix of the log (so every checkpoint is consistent with every earlier one: the log only
    grew), its note must carry that size and root, and its signature must verify with the
    operator key;
@@ -143,7 +145,12 @@ async def run_audit(
                             f"stored root {bytes(b['root']).hex()}",
                         )
                     )
-                log_leaves.append(merkle.leaf_hash(bytes(b["root"]), hasher=hasher))
+                # The size that goes into the leaf is the count of readings actually stored,
+                # not the batches.size column: a changed size column is then a divergence
+                # (above), and the log must still recompute from what the receipts prove.
+                log_leaves.append(
+                    merkle.log_leaf_hash(max(1, len(rows)), bytes(b["root"]), hasher=hasher)
+                )
                 report.batches += 1
                 bar.step()
             await _audit_checkpoints(conn, log_leaves, log_verifiers, hasher, report)

@@ -24,6 +24,9 @@ proves only that ``targetHash`` is among these leaves. What ties the document to
 data is the namespaced ``"cityanchor"`` extension: the batch id and size, the leaf index, the
 RFC 9162 batch root and the leaf's RFC 9162 inclusion path, which anyone can check with
 ``anchor.merkle.verify_inclusion`` and then follow with the receipt's ``log`` path and anchor.
+The log leaf is ``H(0x00 || uint64_be(batch size) || batch root)`` (receipt v2), so that log
+path binds the batch size; ``batch_id`` is the operator's label for the batch, bound by
+nothing (a v2 receipt names its batch by ``log.index`` instead).
 
 Consequences a reader of these documents must know:
 

@@ -2,7 +2,7 @@
 reordered.
 
 CONSENSUS-CRITICAL in the same sense as :mod:`anchor.verify`: this is what "complete" means for a
-``cityanchor/completeness/v1`` document. Pure (no I/O); the store gathers the rows and
+``cityanchor/completeness/v2`` document. Pure (no I/O); the store gathers the rows and
 :func:`build_completeness` assembles the proof, which anyone can check offline with
 :func:`verify_completeness` (``cityanchor verify-completeness``).
 
@@ -11,17 +11,18 @@ Why it works. Every envelope carries ``prev``, the leaf hash of the device's pre
 consecutive seqs ``k`` and ``k+1``, ``prev(k+1) == leaf_hash(k)`` proves that no other reading
 ``k`` was signed between them (the device would have chained to it instead) and that their order
 is the device's own. Each leaf hash is proven to be in its batch, and each batch root in the
-batch log under one signed (and, when anchored, on-chain) checkpoint, so the operator cannot
+batch log (whose leaf, ``H(0x00 || uint64_be(size) || root)``, binds each batch's size) under
+one signed (and, when anchored, on-chain) checkpoint, so the operator cannot
 make up or silently drop a reading that is in the log. A missing seq cannot be hidden: it is a
 *gap*, which the verifier recomputes and reports.
 
 What it cannot show: readings after the newest one stored (``latest_seq`` is the operator's
 claim), nor whether a gap is a reading the device never sent or one the operator never stored.
 
-The JSON shape (``version`` ``cityanchor/completeness/v1``)::
+The JSON shape (``version`` ``cityanchor/completeness/v2``)::
 
     {
-      "version": "cityanchor/completeness/v1",
+      "version": "cityanchor/completeness/v2",
       "device_id": str, "from_seq": int, "to_seq": int, "latest_seq": int,
       "hash_scheme": "rfc9162-sha256",
       "readings": [{"seq", "format", "envelope": base64url | null (erased), "leaf_hash": hex,
@@ -38,7 +39,9 @@ The JSON shape (``version`` ``cityanchor/completeness/v1``)::
 (an empty range). Errors are :class:`CompletenessError` with one of these reasons:
 
 ``completeness_malformed``  the document breaks the shape above or its bounds;
-``completeness_version_unsupported``  another ``version``;
+``completeness_version_unsupported``  another ``version``; ``cityanchor/completeness/v1``
+                     (whose batch-log leaf did not bind the batch size) is refused with a
+                     message that says so;
 ``seq_order``        readings are not in strictly increasing seq order inside the range;
 ``reading_mismatch`` an envelope names another device, seq or format, or another ``prev``
                      than the document states;
@@ -85,7 +88,13 @@ __all__ = [
     "verify_completeness",
 ]
 
-COMPLETENESS_VERSION = "cityanchor/completeness/v1"
+COMPLETENESS_VERSION = "cityanchor/completeness/v2"
+_RETIRED = {
+    "cityanchor/completeness/v1": (
+        "cityanchor/completeness/v1 proofs are refused: their batch-log leaf does not bind "
+        "the batch size; only cityanchor/completeness/v2 proofs are verified"
+    ),
+}
 MAX_READINGS = 100_000
 """Most readings one proof document may hold (the API hands out at most 1000 per request)."""
 MAX_SEQ = (1 << 64) - 1
@@ -133,7 +142,7 @@ class BatchEntry:
 
 @dataclass(frozen=True, slots=True)
 class CompletenessProof:
-    """A ``cityanchor/completeness/v1`` document with raw bytes for hex and base64."""
+    """A ``cityanchor/completeness/v2`` document with raw bytes for hex and base64."""
 
     device_id: str
     from_seq: int
@@ -434,6 +443,8 @@ def completeness_from_dict(data: object) -> CompletenessProof:
     ``completeness_version_unsupported``) naming the JSON path of the first bad field.
     """
     version = _get(data, "version", "")
+    if isinstance(version, str) and version in _RETIRED:
+        _fail("version", _RETIRED[version], "completeness_version_unsupported")
     if version != COMPLETENESS_VERSION:
         _fail("version", f"{str(version)[:64]!r} is not {COMPLETENESS_VERSION!r}",
               "completeness_version_unsupported")  # fmt: skip
@@ -609,8 +620,9 @@ def verify_completeness(
 
     Steps: (1) the shape (a mapping is parsed with :func:`completeness_from_dict`); (2) the
     checkpoint names ``log.size``/``log.root`` and, with ``log_verifiers``, is signed by one of
-    them; (3) each batch root is leaf ``log_index`` of the log; (4) each reading's envelope
-    names the device, its seq, format and the stated ``prev``, hashes to its leaf hash, is
+    them; (3) each batch's log leaf (its size and root) is leaf ``log_index`` of the log;
+    (4) each reading's envelope names the device, its seq, format and the stated ``prev``,
+    hashes to its leaf hash, is
     signed by a ``device_key`` when given, and its leaf is in its batch; (5) seqs strictly
     increase inside ``[from_seq, to_seq]`` and, for consecutive seqs ``k``, ``k+1``,
     ``prev(k+1) == leaf_hash(k)``; (6) the stated gaps are exactly the missing seqs.
@@ -640,7 +652,7 @@ def verify_completeness(
         batches[b.id] = b
         try:
             merkle.verify_inclusion(
-                merkle.leaf_hash(b.root, hasher=hasher),
+                merkle.log_leaf_hash(b.size, b.root, hasher=hasher),
                 b.log_index,
                 proof.log_size,
                 b.log_path,

@@ -116,7 +116,7 @@ def run_offline_demo(out: Path, *, readings: int = 300, batch_size: int = 64) ->
     batches: list[tuple[SealedBatch, int]] = []
     for start in range(0, len(envelopes), batch_size):
         batch = seal_batch(len(batches) + 1, envelopes[start : start + batch_size])
-        log_index = log.append(batch.root)
+        log_index = log.append(batch.size, batch.root)
         batches.append((batch, log_index))
         (out / "batches").mkdir(parents=True, exist_ok=True)
         (out / "batches" / f"{batch.id}.json").write_text(

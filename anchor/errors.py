@@ -62,7 +62,7 @@ class CheckpointError(AnchorError):
 
 
 class ReceiptError(AnchorError):
-    """A receipt document does not follow ``cityanchor/receipt/v1``."""
+    """A receipt document does not follow ``cityanchor/receipt/v2``."""
 
     reason = "receipt_malformed"
 

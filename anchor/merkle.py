@@ -11,6 +11,9 @@ The rules (RFC 9162 section 2.1.1):
 * the root of ``n > 1`` leaves splits them at ``k``, the largest power of two smaller than ``n``:
   ``MTH(D[n]) = H(0x01 || MTH(D[0:k]) || MTH(D[k:n]))``; ``MTH([]) = H(b"")``.
 
+cityanchor's batch log is such a tree whose leaf data is ``uint64_be(batch size) || batch root``
+(:func:`log_leaf_data`, DESIGN.md "Batch log"; receipts ``cityanchor/receipt/v2``).
+
 Building (``root``, ``inclusion_proof``, ``consistency_proof``) is kept apart from checking
 (``verify_*``): a verifier recomputes a root from the proof and compares, and states what it
 expected and what it computed when they differ. The hash function sits behind :class:`Hasher`
@@ -30,6 +33,7 @@ from anchor.errors import ProofError
 
 __all__ = [
     "HASHERS",
+    "LOG_LEAF_DATA_SIZE",
     "SHA256",
     "SM3",
     "Hasher",
@@ -42,6 +46,8 @@ __all__ = [
     "inclusion_proof",
     "inclusion_proofs",
     "leaf_hash",
+    "log_leaf_data",
+    "log_leaf_hash",
     "node_hash",
     "path_from_levels",
     "root",
@@ -126,6 +132,40 @@ def get_hasher(name: str) -> Hasher:
 def leaf_hash(data: bytes, *, hasher: Hasher = SHA256) -> bytes:
     """``H(0x00 || data)``: the hash of one leaf (RFC 9162 section 2.1.1)."""
     return hasher.hash_leaf(data)
+
+
+LOG_LEAF_DATA_SIZE = 40
+"""Bytes of one batch-log leaf's data: ``uint64_be(batch size) || batch root``."""
+MAX_BATCH_SIZE = (1 << 64) - 1
+
+
+def log_leaf_data(batch_size: int, batch_root: bytes) -> bytes:
+    """The batch log's leaf data for one batch: ``uint64_be(batch_size) || batch_root``.
+
+    CONSENSUS-CRITICAL (DESIGN.md "Batch log", receipt v2): the one place that encodes a log
+    leaf; sealing, the store, receipts, verification, completeness proofs and the audit all call
+    it. The size is inside the leaf because an RFC 9162 inclusion proof does not bind the tree
+    size for every index (leaf 0 of 8 has the same audit path as leaf 0 of 7): with the size in
+    the log leaf, ``log.path`` commits to ``batch.size`` too.
+
+    Requires ``1 <= batch_size < 2**64`` (an int, not a bool) and a 32-byte root; raises
+    ``ProofError`` (``proof_malformed``) otherwise.
+    """
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or not 1 <= batch_size <= MAX_BATCH_SIZE
+    ):
+        raise ProofError(f"batch size {batch_size!r} is not an integer in [1, 2**64-1]")
+    if not isinstance(batch_root, bytes | bytearray) or len(batch_root) != 32:
+        raise ProofError("batch root must be 32 bytes")
+    return batch_size.to_bytes(8, "big") + bytes(batch_root)
+
+
+def log_leaf_hash(batch_size: int, batch_root: bytes, *, hasher: Hasher = SHA256) -> bytes:
+    """``H(0x00 || uint64_be(batch_size) || batch_root)``: the batch log's leaf hash for one
+    batch (see :func:`log_leaf_data`); raises ``ProofError``."""
+    return hasher.hash_leaf(log_leaf_data(batch_size, batch_root))
 
 
 def node_hash(left: bytes, right: bytes, *, hasher: Hasher = SHA256) -> bytes:

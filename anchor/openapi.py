@@ -3,8 +3,8 @@
 Written by hand, next to the handlers it describes (:mod:`anchor.api` for ``/healthz`` and
 ``/readyz``, :mod:`anchor.api_public` for the rest): it must say what the server does, and
 ``tests/integration/test_api_schemathesis.py`` holds the server to it (every status code,
-content type and body). The receipt schema is ``anchor/schemas/receipt-v1.schema.json`` itself
-(the packaged copy of ``docs/receipt-v1.schema.json``), its ``$defs`` moved under
+content type and body). The receipt schema is ``anchor/schemas/receipt-v2.schema.json`` itself
+(the packaged copy of ``docs/receipt-v2.schema.json``), its ``$defs`` moved under
 ``components/schemas`` so that its references resolve inside this document.
 
 Other route groups add their own operations: a module named in :data:`EXTENSION_MODULES` may
@@ -77,7 +77,7 @@ def _hashes(description: str) -> dict[str, Any]:
 
 def _receipt_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """The receipt JSON Schema and its ``$defs``, references rewritten to components."""
-    text = resources.files("anchor").joinpath("schemas/receipt-v1.schema.json").read_text("utf-8")
+    text = resources.files("anchor").joinpath("schemas/receipt-v2.schema.json").read_text("utf-8")
     schema = json.loads(text)
     defs = schema.pop("$defs", {})
     for key in ("$schema", "$id"):
@@ -166,8 +166,10 @@ def _schemas() -> dict[str, Any]:
             {
                 "receipt": {
                     "type": "object",
-                    "description": "a `cityanchor/receipt/v1` document (schema `Receipt`); an "
-                    "object that is not one is answered with one failed check named `receipt`",
+                    "description": "a `cityanchor/receipt/v2` document (schema `Receipt`); an "
+                    "object that is not one (a retired `cityanchor/receipt/v1` receipt "
+                    "included: reason `receipt_version_retired`) is answered with one failed "
+                    "check named `receipt`",
                 },
                 "device_key": {
                     "anyOf": [_ref("Jwk"), {"type": "null"}],
@@ -204,7 +206,7 @@ def _schemas() -> dict[str, Any]:
                 "status",
             ],
             {
-                "version": {"const": "cityanchor/completeness/v1"},
+                "version": {"const": "cityanchor/completeness/v2"},
                 "device_id": {"type": "string"},
                 "from_seq": _int(1),
                 "to_seq": _int(0, description="from_seq - 1 when the range is empty"),
@@ -252,7 +254,9 @@ def _schemas() -> dict[str, Any]:
                             "size": _int(1),
                             "root": _ref("Hash"),
                             "log_index": _int(0),
-                            "log_path": _hashes("inclusion of H(0x00 || root) in the log"),
+                            "log_path": _hashes(
+                                "inclusion of H(0x00 || uint64_be(size) || root) in the log"
+                            ),
                         },
                     ),
                 },
@@ -436,10 +440,10 @@ DEVICE_ID = _param(
 
 def _paths() -> dict[str, Any]:
     receipt_example = {
-        "version": "cityanchor/receipt/v1",
+        "version": "cityanchor/receipt/v2",
         "reading": {"device_id": "aq-0042", "seq": 7, "format": "jws", "envelope": "ZXlK..."},
         "leaf_hash": EXAMPLE_HASH,
-        "batch": {"id": 3, "size": 50, "index": 12, "root": EXAMPLE_HASH, "path": [EXAMPLE_HASH]},
+        "batch": {"size": 50, "index": 12, "root": EXAMPLE_HASH, "path": [EXAMPLE_HASH]},
         "log": {"index": 2, "size": 42, "root": EXAMPLE_HASH, "path": [EXAMPLE_HASH]},
         "checkpoint": EXAMPLE_NOTE,
         "anchors": [EXAMPLE_ANCHOR],
@@ -451,7 +455,7 @@ def _paths() -> dict[str, Any]:
                 "tags": ["proofs"],
                 "operationId": "getReceipt",
                 "summary": "The receipt of one reading",
-                "description": 'The `cityanchor/receipt/v1` document (DESIGN.md "Receipt"), '
+                "description": 'The `cityanchor/receipt/v2` document (DESIGN.md "Receipt"), '
                 "verifiable offline with `cityanchor verify`. It ends at the newest anchored "
                 "checkpoint covering the reading (`status` anchored), else the newest "
                 "checkpoint (`status` sealed). Anchored receipts never change: "
@@ -496,8 +500,9 @@ def _paths() -> dict[str, Any]:
                 "signature with `device_key` when given, else with the registry's keys of the "
                 "receipt's device (an unregistered device fails `signature` with "
                 "`unknown_device`); anchors through the configured chains' JSON-RPC. A body "
-                "whose `receipt` is not a valid `cityanchor/receipt/v1` document is answered "
-                "200 with one failed check named `receipt`. The body is limited to "
+                "whose `receipt` is not a valid `cityanchor/receipt/v2` document is answered "
+                "200 with one failed check named `receipt` (a `cityanchor/receipt/v1` receipt: "
+                "reason `receipt_version_retired`). The body is limited to "
                 f"{MAX_BODY_BYTES} bytes (413 `too_large`); a body that is not a JSON object "
                 "with a `receipt` object is 400 `body_malformed`.",
                 "requestBody": {
@@ -566,7 +571,7 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _json_ok(
                         "CompletenessProof",
-                        "The proof (`cityanchor/completeness/v1`).",
+                        "The proof (`cityanchor/completeness/v2`).",
                         **{"Cache-Control": _CACHE_HEADER},
                     ),
                     **_errors(400, 404),
@@ -595,6 +600,23 @@ def _paths() -> dict[str, Any]:
                             "leaf_hashes": [EXAMPLE_HASH, EXAMPLE_HASH],
                         },
                     ),
+                    **_errors(400, 404),
+                },
+            }
+        },
+        "/v1/log/batches/{log_index}": {
+            "get": {
+                "tags": ["log"],
+                "operationId": "getBatchAtLogIndex",
+                "summary": "The batch at a log index (a receipt's `log.index`)",
+                "description": "The same document as `/v1/batches/{batch_id}`, looked up by "
+                "the batch's index in the batch log: receipts (`cityanchor/receipt/v2`) name "
+                "their batch by `log.index`, which `log.path` proves, not by id. Immutable.",
+                "parameters": [
+                    _param("log_index", "path", _int(0), "the batch's index in the batch log")
+                ],
+                "responses": {
+                    "200": _json_ok("Batch", "The batch."),
                     **_errors(400, 404),
                 },
             }

@@ -1,19 +1,19 @@
-"""The ``cityanchor/receipt/v1`` document: everything needed to verify one reading offline.
+"""The ``cityanchor/receipt/v2`` document: everything needed to verify one reading offline.
 
 CONSENSUS-CRITICAL. Receipts are handed to city applications and auditors and kept by them for
 years; DESIGN.md "Receipt" is a byte-exact contract. A change to a field's name, encoding or
 meaning here breaks receipts already issued, so anything new goes in as an extra field or under
 a new version string.
 
-The JSON shape (DESIGN.md "Receipt"; JSON Schema in ``docs/receipt-v1.schema.json``, packaged as
-``anchor/schemas/receipt-v1.schema.json``)::
+The JSON shape (DESIGN.md "Receipt"; JSON Schema in ``docs/receipt-v2.schema.json``, packaged as
+``anchor/schemas/receipt-v2.schema.json``)::
 
     {
-      "version": "cityanchor/receipt/v1",
+      "version": "cityanchor/receipt/v2",
       "reading": {"device_id", "seq", "format": "cose-sign1" | "jws",
                   "envelope": base64url without padding (RFC 4648 section 5)},
       "leaf_hash": hex,
-      "batch": {"id", "size", "index", "root": hex, "path": [hex, ...]},
+      "batch": {"size", "index", "root": hex, "path": [hex, ...]},
       "log": {"index", "size", "root": hex, "path": [hex, ...]},
       "checkpoint": the C2SP signed checkpoint note,
       "anchors": [{"chain_id", "contract": "0x"+40 hex, "tx_hash": "0x"+64 hex,
@@ -30,7 +30,16 @@ this module does not carry). ``status`` "anchored" needs at least one anchor.
 
 Forward compatibility ("Extra fields may be added; these keep their meaning"): unknown top-level
 fields are kept in :attr:`Receipt.extra` and written back after the known ones; unknown fields
-inside ``reading``, ``batch``, ``log`` and anchors are ignored.
+inside ``reading``, ``batch``, ``log`` and anchors are ignored, with one exception:
+``batch.id`` is refused. v1 carried it, nothing ever bound it to the proofs, and a v2 verifier
+must not show a number an attacker can change at will (the batch is identified by
+``log.index``, which ``log.path`` proves).
+
+Versions. v2 differs from v1 only in the batch-log leaf, which binds the batch size
+(``SHA-256(0x00 || uint64_be(batch.size) || batch.root)``, see
+:func:`anchor.merkle.log_leaf_data`), and in dropping ``batch.id``. A v1 receipt's log path
+proves only ``batch.root``, so its ``batch.size`` could be lowered without any check failing;
+v1 receipts are therefore refused, with the reason ``receipt_version_retired``.
 
 This module checks structure only. Whether the paths lead to the roots, the checkpoint is
 signed and the chain holds the root is :mod:`anchor.verify`'s job; in particular ``checkpoint``
@@ -42,8 +51,10 @@ offending field (``batch.path[2]: not 64 lowercase hex chars``) and whose ``reas
 
 ``receipt_malformed``
     Not JSON, duplicate keys, NaN, a missing or ill-typed field, a bad encoding or range.
+``receipt_version_retired``
+    ``version`` is ``cityanchor/receipt/v1``: a retired format that this verifier refuses.
 ``receipt_version_unsupported``
-    ``version`` is a string other than ``cityanchor/receipt/v1`` (a newer receipt, say).
+    ``version`` is any other string than ``cityanchor/receipt/v2`` (a newer receipt, say).
 ``receipt_too_large``
     The JSON text is over :data:`MAX_RECEIPT_SIZE` bytes.
 """
@@ -72,6 +83,7 @@ __all__ = [
     "MAX_ANCHORS",
     "MAX_RECEIPT_SIZE",
     "RECEIPT_VERSION",
+    "RETIRED_VERSIONS",
     "STATUSES",
     "AnchorRecord",
     "BatchProof",
@@ -84,7 +96,18 @@ __all__ = [
     "receipt_to_dict",
 ]
 
-RECEIPT_VERSION = "cityanchor/receipt/v1"
+RECEIPT_VERSION = "cityanchor/receipt/v2"
+RETIRED_VERSIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "cityanchor/receipt/v1": (
+            "cityanchor/receipt/v1 receipts are refused: their batch-log leaf does not bind "
+            "batch.size (and batch.id is bound by nothing), so a v1 receipt can be altered "
+            "without any check failing; only cityanchor/receipt/v2 receipts are verified "
+            '(docs/verifier-guide.md, "Receipt versions")'
+        ),
+    }
+)
+"""Receipt versions that were issued once and are refused now, with the reason why."""
 STATUSES = ("sealed", "anchored", "erased")
 """Receipt states: in a sealed batch and the log; anchored on a chain; reading erased."""
 FORMATS = ("cose-sign1", "jws")
@@ -255,17 +278,16 @@ class BatchProof:
     """The reading's place in its batch: RFC 9162 inclusion of ``leaf_hash`` under ``root``.
 
     Requires ``0 <= index < size`` and 32-byte hashes; ``path`` is kept as a tuple. Whether the
-    path is right is for the verifier. Raises ``ReceiptError``.
+    path is right is for the verifier (``size`` is bound by the log path: it is in the log
+    leaf). The batch has no id here: ``log.index`` identifies it. Raises ``ReceiptError``.
     """
 
-    id: int
     size: int
     index: int
     root: bytes
     path: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
-        _uint(self.id, "batch.id")
         _uint(self.size, "batch.size", 1)
         _uint(self.index, "batch.index")
         if self.index >= self.size:
@@ -276,7 +298,8 @@ class BatchProof:
 
 @dataclass(frozen=True, slots=True)
 class LogProof:
-    """The batch's place in the batch log: inclusion of ``SHA-256(0x00 || batch.root)``.
+    """The batch's place in the batch log: inclusion of the log leaf
+    ``SHA-256(0x00 || uint64_be(batch.size) || batch.root)``.
 
     ``root`` is the log root at ``size``, the one the checkpoint signs and the chain anchors.
     Requires ``0 <= index < size`` and 32-byte hashes. Raises ``ReceiptError``.
@@ -298,7 +321,7 @@ class LogProof:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """A ``cityanchor/receipt/v1`` receipt, with raw bytes where the JSON has hex or base64.
+    """A ``cityanchor/receipt/v2`` receipt, with raw bytes where the JSON has hex or base64.
 
     ``device_id``, ``seq``, ``format`` and ``envelope`` make up the JSON ``reading``. ``extra``
     holds unknown top-level fields (read-only; never one of the known names). Construction
@@ -373,7 +396,6 @@ def receipt_to_dict(receipt: Receipt) -> dict[str, Any]:
         },
         "leaf_hash": receipt.leaf_hash.hex(),
         "batch": {
-            "id": receipt.batch.id,
             "size": receipt.batch.size,
             "index": receipt.batch.index,
             "root": receipt.batch.root.hex(),
@@ -455,6 +477,8 @@ def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     version = _member(doc, "version", "")
     if not isinstance(version, str):
         _fail("version", f"expected a string, got {_type_name(version)}")
+    if version in RETIRED_VERSIONS:
+        _fail("version", RETIRED_VERSIONS[version], reason="receipt_version_retired")
     if version != RECEIPT_VERSION:
         _fail(
             "version",
@@ -474,8 +498,13 @@ def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     leaf = _hex32(_member(doc, "leaf_hash", ""), "leaf_hash")
 
     b = _object(_member(doc, "batch", ""), "batch")
+    if "id" in b:
+        _fail(
+            "batch.id",
+            "is not part of cityanchor/receipt/v2 (nothing binds it; the batch is identified "
+            "by log.index)",
+        )
     batch = BatchProof(
-        id=_member(b, "id", "batch"),
         size=_member(b, "size", "batch"),
         index=_member(b, "index", "batch"),
         root=_hex32(_member(b, "root", "batch"), "batch.root"),

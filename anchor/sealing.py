@@ -2,8 +2,9 @@
 receipts. Pure (no I/O): the ingestor and the offline demo both use it.
 
 CONSENSUS-CRITICAL. A batch's leaves are ``leaf_hash(envelope_bytes)`` in batch order; the batch
-log's leaf data is the 32-byte batch root (so its leaf hash is ``leaf_hash(batch_root)``), as
-DESIGN.md "Batch log" fixes it. Receipts issued from these values must verify forever.
+log's leaf data is ``uint64_be(batch size) || batch root`` (40 bytes, built only by
+:func:`anchor.merkle.log_leaf_data`), as DESIGN.md "Batch log" fixes it, so a receipt's log
+path binds its batch size. Receipts issued from these values must verify forever.
 """
 
 from __future__ import annotations
@@ -60,32 +61,34 @@ def seal_batch(
 
 
 class BatchLog:
-    """An in-memory view of the append-only batch log (one leaf per sealed batch root).
+    """An in-memory view of the append-only batch log (one leaf per sealed batch).
 
     The store keeps the durable copy; this class holds the same leaves to compute roots,
-    proofs and checkpoints.
+    proofs and checkpoints. ``batches`` are the earlier entries as ``(size, root)`` pairs.
     """
 
     def __init__(
         self,
         origin: str,
-        batch_roots: Sequence[bytes] = (),
+        batches: Sequence[tuple[int, bytes]] = (),
         *,
         hasher: merkle.Hasher = merkle.SHA256,
     ) -> None:
         self.origin = origin
         self.hasher = hasher
-        self._leaves: list[bytes] = [merkle.leaf_hash(r, hasher=hasher) for r in batch_roots]
+        self._leaves: list[bytes] = [
+            merkle.log_leaf_hash(size, root, hasher=hasher) for size, root in batches
+        ]
 
     @property
     def size(self) -> int:
         return len(self._leaves)
 
-    def append(self, batch_root: bytes) -> int:
-        """Append one batch root; return its log index."""
+    def append(self, batch_size: int, batch_root: bytes) -> int:
+        """Append one batch (its size and root); return its log index. Raises ``ProofError``."""
         if len(batch_root) != self.hasher.digest_size:
             raise ProofError(f"batch root must be {self.hasher.digest_size} bytes")
-        self._leaves.append(merkle.leaf_hash(batch_root, hasher=self.hasher))
+        self._leaves.append(merkle.log_leaf_hash(batch_size, batch_root, hasher=self.hasher))
         return len(self._leaves) - 1
 
     def root(self, size: int | None = None) -> bytes:
@@ -134,9 +137,7 @@ class BatchLog:
                 format=env.format,
                 envelope=env.raw,
                 leaf_hash=leaf,
-                batch=BatchProof(
-                    id=batch.id, size=batch.size, index=i, root=batch.root, path=tuple(path)
-                ),
+                batch=BatchProof(size=batch.size, index=i, root=batch.root, path=tuple(path)),
                 log=log_proof,
                 checkpoint=checkpoint_note,
                 extra=extra,

@@ -111,6 +111,8 @@ __all__ = [
 BATCH_TREE_CACHE = 256
 SEAL_LOCK = 0x4341_0001
 MIGRATE_LOCK = 0x4341_0002
+MIGRATION_REFUSED_STATE = "CA001"
+"""SQLSTATE a migration raises to refuse a database (reported as ``migration_refused``)."""
 ANCHOR_LOCK = 0x4341_0003
 ADVISORY_LOCKS: Mapping[str, int] = {
     "seal": SEAL_LOCK,
@@ -527,7 +529,9 @@ class Store:
 
         Safe to run from several processes at once (a session advisory lock serialises them)
         and idempotent. Raises ``StoreError`` (``migration_checksum_mismatch``) before applying
-        anything when an applied file's SHA-256 changed.
+        anything when an applied file's SHA-256 changed, and (``migration_refused``) when a
+        migration refuses the database's contents (SQLSTATE :data:`MIGRATION_REFUSED_STATE`;
+        006 refuses a batch log built with v1 leaves); the migrations before it stay applied.
         """
         files = _migrations(directory or SQL_DIR)
         applied_now: list[int] = []
@@ -555,15 +559,27 @@ class Store:
                 for m in files:
                     if m.version in applied:
                         continue
-                    async with conn.transaction():
-                        await conn.execute(m.sql)
-                        await conn.execute(
-                            "INSERT INTO schema_migrations (version, name, checksum) "
-                            "VALUES ($1, $2, $3)",
-                            m.version,
-                            m.name,
-                            m.checksum,
-                        )
+                    try:
+                        async with conn.transaction():
+                            await conn.execute(m.sql)
+                            await conn.execute(
+                                "INSERT INTO schema_migrations (version, name, checksum) "
+                                "VALUES ($1, $2, $3)",
+                                m.version,
+                                m.name,
+                                m.checksum,
+                            )
+                    except asyncpg.PostgresError as exc:
+                        # A migration refuses a database it must not touch by raising
+                        # MIGRATION_REFUSED_STATE (e.g. 006: a log built with v1 leaves).
+                        if getattr(exc, "sqlstate", None) != MIGRATION_REFUSED_STATE:
+                            raise
+                        hint = getattr(exc, "hint", None)
+                        raise StoreError(
+                            f"migration {m.version:03d}_{m.name}.sql refused this database: "
+                            f"{exc}" + (f". {hint}" if hint else ""),
+                            reason="migration_refused",
+                        ) from exc
                     applied_now.append(m.version)
             finally:
                 # Also released when the session ends, should this fail with the connection.
@@ -823,7 +839,8 @@ class Store:
 
         Under :data:`SEAL_LOCK`: look up the candidates' (device_id, seq) and seq - 1, classify
         them (:func:`anchor.sealing.classify_candidates`), and if any is accepted: number the
-        batch, compute its root, append ``leaf_hash(root)`` to the batch log, sign the new
+        batch, compute its root, append its log leaf (``merkle.log_leaf_hash(size, root)``,
+        which binds the batch size) to the batch log, sign the new
         checkpoint, and COPY batch, checkpoint, log nodes, readings and reading_seqs; finally
         COPY the quarantine rows (passed-in rejections first). When nothing is accepted only
         quarantine rows are written.
@@ -906,7 +923,10 @@ class Store:
                 reason="log_inconsistent",
             )
         new_frontier, nodes = log_append(
-            frontier, size, merkle.leaf_hash(batch_root, hasher=hasher), hasher=hasher
+            frontier,
+            size,
+            merkle.log_leaf_hash(len(accepted), batch_root, hasher=hasher),
+            hasher=hasher,
         )
         log_root = merkle.compact_root(new_frontier, hasher=hasher)
         note = sign_checkpoint(Checkpoint(origin, size + 1, log_root), signer)
@@ -1018,7 +1038,7 @@ class Store:
             )
             log_path = await self._log_path(conn, log_index, log_size, hasher=hasher)
             merkle.verify_inclusion(
-                merkle.leaf_hash(batch_root, hasher=hasher),
+                merkle.log_leaf_hash(row["size"], batch_root, hasher=hasher),
                 log_index,
                 log_size,
                 log_path,
@@ -1045,7 +1065,6 @@ class Store:
             envelope=bytes(row["envelope"]),
             leaf_hash=leaf,
             batch=BatchProof(
-                id=row["batch_id"],
                 size=row["size"],
                 index=row["batch_index"],
                 root=batch_root,
@@ -1182,7 +1201,7 @@ class Store:
         log_path = await self._log_path(conn, log_index, log_size, hasher=hasher)
         try:
             merkle.verify_inclusion(
-                merkle.leaf_hash(batch_root, hasher=hasher),
+                merkle.log_leaf_hash(batch_size, batch_root, hasher=hasher),
                 log_index,
                 log_size,
                 log_path,
@@ -1227,7 +1246,6 @@ class Store:
                     envelope=b"" if erasure else bytes(r["envelope"]),
                     leaf_hash=leaves_and_paths[index][0],
                     batch=BatchProof(
-                        id=batch_id,
                         size=batch_size,
                         index=index,
                         root=batch_root,
@@ -1353,13 +1371,14 @@ class Store:
             raise _not_found(f"no batch {batch_id}")
         return [bytes(r["leaf_hash"]) for r in rows]
 
-    async def log_leaf_roots(self, size: int) -> list[bytes]:
-        """The first ``size`` batch roots in log order (the log's leaf *data*). O(size)."""
-        async with self._connection("log_leaf_roots") as conn:
+    async def log_entries(self, size: int) -> list[tuple[int, bytes]]:
+        """The first ``size`` batches in log order as ``(batch size, batch root)``: what the
+        log's leaves encode (:func:`anchor.merkle.log_leaf_data`). O(size)."""
+        async with self._connection("log_entries") as conn:
             rows = await conn.fetch(
-                "SELECT root FROM batches WHERE log_index < $1 ORDER BY log_index", size
+                "SELECT size, root FROM batches WHERE log_index < $1 ORDER BY log_index", size
             )
-        return [bytes(r["root"]) for r in rows]
+        return [(r["size"], bytes(r["root"])) for r in rows]
 
     async def counts(self) -> dict[str, int]:
         """Row counts for tests and metrics: ``readings``, ``batches``, ``log_size``,
@@ -1545,18 +1564,31 @@ class Store:
     async def batch_record(self, batch_id: int) -> BatchRecord:
         """A sealed batch with every leaf hash in batch order; raises ``StoreError``
         (``not_found``)."""
+        return await self._batch_record("id", batch_id)
+
+    async def batch_record_at(self, log_index: int) -> BatchRecord:
+        """The batch at ``log_index`` in the batch log (how a receipt names its batch), as
+        :meth:`batch_record`; raises ``StoreError`` (``not_found``)."""
+        return await self._batch_record("log_index", log_index)
+
+    async def _batch_record(self, column: str, value: int) -> BatchRecord:
+        assert column in ("id", "log_index")
+        what = "batch" if column == "id" else "batch at log index"
+        if not 0 <= value <= MAX_STORED_INT:
+            raise _not_found(f"no {what} {value}")
         async with (
             self._connection("batch_record") as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow(
-                "SELECT id, size, root, log_index, sealed_at FROM batches WHERE id = $1", batch_id
+                f"SELECT id, size, root, log_index, sealed_at FROM batches WHERE {column} = $1",
+                value,
             )
             if row is None:
-                raise _not_found(f"no batch {batch_id}")
+                raise _not_found(f"no {what} {value}")
             leaves = await conn.fetch(
                 "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
-                batch_id,
+                row["id"],
             )
         return BatchRecord(
             row["id"],

@@ -1,6 +1,6 @@
 """Receipt verification: every check a city app or auditor runs, without trusting the operator.
 
-CONSENSUS-CRITICAL: this is what "valid" means for a ``cityanchor/receipt/v1`` document.
+CONSENSUS-CRITICAL: this is what "valid" means for a ``cityanchor/receipt/v2`` document.
 Pure (no I/O). On-chain checks are supplied by the caller as an :data:`AnchorChecker`, so the
 offline verifier and the network one share every other step.
 
@@ -10,7 +10,9 @@ The checks, in order (DESIGN.md "Receipt"):
 2. ``signature``  the envelope's signature verifies with a device key the verifier trusts;
 3. ``leaf_hash``  ``H(0x00 || envelope)`` equals ``leaf_hash``;
 4. ``batch_path`` ``leaf_hash`` is leaf ``batch.index`` of the ``batch.size``-leaf ``batch.root``;
-5. ``log_path``   ``H(0x00 || batch.root)`` is leaf ``log.index`` of the log with ``log.root``;
+5. ``log_path``   ``H(0x00 || uint64_be(batch.size) || batch.root)`` is leaf ``log.index`` of
+   the ``log.size``-leaf log with ``log.root`` (the size is in the leaf because step 4 alone
+   does not bind it: leaf 0 of 8 has the same audit path as leaf 0 of 7);
 6. ``checkpoint`` the signed note names exactly ``log.size`` and ``log.root``;
 7. ``checkpoint_signature`` the note is signed by the operator key the verifier trusts;
 8. ``anchors``    each anchor holds ``log.root`` on chain (needs a chain endpoint).
@@ -196,15 +198,20 @@ def _check_proofs(receipt: Receipt, hasher: merkle.Hasher) -> list[Check]:
     b = receipt.batch
     try:
         merkle.verify_inclusion(computed_leaf, b.index, b.size, b.path, b.root, hasher=hasher)
-        checks.append(Check("batch_path", "pass", f"leaf {b.index} of {b.size} in batch {b.id}"))
+        detail = f"leaf {b.index} of {b.size} in batch root {b.root.hex()[:16]}…"
+        checks.append(Check("batch_path", "pass", detail))
     except AnchorError as exc:
         checks.append(_fail("batch_path", exc))
     lg = receipt.log
     try:
-        log_leaf = merkle.leaf_hash(b.root, hasher=hasher)
+        log_leaf = merkle.log_leaf_hash(b.size, b.root, hasher=hasher)
         merkle.verify_inclusion(log_leaf, lg.index, lg.size, lg.path, lg.root, hasher=hasher)
         checks.append(
-            Check("log_path", "pass", f"batch root at {lg.index} of {lg.size} in the log")
+            Check(
+                "log_path",
+                "pass",
+                f"batch (size {b.size}) at {lg.index} of {lg.size} in the log",
+            )
         )
     except AnchorError as exc:
         checks.append(_fail("log_path", exc))

@@ -177,10 +177,11 @@ def receipt_section(cfg: BenchConfig) -> dict[str, Any]:
     raws, keys = _signed_envelopes(1000 if cfg.quick else 4000)
     operator = generate_note_key("bench.cityanchor.example/log")
     log = BatchLog(
-        "bench.cityanchor.example/log", [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(999)]
+        "bench.cityanchor.example/log",
+        [(1 + i % 50, merkle.leaf_hash(i.to_bytes(4, "big"))) for i in range(999)],
     )
     batch = seal_batch(1, [parse_envelope(r) for r in raws])
-    index = log.append(batch.root)
+    index = log.append(batch.size, batch.root)
     texts = [
         dumps_receipt(r) for r in log.receipts(batch, index, log.checkpoint(operator), log.size)
     ]

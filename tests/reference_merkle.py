@@ -12,12 +12,16 @@ of two smaller than ``n``):
 * ``MTH({d(0)}) = HASH(0x00 || d(0))``
 * ``MTH(D[n]) = HASH(0x01 || MTH(D[0:k]) || MTH(D[k:n]))``
 
-``PATH`` is section 2.1.3.1, ``PROOF``/``SUBPROOF`` section 2.1.4.1.
+``PATH`` is section 2.1.3.1, ``PROOF``/``SUBPROOF`` section 2.1.4.1. ``root_from_path`` walks
+``PATH``'s recursion backwards (the root a claimed audit path leads to), and ``log_leaf_input``
+is cityanchor's batch-log leaf data (DESIGN.md "Batch log"), written from the text of the design
+with ``struct``, not taken from ``anchor.merkle``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Callable, Sequence
 
 Digest = Callable[[bytes], bytes]
@@ -82,3 +86,32 @@ def subproof(m: int, inputs: Sequence[bytes], b: bool, h: Digest = sha256) -> li
     # "the left subtree entries D[0:k] are identical in both trees": prove the right subtree
     # consistent, then add a commitment to D[0:k].
     return [*subproof(m - k, inputs[k:], False, h), mth(inputs[:k], h)]
+
+
+def root_from_path(
+    m: int, n: int, leaf_hash: bytes, audit_path: Sequence[bytes], h: Digest = sha256
+) -> bytes | None:
+    """The root that ``audit_path`` (bottom-up, as ``path`` returns it) leads to from the leaf
+    hash at ``m`` in a tree of ``n`` leaves, or None when ``m`` is not below ``n`` or the path
+    has the wrong length for that shape. Mirrors ``path``: the last element is the sibling
+    subtree at the top split."""
+    if not 0 <= m < n:
+        return None
+    if n == 1:
+        return leaf_hash if not audit_path else None
+    if not audit_path:
+        return None
+    k = _k(n)
+    *below, top = audit_path
+    if m < k:
+        left = root_from_path(m, k, leaf_hash, below, h)
+        return None if left is None else h(b"\x01" + left + top)
+    right = root_from_path(m - k, n - k, leaf_hash, below, h)
+    return None if right is None else h(b"\x01" + top + right)
+
+
+def log_leaf_input(batch_size: int, batch_root: bytes) -> bytes:
+    """cityanchor's batch-log leaf data (receipt v2): the batch size as an unsigned 64-bit
+    big-endian integer, then the 32-byte batch root. Its leaf hash is ``leaf(...)`` of it."""
+    assert len(batch_root) == 32
+    return struct.pack(">Q", batch_size) + batch_root

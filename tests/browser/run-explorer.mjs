@@ -1,13 +1,16 @@
 // Drive the proof explorer in headless Chromium (the Debian package, through playwright-core)
 // and print one JSON object with what the page showed.
 //
-//   node tests/browser/run-explorer.mjs BASE_URL SCREENSHOT.png DEVICE:SEQ [DEVICE:SEQ ...]
+//   node tests/browser/run-explorer.mjs BASE_URL SCREENSHOT.png [--size-attack DEVICE:SEQ] \
+//        DEVICE:SEQ [DEVICE:SEQ ...]
 //
 // Scenarios: each DEVICE:SEQ is looked up through the form (the first one is screenshotted to
 // SCREENSHOT.png); then the first receipt is pasted three times, tampered: one envelope byte
 // flipped (screenshot SCREENSHOT-tampered.png), log.root changed, and the envelope re-spelt by a
 // third party (issue 10 item 5: COSE with {99: "attacker text"} in the unsigned unprotected
-// header, or a JWS with a padded signature; leaf_hash made to match). Exit 0 when the page ran
+// header, or a JWS with a padded signature; leaf_hash made to match). With --size-attack, that
+// receipt (leaf 0 of a batch of 8) is pasted with batch.size lowered by one (issue 10 item 6;
+// screenshot SCREENSHOT-size.png), and rewritten as a v1 receipt with a batch.id. Exit 0 when the page ran
 // (the caller judges the statuses), 2 on a usage or browser error.
 
 import { createHash } from "node:crypto";
@@ -22,15 +25,21 @@ const ARGS = [
   "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ];
 
-const [baseUrl, screenshot, ...targets] = process.argv.slice(2);
-if (!baseUrl || !screenshot || !targets.length || targets.some((t) => !/^[^:]+:\d+$/.test(t))) {
-  console.error("usage: run-explorer.mjs BASE_URL SCREENSHOT.png DEVICE:SEQ [DEVICE:SEQ ...]");
+const [baseUrl, screenshot, ...rest] = process.argv.slice(2);
+let sizeAttack = null;
+if (rest[0] === "--size-attack") sizeAttack = rest.splice(0, 2)[1];
+const targets = rest;
+const TARGET = /^[^:]+:\d+$/;
+if (!baseUrl || !screenshot || !targets.length || targets.some((t) => !TARGET.test(t))
+    || (sizeAttack !== null && !TARGET.test(sizeAttack ?? ""))) {
+  console.error("usage: run-explorer.mjs BASE_URL SCREENSHOT.png [--size-attack DEVICE:SEQ] DEVICE:SEQ [DEVICE:SEQ ...]");
   process.exit(2);
 }
-const lookups = targets.map((t) => {
+const parseTarget = (t) => {
   const at = t.lastIndexOf(":");
   return { device_id: t.slice(0, at), seq: Number(t.slice(at + 1)) };
-});
+};
+const lookups = targets.map(parseTarget);
 
 async function readResult(page) {
   // Wait for the page to finish (verified or an error), then read every check row.
@@ -82,13 +91,37 @@ function respellEnvelope(receipt) {
   return { ...receipt, leaf_hash: leaf, reading: { ...receipt.reading, envelope: variant.toString("base64url") } };
 }
 
+function lowerBatchSize(receipt) {
+  return { ...receipt, batch: { ...receipt.batch, size: receipt.batch.size - 1 } };
+}
+
+function asV1(receipt) {
+  return { ...receipt, version: "cityanchor/receipt/v1", batch: { id: 999999, ...receipt.batch } };
+}
+
+async function fetchReceipt(target) {
+  const url = new URL(`/v1/receipts/${encodeURIComponent(target.device_id)}/${target.seq}`, baseUrl);
+  const resp = await fetch(url);
+  if (!resp.ok) throw new Error(`GET receipt: HTTP ${resp.status}`);
+  return resp.json();
+}
+
+async function paste(page, explorer, receipt) {
+  await page.goto(explorer);
+  await page.getByLabel(/Or paste a receipt/).fill(JSON.stringify(receipt, null, 2));
+  await page.getByRole("button", { name: "Verify pasted receipt" }).click();
+  return readResult(page);
+}
+
 function changeLogRoot(receipt) {
   const root = receipt.log.root;
   const first = root[0] === "0" ? "1" : "0";
   return { ...receipt, log: { ...receipt.log, root: first + root.slice(1) } };
 }
 
-const out = { chromium: null, lookups: [], tampered: {}, screenshots: [], console_errors: [] };
+const out = {
+  chromium: null, lookups: [], tampered: {}, size_attack: null, screenshots: [], console_errors: [],
+};
 const profile = mkdtempSync(join(tmpdir(), "cityanchor-chromium-"));
 let context;
 try {
@@ -116,21 +149,29 @@ try {
   }
 
   // 2) paste the first receipt, tampered.
-  const first = lookups[0];
-  const resp = await fetch(new URL(`/v1/receipts/${encodeURIComponent(first.device_id)}/${first.seq}`, baseUrl));
-  if (!resp.ok) throw new Error(`GET receipt: HTTP ${resp.status}`);
-  const receipt = await resp.json();
+  const receipt = await fetchReceipt(lookups[0]);
   for (const [name, tamper] of [["envelope_byte", flipEnvelopeByte], ["log_root", changeLogRoot],
     ["non_canonical", respellEnvelope]]) {
-    await page.goto(explorer);
-    await page.getByLabel(/Or paste a receipt/).fill(JSON.stringify(tamper(receipt), null, 2));
-    await page.getByRole("button", { name: "Verify pasted receipt" }).click();
-    out.tampered[name] = await readResult(page);
+    out.tampered[name] = await paste(page, explorer, tamper(receipt));
     if (name === "envelope_byte") {
       const path = screenshot.replace(/(\.png)?$/, "-tampered.png");
       await page.screenshot({ path, fullPage: true });
       out.screenshots.push(path);
     }
+  }
+
+  // 3) the batch.size attack: genuine, size lowered by one, and the same receipt as v1.
+  if (sizeAttack !== null) {
+    const genuine = await fetchReceipt(parseTarget(sizeAttack));
+    out.size_attack = {
+      batch: { size: genuine.batch.size, index: genuine.batch.index },
+      genuine: await paste(page, explorer, genuine),
+      lowered: await paste(page, explorer, lowerBatchSize(genuine)),
+    };
+    const path = screenshot.replace(/(\.png)?$/, "-size.png");
+    await page.screenshot({ path, fullPage: true });
+    out.screenshots.push(path);
+    out.size_attack.v1 = await paste(page, explorer, asV1(genuine));
   }
 } catch (err) {
   out.error = String(err && err.stack || err);

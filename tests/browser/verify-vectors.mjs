@@ -2,21 +2,22 @@
 // vectors: the RFC 9162 inclusion proofs of tests/vectors/rfc9162/inclusion and the envelope
 // vectors of tests/vectors/envelope (valid: parsed reading, leaf hash, signature, with the case's
 // own key when it names one; invalid: the same reason code as anchor/envelope.py, non_canonical
-// included). Prints one JSON line; exit 1 on any mismatch.
+// included), and the batch-log leaf known answers of tests/vectors/log-leaf (receipt v2).
+// Prints one JSON line; exit 1 on any mismatch.
 
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
-  VerifyError, bytesToHex, checkSignature, hexToBytes, leafHash, parseEnvelope, parseVkey,
-  verifyInclusion,
+  VerifyError, bytesToHex, checkSignature, hexToBytes, leafHash, logLeafData, logLeafHash,
+  parseEnvelope, parseVkey, verifyInclusion,
 } from "../../anchor/explorer/static/verify.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const VECTORS = join(ROOT, "tests", "vectors");
 const b64 = (s) => Uint8Array.from(Buffer.from(s ?? "", "base64"));
 const mismatches = [];
-const counts = { inclusion: 0, valid_envelopes: 0, invalid_envelopes: 0, vkeys: 0 };
+const counts = { inclusion: 0, valid_envelopes: 0, invalid_envelopes: 0, vkeys: 0, log_leaves: 0 };
 
 function* jsonFiles(dir) {
   for (const name of readdirSync(dir).sort()) {
@@ -103,6 +104,26 @@ for (const path of jsonFiles(join(VECTORS, "note"))) {
     } catch (e) {
       mismatches.push({ vector: `vkey in ${path.slice(ROOT.length)}: ${vkey}`, got: e.message });
     }
+  }
+}
+
+// Batch-log leaves (receipt v2): uint64_be(size) || root, and its leaf hash.
+const logLeaves = JSON.parse(readFileSync(join(VECTORS, "log-leaf", "known.json"), "utf8"));
+for (const c of logLeaves.cases) {
+  counts.log_leaves++;
+  const root = hexToBytes(c.root, "root", 32);
+  const data = bytesToHex(logLeafData(c.size, root));
+  const hash = bytesToHex(await logLeafHash(c.size, root));
+  if (data !== c.leaf_data || hash !== c.leaf_hash) {
+    mismatches.push({ vector: `log leaf size ${c.size}`, want: c.leaf_hash, got: hash });
+  }
+}
+for (const bad of [0, -1, 1.5, 2 ** 53]) {
+  try {
+    logLeafData(bad, new Uint8Array(32));
+    mismatches.push({ vector: `log leaf size ${bad}`, want: "proof_malformed", got: "accepted" });
+  } catch (e) {
+    if (!(e instanceof VerifyError)) throw e;
   }
 }
 

@@ -1,9 +1,12 @@
 """A running cityanchor for API tests: data produced by the real ingestor, anchored by the real
 job on the session's anvil, served by a real ``cityanchor api`` process.
 
-``api_world`` (session): 8 devices (Ed25519 and P-256, COSE and JWS) publish 240 readings over
-MQTT; the ingestor seals them; the anchoring job anchors the log; 40 more readings are sealed
-after that (so both "anchored" and "sealed" receipts exist); then the API serves it all.
+``api_world`` (session): first one batch of exactly 8 readings (seq 1 of each device) is sealed
+through the store's own seal transaction, the one the ingestor uses, so that tests have a
+genuine batch of a known size (issue 10 item 6: the ``batch.size`` 8 -> 7 attack); then 8
+devices (Ed25519 and P-256, COSE and JWS) publish 240 readings over MQTT; the ingestor seals
+them; the anchoring job anchors the log; 40 more readings are sealed after that (so both
+"anchored" and "sealed" receipts exist); then the API serves it all.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,9 @@ from anchor.anchoring import AnchorJob
 from anchor.chain_node import AnvilNode
 from anchor.chains.evm import EvmBackend, EvmConfig
 from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
+from anchor.sealing import Candidate
 from anchor.services import MosquittoServer, PostgresServer, free_port
 from anchor.store import DeviceSpec, Store
 from devices.signer import DeviceSigner
@@ -55,6 +61,8 @@ class ApiWorld:
     env: dict[str, str] = field(repr=False, default_factory=dict)
     anchored: list[tuple[str, int]] = field(default_factory=list)  # (device_id, seq)
     sealed_only: list[tuple[str, int]] = field(default_factory=list)
+    # The batch of exactly 8 (anchored), in batch order: eight[i] is leaf i.
+    eight: list[tuple[str, int]] = field(default_factory=list)
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -128,6 +136,8 @@ def api_world(
         s = DeviceSigner(f"api-dev-{i:02d}", key, format="jws" if i % 2 else "cose-sign1")
         signers[s.device_id] = s
 
+    eight: list[tuple[str, int]] = []
+
     async def setup() -> None:
         store = await Store.connect(dsn)
         try:
@@ -138,6 +148,16 @@ def api_world(
                     for d, s in signers.items()
                 ]
             )
+            candidates = []
+            for d, s in signers.items():
+                raw = s.sign("iot.noise", {"laeq_db": 50.0, "eight": 1})
+                topic = f"city/{DISTRICT}/{d}/readings"
+                candidates.append(Candidate(parse_envelope(raw), datetime.now(UTC), topic))
+                eight.append((d, s.seq))
+            result = await store.seal(
+                candidates, [], signer=operator, origin=ORIGIN, ingestor="api-fixture"
+            )
+            assert (result.accepted, result.size) == (8, 8), result
         finally:
             await store.close()
 
@@ -169,6 +189,7 @@ def api_world(
         world = ApiWorld(
             "", dsn, operator, signers, anvil.rpc_url, anvil.chain_id, anchor_registry, workdir, env
         )
+        world.eight = eight
         ids = list(signers)
 
         def burst(n: int, into: list[tuple[str, int]]) -> None:
@@ -181,7 +202,7 @@ def api_world(
             _publish_all(mosquitto.url, messages)
 
         burst(240, world.anchored)
-        _wait(lambda: asyncio.run(_stored(dsn)) >= 240, 60, "240 stored readings")
+        _wait(lambda: asyncio.run(_stored(dsn)) >= 248, 60, "248 stored readings")
 
         async def anchor_once() -> None:
             store = await Store.connect(dsn)
@@ -201,7 +222,7 @@ def api_world(
 
         asyncio.run(anchor_once())
         burst(40, world.sealed_only)
-        _wait(lambda: asyncio.run(_stored(dsn)) >= 280, 60, "280 stored readings")
+        _wait(lambda: asyncio.run(_stored(dsn)) >= 288, 60, "288 stored readings")
         port = free_port()
         api_log = workdir / "api.log"
         procs.append(_start(["api", "--port", str(port)], env, api_log))

@@ -331,7 +331,8 @@ def test_erased_receipt_and_every_other_receipt_of_its_batch_verify(
 
     async def work(store: Store) -> Any:
         receipt = await store.receipt(device_id, seq)
-        batch = await store.receipts_for_batch(receipt.batch.id)
+        batch_id = (await store.batch_record_at(receipt.log.index)).id
+        batch = await store.receipts_for_batch(batch_id)
         async with store._connection("test") as conn:
             row = await conn.fetchrow(
                 "SELECT r.envelope, r.leaf_hash, s.leaf_hash AS seq_leaf FROM readings r "

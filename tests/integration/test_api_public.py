@@ -241,7 +241,7 @@ def test_verify_endpoint_input_errors(api_world: ApiWorld) -> None:
     for body in malformed:
         status, doc = post(body)
         assert (status, doc["reason"]) == (400, "body_malformed"), (body[:20], doc)
-    status, doc = post(b'{"receipt": {"version": "cityanchor/receipt/v1"}}')
+    status, doc = post(b'{"receipt": {"version": "cityanchor/receipt/v2"}}')
     assert status == 200 and not doc["valid"]
     assert doc["checks"] == [
         {
@@ -251,6 +251,16 @@ def test_verify_endpoint_input_errors(api_world: ApiWorld) -> None:
             "detail": "reading: missing",
         }
     ]
+    # A v1 receipt (retired: its log leaf did not bind batch.size) is refused, saying so.
+    status, doc = post(b'{"receipt": {"version": "cityanchor/receipt/v1"}}')
+    assert status == 200 and not doc["valid"]
+    [check] = doc["checks"]
+    assert (check["name"], check["status"], check["reason"]) == (
+        "receipt",
+        "fail",
+        "receipt_version_retired",
+    )
+    assert check["detail"].startswith("version: cityanchor/receipt/v1 receipts are refused")
     good = receipt_json(api_world, *api_world.anchored[0])
     status, doc = post(json.dumps({"receipt": good, "device_key": {"kty": "RSA"}}).encode())
     assert (status, doc["reason"]) == (400, "key_invalid")
@@ -337,14 +347,13 @@ def test_completeness_errors(api_world: ApiWorld) -> None:
 
 def test_batch(api_world: ApiWorld) -> None:
     doc = receipt_json(api_world, *api_world.anchored[7])
-    batch_id = doc["batch"]["id"]
-    status, headers, batch = get_json(api_world, f"/v1/batches/{batch_id}")
+    # A v2 receipt has no batch id: it names its batch by log.index, which log.path proves.
+    assert "id" not in doc["batch"]
+    status, headers, batch = get_json(api_world, f"/v1/log/batches/{doc['log']['index']}")
     assert status == 200 and headers["Cache-Control"].endswith("immutable")
-    assert (batch["id"], batch["size"], batch["root"]) == (
-        batch_id,
-        doc["batch"]["size"],
-        doc["batch"]["root"],
-    )
+    batch_id = batch["id"]
+    assert (batch["size"], batch["root"]) == (doc["batch"]["size"], doc["batch"]["root"])
+    assert get_json(api_world, f"/v1/batches/{batch_id}")[2] == batch
     assert batch["log_index"] == doc["log"]["index"]
     leaves = [bytes.fromhex(h) for h in batch["leaf_hashes"]]
     assert len(leaves) == batch["size"] and leaves[doc["batch"]["index"]].hex() == doc["leaf_hash"]
@@ -352,6 +361,8 @@ def test_batch(api_world: ApiWorld) -> None:
     assert batch["sealed_at"].endswith("Z")
     assert_problem(api_world, "/v1/batches/987654321", 404, "not_found")
     assert_problem(api_world, "/v1/batches/x1", 400, "invalid_parameter")
+    assert_problem(api_world, "/v1/log/batches/987654321", 404, "not_found")
+    assert_problem(api_world, "/v1/log/batches/-1", 400, "invalid_parameter")
 
 
 def test_checkpoint_and_consistency(api_world: ApiWorld) -> None:

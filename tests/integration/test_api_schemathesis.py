@@ -76,7 +76,10 @@ def test_real_data_matches_the_document(api_world: ApiWorld, live_schema: Any) -
     sealed_device, sealed_seq = api_world.sealed_only[0]
     _, receipt = api_world.get_json(f"/v1/receipts/{device_id}/{seq}")
     _, sealed = api_world.get_json(f"/v1/receipts/{sealed_device}/{sealed_seq}")
-    old, batch = receipt["log"]["size"], receipt["batch"]["id"]
+    # A v2 receipt names its batch by log.index; the batch document gives its id.
+    old, log_index = receipt["log"]["size"], receipt["log"]["index"]
+    _, batch_doc = api_world.get_json(f"/v1/log/batches/{log_index}")
+    batch = batch_doc["id"]
     jwk = api_world.signers[device_id].key.public_key.to_jwk()
     cases: list[tuple[str, str, dict[str, Any]]] = [
         (
@@ -97,6 +100,7 @@ def test_real_data_matches_the_document(api_world: ApiWorld, live_schema: Any) -
             {"path_parameters": {"device_id": device_id}, "query": {"from_seq": 2, "to_seq": 40}},
         ),
         ("/v1/batches/{batch_id}", "GET", {"path_parameters": {"batch_id": batch}}),
+        ("/v1/log/batches/{log_index}", "GET", {"path_parameters": {"log_index": log_index}}),
         ("/v1/log/checkpoint", "GET", {}),
         ("/v1/log/checkpoint", "GET", {"query": {"size": old, "format": "json"}}),
         ("/v1/log/checkpoint", "GET", {"headers": {"Accept": "application/json"}}),

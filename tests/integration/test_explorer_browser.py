@@ -72,7 +72,9 @@ def test_explorer_serves_page_config_and_static_files(api_world: ApiWorld) -> No
         assert json.loads(body)["reason"] == "not_found"
 
 
-def _run_browser(world: ApiWorld, targets: list[tuple[str, int]]) -> dict[str, Any]:
+def _run_browser(
+    world: ApiWorld, targets: list[tuple[str, int]], size_attack: tuple[str, int]
+) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH (make install needs it for anvil too)")
@@ -80,10 +82,18 @@ def _run_browser(world: ApiWorld, targets: list[tuple[str, int]]) -> dict[str, A
         pytest.fail("playwright-core is not installed: run `npm ci` (make install does)")
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "explorer.png"
-    for old in (screenshot, ARTIFACTS / "explorer-tampered.png"):
+    for old in (screenshot, ARTIFACTS / "explorer-tampered.png", ARTIFACTS / "explorer-size.png"):
         old.unlink(missing_ok=True)
     result = subprocess.run(
-        [node, str(RUNNER), world.base_url, str(screenshot), *(f"{d}:{s}" for d, s in targets)],
+        [
+            node,
+            str(RUNNER),
+            world.base_url,
+            str(screenshot),
+            "--size-attack",
+            f"{size_attack[0]}:{size_attack[1]}",
+            *(f"{d}:{s}" for d, s in targets),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -111,7 +121,7 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
         status, _, _ = _get(api_world, f"/v1/receipts/{device_id}/{seq}")
         assert status == 200, f"GET /v1/receipts/{device_id}/{seq}: {status}"
 
-    out = _run_browser(api_world, [*anchored, sealed])
+    out = _run_browser(api_world, [*anchored, sealed], api_world.eight[0])
 
     assert out["console_errors"] == []
     *looked_up, sealed_result = out["lookups"]
@@ -157,6 +167,21 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
     }, respelt["details"]
     assert "(non_canonical)" in respelt["states"]["envelope"], respelt["states"]
 
-    # 3) The screenshots are test artifacts.
+    # 3) Issue 10 item 6: leaf 0 of the batch of 8 with batch.size lowered to 7. RFC 9162 alone
+    # accepts the batch path at that index; the v2 log leaf binds the size, so log_path fails.
+    attack = out["size_attack"]
+    assert attack["batch"] == {"size": 8, "index": 0}
+    assert attack["genuine"]["checks"] == ALL_PASS, attack["genuine"]["details"]
+    lowered = attack["lowered"]
+    assert lowered["state"] == "done"
+    assert lowered["checks"] == {**ALL_PASS, "log_path": "fail"}, lowered["details"]
+    assert "log_path failed" in lowered["verdict"]
+    # ... and the same receipt as a v1 document (with a batch.id): refused, saying why.
+    v1 = attack["v1"]
+    assert v1["state"] == "error" and v1["checks"] == {}
+    assert "(receipt_version_retired)" in v1["status"]
+    assert "cityanchor/receipt/v1 receipts are refused" in v1["status"]
+
+    # 4) The screenshots are test artifacts.
     for path in out["screenshots"]:
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import paho.mqtt.client as mqtt
 import pytest
+import reference_merkle as ref  # tests/ is not a package
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from anchor import merkle
@@ -258,7 +259,8 @@ async def _audit(env: Env) -> None:
             assert leaves == [r["leaf_hash"] for r in rows]
             assert len(leaves) == b["size"]
             assert merkle.root(leaves) == b["root"]
-        log_leaves = [merkle.leaf_hash(b["root"]) for b in batches]
+        # The v2 log leaf, size || root, spelt out independently of anchor.merkle.
+        log_leaves = [ref.leaf(ref.log_leaf_input(b["size"], b["root"])) for b in batches]
         checkpoints = await conn.fetch(
             "SELECT log_size, root, note FROM checkpoints ORDER BY log_size"
         )
@@ -280,9 +282,9 @@ def _check_log_and_receipts(env: Env, fleet: Fleet, sample: Sequence[tuple[str, 
         note = await store.latest_checkpoint()
         assert note is not None
         cp = open_checkpoint(note, env.operator.verifier)
-        roots = await store.log_leaf_roots(size)
+        entries = await store.log_entries(size)
         assert cp.size == size
-        assert cp.root == merkle.root([merkle.leaf_hash(r) for r in roots])
+        assert cp.root == ref.mth([ref.log_leaf_input(n, r) for n, r in entries])
         keys = [s.key.public_key for s in fleet.signers]
         for device_id, seq in sample:
             receipt = await store.receipt(device_id, seq)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+import reference_merkle as ref  # tests/ is not a package
 
 from anchor import merkle
 from anchor.checkpoint import generate_note_key, open_checkpoint
@@ -192,6 +193,60 @@ def test_changed_migration_is_refused(db_dsn: str, tmp_path: Path) -> None:
     run(body())
 
 
+def test_migration_006_refuses_a_log_built_with_v1_leaves(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    # A data dir of the previous release: migrations up to 005 and a sealed batch (its log leaf
+    # was H(0x00 || root) then). 006 must refuse it, loudly and with a stable reason, and change
+    # nothing; a pre-v2 database with an empty log just moves on to v2 leaves.
+    old_sql = tmp_path / "sql-005"
+    old_sql.mkdir()
+    for path in SQL_DIR.glob("[0-9]*_*.sql"):
+        if int(path.name.split("_", 1)[0]) <= 5:
+            shutil.copy(path, old_sql / path.name)
+    names = [f"t_{uuid.uuid4().hex[:16]}" for _ in range(2)]
+    for name in names:
+        postgres.psql(f"CREATE DATABASE {name}", database="postgres")
+    used, empty = (_dsn(postgres, n) for n in names)
+    fleet = Fleet(2)
+
+    async def body() -> None:
+        store = await _store(used, migrate=False)
+        try:
+            assert await store.migrate(directory=old_sql) == [1, 2, 3, 4, 5]
+            await fleet.register(store)
+            assert (await _seal(store, fleet.batch(2))).size == 4
+            before = await _table_counts(used)
+            for _ in range(2):  # every attempt refuses, and leaves the database as it was
+                with pytest.raises(StoreError) as exc:
+                    await store.migrate()
+                assert exc.value.reason == "migration_refused"
+                assert "006_log_leaf_v2.sql refused" in exc.value.detail
+                assert "1 batch(es) sealed with v1 log leaves" in exc.value.detail
+                assert "Upgrading to receipt v2" in exc.value.detail
+                assert await _table_counts(used) == before
+            conn = await asyncpg.connect(used)
+            try:
+                applied = await conn.fetchval("SELECT max(version) FROM schema_migrations")
+            finally:
+                await conn.close()
+            assert applied == 5
+        finally:
+            await store.close()
+        store = await _store(empty, migrate=False)
+        try:
+            assert await store.migrate(directory=old_sql) == [1, 2, 3, 4, 5]
+            assert await store.migrate() == [v for v in ALL_MIGRATIONS if v > 5]
+        finally:
+            await store.close()
+
+    try:
+        run(body())
+    finally:
+        for name in names:
+            postgres.psql(f"DROP DATABASE {name} WITH (FORCE)", database="postgres")
+
+
 def test_connect_to_nothing_is_db_unavailable() -> None:
     from anchor.services import free_port
 
@@ -323,10 +378,11 @@ def test_seal_stores_batch_log_and_checkpoint(db_dsn: str) -> None:
         note = await store.latest_checkpoint()
         assert note is not None and note == second.checkpoint
         cp = open_checkpoint(note, SIGNER.verifier, origin=ORIGIN)
-        roots = await store.log_leaf_roots(cp.size)
+        entries = await store.log_entries(cp.size)
         assert cp.size == 2 == await store.log_size()
-        assert roots == [result.root, second.root]
-        assert cp.root == merkle.root([merkle.leaf_hash(r) for r in roots])
+        assert entries == [(50, result.root), (15, second.root)]
+        # The v2 log leaf (uint64_be(size) || root), from the reference code, not anchor.merkle.
+        assert cp.root == ref.mth([ref.log_leaf_input(n, r) for n, r in entries])
         counts = await store.counts()
         assert counts["readings"] == 65 and counts["batches"] == 2 and counts["quarantine"] == 0
         conn = await asyncpg.connect(db_dsn)
@@ -454,8 +510,8 @@ def test_concurrent_seals_share_one_consistent_log(db_dsn: str) -> None:
         assert indexes == list(range(12))
         for r in results:
             assert r == sorted(r)
-        roots = await store.log_leaf_roots(12)
-        leaves = [merkle.leaf_hash(r) for r in roots]
+        entries = await store.log_entries(12)
+        leaves = [ref.leaf(ref.log_leaf_input(n, r)) for n, r in entries]
         conn = await asyncpg.connect(db_dsn)
         try:
             notes = [

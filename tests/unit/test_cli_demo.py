@@ -48,7 +48,7 @@ def test_demo_leaves_the_documented_layout(demo: Path) -> None:
 
 
 def test_demo_receipts_match_schema_and_independent_hashing(demo: Path) -> None:
-    schema = json.loads((ROOT / "docs" / "receipt-v1.schema.json").read_text())
+    schema = json.loads((ROOT / "docs" / "receipt-v2.schema.json").read_text())
     for path in sorted((demo / "receipts").glob("*.json")):
         doc = json.loads(path.read_text())
         jsonschema.validate(doc, schema)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reference_merkle as ref  # tests/ is not a package
 
 from anchor import merkle
 from anchor.checkpoint import Checkpoint, generate_note_key, sign_checkpoint
@@ -52,13 +53,15 @@ def _build(
     to_seq: int | None = None,
     batch_size: int = 3,
     others: int = 2,
+    after: int = 0,
 ) -> CompletenessProof:
-    """Seal ``envelopes`` (seq order) into batches with ``others`` foreign leaves each, log them,
-    sign the checkpoint, and build the proof as the store does."""
+    """Seal ``envelopes`` (seq order) into batches with ``others`` foreign leaves before them
+    and ``after`` after them, log them, sign the checkpoint, and build the proof as the store
+    does."""
     seqs = sorted(envelopes)
     stored: list[StoredReading] = []
     batches: dict[int, StoredBatch] = {}
-    roots: list[bytes] = []
+    roots: list[tuple[int, bytes]] = []
     groups = [seqs[i : i + batch_size] for i in range(0, len(seqs), batch_size)]
     for batch_id, group in enumerate(groups, start=1):
         leaves = [merkle.leaf_hash(b"other %d %d" % (batch_id, i)) for i in range(others)]
@@ -69,11 +72,13 @@ def _build(
                 StoredReading(seq, fmt, raw, merkle.leaf_hash(raw), batch_id, len(leaves))
             )
             leaves.append(merkle.leaf_hash(raw))
+        leaves += [merkle.leaf_hash(b"after %d %d" % (batch_id, i)) for i in range(after)]
         root = merkle.root(leaves)
-        roots.append(root)
+        roots.append((len(leaves), root))
         batches[batch_id] = StoredBatch(batch_id, root, len(roots) - 1, tuple(leaves), ())
-    roots.append(merkle.root([b"unrelated"]))  # the log holds other batches too
-    log_leaves = [merkle.leaf_hash(r) for r in roots]
+    roots.append((1, merkle.leaf_hash(b"unrelated")))  # the log holds other batches too
+    # The log leaf (size || root), written independently of anchor.merkle.log_leaf_data.
+    log_leaves = [ref.leaf(ref.log_leaf_input(n, r)) for n, r in roots]
     log_root = merkle.root(log_leaves)
     batches = {
         b.id: dataclasses.replace(
@@ -216,6 +221,26 @@ def test_tampered_batch_and_log_fail() -> None:
     assert _reason(doc) == "checkpoint_mismatch"
 
 
+def test_changed_batch_size_fails_in_the_log() -> None:
+    # A batch of 8 leaves holding the readings at indexes 2..4: their batch paths also lead to
+    # the root in a tree of 7 (RFC 9162 does not bind the size for index < 6), so only the log
+    # leaf, which carries the size, can catch a lowered size.
+    proof = _build(_chain(range(1, 4)), batch_size=3, others=2, after=3)
+    assert _verify(proof).readings == 3
+    doc = completeness_to_dict(proof)
+    assert doc["batches"][0]["size"] == 8
+    doc["batches"][0]["size"] = 7
+    leaves = [bytes.fromhex(r["leaf_hash"]) for r in doc["readings"]]
+    for r, leaf in zip(doc["readings"], leaves, strict=True):
+        path = [bytes.fromhex(h) for h in r["batch_path"]]
+        root = ref.root_from_path(r["batch_index"], 7, leaf, path)
+        assert root is not None and root.hex() == doc["batches"][0]["root"]
+    with pytest.raises(CompletenessError) as exc:
+        _verify(doc)
+    assert exc.value.reason == "root_mismatch"
+    assert exc.value.detail.startswith("batch 1 in the log")
+
+
 def test_keys_are_enforced() -> None:
     proof = _build(_chain(range(1, 4)))
     other = PrivateKey.generate("P-256").public_key
@@ -237,8 +262,14 @@ def test_empty_range_and_malformed_documents() -> None:
     del doc["log"]
     assert _reason(doc) == "completeness_malformed"
     doc = completeness_to_dict(_build(envelopes))
-    doc["version"] = "cityanchor/completeness/v2"
+    doc["version"] = "cityanchor/completeness/v3"
     assert _reason(doc) == "completeness_version_unsupported"
+    # v1 (whose log leaf did not bind the batch size) is refused, and the message says why.
+    doc["version"] = "cityanchor/completeness/v1"
+    with pytest.raises(CompletenessError) as exc:
+        _verify(doc)
+    assert exc.value.reason == "completeness_version_unsupported"
+    assert "v1" in exc.value.detail and "batch size" in exc.value.detail
     doc = completeness_to_dict(_build(envelopes))
     doc["readings"][0]["seq"] = True
     assert _reason(doc) == "completeness_malformed"

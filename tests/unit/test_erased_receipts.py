@@ -20,7 +20,7 @@ from anchor.verify import verify_receipt
 
 ORIGIN = "erasure.cityanchor.example/log"
 SCHEMA = json.loads(
-    (Path(__file__).resolve().parents[2] / "docs" / "receipt-v1.schema.json").read_text()
+    (Path(__file__).resolve().parents[2] / "docs" / "receipt-v2.schema.json").read_text()
 )
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 ERASURE = {
@@ -53,7 +53,7 @@ def world() -> World:
         envelopes.append(parse_envelope(raw))
     log = BatchLog(ORIGIN, [])
     batch = seal_batch(1, envelopes)
-    index = log.append(batch.root)
+    index = log.append(batch.size, batch.root)
     receipts = list(log.receipts(batch, index, log.checkpoint(operator), log.size))
     return World(receipts, key, operator.verifier)
 

@@ -1,6 +1,7 @@
 """The proof explorer's in-browser verifier (anchor/explorer/static/verify.js), run by Node's
-WebCrypto against the project's vectors: RFC 9162 inclusion proofs and the envelope vectors
-(valid ones parse, hash and verify; each invalid one fails with the core's reason code)."""
+WebCrypto against the project's vectors: RFC 9162 inclusion proofs, the envelope vectors
+(valid ones parse, hash and verify; each invalid one fails with the core's reason code) and the
+batch-log leaf known answers of receipt v2."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def test_verify_js_agrees_with_the_vectors() -> None:
     assert out["mismatches"] == [], out["mismatches"]
     assert result.returncode == 0, result.stderr
     assert out["counts"]["inclusion"] >= 90 and out["counts"]["invalid_envelopes"] >= 100
+    assert out["counts"]["log_leaves"] == 9  # tests/vectors/log-leaf/known.json (receipt v2)
 
 
 # -- differential: verify.js and anchor/envelope.py on generated variants ---------------------

@@ -1,4 +1,4 @@
-"""Tests for anchor.receipt: the cityanchor/receipt/v1 JSON document (DESIGN.md "Receipt").
+"""Tests for anchor.receipt: the cityanchor/receipt/v2 JSON document (DESIGN.md "Receipt").
 
 Every negative case asserts the stable ``reason`` and the JSON path in the message; the JSON
 Schema in docs/ is checked against the same documents.
@@ -35,8 +35,8 @@ from anchor.receipt import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA_DOC = REPO / "docs" / "receipt-v1.schema.json"
-SCHEMA_PKG = REPO / "anchor" / "schemas" / "receipt-v1.schema.json"
+SCHEMA_DOC = REPO / "docs" / "receipt-v2.schema.json"
+SCHEMA_PKG = REPO / "anchor" / "schemas" / "receipt-v2.schema.json"
 SCHEMA = json.loads(SCHEMA_DOC.read_text(encoding="utf-8"))
 VALIDATOR = jsonschema.Draft202012Validator(
     SCHEMA, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -63,7 +63,7 @@ def make_receipt(**changes: Any) -> Receipt:
         format="cose-sign1",
         envelope=b"\xd2\x84C\xa1\x01'\xa0X\x10not really cbor\xff",
         leaf_hash=_h("leaf"),
-        batch=BatchProof(id=3, size=5, index=4, root=_h("batch"), path=(_h("b0"),)),
+        batch=BatchProof(size=5, index=4, root=_h("batch"), path=(_h("b0"),)),
         log=LogProof(index=2, size=9, root=LOG_ROOT, path=(_h("l0"), _h("l1"), _h("l2"))),
         checkpoint=CHECKPOINT,
         anchors=(
@@ -108,7 +108,7 @@ def test_key_order_and_encodings_follow_design() -> None:
         "zz_later", "aa_note",
     ]  # fmt: skip
     assert list(d["reading"]) == ["device_id", "seq", "format", "envelope"]
-    assert list(d["batch"]) == ["id", "size", "index", "root", "path"]
+    assert list(d["batch"]) == ["size", "index", "root", "path"]
     assert list(d["log"]) == ["index", "size", "root", "path"]
     assert list(d["anchors"][0]) == [
         "chain_id", "contract", "tx_hash", "block_number", "block_time",
@@ -122,7 +122,7 @@ def test_dumps_format() -> None:
     text = dumps_receipt(make_receipt())
     assert text.endswith("}\n") and not text.endswith("\n\n")
     assert text.startswith(
-        '{\n  "version": "cityanchor/receipt/v1",\n  "reading": {\n    "device_id"'
+        '{\n  "version": "cityanchor/receipt/v2",\n  "reading": {\n    "device_id"'
     )
     assert "\u2014" in text  # the checkpoint's em dash is written as UTF-8, not \\u2014
     assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n"
@@ -179,7 +179,7 @@ def test_receipt_is_hashable_and_frozen() -> None:
 
 def test_lists_are_stored_as_tuples() -> None:
     r = make_receipt(
-        batch=BatchProof(3, 5, 4, _h("b"), [_h("x")]),  # type: ignore[arg-type]
+        batch=BatchProof(5, 4, _h("b"), [_h("x")]),  # type: ignore[arg-type]
         anchors=list(make_receipt().anchors),
     )
     assert isinstance(r.batch.path, tuple) and isinstance(r.anchors, tuple)
@@ -243,9 +243,16 @@ MALFORMED: list[tuple[str, Mutation, str, str, bool]] = [
     ("missing version", _delete("version"), "version", "receipt_malformed", True),
     (
         "wrong version",
-        _set("version", "cityanchor/receipt/v2"),
+        _set("version", "cityanchor/receipt/v3"),
         "version",
         "receipt_version_unsupported",
+        True,
+    ),
+    (
+        "retired version v1",
+        _set("version", "cityanchor/receipt/v1"),
+        "version",
+        "receipt_version_retired",
         True,
     ),
     ("version not a string", _set("version", 1), "version", "receipt_malformed", True),
@@ -356,8 +363,10 @@ MALFORMED: list[tuple[str, Mutation, str, str, bool]] = [
     ("leaf_hash 0x", _set("leaf_hash", "0x" + HEX[2:]), "leaf_hash", "receipt_malformed", True),
     ("leaf_hash missing", _delete("leaf_hash"), "leaf_hash", "receipt_malformed", True),
     ("batch missing", _delete("batch"), "batch", "receipt_malformed", True),
+    # v1 carried batch.id; nothing bound it (a receipt with batch.id 999999 verified), so v2
+    # refuses it in any form rather than ignore it like other unknown nested fields.
+    ("batch.id", _set("batch.id", 3), "batch.id", "receipt_malformed", True),
     ("batch.id negative", _set("batch.id", -1), "batch.id", "receipt_malformed", True),
-    ("batch.id bool", _set("batch.id", False), "batch.id", "receipt_malformed", True),
     ("batch.size zero", _set("batch.size", 0), "batch.size", "receipt_malformed", True),
     ("batch.index negative", _set("batch.index", -1), "batch.index", "receipt_malformed", True),
     ("batch.index == size", _set("batch.index", 5), "batch.index", "receipt_malformed", False),
@@ -546,7 +555,6 @@ def test_valid_variants_accepted_by_both() -> None:
         {"reading.envelope": "AAA"},
         {"reading.format": "jws"},
         {"batch.path": []},
-        {"batch.id": 0},
         {"reading.seq": 2**64 - 1},
         {"reading.device_id": "a" * 64},
     ]
@@ -657,8 +665,8 @@ def test_dumps_refuses_what_loads_would_refuse() -> None:
         (lambda: make_receipt(extra={"x": (1, 2)}), "x"),
         (lambda: make_receipt(extra={"x": {"y": b"raw"}}), "x.y"),
         (lambda: make_receipt(extra={"x": "\ud800"}), "x"),
-        (lambda: BatchProof(1, 2, 2, _h("r"), ()), "batch.index"),
-        (lambda: BatchProof(1, 2, 0, _h("r"), (b"short",)), "batch.path[0]"),
+        (lambda: BatchProof(2, 2, _h("r"), ()), "batch.index"),
+        (lambda: BatchProof(2, 0, _h("r"), (b"short",)), "batch.path[0]"),
         (lambda: LogProof(0, 0, _h("r"), ()), "log.size"),
         (lambda: LogProof(0, 1, _h("r"), "ab"), "log.path"),  # type: ignore[arg-type]
         (
@@ -704,7 +712,7 @@ def _proof(draw: st.DrawFn, cls: type[Any]) -> Any:
     index = draw(st.integers(0, size - 1))
     path = tuple(draw(st.lists(_hash, max_size=8)))
     if cls is BatchProof:
-        return BatchProof(draw(_uint64), size, index, draw(_hash), path)
+        return BatchProof(size, index, draw(_hash), path)
     return LogProof(index, size, draw(_hash), path)
 
 

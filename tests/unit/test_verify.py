@@ -44,12 +44,12 @@ def _world(hasher: merkle.Hasher = merkle.SHA256) -> World:
         raw = sign_reading(reading, keys[k], format=FORMAT_COSE if i % 3 else FORMAT_JWS)
         prev[k] = merkle.leaf_hash(raw)
         envelopes.append(parse_envelope(raw))
-    log = BatchLog(ORIGIN, [bytes([9]) * 32], hasher=hasher)  # a batch from before, at index 0
+    log = BatchLog(ORIGIN, [(4, bytes([9]) * 32)], hasher=hasher)  # a batch from before, at 0
     batches = [
         seal_batch(1, envelopes[:10], hasher=hasher),
         seal_batch(2, envelopes[10:], hasher=hasher),
     ]
-    indexes = [log.append(b.root) for b in batches]
+    indexes = [log.append(b.size, b.root) for b in batches]
     note = log.checkpoint(operator)
     receipts = [
         r for b, i in zip(batches, indexes, strict=True) for r in log.receipts(b, i, note, log.size)

@@ -151,7 +151,8 @@ const jsonSafe = (_k, v) => (typeof v === "bigint" ? v.toString()
 
 function renderBatch(r) {
   const b = r.batch;
-  definitions($("batch"), [["Batch id", b.id], ["Index", b.index], ["Size", b.size],
+  // No batch id: a v2 receipt names its batch by its log index, which the log path proves.
+  definitions($("batch"), [["Log index", r.log.index], ["Index", b.index], ["Size", b.size],
     ["Root", bytesToHex(b.root), "hash"]]);
 }
 
@@ -173,7 +174,8 @@ function renderPath(r) {
     list.append(el("li", { class: cls }, el("span", { class: "label" }, label), el("code", { class: "hash" }, hash)));
   step(`Reading's leaf (index ${r.batch.index} of ${r.batch.size})`, bytesToHex(r.leafHash), "node");
   r.batch.path.forEach((h, i) => step(`Batch sibling ${i + 1}`, bytesToHex(h), "sibling"));
-  step(`Batch ${r.batch.id} root = log leaf data (index ${r.log.index} of ${r.log.size})`, bytesToHex(r.batch.root), "node");
+  step(`Batch root; log leaf data = uint64(size ${r.batch.size}) || root (index ${r.log.index} of ${r.log.size})`,
+    bytesToHex(r.batch.root), "node");
   r.log.path.forEach((h, i) => step(`Log sibling ${i + 1}`, bytesToHex(h), "sibling"));
   step(r.anchors.length ? "Log root (signed in the checkpoint, anchored on chain)" : "Log root (signed in the checkpoint)",
     bytesToHex(r.log.root), "node");
@@ -200,7 +202,8 @@ async function show(receiptJson, origin) {
     r = parseReceipt(receiptJson);
   } catch (err) {
     result.hidden = true;
-    setStatus(`This is not a readable receipt: ${err.message}`, "error");
+    const reason = err instanceof VerifyError ? ` (${err.reason})` : "";
+    setStatus(`This is not a readable receipt${reason}: ${err.message}`, "error");
     return;
   }
   setStatus(`Verifying ${origin}…`, "verifying");

@@ -20,6 +20,7 @@ const MAX_PATH = 64;            // an RFC 9162 audit path of a tree of < 2**64 l
 const LEAF_PREFIX = 0x00;       // RFC 9162 section 2.1.1
 const NODE_PREFIX = 0x01;
 const SHA256_SCHEME = "rfc9162-sha256";
+export const RECEIPT_VERSION = "cityanchor/receipt/v2";
 const SIG_PREFIX = "\u2014 ";   // C2SP signed-note: em dash, space
 const ANCHORED_AT = "0x9591a610"; // keccak256("anchoredAt(bytes32)")[:4]
 const COSE_ALGS = new Map([[-19, "Ed25519"], [-8, "EdDSA"], [-7, "ES256"]]);
@@ -113,6 +114,27 @@ export const sha256 = async (bytes) => new Uint8Array(await subtle().digest("SHA
 
 export const leafHash = (data) => sha256(concat(Uint8Array.of(LEAF_PREFIX), data));
 export const nodeHash = (l, r) => sha256(concat(Uint8Array.of(NODE_PREFIX), l, r));
+
+/**
+ * The batch log's leaf data for one batch: uint64_be(size) || root, 40 bytes (DESIGN.md
+ * "Batch log", receipt v2; anchor.merkle.log_leaf_data). The size is in the leaf because an
+ * inclusion proof alone does not bind the tree size: leaf 0 of 8 has the same path as leaf 0 of 7.
+ */
+export function logLeafData(size, root) {
+  if (!Number.isSafeInteger(size) || size < 1) {
+    throw new VerifyError("proof_malformed", "batch size must be an integer of at least 1");
+  }
+  if (!(root instanceof Uint8Array) || root.length !== 32) {
+    throw new VerifyError("proof_malformed", "batch root must be 32 bytes");
+  }
+  const out = new Uint8Array(40);
+  new DataView(out.buffer).setBigUint64(0, BigInt(size), false);
+  out.set(root, 8);
+  return out;
+}
+
+/** SHA-256(0x00 || uint64_be(size) || root): the batch log's leaf hash for one batch. */
+export const logLeafHash = (size, root) => leafHash(logLeafData(size, root));
 
 /** Verify that `leaf` is leaf `index` of the `size`-leaf tree with `root`; throws VerifyError. */
 export async function verifyInclusion(leaf, index, size, path, root) {
@@ -740,9 +762,21 @@ export function parseReceipt(obj) {
     return v;
   };
   if (!isObj(obj)) throw bad("a receipt is a JSON object");
-  if (obj.version !== "cityanchor/receipt/v1") throw bad("version is not cityanchor/receipt/v1");
+  if (obj.version === "cityanchor/receipt/v1") {
+    // The same refusal, reason and words as anchor/receipt.py (RETIRED_VERSIONS).
+    throw new VerifyError("receipt_version_retired",
+      "cityanchor/receipt/v1 receipts are refused: their batch-log leaf does not bind "
+      + "batch.size (and batch.id is bound by nothing), so a v1 receipt can be altered without "
+      + "any check failing; only cityanchor/receipt/v2 receipts are verified");
+  }
+  if (obj.version !== RECEIPT_VERSION) {
+    throw new VerifyError("receipt_version_unsupported", `version is not ${RECEIPT_VERSION}`);
+  }
   for (const key of ["reading", "batch", "log"]) if (!isObj(obj[key])) throw bad(`${key} must be an object`);
   const { reading, batch, log } = obj;
+  if ("id" in batch) {
+    throw bad("batch.id is not part of cityanchor/receipt/v2 (nothing binds it; the batch is identified by log.index)");
+  }
   if (typeof reading.device_id !== "string") throw bad("reading.device_id must be text");
   uint(reading.seq, "reading.seq");
   // "" is the envelope of a reading the operator erased (privacy law); only with that status.
@@ -777,7 +811,7 @@ export function parseReceipt(obj) {
     leafHash: hexToBytes(obj.leaf_hash, "leaf_hash", 32),
     hashScheme: obj.hash_scheme ?? SHA256_SCHEME,
     batch: {
-      id: batch.id, size: uint(batch.size, "batch.size"), index: uint(batch.index, "batch.index"),
+      size: uint(batch.size, "batch.size"), index: uint(batch.index, "batch.index"),
       root: hexToBytes(batch.root, "batch.root", 32), path: path(batch.path, "batch.path"),
     },
     log: {
@@ -874,15 +908,16 @@ async function checkProofs(r) {
   const b = r.batch;
   try {
     await verifyInclusion(leaf, b.index, b.size, b.path, b.root);
-    out.push(check("batch_path", "pass", `leaf ${b.index} of ${b.size} in batch ${b.id}`));
+    out.push(check("batch_path", "pass", `leaf ${b.index} of ${b.size} in batch root ${bytesToHex(b.root).slice(0, 16)}…`));
   } catch (err) {
     if (!(err instanceof VerifyError)) throw err;
     out.push(failed("batch_path", err));
   }
   const lg = r.log;
   try {
-    await verifyInclusion(await leafHash(b.root), lg.index, lg.size, lg.path, lg.root);
-    out.push(check("log_path", "pass", `batch root at ${lg.index} of ${lg.size} in the log`));
+    // The log leaf binds the batch size: a receipt whose batch.size was changed fails here.
+    await verifyInclusion(await logLeafHash(b.size, b.root), lg.index, lg.size, lg.path, lg.root);
+    out.push(check("log_path", "pass", `batch (size ${b.size}) at ${lg.index} of ${lg.size} in the log`));
   } catch (err) {
     if (!(err instanceof VerifyError)) throw err;
     out.push(failed("log_path", err));
