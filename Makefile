@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint demo demo-offline bench clean contract
+.PHONY: install test unit lint demo demo-offline bench clean contract fuzz
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ test: install
 
 unit: install
 	$(PY) -m pytest tests/unit
+
+# Fuzz every parser and verifier of outside input: 100,000 cases in all, counts per target.
+fuzz: install
+	$(PY) tests/fuzz/run.py --cases $(or $(FUZZ_CASES),100000)
 
 lint: install
 	$(VENV)/bin/ruff check anchor devices tests bench

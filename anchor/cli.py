@@ -438,16 +438,15 @@ def _cmd_verify_consistency(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify_completeness(args: argparse.Namespace) -> int:
-    from anchor.completeness import verify_completeness
+    from anchor.completeness import loads_completeness, verify_completeness
 
     device_keys = _load_device_keys(args.device_key)
     log_keys = _load_log_keys(args.log_key)
+    raw = _read_bytes(args.proof, "completeness proof")
     try:
-        proof = json.loads(_read_bytes(args.proof, "completeness proof"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{args.proof} is not JSON: {exc}") from exc
-    try:
-        report = verify_completeness(proof, device_key=device_keys, log_verifiers=log_keys)
+        report = verify_completeness(
+            loads_completeness(raw), device_key=device_keys, log_verifiers=log_keys
+        )
     except AnchorError as exc:
         if args.json:
             print(json.dumps({"valid": False, "reason": exc.reason, "detail": exc.detail}))

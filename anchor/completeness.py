@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_un
 from anchor.device_id import DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
 from anchor.errors import AnchorError
+from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
 from anchor.receipt import MAX_ANCHORS, AnchorRecord
 
@@ -85,6 +87,7 @@ __all__ = [
     "completeness_from_dict",
     "completeness_to_dict",
     "find_gaps",
+    "loads_completeness",
     "verify_completeness",
 ]
 
@@ -98,6 +101,10 @@ _RETIRED = {
 MAX_READINGS = 100_000
 """Most readings one proof document may hold (the API hands out at most 1000 per request)."""
 MAX_SEQ = (1 << 64) - 1
+MAX_COMPLETENESS_SIZE = 64 << 20
+"""Largest proof document :func:`loads_completeness` reads (1000 readings take about 1 MiB)."""
+MAX_JSON_DEPTH = 8
+"""The proof nests 4 deep; anything deeper is refused before ``json.loads`` recurses."""
 ZERO_PREV = bytes(32)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -434,6 +441,47 @@ def _b64url(value: object, path: str) -> bytes:
     if _b64url_encode(data) != value:
         _fail(path, "base64url is not canonical")
     return data
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # Two parsers could each pick a different copy; refuse rather than choose.
+            _fail("$", f"duplicate key {key[:64]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> NoReturn:
+    _fail("$", f"{name} is not JSON (RFC 8259 has no NaN or infinities)")
+
+
+def loads_completeness(raw: bytes) -> CompletenessProof:
+    """Parse proof JSON (UTF-8 bytes) with bounds, then check it as :func:`completeness_from_dict`.
+
+    Refuses more than :data:`MAX_COMPLETENESS_SIZE` bytes, nesting deeper than
+    :data:`MAX_JSON_DEPTH` (counted before ``json.loads`` recurses: a process that imported web3
+    runs with a recursion limit high enough to overflow the C stack), duplicate keys and
+    ``NaN``/``Infinity``. Raises ``CompletenessError`` (``completeness_malformed``).
+    """
+    if len(raw) > MAX_COMPLETENESS_SIZE:
+        _fail("$", f"document exceeds {MAX_COMPLETENESS_SIZE} bytes")
+    if nesting_depth(raw, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        _fail("$", f"JSON nests deeper than {MAX_JSON_DEPTH}")
+    try:
+        text = raw.decode("utf-8")
+        data = json.loads(
+            text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constants
+        )
+    except UnicodeDecodeError as exc:
+        _fail("$", f"not UTF-8 ({exc.reason} at byte {exc.start})")
+    except json.JSONDecodeError as exc:
+        _fail("$", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except (RecursionError, ValueError) as exc:
+        # ValueError: e.g. an integer literal longer than Python's int/str conversion limit.
+        _fail("$", f"not acceptable JSON: {exc}")
+    return completeness_from_dict(data)
 
 
 def completeness_from_dict(data: object) -> CompletenessProof:
