@@ -96,7 +96,7 @@ def _completeness(key: PrivateKey, operator: NoteSigner) -> str:
                 StoredReading(env.reading.seq, env.format, env.raw, sealed.leaf_hashes[offset],
                               batch_id, offset)
             )
-        index = log.append(sealed.root)
+        index = log.append(sealed.size, sealed.root)
         batches[batch_id] = StoredBatch(batch_id, sealed.root, index, sealed.leaf_hashes, ())
     batches = {
         b.id: dataclasses.replace(b, log_path=tuple(log.inclusion_proof(b.log_index)))
@@ -136,9 +136,9 @@ def corpus() -> Corpus:
         (cose if fmt == FORMAT_COSE else jws).append(raw)
         envelopes.append(parse_envelope(raw))
 
-    log = BatchLog(ORIGIN, [merkle.leaf_hash(b"an earlier batch")])
+    log = BatchLog(ORIGIN, [(3, merkle.leaf_hash(b"an earlier batch"))])
     batches = [seal_batch(1, envelopes[:5]), seal_batch(2, envelopes[5:])]
-    indexes = [log.append(b.root) for b in batches]
+    indexes = [log.append(b.size, b.root) for b in batches]
     note = log.checkpoint(operator)
     receipts = [
         dumps_receipt(r)
