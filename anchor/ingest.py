@@ -493,7 +493,7 @@ class Ingestor:
         # Seal latency as a device would feel it: from the oldest delivery's arrival to commit.
         latency = (_now() - batch.deliveries[0].received_at).total_seconds()
         self.stats.record_seal(result, latency)
-        for r in batch.rejections:
+        for r in (*batch.rejections, *result.key_rejections):
             log.info(
                 json.dumps(
                     {

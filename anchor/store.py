@@ -333,6 +333,9 @@ class SealResult:
     accepted: int
     duplicates: int
     quarantined: Mapping[str, int]
+    key_rejections: tuple[Rejection, ...] = ()
+    """Readings the seal itself refused on key status (revoked or rotated since the ingestor's
+    registry cache was loaded), for the ingestor's ``quarantined`` log lines."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -967,6 +970,7 @@ class Store:
             accepted=len(accepted),
             duplicates=counts.get("replayed_seq", 0),
             quarantined=counts,
+            key_rejections=tuple(key_rejected),
         )
 
     @staticmethod

@@ -239,6 +239,9 @@ def test_revoke_mid_stream_seals_nothing_received_after_it(
     assert len(sealed) >= RATE_PER_S * BEFORE_S / 2
     assert len(quarantined) >= RATE_PER_S * AFTER_S / 2
     assert any(q["detail"].startswith("at seal:") for q in quarantined)
+    ingest_log = env.workdir / "ingest-0.log"
+    line = '"event": "quarantined", "reason": "device_revoked"'
+    _wait_for(lambda: line in ingest_log.read_text(), 30, "the quarantined log line")
 
     # A reading received before the revocation keeps its signature check in /v1/verify ...
     last_good = max(r["seq"] for r in sealed)
