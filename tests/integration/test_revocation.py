@@ -291,16 +291,19 @@ def test_rotate_mid_stream_seals_nothing_signed_with_the_old_key_after_it(
     assert valid_until <= returned
     sealed, quarantined = _all_accounted(env, signer.device_id, sent)
 
-    cutoff_ms = int(valid_until.timestamp() * 1000)
-    returned_ms = returned.timestamp() * 1000
+    # In microseconds, as the store compares them (ts_ms * 1000 < valid_until): a ts in the
+    # same millisecond as valid_until but before it is still valid.
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    cutoff_us = (valid_until - epoch) // timedelta(microseconds=1)
+    returned_us = (returned - epoch) // timedelta(microseconds=1)
     # The rule for a rotated key goes by device time (docs/reason-codes.md, key_rotated): a
     # reading signed before the rotation still verifies when delivered after it; none signed at
     # or after it (let alone after the command returned) is sealed.
-    assert [r["seq"] for r in sealed if r["ts"] >= cutoff_ms] == []
-    assert [r["seq"] for r in sealed if r["ts"] > returned_ms] == []
+    assert [r["seq"] for r in sealed if r["ts"] * 1000 >= cutoff_us] == []
+    assert [r["seq"] for r in sealed if r["ts"] * 1000 > returned_us] == []
     assert {q["reason"] for q in quarantined} == {"key_rotated"}
     ts_of = {s.seq: s.ts_ms for s in sent}
-    assert all(ts_of[q["seq"]] >= cutoff_ms for q in quarantined)
+    assert all(ts_of[q["seq"]] * 1000 >= cutoff_us for q in quarantined)
     assert len(sealed) >= RATE_PER_S * BEFORE_S / 2
     assert len(quarantined) >= RATE_PER_S * AFTER_S / 2
     assert any(q["detail"].startswith("at seal:") for q in quarantined)
