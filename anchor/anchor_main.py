@@ -11,7 +11,6 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from anchor.anchoring import AnchorJob, StepResult
@@ -36,12 +35,12 @@ def chain_signer_key(chain: ChainSettings, env: Mapping[str, str] | None = None)
     """The chain account's private key, from ``key_file`` or the variable ``key_env``."""
     env = os.environ if env is None else env
     if chain.key_file:
-        try:
-            return Path(chain.key_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(
-                f"chain {chain.name}: cannot read key file {chain.key_file}: {exc.strerror}"
-            ) from exc
+        from anchor.files import KEY_FILE_LIMIT, read_user_file
+
+        raw = read_user_file(
+            chain.key_file, what=f"chain {chain.name}: key file", limit=KEY_FILE_LIMIT
+        )
+        return raw.decode("utf-8", "replace").strip()
     if chain.key_env:
         value = env.get(chain.key_env, "").strip()
         if not value:

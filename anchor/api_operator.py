@@ -64,8 +64,10 @@ from aiohttp import web
 from anchor import operator_store as ops
 from anchor import tokens
 from anchor.api import CONTEXT, Handler, problem, status_for
+from anchor.api_public import MAX_BODY_DEPTH
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import AnchorError
+from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey, b64url_encode
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.operator_store import TokenRow
@@ -84,6 +86,8 @@ METRICS: web.AppKey[MetricsState] = web.AppKey("metrics", MetricsState)
 # Per-request notes for the audit entry (what the handler learnt, how it refused).
 AUDIT_DETAIL: web.RequestKey[dict[str, Any]] = web.RequestKey("audit_detail", dict)
 AUDIT_OUTCOME: web.RequestKey[str] = web.RequestKey("audit_outcome", str)
+# The request's JSON body, parsed once (bounded) for the handler and the audit target alike.
+_BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("json_body", dict)
 ANCHOR_STEP_TIMEOUT_S = 90.0
 _DEVICE_FIELDS = ("device_id", "public_key_jwk", "district", "kind")
 _MAX_TEXT = 256
@@ -153,20 +157,38 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not JSON")
+
+
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, parsed once per request; ``body_malformed`` otherwise.
+
+    Nesting is bounded before ``json.loads`` sees the bytes (see :mod:`anchor.jsonbounds`: in a
+    process that imported web3 deep input would overflow the C stack, not raise).
+    """
+    cached: dict[str, Any] | None = request.get(_BODY)
+    if cached is not None:
+        return cached
     raw = await request.read()
     if not raw.strip():
         if optional:
+            request[_BODY] = {}
             return {}
         raise BadRequest("the request needs a JSON object body")
+    if nesting_depth(raw, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
+        raise BadRequest(f"the body nests deeper than {MAX_BODY_DEPTH}")
     try:
-        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        body = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
     except BadRequest:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadRequest(f"the body is not UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}")
+    request[_BODY] = body
     return body
 
 
@@ -223,18 +245,16 @@ def _seq(text: str) -> int:
 # Authentication, authorisation and the audit log
 
 
-async def _target(request: web.Request) -> str:
+def _target(request: web.Request) -> str:
     info = request.match_info
     if "seq" in info:
         return f"reading:{info.get('device_id', '')}/{info['seq']}"
     if "device_id" in info:
         return f"device:{info['device_id']}"
     if request.path == "/v1/devices" and request.method == "POST":
-        # A refused registration is audited under the device it named, when it named one.
-        try:
-            device_id = json.loads(await request.read()).get("device_id")
-        except (ValueError, AttributeError, web.HTTPException):
-            device_id = None
+        # A refused registration is audited under the device it named, when it named one. The
+        # body was parsed (bounded) before authentication; it is never parsed again here.
+        device_id = request.get(_BODY, {}).get("device_id")
         if isinstance(device_id, str):
             return f"device:{device_id[:64]}"
     return ""
@@ -252,9 +272,17 @@ def _refusal(exc: AnchorError, scope: str) -> web.Response:
     return resp
 
 
-def operator(scope: str, action: str | None = None) -> Callable[[OperatorHandler], Handler]:
+def operator(
+    scope: str, action: str | None = None, *, body: str | None = None
+) -> Callable[[OperatorHandler], Handler]:
     """Wrap a handler: authenticate the bearer token, require ``scope``, and when ``action``
-    is given (a changing endpoint) record the request in the audit log, whatever its outcome."""
+    is given (a changing endpoint) record the request in the audit log, whatever its outcome.
+
+    ``body`` (``"json"``, or ``"optional"`` when an empty body is allowed) makes the wrapper
+    parse the JSON object body *before* the token is looked at: a malformed body (not UTF-8
+    JSON, too deep, duplicate keys) is ``body_malformed`` (400) whoever sends it, and is
+    audited like any other refusal; the handler and the audit target reuse the parsed object.
+    """
 
     def wrap(handler: OperatorHandler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -263,14 +291,31 @@ def operator(scope: str, action: str | None = None) -> Callable[[OperatorHandler
             token: TokenRow | None = None
             status, outcome = 500, "internal"
             try:
+                # The body is judged first, whoever sends it; the token is still looked at, so
+                # that the audit entry names the sender when it can.
+                malformed: AnchorError | web.HTTPException | None = None
+                if body is not None:
+                    try:
+                        await _json_object(request, optional=body == "optional")
+                    except (AnchorError, web.HTTPException) as exc:  # 413: over the size limit
+                        malformed = exc
                 try:
                     text = tokens.bearer(request.headers.get("Authorization"))
                     token = await tokens.authenticate(ctx.store, text)
                     tokens.require_scope(token, scope)
                 except TokenError as exc:
                     metrics.auth_failed(exc.failure)
-                    status, outcome = status_for(exc.reason), exc.reason
-                    return _refusal(exc, scope)
+                    if malformed is None:
+                        status, outcome = status_for(exc.reason), exc.reason
+                        return _refusal(exc, scope)
+                if isinstance(malformed, AnchorError):
+                    status, outcome = status_for(malformed.reason), malformed.reason
+                    raise malformed
+                if malformed is not None:
+                    status = malformed.status
+                    outcome = "too_large" if status == 413 else "http_error"
+                    raise malformed
+                assert token is not None  # a token refusal without a body fault returned above
                 try:
                     response = await handler(request, token)
                 except AnchorError as exc:
@@ -296,7 +341,7 @@ async def _audit(
     request: web.Request, token: TokenRow | None, action: str, status: int, outcome: str
 ) -> None:
     ctx = request.app[CONTEXT]
-    target = await _target(request)
+    target = _target(request)
     try:
         await ops.record_audit(
             ctx.store,
@@ -318,7 +363,7 @@ async def _audit(
 # Devices
 
 
-@operator("devices:write", "device.register")
+@operator("devices:write", "device.register", body="json")
 async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     body = await _json_object(request)
@@ -354,7 +399,7 @@ def _broker_admin(settings: Settings) -> BrokerAdmin | None:
     )
 
 
-@operator("devices:write", "device.rotate")
+@operator("devices:write", "device.rotate", body="json")
 async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     body = await _json_object(request)
@@ -365,7 +410,7 @@ async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     return web.json_response(device_json(record))
 
 
-@operator("devices:write", "device.revoke")
+@operator("devices:write", "device.revoke", body="optional")
 async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     body = await _json_object(request, optional=True)
@@ -416,7 +461,7 @@ async def _get_device(request: web.Request) -> web.StreamResponse:
 # Erasure
 
 
-@operator("readings:erase", "reading.erase")
+@operator("readings:erase", "reading.erase", body="optional")
 async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     device_id, seq = request.match_info["device_id"], _seq(request.match_info["seq"])

@@ -28,6 +28,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -43,7 +44,7 @@ from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
 from anchor.receipt import dumps_receipt, receipt_from_dict
 from anchor.sealing import MAX_STORED_INT
-from anchor.store import BatchRecord, StoredAnchor, StoreError
+from anchor.store import BatchRecord, DeviceRecord, RegistryError, StoredAnchor, StoreError
 from anchor.verify import Check, ReceiptReport, verify_receipt
 
 __all__ = [
@@ -212,19 +213,55 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def _registry_keys(ctx: ApiContext, device_id: str) -> list[PublicKey] | None:
-    """Every key the registry holds for the device (current and rotated), None if unknown."""
+async def _registry_device(ctx: ApiContext, device_id: str) -> DeviceRecord | None:
+    """The registry's record of the device (every key, current and rotated), None if unknown."""
     try:
-        device = await ctx.store.get_device(device_id)
+        return await ctx.store.get_device(device_id)
     except StoreError as exc:
         if exc.reason == "not_found":
             return None
         raise
-    return [k.public_key for k in device.keys]
+
+
+def _key_validity(
+    report: ReceiptReport, receipt: Any, device: DeviceRecord, received_at: datetime | None
+) -> ReceiptReport:
+    """Apply the ingest rule for key status to a signature that verified with a registry key.
+
+    A signature by a key rotated out before the reading's ``ts``, or by a device revoked
+    before the reading was received (by this operator's stored ``received_at``), proves
+    nothing the operator vouches for: the check fails with ``key_rotated`` /
+    ``device_revoked``, as the ingestor would have quarantined it. A reading this operator
+    did not store has no received time: for a revoked device it fails too.
+    """
+    signature = next((c for c in report.checks if c.name == "signature"), None)
+    if signature is None or signature.status != "pass":
+        return report
+    envelope = parse_envelope(receipt.envelope)  # it parsed for the signature check to pass
+    judged_at = received_at if received_at is not None else datetime.max.replace(tzinfo=UTC)
+    try:
+        device.check_reading(envelope.kid, envelope.reading.ts, judged_at)
+    except RegistryError as exc:
+        detail = exc.detail
+        if received_at is None and exc.reason == "device_revoked":
+            detail += "; this operator holds no record of when the reading was received"
+        failed = Check("signature", "fail", detail, exc.reason)
+        return ReceiptReport(
+            report.device_id,
+            report.seq,
+            tuple(failed if c.name == "signature" else c for c in report.checks),
+        )
+    return report
 
 
 def _verify_sync(
-    ctx: ApiContext, receipt: Any, keys: Sequence[PublicKey], unknown_device: bool
+    ctx: ApiContext,
+    receipt: Any,
+    keys: Sequence[PublicKey],
+    unknown_device: bool,
+    *,
+    device: DeviceRecord | None = None,
+    received_at: datetime | None = None,
 ) -> ReceiptReport:
     checker = None
     rpcs = [c.rpc_url for c in ctx.settings.chains if c.rpc_url]
@@ -238,6 +275,8 @@ def _verify_sync(
         log_verifiers=ctx.log_verifiers,
         anchor_checker=checker,
     )
+    if device is not None:
+        return _key_validity(report, receipt, device, received_at)
     if not unknown_device:
         return report
     try:
@@ -286,15 +325,23 @@ async def _post_verify(request: web.Request) -> web.Response:
         )
     keys: list[PublicKey]
     unknown_device = False
+    device: DeviceRecord | None = None
+    received_at: datetime | None = None
     if device_key is not None:
         keys = [device_key]
         source = "request"
     else:
-        found = await _registry_keys(ctx, receipt.device_id)
-        unknown_device = found is None
-        keys = found or []
-        source = "none" if found is None else "registry"
-    report = await asyncio.to_thread(_verify_sync, ctx, receipt, keys, unknown_device)
+        device = await _registry_device(ctx, receipt.device_id)
+        unknown_device = device is None
+        keys = [k.public_key for k in device.keys] if device is not None else []
+        source = "none" if device is None else "registry"
+        if device is not None:
+            received_at = await ctx.store.reading_received_at(
+                receipt.device_id, receipt.seq, receipt.leaf_hash
+            )
+    report = await asyncio.to_thread(
+        _verify_sync, ctx, receipt, keys, unknown_device, device=device, received_at=received_at
+    )
     return _json({**report.to_dict(), "device_key_source": source}, cache="no-store")
 
 

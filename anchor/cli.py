@@ -19,6 +19,8 @@ from typing import Any
 
 from anchor import __version__
 from anchor.errors import AnchorError, UsageError
+from anchor.files import KEY_FILE_LIMIT, read_user_file
+from anchor.jsonbounds import nesting_depth
 from anchor.redact import RedactingFormatter, redact_text
 
 __all__ = ["main"]
@@ -30,11 +32,31 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 
 
-def _read_bytes(path: str, what: str) -> bytes:
+# Caps on the files commands read (each at least its format's own limit): a file larger than
+# this is refused after reading at most cap + 1 bytes, and so is anything not a regular file
+# (/dev/zero, a FIFO, a directory): exit status 2.
+RECEIPT_FILE_LIMIT = 1 << 20  # anchor.receipt.MAX_RECEIPT_SIZE
+NOTE_FILE_LIMIT = 1 << 20  # anchor.checkpoint.MAX_NOTE_SIZE
+PROOF_FILE_LIMIT = 1 << 20  # a consistency proof: at most 64 hex hashes
+BATCH_FILE_LIMIT = 64 << 20
+COMPLETENESS_FILE_LIMIT = 256 << 20  # 1000 readings per API proof are about 25 MiB
+MAX_FILE_JSON_DEPTH = 64  # json.loads recurses per level: bound it first (anchor.jsonbounds)
+_UNREADABLE_INPUT = ("key_file_unreadable", "key_invalid", "state_unreadable", "state_invalid")
+
+
+def _read_bytes(path: str, what: str, limit: int) -> bytes:
+    return read_user_file(path, what=what, limit=limit)
+
+
+def _json_file(path: str, what: str, limit: int) -> Any:
+    """A JSON file, its nesting bounded before ``json.loads`` recurses (UsageError if not)."""
+    raw = _read_bytes(path, what, limit)
+    if nesting_depth(raw, MAX_FILE_JSON_DEPTH) > MAX_FILE_JSON_DEPTH:
+        raise UsageError(f"{what} {path} nests deeper than {MAX_FILE_JSON_DEPTH}: not one of ours")
     try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise UsageError(f"{what} {path} is not JSON: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------- keygen
@@ -83,17 +105,31 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     from devices.keystore import load_private_key
     from devices.signer import DeviceSigner
 
+    if nesting_depth(args.values.encode("utf-8", "surrogatepass"), 2) > 2:
+        raise UsageError("--values must be a flat JSON object of measurements")
     try:
         values = json.loads(args.values)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--values is not JSON: {exc}") from exc
     if not isinstance(values, dict):
         raise UsageError("--values must be a JSON object")
-    key = load_private_key(Path(args.key))
     state = (
         Path(args.state) if args.state else Path(str(args.key) + f".{args.device_id}.state.json")
     )
-    signer = DeviceSigner.open(args.device_id, key, state_path=state, format=args.format)
+    try:
+        key = load_private_key(Path(args.key))
+        signer = DeviceSigner.open(args.device_id, key, state_path=state, format=args.format)
+    except AnchorError as exc:
+        # An input file that cannot be read (missing, a FIFO, a device, too large, not a key
+        # or a state file) is a usage error, exit status 2, like every command's input files.
+        if exc.reason in (
+            "key_file_unreadable",
+            "key_invalid",
+            "state_unreadable",
+            "state_invalid",
+        ):
+            raise UsageError(exc.detail) from exc
+        raise
     envelope = signer.sign(args.kind, values, ts_ms=args.ts)
     if args.out == "-":
         if args.format != "jws":
@@ -114,11 +150,7 @@ def _load_device_keys(paths: Sequence[str]) -> list[Any]:
 
     keys = []
     for path in paths:
-        raw = _read_bytes(path, "device key")
-        try:
-            jwk = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UsageError(f"device key {path} is not a JWK (JSON): {exc}") from exc
+        jwk = _json_file(path, "device key", KEY_FILE_LIMIT)
         if isinstance(jwk, dict) and "version" in jwk and "reading" in jwk:
             raise UsageError(f"{path} is a receipt, not a key: put receipts before --device-key")
         try:
@@ -133,7 +165,7 @@ def _load_log_keys(paths: Sequence[str]) -> list[Any]:
 
     verifiers = []
     for path in paths:
-        text = _read_bytes(path, "log key").decode("utf-8", "replace").strip()
+        text = _read_bytes(path, "log key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
         try:
             verifiers.append(NoteVerifier.from_vkey(text))
         except AnchorError as exc:
@@ -154,7 +186,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         checker = rpc_anchor_checker(args.rpc)
     results: list[tuple[str, ReceiptReport]] = []
     for path in args.receipts:
-        raw = _read_bytes(path, "receipt")
+        raw = _read_bytes(path, "receipt", RECEIPT_FILE_LIMIT)
         try:
             receipt = loads_receipt(raw)
         except AnchorError as exc:
@@ -196,7 +228,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     count = 0
     for path in args.batches:
         try:
-            batch = json.loads(_read_bytes(path, "batch file"))
+            batch = _json_file(path, "batch file", BATCH_FILE_LIMIT)
             leaves = [bytes.fromhex(h) for h in batch["leaf_hashes"]]
             batch_id, rfc_root = int(batch["id"]), bytes.fromhex(batch["root"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -393,7 +425,10 @@ def _cmd_verify_consistency(args: argparse.Namespace) -> int:
     from anchor.checkpoint import open_checkpoint, parse_checkpoint_unverified
     from anchor.store import Store
 
-    notes = [_read_bytes(p, "checkpoint").decode("utf-8", "replace") for p in (args.old, args.new)]
+    notes = [
+        _read_bytes(p, "checkpoint", NOTE_FILE_LIMIT).decode("utf-8", "replace")
+        for p in (args.old, args.new)
+    ]
     keys = _load_log_keys(args.log_key)
     checkpoints = []
     for path, note in zip((args.old, args.new), notes, strict=True):
@@ -412,7 +447,11 @@ def _cmd_verify_consistency(args: argparse.Namespace) -> int:
             checkpoints.append(parse_checkpoint_unverified(note))
     old, new = checkpoints
     if args.proof:
-        proof = [bytes.fromhex(h) for h in json.loads(_read_bytes(args.proof, "proof"))]
+        hexes = _json_file(args.proof, "proof", PROOF_FILE_LIMIT)
+        try:
+            proof = [bytes.fromhex(h) for h in hexes]
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"proof {args.proof} is not a JSON list of hex hashes") from exc
     else:
         settings = _settings(args)
 
@@ -442,7 +481,7 @@ def _cmd_verify_completeness(args: argparse.Namespace) -> int:
 
     device_keys = _load_device_keys(args.device_key)
     log_keys = _load_log_keys(args.log_key)
-    raw = _read_bytes(args.proof, "completeness proof")
+    raw = _read_bytes(args.proof, "completeness proof", COMPLETENESS_FILE_LIMIT)
     try:
         report = verify_completeness(
             loads_completeness(raw), device_key=device_keys, log_verifiers=log_keys

@@ -101,8 +101,8 @@ _RETIRED = {
 MAX_READINGS = 100_000
 """Most readings one proof document may hold (the API hands out at most 1000 per request)."""
 MAX_SEQ = (1 << 64) - 1
-MAX_COMPLETENESS_SIZE = 64 << 20
-"""Largest proof document :func:`loads_completeness` reads (1000 readings take about 1 MiB)."""
+MAX_COMPLETENESS_SIZE = 256 << 20
+"""Largest proof document :func:`loads_completeness` reads (as the CLI's file limit)."""
 MAX_JSON_DEPTH = 8
 """The proof nests 4 deep; anything deeper is refused before ``json.loads`` recurses."""
 ZERO_PREV = bytes(32)

@@ -28,6 +28,9 @@ __all__ = [
     "settings_to_toml",
 ]
 
+CONFIG_FILE_LIMIT = 1 << 20
+"""Largest settings file read (a TOML file of a few lines; anything bigger is not one)."""
+
 ENV_PREFIX = "CITYANCHOR_"
 # Settings whose whole value is secret; every other string (database_url, mqtt_url, a chain's
 # rpc_url, ...) is shown through anchor.redact.redact_text, which hides the secrets inside it.
@@ -150,10 +153,13 @@ def load_settings(
     values: dict[str, Any] = {}
     chains: list[ChainSettings] = []
     if toml_path is not None:
+        from anchor.files import read_user_file
+
+        data = read_user_file(toml_path, what="config", limit=CONFIG_FILE_LIMIT)
         try:
-            doc = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot read config {toml_path}: {exc.strerror}") from exc
+            doc = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"config {toml_path} is not UTF-8: {exc.reason}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"config {toml_path} is not valid TOML: {exc}") from exc
         for key, raw in doc.items():

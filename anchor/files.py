@@ -1,12 +1,100 @@
-"""Small file helpers for key material and outputs: atomic writes, private files at mode 0600."""
+"""Small file helpers for key material, inputs and outputs: bounded reads of the files a user
+names, atomic writes, private files at mode 0600."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["write_private_file", "write_public_file"]
+from anchor.errors import UsageError
+
+__all__ = [
+    "KEY_FILE_LIMIT",
+    "open_regular_nonblocking",
+    "read_user_file",
+    "write_private_file",
+    "write_public_file",
+]
+
+KEY_FILE_LIMIT = 64 * 1024
+"""Cap for small files: keys, tokens, passwords, vkeys."""
+
+_READ_CHUNK = 1 << 16
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def open_regular_nonblocking(path: str | os.PathLike[str]) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading if it is a regular file; return (descriptor, its fstat).
+
+    Raises ``OSError`` as ``os.open`` does, and ``ValueError`` naming
+    what the path is when it is not a regular file (a FIFO, a device, a directory, a socket).
+    ``O_NONBLOCK`` makes opening a FIFO with no writer return at once instead of waiting
+    forever, and the verdict comes from ``fstat`` of the opened descriptor, so a name swapped
+    between a check and the open cannot slip a FIFO or ``/dev/zero`` past it. A ``stat`` first
+    spares opening device nodes at all (opening some has side effects) in the common case.
+    """
+    # Follows symlinks, like open(): a link to a regular file (a Kubernetes secret) is fine.
+    before = os.stat(path)
+    if not stat.S_ISREG(before.st_mode):
+        raise ValueError(_kind(before.st_mode))
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(_kind(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_user_file(path: str | os.PathLike[str], *, what: str, limit: int) -> bytes:
+    """The bytes of a file a user named (a receipt, a key, a proof, a token...), at most
+    ``limit`` of them; raises ``UsageError`` (exit status 2 in the CLI) when it cannot be read,
+    is not a regular file or is larger than ``limit``.
+
+    Never reads more than ``limit + 1`` bytes, whatever the file claims or becomes (``/proc``
+    files report size 0; a file may grow while read), and never blocks on a FIFO.
+    """
+    name = os.fspath(path)
+    try:
+        fd, st = open_regular_nonblocking(path)
+    except ValueError as exc:
+        raise UsageError(f"cannot read {what} {name}: it is {exc}, not a regular file") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {name}: {exc.strerror or exc}") from exc
+    too_large = f"{what} {name} is larger than {limit} bytes"
+    try:
+        if st.st_size > limit:
+            raise UsageError(too_large)
+        chunks: list[bytes] = []
+        got = 0
+        while got <= limit:
+            chunk = os.read(fd, min(_READ_CHUNK, limit + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {name}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    if got > limit:
+        raise UsageError(too_large)
+    return b"".join(chunks)
 
 
 def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> Path:

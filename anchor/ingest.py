@@ -15,7 +15,10 @@ Pipeline (one asyncio loop; paho's network thread only converts packets into val
 1. ``on_message`` (paho thread) -> :class:`Incoming` -> an inbox (bounded by the window);
 2. cheap checks in order: size cap, topic, envelope parse, topic/device match, registry lookup,
    topic/district match, key status, clock skew; a failure becomes a quarantine
-   :class:`~anchor.store.Rejection`;
+   :class:`~anchor.store.Rejection`. The registry here is a cache refreshed every
+   ``registry_refresh_ms``: it only pre-screens. ``Store.seal`` re-checks key status
+   (revocation, rotation) under the device row locks, so a revoke or rotate takes effect for
+   every reading received after it, whatever the cache;
 3. signatures verified in a process pool, in chunks, so the event loop never blocks on crypto;
 4. a batch closes at ``batch_size`` readings or when its oldest is ``batch_age_ms`` old, and is
    handed to the sealing task; ``Store.seal`` decides duplicates, seq conflicts and prev links
@@ -66,6 +69,9 @@ STATS_EVERY_S = 10.0
 # How long a failed seal waits before trying again, doubling up to the cap.
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
+# received_at is stamped by this process's clock, revocations and rotations by PostgreSQL's
+# (anchor.store, "Which clock decides"); beyond this offset the revocation rule is loose by it.
+CLOCK_OFFSET_WARN_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +171,23 @@ class _Registry:
     async def refresh(self) -> None:
         self._devices = await self._store.device_keys_snapshot()
         self._missed.clear()
+        await self._check_clock()
+
+    async def _check_clock(self) -> None:
+        before = _now()
+        db = await self._store.clock()
+        after = _now()
+        # The database read its clock somewhere between our two readings.
+        slack = (after - before).total_seconds() / 2
+        offset = (db - (before + (after - before) / 2)).total_seconds()
+        if abs(offset) > CLOCK_OFFSET_WARN_S + slack:
+            log.warning(
+                "this host's clock is %.3fs %s the database's: revocations and rotations "
+                "(stamped by the database) are judged against received times (stamped here) "
+                "with that error; synchronise both clocks (NTP)",
+                abs(offset),
+                "behind" if offset > 0 else "ahead of",
+            )
 
     async def lookup(self, device_id: str) -> DeviceRecord | None:
         record = self._devices.get(device_id)
@@ -482,7 +505,7 @@ class Ingestor:
         # Seal latency as a device would feel it: from the oldest delivery's arrival to commit.
         latency = (_now() - batch.deliveries[0].received_at).total_seconds()
         self.stats.record_seal(result, latency)
-        for r in batch.rejections:
+        for r in (*batch.rejections, *result.key_rejections):
             log.info(
                 json.dumps(
                     {

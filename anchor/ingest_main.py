@@ -26,14 +26,15 @@ log = logging.getLogger("anchor.ingest")
 
 def load_operator_signer(path: str) -> NoteSigner:
     """Read the operator's checkpoint signing key (a C2SP note skey file)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
+    from anchor.files import KEY_FILE_LIMIT, read_user_file
+
+    if not Path(path).exists():
         raise UsageError(
-            f"cannot read the operator key {path}: {exc.strerror} "
+            f"cannot read the operator key {path}: no such file "
             "(create one with `cityanchor keygen --operator`)"
-        ) from exc
-    return NoteSigner.from_skey(text)
+        )
+    raw = read_user_file(path, what="the operator key", limit=KEY_FILE_LIMIT)
+    return NoteSigner.from_skey(raw.decode("utf-8", "replace").strip())
 
 
 async def _run_one(settings: Settings, client_id: str) -> None:

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anchor.errors import AnchorError, UsageError
+from anchor.files import read_user_file
+from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey, b64url_encode
 from anchor.store import DeviceRecord, DeviceSpec, Store
 
@@ -62,6 +64,8 @@ __all__ = [
 DATABASE_URL_ENV = "CITYANCHOR_DATABASE_URL"
 _MAX_IMPORT_BYTES = 64 * 1024 * 1024
 _MAX_JWK_BYTES = 64 * 1024
+_MAX_JWK_DEPTH = 8
+_MAX_IMPORT_DEPTH = 8  # a list of device objects holding JWK objects: 3 deep
 _COLUMNS = ("device_id", "district", "kind", "public_key_jwk", "public_key_jwk_path")
 
 T = TypeVar("T")
@@ -91,6 +95,9 @@ class ImportFileError(AnchorError):
 
 
 def _jwk_from_text(text: str, what: str) -> PublicKey:
+    # A JWK nests 1 deep: refuse deep input before json.loads recurses into it.
+    if nesting_depth(text.encode("utf-8", "surrogatepass"), _MAX_JWK_DEPTH) > _MAX_JWK_DEPTH:
+        raise UsageError(f"{what} nests deeper than {_MAX_JWK_DEPTH}: not a JWK")
     try:
         jwk = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -110,13 +117,7 @@ def _jwk_from_object(jwk: object, what: str) -> PublicKey:
 def load_jwk(path: Path | str) -> PublicKey:
     """A device's public key from a JWK file; raises ``UsageError`` naming the file."""
     p = Path(path)
-    try:
-        with p.open("rb") as f:
-            data = f.read(_MAX_JWK_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read JWK file {p}: {exc.strerror or exc}") from exc
-    if len(data) > _MAX_JWK_BYTES:
-        raise UsageError(f"{p} is larger than {_MAX_JWK_BYTES} bytes; not a JWK file")
+    data = read_user_file(p, what="JWK file", limit=_MAX_JWK_BYTES)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -261,13 +262,9 @@ def parse_import(path: Path | str, *, format: str | None = None) -> list[DeviceS
     fmt = format or ("json" if p.suffix.lower() == ".json" else "csv")
     if fmt not in ("csv", "json"):
         raise UsageError(f"import format {fmt!r} is not csv or json")
-    try:
-        with p.open("rb") as f:
-            data = f.read(_MAX_IMPORT_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read import file {p}: {exc.strerror or exc}") from exc
-    if len(data) > _MAX_IMPORT_BYTES:
-        raise UsageError(f"{p} is larger than {_MAX_IMPORT_BYTES} bytes")
+    data = read_user_file(p, what="import file", limit=_MAX_IMPORT_BYTES)
+    if fmt == "json" and nesting_depth(data, _MAX_IMPORT_DEPTH) > _MAX_IMPORT_DEPTH:
+        raise UsageError(f"{p} nests deeper than {_MAX_IMPORT_DEPTH}: not a device list")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -408,9 +405,10 @@ def _print_device(record: DeviceRecord, as_json: bool) -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
+    key = load_jwk(args.jwk)  # an unreadable key file fails before connecting
     record = run_with_store(
         args,
-        lambda s: register(s, args.device_id, args.jwk, district=args.district, kind=args.kind),
+        lambda s: s.register_device(args.device_id, key, district=args.district, kind=args.kind),
     )
     _print_device(record, args.json)
     return 0
@@ -427,7 +425,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_rotate(args: argparse.Namespace) -> int:
-    _print_device(run_with_store(args, lambda s: rotate(s, args.device_id, args.jwk)), args.json)
+    key = load_jwk(args.jwk)
+    _print_device(
+        run_with_store(args, lambda s: s.rotate_device_key(args.device_id, key)), args.json
+    )
     return 0
 
 

@@ -36,6 +36,17 @@ Revocation is by *received* time: a revoked device's readings received at or aft
 ``revoked_at`` are refused whatever their ``ts``. :meth:`DeviceRecord.check_reading` applies
 both rules.
 
+Which clock decides. ``received_at`` is the ingestor's wall clock when it took the message off
+MQTT; ``revoked_at`` and ``valid_until`` are PostgreSQL's ``clock_timestamp()`` read *after*
+the revoke or rotate transaction holds the device row ``FOR UPDATE``. The ingestor's registry
+cache only pre-screens: :meth:`Store.seal` re-checks every candidate against the registry rows
+it reads ``FOR SHARE`` (see :func:`recheck_key_validity`), so a revoke or rotate either commits
+before the seal reads the device (and the seal sees it) or waits for the seal to commit (and
+then stamps a time later than every reading that seal holds). Both clocks are wall clocks: on
+one host (``cityanchor up``, the demo) they are the same clock; across hosts they must be
+NTP-synchronised, and the rule is exact up to their offset (the ingestor measures it against
+the database at every registry refresh and warns above ``anchor.ingest.CLOCK_OFFSET_WARN_S``).
+
 Concurrency. Every seal takes the transaction-level advisory lock :data:`SEAL_LOCK`, so seals
 of any number of ingestors are serialised: the dedupe check, the batch's log index and the
 checkpoint are decided under it and committed with the readings. ``migrate()`` holds
@@ -103,6 +114,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredAnchor",
+    "recheck_key_validity",
 ]
 
 # Advisory lock keys (pg_advisory_lock's bigint space is shared by everything in the database:
@@ -325,6 +337,9 @@ class SealResult:
     accepted: int
     duplicates: int
     quarantined: Mapping[str, int]
+    key_rejections: tuple[Rejection, ...] = ()
+    """Readings the seal itself refused on key status (revoked or rotated since the ingestor's
+    registry cache was loaded), for the ingestor's ``quarantined`` log lines."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,24 +377,74 @@ def _migrations(directory: Path) -> list[_Migration]:
 
 
 _INSERT_KEY = (
-    "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk) "
-    "VALUES ($1, $2, $3, $4, $5::jsonb)"
+    "INSERT INTO device_keys (device_id, kid, key_type, public_key, public_jwk, valid_from) "
+    "VALUES ($1, $2, $3, $4, $5::jsonb, coalesce($6::timestamptz, now()))"
 )
 
 
-def _key_row(device_id: str, key: PublicKey) -> tuple[str, bytes, str, bytes, str]:
-    return device_id, key.kid, key.key_type, key.raw, json.dumps(key.to_jwk())
+def _key_row(
+    device_id: str, key: PublicKey, valid_from: datetime | None = None
+) -> tuple[str, bytes, str, bytes, str, datetime | None]:
+    return device_id, key.kid, key.key_type, key.raw, json.dumps(key.to_jwk()), valid_from
 
 
-async def _lock_active_device(conn: Any, device_id: str, if_revoked: str) -> None:
-    """Lock the device's row for this transaction; ``not_found`` / ``conflict`` (revoked)."""
-    status = await conn.fetchval(
+async def _lock_active_device(conn: Any, device_id: str, if_revoked: str) -> datetime:
+    """Lock the device's row for this transaction; ``not_found`` / ``conflict`` (revoked).
+
+    Returns ``clock_timestamp()`` read once the lock is held: the time a revocation or
+    rotation takes effect. Not ``now()``, the transaction's start: a seal holding the row
+    ``FOR SHARE`` may commit readings received after that start while we wait for the lock.
+    """
+    row = await conn.fetchrow(
         "SELECT status FROM devices WHERE device_id = $1 FOR UPDATE", device_id
     )
-    if status is None:
+    if row is None:
         raise _not_found(f"device {device_id} is not registered")
-    if status == "revoked":
+    if row["status"] == "revoked":
         raise _conflict(if_revoked)
+    stamp: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return stamp
+
+
+def recheck_key_validity(
+    candidates: Sequence[Candidate], devices: Mapping[str, DeviceRecord]
+) -> tuple[list[Candidate], list[Rejection]]:
+    """The seal's authoritative key-status check (stage 6 of the ingest rules): each candidate
+    against the registry as the seal transaction reads it, by the candidate's ``received_at``.
+
+    The ingestor checked the same rule against its cache, which may be seconds old; here a
+    reading of a device revoked before it was received becomes ``device_revoked``, one signed
+    with a key rotated out before its ``ts`` ``key_rotated`` (``unknown_kid`` / ``unknown_device``
+    cannot normally happen: keys and devices are never deleted). Returns (kept, rejections),
+    both in input order.
+    """
+    kept: list[Candidate] = []
+    rejected: list[Rejection] = []
+    for c in candidates:
+        env, r = c.envelope, c.envelope.reading
+        record = devices.get(r.device_id)
+        try:
+            if record is None:
+                raise RegistryError(
+                    f"device {r.device_id} is not registered", reason="unknown_device"
+                )
+            record.check_reading(env.kid, r.ts, c.received_at)
+        except RegistryError as exc:
+            seq = r.seq if r.seq <= MAX_STORED_INT else None
+            rejected.append(
+                Rejection(
+                    c.received_at,
+                    c.topic,
+                    exc.reason,
+                    f"at seal: {exc.detail}",
+                    env.raw,
+                    r.device_id,
+                    seq,
+                )
+            )
+            continue
+        kept.append(c)
+    return kept, rejected
 
 
 def _key_record(row: Mapping[str, Any]) -> DeviceKeyRecord:
@@ -520,6 +585,13 @@ class Store:
         """Round-trip ``SELECT 1``; raises ``StoreError`` (``db_unavailable``)."""
         async with self._connection("ping") as conn:
             await conn.fetchval("SELECT 1")
+
+    async def clock(self) -> datetime:
+        """The database server's ``clock_timestamp()``: the clock that stamps revocations and
+        rotations (the ingestor compares it with its own, which stamps ``received_at``)."""
+        async with self._connection("clock") as conn:
+            when: datetime = await conn.fetchval("SELECT clock_timestamp()")
+        return when
 
     # ---------------------------------------------------------------------------- schema
 
@@ -726,14 +798,15 @@ class Store:
             return await self._fetch_devices(conn, "WHERE device_id = ANY($1::text[])", ids)
 
     async def rotate_device_key(self, device_id: str, key: PublicKey) -> DeviceRecord:
-        """Close the device's current key (``valid_until = now()``) and make ``key`` current.
+        """Close the device's current key and make ``key`` current, both at the instant the
+        device row is locked (see "Which clock decides" in the module docstring).
 
         Raises ``StoreError``: ``not_found``, ``conflict`` (the device is revoked, or the key
         is already registered, to this device or another).
         """
         _check_device_id(device_id)
         async with self._connection("rotate") as conn, conn.transaction():
-            await _lock_active_device(
+            stamp = await _lock_active_device(
                 conn, device_id, f"device {device_id} is revoked; its keys cannot be rotated"
             )
             owner = await conn.fetchval("SELECT device_id FROM device_keys WHERE kid = $1", key.kid)
@@ -741,27 +814,33 @@ class Store:
                 which = "this device" if owner == device_id else f"device {owner}"
                 raise _conflict(f"the new key is already registered to {which}")
             await conn.execute(
-                "UPDATE device_keys SET valid_until = now() "
+                "UPDATE device_keys SET valid_until = $2 "
                 "WHERE device_id = $1 AND valid_until IS NULL",
                 device_id,
+                stamp,
             )
-            await conn.execute(_INSERT_KEY, *_key_row(device_id, key))
+            # The new key starts where the old one ends: one instant, read under the lock.
+            await conn.execute(_INSERT_KEY, *_key_row(device_id, key, stamp))
             (record,) = await self._fetch_devices(conn, "WHERE device_id = $1", device_id)
             return record
 
     async def revoke_device(self, device_id: str, *, reason: str = "") -> DeviceRecord:
-        """Revoke the device now: its readings received from now on are refused.
+        """Revoke the device now: its readings received from now on are refused, also those
+        already in an ingestor's batch (the seal re-checks them under the device row lock).
 
         Raises ``StoreError``: ``not_found``, ``conflict`` (already revoked).
         """
         _check_device_id(device_id)
         async with self._connection("revoke") as conn, conn.transaction():
-            await _lock_active_device(conn, device_id, f"device {device_id} is already revoked")
+            stamp = await _lock_active_device(
+                conn, device_id, f"device {device_id} is already revoked"
+            )
             await conn.execute(
-                "UPDATE devices SET status = 'revoked', revoked_at = now(), revoke_reason = $2 "
+                "UPDATE devices SET status = 'revoked', revoked_at = $3, revoke_reason = $2 "
                 "WHERE device_id = $1",
                 device_id,
                 _clean_text(reason, 1024),
+                stamp,
             )
             (record,) = await self._fetch_devices(conn, "WHERE device_id = $1", device_id)
             return record
@@ -774,6 +853,24 @@ class Store:
         if not found:
             raise _not_found(f"device {device_id} is not registered")
         return found[0]
+
+    async def reading_received_at(
+        self, device_id: str, seq: int, leaf_hash: bytes
+    ) -> datetime | None:
+        """When the stored reading (device_id, seq) with this leaf hash was received, or None
+        when no such reading is stored (the time the key-validity rule is judged at)."""
+        _check_device_id(device_id)
+        if not 1 <= seq <= MAX_STORED_INT:
+            return None
+        async with self._connection("reading_received_at") as conn:
+            when: datetime | None = await conn.fetchval(
+                "SELECT received_at FROM reading_seqs "
+                "WHERE device_id = $1 AND seq = $2 AND leaf_hash = $3",
+                device_id,
+                seq,
+                leaf_hash,
+            )
+        return when
 
     async def list_devices(
         self,
@@ -837,7 +934,10 @@ class Store:
     ) -> SealResult:
         """Store one batch and everything rejected with it, in ONE transaction.
 
-        Under :data:`SEAL_LOCK`: look up the candidates' (device_id, seq) and seq - 1, classify
+        Under :data:`SEAL_LOCK`: re-check every candidate's key status against the registry
+        rows, locked ``FOR SHARE`` (:func:`recheck_key_validity`: ``device_revoked``,
+        ``key_rotated``, by each reading's ``received_at``, whatever the ingestor's cache said),
+        look up the candidates' (device_id, seq) and seq - 1, classify
         them (:func:`anchor.sealing.classify_candidates`), and if any is accepted: number the
         batch, compute its root, append its log leaf (``merkle.log_leaf_hash(size, root)``,
         which binds the batch size) to the batch log, sign the new
@@ -858,6 +958,7 @@ class Store:
                     lookup.add((r.device_id, r.seq - 1))
         async with self._connection("seal") as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SEAL_LOCK)
+            candidates, key_rejected = await self._recheck_keys(conn, candidates)
             stored: dict[tuple[str, int], bytes] = {}
             if lookup:
                 ids, seqs = zip(*lookup, strict=True)
@@ -870,7 +971,7 @@ class Store:
                 ):
                     stored[(row["device_id"], row["seq"])] = bytes(row["leaf_hash"])
             accepted, rejected = classify_candidates(candidates, stored, hasher=hasher)
-            quarantine = [*rejections, *rejected]
+            quarantine = [*rejections, *key_rejected, *rejected]
             batch_id = log_index = None
             batch_root = note = None
             if accepted:
@@ -895,7 +996,23 @@ class Store:
             accepted=len(accepted),
             duplicates=counts.get("replayed_seq", 0),
             quarantined=counts,
+            key_rejections=tuple(key_rejected),
         )
+
+    @staticmethod
+    async def _recheck_keys(
+        conn: Any, candidates: Sequence[Candidate]
+    ) -> tuple[list[Candidate], list[Rejection]]:
+        # FOR SHARE on the candidates' device rows (in id order) conflicts with the FOR UPDATE
+        # of revoke and rotate: whichever commits first, the other sees it (module docstring,
+        # "Which clock decides"). Keys are read after the lock, so a rotation is seen whole.
+        ids = sorted({c.envelope.reading.device_id for c in candidates})
+        if not ids:
+            return list(candidates), []
+        records = await Store._fetch_devices(
+            conn, "WHERE device_id = ANY($1::text[]) ORDER BY device_id FOR SHARE", ids
+        )
+        return recheck_key_validity(candidates, {d.device_id: d for d in records})
 
     @staticmethod
     async def _append_batch(

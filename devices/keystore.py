@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from anchor.errors import AnchorError, KeyMaterialError
+from anchor.files import open_regular_nonblocking
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
 
 __all__ = [
@@ -217,17 +218,20 @@ def generate_device_key(
 
 def _read_key_file(path: Path, *, private: bool) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Only a regular file is opened for good, without blocking on a FIFO; the verdict is
+        # fstat's on the open descriptor: the very file we read, even through a symlink (as
+        # Kubernetes secret volumes use) and even if the name is swapped meanwhile.
+        fd, st = open_regular_nonblocking(path)
+    except ValueError as exc:
+        raise KeyMaterialError(
+            f"cannot read key file {path}: it is {exc}, not a regular file",
+            reason="key_file_unreadable",
+        ) from None
     except OSError as exc:
         raise KeyMaterialError(
             f"cannot open key file {path}: {exc.strerror or exc}", reason="key_file_unreadable"
         ) from exc
     with os.fdopen(fd, "rb") as f:
-        # fstat on the open descriptor checks the very file we read, even through a symlink
-        # (as Kubernetes secret volumes use) and even if the name is swapped meanwhile.
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KeyMaterialError(f"{path} is not a regular file", reason="key_file_unreadable")
         if private and os.name == "posix" and st.st_mode & 0o077:
             raise KeyMaterialError(
                 f"private key {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
@@ -235,8 +239,8 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
                 f"run 'chmod 600 {path}'",
                 reason="key_file_permissions",
             )
-        data = f.read(MAX_KEY_FILE_SIZE + 1)
-    if len(data) > MAX_KEY_FILE_SIZE:
+        data = b"" if st.st_size > MAX_KEY_FILE_SIZE else f.read(MAX_KEY_FILE_SIZE + 1)
+    if st.st_size > MAX_KEY_FILE_SIZE or len(data) > MAX_KEY_FILE_SIZE:
         raise KeyMaterialError(
             f"{path} is larger than {MAX_KEY_FILE_SIZE} bytes; not a key file", reason="key_invalid"
         )

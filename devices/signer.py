@@ -38,6 +38,7 @@ from typing import Any
 
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
 from anchor.errors import AnchorError
+from anchor.files import open_regular_nonblocking
 from anchor.keys import PrivateKey
 from anchor.merkle import leaf_hash
 
@@ -123,10 +124,17 @@ def load_state(path: Path | str) -> DeviceState | None:
     """
     p = Path(path)
     try:
-        with p.open("rb") as f:
+        # Never blocks on a FIFO, never reads a device: only a regular file is opened for good.
+        fd, _ = open_regular_nonblocking(p)
+        with os.fdopen(fd, "rb") as f:
             data = f.read(_MAX_STATE_FILE_SIZE + 1)
     except FileNotFoundError:
         return None
+    except ValueError as exc:
+        raise DeviceStateError(
+            f"cannot read state file {p}: it is {exc}, not a regular file",
+            reason="state_unreadable",
+        ) from None
     except OSError as exc:
         raise DeviceStateError(
             f"cannot read state file {p}: {exc.strerror or exc}", reason="state_unreadable"

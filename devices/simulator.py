@@ -1069,10 +1069,10 @@ def _register_via_api(
 
     if token_file is None:
         raise UsageError("--register-via needs --token-file (a devices:write token)")
-    try:
-        token = token_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read {token_file}: {exc.strerror}") from exc
+    from anchor.files import KEY_FILE_LIMIT, read_user_file
+
+    raw = read_user_file(token_file, what="token file", limit=KEY_FILE_LIMIT)
+    token = raw.decode("utf-8", "replace").strip()
     logins: dict[str, str] = {}
     for body in fleet_registration(fleet):
         request = urllib.request.Request(
@@ -1139,10 +1139,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run ``simulate`` from parsed arguments; prints the report summary as one JSON line."""
     password: str | None = None
     if args.password_file is not None:
-        try:
-            password = args.password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read {args.password_file}: {exc.strerror}") from exc
+        from anchor.files import KEY_FILE_LIMIT, read_user_file
+
+        raw = read_user_file(args.password_file, what="password file", limit=KEY_FILE_LIMIT)
+        password = raw.decode("utf-8", "replace").strip()
     try:
         config = SimulationConfig(
             mqtt_url=args.mqtt,
