@@ -375,13 +375,9 @@ def test_kill_9_of_ups_process_group_then_up_again(tmp_path: Path, up_dir: Path)
         _assert_every_puback_stored(up_dir, signer.device_id, codes)
         last = max(codes)
         # Wait until the last reading is anchored, and remember the chain's view of it.
-        _wait(
-            lambda: _request("GET", f"{up['http']}/v1/receipts/{signer.device_id}/{last}")[1]
-            .get("anchors"),
-            60,
-            "not anchored",
-        )
-        receipt = _request("GET", f"{up['http']}/v1/receipts/{signer.device_id}/{last}")[1]
+        receipt_url = f"{up['http']}/v1/receipts/{signer.device_id}/{last}"
+        _wait(lambda: _request("GET", receipt_url)[1].get("anchors"), 60, "not anchored")
+        receipt = _request("GET", receipt_url)[1]
         ports = json.loads((up_dir / "ports.json").read_text())
         [anvil] = _anvils(up_dir)
         pg_pid = _postmaster_pid(up_dir)
