@@ -225,9 +225,15 @@ class _Supervised:
         self.child.stop()
 
 
-def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+class _StopRequested(Exception):
+    """SIGTERM/SIGINT while starting: stop now rather than wait for readiness first."""
+
+
+def _wait_for(predicate: Any, timeout: float, what: str, abort: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
+        if abort is not None and abort():
+            raise _StopRequested(what)
         if time.monotonic() > deadline:
             raise AnchorError(
                 f"{what} did not become ready in {timeout:.0f}s", reason="start_failed"
@@ -737,10 +743,11 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
                 lambda: ingest_log.read_bytes()[size_before:].count(_SUBSCRIBED) >= opts.workers,
                 60,
                 "the ingestor",
+                lambda: stop,
             )
-            _wait_for(gate.poll, 60, "the broker's device gate")
+            _wait_for(gate.poll, 60, "the broker's device gate", lambda: stop)
             http = f"http://127.0.0.1:{http_port}"
-            _wait_for(lambda: _http_ok(http + "/healthz"), 60, "the API")
+            _wait_for(lambda: _http_ok(http + "/healthz"), 60, "the API", lambda: stop)
             doc = {
                 "mqtt": mq.url,
                 "http": http,
@@ -769,6 +776,8 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
                 gate.poll()
                 for child in children:
                     child.check()
+        except _StopRequested as exc:
+            _say(f"stop requested while waiting for {exc}")
         finally:
             up_json.unlink(missing_ok=True)
             # With the database or the broker dead the ingestor cannot drain (it could neither
