@@ -1664,9 +1664,7 @@ class Store:
             )
         return [_stored_anchor(r) for r in rows]
 
-    async def mark_anchor_vanished(
-        self, anchor: StoredAnchor, *, reason: str, detail: str
-    ) -> bool:
+    async def mark_anchor_vanished(self, anchor: StoredAnchor, *, reason: str, detail: str) -> bool:
         """Move ``anchor`` from ``anchors`` to ``vanished_anchors`` with ``reason`` (one
         transaction), so nothing cites it any more; False when it was no longer recorded (another
         job moved it, or it was recorded again meanwhile with another transaction)."""
