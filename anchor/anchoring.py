@@ -216,6 +216,11 @@ class AnchorJob:
                 )
             await self.store.record_anchor(name, checkpoint.log_size, checkpoint.root, found)
             return StepResult(name, "recovered", checkpoint.log_size, found.tx_hash)
+        # Nothing of ours is open, so the chain's pending nonce is the slot to use. Re-read it
+        # rather than trust the local counter: a reorg (even one this job did not see, e.g.
+        # marked by `cityanchor audit --mark-vanished`) may have taken our last slots back, and
+        # a transaction above a gap would wait in the mempool forever.
+        await asyncio.to_thread(backend.next_nonce)
         tx = await asyncio.to_thread(backend.prepare, checkpoint.root, checkpoint.log_size)
         tx_id = await self.store.save_anchor_tx(tx, checkpoint.log_size)  # durable first
         await asyncio.to_thread(backend.broadcast, tx)

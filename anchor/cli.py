@@ -313,9 +313,26 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         from anchor.anchor_main import build_backend
 
         backends = [build_backend(c, with_key=False) for c in settings.chains if c.contract]
-    report = asyncio.run(run_audit(settings.database_url, log_verifiers=keys, backends=backends))
+    report = asyncio.run(
+        run_audit(
+            settings.database_url,
+            log_verifiers=keys,
+            backends=backends,
+            mark_vanished=args.mark_vanished,
+        )
+    )
     for d in report.divergences:
         print(f"DIVERGENCE {d.kind}: {d.what}: {d.detail}")
+    if report.anchors_marked:
+        print(
+            f"audit: marked {report.anchors_marked} anchor(s) anchor_vanished: receipts no longer "
+            "cite them; the anchoring job anchors the newest checkpoint again if it was one"
+        )
+    if report.anchors_vanished:
+        print(
+            f"audit: {report.anchors_vanished} anchor(s) marked vanished earlier "
+            "(vanished_anchors; anchored again since or covered by a newer anchor)"
+        )
     print(
         f"audit: {report.batches} batches, {report.readings} readings ({report.erased} erased), "
         f"{report.checkpoints} checkpoints, {report.anchors_checked} anchors checked on chain"
@@ -665,6 +682,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="operator key to check checkpoint signatures (default: the configured one)",
     )
     p.add_argument("--no-chain", action="store_true", help="do not check anchors on chain")
+    p.add_argument(
+        "--mark-vanished",
+        action="store_true",
+        help="mark anchors found gone from their chain anchor_vanished (as the anchoring job "
+        "does within its reorg window), so receipts stop citing them",
+    )
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")

@@ -697,3 +697,33 @@ def test_unreachable_chain_is_not_a_vanished_anchor(
     (up,) = run(_job_step(world, [backend]))
     assert (up.outcome, up.vanished) == ("up_to_date", ())
     assert run(_vanished(world)) == []
+
+
+def test_reorg_that_also_drops_an_open_transaction_resends_it_in_the_freed_slot(
+    world: World, anvil_factory: Callable[..., AnvilNode]
+) -> None:
+    node = anvil_factory()
+    contract = _deploy(node)
+    backend = _backend(node, contract)
+    run(world.seal())
+    snapshot = node.snapshot()
+    run(_job_run_once(world, [backend]))  # log size 1, nonce 0, confirmed
+    run(world.seal())
+    node.set_automine(False)
+    (sent,) = run(_job_step(world, [backend]))  # log size 2, nonce 1, in the mempool
+    assert sent.outcome == "sent"
+    node.revert(snapshot)  # takes both: the mined anchor and the pending transaction
+    node.set_automine(False)
+    node.mine(2)
+    (step,) = run(_job_step(world, [backend]))
+    # Nonce 1 can never be mined with nonce 0 free again: the replacement takes slot 0.
+    assert (step.vanished, step.outcome) == ((1,), "replaced"), step
+    replacement = node.rpc("eth_getTransactionByHash", [step.tx_hash])
+    assert int(replacement["nonce"], 16) == 0
+    node.mine(1)
+    (done,) = run(_job_step(world, [backend]))
+    assert done.outcome == "confirmed"
+    (anchor,) = run(_query(world, lambda s: s.list_anchors()))
+    assert (anchor.log_size, anchor.tx_hash) == (2, step.tx_hash)
+    assert {d["status"] for d in _receipt_docs(world)} == {"anchored"}
+    assert _verify_on_chain(world, [node.rpc_url], "dropped-too") == 0
