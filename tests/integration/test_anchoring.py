@@ -29,6 +29,7 @@ from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.cli import main as cli_main
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
+from anchor.metrics import MetricsState, collect, render
 from anchor.receipt import dumps_receipt
 from anchor.services import PostgresServer
 from anchor.store import Candidate, DeviceSpec, Store
@@ -531,6 +532,7 @@ def test_reorg_removes_anchor_job_marks_it_and_anchors_again(
             (again,) = await wait_for("the new anchor", store.list_anchors, 30)
             seen["again"] = again
             seen["vanished_total"] = dict(job.vanished_total)
+            seen["metrics"] = render(await collect(store, MetricsState(), backends=["local"]))
         finally:
             stop.set()
             await task
@@ -553,6 +555,10 @@ def test_reorg_removes_anchor_job_marks_it_and_anchors_again(
     # Then a new transaction anchors the same checkpoint, and receipts cite it.
     assert again.log_size == 2 and again.root == first.root and again.tx_hash != first.tx_hash
     assert seen["vanished_total"] == {"local": 1}
+    assert (
+        'cityanchor_anchors_vanished_total{backend="local",reason="anchor_vanished"} 1\n'
+        in seen["metrics"]
+    )
     (event,) = _anchored_events(node, contract)
     assert event["transactionHash"] == again.tx_hash
     docs = _receipt_docs(world)
