@@ -16,6 +16,8 @@
 -- height (NULL for anchors recorded before this migration: only anchoredAt is re-checked).
 ALTER TABLE anchors
     ADD COLUMN block_hash bytea CHECK (block_hash IS NULL OR octet_length(block_hash) = 32);
+-- The re-check reads one backend's anchors above a block number every few seconds.
+CREATE INDEX anchors_by_block ON anchors (backend, block_number);
 
 CREATE TABLE vanished_anchors (
     id           bigserial   PRIMARY KEY,
