@@ -93,6 +93,7 @@ def _print_results(results: Sequence[StepResult]) -> None:
                     "log_size": r.log_size,
                     "tx_hash": r.tx_hash,
                     "detail": r.detail,
+                    "vanished": list(r.vanished),  # log sizes marked anchor_vanished
                 }
             )
         )

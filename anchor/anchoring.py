@@ -353,27 +353,37 @@ class AnchorJob:
     async def run_once(self, *, timeout_s: float = 120.0, poll_s: float = 0.5) -> list[StepResult]:
         """Step until every backend's newest anchor is settled, or ``timeout_s`` passes.
 
-        Returns the last result of each backend (``cityanchor anchor run``).
+        Returns the last result of each backend (``cityanchor anchor run``), with every log
+        size any of its steps found vanished in ``vanished``.
         """
         deadline = time.monotonic() + timeout_s
         last: dict[str, StepResult] = {}
+        vanished: dict[str, tuple[int, ...]] = {b.name: () for b in self.backends}
         # One new transaction per backend at most: the checkpoint that is newest now.
         may_send = {b.name for b in self.backends}
+
+        def results() -> list[StepResult]:
+            return [
+                dataclasses.replace(
+                    last.get(b.name, StepResult(b.name, "error", detail="not tried")),
+                    vanished=vanished[b.name],
+                )
+                for b in self.backends
+            ]
+
         while True:
             for r in await self.step(allow_new=may_send):
                 last[r.backend] = r
+                vanished[r.backend] += r.vanished
                 if r.outcome in ("sent", "recovered", "up_to_date", "empty_log"):
                     may_send.discard(r.backend)
             if len(last) == len(self.backends) and all(
                 r.outcome in ("up_to_date", "empty_log", "scheduled") and r.backend not in may_send
                 for r in last.values()
             ):
-                return [last[b.name] for b in self.backends]
+                return results()
             if time.monotonic() > deadline:
-                return [
-                    last.get(b.name, StepResult(b.name, "error", detail="not tried"))
-                    for b in self.backends
-                ]
+                return results()
             await asyncio.sleep(poll_s)
 
     async def loop(self, *, period_s: float, stop: asyncio.Event, poll_s: float = 1.0) -> None:

@@ -613,6 +613,8 @@ def test_restarted_job_finds_vanished_anchor_at_start(
     # A new process (a restart) re-checks at start, with no period to wait for.
     out = anchor_run("--reorg-window", "16")
     assert '"event": "anchor_vanished"' in out.stderr
+    (printed,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert (printed["outcome"], printed["vanished"]) == ("up_to_date", [first.log_size])
     assert '"reason": "anchor_vanished"' in out.stderr
     (gone,) = run(_vanished(world))
     assert gone.anchor.tx_hash == first.tx_hash
