@@ -93,6 +93,7 @@ def _print_results(results: Sequence[StepResult]) -> None:
                     "log_size": r.log_size,
                     "tx_hash": r.tx_hash,
                     "detail": r.detail,
+                    "vanished": list(r.vanished),  # log sizes marked anchor_vanished
                 }
             )
         )
@@ -104,7 +105,14 @@ async def _with_job(settings: Settings, fn: Any) -> Any:
     backends = _backends(settings)
     store = await Store.connect(settings.database_url, max_size=3)
     try:
-        return await fn(AnchorJob(store=store, backends=backends))
+        return await fn(
+            AnchorJob(
+                store=store,
+                backends=backends,
+                reorg_window_blocks=settings.anchor_reorg_window_blocks,
+                recheck_interval_s=settings.anchor_recheck_ms / 1000,
+            )
+        )
     finally:
         await store.close()
 

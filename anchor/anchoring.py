@@ -14,6 +14,27 @@ up anchored exactly once:
 4. otherwise prepare and sign a new transaction, **persist it (commit) before broadcasting**,
    then broadcast it.
 
+Confirmed is not final. A reorg deeper than the confirmations, or a chain node restarted from an
+older state, can remove an anchor the job recorded. So, when the job starts (the first step of
+each backend) and then every ``recheck_interval_s``, it re-checks that backend's anchors of the
+last ``reorg_window_blocks`` blocks, and always its newest one, against the chain
+(:func:`anchor.chains.base.check_recorded_anchor`: ``anchoredAt(root)`` still names the recorded
+block, and that block is still the recorded one). One that is not is **moved** to
+``vanished_anchors`` with reason ``anchor_vanished`` (logged, counted in
+``cityanchor_anchors_vanished_total``), so receipts and ``GET /v1/anchors`` stop citing it at once
+(receipts fall back to another anchored checkpoint, or say ``"sealed"``); then:
+
+- if the root is on chain elsewhere (the same transaction mined again in another block) and
+  confirmed, that anchor is recorded instead, without a new transaction;
+- otherwise the backend may send a new transaction at once, without waiting for the next
+  period: the newest checkpoint, which is the vanished one when nothing was sealed since, and
+  otherwise contains it (the log only grows), so one transaction covers every reading again.
+
+The account's nonce is re-read from the chain, whose pending nonce went back with the reorg.
+Backends are independent: with dual anchoring only the chain that lost the anchor re-anchors. An
+unanswered question (``chain_unavailable``, a stopped node) is never taken for a vanished
+anchor: the re-check is retried after the usual back-off.
+
 Only one job runs at a time across replicas: :meth:`AnchorJob.loop` holds a PostgreSQL advisory
 lock (``Store.leadership``); a second instance waits on it and takes over when the first dies.
 Chain calls are synchronous (web3) and run in worker threads.
@@ -23,6 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -30,11 +53,23 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from anchor.chains.base import ChainBackend, ChainError
-from anchor.errors import AnchorError
-from anchor.store import CheckpointRecord, Store
+from anchor.chains.base import ChainBackend, ChainError, check_recorded_anchor
+from anchor.errors import AnchorError, UsageError
+from anchor.store import CheckpointRecord, Store, StoredAnchor
 
-__all__ = ["AnchorJob", "StepResult"]
+__all__ = [
+    "DEFAULT_RECHECK_INTERVAL_S",
+    "DEFAULT_REORG_WINDOW_BLOCKS",
+    "AnchorJob",
+    "StepResult",
+]
+
+#: Blocks back from the head in which recorded anchors are re-checked. Ethereum finalises after
+#: two epochs (64 blocks); twice that leaves a margin. Instant-finality chains (QBFT on BSN) do
+#: not reorganise, but a node restored from an old backup forgets blocks all the same.
+DEFAULT_REORG_WINDOW_BLOCKS = 128
+#: Seconds between two re-checks of a backend's recent anchors.
+DEFAULT_RECHECK_INTERVAL_S = 30.0
 
 log = logging.getLogger("anchor.anchoring")
 
@@ -49,6 +84,8 @@ class StepResult:
     log_size: int | None = None
     tx_hash: str | None = None
     detail: str = ""
+    # Log sizes of this backend's anchors that this step found gone from the chain and marked.
+    vanished: tuple[int, ...] = ()
 
     @property
     def settled(self) -> bool:
@@ -58,14 +95,34 @@ class StepResult:
 class AnchorJob:
     """Anchors the newest checkpoint on every backend; see the module docstring."""
 
-    def __init__(self, *, store: Store, backends: Sequence[ChainBackend]) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backends: Sequence[ChainBackend],
+        reorg_window_blocks: int = DEFAULT_REORG_WINDOW_BLOCKS,
+        recheck_interval_s: float = DEFAULT_RECHECK_INTERVAL_S,
+    ) -> None:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
             raise AnchorError(f"backend names must be unique, got {names}", reason="usage")
+        if reorg_window_blocks < 1:
+            raise UsageError("the reorg window must be at least 1 block")
+        if recheck_interval_s <= 0:
+            raise UsageError("the anchor re-check interval must be positive")
         self.store = store
         self.backends = list(backends)
+        self.reorg_window_blocks = reorg_window_blocks
+        self.recheck_interval_s = recheck_interval_s
         self._failures: dict[str, int] = dict.fromkeys(names, 0)
         self._next_try: dict[str, float] = dict.fromkeys(names, 0.0)
+        # 0: every backend re-checks its recent anchors in its first step (after a restart).
+        self._next_check: dict[str, float] = dict.fromkeys(names, 0.0)
+        # Backends that lost an anchor: they send a new transaction without waiting for the
+        # period (receipts say "sealed" until it is confirmed).
+        self._reanchor: set[str] = set()
+        #: Anchors this job marked vanished, per backend (the database has the durable count).
+        self.vanished_total: dict[str, int] = dict.fromkeys(names, 0)
 
     # ------------------------------------------------------------------------------ one step
     async def step(self, *, allow_new: bool | Collection[str] = True) -> list[StepResult]:
@@ -123,6 +180,18 @@ class AnchorJob:
         self, backend: ChainBackend, checkpoint: CheckpointRecord | None, allow_new: bool
     ) -> StepResult:
         name = backend.name
+        vanished: tuple[int, ...] = ()
+        if time.monotonic() >= self._next_check[name]:
+            vanished = await self._recheck(backend)
+        result = await self._advance(backend, checkpoint, allow_new or name in self._reanchor)
+        if result.outcome in ("sent", "recovered", "up_to_date", "confirmed"):
+            self._reanchor.discard(name)
+        return dataclasses.replace(result, vanished=vanished) if vanished else result
+
+    async def _advance(
+        self, backend: ChainBackend, checkpoint: CheckpointRecord | None, allow_new: bool
+    ) -> StepResult:
+        name = backend.name
         open_tx = await self.store.open_anchor_tx(name)
         if open_tx is not None:
             return await self._settle(
@@ -147,6 +216,11 @@ class AnchorJob:
                 )
             await self.store.record_anchor(name, checkpoint.log_size, checkpoint.root, found)
             return StepResult(name, "recovered", checkpoint.log_size, found.tx_hash)
+        # Nothing of ours is open, so the chain's pending nonce is the slot to use. Re-read it
+        # rather than trust the local counter: a reorg (even one this job did not see, e.g.
+        # marked by `cityanchor audit --mark-vanished`) may have taken our last slots back, and
+        # a transaction above a gap would wait in the mempool forever.
+        await asyncio.to_thread(backend.next_nonce)
         tx = await asyncio.to_thread(backend.prepare, checkpoint.root, checkpoint.log_size)
         tx_id = await self.store.save_anchor_tx(tx, checkpoint.log_size)  # durable first
         await asyncio.to_thread(backend.broadcast, tx)
@@ -181,9 +255,17 @@ class AnchorJob:
         if status == "failed":
             await self.store.set_anchor_tx_state(tx_id, "failed", "reverted on chain")
             raise ChainError(f"anchor transaction {tx.tx_hash} reverted", reason="tx_reverted")
-        replacement = await asyncio.to_thread(
-            lambda: backend.prepare(tx.root, tx.tree_size, replaces=tx)
-        )
+        pending = await asyncio.to_thread(backend.next_nonce)
+        if tx.nonce > pending:
+            # The slots below ours are empty again (a reorg took our earlier transactions with
+            # it): this slot can never be mined, so take the chain's next one instead.
+            replacement = await asyncio.to_thread(
+                lambda: backend.prepare(tx.root, tx.tree_size, nonce=pending)
+            )
+        else:
+            replacement = await asyncio.to_thread(
+                lambda: backend.prepare(tx.root, tx.tree_size, replaces=tx)
+            )
         new_id = await self.store.save_anchor_tx(replacement, log_size, replaces=tx_id)
         await asyncio.to_thread(backend.broadcast, replacement)
         await self.store.set_anchor_tx_state(new_id, "sent")
@@ -191,31 +273,117 @@ class AnchorJob:
             name, "replaced", log_size, replacement.tx_hash, f"{tx.tx_hash} was dropped"
         )
 
+    # ------------------------------------------------------------------------------ re-check
+    async def _recheck(self, backend: ChainBackend) -> tuple[int, ...]:
+        """Re-check ``backend``'s recent anchors; mark the vanished ones; return their sizes.
+
+        Raises ChainError (``chain_unavailable`` ...) when the chain does not answer: the caller
+        backs off and the re-check stays due, nothing is marked on a guess.
+        """
+        name = backend.name
+        head = await asyncio.to_thread(backend.latest_block)
+        recorded = await self.store.anchors_to_recheck(
+            name, min_block=head - self.reorg_window_blocks + 1
+        )
+        gone: list[StoredAnchor] = []
+        for anchor in recorded:
+            problem = await asyncio.to_thread(
+                functools.partial(
+                    check_recorded_anchor,
+                    backend,
+                    root=anchor.root,
+                    block_number=anchor.block_number,
+                    block_hash=anchor.block_hash,
+                )
+            )
+            if problem is None:
+                continue
+            if not await self.store.mark_anchor_vanished(
+                anchor, reason=problem.reason, detail=problem.detail
+            ):
+                continue
+            gone.append(anchor)
+            self.vanished_total[name] += 1
+            log.warning(
+                json.dumps(
+                    {
+                        "event": "anchor_vanished",
+                        "reason": problem.reason,
+                        "backend": name,
+                        "log_size": anchor.log_size,
+                        "tx_hash": anchor.tx_hash,
+                        "block_number": anchor.block_number,
+                        "detail": problem.detail,
+                    }
+                )
+            )
+        if gone:
+            # The chain forgot our transactions: its pending nonce went back, count from it.
+            await asyncio.to_thread(backend.next_nonce)
+            for anchor in gone:
+                # Mined again in another block (the transaction came back from the mempool)?
+                # Then that is the anchor, and no new transaction is needed.
+                found = await asyncio.to_thread(backend.find_anchor, anchor.root)
+                if found is not None:
+                    await self.store.record_anchor(name, anchor.log_size, anchor.root, found)
+                    log.info(
+                        json.dumps(
+                            {
+                                "event": "anchor",
+                                "backend": name,
+                                "outcome": "recovered",
+                                "log_size": anchor.log_size,
+                                "tx_hash": found.tx_hash,
+                                "detail": f"found again in block {found.block_number}",
+                            }
+                        )
+                    )
+            self._reanchor.add(name)
+        self._next_check[name] = time.monotonic() + self.recheck_interval_s
+        return tuple(a.log_size for a in gone)
+
+    def next_recheck_in(self) -> float:
+        """Seconds until some backend's re-check is due (0: now)."""
+        now = time.monotonic()
+        # A backend backing off re-checks when its back-off ends, not before.
+        due = (max(t, self._next_try[n]) for n, t in self._next_check.items())
+        return max(0.0, min((t - now for t in due), default=0.0))
+
     # ------------------------------------------------------------------------------ drivers
     async def run_once(self, *, timeout_s: float = 120.0, poll_s: float = 0.5) -> list[StepResult]:
         """Step until every backend's newest anchor is settled, or ``timeout_s`` passes.
 
-        Returns the last result of each backend (``cityanchor anchor run``).
+        Returns the last result of each backend (``cityanchor anchor run``), with every log
+        size any of its steps found vanished in ``vanished``.
         """
         deadline = time.monotonic() + timeout_s
         last: dict[str, StepResult] = {}
+        vanished: dict[str, tuple[int, ...]] = {b.name: () for b in self.backends}
         # One new transaction per backend at most: the checkpoint that is newest now.
         may_send = {b.name for b in self.backends}
+
+        def results() -> list[StepResult]:
+            return [
+                dataclasses.replace(
+                    last.get(b.name, StepResult(b.name, "error", detail="not tried")),
+                    vanished=vanished[b.name],
+                )
+                for b in self.backends
+            ]
+
         while True:
             for r in await self.step(allow_new=may_send):
                 last[r.backend] = r
+                vanished[r.backend] += r.vanished
                 if r.outcome in ("sent", "recovered", "up_to_date", "empty_log"):
                     may_send.discard(r.backend)
             if len(last) == len(self.backends) and all(
                 r.outcome in ("up_to_date", "empty_log", "scheduled") and r.backend not in may_send
                 for r in last.values()
             ):
-                return [last[b.name] for b in self.backends]
+                return results()
             if time.monotonic() > deadline:
-                return [
-                    last.get(b.name, StepResult(b.name, "error", detail="not tried"))
-                    for b in self.backends
-                ]
+                return results()
             await asyncio.sleep(poll_s)
 
     async def loop(self, *, period_s: float, stop: asyncio.Event, poll_s: float = 1.0) -> None:
@@ -251,5 +419,7 @@ class AnchorJob:
                 next_period = now + period_s
             busy = any(r.outcome in ("sent", "pending", "replaced", "error") for r in results)
             wait = poll_s if busy else max(0.0, next_period - time.monotonic())
+            # Wake for the next re-check even when the period is long.
+            wait = min(wait, self.next_recheck_in())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(wait, 0.05))

@@ -510,7 +510,12 @@ async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamRespon
                 reason="conflict",
             )
         results = await asyncio.wait_for(
-            AnchorJob(store=ctx.store, backends=backends).step(), ANCHOR_STEP_TIMEOUT_S
+            AnchorJob(
+                store=ctx.store,
+                backends=backends,
+                reorg_window_blocks=ctx.settings.anchor_reorg_window_blocks,
+            ).step(),
+            ANCHOR_STEP_TIMEOUT_S,
         )
     doc = [
         {

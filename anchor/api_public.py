@@ -66,7 +66,10 @@ MAX_BODY_DEPTH = 48
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=5"
-ANCHORED_RECEIPT = "public, max-age=3600, must-revalidate"
+# A minute, then revalidation by ETag (cheap: 304): an anchored receipt can still change, when
+# its anchor vanishes in a reorg (the anchoring job re-checks every anchor_recheck_ms, 30 s) or
+# its envelope is erased; a shared cache must not keep citing a vanished anchor for an hour.
+ANCHORED_RECEIPT = "public, max-age=60, must-revalidate"
 NO_CACHE = "no-cache"
 
 _DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
@@ -165,10 +168,9 @@ async def _get_receipt(request: web.Request) -> web.Response:
     device_id = _device_id(request.match_info["device_id"])
     seq = _integer(request.match_info["seq"], "seq", low=1)
     receipt = await ctx.store.receipt(device_id, seq, hasher=_hasher(ctx))
-    # An anchored receipt never changes; a sealed one becomes anchored within a period.
-    # Not "immutable": an anchored receipt's proofs never change, but its envelope can be erased
-    # under privacy law, and a cache must not keep serving erased bytes for a year. An hour,
-    # then revalidation by ETag (cheap: 304).
+    # A sealed one becomes anchored within a period. Not "immutable": an anchored receipt's
+    # envelope can be erased under privacy law, and its anchor can vanish in a reorg (it then
+    # goes back to "sealed" until the checkpoint is anchored again): see ANCHORED_RECEIPT.
     cache = ANCHORED_RECEIPT if receipt.status == "anchored" else SHORT
     body = dumps_receipt(receipt).encode("utf-8")
     return _with_etag(request, body, content_type="application/json", cache=cache)

@@ -8,8 +8,13 @@
    that prefix of the log (so every checkpoint is consistent with every earlier one: the log only
    grew), its note must carry that size and root, and its signature must verify with the
    operator key;
-3. each anchor on its chain (when the chain is configured): ``anchoredAt(root)`` equals the
-   recorded block.
+3. each anchor on its chain (when the chain is configured), with the anchoring job's own test
+   (:func:`anchor.chains.base.check_recorded_anchor`): ``anchoredAt(root)`` equals the recorded
+   block and, where the block hash was recorded, that block is still the canonical one. One that
+   is not is reported as ``[anchor_vanished]``; with ``mark_vanished`` the audit also moves it to
+   ``vanished_anchors``, as the job does for the anchors of its reorg window, so that nothing
+   cites it any more (the job then anchors the newest checkpoint again if that one was lost).
+   Anchors marked vanished earlier are counted (``anchors_vanished``), not reported again.
 
 Every divergence is reported with the batch, reading, checkpoint or anchor concerned; the exit
 status is 1 when there is any.
@@ -18,6 +23,7 @@ status is 1 when there is any.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +54,8 @@ class AuditReport:
     checkpoints: int = 0
     anchors_checked: int = 0
     anchors_skipped: int = 0
+    anchors_vanished: int = 0  # marked vanished before this audit (vanished_anchors)
+    anchors_marked: int = 0  # marked vanished by this audit (mark_vanished)
     divergences: list[Divergence] = field(default_factory=list)
 
     @property
@@ -78,11 +86,14 @@ async def run_audit(
     backends: Sequence[Any] = (),
     hasher: merkle.Hasher = merkle.SHA256,
     progress: TextIO | None = sys.stderr,
+    mark_vanished: bool = False,
 ) -> AuditReport:
-    """Audit the store at ``dsn``; ``backends`` (by name) check anchors on their chains."""
+    """Audit the store at ``dsn``; ``backends`` (by name) check anchors on their chains;
+    ``mark_vanished`` moves the anchors found gone from their chain to ``vanished_anchors``."""
     import asyncpg
 
     report = AuditReport()
+    gone: list[tuple[Any, str]] = []
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -154,10 +165,37 @@ async def run_audit(
                 report.batches += 1
                 bar.step()
             await _audit_checkpoints(conn, log_leaves, log_verifiers, hasher, report)
-            await _audit_anchors(conn, backends, report)
+            gone = await _audit_anchors(conn, backends, report)
+            report.anchors_vanished = await conn.fetchval("SELECT count(*) FROM vanished_anchors")
     finally:
         await conn.close()
+    if mark_vanished and gone:
+        await _mark(dsn, gone, report)
     return report
+
+
+async def _mark(dsn: str, gone: Sequence[tuple[Any, str]], report: AuditReport) -> None:
+    from anchor.store import Store, StoredAnchor
+
+    store = await Store.connect(dsn, max_size=1)
+    try:
+        for row, detail in gone:
+            anchor = StoredAnchor(
+                row["backend"],
+                row["chain_id"],
+                row["contract"],
+                row["log_size"],
+                bytes(row["root"]),
+                row["tx_hash"],
+                row["block_number"],
+                row["block_time"],
+            )
+            if await store.mark_anchor_vanished(
+                anchor, reason="anchor_vanished", detail=f"audit: {detail}"
+            ):
+                report.anchors_marked += 1
+    finally:
+        await store.close()
 
 
 async def _audit_checkpoints(
@@ -211,10 +249,16 @@ async def _audit_checkpoints(
             )
 
 
-async def _audit_anchors(conn: Any, backends: Sequence[Any], report: AuditReport) -> None:
+async def _audit_anchors(
+    conn: Any, backends: Sequence[Any], report: AuditReport
+) -> list[tuple[Any, str]]:
+    """Check every recorded anchor; return the rows (and why) of those gone from the chain."""
+    from anchor.chains.base import check_recorded_anchor
+
     by_name = {b.name: b for b in backends}
+    gone: list[tuple[Any, str]] = []
     for a in await conn.fetch(
-        "SELECT a.backend, a.log_size, a.root, a.block_number, a.tx_hash, c.root AS cp_root "
+        "SELECT a.*, c.root AS cp_root "
         "FROM anchors a JOIN checkpoints c USING (log_size) ORDER BY a.log_size, a.backend"
     ):
         what = f"anchor of log size {a['log_size']} on {a['backend']} (tx {a['tx_hash']})"
@@ -226,17 +270,22 @@ async def _audit_anchors(conn: Any, backends: Sequence[Any], report: AuditReport
         if backend is None:
             report.anchors_skipped += 1
             continue
+        block_hash = None if a["block_hash"] is None else bytes(a["block_hash"])
         try:
-            at = await asyncio.to_thread(backend.anchored_at, bytes(a["root"]))
+            problem = await asyncio.to_thread(
+                functools.partial(
+                    check_recorded_anchor,
+                    backend,
+                    root=bytes(a["root"]),
+                    block_number=a["block_number"],
+                    block_hash=block_hash,
+                )
+            )
         except AnchorError as exc:
             report.divergences.append(Divergence("anchor", what, f"[{exc.reason}] {exc.detail}"))
             continue
         report.anchors_checked += 1
-        if at != a["block_number"]:
-            report.divergences.append(
-                Divergence(
-                    "anchor",
-                    what,
-                    f"on chain: anchored at block {at}, recorded {a['block_number']}",
-                )
-            )
+        if problem is not None:
+            report.divergences.append(Divergence("anchor", what, str(problem)))
+            gone.append((a, problem.detail))
+    return gone

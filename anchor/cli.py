@@ -275,6 +275,17 @@ def _add_service_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--origin", help="log origin line of checkpoints")
 
 
+def _add_reorg_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reorg-window",
+        type=int,
+        metavar="BLOCKS",
+        help="re-check anchors recorded in the last BLOCKS blocks (and each chain's newest); one "
+        "a reorg removed is marked anchor_vanished and anchored again (default: "
+        "anchor_reorg_window_blocks, 128)",
+    )
+
+
 # ---------------------------------------------------------------------------------------- ingest
 def _cmd_ingest(args: argparse.Namespace) -> int:
     from anchor.ingest_main import run_ingest
@@ -302,9 +313,26 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         from anchor.anchor_main import build_backend
 
         backends = [build_backend(c, with_key=False) for c in settings.chains if c.contract]
-    report = asyncio.run(run_audit(settings.database_url, log_verifiers=keys, backends=backends))
+    report = asyncio.run(
+        run_audit(
+            settings.database_url,
+            log_verifiers=keys,
+            backends=backends,
+            mark_vanished=args.mark_vanished,
+        )
+    )
     for d in report.divergences:
         print(f"DIVERGENCE {d.kind}: {d.what}: {d.detail}")
+    if report.anchors_marked:
+        print(
+            f"audit: marked {report.anchors_marked} anchor(s) anchor_vanished: receipts no longer "
+            "cite them; the anchoring job anchors the newest checkpoint again if it was one"
+        )
+    if report.anchors_vanished:
+        print(
+            f"audit: {report.anchors_vanished} anchor(s) marked vanished earlier "
+            "(vanished_anchors; anchored again since or covered by a newer anchor)"
+        )
     print(
         f"audit: {report.batches} batches, {report.readings} readings ({report.erased} erased), "
         f"{report.checkpoints} checkpoints, {report.anchors_checked} anchors checked on chain"
@@ -334,6 +362,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             chain_id=args.chain_id,
             chain_key_file=args.chain_key_file,
             anchor_period_s=_seconds(args.anchor_period),
+            anchor_recheck_s=_seconds(args.anchor_recheck),
             operator_token_file=Path(args.operator_token_file)
             if args.operator_token_file
             else None,
@@ -363,7 +392,12 @@ def _cmd_api(args: argparse.Namespace) -> int:
 def _cmd_anchor(args: argparse.Namespace) -> int:
     from anchor.anchor_main import run_anchor_loop, run_anchor_once
 
-    settings = _settings(args)
+    recheck = getattr(args, "recheck_interval", None)
+    settings = _settings(
+        args,
+        anchor_reorg_window_blocks=args.reorg_window,
+        anchor_recheck_ms=None if recheck is None else max(1, round(_seconds(recheck) * 1000)),
+    )
     if args.anchor_command == "run":
         return run_anchor_once(settings, timeout_s=args.timeout)
     return run_anchor_loop(
@@ -628,6 +662,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chain-id", type=int, help="the external chain's id")
     p.add_argument("--chain-key-file", help="the external chain account's hex private key")
     p.add_argument("--anchor-period", default="60s", help="anchoring period, e.g. 60s")
+    p.add_argument(
+        "--anchor-recheck",
+        default="30s",
+        metavar="DURATION",
+        help="how often recent anchors are re-checked against the chain (reorgs), e.g. 30s",
+    )
     p.add_argument("--operator-token-file", help="where to keep the operator's API token")
     p.add_argument("--workers", type=int, default=1, help="ingestor processes")
     p.add_argument(
@@ -649,6 +689,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="operator key to check checkpoint signatures (default: the configured one)",
     )
     p.add_argument("--no-chain", action="store_true", help="do not check anchors on chain")
+    p.add_argument(
+        "--mark-vanished",
+        action="store_true",
+        help="mark anchors found gone from their chain anchor_vanished (as the anchoring job "
+        "does within its reorg window), so receipts stop citing them",
+    )
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")
@@ -661,13 +707,24 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")
     asub = p.add_subparsers(dest="anchor_command", required=True, metavar="ACTION")
-    a = asub.add_parser("run", help="anchor the newest checkpoint once and wait for it")
+    a = asub.add_parser(
+        "run",
+        help="re-check recent anchors, anchor the newest checkpoint once and wait for it",
+    )
     _add_service_flags(a)
     a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for confirmation")
+    _add_reorg_flags(a)
     a.set_defaults(func=_cmd_anchor)
     a = asub.add_parser("loop", help="the anchoring job: one transaction per period")
     _add_service_flags(a)
     a.add_argument("--period", help="e.g. 60s (default: anchor_period_s)")
+    _add_reorg_flags(a)
+    a.add_argument(
+        "--recheck-interval",
+        metavar="DURATION",
+        help="how often recent anchors are re-checked against the chain, e.g. 30s (default: "
+        "anchor_recheck_ms, 30s; also at start)",
+    )
     a.set_defaults(func=_cmd_anchor)
 
     p = sub.add_parser("chain", help="chain operations")

@@ -99,6 +99,10 @@ class Settings:
     ingestor_name: str = "ingest"
     registry_refresh_ms: int = 5_000
     anchor_period_s: int = 60
+    # Anchors recorded in the last this many blocks (and each backend's newest) are re-checked
+    # against the chain every anchor_recheck_ms, and anchored again if a reorg removed them.
+    anchor_reorg_window_blocks: int = 128
+    anchor_recheck_ms: int = 30_000
     # Per client address; bursts of twice this. 0 turns the limit off (e.g. behind a proxy
     # that limits already).
     api_rate_per_s: int = 1000

@@ -9,7 +9,8 @@ Two kinds of figures:
 * **From the database** (the same in every API replica; aggregate them with ``max``, not
   ``sum``): readings stored, quarantined messages by reason, batches, log size, erasures, the
   seal latency histogram (per batch: ``sealed_at`` minus its earliest ``received_at``), and
-  per anchoring backend the anchor lag.
+  per anchoring backend the anchor lag and the anchors that vanished from the chain after they
+  were recorded (``cityanchor_anchors_vanished_total``, reason ``anchor_vanished``).
 * **Of this process** (sum them across replicas): API request latency per route and token
   authentication failures by reason.
 
@@ -200,6 +201,7 @@ async def collect(
             state.seal_latency.observe(seconds)
         state.seal_last_batch = last
     newest, anchored = await ops.anchor_positions(store)
+    vanished = await store.vanished_anchor_counts()
 
     quarantined = sorted(
         (k.removeprefix("quarantine."), v) for k, v in counts.items() if k.startswith("quarantine.")
@@ -248,6 +250,18 @@ async def collect(
             histogram_samples(state.seal_latency),
         ),
         *_anchor_families(newest, anchored, backends),
+        Family(
+            "cityanchor_anchors_vanished_total",
+            "counter",
+            "Anchors recorded as confirmed and later not found on their chain as recorded (a "
+            "reorg, a chain node restored from an older state), by backend and reason code; "
+            "each is anchored again.",
+            [
+                ("", {"backend": name, "reason": reason}, vanished.get((name, reason), 0))
+                for name in sorted({*backends, *(b for b, _ in vanished)})
+                for reason in sorted({"anchor_vanished", *(r for b, r in vanished if b == name)})
+            ],
+        ),
         Family(
             "cityanchor_api_request_duration_seconds",
             "histogram",

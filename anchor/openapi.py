@@ -458,8 +458,10 @@ def _paths() -> dict[str, Any]:
                 "description": 'The `cityanchor/receipt/v2` document (DESIGN.md "Receipt"), '
                 "verifiable offline with `cityanchor verify`. It ends at the newest anchored "
                 "checkpoint covering the reading (`status` anchored), else the newest "
-                "checkpoint (`status` sealed). Anchored receipts never change: "
-                "`Cache-Control: public, max-age=31536000, immutable`; sealed ones are cached "
+                "checkpoint (`status` sealed). Anchored receipts are cached a minute and "
+                "revalidated (`Cache-Control: public, max-age=60, must-revalidate`): an anchor "
+                "that vanishes in a chain reorg is no longer cited (the receipt is `sealed` "
+                "until the checkpoint is anchored again); sealed ones are cached "
                 "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
                 "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
                 "envelope, and the tombstone as `erasure` (cached 5 s).",

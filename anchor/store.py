@@ -114,6 +114,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredAnchor",
+    "VanishedAnchor",
     "recheck_key_validity",
 ]
 
@@ -1581,9 +1582,13 @@ class Store:
                     "UPDATE anchor_txs SET state = 'replaced', updated_at = now() WHERE id = $1",
                     replaces,
                 )
+            # The same bytes again (a zero-fee chain signs a replacement, or a re-anchor after
+            # a reorg, byte-identically: same nonce, same fields, RFC 6979): reopen that row.
             tx_id: int = await conn.fetchval(
                 "INSERT INTO anchor_txs (backend, chain_id, contract, log_size, root, tx_hash, tx, "
-                "state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'prepared') RETURNING id",
+                "state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'prepared') "
+                "ON CONFLICT (tx_hash) DO UPDATE SET state = 'prepared', detail = '', "
+                "updated_at = now() RETURNING id",
                 tx.backend,
                 tx.chain_id,
                 tx.contract,
@@ -1625,7 +1630,7 @@ class Store:
                 )
             await conn.execute(
                 "INSERT INTO anchors (backend, chain_id, contract, log_size, root, tx_hash, "
-                "block_number, block_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "block_number, block_time, block_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
                 "ON CONFLICT (backend, log_size) DO NOTHING",
                 backend,
                 confirmation.chain_id,
@@ -1635,12 +1640,90 @@ class Store:
                 confirmation.tx_hash,
                 confirmation.block_number,
                 confirmation.block_time,
+                confirmation.block_hash,
             )
             if tx_id is not None:
                 await conn.execute(
                     "UPDATE anchor_txs SET state = 'confirmed', updated_at = now() WHERE id = $1",
                     tx_id,
                 )
+
+    async def anchors_to_recheck(
+        self, backend: str, *, min_block: int, limit: int = 1000
+    ) -> list[StoredAnchor]:
+        """``backend``'s anchors a reorg could still remove: those recorded at ``min_block`` or
+        later, and always its newest one (receipts cite it), newest first, at most ``limit``."""
+        async with self._connection("anchors_to_recheck") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ANCHOR_COLUMNS} FROM anchors WHERE backend = $1 AND (block_number >= $2 "
+                "OR log_size = (SELECT max(log_size) FROM anchors WHERE backend = $1)) "
+                "ORDER BY block_number DESC, log_size DESC LIMIT $3",
+                backend,
+                min_block,
+                max(1, limit),
+            )
+        return [_stored_anchor(r) for r in rows]
+
+    async def mark_anchor_vanished(self, anchor: StoredAnchor, *, reason: str, detail: str) -> bool:
+        """Move ``anchor`` from ``anchors`` to ``vanished_anchors`` with ``reason`` (one
+        transaction), so nothing cites it any more; False when it was no longer recorded (another
+        job moved it, or it was recorded again meanwhile with another transaction)."""
+        async with self._connection("mark_anchor_vanished") as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "DELETE FROM anchors WHERE backend = $1 AND log_size = $2 AND tx_hash = $3 "
+                "AND block_number = $4 RETURNING *",
+                anchor.backend,
+                anchor.log_size,
+                anchor.tx_hash,
+                anchor.block_number,
+            )
+            if row is None:
+                return False
+            await conn.execute(
+                "INSERT INTO vanished_anchors (backend, chain_id, contract, log_size, root, "
+                "tx_hash, block_number, block_time, block_hash, confirmed_at, reason, detail) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                row["backend"],
+                row["chain_id"],
+                row["contract"],
+                row["log_size"],
+                row["root"],
+                row["tx_hash"],
+                row["block_number"],
+                row["block_time"],
+                row["block_hash"],
+                row["confirmed_at"],
+                reason,
+                detail[:500],
+            )
+            await conn.execute(
+                "UPDATE anchor_txs SET detail = $2, updated_at = now() WHERE tx_hash = $1",
+                anchor.tx_hash,
+                f"[{reason}] {detail}"[:500],
+            )
+        return True
+
+    async def vanished_anchors(self, *, limit: int = 100) -> list[VanishedAnchor]:
+        """The anchors marked vanished, newest first."""
+        async with self._connection("vanished_anchors") as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ANCHOR_COLUMNS}, reason, detail, vanished_at FROM vanished_anchors "
+                "ORDER BY id DESC LIMIT $1",
+                max(1, min(limit, _MAX_LIST)),
+            )
+        return [
+            VanishedAnchor(_stored_anchor(r), r["reason"], r["detail"], r["vanished_at"])
+            for r in rows
+        ]
+
+    async def vanished_anchor_counts(self) -> dict[tuple[str, str], int]:
+        """How many anchors vanished, per ``(backend, reason)`` (a metrics counter)."""
+        async with self._connection("vanished_anchor_counts") as conn:
+            rows = await conn.fetch(
+                "SELECT backend, reason, count(*) AS n FROM vanished_anchors "
+                "GROUP BY backend, reason"
+            )
+        return {(r["backend"], r["reason"]): int(r["n"]) for r in rows}
 
     async def checkpoint_for_root(self, root: bytes) -> CheckpointRecord | None:
         async with self._connection("checkpoint_for_root") as conn:
@@ -1886,6 +1969,17 @@ class StoredAnchor:
     tx_hash: str
     block_number: int
     block_time: datetime
+    block_hash: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VanishedAnchor:
+    """An anchor that was recorded as confirmed and then not found on chain as recorded."""
+
+    anchor: StoredAnchor
+    reason: str  # anchor_vanished
+    detail: str
+    vanished_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -1897,7 +1991,9 @@ class OpenAnchorTx:
     tx: AnchorTx
 
 
-_ANCHOR_COLUMNS = "backend, chain_id, contract, log_size, root, tx_hash, block_number, block_time"
+_ANCHOR_COLUMNS = (
+    "backend, chain_id, contract, log_size, root, tx_hash, block_number, block_time, block_hash"
+)
 
 # Store.receipt's one statement: the reading, its batch, the checkpoint to prove against (the
 # newest anchored one covering the batch, else the newest) and that checkpoint's anchors.
@@ -1938,6 +2034,7 @@ def _stored_anchor(row: Mapping[str, Any]) -> StoredAnchor:
         row["tx_hash"],
         row["block_number"],
         row["block_time"],
+        None if row["block_hash"] is None else bytes(row["block_hash"]),
     )
 
 

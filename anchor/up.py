@@ -104,6 +104,7 @@ class UpOptions:
     anchor_period_s: float = 60.0
     operator_token_file: Path | None = None
     workers: int = 1
+    anchor_recheck_s: float = 30.0  # re-check of recent anchors against the chain (reorgs)
     # Mosquitto saves its database after this many changes (1: a crash loses nothing it had
     # PUBACKed and delivered, for about 4x its CPU; see docs/operator-guide.md).
     broker_autosave_changes: int = 1
@@ -712,6 +713,7 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
             operator_key_file=str(d / "keys" / "operator.skey"),
             log_origin=operator.name,
             anchor_period_s=max(1, round(opts.anchor_period_s)),
+            anchor_recheck_ms=max(1, round(opts.anchor_recheck_s * 1000)),
             chains=(chain_settings,),
         )
         # It holds the ingestors' broker password: owner-only, like the keys.

@@ -24,6 +24,10 @@ The protocol is shaped by the job's crash-safety rule: **persist, then broadcast
    where the transaction hash was lost: before sending anything again the job checks whether the
    root is already anchored. The contract is append-only, so a root is never anchored twice even
    if the job gets this wrong: the second transaction reverts with ``already_anchored``.
+6. ``latest_block()`` and ``block_hash(number)`` let the job re-check anchors it recorded
+   (:func:`check_recorded_anchor`): a confirmed anchor can still vanish in a reorg deeper than
+   the confirmations, or when a node is restarted from an older state; the job then marks it
+   ``anchor_vanished`` and anchors again (see :mod:`anchor.anchoring`).
 
 Errors are :class:`ChainError` with a stable ``reason``; ``retryable`` tells the job whether to
 back off and retry (``chain_unavailable``) or to stop and report.
@@ -59,6 +63,7 @@ __all__ = [
     "ChainBackend",
     "ChainError",
     "TxStatus",
+    "check_recorded_anchor",
 ]
 
 TxStatus = Literal["pending", "mined", "dropped", "failed"]
@@ -70,6 +75,7 @@ CHAIN_ERROR_REASONS = (
     "tx_rejected",
     "tx_reverted",
     "already_anchored",
+    "anchor_vanished",
     "chain_error",
 )
 
@@ -83,6 +89,9 @@ class ChainError(AnchorError):
       on the contract's allow-list, ...).
     - ``tx_reverted``: the transaction was mined but reverted, or a call reverted.
     - ``already_anchored``: the root is already anchored on this contract.
+    - ``anchor_vanished``: an anchor recorded as confirmed is not on the chain as recorded any
+      more (``anchoredAt(root)`` is 0 or names another block, or the recorded block is no longer
+      canonical): a reorg, or a node restarted from an older state.
     - ``chain_error``: anything else (no contract at the address, unexpected answer).
     """
 
@@ -158,6 +167,8 @@ class AnchorConfirmation:
 
     ``block_time`` is the block's timestamp (UTC, timezone-aware): the receipt's "existed no
     later than" time. ``confirmations`` counts the anchoring block itself (1 = just mined).
+    ``block_hash`` (32 bytes, when the backend knows it) identifies the block beyond its
+    number, so a later re-check can tell that a reorg replaced it.
     """
 
     chain_id: int
@@ -166,6 +177,7 @@ class AnchorConfirmation:
     block_number: int
     block_time: datetime
     confirmations: int
+    block_hash: bytes | None = None
 
 
 @runtime_checkable
@@ -241,3 +253,50 @@ class ChainBackend(Protocol):
         :meth:`anchored_at` to tell "not anchored" from "anchored, not yet confirmed".
         """
         ...
+
+    def latest_block(self) -> int:
+        """The number of the chain's newest block."""
+        ...
+
+    def block_hash(self, number: int) -> bytes | None:
+        """The hash of the canonical block ``number``, None when the chain has no such block."""
+        ...
+
+
+def check_recorded_anchor(
+    backend: ChainBackend, *, root: bytes, block_number: int, block_hash: bytes | None
+) -> ChainError | None:
+    """Is the anchor recorded at ``block_number`` (block ``block_hash``) still on the chain?
+
+    None when it is; else a :class:`ChainError` with reason ``anchor_vanished`` whose detail
+    says what the chain answered. Three ways to vanish: ``anchoredAt(root)`` is 0 (the
+    transaction is gone: a reorg, a node restarted from an older state), it names another block
+    (the transaction was mined again elsewhere after a reorg), or the block at that height is
+    not the recorded one any more (re-mined at the same height: its time may differ, and the
+    receipt's ``block_time`` with it). ``block_hash`` None (anchors recorded before block hashes
+    were) skips the last test. Blocking; other :class:`ChainError` (``chain_unavailable``)
+    propagate: an unanswered question is never taken for a vanished anchor.
+    """
+    at = backend.anchored_at(root)
+    if at == 0:
+        return ChainError(
+            f"anchoredAt({root.hex()}) is 0 on chain {backend.chain_id} (recorded in block "
+            f"{block_number}; the chain's head is block {backend.latest_block()})",
+            reason="anchor_vanished",
+        )
+    if at != block_number:
+        return ChainError(
+            f"root {root.hex()} is anchored in block {at} on chain {backend.chain_id}, "
+            f"recorded in block {block_number}",
+            reason="anchor_vanished",
+        )
+    if block_hash is not None:
+        canonical = backend.block_hash(block_number)
+        if canonical != block_hash:
+            now = "missing" if canonical is None else "0x" + canonical.hex()
+            return ChainError(
+                f"block {block_number} on chain {backend.chain_id} is {now}, recorded "
+                f"0x{block_hash.hex()}: the block was reorganised",
+                reason="anchor_vanished",
+            )
+    return None

@@ -65,6 +65,7 @@ from eth_account import Account  # noqa: E402
 from eth_account.signers.local import LocalAccount  # noqa: E402
 from web3 import HTTPProvider, Web3  # noqa: E402
 from web3.exceptions import (  # noqa: E402
+    BlockNotFound,
     ContractCustomError,
     ContractLogicError,
     ContractPanicError,
@@ -642,6 +643,20 @@ class EvmBackend:
         tx_hash = "0x" + bytes(entry["transactionHash"]).hex()
         return self._confirmed(tx_hash, number, bytes(entry["blockHash"]))
 
+    def latest_block(self) -> int:
+        self._client.check_chain()
+        return self._client.latest_block()
+
+    def block_hash(self, number: int) -> bytes | None:
+        """The canonical block ``number``'s hash; None beyond the head (a rewound chain)."""
+        self._client.check_chain()
+        with _translated("eth_getBlockByNumber"):
+            try:
+                block = self._client.w3.eth.get_block(number)
+            except BlockNotFound:
+                return None
+        return bytes(block["hash"])
+
     # -- helpers --------------------------------------------------------------------------
 
     def _confirmed(self, tx_hash: str, number: int, block_hash: bytes) -> AnchorConfirmation | None:
@@ -658,6 +673,7 @@ class EvmBackend:
             block_number=number,
             block_time=block_time,
             confirmations=confirmations,
+            block_hash=block_hash,
         )
 
     def _check_own(self, tx: AnchorTx) -> None:

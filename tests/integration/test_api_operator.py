@@ -416,6 +416,9 @@ def test_metrics_parse_and_hold_the_ingest_counters(api_world: ApiWorld, tok: To
     assert value("cityanchor_seal_latency_seconds", "_bucket", le="+Inf") == seal_count
     assert value("cityanchor_anchor_lag_seconds", backend="local") >= 0
     assert value("cityanchor_anchored_log_size", backend="local") >= 1
+    assert (
+        value("cityanchor_anchors_vanished_total", backend="local", reason="anchor_vanished") == 0
+    )
     routes = {lab["route"] for _, lab, _ in fams["cityanchor_api_request_duration_seconds"][1]}
     assert "/v1/devices" in routes and "/healthz" in routes
     assert value("cityanchor_api_auth_failures_total", reason="missing") >= 1

@@ -6,6 +6,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -140,3 +141,94 @@ def test_audit_cli_exit_codes(sealed: Sealed, capsys: pytest.CaptureFixture[str]
     assert main(["audit", "--database-url", sealed.dsn, "--no-chain"]) == 1
     out = capsys.readouterr().out
     assert "DIVERGENCE batch: batch 2" in out and "DIVERGENCE checkpoint" in out
+
+
+def test_audit_reports_and_marks_an_anchor_a_reorg_removed(
+    postgres: PostgresServer,
+    anvil_factory: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 11 item 4: audit and job judge an anchor alike; --mark-vanished marks it."""
+    from anchor.chains.evm import deploy_registry
+    from anchor.cli import main
+
+    node: AnvilNode = anvil_factory()
+    contract = deploy_registry(
+        EvmConfig(
+            name="d",
+            rpc_url=node.rpc_url,
+            chain_id=node.chain_id,
+            signer_key=node.accounts[0].private_key,
+        )
+    )
+    backend = EvmBackend(
+        EvmConfig(
+            name="local",
+            rpc_url=node.rpc_url,
+            chain_id=node.chain_id,
+            contract=contract,
+            signer_key=node.accounts[1].private_key,
+        )
+    )
+    dsn = postgres.create_database(f"audit_reorg_{os.getpid()}")
+    operator = generate_note_key(ORIGIN)
+    signer = DeviceSigner("audit-dev-2", PrivateKey.generate())
+
+    async def seal_and_anchor() -> None:
+        store = await Store.connect(dsn)
+        try:
+            await store.migrate()
+            await store.register_devices(
+                [DeviceSpec(signer.device_id, signer.key.public_key, district="d", kind="k")]
+            )
+            raw = signer.sign("iot.noise", {"x": 1.0})
+            candidates = [Candidate(parse_envelope(raw), datetime.now(UTC), "t")]
+            await store.seal(candidates, [], signer=operator, origin=ORIGIN, ingestor="it")
+            await AnchorJob(store=store, backends=[backend]).run_once(timeout_s=30, poll_s=0.1)
+        finally:
+            await store.close()
+
+    async def receipt_status() -> str:
+        store = await Store.connect(dsn)
+        try:
+            return (await store.receipt(signer.device_id, 1)).status
+        finally:
+            await store.close()
+
+    snapshot = node.snapshot()
+    asyncio.run(seal_and_anchor())
+    assert asyncio.run(receipt_status()) == "anchored"
+    node.revert(snapshot)
+    node.mine(3)
+    monkeypatch.setenv("CITYANCHOR_CHAIN_NAME", "local")
+    monkeypatch.setenv("CITYANCHOR_CHAIN_RPC_URL", node.rpc_url)
+    monkeypatch.setenv("CITYANCHOR_CHAIN_ID", str(node.chain_id))
+    monkeypatch.setenv("CITYANCHOR_CHAIN_CONTRACT", contract)
+    audit = ["audit", "--database-url", dsn, "--operator-key", "/nonexistent"]
+    assert main(audit) == 1
+    out = capsys.readouterr().out
+    assert "DIVERGENCE anchor: anchor of log size 1 on local" in out
+    assert "[anchor_vanished] anchoredAt(" in out
+    assert asyncio.run(receipt_status()) == "anchored"  # reported only
+    assert main([*audit, "--mark-vanished"]) == 1  # what it found is still a divergence
+    assert "marked 1 anchor(s) anchor_vanished" in capsys.readouterr().out
+    assert asyncio.run(receipt_status()) == "sealed"  # nothing cites it any more
+    assert main(audit) == 0
+    assert "1 anchor(s) marked vanished earlier" in capsys.readouterr().out
+    # The anchoring job anchors the checkpoint again; the audit checks the new anchor.
+    asyncio.run(seal_and_anchor_again(dsn, backend))
+    assert asyncio.run(receipt_status()) == "anchored"
+    assert main(audit) == 0
+    assert "1 anchors checked on chain" in capsys.readouterr().out
+
+
+async def seal_and_anchor_again(dsn: str, backend: EvmBackend) -> None:
+    store = await Store.connect(dsn)
+    try:
+        (result,) = await AnchorJob(store=store, backends=[backend]).run_once(
+            timeout_s=30, poll_s=0.1
+        )
+        assert result.outcome == "up_to_date", result
+    finally:
+        await store.close()

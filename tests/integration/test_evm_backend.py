@@ -102,6 +102,10 @@ def test_prepare_broadcast_confirm_with_two_confirmations(anvil_factory: AnvilFa
     assert conf.confirmations == 2
     assert conf.block_time == datetime.fromtimestamp(block["timestamp"], tz=UTC)
     assert conf.block_time.tzinfo is UTC
+    # The block hash, so that a later re-check can tell a reorganised block (issue 11 item 4).
+    assert conf.block_hash == bytes(block["hash"]) == backend.block_hash(mined_in)
+    assert backend.latest_block() == mined_in + 1
+    assert backend.block_hash(mined_in + 1000) is None  # beyond the head: no such block
 
     # The event carries root, size and our account.
     receipt = _w3(node).eth.get_transaction_receipt(tx.tx_hash)

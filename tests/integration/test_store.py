@@ -205,9 +205,7 @@ def test_migration_006_refuses_a_log_built_with_v1_leaves(
         if int(path.name.split("_", 1)[0]) <= 5:
             shutil.copy(path, old_sql / path.name)
     names = [f"t_{uuid.uuid4().hex[:16]}" for _ in range(2)]
-    for name in names:
-        postgres.psql(f"CREATE DATABASE {name}", database="postgres")
-    used, empty = (_dsn(postgres, n) for n in names)
+    used, empty = (postgres.create_database(n) for n in names)
     fleet = Fleet(2)
 
     async def body() -> None:

@@ -232,8 +232,14 @@ def test_the_device_state_file_is_never_a_fifo(tmp_path: Path) -> None:
 def test_deep_json_files_are_usage_errors_not_tracebacks(tmp_path: Path) -> None:
     deep = tmp_path / "deep.json"
     deep.write_bytes(b"[" * 20_000 + b"]" * 20_000)  # under every cap: refused for its depth
+    # A proof or receipt document that nests too deep is an invalid document (exit 1, with the
+    # reason), as any other malformed one; a key or import file is the caller's mistake (exit 2).
+    for argv in (["verify-completeness", str(deep)], ["verify", str(deep)]):
+        done = _run(argv)
+        assert done.returncode == 1, (argv, done.stdout[-1000:], done.stderr[-1000:])
+        assert "nests deeper" in done.stdout and "Traceback" not in done.stderr
+        assert "_malformed" in done.stdout
     for argv in (
-        ["verify-completeness", str(deep)],
         ["verify", str(deep), "--device-key", str(deep)],
         ["device", "import", "--database-url", "postgresql://127.0.0.1:1/none", str(deep)],
         ["device", "register", "--database-url", "postgresql://127.0.0.1:1/none", "d", "--jwk",

@@ -310,6 +310,9 @@ class _FakeStore:
     async def counts(self) -> dict[str, int]:
         return {"readings": 5, "batches": 2, "log_size": 2, "devices": 3, "quarantine.x": 1}
 
+    async def vanished_anchor_counts(self) -> dict[tuple[str, str], int]:
+        return {("evm", "anchor_vanished"): 1}
+
 
 @pytest.fixture
 def exposed_metrics(monkeypatch: pytest.MonkeyPatch) -> set[str]:
