@@ -654,8 +654,9 @@ class Publisher:
     did not deliver (``retry_min_s`` .. ``retry_max_s``), and the wait for the service's
     acknowledgement after a successful PUBACK (``ack_timeout_s``, doubling per resend up to
     ``ack_timeout_max_s``). Every wait is jittered (between half and all of it), so a fleet
-    that lost the broker together does not resend together. ``on_settled`` is called (on the
-    publisher's thread; keep it short) for every row the service settled. ``tls_context``
+    that lost the broker together does not resend together. ``on_settled`` is called for every
+    row the service settled, before :meth:`flush` can see it gone (on the publisher's thread,
+    holding its lock: keep it short and do not call the publisher from it). ``tls_context``
     overrides the default context for ``mqtts://``.
 
     :meth:`start` returns at once, whether or not the broker is reachable: the outbox keeps
@@ -1092,24 +1093,26 @@ class Publisher:
             self._count("ack_malformed")
             log.warning("%s: ignored a malformed acknowledgement: %s", self.client_id, exc)
             return
-        settled = self.outbox.settle(message.topic, entries)
-        durable = sum(1 for s in settled if s.durable)
-        # Counted before waiters are woken, as for PUBACK-settled rows.
-        self._count("acked", durable)
-        self._count("refused", len(settled) - durable)
-        for s in settled:
-            self._forget(s.outbox_id)
-            if not s.durable:
-                log.error(
-                    "%s: the service refused outbox entry %d (seq %d) for good: %s; "
-                    "moved to the rejected table",
-                    self.client_id,
-                    s.outbox_id,
-                    s.seq,
-                    s.reason,
-                )
-            if self.on_settled is not None:
-                self.on_settled(s)
+        # Under _cond (flush() reads the outbox count under it too), so that whoever sees
+        # the rows gone also sees them counted and reported to on_settled.
+        with self._cond:
+            settled = self.outbox.settle(message.topic, entries)
+            durable = sum(1 for s in settled if s.durable)
+            self._count("acked", durable)
+            self._count("refused", len(settled) - durable)
+            for s in settled:
+                self._forget(s.outbox_id)
+                if not s.durable:
+                    log.error(
+                        "%s: the service refused outbox entry %d (seq %d) for good: %s; "
+                        "moved to the rejected table",
+                        self.client_id,
+                        s.outbox_id,
+                        s.seq,
+                        s.reason,
+                    )
+                if self.on_settled is not None:
+                    self.on_settled(s)
 
     def _pump(self) -> None:
         if not self._connected:
