@@ -250,13 +250,15 @@ class QueuedReading:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """An outbox row the service's acknowledgement settled (and removed from the outbox).
+    """An outbox row that left the outbox for good, and why.
 
-    ``durable``: sealed (``reason`` ""), or already stored (``reason`` ``replayed_seq``); else
-    refused for good with the quarantine ``reason`` (the row moved to the ``rejected`` table
-    with ``reason_code`` :data:`SERVICE_REFUSED`). ``seq`` is the one the service read (0 if
-    none). Rows on a topic without an acknowledgement topic are settled by their PUBACK, with
-    ``reason`` ``puback``.
+    ``durable``: the service's acknowledgement says sealed (``reason`` ""), or already stored
+    (``reason`` ``replayed_seq``). Otherwise refused for good, and the row moved to the
+    ``rejected`` table: by the service (``reason`` the quarantine code, ``puback_code``
+    :data:`SERVICE_REFUSED`) or by the broker (``reason`` from
+    :data:`PERMANENT_PUBACK_CODES`, ``puback_code`` 0x87, 0x90 or 0x99). ``seq`` is the one the
+    service read (0 if none or unknown). Rows on a topic without an acknowledgement topic,
+    which a success PUBACK settles, are not reported.
     """
 
     outbox_id: int
@@ -265,6 +267,7 @@ class Settled:
     leaf_hash: bytes
     durable: bool
     reason: str
+    puback_code: int = SERVICE_REFUSED
 
 
 _SCHEMA = """
@@ -506,6 +509,18 @@ class Outbox:
             self._bytes -= size
         return settled
 
+    def leaf_hash_of(self, entry_id: int) -> bytes | None:
+        """The leaf hash of a queued envelope, None if it is not (or no longer) queued."""
+        with self._lock:
+            self._check_open()
+            try:
+                row = self._db.execute(
+                    "SELECT leaf_hash FROM outbox WHERE id = ?", (entry_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def requeue_rejected(self) -> int:
         """Move every rejected envelope back into the outbox (new ids, at the end of the
         queue), e.g. after an ACL was fixed; returns how many. Ignores the size bounds."""
@@ -744,6 +759,7 @@ class Publisher:
         self._subscribed: set[str] = set()  # ack topics subscribed on this connection
         self._has_ack_topic: set[int] = set()  # outbox ids settled by an acknowledgement
         self._awaiting: set[int] = set()  # outbox ids whose _retry_at is an ack timeout
+        self._topic_of: dict[int, str] = {}  # outbox id -> topic, while it is being sent
         # Counters, read by callers through stats().
         self._stats: collections.Counter[str] = collections.Counter()
         self._worker: threading.Thread | None = None
@@ -986,6 +1002,7 @@ class Publisher:
         self._ack_wait.pop(entry_id, None)
         self._awaiting.discard(entry_id)
         self._has_ack_topic.discard(entry_id)
+        self._topic_of.pop(entry_id, None)
 
     def _handle(self, events: list[_Event]) -> None:
         acked: list[int] = []
@@ -1061,9 +1078,14 @@ class Publisher:
                 event.code,
                 event.name,
             )
-            self._count("rejected")
-            self.outbox.reject(entry_id, event.code, reason)
-            self._forget(entry_id)
+            with self._cond:  # as in _settle: on_settled runs before flush() sees the row gone
+                leaf = self.outbox.leaf_hash_of(entry_id)
+                topic = self._topic_of.get(entry_id, "")
+                self._count("rejected")
+                self.outbox.reject(entry_id, event.code, reason)
+                self._forget(entry_id)
+                if self.on_settled is not None and leaf is not None:
+                    self.on_settled(Settled(entry_id, topic, 0, leaf, False, reason, event.code))
         else:
             self._awaiting.discard(entry_id)
             # 0x10: the broker had nobody to give it to and dropped it (a success code to
@@ -1152,6 +1174,7 @@ class Publisher:
                 self._cursor = row.id
                 self._inflight[info.mid] = row.id
                 self._in_paho.add(row.id)
+                self._topic_of[row.id] = row.topic
                 self._count("published")
                 room -= 1
                 if room == 0:

@@ -579,3 +579,33 @@ def test_a_device_subscribes_to_its_own_ack_topic_only_and_gets_its_acks(
         assert nosy.received == []
     finally:
         nosy.close()
+
+
+def test_simulated_fleet_with_logins_counts_only_acknowledged_readings(up: Up) -> None:
+    """`cityanchor simulate --register-via`: each device is the SDK on its own login, so
+    `acked` counts the service's acknowledgements, and every acknowledged good reading is
+    stored (none lost, none twice); bad signatures are answered as refused, not stored."""
+    from devices.simulator import (
+        SimulationConfig,
+        _register_via_api,
+        make_fleet,
+        run_simulation,
+    )
+
+    fleet = make_fleet(4, seed=next(_ids), districts=(DISTRICT,))
+    token_file = Path(json.loads((up.data_dir / "up.json").read_text())["token_file"])
+    logins = _register_via_api(up.http, token_file, fleet)
+    assert set(logins) == {d.device_id for d in fleet}
+    config = SimulationConfig(
+        mqtt_url=up.mqtt, devices=4, rate=80, duration_s=1.5, districts=(DISTRICT,),
+        faults={"bad_signature": 0.1}, logins=logins, drain_timeout_s=60,
+    )  # fmt: skip
+    report = run_simulation(config, fleet, progress=False)
+    assert report.sent > 0 and report.acked == report.sent
+    assert report.failed == report.unacked == 0
+    assert report.expected_good + report.by_fault["bad_signature"] == report.sent
+    for dev in fleet:
+        mine = sorted(seq for d, seq in report.expected if d == dev.device_id)
+        assert mine == list(range(1, len(mine) + 1))
+        quarantined = _wait_stored(up, dev.device_id, len(mine))
+        assert set(quarantined) <= {"bad_signature", "replayed_seq"}
