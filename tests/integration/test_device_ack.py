@@ -34,8 +34,14 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 
 
 @pytest.fixture
-def env(postgres: PostgresServer, mosquitto: MosquittoServer, tmp_path: Path) -> ingest_it.Env:
-    return ingest_it._env(postgres, mosquitto, tmp_path)
+def env(postgres: PostgresServer, service_dir: Path, tmp_path: Path) -> Iterator[ingest_it.Env]:
+    # A private broker: on the session's shared one, another test's persistent `city/#`
+    # session would match these topics and turn the 0x10 of the fault into 0x00.
+    broker = MosquittoServer(service_dir / "mqtt", allow_anonymous=True).start()
+    try:
+        yield ingest_it._env(postgres, broker, tmp_path)
+    finally:
+        broker.stop()
 
 
 @pytest.fixture
