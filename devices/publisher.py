@@ -757,7 +757,6 @@ class Publisher:
         self._retry_delay: dict[int, float] = {}  # back-off after failed PUBACKs
         self._ack_wait: dict[int, float] = {}  # the current acknowledgement timeout
         self._subscribed: set[str] = set()  # ack topics subscribed on this connection
-        self._has_ack_topic: set[int] = set()  # outbox ids settled by an acknowledgement
         self._awaiting: set[int] = set()  # outbox ids whose _retry_at is an ack timeout
         self._topic_of: dict[int, str] = {}  # outbox id -> topic, while it is being sent
         # Counters, read by callers through stats().
@@ -1001,7 +1000,6 @@ class Publisher:
         self._retry_delay.pop(entry_id, None)
         self._ack_wait.pop(entry_id, None)
         self._awaiting.discard(entry_id)
-        self._has_ack_topic.discard(entry_id)
         self._topic_of.pop(entry_id, None)
 
     def _handle(self, events: list[_Event]) -> None:
@@ -1047,15 +1045,19 @@ class Publisher:
                 self._in_paho.discard(entry_id)
                 self._on_puback(entry_id, event, acked)
         if acked:
-            # Counted first, so that whoever sees the outbox empty also sees the counter.
-            self._count("acked", len(acked))
-            self.outbox.ack_many(acked)
+            # Under _cond, so that whoever sees the outbox empty also sees the counter.
+            with self._cond:
+                self._count("acked", self.outbox.ack_many(acked))
 
     def _on_puback(self, entry_id: int, event: _Puback, acked: list[int]) -> None:
+        topic = self._topic_of.get(entry_id)
+        if topic is None:
+            # Settled meanwhile: its acknowledgement overtook this PUBACK (a resend's, say).
+            return
         if event.code < _SUCCESS_LIMIT and event.code != _NO_MATCHING_SUBSCRIBERS:
             self._count("pubacked")
             self._retry_delay.pop(entry_id, None)
-            if entry_id not in self._has_ack_topic:
+            if ack_topic_for(topic) is None:
                 acked.append(entry_id)  # no acknowledgement topic: the PUBACK settles it
                 self._forget(entry_id)
                 return
@@ -1080,7 +1082,6 @@ class Publisher:
             )
             with self._cond:  # as in _settle: on_settled runs before flush() sees the row gone
                 leaf = self.outbox.leaf_hash_of(entry_id)
-                topic = self._topic_of.get(entry_id, "")
                 self._count("rejected")
                 self.outbox.reject(entry_id, event.code, reason)
                 self._forget(entry_id)
@@ -1159,13 +1160,11 @@ class Publisher:
                     self._cursor = row.id
                     continue
                 ack = ack_topic_for(row.topic)
-                if ack is not None:
-                    if ack not in self._subscribed:
-                        # Before the reading: the broker handles our packets in order, so the
-                        # subscription exists before the reading can be sealed and answered.
-                        self._client.subscribe(ack, qos=1)
-                        self._subscribed.add(ack)
-                    self._has_ack_topic.add(row.id)
+                if ack is not None and ack not in self._subscribed:
+                    # Before the reading: the broker handles our packets in order, so the
+                    # subscription exists before the reading can be sealed and answered.
+                    self._client.subscribe(ack, qos=1)
+                    self._subscribed.add(ack)
                 info = self._client.publish(row.topic, row.payload, qos=1)
                 if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                     return  # paho refused to queue it; try again on the next wake-up
