@@ -238,3 +238,46 @@ def test_readings_wait_in_the_outbox_while_the_ingestor_is_down_and_are_resent(
     seqs, quarantined = _stored(env, device.device_id)
     assert seqs == list(range(1, N + 1))
     assert set(quarantined) <= {"replayed_seq"}
+
+
+def test_nothing_is_acknowledged_while_the_database_is_down(
+    service_dir: Path, tmp_path: Path, ingestors: ingest_it.Ingestors
+) -> None:
+    """A transient failure is never acknowledged: with PostgreSQL down the broker PUBACKs
+    (0x00, the ingestor's session takes them) but the device hears nothing and keeps every
+    reading; the ingestor is then killed -9 while holding them. When the database and an
+    ingestor are back, all are sealed once and acknowledged."""
+    pg = PostgresServer(service_dir / "pg").start()
+    broker = MosquittoServer(service_dir / "mqtt", allow_anonymous=True).start()
+    try:
+        env = ingest_it._env(pg, broker, tmp_path)
+        device = _device(env, "dbdown")
+        proc = ingestors.start(env)
+        rec = _Recorder()
+        with (
+            Outbox(tmp_path / "dbdown.outbox") as box,
+            _publisher(env, box, device, rec) as pub,
+        ):
+            for i in range(10):
+                pub.publish_reading(device, env.district, "iot.noise", {"laeq_db": 20.0 + i})
+            pub.flush(timeout=60)
+            assert pub.stats()["acked"] == 10
+            pg.stop(mode="immediate")
+            for i in range(N):
+                pub.publish_reading(device, env.district, "iot.noise", {"laeq_db": 60.0 + i})
+            _wait(lambda: pub.stats().get("pubacked", 0) >= 10 + N, 30, "PUBACKs")
+            time.sleep(2.0)  # seals fail and are retried: nothing may be acknowledged
+            assert box.count() == N and pub.stats()["acked"] == 10
+            proc.kill()
+            proc.wait()
+            pg.start()
+            ingestors.start(env)
+            pub.flush(timeout=120)
+            assert pub.stats()["acked"] == 10 + N
+        seqs, quarantined = _stored(env, device.device_id)
+        assert seqs == list(range(1, N + 11))
+        assert set(quarantined) <= {"replayed_seq"}
+    finally:
+        ingestors.stop_all()
+        broker.stop()
+        pg.stop()
