@@ -11,10 +11,12 @@ Mosquitto 2.0), whose configuration we generate from the registry (:func:`dynsec
 * each device: login = client id = its device id (the plugin refuses a CONNECT whose client id
   differs, so no device can take over, or kick, another client's session, the ingestors'
   ``cityanchor-{name}-{i}`` included: those names are reserved, see :mod:`anchor.device_id`),
-  and one role allowing exactly one thing: publishing to ``city/{its district}/{its id}/readings``.
-  No subscription at all;
+  and one role allowing exactly two things: publishing to ``city/{its district}/{its id}/readings``
+  and subscribing to ``city/{its district}/{its id}/ack`` (the service's acknowledgements,
+  :mod:`anchor.device_ack`; literal, so no wildcard reaches another device's). Every other
+  subscription is refused;
 * the ingestors' login (``cityanchor-ingest``): subscribing to ``city/#`` and
-  ``$share/+/city/#``; nothing else;
+  ``$share/+/city/#``, and publishing to ``city/+/+/ack``; nothing else;
 * the admin login (``cityanchor-admin``, used by the API and ``cityanchor up``): the plugin's
   control topic only.
 
@@ -53,6 +55,7 @@ __all__ = [
     "DeviceLogin",
     "add_broker_commands",
     "broker_logins",
+    "device_ack_topic",
     "device_role",
     "device_topic",
     "dynsec_config",
@@ -92,6 +95,11 @@ def device_topic(district: str, device_id: str) -> str:
     return f"city/{district}/{device_id}/readings"
 
 
+def device_ack_topic(district: str, device_id: str) -> str:
+    """The one topic a device may subscribe to: the service's acknowledgements."""
+    return f"city/{district}/{device_id}/ack"
+
+
 def device_role(device_id: str) -> str:
     return f"device/{device_id}"
 
@@ -124,6 +132,16 @@ def _device_role(login: DeviceLogin) -> dict[str, Any]:
                 "allow": True,
             }
         )
+        # The service's acknowledgements for this device (anchor.device_ack); a literal
+        # filter, so no wildcard subscription reaches another device's.
+        acls.append(
+            {
+                "acltype": "subscribeLiteral",
+                "topic": device_ack_topic(login.district, login.device_id),
+                "priority": 0,
+                "allow": True,
+            }
+        )
     return {"rolename": device_role(login.device_id), "acls": acls}
 
 
@@ -140,8 +158,17 @@ def dynsec_config(
         {
             "rolename": _INGEST_ROLE,
             "acls": [
-                {"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": True}
-                for t in ("city/#", "$share/+/city/#")
+                *(
+                    {"acltype": "subscribePattern", "topic": t, "priority": 0, "allow": True}
+                    for t in ("city/#", "$share/+/city/#")
+                ),
+                # The device acknowledgements (anchor.device_ack), to any device.
+                {
+                    "acltype": "publishClientSend",
+                    "topic": "city/+/+/ack",
+                    "priority": 0,
+                    "allow": True,
+                },
             ],
         },
         {

@@ -23,7 +23,11 @@ Pipeline (one asyncio loop; paho's network thread only converts packets into val
 4. a batch closes at ``batch_size`` readings or when its oldest is ``batch_age_ms`` old, and is
    handed to the sealing task; ``Store.seal`` decides duplicates, seq conflicts and prev links
    under the log lock and commits readings, batch, log append, checkpoint and quarantine at once;
-5. after the commit, every message of the batch is acknowledged.
+5. after the commit, each device is told which of its readings are durable (one QoS 1 message
+   per device per seal on ``city/{district}/{device_id}/ack``, :mod:`anchor.device_ack`), and
+   then every message of the batch is acknowledged to the broker. The device acknowledgement is
+   what lets a device delete a reading: a broker's PUBACK (0x10 *No matching subscribers*
+   included) proves nothing about durability.
 """
 
 from __future__ import annotations
@@ -55,6 +59,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from anchor import merkle
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
+from anchor.device_ack import (
+    DURABLE,
+    FINAL_REASONS,
+    REFUSED,
+    AckEntry,
+    ack_topic_for,
+    encode_acks,
+)
 from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.envelope import Envelope, parse_envelope
 from anchor.errors import AnchorError
@@ -136,6 +148,7 @@ class IngestStats:
         self.batches = 0
         self.seal_failures = 0
         self.received = 0
+        self.device_acks = 0
 
     def record_seal(self, result: SealResult, latency_s: float) -> None:
         self.outcomes["accepted"] += result.accepted
@@ -156,6 +169,7 @@ class IngestStats:
             "received": self.received,
             "batches": self.batches,
             "seal_failures": self.seal_failures,
+            "device_acks": self.device_acks,
             "outcomes": dict(self.outcomes),
             "seal_latency_p50_s": q(0.50),
             "seal_latency_p99_s": q(0.99),
@@ -521,6 +535,7 @@ class Ingestor:
                     }
                 )
             )
+        self._send_device_acks(result)
         self._ack(batch.deliveries)
         if result.batch_id is not None:
             log.debug(
@@ -530,6 +545,46 @@ class Ingestor:
                 result.log_index,
                 latency,
             )
+
+    def device_ack_entries(self, result: SealResult) -> dict[str, list[AckEntry]]:
+        """What this committed seal settled, per device ack topic, in batch order.
+
+        Sealed readings and ``replayed_seq`` (the exact envelope is already stored) are
+        durable; a reason in :data:`~anchor.device_ack.FINAL_REASONS` is refused for good; any
+        other reason (the registry cache's ``unknown_device`` / ``unknown_kid``) and anything
+        whose topic names no device (``bad_topic``) is left out, so the device resends it.
+        The ack goes to the topic the reading came in on, which the broker lets only that
+        device publish to: a device is told about what it published, never about another's.
+        """
+        out: dict[str, list[AckEntry]] = {}
+
+        def add(topic: str, seq: int | None, raw: bytes, status: int, reason: str) -> None:
+            target = ack_topic_for(topic)
+            if target is None:
+                return
+            leaf = merkle.leaf_hash(raw, hasher=self.hasher)
+            out.setdefault(target, []).append(AckEntry(seq or 0, leaf, status, reason))
+
+        for c in result.sealed:
+            add(c.topic, c.envelope.reading.seq, c.envelope.raw, DURABLE, "")
+        for r in result.rejected:
+            if r.reason == "replayed_seq":
+                add(r.topic, r.seq, r.raw, DURABLE, r.reason)
+            elif r.reason in FINAL_REASONS:
+                add(r.topic, r.seq, r.raw, REFUSED, r.reason)
+        return out
+
+    def _send_device_acks(self, result: SealResult) -> None:
+        # After the commit, before the broker's PUBACKs: a crash in between only means the
+        # device resends and is acknowledged again (replayed_seq). QoS 1 into the device's
+        # persistent session, so a device that is offline now gets it when it reconnects.
+        client = self._client
+        if client is None:
+            return
+        for topic, entries in self.device_ack_entries(result).items():
+            for payload in encode_acks(entries):
+                client.publish(topic, payload, qos=1)
+                self.stats.device_acks += 1
 
     # --------------------------------------------------------------------------- main loop
     async def run(self, stop: asyncio.Event) -> None:

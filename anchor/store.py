@@ -341,6 +341,10 @@ class SealResult:
     key_rejections: tuple[Rejection, ...] = ()
     """Readings the seal itself refused on key status (revoked or rotated since the ingestor's
     registry cache was loaded), for the ingestor's ``quarantined`` log lines."""
+    sealed: tuple[Candidate, ...] = ()
+    """The candidates this seal stored, in batch order (for the devices' acknowledgements)."""
+    rejected: tuple[Rejection, ...] = ()
+    """Every quarantine row this seal wrote, the passed-in rejections first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -998,6 +1002,8 @@ class Store:
             duplicates=counts.get("replayed_seq", 0),
             quarantined=counts,
             key_rejections=tuple(key_rejected),
+            sealed=tuple(accepted),
+            rejected=tuple(quarantine),
         )
 
     @staticmethod

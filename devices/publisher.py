@@ -3,13 +3,25 @@
 Two parts:
 
 * :class:`Outbox` -- an on-disk queue (SQLite, WAL, ``synchronous=FULL``) of envelopes that were
-  signed but whose PUBACK has not arrived. :meth:`Outbox.put` commits before it returns, so an
-  envelope that was signed survives a crash or power cut that happens before it is published.
+  signed but that the service has not yet acknowledged as durable. :meth:`Outbox.put` commits
+  before it returns, so an envelope that was signed survives a crash or power cut that happens
+  before it is published.
 * :class:`Publisher` -- a paho-mqtt v2 client (MQTT v5, QoS 1, persistent session) that sends
-  what is in the outbox, in outbox order, at most ``max_inflight`` at a time, and deletes a row
-  only when the broker's PUBACK for it carries a success reason code (< 0x80; 0x10 "no matching
-  subscribers" is a success). Everything still in the outbox after a restart is sent again: the
-  ingestor de-duplicates by (device_id, seq), so a reading published twice is stored once.
+  what is in the outbox, in outbox order, at most ``max_inflight`` at a time, subscribes (QoS 1)
+  to the device's acknowledgement topic ``city/{district}/{device_id}/ack``, and deletes a row
+  only when the **service's acknowledgement** (:mod:`anchor.device_ack`, sent by the ingestor
+  after the seal transaction committed) names its leaf hash as durable. A PUBACK is not enough
+  (issue 11): 0x10 *No matching subscribers* is a success code after which the broker has
+  dropped the message, and a broker that crashes after its PUBACK may lose it too. A row
+  without an acknowledgement after ``ack_timeout_s`` is sent again (the wait doubles per
+  resend, with jitter); a resend of a stored reading is ``replayed_seq`` at the ingestor and
+  acknowledged again. Everything still in the outbox after a restart is sent again.
+  (A row :meth:`Publisher.put` queued on a topic that is not ``city/+/+/readings`` has no
+  acknowledgement topic; a success PUBACK other than 0x10 settles it, as before issue 11.)
+
+The service's verdicts: durable (sealed, or ``replayed_seq``: already stored) deletes the row;
+refused for good (``bad_signature``, ``seq_conflict``, ... :data:`anchor.device_ack.FINAL_REASONS`)
+moves it to the ``rejected`` table with ``reason_code`` :data:`SERVICE_REFUSED` and the reason.
 
 PUBACK error codes (MQTT v5 section 3.4.2.1):
 
@@ -18,14 +30,16 @@ PUBACK error codes (MQTT v5 section 3.4.2.1):
   ``outbox`` to the ``rejected`` table with the code and its name, is logged as an error, and
   the rest of the queue keeps flowing. Nothing is deleted: an operator who fixes the ACL calls
   :meth:`Outbox.requeue_rejected` (or inspects :meth:`Outbox.rejected`).
-* **transient** -- every other code >= 0x80 (0x80 unspecified, 0x83 implementation specific,
-  0x91 packet identifier in use, 0x97 quota exceeded, ...): logged as a warning; the row stays
-  and is resent after an exponential back-off (``retry_min_s`` doubling up to ``retry_max_s``).
+* **not delivered** -- 0x10 *No matching subscribers* and every other code >= 0x80 (0x80
+  unspecified, 0x83 implementation specific, 0x91 packet identifier in use, 0x97 quota
+  exceeded, ...): the row stays and is resent after an exponential back-off (``retry_min_s``
+  doubling up to ``retry_max_s``, jittered).
 
 Threads. paho's network thread (``loop_start``) runs the callbacks, which only turn a packet
 into an event on an internal queue. One worker thread owned by the publisher consumes those
-events: it alone calls ``client.publish``, keeps the mid -> row map, and deletes acknowledged
-rows (in one transaction per wake-up, so a burst of PUBACKs costs one fsync). Because the same
+events: it alone calls ``client.publish`` and ``client.subscribe``, keeps the mid -> row map, and
+deletes acknowledged rows (one transaction per acknowledgement message, which settles a whole
+seal's worth of readings). Because the same
 thread records a publish's mid and later handles its PUBACK, the PUBACK can never be seen
 before its mid is known. :meth:`Publisher.put`, :meth:`Publisher.publish_reading` and
 :meth:`Publisher.flush` may be called from any thread; :class:`Outbox` serialises its own
@@ -41,7 +55,7 @@ Example::
         outbox, mqtt_url="mqtt://broker:1883", client_id="aq-nanshan-0001"
     ) as pub:
         pub.publish_reading(signer, "nanshan", "iot.air_quality", {"pm2_5": 12.5})
-        pub.flush(timeout=10)
+        pub.flush(timeout=10)  # returns when the service says every reading is durable
 """
 
 from __future__ import annotations
@@ -51,12 +65,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import re
 import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -69,11 +84,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
 from anchor.errors import AnchorError
+from anchor.merkle import get_hasher
 from devices.signer import DeviceSigner
 
 __all__ = [
     "PERMANENT_PUBACK_CODES",
+    "SERVICE_REFUSED",
     "MqttTarget",
     "Outbox",
     "OutboxEntry",
@@ -82,6 +100,8 @@ __all__ = [
     "Publisher",
     "QueuedReading",
     "RejectedEntry",
+    "Settled",
+    "ack_topic",
     "parse_mqtt_url",
     "reading_topic",
 ]
@@ -95,13 +115,27 @@ PERMANENT_PUBACK_CODES: Mapping[int, str] = {
 }
 """PUBACK reason codes after which the same message can never succeed (MQTT v5 3.4.2.1)."""
 
+SERVICE_REFUSED = 0
+"""``reason_code`` of a rejected row the service refused (its acknowledgement, status 0x01),
+as opposed to a broker's PUBACK code; ``reason`` is then the quarantine reason code."""
+
 _SUCCESS_LIMIT = 0x80  # reason codes below this are successes (MQTT v5 section 2.4)
+_NO_MATCHING_SUBSCRIBERS = 0x10  # a "success" after which the broker has dropped the message
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: outbox.leaf_hash, to match the service's acknowledgements
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _readings_topic_for(ack: str) -> str | None:
+    """``city/{d}/{id}/ack`` -> ``city/{d}/{id}/readings``, else None."""
+    parts = ack.split("/")
+    if len(parts) != 4 or parts[0] != "city" or parts[3] != "ack":
+        return None
+    readings = f"city/{parts[1]}/{parts[2]}/readings"
+    return readings if ack_topic_for(readings) == ack else None
 
 
 def reading_topic(district: str, device_id: str) -> str:
@@ -210,6 +244,30 @@ class QueuedReading:
     topic: str
     envelope: bytes
     seq: int
+    leaf_hash: bytes = b""
+    """``H(0x00 || envelope)``: the receipt's ``leaf_hash`` and the key of its acknowledgement."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """An outbox row that left the outbox for good, and why.
+
+    ``durable``: the service's acknowledgement says sealed (``reason`` ""), or already stored
+    (``reason`` ``replayed_seq``). Otherwise refused for good, and the row moved to the
+    ``rejected`` table: by the service (``reason`` the quarantine code, ``puback_code``
+    :data:`SERVICE_REFUSED`) or by the broker (``reason`` from
+    :data:`PERMANENT_PUBACK_CODES`, ``puback_code`` 0x87, 0x90 or 0x99). ``seq`` is the one the
+    service read (0 if none or unknown). Rows on a topic without an acknowledgement topic,
+    which a success PUBACK settles, are not reported.
+    """
+
+    outbox_id: int
+    topic: str
+    seq: int
+    leaf_hash: bytes
+    durable: bool
+    reason: str
+    puback_code: int = SERVICE_REFUSED
 
 
 _SCHEMA = """
@@ -217,7 +275,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
     topic      TEXT    NOT NULL,
     payload    BLOB    NOT NULL,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    leaf_hash  BLOB
 );
 CREATE TABLE IF NOT EXISTS rejected (
     id          INTEGER PRIMARY KEY,
@@ -246,9 +305,14 @@ class Outbox:
         *,
         max_entries: int = 100_000,
         max_bytes: int = 256 * 1024 * 1024,
+        hash_scheme: str = "rfc9162-sha256",
     ) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise OutboxError("max_entries and max_bytes must be positive", reason="usage")
+        try:
+            self.hasher = get_hasher(hash_scheme)
+        except AnchorError as exc:
+            raise OutboxError(str(exc), reason="usage") from exc
         self.path = Path(path)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -297,6 +361,18 @@ class Outbox:
         # FULL: each commit fsyncs the WAL, so a put that returned survives a power cut.
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        if "leaf_hash" not in columns:  # a version 1 file: add and fill the column
+            db.execute("ALTER TABLE outbox ADD COLUMN leaf_hash BLOB")
+        rows = db.execute("SELECT id, payload FROM outbox WHERE leaf_hash IS NULL").fetchall()
+        if rows:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE outbox SET leaf_hash = ? WHERE id = ?",
+                [(self.hasher.hash_leaf(bytes(r[1])), r[0]) for r in rows],
+            )
+            db.execute("COMMIT")
+        db.execute("CREATE INDEX IF NOT EXISTS outbox_leaf_hash ON outbox (leaf_hash)")
         db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         return db
 
@@ -319,8 +395,9 @@ class Outbox:
                 )
             try:
                 cur = self._db.execute(
-                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
-                    (topic, payload, _now_ms()),
+                    "INSERT INTO outbox (topic, payload, created_at, leaf_hash) "
+                    "VALUES (?, ?, ?, ?)",
+                    (topic, payload, _now_ms(), self.hasher.hash_leaf(payload)),
                 )
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot write to outbox {self.path}: {exc}") from exc
@@ -390,6 +467,60 @@ class Outbox:
             self._bytes -= len(row[1])
             return True
 
+    def settle(self, topic: str, entries: Iterable[AckEntry]) -> list[Settled]:
+        """Apply one service acknowledgement received on ``topic`` (its ack topic), in one
+        transaction: a durable entry deletes the rows holding exactly those bytes (matched by
+        leaf hash, and by the readings topic the ack answers); a refused one moves them to the
+        ``rejected`` table (``reason_code`` :data:`SERVICE_REFUSED`, ``reason`` the quarantine
+        code). Entries matching no row (already settled, or another outbox's) are ignored.
+        """
+        readings = _readings_topic_for(topic)
+        if readings is None:
+            return []
+        settled: list[Settled] = []
+        with self._lock:
+            self._check_open()
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                size = 0
+                for e in entries:
+                    rows = self._db.execute(
+                        "DELETE FROM outbox WHERE leaf_hash = ? AND topic = ? "
+                        "RETURNING id, payload, created_at",
+                        (e.leaf_hash, readings),
+                    ).fetchall()
+                    for row_id, payload, created_at in rows:
+                        size += len(payload)
+                        if not e.durable:
+                            self._db.execute(
+                                "INSERT OR REPLACE INTO rejected (id, topic, payload, created_at,"
+                                " rejected_at, reason_code, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (row_id, readings, payload, created_at, _now_ms(),
+                                 SERVICE_REFUSED, e.reason),
+                            )  # fmt: skip
+                        settled.append(
+                            Settled(int(row_id), readings, e.seq, e.leaf_hash, e.durable, e.reason)
+                        )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise OutboxError(f"cannot update outbox {self.path}: {exc}") from exc
+            self._count -= len(settled)
+            self._bytes -= size
+        return settled
+
+    def leaf_hash_of(self, entry_id: int) -> bytes | None:
+        """The leaf hash of a queued envelope, None if it is not (or no longer) queued."""
+        with self._lock:
+            self._check_open()
+            try:
+                row = self._db.execute(
+                    "SELECT leaf_hash FROM outbox WHERE id = ?", (entry_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"cannot read outbox {self.path}: {exc}") from exc
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def requeue_rejected(self) -> int:
         """Move every rejected envelope back into the outbox (new ids, at the end of the
         queue), e.g. after an ACL was fixed; returns how many. Ignores the size bounds."""
@@ -402,8 +533,9 @@ class Outbox:
                 ).fetchall()
                 rows.sort()
                 self._db.executemany(
-                    "INSERT INTO outbox (topic, payload, created_at) VALUES (?, ?, ?)",
-                    [(r[1], r[2], r[3]) for r in rows],
+                    "INSERT INTO outbox (topic, payload, created_at, leaf_hash) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(r[1], r[2], r[3], self.hasher.hash_leaf(bytes(r[2]))) for r in rows],
                 )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -449,7 +581,7 @@ class Outbox:
         ]
 
     def count(self) -> int:
-        """Envelopes waiting for a PUBACK (rejected ones not included)."""
+        """Envelopes not yet acknowledged (rejected ones not included)."""
         with self._lock:
             return self._count
 
@@ -510,7 +642,18 @@ class _Puback:
     name: str
 
 
-_Event = _Connected | _Disconnected | _Puback
+@dataclass(frozen=True, slots=True)
+class _AckMessage:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Suback:
+    codes: tuple[int, ...]
+
+
+_Event = _Connected | _Disconnected | _Puback | _AckMessage | _Suback
 
 
 class Publisher:
@@ -522,8 +665,14 @@ class Publisher:
     ``max_inflight`` (unacknowledged publishes at once; also capped by the broker's Receive
     Maximum), ``session_expiry_s`` (MQTT v5 Session Expiry Interval; the session is resumed
     with ``clean_start=False``), reconnect back-off bounds (paho reconnects by itself, doubling
-    the delay from ``reconnect_min_s`` to ``reconnect_max_s``), and the back-off for
-    transient PUBACK errors. ``tls_context`` overrides the default context for ``mqtts://``.
+    the delay from ``reconnect_min_s`` to ``reconnect_max_s``), the back-off for PUBACKs that
+    did not deliver (``retry_min_s`` .. ``retry_max_s``), and the wait for the service's
+    acknowledgement after a successful PUBACK (``ack_timeout_s``, doubling per resend up to
+    ``ack_timeout_max_s``). Every wait is jittered (between half and all of it), so a fleet
+    that lost the broker together does not resend together. ``on_settled`` is called for every
+    row the service settled, before :meth:`flush` can see it gone (on the publisher's thread,
+    holding its lock: keep it short and do not call the publisher from it). ``tls_context``
+    overrides the default context for ``mqtts://``.
 
     :meth:`start` returns at once, whether or not the broker is reachable: the outbox keeps
     filling and is sent when a connection comes up. The publisher does not own the outbox;
@@ -545,17 +694,25 @@ class Publisher:
         reconnect_max_s: int = 30,
         retry_min_s: float = 1.0,
         retry_max_s: float = 60.0,
+        ack_timeout_s: float = 30.0,
+        ack_timeout_max_s: float = 600.0,
+        on_settled: Callable[[Settled], None] | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_inflight < 1:
             raise PublishError("max_inflight must be at least 1", reason="usage")
         if not client_id or len(client_id.encode()) > 65535:
             raise PublishError("client_id must be a non-empty string", reason="usage")
+        if not 0 < retry_min_s <= retry_max_s or not 0 < ack_timeout_s <= ack_timeout_max_s:
+            raise PublishError("back-off bounds must be positive and ordered", reason="usage")
         self.outbox = outbox
         self.client_id = client_id
         self.max_inflight = max_inflight
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        self.ack_timeout_s = ack_timeout_s
+        self.ack_timeout_max_s = ack_timeout_max_s
+        self.on_settled = on_settled
         target = parse_mqtt_url(mqtt_url)
         self._target = target
 
@@ -576,9 +733,12 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
         self._session_expiry_s = session_expiry_s
         self._keepalive_s = keepalive_s
+        self._random = random.Random()
 
         # Shared between threads, under _cond.
         self._cond = threading.Condition()
@@ -591,8 +751,14 @@ class Publisher:
         self._inflight: dict[int, int] = {}  # mid -> outbox id
         self._in_paho: set[int] = set()  # outbox ids handed to paho, PUBACK not yet seen
         self._cursor = 0  # highest outbox id handed over (or skipped) since the last rewind
-        self._retry_at: dict[int, float] = {}  # outbox id -> monotonic time of its next try
-        self._retry_delay: dict[int, float] = {}
+        # outbox id -> monotonic time of its next send: after a PUBACK that did not deliver,
+        # or after a good PUBACK while the service's acknowledgement is awaited.
+        self._retry_at: dict[int, float] = {}
+        self._retry_delay: dict[int, float] = {}  # back-off after failed PUBACKs
+        self._ack_wait: dict[int, float] = {}  # the current acknowledgement timeout
+        self._subscribed: set[str] = set()  # ack topics subscribed on this connection
+        self._awaiting: set[int] = set()  # outbox ids whose _retry_at is an ack timeout
+        self._topic_of: dict[int, str] = {}  # outbox id -> topic, while it is being sent
         # Counters, read by callers through stats().
         self._stats: collections.Counter[str] = collections.Counter()
         self._worker: threading.Thread | None = None
@@ -631,7 +797,8 @@ class Publisher:
         """Stop sending and disconnect (the session is kept for ``session_expiry_s``).
 
         Envelopes still unacknowledged stay in the outbox and are sent by the next publisher
-        that opens it. Does not close the outbox. Idempotent.
+        that opens it; acknowledgements published meanwhile wait in the broker's session.
+        Does not close the outbox. Idempotent.
         """
         worker = self._worker
         if worker is None:
@@ -676,7 +843,7 @@ class Publisher:
 
         Order: topic check, outbox room check (so a full outbox does not burn a seq), sign
         (the signer persists its seq state), :meth:`Outbox.put` (committed), wake the sender.
-        Returns once the envelope is in the outbox, not when the broker acknowledged it (see
+        Returns once the envelope is in the outbox, not when it is durable (see
         :meth:`flush`). Raises ``PublishError`` (``topic_invalid``), ``OutboxError``
         (``outbox_full``, ...) or the signer's ``EnvelopeError`` / ``DeviceStateError``.
         """
@@ -685,10 +852,12 @@ class Publisher:
             raise OutboxError(f"outbox {self.outbox.path} is full", reason="outbox_full")
         envelope = signer.sign(kind, values, ts_ms)
         entry_id = self.put(topic, envelope)
-        return QueuedReading(entry_id, topic, envelope, signer.seq)
+        leaf = self.outbox.hasher.hash_leaf(envelope)
+        return QueuedReading(entry_id, topic, envelope, signer.seq, leaf)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until the outbox is empty (every envelope acknowledged or rejected).
+        """Wait until the outbox is empty: every envelope acknowledged by the service as
+        durable, or refused for good (see :meth:`Outbox.rejected`).
 
         Raises ``PublishError`` (``flush_timeout``) naming how many are left.
         """
@@ -713,7 +882,12 @@ class Publisher:
         return self._connected
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``published``, ``acked``, ``rejected``, ``retried``, ``connects``, ..."""
+        """Counters: ``published`` (PUBLISH packets, resends included), ``pubacked`` (PUBACK
+        0x00), ``no_subscribers`` (PUBACK 0x10), ``acked`` (rows settled as durable),
+        ``refused`` (rows the service refused for good), ``rejected`` (the broker did),
+        ``retried`` (PUBACKs that did not deliver), ``ack_timeouts`` (resends for want of an
+        acknowledgement), ``ack_messages``, ``ack_malformed``, ``ack_subscribe_refused``,
+        ``connects``."""
         with self._cond:
             return dict(self._stats)
 
@@ -770,6 +944,19 @@ class Publisher:
     ) -> None:
         self._push(_Puback(mid, int(reason_code.value), reason_code.getName()))
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._push(_AckMessage(msg.topic, bytes(msg.payload)))
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._push(_Suback(tuple(int(rc.value) for rc in reason_codes)))
+
     # -- the worker ---------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -803,11 +990,24 @@ class Publisher:
         with self._cond:
             self._stats[name] += n
 
+    def _jitter(self, delay: float) -> float:
+        # "Equal jitter": between half and all of the delay, so resends spread out but the
+        # back-off still grows.
+        return delay * self._random.uniform(0.5, 1.0)
+
+    def _forget(self, entry_id: int) -> None:
+        self._retry_at.pop(entry_id, None)
+        self._retry_delay.pop(entry_id, None)
+        self._ack_wait.pop(entry_id, None)
+        self._awaiting.discard(entry_id)
+        self._topic_of.pop(entry_id, None)
+
     def _handle(self, events: list[_Event]) -> None:
         acked: list[int] = []
         for event in events:
             if isinstance(event, _Connected):
                 self._connected = True
+                self._subscribed.clear()  # subscribe again: the session may have been lost
                 self._window = max(1, min(self.max_inflight, event.receive_maximum))
                 self._count("connects")
                 log.info(
@@ -826,46 +1026,116 @@ class Publisher:
                     event.reason,
                     len(self._inflight),
                 )
+            elif isinstance(event, _AckMessage):
+                self._settle(event)
+            elif isinstance(event, _Suback):
+                if any(code >= _SUCCESS_LIMIT for code in event.codes):
+                    self._count("ack_subscribe_refused")
+                    log.error(
+                        "%s: the broker refused the acknowledgement subscription (SUBACK %s): "
+                        "readings will be resent until it is allowed (broker ACL)",
+                        self.client_id,
+                        ", ".join(f"0x{c:02x}" for c in event.codes),
+                    )
             else:
                 entry_id = self._inflight.pop(event.mid, None)
                 if entry_id is None:
                     log.debug("%s: PUBACK for unknown mid %d", self.client_id, event.mid)
                     continue
                 self._in_paho.discard(entry_id)
-                if event.code < _SUCCESS_LIMIT:
-                    acked.append(entry_id)
-                    self._retry_delay.pop(entry_id, None)
-                elif event.code in PERMANENT_PUBACK_CODES:
-                    reason = PERMANENT_PUBACK_CODES[event.code]
+                self._on_puback(entry_id, event, acked)
+        if acked:
+            # Under _cond, so that whoever sees the outbox empty also sees the counter.
+            with self._cond:
+                self._count("acked", self.outbox.ack_many(acked))
+
+    def _on_puback(self, entry_id: int, event: _Puback, acked: list[int]) -> None:
+        topic = self._topic_of.get(entry_id)
+        if topic is None:
+            # Settled meanwhile: its acknowledgement overtook this PUBACK (a resend's, say).
+            return
+        if event.code < _SUCCESS_LIMIT and event.code != _NO_MATCHING_SUBSCRIBERS:
+            self._count("pubacked")
+            self._retry_delay.pop(entry_id, None)
+            if ack_topic_for(topic) is None:
+                acked.append(entry_id)  # no acknowledgement topic: the PUBACK settles it
+                self._forget(entry_id)
+                return
+            # The broker has it; the service has not said it is durable yet. Resend if the
+            # acknowledgement does not come in time (a resend is harmless: replayed_seq), and
+            # wait twice as long after each resend.
+            previous = self._ack_wait.get(entry_id)
+            wait = self.ack_timeout_s if previous is None else previous * 2
+            wait = min(wait, self.ack_timeout_max_s)
+            self._ack_wait[entry_id] = wait
+            self._awaiting.add(entry_id)
+            self._retry_at[entry_id] = time.monotonic() + self._jitter(wait)
+        elif event.code in PERMANENT_PUBACK_CODES:
+            reason = PERMANENT_PUBACK_CODES[event.code]
+            log.error(
+                "%s: broker refused outbox entry %d for good: PUBACK 0x%02x %s; "
+                "moved to the rejected table",
+                self.client_id,
+                entry_id,
+                event.code,
+                event.name,
+            )
+            with self._cond:  # as in _settle: on_settled runs before flush() sees the row gone
+                leaf = self.outbox.leaf_hash_of(entry_id)
+                self._count("rejected")
+                self.outbox.reject(entry_id, event.code, reason)
+                self._forget(entry_id)
+                if self.on_settled is not None and leaf is not None:
+                    self.on_settled(Settled(entry_id, topic, 0, leaf, False, reason, event.code))
+        else:
+            self._awaiting.discard(entry_id)
+            # 0x10: the broker had nobody to give it to and dropped it (a success code to
+            # MQTT, a loss to us); >= 0x80: it did not take it. Either way: not delivered.
+            if event.code == _NO_MATCHING_SUBSCRIBERS:
+                self._count("no_subscribers")
+            delay = self._retry_delay.get(entry_id, self.retry_min_s / 2) * 2
+            delay = min(max(delay, self.retry_min_s), self.retry_max_s)
+            self._retry_delay[entry_id] = delay
+            self._retry_at[entry_id] = time.monotonic() + self._jitter(delay)
+            log.log(
+                logging.INFO if event.code == _NO_MATCHING_SUBSCRIBERS else logging.WARNING,
+                "%s: PUBACK 0x%02x %s for outbox entry %d: not delivered; resending in %.1f s",
+                self.client_id,
+                event.code,
+                event.name,
+                entry_id,
+                delay,
+            )
+            self._count("retried")
+
+    def _settle(self, message: _AckMessage) -> None:
+        self._count("ack_messages")
+        try:
+            entries = decode_ack(message.payload)
+        except AnchorError as exc:
+            self._count("ack_malformed")
+            log.warning("%s: ignored a malformed acknowledgement: %s", self.client_id, exc)
+            return
+        # Under _cond (flush() reads the outbox count under it too), so that whoever sees
+        # the rows gone also sees them counted and reported to on_settled.
+        with self._cond:
+            settled = self.outbox.settle(message.topic, entries)
+            durable = sum(1 for s in settled if s.durable)
+            self._count("acked", durable)
+            self._count("refused", len(settled) - durable)
+            for s in settled:
+                self._forget(s.outbox_id)
+                if not s.durable:
                     log.error(
-                        "%s: broker refused outbox entry %d for good: PUBACK 0x%02x %s; "
+                        "%s: the service refused outbox entry %d (seq %d) for good: %s; "
                         "moved to the rejected table",
                         self.client_id,
-                        entry_id,
-                        event.code,
-                        event.name,
+                        s.outbox_id,
+                        s.seq,
+                        s.reason,
                     )
-                    self._count("rejected")
-                    self.outbox.reject(entry_id, event.code, reason)
-                    self._retry_delay.pop(entry_id, None)
-                else:
-                    delay = self._retry_delay.get(entry_id, self.retry_min_s / 2) * 2
-                    delay = min(max(delay, self.retry_min_s), self.retry_max_s)
-                    self._retry_delay[entry_id] = delay
-                    self._retry_at[entry_id] = time.monotonic() + delay
-                    log.warning(
-                        "%s: PUBACK 0x%02x %s for outbox entry %d; resending in %.1f s",
-                        self.client_id,
-                        event.code,
-                        event.name,
-                        entry_id,
-                        delay,
-                    )
-                    self._count("retried")
-        if acked:
-            # Counted first, so that whoever sees the outbox empty also sees the counter.
-            self._count("acked", len(acked))
-            self.outbox.ack_many(acked)
+                if self.on_settled is not None:
+                    self.on_settled(s)
 
     def _pump(self) -> None:
         if not self._connected:
@@ -874,6 +1144,9 @@ class Publisher:
         due = [eid for eid, at in self._retry_at.items() if at <= now]
         for eid in due:
             del self._retry_at[eid]
+            if eid in self._awaiting:
+                self._awaiting.discard(eid)
+                self._count("ack_timeouts")
         if due:
             # Rewind so the scan below picks the due entries up again, in id order.
             self._cursor = min(self._cursor, min(due) - 1)
@@ -886,6 +1159,12 @@ class Publisher:
                 if row.id in self._in_paho or row.id in self._retry_at:
                     self._cursor = row.id
                     continue
+                ack = ack_topic_for(row.topic)
+                if ack is not None and ack not in self._subscribed:
+                    # Before the reading: the broker handles our packets in order, so the
+                    # subscription exists before the reading can be sealed and answered.
+                    self._client.subscribe(ack, qos=1)
+                    self._subscribed.add(ack)
                 info = self._client.publish(row.topic, row.payload, qos=1)
                 if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                     return  # paho refused to queue it; try again on the next wake-up
@@ -894,6 +1173,7 @@ class Publisher:
                 self._cursor = row.id
                 self._inflight[info.mid] = row.id
                 self._in_paho.add(row.id)
+                self._topic_of[row.id] = row.topic
                 self._count("published")
                 room -= 1
                 if room == 0:

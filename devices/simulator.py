@@ -12,6 +12,13 @@ connections and 500 fsyncing outboxes would measure the simulator, not the inges
 device is pinned to one connection, so its messages reach the broker in the order it sent them
 (MQTT keeps order per connection and topic).
 
+With per-device broker logins (``SimulationConfig.logins``, ``--register-via``) every device
+is a real device: its own :class:`~devices.publisher.Publisher` and on-disk
+:class:`~devices.publisher.Outbox` (under ``outbox_dir``, else a temporary directory), so a
+message counts as ``acked`` only when the service's acknowledgement (issue 11) settled it --
+durable, or refused for good -- never on a PUBACK, which 0x10 "No matching subscribers" makes
+meaningless. A message the broker refuses for good (0x87) is ``failed``.
+
 Faults (``SimulationConfig.faults``: reason -> proportion of all messages sent). The names are
 the quarantine reason codes the ingestor is expected to record:
 
@@ -59,6 +66,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -84,7 +92,13 @@ from anchor.envelope import (
 from anchor.errors import AnchorError, UsageError
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
 from devices.keystore import device_key_files, generate_device_key, load_private_key
-from devices.publisher import parse_mqtt_url, reading_topic
+from devices.publisher import (
+    Outbox,
+    Publisher,
+    Settled,
+    parse_mqtt_url,
+    reading_topic,
+)
 from devices.readings import FIVEG_KINDS, IOT_KINDS, ReadingGenerator
 from devices.signer import DeviceSigner, DeviceState, load_state, save_state
 
@@ -184,6 +198,10 @@ class SimulationConfig:
     max_inflight: int = 1000
     drain_timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
+    # With logins: where each device's outbox lives (kept between runs), else a temporary dir.
+    outbox_dir: Path | None = None
+    # With logins: the device SDK's wait for the service's acknowledgement before a resend.
+    ack_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         def bad(detail: str) -> SimulationError:
@@ -506,9 +524,13 @@ class _Msg:
 
 
 class _Conn:
-    def __init__(self, index: int, client: mqtt.Client, window: int) -> None:
+    def __init__(self, index: int, client: mqtt.Client | None, window: int) -> None:
         self.index = index
         self.client = client
+        # With per-device logins: the device SDK instead of a bare client.
+        self.publisher: Publisher | None = None
+        self.outbox: Outbox | None = None
+        self.by_leaf: dict[bytes, _Msg] = {}  # messages waiting for the service's answer
         self.window = window
         self.pending: dict[int, _Msg] = {}
         self.early: dict[int, int] = {}  # PUBACKs that beat the publish() call's return
@@ -577,9 +599,44 @@ class _Run:
             self.ghosts.append(
                 SimDevice(ghost_id, kind, district, key, DeviceSigner(ghost_id, key))
             )
-        self.conns = [self._client(i) for i in range(n_conn)]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if config.logins:
+            if config.outbox_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="cityanchor-sim-")
+                self.outbox_dir = Path(self._tmp.name)
+            else:
+                self.outbox_dir = config.outbox_dir
+            self.conns = [self._device_conn(i) for i in range(n_conn)]
+        else:
+            self.conns = [self._client(i) for i in range(n_conn)]
 
     # -- connections ------------------------------------------------------------------------
+
+    def _device_conn(self, index: int) -> _Conn:
+        """A real device: the SDK's Publisher and on-disk Outbox on the device's own login."""
+        dev = self.fleet[index]
+        self.outbox_dir.mkdir(parents=True, exist_ok=True)
+        conn = _Conn(index, None, self.config.max_inflight)
+        conn.outbox = Outbox(self.outbox_dir / f"{dev.device_id}.outbox.sqlite")
+
+        def on_settled(settled: Settled) -> None:
+            with self.cond:
+                msg = conn.by_leaf.pop(settled.leaf_hash, None)
+                if msg is not None:  # puback_code: 0 from the service, 0x87... from the broker
+                    self._resolve(conn, msg, settled.puback_code, durable=settled.durable)
+
+        conn.publisher = Publisher(
+            conn.outbox,
+            client_id=dev.device_id,
+            mqtt_url=self.config.mqtt_url,
+            username=dev.device_id,
+            password=self.config.logins[dev.device_id],
+            max_inflight=min(self.config.max_inflight, 100),
+            reconnect_max_s=5,
+            ack_timeout_s=self.config.ack_timeout_s,
+            on_settled=on_settled,
+        )
+        return conn
 
     def _client(self, index: int) -> _Conn:
         target = parse_mqtt_url(self.config.mqtt_url)
@@ -634,12 +691,12 @@ class _Run:
         client.connect_async(target.host, target.port, keepalive=30, clean_start=True)
         return conn
 
-    def _resolve(self, conn: _Conn, msg: _Msg, code: int) -> None:
-        # Under self.cond.
+    def _resolve(self, conn: _Conn, msg: _Msg, code: int, *, durable: bool = True) -> None:
+        # Under self.cond. ``durable`` False: the service refused it for good (a fault).
         conn.outstanding -= 1
         if code < _SUCCESS_LIMIT:
             self.acked += 1
-            if msg.good is not None:
+            if msg.good is not None and durable:
                 self.history.append(msg.good)
                 self.expected.append((msg.good.device.device_id, msg.good.seq))
         else:
@@ -648,6 +705,16 @@ class _Run:
         self.cond.notify_all()
 
     def _publish(self, conn: _Conn, topic: str, payload: bytes, msg: _Msg) -> None:
+        if conn.publisher is not None:
+            assert conn.outbox is not None
+            leaf = conn.outbox.hasher.hash_leaf(payload)
+            with self.cond:  # registered first: the answer may come before put() returns
+                conn.by_leaf[leaf] = msg
+                conn.outstanding += 1
+                self.sent += 1
+            conn.publisher.put(topic, payload)
+            return
+        assert conn.client is not None
         info = conn.client.publish(topic, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # pragma: no cover - queue is unbounded
             raise SimulationError("paho refused to queue a message", reason="publish_failed")
@@ -767,7 +834,11 @@ class _Run:
     def run(self, progress: bool) -> SimulationReport:
         config = self.config
         for conn in self.conns:
-            conn.client.loop_start()
+            if conn.publisher is not None:
+                conn.publisher.start()
+            else:
+                assert conn.client is not None
+                conn.client.loop_start()
         try:
             self._wait_connected()
             reporter = _Progress(self, progress)
@@ -781,8 +852,16 @@ class _Run:
                 reporter.stop()
         finally:
             for conn in self.conns:
-                conn.client.disconnect()
-                conn.client.loop_stop()
+                if conn.publisher is not None:
+                    assert conn.outbox is not None
+                    conn.publisher.close()
+                    conn.outbox.close()
+                else:
+                    assert conn.client is not None
+                    conn.client.disconnect()
+                    conn.client.loop_stop()
+            if self._tmp is not None:
+                self._tmp.cleanup()
             # Even after an interruption: a seq that was sent must never be signed again.
             save_fleet_state(self.fleet)
         with self.cond:
@@ -809,6 +888,16 @@ class _Run:
         limit = self.config.connect_timeout_s
         deadline = time.monotonic() + limit
         for conn in self.conns:
+            if conn.publisher is not None:
+                while not conn.publisher.connected and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if conn.publisher.connected:
+                    continue
+                raise SimulationError(
+                    f"no MQTT connection to {self.config.mqtt_url} for "
+                    f"{self.fleet[conn.index].device_id} within {limit} s",
+                    reason="connect_failed",
+                )
             if not conn.ready.wait(max(0.0, deadline - time.monotonic())):
                 raise SimulationError(
                     f"no MQTT connection to {self.config.mqtt_url} within {limit} s",
@@ -1027,7 +1116,18 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "per-device ACLs refuses unknown_device and topic_mismatch faults itself: PUBACK 0x87)",
     )
     p.add_argument("--token-file", type=Path, default=None, help="API token (devices:write)")
-    p.add_argument("--drain-timeout", default="30s", help="wait this long for the last PUBACKs")
+    p.add_argument(
+        "--drain-timeout",
+        default="30s",
+        help="wait this long for the last PUBACKs (with --register-via: acknowledgements)",
+    )
+    p.add_argument(
+        "--outbox-dir",
+        type=Path,
+        default=None,
+        help="with --register-via: keep each device's on-disk outbox here (default: a "
+        "temporary directory); unacknowledged readings are resent by the next run",
+    )
     p.add_argument(
         "--report-json",
         type=Path,
@@ -1159,6 +1259,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             password=password,
             connections=args.connections,
             drain_timeout_s=parse_duration(args.drain_timeout),
+            outbox_dir=args.outbox_dir,
         )
     except AnchorError as exc:
         if exc.reason == "usage":

@@ -93,8 +93,14 @@ def _completeness(key: PrivateKey, operator: NoteSigner) -> str:
         sealed = seal_batch(batch_id, [*others, *members])
         for offset, env in enumerate(members, start=len(others)):
             stored.append(
-                StoredReading(env.reading.seq, env.format, env.raw, sealed.leaf_hashes[offset],
-                              batch_id, offset)
+                StoredReading(
+                    env.reading.seq,
+                    env.format,
+                    env.raw,
+                    sealed.leaf_hashes[offset],
+                    batch_id,
+                    offset,
+                )
             )
         index = log.append(sealed.size, sealed.root)
         batches[batch_id] = StoredBatch(batch_id, sealed.root, index, sealed.leaf_hashes, ())

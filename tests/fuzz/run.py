@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fuzz.targets import TARGETS, FuzzFailure, Stats, run_target
+from fuzz.targets import TARGETS, Stats, run_target
 
 CASE_LIMIT_S = 1.0
 
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats=stats,
             )
             status = "ok"
-        except FuzzFailure as exc:
-            status = f"FAIL: {exc}"
+        except Exception as exc:  # FuzzFailure, or hypothesis' Flaky* groups around one
+            status = f"FAIL: {type(exc).__name__}: {exc}"
             failed = True
         took = time.perf_counter() - start
         total += stats.cases

@@ -468,6 +468,8 @@ def test_dynsec_config_from_the_registry_gives_a_broker_with_the_same_rules(
         dev = Device(broker.url, login).start()
         try:
             assert dev.subscribe("#") == [NOT_AUTHORIZED]
+            assert dev.subscribe(f"city/{DISTRICT}/{signer.device_id}/ack") == [1]  # issue 11
+            assert dev.subscribe("city/+/+/ack") == [NOT_AUTHORIZED]
             topic = f"city/{DISTRICT}/{signer.device_id}/readings"
             assert dev.publish_all(topic, _readings(signer, 1)) == [0x10]  # no subscribers
             assert dev.publish_all("city/x/y/readings", _readings(signer, 1)) == [NOT_AUTHORIZED]
@@ -541,3 +543,82 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
         logins.refresh(force=True)
         assert Device(broker.url, first).attempt() == NOT_AUTHORIZED
         assert Device(broker.url, late).attempt() == 0
+
+
+def test_a_device_subscribes_to_its_own_ack_topic_only_and_gets_its_acks(
+    up: Up, tmp_path: Path
+) -> None:
+    """Issue 11: the one subscription a device login has is its own acknowledgement topic
+    (literal). Another device's ack topic, any wildcard over ack topics and the readings stay
+    0x87. Through `up`'s own broker, ingestors and logins, the device SDK's readings all end
+    acknowledged, which needs the ingest login's right to publish to ack topics; the other
+    device, subscribed to nothing of its own, receives none of them."""
+    from devices.publisher import Outbox, Publisher
+
+    signer, login = _register(up, "acked")
+    other, other_login = _register(up, "nosy")
+    nosy = Device(up.mqtt, other_login, clean_start=False, session_expiry=3600).start()
+    try:
+        own = f"city/{DISTRICT}/{other.device_id}/ack"
+        assert nosy.subscribe(own) == [1]  # granted, QoS 1
+        for topic in (
+            f"city/{DISTRICT}/{signer.device_id}/ack",
+            f"city/{DISTRICT}/+/ack",
+            "city/+/+/ack",
+            "city/#",
+            f"$share/x/city/{DISTRICT}/{signer.device_id}/ack",
+        ):
+            assert nosy.subscribe(topic) == [NOT_AUTHORIZED], topic
+        # A device may not publish (forge) acknowledgements, not even to itself.
+        assert nosy.publish_all(own, [b"\x01\x00\x00"]) == [NOT_AUTHORIZED]
+
+        u = urlsplit(up.mqtt)
+        with (
+            Outbox(tmp_path / "acked.outbox") as box,
+            Publisher(
+                box,
+                mqtt_url=f"mqtt://{u.hostname}:{u.port}",
+                client_id=signer.device_id,
+                username=login["mqtt_username"],
+                password=login["mqtt_password"],
+            ) as pub,
+        ):
+            for i in range(20):
+                pub.publish_reading(signer, DISTRICT, "iot.noise", {"laeq_db": 40.0 + i})
+            pub.flush(timeout=60)
+            stats = pub.stats()
+        assert stats["acked"] == 20 and stats.get("ack_subscribe_refused", 0) == 0
+        assert _wait_stored(up, signer.device_id, 20) == {}
+        assert nosy.received == []
+    finally:
+        nosy.close()
+
+
+def test_simulated_fleet_with_logins_counts_only_acknowledged_readings(up: Up) -> None:
+    """`cityanchor simulate --register-via`: each device is the SDK on its own login, so
+    `acked` counts the service's acknowledgements, and every acknowledged good reading is
+    stored (none lost, none twice); bad signatures are answered as refused, not stored."""
+    from devices.simulator import (
+        SimulationConfig,
+        _register_via_api,
+        make_fleet,
+        run_simulation,
+    )
+
+    fleet = make_fleet(4, seed=next(_ids), districts=(DISTRICT,))
+    token_file = Path(json.loads((up.data_dir / "up.json").read_text())["token_file"])
+    logins = _register_via_api(up.http, token_file, fleet)
+    assert set(logins) == {d.device_id for d in fleet}
+    config = SimulationConfig(
+        mqtt_url=up.mqtt, devices=4, rate=80, duration_s=1.5, districts=(DISTRICT,),
+        faults={"bad_signature": 0.1}, logins=logins, drain_timeout_s=60,
+    )  # fmt: skip
+    report = run_simulation(config, fleet, progress=False)
+    assert report.sent > 0 and report.acked == report.sent
+    assert report.failed == report.unacked == 0
+    assert report.expected_good + report.by_fault["bad_signature"] == report.sent
+    for dev in fleet:
+        mine = sorted(seq for d, seq in report.expected if d == dev.device_id)
+        assert mine == list(range(1, len(mine) + 1))
+        quarantined = _wait_stored(up, dev.device_id, len(mine))
+        assert set(quarantined) <= {"bad_signature", "replayed_seq"}

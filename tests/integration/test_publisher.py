@@ -1,4 +1,11 @@
-"""The device publisher against a real private Mosquitto: nothing signed is ever lost."""
+"""The device publisher against a real private Mosquitto and the real ingestor: nothing signed
+is ever lost.
+
+Since issue 11 a reading leaves the outbox only when the ingestor's acknowledgement says it is
+durable, so these tests run an ingestor (test_ingest's fixtures) next to the broker; before,
+they ran against a bare broker and counted a PUBACK as delivery, which 0x10 "No matching
+subscribers" showed to be wrong (tests/integration/test_device_ack.py).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +27,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer
+from anchor.services import MosquittoServer, PostgresServer
 from devices import DeviceSigner, generate_values
 from devices.publisher import Outbox, Publisher, PublishError, parse_mqtt_url
+from integration import test_ingest as ingest_it
 
 DISTRICT = "nanshan"
 DEVICE = "aq-nanshan-00001"
@@ -90,10 +98,36 @@ def broker(service_dir: Path) -> Iterator[MosquittoServer]:
         server.stop()
 
 
-def _signer(tmp_path: Path, device_id: str = DEVICE) -> DeviceSigner:
-    return DeviceSigner.open(
+def _signer(
+    tmp_path: Path, device_id: str = DEVICE, env: ingest_it.Env | None = None
+) -> DeviceSigner:
+    signer = DeviceSigner.open(
         device_id, PrivateKey.generate(), state_path=tmp_path / f"{device_id}.state.json"
     )
+    if env is not None:  # registered, so that the ingestor seals (and acknowledges) it
+
+        async def register(store: Any) -> None:
+            await store.register_device(
+                device_id, signer.key.public_key, district=DISTRICT, kind="iot.air_quality"
+            )
+
+        ingest_it._run(ingest_it._with_store(env.dsn, register))
+    return signer
+
+
+def _ingest_env(
+    postgres: PostgresServer, broker: MosquittoServer, tmp_path: Path
+) -> ingest_it.Env:
+    env = ingest_it._env(postgres, broker, tmp_path)
+    env.district = DISTRICT  # the ingestor's share group is per test; its topic filter this
+    return env
+
+
+@pytest.fixture
+def ingestors() -> Iterator[ingest_it.Ingestors]:
+    ing = ingest_it.Ingestors()
+    yield ing
+    ing.stop_all()
 
 
 def _publish(pub: Publisher, signer: DeviceSigner, n: int, rng: random.Random) -> list[bytes]:
@@ -113,10 +147,15 @@ def _wait(pred: Callable[[], bool], timeout: float) -> None:
 
 
 def test_every_reading_arrives_exactly_as_signed(
-    mosquitto: MosquittoServer, tmp_path: Path
+    postgres: PostgresServer,
+    mosquitto: MosquittoServer,
+    ingestors: ingest_it.Ingestors,
+    tmp_path: Path,
 ) -> None:
+    env = _ingest_env(postgres, mosquitto, tmp_path)
+    ingestors.start(env)
     sub = Subscriber(mosquitto.url, "test-sub-exact")
-    signer = _signer(tmp_path)
+    signer = _signer(tmp_path, env=env)
     try:
         with (
             Outbox(tmp_path / "outbox.sqlite") as box,
@@ -127,20 +166,27 @@ def test_every_reading_arrives_exactly_as_signed(
             assert box.count() == 0
             assert pub.stats()["acked"] == 60
             assert box.rejected() == []
-        sub.wait_for(lambda: len(sub.messages) >= 60, 10)
-        # Byte for byte, in order, on the device's topic; the chain is 1..60.
-        assert sub.payloads() == sent
-        assert {t for t, _ in sub.messages} == {f"city/{DISTRICT}/{DEVICE}/readings"}
-        assert [parse_envelope(p).reading.seq for p in sub.payloads()] == list(range(1, 61))
+        topic = f"city/{DISTRICT}/{DEVICE}/readings"
+        readings = [p for t, p in sub.messages if t == topic]
+        # Byte for byte, in order, on the device's topic; the chain is 1..60 (PUBACKed and
+        # acknowledged: the outbox sends nothing twice when the service answers in time).
+        assert readings == sent
+        assert {t for t, _ in sub.messages} == {topic, f"city/{DISTRICT}/{DEVICE}/ack"}
+        assert [parse_envelope(p).reading.seq for p in readings] == list(range(1, 61))
     finally:
         sub.close()
 
 
 def test_outbox_filled_while_broker_down_is_sent_after_restart(
-    broker: MosquittoServer, tmp_path: Path
+    postgres: PostgresServer,
+    broker: MosquittoServer,
+    ingestors: ingest_it.Ingestors,
+    tmp_path: Path,
 ) -> None:
+    env = _ingest_env(postgres, broker, tmp_path)
+    ingestors.start(env)
     sub = Subscriber(broker.url, "test-sub-restart")
-    signer = _signer(tmp_path)
+    signer = _signer(tmp_path, env=env)
     rng = random.Random(2)
     path = tmp_path / "outbox.sqlite"
     try:
@@ -160,20 +206,30 @@ def test_outbox_filled_while_broker_down_is_sent_after_restart(
         sub.wait_for(lambda: sub.subscribed >= 2, 15)
         with Outbox(path) as box2:
             assert box2.count() == 7
-            with Publisher(box2, mqtt_url=broker.url, client_id=DEVICE) as pub2:
-                pub2.flush(timeout=15)
+            # The ingestor may reconnect after these are sent, and a broker restart can lose
+            # what it PUBACKed (issue 11): without an acknowledgement they are sent again.
+            with Publisher(
+                box2, mqtt_url=broker.url, client_id=DEVICE, ack_timeout_s=2, ack_timeout_max_s=4
+            ) as pub2:
+                pub2.flush(timeout=40)
             assert box2.count() == 0
         sub.wait_for(lambda: set(before + during) <= set(sub.payloads()), 10)
         assert sub.payloads()[: len(before)] == before
+        assert ingest_it._counts(env)["readings"] == len(before + during)  # each stored once
     finally:
         sub.close()
 
 
 def test_publisher_killed_before_pubacks_resends_everything(
-    broker: MosquittoServer, tmp_path: Path
+    postgres: PostgresServer,
+    broker: MosquittoServer,
+    ingestors: ingest_it.Ingestors,
+    tmp_path: Path,
 ) -> None:
+    env = _ingest_env(postgres, broker, tmp_path)
+    ingestors.start(env)
     sub = Subscriber(broker.url, "test-sub-kill")
-    signer = _signer(tmp_path)
+    signer = _signer(tmp_path, env=env)
     path = tmp_path / "outbox.sqlite"
     try:
         box = Outbox(path)
@@ -196,7 +252,10 @@ def test_publisher_killed_before_pubacks_resends_everything(
         # At least once: every reading arrives (the first copies may arrive as well, and the
         # ingestor de-duplicates them by (device_id, seq)).
         sub.wait_for(lambda: set(sent) <= set(sub.payloads()), 10)
-        assert set(sub.payloads()) == set(sent)
+        topic = f"city/{DISTRICT}/{DEVICE}/readings"
+        assert {p for t, p in sub.messages if t == topic} == set(sent)
+        # Stored once each, whatever was sent twice.
+        assert ingest_it._counts(env)["readings"] == len(sent)
     finally:
         sub.close()
 
@@ -216,11 +275,14 @@ def test_not_authorized_puback_moves_the_row_to_rejected(service_dir: Path, tmp_
             rng = random.Random(4)
             ok = _publish(pub, signer, 2, rng)
             denied = _publish(pub, stranger, 1, rng)  # topic outside the ACL
-            pub.flush(timeout=10)
+            _wait(lambda: box.rejected() != [], 10)
             [rejected] = box.rejected()
             assert rejected.payload == denied[0] and rejected.reason_code == 0x87
             assert rejected.reason == "not_authorized"
-            assert pub.stats()["acked"] == len(ok)
+            # Nobody subscribes on this broker: the others are PUBACKed 0x10, so they are kept
+            # (and resent), not counted as delivered.
+            _wait(lambda: pub.stats().get("no_subscribers", 0) >= len(ok), 10)
+            assert box.count() == len(ok) and pub.stats().get("acked", 0) == 0
     finally:
         server.stop()
 

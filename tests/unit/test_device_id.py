@@ -62,10 +62,19 @@ def test_dynsec_config_denies_by_default_and_binds_each_device_to_its_id_and_top
     roles = {r["rolename"]: r["acls"] for r in cfg["roles"]}
     assert roles["device/aq-1"] == [
         {"acltype": "publishClientSend", "topic": "city/nanshan/aq-1/readings", "priority": 0,
-         "allow": True}
+         "allow": True},
+        {"acltype": "subscribeLiteral", "topic": "city/nanshan/aq-1/ack", "priority": 0,
+         "allow": True},
     ]  # fmt: skip
     # A district that would widen a literal topic into a wildcard gets no right at all.
     assert roles["device/aq-2"] == []
-    # Devices subscribe to nothing: no role grants them a subscription.
+    # Devices subscribe to nothing but their own ack topic (issue 11), literally.
     device_acls = [a for name, acls in roles.items() if name.startswith("device/") for a in acls]
-    assert all(a["acltype"] == "publishClientSend" for a in device_acls)
+    assert all(
+        a["acltype"] == "publishClientSend"
+        or (a["acltype"] == "subscribeLiteral" and a["topic"].endswith("/ack"))
+        for a in device_acls
+    )
+    # The ingestors may publish the acknowledgements, to ack topics only.
+    ingest_pub = [a["topic"] for a in roles["cityanchor-ingest"] if a["acltype"].startswith("pub")]
+    assert ingest_pub == ["city/+/+/ack"]

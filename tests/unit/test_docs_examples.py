@@ -89,3 +89,51 @@ def test_device_guide_es256_example_is_current() -> None:
     key.public_key.verify(high[-64:], ours.signed_bytes)  # a valid signature, ...
     with pytest.raises(NonCanonicalEnvelope):  # ... in a form that is refused
         parse_envelope(high)
+
+
+def test_device_guide_acknowledgement_example_is_current() -> None:
+    """The guide's acknowledgement bytes are what the ingestor encodes and the SDK decodes, and
+    its list of final reasons is the code's (issue 11)."""
+    from anchor.device_ack import (
+        DURABLE,
+        FINAL_REASONS,
+        MAX_ENTRIES,
+        REFUSED,
+        TRANSIENT_REASONS,
+        AckEntry,
+        decode_ack,
+        encode_ack,
+    )
+
+    text = GUIDE.read_text()
+    key = PrivateKey.from_jwk(RFC8037_KEY)
+    reading = Reading(
+        "aq-0001", 1, 1764000000000, "iot.air_quality", {"pm2_5": 12.5, "no2": 31.0}, bytes(32)
+    )
+    cose = sign_reading(reading, key, format=FORMAT_COSE)
+    jws = sign_reading(reading, key, format=FORMAT_JWS)
+    entries = [
+        AckEntry(1, merkle.leaf_hash(cose), DURABLE, ""),
+        AckEntry(1, merkle.leaf_hash(jws), REFUSED, "seq_conflict"),
+    ]
+    message = encode_ack(entries)
+    assert f"\n{message.hex()}\n" in text
+    assert decode_ack(message) == entries
+    # The byte table walks the same message.
+    table = [
+        "| `01` | version 1 |",
+        "| `0002` | 2 entries |",
+        f"| `{merkle.leaf_hash(cose).hex()[:8]}…{merkle.leaf_hash(cose).hex()[-6:]}` |",
+        f"| `{merkle.leaf_hash(jws).hex()[:8]}…{merkle.leaf_hash(jws).hex()[-6:]}` |",
+        f"| `01` `0c` `{b'seq_conflict'.hex()}` |",
+    ]
+    for row in table:
+        assert row in text, row
+    assert f"1 to {MAX_ENTRIES}" in text and "city/{district}/{device_id}/ack" in text
+    # Rule 2 names exactly the final reasons, rule 3 the transient ones.
+    flat = " ".join(text.split())
+    rule2 = flat[flat.index("2. Status `01`") : flat.index("3. Nothing for a reading")]
+    named = set(rule2.split("`")[1::2]) - {"01"}
+    assert named == FINAL_REASONS
+    rule3 = flat[flat.index("3. Nothing for a reading") : flat.index("4. Resend")]
+    assert set(rule3.split("`")[1::2]) == TRANSIENT_REASONS

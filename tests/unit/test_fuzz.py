@@ -28,8 +28,14 @@ def test_fuzz_target_fixed_seed(target: Target) -> None:
 
 def test_reason_code_table_is_read() -> None:
     codes = documented_reasons()
-    for code in ("malformed", "bad_signature", "root_mismatch", "receipt_malformed",
-                 "checkpoint_malformed", "completeness_malformed"):
+    for code in (
+        "malformed",
+        "bad_signature",
+        "root_mismatch",
+        "receipt_malformed",
+        "checkpoint_malformed",
+        "completeness_malformed",
+    ):
         assert code in codes
 
 

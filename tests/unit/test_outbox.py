@@ -160,3 +160,55 @@ def test_topic_and_url_helpers() -> None:
         with pytest.raises(AnchorError) as exc:
             parse_mqtt_url(bad)
         assert exc.value.reason == "usage"
+
+
+def test_settle_by_leaf_hash_and_topic(tmp_path: Path) -> None:
+    """Issue 11: the service's acknowledgement settles exactly the rows holding those bytes on
+    the readings topic it answers; a refusal moves them to `rejected` with its reason."""
+    from anchor import merkle
+    from anchor.device_ack import DURABLE, REFUSED, AckEntry
+    from devices.publisher import SERVICE_REFUSED
+
+    topic, other = "city/d/aq-1/readings", "city/d/aq-2/readings"
+    with Outbox(tmp_path / "o.sqlite") as box:
+        a, b, c = box.put(topic, b"a"), box.put(topic, b"b"), box.put(other, b"c")
+        assert box.leaf_hash_of(a) == merkle.leaf_hash(b"a")
+        settled = box.settle(
+            "city/d/aq-1/ack",
+            [
+                AckEntry(1, merkle.leaf_hash(b"a"), DURABLE),
+                AckEntry(2, merkle.leaf_hash(b"b"), REFUSED, "bad_signature"),
+                AckEntry(3, merkle.leaf_hash(b"c"), DURABLE),  # aq-2's: not on this topic
+                AckEntry(4, merkle.leaf_hash(b"zz"), DURABLE),  # nothing queued
+            ],
+        )
+        assert [(s.outbox_id, s.durable, s.reason) for s in settled] == [
+            (a, True, ""),
+            (b, False, "bad_signature"),
+        ]
+        assert [e.id for e in box.pending()] == [c] and box.count() == 1
+        [rej] = box.rejected()
+        assert (rej.id, rej.payload, rej.reason_code, rej.reason) == (
+            b, b"b", SERVICE_REFUSED, "bad_signature",
+        )  # fmt: skip
+        assert box.settle("city/d/aq-1/readings", [AckEntry(1, merkle.leaf_hash(b"c"), 0)]) == []
+
+
+def test_a_version_1_outbox_is_upgraded_with_leaf_hashes(tmp_path: Path) -> None:
+    from anchor import merkle
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "payload BLOB NOT NULL, created_at INTEGER NOT NULL);"
+        "INSERT INTO outbox (topic, payload, created_at) VALUES ('city/d/x/readings', x'01', 1);"
+        "PRAGMA user_version=1;"
+    )
+    db.commit()
+    db.close()
+    with Outbox(path) as box:
+        assert box.count() == 1
+        assert box.leaf_hash_of(box.pending()[0].id) == merkle.leaf_hash(b"\x01")
+        new = box.put("city/d/x/readings", b"\x02")
+        assert box.leaf_hash_of(new) == merkle.leaf_hash(b"\x02")
