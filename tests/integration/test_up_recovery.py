@@ -424,3 +424,36 @@ def test_kill_9_of_ups_process_group_then_up_again(tmp_path: Path, up_dir: Path)
         _assert_every_puback_stored(up_dir, signer.device_id, more)
     finally:
         _stop_up(proc)
+
+
+def test_kill_9_of_up_alone_takes_its_children_with_it(tmp_path: Path, up_dir: Path) -> None:
+    """Only `up`'s own pid killed (its process group alive): before, its children, their pool
+    workers and anvil ran on as orphans; now the kernel sends them SIGTERM (PR_SET_PDEATHSIG).
+    What cannot get it (PostgreSQL through pg_ctl; Mosquitto, which drops to its own user as
+    root) is stopped by the next `up`."""
+    log = tmp_path / "up.log"
+    proc = _start_up(up_dir, log)
+    try:
+        up = _wait_up(proc, up_dir, log)
+        children = [_run_pid(up_dir, n) for n in ("ingest", "anchor", "api")]
+        workers = _children_of(children[0])
+        [anvil] = _anvils(up_dir)
+        assert workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for pid in [*children, *workers, anvil]:
+            _wait(lambda pid=pid: not pid_alive(pid), 20, f"pid {pid} outlived up")
+        stale = _mtime(up_dir / "up.json")
+        proc = _start_up(up_dir, log)
+        _wait(
+            lambda: _mtime(up_dir / "up.json") not in (None, stale) or proc.poll() is not None,
+            120,
+            "up did not come up again",
+        )
+        up2 = _wait_up(proc, up_dir, log)
+        assert (up2["mqtt"], up2["http"], up2["rpc"]) == (up["mqtt"], up["http"], up["rpc"])
+        assert len(_anvils(up_dir)) == 1
+        assert len(processes_with_arg(str(up_dir / "mosquitto" / "mosquitto.conf"))) == 1
+        assert _request("GET", up2["http"] + "/readyz")[0] == 200
+    finally:
+        _stop_up(proc)
