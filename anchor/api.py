@@ -17,12 +17,14 @@ in their own modules and register themselves with ``add_*_routes(app)``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -167,6 +169,21 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _broker_check(mqtt_url: str) -> str:
+    """ "ok" when the broker accepts a TCP connection within 2 s."""
+    url = urlsplit(mqtt_url)
+    host = url.hostname or "127.0.0.1"
+    port = url.port or (8883 if url.scheme in ("mqtts", "ssl") else 1883)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, TimeoutError) as exc:
+        return f"broker_unavailable: cannot connect to {host}:{port} ({type(exc).__name__})"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "ok"
+
+
 async def _readyz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     checks: dict[str, str] = {}
@@ -184,6 +201,10 @@ async def _readyz(request: web.Request) -> web.Response:
             checks[f"chain:{chain.name}"] = "ok"
         except AnchorError as exc:
             checks[f"chain:{chain.name}"] = f"{exc.reason}: {exc.detail}"
+    if ctx.settings.mqtt_admin_username:
+        # The API manages device logins in this broker, so it is the deployment's broker: a
+        # dead one means readings are not being accepted (issue 11: /healthz said 200 then).
+        checks["broker"] = await _broker_check(ctx.settings.mqtt_url)
     ready = all(v == "ok" for v in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks},

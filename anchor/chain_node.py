@@ -50,6 +50,7 @@ from typing import Any, Self
 
 from eth_utils.address import to_checksum_address
 
+from anchor.lifetime import preexec_die_with_parent, processes_with_arg, stop_pids
 from anchor.services import (
     _REGISTRY,
     LOOPBACK,
@@ -171,6 +172,7 @@ class AnvilNode(LocalServer):
         gas_price: int | None = None,
         hardfork: str | None = None,
         accounts: int = 10,
+        die_with_parent: bool = False,
         binary: Path | None = None,
         start_timeout: float = 20.0,
     ) -> None:
@@ -192,6 +194,8 @@ class AnvilNode(LocalServer):
         self.gas_price = gas_price
         self.hardfork = hardfork
         self.start_timeout = start_timeout
+        # SIGTERM (state dumped) when the thread that started it dies: see anchor.lifetime.
+        self.die_with_parent = die_with_parent
         self._chain_id = chain_id
         self._n_accounts = accounts
         self._requested_port = port
@@ -277,6 +281,15 @@ class AnvilNode(LocalServer):
             raise ServiceError(f"anvil (pid {proc.pid}) did not stop", reason="stop_failed")
         self._proc = None
         _REGISTRY.discard(self)
+
+    def stop_stale(self, *, grace_s: float = 10.0) -> list[int]:
+        """Stop (SIGTERM: it dumps its state; SIGKILL after ``grace_s``) every anvil running on
+        this ``base_dir`` that this object did not start, e.g. one left by a ``cityanchor up``
+        killed with SIGKILL: two nodes on one state file would fork the chain. Recognised by
+        its ``--config-out`` path, which only this ``base_dir`` uses. Returns their pids."""
+        own = self.pid if self.running else None
+        pids = [p for p in processes_with_arg(str(self.config_path)) if p != own]
+        return stop_pids(pids, grace_s=grace_s)
 
     def kill(self) -> None:
         """SIGKILL, like a crash: no state dump. For tests of an RPC that disappears."""
@@ -398,6 +411,8 @@ class AnvilNode(LocalServer):
                 stderr=log,
                 cwd=self.base_dir,
                 start_new_session=True,
+                # Only a pre-resolved prctl() call: no lock, import or allocation to deadlock on.
+                preexec_fn=preexec_die_with_parent() if self.die_with_parent else None,  # noqa: PLW1509
             )
         self._proc = proc
         _REGISTRY.add(self)

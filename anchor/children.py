@@ -4,6 +4,7 @@ benchmarks start the ingestor, the anchoring job and the API this way.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from anchor.errors import AnchorError
+from anchor.lifetime import PARENT_ENV
 
 __all__ = ["ChildProcess"]
 
@@ -22,6 +24,9 @@ class ChildProcess:
     ``start(ready=...)`` waits until the log shows ``ready`` (``count`` times, e.g. once per
     ingestor worker) written after the start; ``stop()`` sends SIGTERM (every cityanchor service
     drains on it: nothing acknowledged is lost) and kills only after ``grace_s``.
+
+    The child dies with this process (SIGTERM from the kernel, see :mod:`anchor.lifetime`),
+    however this process ends: a supervisor killed with SIGKILL leaves no child behind.
     """
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
@@ -38,7 +43,7 @@ class ChildProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "anchor", "-v", *self.args],
-                env=self.env,
+                env={**self.env, PARENT_ENV: str(os.getpid())},
                 stdout=log,
                 stderr=log,
             )
@@ -63,11 +68,25 @@ class ChildProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, *, grace_s: float = 30.0) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def terminate(self) -> None:
+        """SIGTERM without waiting: a supervisor asks every child at once, then waits."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait until the monotonic ``deadline`` for the child to exit, then SIGKILL it."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, *, grace_s: float = 30.0) -> None:
+        self.terminate()
+        self.wait_or_kill(time.monotonic() + grace_s)

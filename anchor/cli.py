@@ -367,6 +367,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             if args.operator_token_file
             else None,
             workers=args.workers,
+            broker_autosave_changes=args.broker_autosave_changes,
         )
     )
 
@@ -653,7 +654,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", required=True, help="all state lives here; reuse it to resume")
     p.add_argument("--mqtt-port", type=int, help="broker port (default: last time's, else free)")
-    p.add_argument("--http-port", type=int, help="API port (default: a free one)")
+    p.add_argument("--http-port", type=int, help="API port (default: last time's, else free)")
     p.add_argument(
         "--chain-port", type=int, help="local chain port (default: last time's, else free)"
     )
@@ -669,6 +670,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--operator-token-file", help="where to keep the operator's API token")
     p.add_argument("--workers", type=int, default=1, help="ingestor processes")
+    p.add_argument(
+        "--broker-autosave-changes",
+        type=int,
+        default=1,
+        help="Mosquitto saves its database after this many changes (1: crash-safe; default)",
+    )
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("audit", help="recompute every batch, the log, checkpoints and anchors")

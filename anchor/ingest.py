@@ -38,7 +38,9 @@ import functools
 import json
 import logging
 import multiprocessing
+import os
 import re
+import signal
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -69,6 +71,7 @@ from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.envelope import Envelope, parse_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
+from anchor.lifetime import die_with_parent
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
 __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
@@ -591,7 +594,14 @@ class Ingestor:
         await self._registry.refresh()
         workers = s.verify_processes or max(1, multiprocessing.cpu_count())
         # spawn, not fork: paho's network thread must not be duplicated into the workers.
-        self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
+        # running, 56 MB, half an hour later).
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(signal.SIGTERM, os.getpid()),
+        )
         await self._loop.run_in_executor(self._pool, _verify_chunk, [])  # start the workers now
         self._client = self._start_mqtt()
         sealer = asyncio.create_task(self._seal_forever(), name="sealer")

@@ -760,7 +760,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "tags": ["operations"],
                 "operationId": "readyz",
-                "summary": "Readiness: database and every configured chain reachable",
+                "summary": "Readiness: database, every configured chain and the broker reachable",
                 "responses": {
                     "200": _json_ok(
                         "Readiness",

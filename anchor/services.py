@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 from anchor.errors import AnchorError
+from anchor.lifetime import preexec_die_with_parent, processes_with_arg, stop_pids
 
 __all__ = [
     "LOOPBACK",
@@ -984,7 +985,16 @@ class MosquittoServer(LocalServer):
 
     Persistence is on, in ``base_dir/persistence/``, so QoS 1 messages queued for persistent
     sessions survive a clean broker restart (Mosquitto writes its database at shutdown and every
-    ``autosave_interval`` seconds; a *crash* loses what arrived since the last save).
+    ``autosave_interval`` seconds; a *crash* loses what arrived since the last save). With
+    ``autosave_changes`` N it saves instead after every N changes (messages stored or delivered,
+    subscriptions): N=1 is what a crash needs, for about 4x the broker's CPU (measured in
+    docs/operator-guide.md). Mosquitto 2.0.11 never restores a ``$share`` subscription from
+    its database, even after a clean stop: see ``anchor.up`` for how devices are kept out until
+    an ingestor has subscribed again.
+
+    ``die_with_parent`` (Linux): the broker gets SIGTERM when the thread that started it dies,
+    so a supervisor killed with SIGKILL leaves no broker behind (it saves its database on the
+    way out). :meth:`stop_stale` stops a broker left on this ``base_dir`` by an owner that died.
 
     ``max_queued_messages`` is generous because Mosquitto *drops* QoS 1 messages for a client
     whose queue is full; ``max_inflight_messages`` must be at least the ingestor's batch size,
@@ -1018,6 +1028,8 @@ class MosquittoServer(LocalServer):
         max_inflight_messages: int = 10_000,
         max_queued_messages: int = 100_000,
         autosave_interval: int = 60,
+        autosave_changes: int | None = None,
+        die_with_parent: bool = False,
         binary: Path | None = None,
         start_timeout: float = 15.0,
     ) -> None:
@@ -1042,6 +1054,10 @@ class MosquittoServer(LocalServer):
         self.max_inflight_messages = max_inflight_messages
         self.max_queued_messages = max_queued_messages
         self.autosave_interval = autosave_interval
+        if autosave_changes is not None and autosave_changes < 1:
+            raise ServiceError("autosave_changes must be at least 1", reason="usage")
+        self.autosave_changes = autosave_changes
+        self.die_with_parent = die_with_parent
         self.start_timeout = start_timeout
         self._users = dict(users) if users is not None else None
         self._hashed = False
@@ -1109,6 +1125,15 @@ class MosquittoServer(LocalServer):
                 proc.wait(timeout=10)
         self._proc = None
         _REGISTRY.discard(self)
+
+    def stop_stale(self, *, grace_s: float = 10.0) -> list[int]:
+        """Stop (SIGTERM: it saves its database; SIGKILL after ``grace_s``) every broker running
+        on this ``base_dir``'s configuration that this object did not start, e.g. one left by a
+        ``cityanchor up`` killed with SIGKILL. Returns their pids. Only for a caller that knows
+        the owner is gone (``up`` holds the data dir's lock)."""
+        own = self.pid if self.running else None
+        pids = [p for p in processes_with_arg(str(self.conf_path)) if p != own]
+        return stop_pids(pids, grace_s=grace_s)
 
     def reload(self) -> None:
         """SIGHUP: Mosquitto re-reads its configuration, password and ACL files."""
@@ -1204,7 +1229,11 @@ class MosquittoServer(LocalServer):
             # The trailing slash matters: Mosquitto concatenates location and file name.
             f"persistence_location {self.persistence_dir}/",
             "persistence_file mosquitto.db",
-            f"autosave_interval {self.autosave_interval}",
+            *(
+                [f"autosave_interval {self.autosave_interval}"]
+                if self.autosave_changes is None
+                else ["autosave_on_changes true", f"autosave_interval {self.autosave_changes}"]
+            ),
             # An upper bound on every session's expiry, MQTT v5 clients' requests included
             # (Mosquitto 2.0 keeps the smaller of the two).
             f"persistent_client_expiration {self.session_expiry_cap_h}h",
@@ -1299,6 +1328,8 @@ class MosquittoServer(LocalServer):
                 stderr=err,
                 cwd=self.base_dir,
                 start_new_session=True,
+                # Only a pre-resolved prctl() call: no lock, import or allocation to deadlock on.
+                preexec_fn=preexec_die_with_parent() if self.die_with_parent else None,  # noqa: PLW1509
             )
         self._proc = proc
         _REGISTRY.add(self)

@@ -491,8 +491,8 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
 ) -> None:
     """The backstop behind the API: logins the broker lacks (the API could not reach it, or the
     broker restarted) are loaded from the registry; revoked devices lose theirs."""
-    from anchor.broker_auth import issue_device_login
-    from anchor.up import _BrokerLogins, _service_dynsec
+    from anchor.broker_auth import ADMIN_USER, BrokerAdmin, issue_device_login
+    from anchor.up import _BrokerLogins, _DeviceGate, _service_dynsec
 
     name = f"reconcile_{os.getpid()}"
     dsn = postgres.create_database(name)
@@ -520,11 +520,24 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
         service_dir / "broker", dynsec=_service_dynsec([], "ingest-pw", "admin-pw")
     ) as broker:
         assert Device(broker.url, first).attempt() == NOT_AUTHORIZED
-        logins = _BrokerLogins(broker, dsn, "ingest-pw", "admin-pw")
+        ingest_log = service_dir / "ingest.log"
+        gate = _DeviceGate(BrokerAdmin(broker.url, ADMIN_USER, "admin-pw"), ingest_log)
+
+        def ingestor_subscribes() -> None:
+            # Issue 11: each broker start keeps devices out until an ingestor has subscribed.
+            with ingest_log.open("a") as f:
+                f.write("mqtt subscription active: $share/cityanchor/city/+/+/readings\n")
+            assert gate.poll()
+
+        logins = _BrokerLogins(broker, dsn, "ingest-pw", "admin-pw", gate)
         logins.refresh(force=True)  # the broker started with the service logins only
+        assert Device(broker.url, first).attempt() == NOT_AUTHORIZED  # at the gate
+        ingestor_subscribes()
         assert Device(broker.url, first).attempt() == 0
         late = asyncio.run(register("late-0001"))
         logins.refresh(force=True)  # the broker lacks it: restarted from the registry
+        assert Device(broker.url, late).attempt() == NOT_AUTHORIZED
+        ingestor_subscribes()
         assert Device(broker.url, late).attempt() == 0
         asyncio.run(revoke("early-0001"))
         logins.refresh(force=True)

@@ -143,8 +143,9 @@ def test_up_is_locked_restarts_its_servers_and_keeps_its_secrets(
             60,
             "Mosquitto was not restarted",
         )
-        # The ingestor reconnects (and subscribes again) on its own; a broker killed before its
-        # autosave forgot the shared subscription, so publish once it is back.
+        # The ingestor reconnects (and subscribes again) on its own; the restarted broker has
+        # forgotten the shared subscription (Mosquitto never restores one) and refuses devices
+        # until then (issue 11: tests/integration/test_up_recovery.py), so publish once it is back.
         _wait(lambda: _subscriptions(data_dir) > subscribed, 60, "the ingestor did not reconnect")
         seqs, codes = _publish(up["mqtt"], signer, 1, login)
         assert codes == [0]
