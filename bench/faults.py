@@ -38,7 +38,10 @@ reading signed before that was sealed (``backlog_s``), and to the first confirme
 covers the log as it was at the fault (``anchored_s``).
 
 Readings are attributed to the row whose window they were signed in. Rows run one after the
-other on the same system; the settling, the receipts and the verification happen at the end.
+other on the same system. Each row's receipts are verified when its fault is over (once the log
+as sealed then is anchored), before the next fault; what is not checked by then is checked after
+the final settling, when a sample of the earlier ones is checked again (``valid_at_end``: a
+receipt that verified once must keep verifying).
 The last line is a JSON object (every bench's contract, DESIGN.md "Interfaces"; ``--quick``
 here takes about 2 minutes, not 60 s: it runs nine faults against the whole system).
 """
@@ -93,7 +96,7 @@ class Plan:
 
 def plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        p = Plan(True, 5, 50.0, 2.0, 1.0, 10.0, 25.0, 15.0, 30.0)
+        p = Plan(True, 5, 25.0, 2.0, 1.0, 10.0, 20.0, 10.0, 15.0)
     else:
         p = Plan(False, 25, 200.0, 15.0, 10.0, 60.0, 120.0, 60.0, 120.0)
     return Plan(
@@ -137,6 +140,11 @@ class Campaign:
         self.fleet: Fleet | None = None
         self.killed_at_end: list[int] = []
         self.extra: dict[str, Any] = {}
+        # (device, seq) -> (verdict, envelope in the receipt); end_verdicts: re-checked at end.
+        self.verdicts: dict[tuple[str, int], tuple[str, bytes | None]] = {}
+        self.end_verdicts: dict[tuple[str, int], tuple[str, bytes | None]] = {}
+        self.end_sample = 30 if plan.quick else 200
+        self.late: set[tuple[str, int]] = set()  # checked only at the end, not in their row
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -210,6 +218,7 @@ class Campaign:
         elif fault == "sigstop-chain":
             pid = up.server_pid("anvil")
             self._kill(pid, "anvil", row, signal.SIGSTOP)
+            row.notes[-1] = row.notes[-1].replace("killed", f"stopped {self.plan.stop_chain_s:g} s")
             time.sleep(self.plan.stop_chain_s)
             if pid is not None:
                 os.kill(pid, signal.SIGCONT)
@@ -285,24 +294,31 @@ class Campaign:
             self.fleet.start()
             if not self.wait_recovered(time.time(), 60):
                 raise RuntimeError("no reading sealed within 60 s of the load starting")
+            previous: Row | None = None
             for fault in self.faults:
                 row = Row(fault, started=time.time())
                 self.rows.append(row)
+                # The previous row's window ends here; its receipts are checked while this
+                # row's load runs, before this row's fault.
                 self.fleet.row = fault
-                _log(f"{fault}: load {p.rate:g}/s, fault in {p.pre_s:g}s")
-                time.sleep(p.pre_s)
+                _log(f"{fault}: load {p.rate:g}/s")
+                if previous is not None:
+                    self.check_row(previous)
+                time.sleep(max(0.0, row.started + p.pre_s - time.time()))
                 self.inject(row)
                 ok = self.wait_recovered(row.fault_end, p.recover_timeout_s)
                 if not ok:
                     row.notes.append(f"sealing not current {p.recover_timeout_s:g}s after")
                 _log(f"{fault}: {'recovered' if ok else 'NOT recovered'}; {row.notes}")
                 time.sleep(p.post_s)
+                previous = row
             self.fleet.row = "end"
             self.fleet.stop_load()
             _log("load stopped; draining the devices")
             self.fleet.drain(p.drain_s)
             self.fleet.refresh_acks()
             self.settle()
+            self.check_rest()
             result = self.account()
         finally:
             if self.fleet is not None:
@@ -327,12 +343,63 @@ class Campaign:
             time.sleep(1)
         _log(f"settled: {len(want & stored)} of {len(want)} delivered readings stored")
         size = self._scalar("SELECT count(*) FROM batches") or 0
-        deadline = time.monotonic() + 3 * self.plan.anchor_period_s + 20
+        deadline = time.monotonic() + 2 * self.plan.anchor_period_s + 5
         while time.monotonic() < deadline:
             top = self._scalar("SELECT max(log_size) FROM anchors") or 0
             if top >= size:
                 break
             time.sleep(1)
+
+    # -- receipts ----------------------------------------------------------------------------
+
+    def check_row(self, row: Row) -> None:
+        """Verify the row's receipts before the next fault can change anything: wait until the
+        log as sealed now is anchored (at most two periods), then check every delivered reading
+        of the row (or ``verify_sample`` of them). Readings not stored or not anchored by then
+        (the fault delayed them) are checked at the end."""
+        assert self.fleet is not None
+        time.sleep(1.5)  # the row's last readings are being sealed
+        size = self._scalar("SELECT count(*) FROM batches") or 0
+        deadline = time.monotonic() + 2 * self.plan.anchor_period_s + 5
+        while time.monotonic() < deadline:
+            if (self._scalar("SELECT max(log_size) FROM anchors") or 0) >= size:
+                break
+            time.sleep(0.5)
+        self.fleet.refresh_acks()
+        recs = [r for r in list(self.fleet.recs.values()) if r.row == row.fault and r.acked]
+        got = self.verify_receipts(self._sample(recs, self.verify_sample or -1))
+        self.verdicts.update(
+            {k: v for k, v in got.items() if v[0] not in ("missing", "unanchored")}
+        )
+
+    def check_rest(self) -> None:
+        """At the end: every delivered reading not checked yet (or a sample of them per row),
+        and again a sample of those checked during their row ("valid at end")."""
+        assert self.fleet is not None
+        todo: list[Rec] = []
+        again: list[Rec] = []
+        for fault in self.faults:
+            recs = [r for r in self.fleet.recs.values() if r.row == fault and r.acked]
+            fresh = [r for r in recs if (r.device_id, r.seq) not in self.verdicts]
+            old = [r for r in recs if (r.device_id, r.seq) in self.verdicts]
+            checked = len(recs) - len(fresh)
+            room = -1 if not self.verify_sample else max(0, self.verify_sample - checked)
+            todo.extend(self._sample(fresh, room))
+            again.extend(self._sample(old, self.end_sample))
+        late = self.verify_receipts(todo)
+        self.late = set(late)
+        self.verdicts.update(late)
+        self.end_verdicts = self.verify_receipts(again)
+
+    @staticmethod
+    def _sample(recs: list[Rec], n: int) -> list[Rec]:
+        """At most ``n`` of ``recs``, evenly spread; all of them when ``n`` < 0."""
+        if n < 0 or len(recs) <= n:
+            return list(recs)
+        if n == 0:
+            return []
+        step = len(recs) / n
+        return [recs[int(i * step)] for i in range(n)]
 
     # -- accounting --------------------------------------------------------------------------
 
@@ -349,17 +416,23 @@ class Campaign:
         for r in stored_rows:
             env = bytes(r[2]) if r[2] is not None else None
             stored.setdefault((r[0], int(r[1])), []).append((env, float(r[3])))
-        batches = self.db.fetch(
-            "SELECT log_index, extract(epoch FROM sealed_at)::float8 FROM batches"
-        ) or []
-        anchors = self.db.fetch(
-            "SELECT log_size, extract(epoch FROM confirmed_at)::float8 FROM anchors"
-        ) or []
-        receipts = self.verify_receipts(stored)
+        batches = (
+            self.db.fetch("SELECT log_index, extract(epoch FROM sealed_at)::float8 FROM batches")
+            or []
+        )
+        anchors = (
+            self.db.fetch("SELECT log_size, extract(epoch FROM confirmed_at)::float8 FROM anchors")
+            or []
+        )
+        receipts = self.verdicts
         out_rows = []
         for row in self.rows:
             recs = [r for r in fleet.recs.values() if r.row == row.fault]
-            out_rows.append(self._row_figures(row, recs, stored, batches, anchors, receipts))
+            out_rows.append(
+                self._row_figures(
+                    row, recs, stored=stored, batches=batches, anchors=anchors, receipts=receipts
+                )
+            )
         features = sdk_features() if self.device_mode == "sdk" else {}
         totals = {k: sum(r[k] for r in out_rows) for k in
                   ("published", "acked", "puback_0x10", "lost", "duplicated", "corrupted",
@@ -377,13 +450,11 @@ class Campaign:
             "publish_errors": dict(fleet.errors),
         }
 
-    def verify_receipts(
-        self, stored: dict[tuple[str, int], list[tuple[bytes | None, float]]]
-    ) -> dict[tuple[str, int], tuple[str, bytes | None]]:
+    def verify_receipts(self, chosen: list[Rec]) -> dict[tuple[str, int], tuple[str, bytes | None]]:
         """(device, seq) -> ("verified" | "failed:<checks>" | "unanchored" | "missing", envelope).
 
-        Receipts of every delivered reading, or ``verify_sample`` per row, fetched from the API
-        and verified with the project's verifier, on chain included."""
+        Each receipt fetched from the API and verified with the project's verifier: device
+        key, checkpoint signature, both proofs, and ``anchoredAt`` on the chain."""
         from anchor.anchor_main import rpc_anchor_checker
         from anchor.checkpoint import NoteVerifier
         from anchor.keys import PublicKey
@@ -403,16 +474,6 @@ class Campaign:
                 cache[key] = checker(receipt)
             return cache[key]
 
-        chosen: list[Rec] = []
-        by_row: dict[str, list[Rec]] = {}
-        for rec in self.fleet.recs.values():
-            if rec.acked and rec.row in self.faults:
-                by_row.setdefault(rec.row, []).append(rec)
-        for recs in by_row.values():
-            if self.verify_sample and len(recs) > self.verify_sample:
-                step = len(recs) / self.verify_sample
-                recs = [recs[int(i * step)] for i in range(self.verify_sample)]
-            chosen.extend(recs)
         http = self.up.doc["http"]
 
         def fetch(rec: Rec) -> tuple[tuple[str, int], int, Any]:
@@ -424,7 +485,8 @@ class Campaign:
                 time.sleep(0.5)
             return (rec.device_id, rec.seq), status, doc
 
-        _log(f"fetching and verifying {len(chosen)} receipts")
+        if chosen:
+            _log(f"fetching and verifying {len(chosen)} receipts")
         out: dict[tuple[str, int], tuple[str, bytes | None]] = {}
         with ThreadPoolExecutor(8) as pool:
             for key, status, doc in pool.map(fetch, chosen):
@@ -448,10 +510,16 @@ class Campaign:
                     out[key] = ("verified", receipt.envelope)
         return out
 
-    def _row_figures(self, row: Row, recs: list[Rec],
-                     stored: dict[tuple[str, int], list[tuple[bytes | None, float]]],
-                     batches: list[Any], anchors: list[Any],
-                     receipts: dict[tuple[str, int], tuple[str, bytes | None]]) -> dict[str, Any]:  # fmt: skip
+    def _row_figures(
+        self,
+        row: Row,
+        recs: list[Rec],
+        *,
+        stored: dict[tuple[str, int], list[tuple[bytes | None, float]]],
+        batches: list[Any],
+        anchors: list[Any],
+        receipts: dict[tuple[str, int], tuple[str, bytes | None]],
+    ) -> dict[str, Any]:
         acked = [r for r in recs if r.acked]
         codes = Counter(self.fleet.codes.get(row.fault, Counter()) if self.fleet else Counter())
         lost = dup = corrupt = 0
@@ -466,7 +534,8 @@ class Campaign:
                 dup += 1
             if any(env is not None and env != r.envelope for env, _ in copies):
                 corrupt += 1
-            if key in receipts:
+            if key in receipts and (copies or receipts[key][0] != "missing"):
+                # (A lost reading has no receipt either: counted once, as lost.)
                 checked += 1
                 verdict, env = receipts[key]
                 if env is not None and env != r.envelope and copies:
@@ -479,7 +548,7 @@ class Campaign:
                     missing += 1
                 else:
                     failed += 1
-                    failures[verdict] += 1
+                    failures[verdict + (" (checked at end)" if key in self.late else "")] += 1
         # Recovery, from the database's seal times and the devices' signing times.
         t = row.fault_at
         sealed = [(r.signed_at, stored[(r.device_id, r.seq)][0][1]) for r in recs
@@ -500,10 +569,16 @@ class Campaign:
         if failures:
             notes.append("verify: " + "; ".join(f"{n}x {v}" for v, n in failures.most_common(3)))
         if missing:
-            notes.append(f"{missing} stored without a receipt")
+            notes.append(f"{missing} stored but no receipt served")
         if unanchored:
             notes.append(f"{unanchored} receipts not anchored yet")
         held = sum(1 for r in recs if not r.acked)
+        again = [self.end_verdicts[(r.device_id, r.seq)] for r in acked
+                 if (r.device_id, r.seq) in self.end_verdicts]  # fmt: skip
+        still = sum(1 for v, _ in again if v == "verified")
+        if again and still < len(again):
+            bad = Counter(v for v, _ in again if v != "verified")
+            notes.append("at end: " + "; ".join(f"{n}x {v}" for v, n in bad.most_common(2)))
         return {
             "fault": row.fault,
             "published": len(recs),
@@ -517,6 +592,7 @@ class Campaign:
             "verified": verified,
             "verify_failed": failed + missing,
             "held": held,
+            "valid_at_end": f"{still}/{len(again)}",
             "first_seal_s": since(first),
             "backlog_s": since(backlog),
             "anchored_s": since(anchored),
@@ -531,8 +607,8 @@ class Campaign:
 def table(result: dict[str, Any]) -> str:
     head = ("| fault | published | acked | PUBACK 0x10 | lost | dup | corrupt | receipts "
             "verified | verify failed | held by device | first seal s | backlog sealed s | "
-            "anchored s | notes |")  # fmt: skip
-    lines = [head, "|" + "---|" * 14]
+            "anchored s | valid at end | notes |")  # fmt: skip
+    lines = [head, "|" + "---|" * 15]
 
     def f(x: Any) -> str:
         return "-" if x is None else str(x)
@@ -545,13 +621,14 @@ def table(result: dict[str, Any]) -> str:
             f"| {r['fault']} | {r['published']} | {r['acked']} | {r['puback_0x10']} | "
             f"**{r['lost']}** | **{r['duplicated']}** | **{r['corrupted']}** | "
             f"{r['verified']}/{r['receipts_checked']} | {r['verify_failed']} | {r['held']} | "
-            f"{f(r['first_seal_s'])} | {f(r['backlog_s'])} | {f(r['anchored_s'])} | {notes} |"
+            f"{f(r['first_seal_s'])} | {f(r['backlog_s'])} | {f(r['anchored_s'])} | "
+            f"{r['valid_at_end']} | {notes} |"
         )
     t = result["totals"]
     lines.append(
         f"| **all** | {t['published']} | {t['acked']} | {t['puback_0x10']} | **{t['lost']}** | "
         f"**{t['duplicated']}** | **{t['corrupted']}** | {t['verified']}/{t['receipts_checked']}"
-        f" | {t['verify_failed']} | {t['held']} | | | | |"
+        f" | {t['verify_failed']} | {t['held']} | | | | | |"
     )
     return "\n".join(lines)
 
@@ -596,8 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0, help="readings/s, all devices together")
     p.add_argument("--stop-chain-s", type=float, default=0)
     p.add_argument("--settle-s", type=float, default=0)
-    p.add_argument("--verify-sample", type=int, default=0,
-                   help="receipts verified per row (0: all)")  # fmt: skip
+    p.add_argument("--verify-sample", type=int, default=None,
+                   help="receipts verified per row (0: all; default all, quick 100)")  # fmt: skip
     p.add_argument("--sdk-option", action="append", default=[], metavar="NAME=JSON",
                    help="extra keyword argument for devices.publisher.Publisher")  # fmt: skip
     p.add_argument("--doc", type=Path, help="write the table into this markdown file")
@@ -614,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
         for opt in args.sdk_option:
             name, _, value = opt.partition("=")
             sdk_kwargs[name] = json.loads(value)
-    campaign = Campaign(plan(args), args.device, faults, args.verify_sample, sdk_kwargs)
+    sample = args.verify_sample if args.verify_sample is not None else (100 if args.quick else 0)
+    campaign = Campaign(plan(args), args.device, faults, sample, sdk_kwargs)
     result = campaign.run()
     print(table(result), flush=True)
     if args.doc:
