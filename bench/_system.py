@@ -89,6 +89,18 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (PostgreSQL's shared buffers, libraries) divided
+    among the processes that map them, so that a sum over processes counts them once."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def fd_count(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))

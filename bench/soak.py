@@ -34,7 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import print_table
-from _system import Db, Fleet, Up, fd_count, machine, proc_table, register_devices, rss_kb
+from _system import (
+    Db,
+    Fleet,
+    Up,
+    fd_count,
+    machine,
+    proc_table,
+    pss_kb,
+    register_devices,
+    rss_kb,
+)
 
 ROLES = ("up", "postgres", "mosquitto", "anvil", "ingest", "ingest-workers", "anchor", "api")
 
@@ -78,6 +88,7 @@ def sample(up: Up, db: Db, since: float, t0: float, fleet: Fleet) -> dict[str, A
     now = time.time()
     by_role = roles(up)
     rss = {r: round(sum(rss_kb(p) for p in pids) / 1024, 1) for r, pids in by_role.items()}
+    pss = {r: round(sum(pss_kb(p) for p in pids) / 1024, 1) for r, pids in by_role.items()}
     fds = {r: sum(fd_count(p) for p in pids) for r, pids in by_role.items()}
     lat = db.fetch(
         "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY d), "
@@ -92,6 +103,8 @@ def sample(up: Up, db: Db, since: float, t0: float, fleet: Fleet) -> dict[str, A
         "t_min": round((now - t0) / 60, 2),
         "rss_mb": rss,
         "rss_total_mb": round(sum(rss.values()), 1),
+        "pss_mb": pss,
+        "pss_total_mb": round(sum(pss.values()), 1),
         "fds": fds,
         "fds_total": sum(fds.values()),
         "processes": sum(len(p) for p in by_role.values()),
@@ -113,10 +126,11 @@ def plot(samples: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     ax = axes[0][0]
     for role in ROLES:
-        ax.plot(t, [s["rss_mb"].get(role, 0) for s in samples], marker=".", label=role)
-    ax.plot(t, [s["rss_total_mb"] for s in samples], "k--", label="total")
-    ax.set_ylabel("RSS (MiB)")
-    ax.set_title("memory by process role")
+        ax.plot(t, [s["pss_mb"].get(role, 0) for s in samples], marker=".", label=role)
+    ax.plot(t, [s["pss_total_mb"] for s in samples], "k-", label="total PSS")
+    ax.plot(t, [s["rss_total_mb"] for s in samples], "k:", label="total RSS")
+    ax.set_ylabel("MiB")
+    ax.set_title("memory by process role (PSS: shared pages counted once)")
     ax.legend(fontsize=7, ncol=3)
     ax = axes[0][1]
     ax.plot(t, [s["fds_total"] for s in samples], marker=".", label="open fds (all)")
@@ -192,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             last = time.time()
             samples.append(s)
             _log(
-                f"t={s['t_min']:.1f} min rss {s['rss_total_mb']} MiB fds {s['fds_total']} "
+                f"t={s['t_min']:.1f} min rss {s['rss_total_mb']} pss {s['pss_total_mb']} MiB "
+                f"fds {s['fds_total']} "
                 f"pg {s['pg_mb']} MiB stored {s['stored_per_s']}/s "
                 f"seal p50 {s['seal_p50_s']} p99 {s['seal_p99_s']} s"
             )
@@ -231,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
             slope_per_h([(s["t_min"], s["rss_total_mb"]) for s in after]), 1
         ),
         "rss_end_by_role_mb": samples[-1]["rss_mb"],
+        "baseline_pss_mb": base["pss_total_mb"],
+        "pss_end_mb": samples[-1]["pss_total_mb"],
+        "pss_ratio": round(samples[-1]["pss_total_mb"] / max(1e-9, base["pss_total_mb"]), 3),
+        "pss_growth_mb_per_h": round(
+            slope_per_h([(s["t_min"], s["pss_total_mb"]) for s in after]), 1
+        ),
+        "pss_end_by_role_mb": samples[-1]["pss_mb"],
         "baseline_fds": base["fds_total"],
         "fds_end": samples[-1]["fds_total"],
         "pg_mb_end": samples[-1]["pg_mb"],
