@@ -406,6 +406,7 @@ class Campaign:
     def account(self) -> dict[str, Any]:
         assert self.fleet is not None
         fleet = self.fleet
+        fleet.refresh_acks()
         stored_rows = self.db.fetch(
             "SELECT r.device_id, r.seq, r.envelope, extract(epoch FROM b.sealed_at)::float8 "
             "FROM readings r JOIN batches b ON b.id = r.batch_id"
