@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test unit lint demo demo-offline bench clean contract fuzz
+.PHONY: install test unit lint demo demo-offline bench clean contract fuzz faults soak
 
 install: $(STAMP)
 
@@ -43,6 +43,17 @@ bench: install
 	$(PY) bench/core.py
 	$(PY) bench/ingest.py
 	$(PY) bench/anchoring.py
+
+# The fault campaign (bench/faults.py): every fault of issue 11 under 200 readings/s, both
+# device sides; the tables go to docs/reliability.md. `make test` runs its quick mode
+# (tests/integration/test_faults_quick.py).
+faults: install
+	$(PY) bench/faults.py --device sdk --doc docs/reliability.md --label full-sdk
+	$(PY) bench/faults.py --device paho --doc docs/reliability.md --label full-paho
+
+# One hour under 1,000 readings/s: memory, fds, database size, seal latency (plot in docs/).
+soak: install
+	$(PY) bench/soak.py --plot docs/soak-1h.png
 
 # Regenerate anchor/contracts/AnchorRegistry.json from the .sol (a test checks they match).
 contract: install

@@ -44,6 +44,8 @@ setup(
             "types-PyYAML>=6.0,<7",
             "ruff>=0.5,<1",
             "mypy>=1.10,<3",
+            # bench/soak.py's plot (make install puts it in the venv with the test tools).
+            "matplotlib>=3.8,<4",
         ],
     },
     entry_points={"console_scripts": ["cityanchor=anchor.cli:main"]},
