@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -69,7 +68,7 @@ from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_un
 from anchor.device_id import DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
 from anchor.errors import AnchorError
-from anchor.jsonbounds import nesting_depth
+from anchor.jsonbounds import JsonRejected, strict_loads
 from anchor.keys import PublicKey
 from anchor.receipt import MAX_ANCHORS, AnchorRecord
 
@@ -443,20 +442,6 @@ def _b64url(value: object, path: str) -> bytes:
     return data
 
 
-def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Two parsers could each pick a different copy; refuse rather than choose.
-            _fail("$", f"duplicate key {key[:64]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> NoReturn:
-    _fail("$", f"{name} is not JSON (RFC 8259 has no NaN or infinities)")
-
-
 def loads_completeness(raw: bytes) -> CompletenessProof:
     """Parse proof JSON (UTF-8 bytes) with bounds, then check it as :func:`completeness_from_dict`.
 
@@ -467,20 +452,12 @@ def loads_completeness(raw: bytes) -> CompletenessProof:
     """
     if len(raw) > MAX_COMPLETENESS_SIZE:
         _fail("$", f"document exceeds {MAX_COMPLETENESS_SIZE} bytes")
-    if nesting_depth(raw, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        _fail("$", f"JSON nests deeper than {MAX_JSON_DEPTH}")
     try:
-        text = raw.decode("utf-8")
-        data = json.loads(
-            text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constants
-        )
+        data = strict_loads(raw.decode("utf-8"), max_depth=MAX_JSON_DEPTH)
     except UnicodeDecodeError as exc:
         _fail("$", f"not UTF-8 ({exc.reason} at byte {exc.start})")
-    except json.JSONDecodeError as exc:
-        _fail("$", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-    except (RecursionError, ValueError) as exc:
-        # ValueError: e.g. an integer literal longer than Python's int/str conversion limit.
-        _fail("$", f"not acceptable JSON: {exc}")
+    except JsonRejected as exc:
+        _fail("$", str(exc))
     return completeness_from_dict(data)
 
 

@@ -75,7 +75,7 @@ from typing import Any, NoReturn
 
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import ReceiptError
-from anchor.jsonbounds import nesting_depth
+from anchor.jsonbounds import JsonRejected, strict_loads
 from anchor.merkle import MAX_PROOF_LENGTH
 
 __all__ = [
@@ -569,20 +569,6 @@ def dumps_receipt(receipt: Receipt) -> str:
     return text
 
 
-def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Two parsers could each pick a different copy; refuse rather than choose.
-            _fail("$", f"duplicate key {key[:64]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> NoReturn:
-    _fail("$", f"{name} is not JSON (RFC 8259 has no NaN or infinities)")
-
-
 def loads_receipt(text: str | bytes) -> Receipt:
     """Parse receipt JSON (``str``, or ``bytes`` in UTF-8) and check it as
     :func:`receipt_from_dict` does.
@@ -606,17 +592,8 @@ def loads_receipt(text: str | bytes) -> Receipt:
         or len(text.encode("utf-8", "surrogatepass")) > MAX_RECEIPT_SIZE
     ):
         _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
-    if nesting_depth(text.encode("utf-8", "surrogatepass"), MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        _fail("$", f"JSON nests deeper than {MAX_JSON_DEPTH}")
     try:
-        data = json.loads(
-            text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constants
-        )
-    except json.JSONDecodeError as exc:
-        _fail("$", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-    except RecursionError:
-        _fail("$", "JSON nests too deeply")
-    except ValueError as exc:
-        # e.g. an integer literal longer than Python's int/str conversion limit.
-        _fail("$", f"not acceptable JSON: {exc}")
+        data = strict_loads(text, max_depth=MAX_JSON_DEPTH)
+    except JsonRejected as exc:
+        _fail("$", str(exc))
     return receipt_from_dict(data)
