@@ -8,12 +8,8 @@ Two tests share one run (about 2-4 minutes on 2 cores):
 * the harness measured every fault honestly, and no delivered reading was stored twice or with
   other bytes than the device published (this holds today);
 * nothing the device was told is delivered is lost, and every receipt verifies, on chain
-  included. EXPECTED TO FAIL until the issue 11 fixes are merged (end-to-end ack in the SDK,
-  broker persistence and subscription restore, supervision and kill -9 recovery of ``up``,
-  re-anchoring after a reorg): on the main of 2026-12-03 the restart of ``up`` and the kill -9
-  of its group lose readings the broker PUBACKed (0x10 "no matching subscribers", an orphan
-  broker). It runs as a non-strict xfail unless ``CITYANCHOR_FAULTS_ZERO_LOSS=1``; once those
-  branches are merged, flip ``ZERO_LOSS_EXPECTED``'s default below to "1" so that it must pass.
+  included (it failed on the main before the issue 11 fixes: the restart of ``up`` and the kill -9
+  of its group lost readings the broker PUBACKed, 0x10 "no matching subscribers", an orphan broker).
 """
 
 from __future__ import annotations
@@ -40,8 +36,6 @@ FAULTS = (
     "kill9-up-group",
 )
 
-# SWITCH: "1" once the issue 11 fixes are on main (see the module docstring).
-ZERO_LOSS_EXPECTED = os.environ.get("CITYANCHOR_FAULTS_ZERO_LOSS", "0") == "1"
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +88,6 @@ def test_quick_campaign_measures_every_fault(campaign: dict[str, Any]) -> None:
         assert row["corrupted"] == 0, (fault, row)
 
 
-@pytest.mark.xfail(
-    not ZERO_LOSS_EXPECTED,
-    reason="issue 11: needs the end-to-end ack, broker, supervision and reorg fixes merged; "
-    "then set CITYANCHOR_FAULTS_ZERO_LOSS=1 / flip ZERO_LOSS_EXPECTED",
-    strict=False,
-)
 def test_quick_campaign_loses_nothing_acknowledged(campaign: dict[str, Any]) -> None:
     # THE TARGET OF ISSUE 11: 0 lost, 0 duplicated, 0 corrupted, every checked receipt verified
     # (on chain included) in every row, and still verifying at the end of the campaign.
