@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from anchor.errors import AnchorError
-from anchor.services import mosquitto_password_hash
+from anchor.password_hashes import mosquitto_password_hash
 from anchor.store import Store
 
 __all__ = [

@@ -28,14 +28,13 @@ from typing import Any
 
 from anchor import cli
 from anchor.anchor_main import deploy
-from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.children import ChildProcess
 from anchor.config import ChainSettings
 from anchor.files import write_private_file, write_public_file
+from anchor.local import AnvilNode, MosquittoServer, PostgresServer, free_port
 from anchor.receipt import dumps_receipt
 from anchor.redact import redact_url
-from anchor.services import MosquittoServer, PostgresServer, free_port
 from anchor.store import DeviceSpec, Store, StoredAnchor
 from devices.simulator import SimulationConfig, SimulationReport, make_fleet, run_simulation
 

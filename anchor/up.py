@@ -39,7 +39,7 @@ as soon as the ingestor's log shows its subscription on the new broker, ``up`` e
 (``autosave_on_changes``), so a broker crash loses (almost) nothing it PUBACKed and replays
 few messages already sealed.
 
-PostgreSQL asks every client for a password (see :class:`anchor.services.PostgresServer`); the
+PostgreSQL asks every client for a password (see :class:`anchor.local.PostgresServer`); the
 services connect as its non-superuser role ``cityanchor``, whose password is in
 ``DATA_DIR/postgres/service.password`` and, inside the DSN, in ``DATA_DIR/config.toml`` (both
 0600). A data dir from a version that used ``trust`` authentication is upgraded on start.
@@ -57,7 +57,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 import time
 import urllib.request
@@ -74,15 +73,22 @@ from anchor.broker_auth import (
     DeviceLogin,
     dynsec_config,
 )
-from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.children import ChildProcess
 from anchor.config import ChainSettings, Settings, settings_to_toml
 from anchor.errors import AnchorError, UsageError
 from anchor.files import write_private_file, write_public_file
 from anchor.lifetime import RestartBackoff, pid_alive, processes_with_arg, stop_pids
+from anchor.local import (
+    AnvilNode,
+    MosquittoServer,
+    PostgresServer,
+    free_port,
+    port_free,
+    start_on_stable_port,
+)
+from anchor.password_hashes import mosquitto_password_hash
 from anchor.redact import redact_text, redact_url
-from anchor.services import MosquittoServer, PostgresServer, free_port, mosquitto_password_hash
 
 __all__ = ["UpOptions", "run_up"]
 
@@ -456,35 +462,8 @@ async def _operator_token(dsn: str, path: Path) -> None:
 _PORT_WAIT_S = 10.0  # how long a remembered port may take to be released (a server exiting)
 
 
-def _start_on_stable_port(make: Any, requested: int | None, remembered: int | None) -> Any:
-    """Start a server on the requested port, else on the port it had last time (so clients'
-    addresses survive a restart: waiting a moment for a server of ours that is still exiting),
-    else on a free one."""
-    if requested is not None:
-        return make(requested).start()
-    if remembered is not None:
-        deadline = time.monotonic() + _PORT_WAIT_S
-        while True:
-            try:
-                return make(remembered).start()
-            except AnchorError as exc:
-                if exc.reason != "port_in_use":
-                    raise
-            if time.monotonic() > deadline:
-                _say(f"port {remembered} is taken by another program: using a new one")
-                break
-            time.sleep(0.5)
-    return make(None).start()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds it
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def _port_moved(remembered: int) -> None:
+    _say(f"port {remembered} is taken by another program: using a new one")
 
 
 def _http_port(requested: int | None, remembered: int | None) -> int:
@@ -493,7 +472,7 @@ def _http_port(requested: int | None, remembered: int | None) -> int:
         return requested
     if remembered:
         deadline = time.monotonic() + _PORT_WAIT_S
-        while not _port_free(remembered):
+        while not port_free(remembered):
             if time.monotonic() > deadline:
                 _say(f"HTTP port {remembered} is taken by another program: using a new one")
                 return free_port()
@@ -545,15 +524,19 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
     started: list[Any] = []
     _stop_stale_servers(d)
     try:
-        pg = _start_on_stable_port(
-            lambda port: PostgresServer(d / "postgres", port=port), None, ports.get("postgres")
+        pg = start_on_stable_port(
+            lambda port: PostgresServer(d / "postgres", port=port),
+            None,
+            ports.get("postgres"),
+            wait_s=_PORT_WAIT_S,
+            on_new_port=_port_moved,
         )
         started.append(pg)
         # Logins required from the start: the ingestors' account now, the devices' as soon as
         # the registry is readable (see _BrokerLogins).
         ingest_password = _secret(d / "keys" / "mqtt-ingest.password")
         admin_password = _secret(d / "keys" / "mqtt-admin.password")
-        mq = _start_on_stable_port(
+        mq = start_on_stable_port(
             lambda port: MosquittoServer(
                 d / "mosquitto",
                 port=port,
@@ -565,12 +548,14 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
             ),
             opts.mqtt_port,
             ports.get("mqtt"),
+            wait_s=_PORT_WAIT_S,
+            on_new_port=_port_moved,
         )
         started.append(mq)
         ports.update(postgres=pg.port, mqtt=mq.port)
         chain: AnvilNode | None = None
         if opts.rpc_url is None:
-            chain = _start_on_stable_port(
+            chain = start_on_stable_port(
                 lambda port: AnvilNode(
                     d / "chain",
                     port=port,
@@ -581,6 +566,8 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
                 ),
                 opts.chain_port,
                 ports.get("chain"),
+                wait_s=_PORT_WAIT_S,
+                on_new_port=_port_moved,
             )
             started.append(chain)
             ports["chain"] = chain.port

@@ -44,13 +44,12 @@ from urllib.parse import urlsplit
 from _common import BenchConfig, best_of, run_sections
 
 from anchor.anchor_main import deploy
-from anchor.chain_node import AnvilNode
 from anchor.checkpoint import generate_note_key
 from anchor.children import ChildProcess
 from anchor.config import ChainSettings
 from anchor.files import write_private_file
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import AnvilNode, MosquittoServer, PostgresServer
 from anchor.store import DeviceSpec, Store
 from devices.signer import DeviceSigner
 

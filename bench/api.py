@@ -56,7 +56,7 @@ from _common import BenchConfig, run_sections
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
-from anchor.services import PostgresServer, free_port
+from anchor.local import PostgresServer, free_port
 from anchor.store import DeviceSpec, Store
 
 SIZES = {True: 50_000, False: 1_000_000}

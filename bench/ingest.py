@@ -41,7 +41,7 @@ from _common import BenchConfig, best_of, run_sections
 from anchor.checkpoint import generate_note_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import DeviceSpec, Store
 from devices.signer import DeviceSigner
 

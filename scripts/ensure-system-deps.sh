@@ -3,7 +3,7 @@
 # server (initdb, pg_ctl, postgres, psql under /usr/lib/postgresql/*/bin), the Mosquitto
 # broker, and Node.js/npm (for the pinned anvil and solc npm packages). Idempotent and quick when everything is present. It only installs packages: the
 # services the packages may start or enable are left as the machine has them, because cityanchor
-# never uses them (anchor/services.py starts private servers on free loopback ports).
+# never uses them (anchor/local/ starts private servers on free loopback ports).
 set -eu
 
 missing=""
@@ -25,7 +25,7 @@ fi
 if ! command -v wrk >/dev/null 2>&1; then
     missing="$missing wrk"
 fi
-# mosquitto_passwd hashes MQTT passwords; anchor.services can hash them itself, so it is not
+# mosquitto_passwd hashes MQTT passwords; anchor.local can hash them itself, so it is not
 # required, only installed alongside the broker when the broker itself is missing.
 case "$missing" in *mosquitto*) missing="$missing mosquitto-clients" ;; esac
 

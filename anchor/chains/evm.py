@@ -2,7 +2,7 @@
 
 It covers any EVM chain reachable over HTTP JSON-RPC: BSN's international EVM networks, the
 EVM-compatible permissioned chains on BSN in China (often zero-gas), Ethereum and its L2s, and
-the private anvil chain of tests and the demo (:mod:`anchor.chain_node`).
+the private anvil chain of tests and the demo (:mod:`anchor.local.anvil`).
 
 What it owns, so the job's crash-safety rules hold (see :mod:`anchor.chains.base`):
 

@@ -30,13 +30,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from anchor.anchoring import AnchorJob
-from anchor.chain_node import AnvilNode
 from anchor.chains.evm import EvmBackend, EvmConfig
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
+from anchor.local import AnvilNode, MosquittoServer, PostgresServer, free_port
 from anchor.sealing import Candidate
-from anchor.services import MosquittoServer, PostgresServer, free_port
 from anchor.store import DeviceSpec, Store
 from devices.signer import DeviceSigner
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 
 HERE = Path(__file__).resolve().parent
 

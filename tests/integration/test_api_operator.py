@@ -24,10 +24,9 @@ import pytest
 from unit.test_metrics import parse_exposition
 
 from anchor import operator_store, tokens
-from anchor.chain_node import AnvilNode
 from anchor.cli import main as cli_main
 from anchor.keys import PrivateKey, b64url_encode
-from anchor.services import PostgresServer, free_port
+from anchor.local import AnvilNode, PostgresServer, free_port
 from anchor.store import Store
 from anchor.verify import verify_receipt
 from integration.api_fixtures import ApiWorld

@@ -13,12 +13,11 @@ import pytest
 
 from anchor.anchoring import AnchorJob
 from anchor.audit import run_audit
-from anchor.chain_node import AnvilNode
 from anchor.chains.evm import EvmBackend, EvmConfig
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
-from anchor.services import PostgresServer
+from anchor.local import AnvilNode, PostgresServer
 from anchor.store import Candidate, DeviceSpec, Store
 from devices.signer import DeviceSigner
 

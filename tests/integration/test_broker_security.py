@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from anchor.cli import main as cli_main
 from anchor.config import load_settings
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
 from devices.signer import DeviceSigner
 from integration import test_ingest as ingest_it

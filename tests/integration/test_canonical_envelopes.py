@@ -26,7 +26,7 @@ import pytest
 from anchor import cli, merkle
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, NonCanonicalEnvelope, parse_envelope
 from anchor.keys import P256_ORDER, PrivateKey, b64url_encode
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
 from anchor.verify import verify_receipt
 from devices.signer import DeviceSigner

@@ -16,8 +16,8 @@ from web3 import HTTPProvider, Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
 
-from anchor.chain_node import AnvilNode
 from anchor.contracts import load_artifact
+from anchor.local import AnvilNode
 from integration.chain_fixtures import AnvilFactory
 
 ARTIFACT = load_artifact()

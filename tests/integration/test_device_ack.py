@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from anchor import merkle
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from devices.publisher import SERVICE_REFUSED, Outbox, Publisher, Settled
 from devices.signer import DeviceSigner
 from integration import test_ingest as ingest_it

@@ -1,6 +1,6 @@
 """The EVM backend against real anvil nodes: prepare/broadcast/confirm, failures, fee modes.
 
-Also the anvil launcher itself (anchor.chain_node): accounts, persistence, no leftovers.
+Also the anvil launcher itself (anchor.local.anvil): accounts, persistence, no leftovers.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import pytest
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
-from anchor.chain_node import DEV_MNEMONIC, AnvilNode, find_anvil
 from anchor.chains.base import AnchorTx, ChainBackend, ChainError
 from anchor.chains.evm import EvmBackend, EvmConfig, deploy_registry
 from anchor.errors import UsageError
-from anchor.services import ServiceError
+from anchor.local import DEV_MNEMONIC, AnvilNode, ServiceError, find_anvil
 from integration.chain_fixtures import AnvilFactory
 
 Account.enable_unaudited_hdwallet_features()
@@ -484,7 +483,7 @@ def test_find_anvil(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ServiceError) as exc:
         find_anvil({"CITYANCHOR_ANVIL": str(tmp_path / "nope")})
     assert exc.value.reason == "binary_missing"
-    monkeypatch.setattr("anchor.chain_node._npm_roots", lambda: [tmp_path])
+    monkeypatch.setattr("anchor.local.anvil._npm_roots", lambda: [tmp_path])
     with pytest.raises(ServiceError) as exc:
         find_anvil({})
     assert exc.value.reason == "binary_missing"

@@ -30,7 +30,7 @@ from anchor import merkle
 from anchor.checkpoint import NoteSigner, generate_note_key, open_checkpoint
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, Reading, sign_reading
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
 from anchor.verify import verify_receipt
 from devices.signer import DeviceSigner

@@ -19,7 +19,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from anchor.services import PostgresServer
+from anchor.local import PostgresServer
 from anchor.store import Store
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as user nobody")

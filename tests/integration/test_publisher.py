@@ -27,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from devices import DeviceSigner, generate_values
 from devices.publisher import Outbox, Publisher, PublishError, parse_mqtt_url
 from integration import test_ingest as ingest_it
@@ -288,7 +288,7 @@ def test_not_authorized_puback_moves_the_row_to_rejected(service_dir: Path, tmp_
 
 
 def test_flush_times_out_when_no_broker(tmp_path: Path) -> None:
-    from anchor.services import free_port
+    from anchor.local import free_port
 
     with (
         Outbox(tmp_path / "outbox.sqlite") as box,

@@ -13,8 +13,8 @@ import pytest
 
 from anchor.errors import UsageError
 from anchor.keys import PrivateKey, b64url_encode
+from anchor.local import PostgresServer
 from anchor.registry import ImportFileError, add_db_commands, add_device_commands
-from anchor.services import PostgresServer
 from anchor.store import DeviceRecord, Store, StoreError
 
 

@@ -31,8 +31,8 @@ import pytest
 
 from anchor import tokens
 from anchor.keys import PrivateKey
+from anchor.local import MosquittoServer, PostgresServer, free_port
 from anchor.receipt import receipt_to_dict
-from anchor.services import MosquittoServer, PostgresServer, free_port
 from anchor.store import Store
 from devices.signer import DeviceSigner
 from integration.test_ingest import Env, Ingestors, Publisher, _env, _run, _wait_for, _with_store

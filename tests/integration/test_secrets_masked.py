@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from anchor.checkpoint import generate_note_key
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
 
 

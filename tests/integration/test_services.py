@@ -1,4 +1,4 @@
-"""The private PostgreSQL and Mosquitto of anchor.services, exercised as the ingestor uses them."""
+"""The private PostgreSQL and Mosquitto of anchor.local, exercised as the ingestor uses them."""
 
 from __future__ import annotations
 
@@ -21,14 +21,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from anchor import services
-from anchor.services import (
-    MosquittoServer,
-    PostgresServer,
-    ServiceError,
-    find_pg_bindir,
-    mosquitto_password_hash,
-)
+from anchor.local import MosquittoServer, PostgresServer, ServiceError, find_pg_bindir
+from anchor.local import mosquitto as local_mosquitto
+from anchor.password_hashes import mosquitto_password_hash
 
 TIMEOUT = 10.0
 
@@ -373,7 +368,7 @@ def test_builtin_password_hash_matches_mosquitto(
     assert mosquitto_password_hash("s3cret", salt=salt) == line
 
     # And the broker accepts a file written without mosquitto_passwd.
-    monkeypatch.setattr(services, "_find_passwd_tool", lambda: None)
+    monkeypatch.setattr(local_mosquitto, "_find_passwd_tool", lambda: None)
     broker = MosquittoServer(service_dir / "mq", users={"dev1": "s3cret"})
     with broker, _closing(clients):
         assert broker.password_path.read_text().startswith("dev1:$7$101$")

@@ -32,8 +32,8 @@ from anchor.envelope import (
 )
 from anchor.errors import AnchorError, UsageError
 from anchor.keys import PrivateKey, PublicKey
+from anchor.local import MosquittoServer
 from anchor.merkle import leaf_hash
-from anchor.services import MosquittoServer
 from devices.publisher import parse_mqtt_url
 from devices.readings import FIVEG_KINDS, IOT_KINDS
 from devices.simulator import (
@@ -346,7 +346,7 @@ def test_cli_run_twice_continues_each_chain(
 
 
 def test_unreachable_broker_is_connect_failed() -> None:
-    from anchor.services import free_port
+    from anchor.local import free_port
 
     fleet = make_fleet(2, seed=0)
     config = SimulationConfig(

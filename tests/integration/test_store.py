@@ -19,8 +19,8 @@ from anchor import merkle
 from anchor.checkpoint import generate_note_key, open_checkpoint
 from anchor.envelope import Reading, parse_envelope, sign_reading
 from anchor.keys import PrivateKey
+from anchor.local import PostgresServer
 from anchor.sealing import DUPLICATE_DETAIL, Candidate, Rejection, classify_candidates
-from anchor.services import PostgresServer
 from anchor.store import SEAL_LOCK, SQL_DIR, RegistryError, Store, StoreError
 from anchor.verify import verify_receipt
 from devices.signer import DeviceSigner
@@ -246,7 +246,7 @@ def test_migration_006_refuses_a_log_built_with_v1_leaves(
 
 
 def test_connect_to_nothing_is_db_unavailable() -> None:
-    from anchor.services import free_port
+    from anchor.local import free_port
 
     with pytest.raises(StoreError) as exc:
         run(Store.connect(f"postgresql://cityanchor:pw@127.0.0.1:{free_port()}/x", timeout=2))

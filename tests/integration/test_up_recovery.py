@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 
 from anchor.keys import PrivateKey
 from anchor.lifetime import pid_alive, processes_with_arg
-from anchor.services import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer
 from devices.signer import DeviceSigner
 from integration.test_up import _request, _wait_up
 from integration.test_up_supervision import _mosquitto_pid, _postmaster_pid, _wait

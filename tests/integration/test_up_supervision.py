@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from anchor.keys import PrivateKey
-from anchor.services import PostgresServer, ServiceError
+from anchor.local import PostgresServer, ServiceError
 from devices.signer import DeviceSigner
 from integration.conftest import pid_alive
 from integration.test_pg_auth import assert_locked_down

@@ -12,7 +12,7 @@ from anchor.device_id import (
     is_device_id,
     reserved_reason,
 )
-from anchor.services import mosquitto_password_hash
+from anchor.password_hashes import mosquitto_password_hash
 
 RESERVED = [".", "..", "-", "--help", "-x", "cityanchor", "cityanchor-ingest",
             "cityanchor-ingest-0", "cityanchor-admin", "CITYANCHOR.x",

@@ -3,7 +3,7 @@
 The binary comes from the pinned npm package ``@foundry-rs/anvil`` that ``make install`` puts in
 the project's ``node_modules`` (its per-platform part ``@foundry-rs/anvil-linux-amd64`` ships
 ``bin/anvil``); ``CITYANCHOR_ANVIL`` names another binary. Like the servers of
-:mod:`anchor.services`, a node lives in a directory the caller gives, listens only on
+:mod:`anchor.local`, a node lives in a directory the caller gives, listens only on
 ``127.0.0.1`` at a port the caller names or a free one, and is stopped by :meth:`AnvilNode.stop`,
 by leaving its ``with`` block or, as a last resort, at interpreter exit. A node that merely
 happens to run on 8545 is never used.
@@ -19,7 +19,7 @@ dumped to it when the node stops cleanly (SIGTERM), so ``cityanchor up --data-di
 deployed contract and every anchor across restarts. A crash (SIGKILL) loses what happened since
 the last dump; ``state_interval`` dumps periodically as well.
 
-Failures raise :class:`anchor.services.ServiceError` with a stable ``reason``:
+Failures raise :class:`anchor.local.ServiceError` with a stable ``reason``:
 ``binary_missing``, ``port_in_use``, ``config_invalid``, ``start_failed``, ``stop_failed``,
 ``rpc_failed`` (a helper's JSON-RPC call failed), ``usage``.
 
@@ -37,29 +37,18 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from eth_utils.address import to_checksum_address
 
-from anchor.lifetime import preexec_die_with_parent, processes_with_arg, stop_pids
-from anchor.services import (
-    _REGISTRY,
-    LOOPBACK,
-    LocalServer,
-    ServiceError,
-    _check_port_free,
-    _log_tail,
-    _pid_alive,
-)
+from anchor.local.base import LOOPBACK, ServiceError, SpawnedServer
 
 __all__ = [
     "DEV_MNEMONIC",
@@ -73,7 +62,6 @@ __all__ = [
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
 _NPM_SCOPE = "@foundry-rs"
-_PORT_RETRIES = 3
 _RPC_TIMEOUT = 5.0
 # npm package suffix per (sys.platform, machine), as the @foundry-rs/anvil installer maps them.
 _PLATFORMS = {
@@ -89,7 +77,7 @@ _PLATFORMS = {
 def _npm_roots() -> list[Path]:
     # The checkout this module lives in (editable installs, tests, the demo), then the current
     # directory (a wheel install run from a checkout).
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     roots = [here, Path.cwd()]
     return list(dict.fromkeys(r / "node_modules" for r in roots))
 
@@ -146,8 +134,11 @@ class DevAccount:
     private_key: str = field(repr=False)
 
 
-class AnvilNode(LocalServer):
+class AnvilNode(SpawnedServer):
     """A private anvil node in ``base_dir``, JSON-RPC over HTTP on 127.0.0.1 only.
+
+    :meth:`start` waits until its JSON-RPC answers ``eth_chainId`` with our chain id
+    (``start_failed`` when another chain id answers); :meth:`kill` stops it like a crash.
 
     Files: ``base_dir/anvil.log`` (anvil's output, appended), ``base_dir/anvil-config.json``
     (written by anvil at every start: accounts, keys, fees), and ``state_path`` if given.
@@ -158,6 +149,7 @@ class AnvilNode(LocalServer):
     """
 
     _NOUN = "node"
+    _PROGRAM = "anvil"
 
     def __init__(
         self,
@@ -201,7 +193,9 @@ class AnvilNode(LocalServer):
         self._requested_port = port
         self._port: int | None = port
         self._binary = binary
+        self._exe = binary or Path("anvil")  # resolved at each start
         self._proc: subprocess.Popen[bytes] | None = None
+        self._output_path = self.log_path
         self._accounts: tuple[DevAccount, ...] = ()
         self._rpc_id = 0
 
@@ -223,83 +217,36 @@ class AnvilNode(LocalServer):
             raise ServiceError("accounts are known once the node has started", reason="usage")
         return self._accounts
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    # -- lifecycle (start, stop, kill, stop_stale: see SpawnedServer) ----------------------
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def start(self) -> Self:
-        """Start anvil and wait until its JSON-RPC answers ``eth_chainId`` with our chain id.
-
-        Raises:
-            ServiceError: ``port_in_use``, ``binary_missing``, ``config_invalid`` or
-                ``start_failed`` (with the log tail).
-        """
-        if self.running:
-            return self
-        if self._requested_port is not None:
-            _check_port_free(self._requested_port)
-        binary = self._binary or find_anvil()
+    def _prepare(self) -> None:
+        self._exe = self._binary or find_anvil()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         if self.state_path is not None:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(_PORT_RETRIES):
-            self._port = self._pick_port(attempt)
-            error = self._spawn(binary)
-            if error is None:
-                return self
-            retry = error.reason == "port_in_use" and self._requested_port is None
-            if retry and attempt + 1 < _PORT_RETRIES:
-                continue
-            raise error
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    def stop(self, *, timeout: float = 10.0) -> None:
-        """SIGTERM (anvil dumps ``state_path`` on the way out), wait, SIGKILL if it hangs.
+    def _before_spawn(self) -> None:
+        self.config_path.unlink(missing_ok=True)
 
-        Idempotent.
+    def _ready(self) -> bool:
+        answered = self._answers()
+        if answered is None:
+            return False
+        if answered != self._chain_id:
+            raise ServiceError(
+                f"the node on {self.rpc_url} answers chain id {answered}, not {self._chain_id}",
+                reason="start_failed",
+            )
+        self._accounts = self._read_accounts()
+        return True
 
-        Raises:
-            ServiceError: ``stop_failed`` when the process is still alive afterwards.
-        """
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if _pid_alive(proc.pid):
-            raise ServiceError(f"anvil (pid {proc.pid}) did not stop", reason="stop_failed")
-        self._proc = None
-        _REGISTRY.discard(self)
+    def _not_ready_text(self) -> str:
+        return f"answer JSON-RPC on {self.rpc_url}"
 
-    def stop_stale(self, *, grace_s: float = 10.0) -> list[int]:
-        """Stop (SIGTERM: it dumps its state; SIGKILL after ``grace_s``) every anvil running on
-        this ``base_dir`` that this object did not start, e.g. one left by a ``cityanchor up``
-        killed with SIGKILL: two nodes on one state file would fork the chain. Recognised by
-        its ``--config-out`` path, which only this ``base_dir`` uses. Returns their pids."""
-        own = self.pid if self.running else None
-        pids = [p for p in processes_with_arg(str(self.config_path)) if p != own]
-        return stop_pids(pids, grace_s=grace_s)
-
-    def kill(self) -> None:
-        """SIGKILL, like a crash: no state dump. For tests of an RPC that disappears."""
-        proc = self._proc
-        if proc is None:
-            return
-        proc.kill()
-        proc.wait(timeout=10)
-        self._proc = None
-        _REGISTRY.discard(self)
+    def _stale_marker(self) -> Path:
+        # Two nodes on one state file would fork the chain. Its --config-out path is only used
+        # by this base_dir.
+        return self.config_path
 
     def _repr_extra(self) -> str:
         return f", chain_id={self._chain_id}"
@@ -364,9 +311,9 @@ class AnvilNode(LocalServer):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _command(self, binary: Path) -> list[str]:
+    def _command(self) -> list[str]:
         cmd = [
-            str(binary),
+            str(self._exe),
             "--host",
             LOOPBACK,
             "--port",
@@ -398,59 +345,6 @@ class AnvilNode(LocalServer):
         if self.hardfork is not None:
             cmd += ["--hardfork", self.hardfork]
         return cmd
-
-    def _spawn(self, binary: Path) -> ServiceError | None:
-        self.config_path.unlink(missing_ok=True)
-        with self.log_path.open("ab") as log:
-            # A new session: Ctrl-C in the caller's terminal must not kill the node before
-            # stop() can shut it down in order (and dump its state).
-            proc = subprocess.Popen(
-                self._command(binary),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                cwd=self.base_dir,
-                start_new_session=True,
-                # Only a pre-resolved prctl() call: no lock, import or allocation to deadlock on.
-                preexec_fn=preexec_die_with_parent() if self.die_with_parent else None,  # noqa: PLW1509
-            )
-        self._proc = proc
-        _REGISTRY.add(self)
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if proc.poll() is not None:
-                self._proc = None
-                _REGISTRY.discard(self)
-                tail = _log_tail(self.log_path)
-                in_use = "Address already in use" in tail or "address in use" in tail.lower()
-                return ServiceError(
-                    f"anvil exited with status {proc.returncode} while starting on "
-                    f"{LOOPBACK}:{self.port}\n{tail}",
-                    reason="port_in_use" if in_use else "start_failed",
-                )
-            answered = self._answers()
-            if answered is not None:
-                if answered != self._chain_id:
-                    self.stop()
-                    return ServiceError(
-                        f"the node on {self.rpc_url} answers chain id {answered}, "
-                        f"not {self._chain_id}",
-                        reason="start_failed",
-                    )
-                try:
-                    self._accounts = self._read_accounts()
-                except ServiceError:
-                    self.stop()
-                    raise
-                return None
-            if time.monotonic() > deadline:
-                self.stop()
-                return ServiceError(
-                    f"anvil did not answer JSON-RPC on {self.rpc_url} within "
-                    f"{self.start_timeout} s\n" + _log_tail(self.log_path),
-                    reason="start_failed",
-                )
-            time.sleep(0.05)
 
     def _answers(self) -> int | None:
         try:
