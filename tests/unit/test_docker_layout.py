@@ -22,10 +22,11 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from anchor import metrics, operator_store
+from anchor import metrics
 from anchor.cli import _build_parser
 from anchor.config import ENV_PREFIX, ChainSettings, Settings, _chain_var, load_settings
 from anchor.store import SQL_DIR, Store
+from anchor.store import operator as operator_store
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
