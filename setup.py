@@ -1,6 +1,28 @@
 """Distribution `cityanchor`: tamper-evident smart-city sensor data anchored on a blockchain."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithMigrations(build_py):
+    """Also copy the top-level ``sql/NNN_*.sql`` migrations into ``anchor/store/migrations/``.
+
+    The repository keeps them in ``sql/`` (the project's layout); a wheel needs them inside the
+    package, where ``anchor.store.schema`` reads them with importlib.resources.
+    """
+
+    def run(self) -> None:
+        super().run()
+        sources = sorted(Path(__file__).resolve().parent.joinpath("sql").glob("[0-9]*_*.sql"))
+        if not sources:
+            raise SystemExit("setup.py: no sql/NNN_*.sql migrations to ship")
+        target = Path(self.build_lib, "anchor", "store", "migrations")
+        self.mkpath(str(target))
+        for source in sources:
+            self.copy_file(str(source), str(target / source.name))
+
 
 setup(
     name="cityanchor",
@@ -49,4 +71,5 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["cityanchor=anchor.cli:main"]},
+    cmdclass={"build_py": BuildPyWithMigrations},
 )

@@ -13,7 +13,7 @@ socket failure is translated here, at the edge, into :class:`StoreError` with a 
 ``device_id_reserved``  registering a well-formed but reserved id (``.``, ``..``, ``-...``,
                     ``cityanchor...``; see :mod:`anchor.device_id`).
 ``migration_checksum_mismatch``  an applied ``sql/NNN_*.sql`` file was edited afterwards.
-``migrations_missing``  the migrations cannot be read (see :mod:`anchor.store.migrations`).
+``migrations_missing``  the migrations cannot be read (see :mod:`anchor.store.schema`).
 ``log_inconsistent``   the batch log and its checkpoints disagree (never expected; the seal
                     refuses to extend a log it cannot account for).
 ``erased``          the reading's envelope is gone without a tombstone (an erasure with a
@@ -54,8 +54,8 @@ checkpoint are decided under it and committed with the readings. ``migrate()`` h
 lock so that moving rows out of the default partition never races a seal.
 
 Layout. One module per concern, each a mixin over :class:`~anchor.store.connection.StoreBase`
-(the pool and the one connection helper that translates failures): :mod:`.migrations`
-(schema), :mod:`.devices` (registry, broker logins), :mod:`.seal`, :mod:`.receipts`,
+(the pool and the one connection helper that translates failures): :mod:`.schema`
+(migrations, partitions), :mod:`.devices` (registry, broker logins), :mod:`.seal`, :mod:`.receipts`,
 :mod:`.proofs` (checkpoints, consistency and completeness proofs, batch records),
 :mod:`.anchors`; :mod:`.records` holds the frozen values, :mod:`.errors` the errors and
 :mod:`.operator` the operator side's queries (tokens, audit, erasure, metrics). :class:`Store`
@@ -80,7 +80,6 @@ from anchor.store.connection import (
 )
 from anchor.store.devices import DevicesMixin
 from anchor.store.errors import RegistryError, StoreError
-from anchor.store.migrations import SQL_DIR, SchemaMixin, migration_files, migrations_dir
 from anchor.store.proofs import ProofsMixin
 from anchor.store.receipts import BATCH_TREE_CACHE, ReceiptsMixin
 from anchor.store.records import (
@@ -94,6 +93,7 @@ from anchor.store.records import (
     StoredAnchor,
     VanishedAnchor,
 )
+from anchor.store.schema import SQL_DIR, SchemaMixin, migration_files, migrations_dir
 from anchor.store.seal import QUARANTINE_RAW_LIMIT, SealMixin, recheck_key_validity
 
 __all__ = [

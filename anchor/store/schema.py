@@ -30,7 +30,7 @@ _MIGRATION_FILE = re.compile(r"(\d{3,})_([A-Za-z0-9_]+)\.sql")
 
 
 def migrations_dir() -> Traversable:
-    """The migrations of this installation: the package resource ``anchor.store/migrations``
+    """The migrations of this installation: the package resource ``anchor/store/migrations/``
     in an installed distribution, else (a source checkout) the repository's ``sql/``."""
     packaged = resources.files(__package__ or "anchor.store").joinpath("migrations")
     if packaged.is_dir():
