@@ -66,6 +66,8 @@ setup(
             "types-PyYAML>=6.0,<7",
             "ruff>=0.5,<1",
             "mypy>=1.10,<3",
+            # tests/unit/test_store_migrations.py builds a wheel offline (no build isolation).
+            "wheel>=0.40",
             # bench/soak.py's plot (make install puts it in the venv with the test tools).
             "matplotlib>=3.8,<4",
         ],
