@@ -19,7 +19,7 @@ _RETRYABLE_BUSY = ("40", "55")  # serialization/deadlock, lock not available
 
 
 class StoreError(AnchorError):
-    """A storage operation failed; ``reason`` says how (see the module docstring)."""
+    """A storage operation failed; ``reason`` says how (listed in :mod:`anchor.store`)."""
 
     reason = "db_error"
 

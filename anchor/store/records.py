@@ -128,7 +128,7 @@ class DeviceSpec:
 
 @dataclass(frozen=True, slots=True)
 class SealResult:
-    """What one :meth:`Store.seal` committed.
+    """What one :meth:`anchor.store.Store.seal` committed.
 
     ``batch_id``, ``log_index``, ``root`` (the batch root) and ``checkpoint`` (the signed note
     of the log including this batch) are None when nothing was accepted. ``quarantined`` counts
