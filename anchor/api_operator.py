@@ -61,7 +61,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from anchor import operator_store as ops
 from anchor import tokens
 from anchor.api import CONTEXT, Handler, problem, status_for
 from anchor.api_public import MAX_BODY_DEPTH
@@ -70,8 +69,9 @@ from anchor.errors import AnchorError
 from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey, b64url_encode
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
-from anchor.operator_store import TokenRow
 from anchor.store import DeviceRecord, StoreError
+from anchor.store import operator as ops
+from anchor.store.operator import TokenRow
 from anchor.tokens import TokenError
 
 if TYPE_CHECKING:

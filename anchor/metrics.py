@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from anchor import operator_store as ops
 from anchor.store import Store
+from anchor.store import operator as ops
 
 __all__ = [
     "API_LATENCY_BUCKETS",

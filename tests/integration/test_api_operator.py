@@ -23,12 +23,13 @@ from typing import Any, TypeVar
 import pytest
 from unit.test_metrics import parse_exposition
 
-from anchor import operator_store, tokens
+from anchor import tokens
 from anchor.chain_node import AnvilNode
 from anchor.cli import main as cli_main
 from anchor.keys import PrivateKey, b64url_encode
 from anchor.services import PostgresServer, free_port
 from anchor.store import Store
+from anchor.store import operator as operator_store
 from anchor.verify import verify_receipt
 from integration.api_fixtures import ApiWorld
 
@@ -333,7 +334,7 @@ def test_erased_receipt_and_every_other_receipt_of_its_batch_verify(
         receipt = await store.receipt(device_id, seq)
         batch_id = (await store.batch_record_at(receipt.log.index)).id
         batch = await store.receipts_for_batch(batch_id)
-        async with store._connection("test") as conn:
+        async with store.connection("test") as conn:
             row = await conn.fetchrow(
                 "SELECT r.envelope, r.leaf_hash, s.leaf_hash AS seq_leaf FROM readings r "
                 "JOIN reading_seqs s USING (device_id, seq, received_at) "
