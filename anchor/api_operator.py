@@ -552,13 +552,13 @@ async def _audit_log(request: web.Request, token: TokenRow) -> web.StreamRespons
 @operator("metrics:read")
 async def _metrics(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    families = await collect(
+    registry = await collect(
         ctx.store,
         request.app[METRICS],
         backends=[c.name for c in ctx.settings.chains],
     )
     return web.Response(
-        body=render(families).encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
+        body=render(registry).encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
     )
 
 
