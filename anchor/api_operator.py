@@ -65,6 +65,7 @@ from anchor import operator_store as ops
 from anchor import tokens
 from anchor.api import CONTEXT, Handler, problem, status_for
 from anchor.api_public import MAX_BODY_DEPTH
+from anchor.api_spec import RouteTable
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import AnchorError
 from anchor.jsonbounds import nesting_depth
@@ -78,7 +79,7 @@ if TYPE_CHECKING:
     from anchor.broker_auth import BrokerAdmin
     from anchor.config import Settings
 
-__all__ = ["METRICS", "add_routes", "device_json"]
+__all__ = ["METRICS", "ROUTES", "add_routes", "device_json"]
 
 log = logging.getLogger("anchor.api")
 
@@ -143,6 +144,147 @@ def device_json(record: DeviceRecord) -> dict[str, Any]:
         ],
     }
 
+
+# --------------------------------------------------------------------------------------------
+# The description (OpenAPI) of these routes
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {
+            "description": "Problem Details (RFC 9457) with a reason code",
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for s in (*statuses, 500, 503)
+    }
+
+
+def _ok(status: int, schema: str, description: str) -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
+def _scoped(scope: str) -> list[dict[str, list[str]]]:
+    return [{"bearerToken": [scope]}]
+
+
+_DEVICE_ID_PARAM = {
+    "name": "device_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_JWK = {"$ref": "#/components/schemas/Jwk"}
+
+ROUTES = RouteTable(
+    components={
+        "securitySchemes": {
+            "bearerToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "ca_<id>_<base64url secret>",
+                "description": "Created with `cityanchor token create --name N --scope S`. Scopes: "
+                "devices:write, readings:erase, anchors:run, metrics:read, audit:read. Missing, "
+                "wrong or revoked: 401 `unauthorized`; without the scope: 403 `forbidden`.",
+            }
+        },
+        "schemas": {
+            "Device": {
+                "type": "object",
+                "required": [
+                    "device_id",
+                    "district",
+                    "kind",
+                    "status",
+                    "kid",
+                    "kid_b64url",
+                    "keys",
+                ],
+                "properties": {
+                    "device_id": {"type": "string"},
+                    "district": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "status": {"enum": ["active", "revoked"]},
+                    "registered_at": _TIME,
+                    "revoked_at": _TIME,
+                    "revoke_reason": {"type": ["string", "null"]},
+                    "kid": {
+                        "type": ["string", "null"],
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "hex of the RFC 7638 SHA-256 thumbprint of the current key",
+                    },
+                    "kid_b64url": {"type": ["string", "null"]},
+                    "public_key_jwk": {"oneOf": [_JWK, {"type": "null"}]},
+                    "keys": {"type": "array", "items": {"type": "object"}},
+                    "mqtt_username": {
+                        "type": "string",
+                        "description": "in the registration answer only, when the broker requires "
+                        "device logins: the device id",
+                    },
+                    "mqtt_password": {
+                        "type": "string",
+                        "description": "in the registration answer only, when the broker requires "
+                        "device logins; shown once",
+                    },
+                },
+            },
+            "DevicePage": {
+                "type": "object",
+                "required": ["devices", "next"],
+                "properties": {
+                    "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}},
+                    "next": {
+                        "type": ["string", "null"],
+                        "description": "the `after` of the next page",
+                    },
+                },
+            },
+            "Erasure": {
+                "type": "object",
+                "required": ["status", "erased_now", "tombstone"],
+                "properties": {
+                    "status": {"const": "erased"},
+                    "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
+                    "tombstone": {
+                        "type": "object",
+                        "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
+                        "properties": {
+                            "device_id": {"type": "string"},
+                            "seq": {"type": "integer"},
+                            "leaf_hash": {"type": "string"},
+                            "erased_at": {"type": "string", "format": "date-time"},
+                            "actor": {"type": "string"},
+                            "legal_reason": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "AnchorRun": {
+                "type": "object",
+                "required": ["results"],
+                "properties": {"results": {"type": "array", "items": {"type": "object"}}},
+            },
+            "AuditPage": {
+                "type": "object",
+                "required": ["entries", "next"],
+                "properties": {
+                    "entries": {"type": "array", "items": {"type": "object"}},
+                    "next": {"type": ["integer", "null"]},
+                },
+            },
+        },
+    }
+)
+"""The operator routes and the public device reads, each with its OpenAPI operation."""
+
+_JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
 
 # --------------------------------------------------------------------------------------------
 # Request helpers
@@ -363,6 +505,41 @@ async def _audit(
 # Devices
 
 
+@ROUTES.post(
+    "/v1/devices",
+    {
+        "tags": ["operator"],
+        "operationId": "registerDevice",
+        "summary": "Register a device (scope devices:write)",
+        "description": "A reserved device id (`.`, `..`, starting with `-` or with "
+        "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
+        "answer carries `mqtt_username` (= device_id, also the only client id the broker "
+        "accepts for it) and `mqtt_password`, already accepted by the broker.",
+        "security": _scoped("devices:write"),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": list(_DEVICE_FIELDS),
+                        "additionalProperties": False,
+                        "properties": {
+                            "device_id": {"type": "string"},
+                            "public_key_jwk": _JWK,
+                            "district": {"type": "string"},
+                            "kind": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            **_ok(201, "Device", "Registered."),
+            **_problems(400, 401, 403, 409, 413),
+        },
+    },
+)
 @operator("devices:write", "device.register", body="json")
 async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -399,6 +576,21 @@ def _broker_admin(settings: Settings) -> BrokerAdmin | None:
     )
 
 
+@ROUTES.post(
+    "/v1/devices/{device_id}/rotate",
+    {
+        "tags": ["operator"],
+        "operationId": "rotateDeviceKey",
+        "summary": "Replace a device's key (scope devices:write); body {public_key_jwk}",
+        "security": _scoped("devices:write"),
+        "parameters": [_DEVICE_ID_PARAM],
+        "requestBody": {"required": True, **_JSON_BODY},
+        "responses": {
+            **_ok(200, "Device", "Rotated."),
+            **_problems(400, 401, 403, 404, 409),
+        },
+    },
+)
 @operator("devices:write", "device.rotate", body="json")
 async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -410,6 +602,21 @@ async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     return web.json_response(device_json(record))
 
 
+@ROUTES.post(
+    "/v1/devices/{device_id}/revoke",
+    {
+        "tags": ["operator"],
+        "operationId": "revokeDevice",
+        "summary": "Revoke a device (scope devices:write); optional body {reason}",
+        "security": _scoped("devices:write"),
+        "parameters": [_DEVICE_ID_PARAM],
+        "requestBody": {"required": False, **_JSON_BODY},
+        "responses": {
+            **_ok(200, "Device", "Revoked."),
+            **_problems(400, 401, 403, 404, 409),
+        },
+    },
+)
 @operator("devices:write", "device.revoke", body="optional")
 async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -434,6 +641,34 @@ def _text_query(request: web.Request, name: str, pattern: re.Pattern[str]) -> st
     return value
 
 
+@ROUTES.get(
+    "/v1/devices",
+    {
+        "tags": ["operator"],
+        "operationId": "listDevices",
+        "summary": "List devices (public: device keys are public information)",
+        "parameters": [
+            {
+                "name": "district",
+                "in": "query",
+                "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{0,256}$"},
+            },
+            {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked"]}},
+            {
+                "name": "after",
+                "in": "query",
+                "description": "the last device id of the previous page (`next`)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+        ],
+        "responses": {**_ok(200, "DevicePage", "One page."), **_problems(400)},
+    },
+)
 async def _list_devices(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     status = _text_query(request, "status", _STATUS)
@@ -451,6 +686,16 @@ async def _list_devices(request: web.Request) -> web.StreamResponse:
     )
 
 
+@ROUTES.get(
+    "/v1/devices/{device_id}",
+    {
+        "tags": ["operator"],
+        "operationId": "getDevice",
+        "summary": "A device and its key history (public)",
+        "parameters": [_DEVICE_ID_PARAM],
+        "responses": {**_ok(200, "Device", "The device."), **_problems(400, 404)},
+    },
+)
 async def _get_device(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     record = await ctx.store.get_device(request.match_info["device_id"])
@@ -461,6 +706,27 @@ async def _get_device(request: web.Request) -> web.StreamResponse:
 # Erasure
 
 
+@ROUTES.delete(
+    "/v1/readings/{device_id}/{seq}",
+    {
+        "tags": ["operator"],
+        "operationId": "eraseReading",
+        "summary": "Erase a reading's envelope for privacy law (scope readings:erase)",
+        "description": "Keeps the leaf hash, batch and proofs; records a tombstone. "
+        "legal_reason in the JSON body or the query. Idempotent (200 again, erased_now "
+        "false, the first tombstone).",
+        "security": _scoped("readings:erase"),
+        "parameters": [
+            _DEVICE_ID_PARAM,
+            {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
+            {"name": "legal_reason", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            **_ok(200, "Erasure", "Erased (now or before)."),
+            **_problems(400, 401, 403, 404),
+        },
+    },
+)
 @operator("readings:erase", "reading.erase", body="optional")
 async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -489,6 +755,19 @@ async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
 # Anchoring
 
 
+@ROUTES.post(
+    "/v1/anchors/run",
+    {
+        "tags": ["operator"],
+        "operationId": "runAnchoring",
+        "summary": "Run one anchoring step now (scope anchors:run)",
+        "security": _scoped("anchors:run"),
+        "responses": {
+            **_ok(202, "AnchorRun", "The step's result per backend."),
+            **_problems(401, 403, 409),
+        },
+    },
+)
 @operator("anchors:run", "anchors.run")
 async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamResponse:
     from anchor.anchor_main import build_backend
@@ -535,6 +814,24 @@ async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamRespon
 # Audit log and metrics
 
 
+@ROUTES.get(
+    "/v1/audit",
+    {
+        "tags": ["operator"],
+        "operationId": "listAudit",
+        "summary": "The audit log, oldest first (scope audit:read)",
+        "security": _scoped("audit:read"),
+        "parameters": [
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+        ],
+        "responses": {**_ok(200, "AuditPage", "One page."), **_problems(400, 401, 403)},
+    },
+)
 @operator("audit:read")
 async def _audit_log(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -549,6 +846,22 @@ async def _audit_log(request: web.Request, token: TokenRow) -> web.StreamRespons
     )
 
 
+@ROUTES.get(
+    "/metrics",
+    {
+        "tags": ["operator"],
+        "operationId": "metrics",
+        "summary": "Prometheus metrics, text format 0.0.4 (scope metrics:read)",
+        "security": _scoped("metrics:read"),
+        "responses": {
+            "200": {
+                "description": "The exposition.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_problems(401, 403),
+        },
+    },
+)
 @operator("metrics:read")
 async def _metrics(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -577,302 +890,4 @@ def add_routes(app: web.Application) -> None:
     """Register the operator routes, the metrics state and its latency middleware."""
     app[METRICS] = MetricsState()
     app.middlewares.append(_observe)
-    r = app.router
-    r.add_post("/v1/devices", _register)
-    r.add_get("/v1/devices", _list_devices)
-    r.add_get("/v1/devices/{device_id}", _get_device)
-    r.add_post("/v1/devices/{device_id}/rotate", _rotate)
-    r.add_post("/v1/devices/{device_id}/revoke", _revoke)
-    r.add_delete("/v1/readings/{device_id}/{seq}", _erase)
-    r.add_post("/v1/anchors/run", _anchor_run)
-    r.add_get("/v1/audit", _audit_log)
-    r.add_get("/metrics", _metrics)
-
-
-# --------------------------------------------------------------------------------------------
-# OpenAPI (merged into /openapi.json by anchor.openapi)
-
-
-def _problems(*statuses: int) -> dict[str, Any]:
-    return {
-        str(s): {
-            "description": "Problem Details (RFC 9457) with a reason code",
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-        }
-        for s in (*statuses, 500, 503)
-    }
-
-
-def _ok(status: int, schema: str, description: str) -> dict[str, Any]:
-    return {
-        str(status): {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
-    }
-
-
-def _scoped(scope: str) -> list[dict[str, list[str]]]:
-    return [{"bearerToken": [scope]}]
-
-
-_DEVICE_ID_PARAM = {
-    "name": "device_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-}
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-_JWK = {"$ref": "#/components/schemas/Jwk"}
-
-OPENAPI_COMPONENTS: dict[str, Any] = {
-    "securitySchemes": {
-        "bearerToken": {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "ca_<id>_<base64url secret>",
-            "description": "Created with `cityanchor token create --name N --scope S`. Scopes: "
-            "devices:write, readings:erase, anchors:run, metrics:read, audit:read. Missing, "
-            "wrong or revoked: 401 `unauthorized`; without the scope: 403 `forbidden`.",
-        }
-    },
-    "schemas": {
-        "Device": {
-            "type": "object",
-            "required": ["device_id", "district", "kind", "status", "kid", "kid_b64url", "keys"],
-            "properties": {
-                "device_id": {"type": "string"},
-                "district": {"type": "string"},
-                "kind": {"type": "string"},
-                "status": {"enum": ["active", "revoked"]},
-                "registered_at": _TIME,
-                "revoked_at": _TIME,
-                "revoke_reason": {"type": ["string", "null"]},
-                "kid": {
-                    "type": ["string", "null"],
-                    "pattern": "^[0-9a-f]{64}$",
-                    "description": "hex of the RFC 7638 SHA-256 thumbprint of the current key",
-                },
-                "kid_b64url": {"type": ["string", "null"]},
-                "public_key_jwk": {"oneOf": [_JWK, {"type": "null"}]},
-                "keys": {"type": "array", "items": {"type": "object"}},
-                "mqtt_username": {
-                    "type": "string",
-                    "description": "only once the broker requires device logins (not yet)",
-                },
-                "mqtt_password": {
-                    "type": "string",
-                    "description": "only once the broker requires device logins (not yet)",
-                },
-            },
-        },
-        "DevicePage": {
-            "type": "object",
-            "required": ["devices", "next"],
-            "properties": {
-                "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}},
-                "next": {"type": ["string", "null"], "description": "the `after` of the next page"},
-            },
-        },
-        "Erasure": {
-            "type": "object",
-            "required": ["status", "erased_now", "tombstone"],
-            "properties": {
-                "status": {"const": "erased"},
-                "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
-                "tombstone": {
-                    "type": "object",
-                    "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
-                    "properties": {
-                        "device_id": {"type": "string"},
-                        "seq": {"type": "integer"},
-                        "leaf_hash": {"type": "string"},
-                        "erased_at": {"type": "string", "format": "date-time"},
-                        "actor": {"type": "string"},
-                        "legal_reason": {"type": "string"},
-                    },
-                },
-            },
-        },
-        "AnchorRun": {
-            "type": "object",
-            "required": ["results"],
-            "properties": {"results": {"type": "array", "items": {"type": "object"}}},
-        },
-        "AuditPage": {
-            "type": "object",
-            "required": ["entries", "next"],
-            "properties": {
-                "entries": {"type": "array", "items": {"type": "object"}},
-                "next": {"type": ["integer", "null"]},
-            },
-        },
-    },
-}
-
-_JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/devices": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "registerDevice",
-            "summary": "Register a device (scope devices:write)",
-            "description": "A reserved device id (`.`, `..`, starting with `-` or with "
-            "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
-            "answer carries `mqtt_username` (= device_id, also the only client id the broker "
-            "accepts for it) and `mqtt_password`, already accepted by the broker.",
-            "security": _scoped("devices:write"),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": list(_DEVICE_FIELDS),
-                            "additionalProperties": False,
-                            "properties": {
-                                "device_id": {"type": "string"},
-                                "public_key_jwk": _JWK,
-                                "district": {"type": "string"},
-                                "kind": {"type": "string"},
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": {
-                **_ok(201, "Device", "Registered."),
-                **_problems(400, 401, 403, 409, 413),
-            },
-        },
-        "get": {
-            "tags": ["operator"],
-            "operationId": "listDevices",
-            "summary": "List devices (public: device keys are public information)",
-            "parameters": [
-                {
-                    "name": "district",
-                    "in": "query",
-                    "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{0,256}$"},
-                },
-                {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked"]}},
-                {
-                    "name": "after",
-                    "in": "query",
-                    "description": "the last device id of the previous page (`next`)",
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                },
-            ],
-            "responses": {**_ok(200, "DevicePage", "One page."), **_problems(400)},
-        },
-    },
-    "/v1/devices/{device_id}": {
-        "get": {
-            "tags": ["operator"],
-            "operationId": "getDevice",
-            "summary": "A device and its key history (public)",
-            "parameters": [_DEVICE_ID_PARAM],
-            "responses": {**_ok(200, "Device", "The device."), **_problems(400, 404)},
-        }
-    },
-    "/v1/devices/{device_id}/rotate": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "rotateDeviceKey",
-            "summary": "Replace a device's key (scope devices:write); body {public_key_jwk}",
-            "security": _scoped("devices:write"),
-            "parameters": [_DEVICE_ID_PARAM],
-            "requestBody": {"required": True, **_JSON_BODY},
-            "responses": {
-                **_ok(200, "Device", "Rotated."),
-                **_problems(400, 401, 403, 404, 409),
-            },
-        }
-    },
-    "/v1/devices/{device_id}/revoke": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "revokeDevice",
-            "summary": "Revoke a device (scope devices:write); optional body {reason}",
-            "security": _scoped("devices:write"),
-            "parameters": [_DEVICE_ID_PARAM],
-            "requestBody": {"required": False, **_JSON_BODY},
-            "responses": {
-                **_ok(200, "Device", "Revoked."),
-                **_problems(400, 401, 403, 404, 409),
-            },
-        }
-    },
-    "/v1/readings/{device_id}/{seq}": {
-        "delete": {
-            "tags": ["operator"],
-            "operationId": "eraseReading",
-            "summary": "Erase a reading's envelope for privacy law (scope readings:erase)",
-            "description": "Keeps the leaf hash, batch and proofs; records a tombstone. "
-            "legal_reason in the JSON body or the query. Idempotent (200 again, erased_now "
-            "false, the first tombstone).",
-            "security": _scoped("readings:erase"),
-            "parameters": [
-                _DEVICE_ID_PARAM,
-                {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
-                {"name": "legal_reason", "in": "query", "schema": {"type": "string"}},
-            ],
-            "responses": {
-                **_ok(200, "Erasure", "Erased (now or before)."),
-                **_problems(400, 401, 403, 404),
-            },
-        }
-    },
-    "/v1/anchors/run": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "runAnchoring",
-            "summary": "Run one anchoring step now (scope anchors:run)",
-            "security": _scoped("anchors:run"),
-            "responses": {
-                **_ok(202, "AnchorRun", "The step's result per backend."),
-                **_problems(401, 403, 409),
-            },
-        }
-    },
-    "/v1/audit": {
-        "get": {
-            "tags": ["operator"],
-            "operationId": "listAudit",
-            "summary": "The audit log, oldest first (scope audit:read)",
-            "security": _scoped("audit:read"),
-            "parameters": [
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                },
-            ],
-            "responses": {**_ok(200, "AuditPage", "One page."), **_problems(400, 401, 403)},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "tags": ["operator"],
-            "operationId": "metrics",
-            "summary": "Prometheus metrics, text format 0.0.4 (scope metrics:read)",
-            "security": _scoped("metrics:read"),
-            "responses": {
-                "200": {
-                    "description": "The exposition.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-                **_problems(401, 403),
-            },
-        }
-    },
-}
+    ROUTES.add_to(app)
