@@ -17,11 +17,11 @@ Public (no token; a device's public key is public information, and a city app ne
 verify signatures): ``GET /v1/devices?district=&status=&after=&limit=`` (cursor: the last
 device id of the previous page, ``next`` in the answer) and ``GET /v1/devices/{id}``.
 
-A device record: ``device_id``, ``district``, ``kind``, ``status``, ``registered_at``,
-``revoked_at``, ``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the
-current key), ``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the
-current key) and ``keys`` (the whole key history, each with ``kid``, ``kid_b64url``,
-``key_type``, ``public_key_jwk``, ``valid_from``, ``valid_until``, ``current``).
+A device record is :func:`anchor.device_json.device_json`, the shape the CLI prints too:
+``device_id``, ``district``, ``kind``, ``status``, ``registered_at``, ``revoked_at``,
+``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the current key),
+``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the current key)
+and ``keys`` (the whole key history).
 ``mqtt_username`` (= device_id) and ``mqtt_password`` are in the registration answer, and only
 there, when the broker requires device logins (setting ``mqtt_device_logins``, on under
 ``cityanchor up``); otherwise they are absent.
@@ -67,12 +67,13 @@ from anchor.api import CONTEXT, Handler, problem, status_for
 from anchor.api_public import MAX_BODY_DEPTH
 from anchor.api_spec import RouteTable
 from anchor.device_id import DEVICE_ID_RE
+from anchor.device_json import device_json
 from anchor.errors import AnchorError
 from anchor.jsonbounds import nesting_depth
-from anchor.keys import PublicKey, b64url_encode
+from anchor.keys import PublicKey
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.operator_store import TokenRow
-from anchor.store import DeviceRecord, StoreError
+from anchor.store import StoreError
 from anchor.tokens import TokenError
 
 if TYPE_CHECKING:
@@ -112,37 +113,7 @@ class BadRequest(AnchorError):
 # Representations
 
 
-def _when(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def device_json(record: DeviceRecord) -> dict[str, Any]:
-    """The device record the API answers with (see the module docstring)."""
-    current = record.current_key
-    return {
-        "device_id": record.device_id,
-        "district": record.district,
-        "kind": record.kind,
-        "status": record.status,
-        "registered_at": _when(record.registered_at),
-        "revoked_at": _when(record.revoked_at),
-        "revoke_reason": record.revoke_reason,
-        "kid": current.kid.hex() if current else None,
-        "kid_b64url": b64url_encode(current.kid) if current else None,
-        "public_key_jwk": current.public_key.to_jwk() if current else None,
-        "keys": [
-            {
-                "kid": k.kid.hex(),
-                "kid_b64url": b64url_encode(k.kid),
-                "key_type": k.public_key.key_type,
-                "public_key_jwk": k.public_key.to_jwk(),
-                "valid_from": _when(k.valid_from),
-                "valid_until": _when(k.valid_until),
-                "current": k.current,
-            }
-            for k in record.keys
-        ],
-    }
+# The one device shape, shared with the CLI: anchor.device_json.
 
 
 # --------------------------------------------------------------------------------------------
