@@ -50,6 +50,7 @@ setup(
         "paho-mqtt>=2.1,<3",
         "web3>=7,<9",
         "aiohttp>=3.9,<4",
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         "test": [
