@@ -1,6 +1,28 @@
 """Distribution `cityanchor`: tamper-evident smart-city sensor data anchored on a blockchain."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithMigrations(build_py):
+    """Also copy the top-level ``sql/NNN_*.sql`` migrations into ``anchor/store/migrations/``.
+
+    The repository keeps them in ``sql/`` (the project's layout); a wheel needs them inside the
+    package, where ``anchor.store.schema`` reads them with importlib.resources.
+    """
+
+    def run(self) -> None:
+        super().run()
+        sources = sorted(Path(__file__).resolve().parent.joinpath("sql").glob("[0-9]*_*.sql"))
+        if not sources:
+            raise SystemExit("setup.py: no sql/NNN_*.sql migrations to ship")
+        target = Path(self.build_lib, "anchor", "store", "migrations")
+        self.mkpath(str(target))
+        for source in sources:
+            self.copy_file(str(source), str(target / source.name))
+
 
 setup(
     name="cityanchor",
@@ -28,6 +50,7 @@ setup(
         "paho-mqtt>=2.1,<3",
         "web3>=7,<9",
         "aiohttp>=3.9,<4",
+        "prometheus_client>=0.20,<1",
     ],
     extras_require={
         "test": [
@@ -44,9 +67,12 @@ setup(
             "types-PyYAML>=6.0,<7",
             "ruff>=0.5,<1",
             "mypy>=1.10,<3",
+            # tests/unit/test_store_migrations.py builds a wheel offline (no build isolation).
+            "wheel>=0.40",
             # bench/soak.py's plot (make install puts it in the venv with the test tools).
             "matplotlib>=3.8,<4",
         ],
     },
     entry_points={"console_scripts": ["cityanchor=anchor.cli:main"]},
+    cmdclass={"build_py": BuildPyWithMigrations},
 )

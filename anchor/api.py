@@ -5,19 +5,26 @@ Details document whose ``reason`` is the same stable code the core uses (see
 ``docs/reason-codes.md``); no stack trace ever reaches a client.
 
 Layout: :func:`create_app` builds the application from an :class:`ApiContext`; route groups live
-in their own modules and register themselves with ``add_*_routes(app)``:
+in their own modules, each declaring its handlers on a ``ROUTES`` table
+(:class:`anchor.api_spec.RouteTable`) together with the OpenAPI operations that describe them,
+and registering them with ``add_routes(app)``:
 
 * this module: the app, the error middleware, ``/healthz``, ``/readyz``;
 * ``anchor.api_public``: receipts, verify, completeness, batches, log, anchors, operator key,
   ``/openapi.json`` and ``/docs``;
 * ``anchor.api_operator``: tokens, device registry, erasure, audit log, ``/metrics``;
 * ``anchor.explorer``: the proof explorer page under ``/explorer``.
+
+:func:`create_app` assembles the OpenAPI document from those same tables
+(:func:`anchor.openapi.build_document`) and hands it to the app, so the routes served and the
+routes described are one list.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -28,6 +35,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from anchor import openapi
+from anchor.api_spec import DOCS_PAGE, OPENAPI_DOCUMENT, RouteTable, json_ok
 from anchor.checkpoint import NoteVerifier
 from anchor.config import Settings
 from anchor.errors import AnchorError
@@ -35,9 +44,12 @@ from anchor.store import Store
 
 __all__ = [
     "CONTEXT",
+    "ROUTES",
     "ApiContext",
     "create_app",
+    "openapi_document",
     "problem",
+    "route_tables",
     "status_for",
 ]
 
@@ -165,6 +177,37 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 del ctx.latency[name][:5_000]
 
 
+ROUTES = RouteTable(
+    components={
+        "schemas": {
+            "Health": {
+                "type": "object",
+                "required": ["status"],
+                "properties": {"status": {"const": "ok"}},
+            },
+            "Readiness": {
+                "type": "object",
+                "required": ["status", "checks"],
+                "properties": {
+                    "status": {"enum": ["ready", "not_ready"]},
+                    "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+            },
+        }
+    }
+)
+"""This module's routes (operations), each with its OpenAPI operation."""
+
+
+@ROUTES.get(
+    "/healthz",
+    {
+        "tags": ["operations"],
+        "operationId": "healthz",
+        "summary": "Liveness: the process is up",
+        "responses": {"200": json_ok("Health", "Up.", {"status": "ok"})},
+    },
+)
 async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -184,6 +227,26 @@ async def _broker_check(mqtt_url: str) -> str:
     return "ok"
 
 
+@ROUTES.get(
+    "/readyz",
+    {
+        "tags": ["operations"],
+        "operationId": "readyz",
+        "summary": "Readiness: database, every configured chain and the broker reachable",
+        "responses": {
+            "200": json_ok(
+                "Readiness",
+                "Ready.",
+                {"status": "ready", "checks": {"database": "ok", "chain:local": "ok"}},
+            ),
+            "503": json_ok(
+                "Readiness",
+                "Not ready; each failing dependency says why.",
+                {"status": "not_ready", "checks": {"database": "db_unavailable: ..."}},
+            ),
+        },
+    },
+)
 async def _readyz(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     checks: dict[str, str] = {}
@@ -216,14 +279,28 @@ def create_app(ctx: ApiContext) -> web.Application:
     """The aiohttp application with every route group registered."""
     app = web.Application(middlewares=[_errors, _rate_limit], client_max_size=MAX_BODY_BYTES)
     app[CONTEXT] = ctx
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+    ROUTES.add_to(app)
     # Imported here: each route group imports this module's CONTEXT and problem().
     from anchor import api_operator, api_public, explorer
 
     for group in (api_public, api_operator, explorer):
         group.add_routes(app)
+    tables = route_tables()
+    app[OPENAPI_DOCUMENT] = openapi.build_document(tables)
+    app[DOCS_PAGE] = openapi.render_docs(tables)
     return app
+
+
+def route_tables() -> tuple[RouteTable, ...]:
+    """The route tables of the app, in the order :func:`create_app` registers them."""
+    from anchor import api_operator, api_public, explorer
+
+    return (ROUTES, api_public.ROUTES, api_operator.ROUTES, explorer.ROUTES)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document the app serves at ``/openapi.json`` (a fresh copy)."""
+    return copy.deepcopy(openapi.build_document(route_tables()))
 
 
 async def serve(

@@ -17,11 +17,11 @@ Public (no token; a device's public key is public information, and a city app ne
 verify signatures): ``GET /v1/devices?district=&status=&after=&limit=`` (cursor: the last
 device id of the previous page, ``next`` in the answer) and ``GET /v1/devices/{id}``.
 
-A device record: ``device_id``, ``district``, ``kind``, ``status``, ``registered_at``,
-``revoked_at``, ``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the
-current key), ``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the
-current key) and ``keys`` (the whole key history, each with ``kid``, ``kid_b64url``,
-``key_type``, ``public_key_jwk``, ``valid_from``, ``valid_until``, ``current``).
+A device record is :func:`anchor.device_json.device_json`, the shape the CLI prints too:
+``device_id``, ``district``, ``kind``, ``status``, ``registered_at``, ``revoked_at``,
+``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the current key),
+``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the current key)
+and ``keys`` (the whole key history).
 ``mqtt_username`` (= device_id) and ``mqtt_password`` are in the registration answer, and only
 there, when the broker requires device logins (setting ``mqtt_device_logins``, on under
 ``cityanchor up``); otherwise they are absent.
@@ -61,24 +61,26 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from anchor import operator_store as ops
 from anchor import tokens
 from anchor.api import CONTEXT, Handler, problem, status_for
 from anchor.api_public import MAX_BODY_DEPTH
+from anchor.api_spec import RouteTable
 from anchor.device_id import DEVICE_ID_RE
+from anchor.device_json import device_json
 from anchor.errors import AnchorError
 from anchor.jsonbounds import nesting_depth
-from anchor.keys import PublicKey, b64url_encode
+from anchor.keys import PublicKey
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
-from anchor.operator_store import TokenRow
-from anchor.store import DeviceRecord, StoreError
+from anchor.store import StoreError
+from anchor.store import operator as ops
+from anchor.store.operator import TokenRow
 from anchor.tokens import TokenError
 
 if TYPE_CHECKING:
     from anchor.broker_auth import BrokerAdmin
     from anchor.config import Settings
 
-__all__ = ["METRICS", "add_routes", "device_json"]
+__all__ = ["METRICS", "ROUTES", "add_routes", "device_json"]
 
 log = logging.getLogger("anchor.api")
 
@@ -111,38 +113,149 @@ class BadRequest(AnchorError):
 # Representations
 
 
-def _when(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+# The one device shape, shared with the CLI: anchor.device_json.
 
 
-def device_json(record: DeviceRecord) -> dict[str, Any]:
-    """The device record the API answers with (see the module docstring)."""
-    current = record.current_key
+# --------------------------------------------------------------------------------------------
+# The description (OpenAPI) of these routes
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
     return {
-        "device_id": record.device_id,
-        "district": record.district,
-        "kind": record.kind,
-        "status": record.status,
-        "registered_at": _when(record.registered_at),
-        "revoked_at": _when(record.revoked_at),
-        "revoke_reason": record.revoke_reason,
-        "kid": current.kid.hex() if current else None,
-        "kid_b64url": b64url_encode(current.kid) if current else None,
-        "public_key_jwk": current.public_key.to_jwk() if current else None,
-        "keys": [
-            {
-                "kid": k.kid.hex(),
-                "kid_b64url": b64url_encode(k.kid),
-                "key_type": k.public_key.key_type,
-                "public_key_jwk": k.public_key.to_jwk(),
-                "valid_from": _when(k.valid_from),
-                "valid_until": _when(k.valid_until),
-                "current": k.current,
-            }
-            for k in record.keys
-        ],
+        str(s): {
+            "description": "Problem Details (RFC 9457) with a reason code",
+            "content": {
+                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+            },
+        }
+        for s in (*statuses, 500, 503)
     }
 
+
+def _ok(status: int, schema: str, description: str) -> dict[str, Any]:
+    return {
+        str(status): {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
+def _scoped(scope: str) -> list[dict[str, list[str]]]:
+    return [{"bearerToken": [scope]}]
+
+
+_DEVICE_ID_PARAM = {
+    "name": "device_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_JWK = {"$ref": "#/components/schemas/Jwk"}
+
+ROUTES = RouteTable(
+    components={
+        "securitySchemes": {
+            "bearerToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "ca_<id>_<base64url secret>",
+                "description": "Created with `cityanchor token create --name N --scope S`. Scopes: "
+                "devices:write, readings:erase, anchors:run, metrics:read, audit:read. Missing, "
+                "wrong or revoked: 401 `unauthorized`; without the scope: 403 `forbidden`.",
+            }
+        },
+        "schemas": {
+            "Device": {
+                "type": "object",
+                "required": [
+                    "device_id",
+                    "district",
+                    "kind",
+                    "status",
+                    "kid",
+                    "kid_b64url",
+                    "keys",
+                ],
+                "properties": {
+                    "device_id": {"type": "string"},
+                    "district": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "status": {"enum": ["active", "revoked"]},
+                    "registered_at": _TIME,
+                    "revoked_at": _TIME,
+                    "revoke_reason": {"type": ["string", "null"]},
+                    "kid": {
+                        "type": ["string", "null"],
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "hex of the RFC 7638 SHA-256 thumbprint of the current key",
+                    },
+                    "kid_b64url": {"type": ["string", "null"]},
+                    "public_key_jwk": {"oneOf": [_JWK, {"type": "null"}]},
+                    "keys": {"type": "array", "items": {"type": "object"}},
+                    "mqtt_username": {
+                        "type": "string",
+                        "description": "in the registration answer only, when the broker requires "
+                        "device logins: the device id",
+                    },
+                    "mqtt_password": {
+                        "type": "string",
+                        "description": "in the registration answer only, when the broker requires "
+                        "device logins; shown once",
+                    },
+                },
+            },
+            "DevicePage": {
+                "type": "object",
+                "required": ["devices", "next"],
+                "properties": {
+                    "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}},
+                    "next": {
+                        "type": ["string", "null"],
+                        "description": "the `after` of the next page",
+                    },
+                },
+            },
+            "Erasure": {
+                "type": "object",
+                "required": ["status", "erased_now", "tombstone"],
+                "properties": {
+                    "status": {"const": "erased"},
+                    "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
+                    "tombstone": {
+                        "type": "object",
+                        "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
+                        "properties": {
+                            "device_id": {"type": "string"},
+                            "seq": {"type": "integer"},
+                            "leaf_hash": {"type": "string"},
+                            "erased_at": {"type": "string", "format": "date-time"},
+                            "actor": {"type": "string"},
+                            "legal_reason": {"type": "string"},
+                        },
+                    },
+                },
+            },
+            "AnchorRun": {
+                "type": "object",
+                "required": ["results"],
+                "properties": {"results": {"type": "array", "items": {"type": "object"}}},
+            },
+            "AuditPage": {
+                "type": "object",
+                "required": ["entries", "next"],
+                "properties": {
+                    "entries": {"type": "array", "items": {"type": "object"}},
+                    "next": {"type": ["integer", "null"]},
+                },
+            },
+        },
+    }
+)
+"""The operator routes and the public device reads, each with its OpenAPI operation."""
+
+_JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
 
 # --------------------------------------------------------------------------------------------
 # Request helpers
@@ -363,6 +476,41 @@ async def _audit(
 # Devices
 
 
+@ROUTES.post(
+    "/v1/devices",
+    {
+        "tags": ["operator"],
+        "operationId": "registerDevice",
+        "summary": "Register a device (scope devices:write)",
+        "description": "A reserved device id (`.`, `..`, starting with `-` or with "
+        "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
+        "answer carries `mqtt_username` (= device_id, also the only client id the broker "
+        "accepts for it) and `mqtt_password`, already accepted by the broker.",
+        "security": _scoped("devices:write"),
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": list(_DEVICE_FIELDS),
+                        "additionalProperties": False,
+                        "properties": {
+                            "device_id": {"type": "string"},
+                            "public_key_jwk": _JWK,
+                            "district": {"type": "string"},
+                            "kind": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
+        "responses": {
+            **_ok(201, "Device", "Registered."),
+            **_problems(400, 401, 403, 409, 413),
+        },
+    },
+)
 @operator("devices:write", "device.register", body="json")
 async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -399,6 +547,21 @@ def _broker_admin(settings: Settings) -> BrokerAdmin | None:
     )
 
 
+@ROUTES.post(
+    "/v1/devices/{device_id}/rotate",
+    {
+        "tags": ["operator"],
+        "operationId": "rotateDeviceKey",
+        "summary": "Replace a device's key (scope devices:write); body {public_key_jwk}",
+        "security": _scoped("devices:write"),
+        "parameters": [_DEVICE_ID_PARAM],
+        "requestBody": {"required": True, **_JSON_BODY},
+        "responses": {
+            **_ok(200, "Device", "Rotated."),
+            **_problems(400, 401, 403, 404, 409),
+        },
+    },
+)
 @operator("devices:write", "device.rotate", body="json")
 async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -410,6 +573,21 @@ async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     return web.json_response(device_json(record))
 
 
+@ROUTES.post(
+    "/v1/devices/{device_id}/revoke",
+    {
+        "tags": ["operator"],
+        "operationId": "revokeDevice",
+        "summary": "Revoke a device (scope devices:write); optional body {reason}",
+        "security": _scoped("devices:write"),
+        "parameters": [_DEVICE_ID_PARAM],
+        "requestBody": {"required": False, **_JSON_BODY},
+        "responses": {
+            **_ok(200, "Device", "Revoked."),
+            **_problems(400, 401, 403, 404, 409),
+        },
+    },
+)
 @operator("devices:write", "device.revoke", body="optional")
 async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -434,6 +612,34 @@ def _text_query(request: web.Request, name: str, pattern: re.Pattern[str]) -> st
     return value
 
 
+@ROUTES.get(
+    "/v1/devices",
+    {
+        "tags": ["operator"],
+        "operationId": "listDevices",
+        "summary": "List devices (public: device keys are public information)",
+        "parameters": [
+            {
+                "name": "district",
+                "in": "query",
+                "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{0,256}$"},
+            },
+            {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked"]}},
+            {
+                "name": "after",
+                "in": "query",
+                "description": "the last device id of the previous page (`next`)",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            },
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+        ],
+        "responses": {**_ok(200, "DevicePage", "One page."), **_problems(400)},
+    },
+)
 async def _list_devices(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     status = _text_query(request, "status", _STATUS)
@@ -451,6 +657,16 @@ async def _list_devices(request: web.Request) -> web.StreamResponse:
     )
 
 
+@ROUTES.get(
+    "/v1/devices/{device_id}",
+    {
+        "tags": ["operator"],
+        "operationId": "getDevice",
+        "summary": "A device and its key history (public)",
+        "parameters": [_DEVICE_ID_PARAM],
+        "responses": {**_ok(200, "Device", "The device."), **_problems(400, 404)},
+    },
+)
 async def _get_device(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
     record = await ctx.store.get_device(request.match_info["device_id"])
@@ -461,6 +677,27 @@ async def _get_device(request: web.Request) -> web.StreamResponse:
 # Erasure
 
 
+@ROUTES.delete(
+    "/v1/readings/{device_id}/{seq}",
+    {
+        "tags": ["operator"],
+        "operationId": "eraseReading",
+        "summary": "Erase a reading's envelope for privacy law (scope readings:erase)",
+        "description": "Keeps the leaf hash, batch and proofs; records a tombstone. "
+        "legal_reason in the JSON body or the query. Idempotent (200 again, erased_now "
+        "false, the first tombstone).",
+        "security": _scoped("readings:erase"),
+        "parameters": [
+            _DEVICE_ID_PARAM,
+            {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
+            {"name": "legal_reason", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            **_ok(200, "Erasure", "Erased (now or before)."),
+            **_problems(400, 401, 403, 404),
+        },
+    },
+)
 @operator("readings:erase", "reading.erase", body="optional")
 async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -489,6 +726,19 @@ async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
 # Anchoring
 
 
+@ROUTES.post(
+    "/v1/anchors/run",
+    {
+        "tags": ["operator"],
+        "operationId": "runAnchoring",
+        "summary": "Run one anchoring step now (scope anchors:run)",
+        "security": _scoped("anchors:run"),
+        "responses": {
+            **_ok(202, "AnchorRun", "The step's result per backend."),
+            **_problems(401, 403, 409),
+        },
+    },
+)
 @operator("anchors:run", "anchors.run")
 async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamResponse:
     from anchor.anchor_main import build_backend
@@ -535,6 +785,24 @@ async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamRespon
 # Audit log and metrics
 
 
+@ROUTES.get(
+    "/v1/audit",
+    {
+        "tags": ["operator"],
+        "operationId": "listAudit",
+        "summary": "The audit log, oldest first (scope audit:read)",
+        "security": _scoped("audit:read"),
+        "parameters": [
+            {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+        ],
+        "responses": {**_ok(200, "AuditPage", "One page."), **_problems(400, 401, 403)},
+    },
+)
 @operator("audit:read")
 async def _audit_log(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
@@ -549,16 +817,32 @@ async def _audit_log(request: web.Request, token: TokenRow) -> web.StreamRespons
     )
 
 
+@ROUTES.get(
+    "/metrics",
+    {
+        "tags": ["operator"],
+        "operationId": "metrics",
+        "summary": "Prometheus metrics, text format 0.0.4 (scope metrics:read)",
+        "security": _scoped("metrics:read"),
+        "responses": {
+            "200": {
+                "description": "The exposition.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_problems(401, 403),
+        },
+    },
+)
 @operator("metrics:read")
 async def _metrics(request: web.Request, token: TokenRow) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    families = await collect(
+    registry = await collect(
         ctx.store,
         request.app[METRICS],
         backends=[c.name for c in ctx.settings.chains],
     )
     return web.Response(
-        body=render(families).encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
+        body=render(registry).encode("utf-8"), headers={"Content-Type": CONTENT_TYPE}
     )
 
 
@@ -577,302 +861,4 @@ def add_routes(app: web.Application) -> None:
     """Register the operator routes, the metrics state and its latency middleware."""
     app[METRICS] = MetricsState()
     app.middlewares.append(_observe)
-    r = app.router
-    r.add_post("/v1/devices", _register)
-    r.add_get("/v1/devices", _list_devices)
-    r.add_get("/v1/devices/{device_id}", _get_device)
-    r.add_post("/v1/devices/{device_id}/rotate", _rotate)
-    r.add_post("/v1/devices/{device_id}/revoke", _revoke)
-    r.add_delete("/v1/readings/{device_id}/{seq}", _erase)
-    r.add_post("/v1/anchors/run", _anchor_run)
-    r.add_get("/v1/audit", _audit_log)
-    r.add_get("/metrics", _metrics)
-
-
-# --------------------------------------------------------------------------------------------
-# OpenAPI (merged into /openapi.json by anchor.openapi)
-
-
-def _problems(*statuses: int) -> dict[str, Any]:
-    return {
-        str(s): {
-            "description": "Problem Details (RFC 9457) with a reason code",
-            "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-            },
-        }
-        for s in (*statuses, 500, 503)
-    }
-
-
-def _ok(status: int, schema: str, description: str) -> dict[str, Any]:
-    return {
-        str(status): {
-            "description": description,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-        }
-    }
-
-
-def _scoped(scope: str) -> list[dict[str, list[str]]]:
-    return [{"bearerToken": [scope]}]
-
-
-_DEVICE_ID_PARAM = {
-    "name": "device_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-}
-_TIME = {"type": ["string", "null"], "format": "date-time"}
-_JWK = {"$ref": "#/components/schemas/Jwk"}
-
-OPENAPI_COMPONENTS: dict[str, Any] = {
-    "securitySchemes": {
-        "bearerToken": {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "ca_<id>_<base64url secret>",
-            "description": "Created with `cityanchor token create --name N --scope S`. Scopes: "
-            "devices:write, readings:erase, anchors:run, metrics:read, audit:read. Missing, "
-            "wrong or revoked: 401 `unauthorized`; without the scope: 403 `forbidden`.",
-        }
-    },
-    "schemas": {
-        "Device": {
-            "type": "object",
-            "required": ["device_id", "district", "kind", "status", "kid", "kid_b64url", "keys"],
-            "properties": {
-                "device_id": {"type": "string"},
-                "district": {"type": "string"},
-                "kind": {"type": "string"},
-                "status": {"enum": ["active", "revoked"]},
-                "registered_at": _TIME,
-                "revoked_at": _TIME,
-                "revoke_reason": {"type": ["string", "null"]},
-                "kid": {
-                    "type": ["string", "null"],
-                    "pattern": "^[0-9a-f]{64}$",
-                    "description": "hex of the RFC 7638 SHA-256 thumbprint of the current key",
-                },
-                "kid_b64url": {"type": ["string", "null"]},
-                "public_key_jwk": {"oneOf": [_JWK, {"type": "null"}]},
-                "keys": {"type": "array", "items": {"type": "object"}},
-                "mqtt_username": {
-                    "type": "string",
-                    "description": "only once the broker requires device logins (not yet)",
-                },
-                "mqtt_password": {
-                    "type": "string",
-                    "description": "only once the broker requires device logins (not yet)",
-                },
-            },
-        },
-        "DevicePage": {
-            "type": "object",
-            "required": ["devices", "next"],
-            "properties": {
-                "devices": {"type": "array", "items": {"$ref": "#/components/schemas/Device"}},
-                "next": {"type": ["string", "null"], "description": "the `after` of the next page"},
-            },
-        },
-        "Erasure": {
-            "type": "object",
-            "required": ["status", "erased_now", "tombstone"],
-            "properties": {
-                "status": {"const": "erased"},
-                "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
-                "tombstone": {
-                    "type": "object",
-                    "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
-                    "properties": {
-                        "device_id": {"type": "string"},
-                        "seq": {"type": "integer"},
-                        "leaf_hash": {"type": "string"},
-                        "erased_at": {"type": "string", "format": "date-time"},
-                        "actor": {"type": "string"},
-                        "legal_reason": {"type": "string"},
-                    },
-                },
-            },
-        },
-        "AnchorRun": {
-            "type": "object",
-            "required": ["results"],
-            "properties": {"results": {"type": "array", "items": {"type": "object"}}},
-        },
-        "AuditPage": {
-            "type": "object",
-            "required": ["entries", "next"],
-            "properties": {
-                "entries": {"type": "array", "items": {"type": "object"}},
-                "next": {"type": ["integer", "null"]},
-            },
-        },
-    },
-}
-
-_JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/devices": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "registerDevice",
-            "summary": "Register a device (scope devices:write)",
-            "description": "A reserved device id (`.`, `..`, starting with `-` or with "
-            "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
-            "answer carries `mqtt_username` (= device_id, also the only client id the broker "
-            "accepts for it) and `mqtt_password`, already accepted by the broker.",
-            "security": _scoped("devices:write"),
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": list(_DEVICE_FIELDS),
-                            "additionalProperties": False,
-                            "properties": {
-                                "device_id": {"type": "string"},
-                                "public_key_jwk": _JWK,
-                                "district": {"type": "string"},
-                                "kind": {"type": "string"},
-                            },
-                        }
-                    }
-                },
-            },
-            "responses": {
-                **_ok(201, "Device", "Registered."),
-                **_problems(400, 401, 403, 409, 413),
-            },
-        },
-        "get": {
-            "tags": ["operator"],
-            "operationId": "listDevices",
-            "summary": "List devices (public: device keys are public information)",
-            "parameters": [
-                {
-                    "name": "district",
-                    "in": "query",
-                    "schema": {"type": "string", "pattern": "^[^\\x00-\\x1f\\x7f]{0,256}$"},
-                },
-                {"name": "status", "in": "query", "schema": {"enum": ["active", "revoked"]}},
-                {
-                    "name": "after",
-                    "in": "query",
-                    "description": "the last device id of the previous page (`next`)",
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-                },
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                },
-            ],
-            "responses": {**_ok(200, "DevicePage", "One page."), **_problems(400)},
-        },
-    },
-    "/v1/devices/{device_id}": {
-        "get": {
-            "tags": ["operator"],
-            "operationId": "getDevice",
-            "summary": "A device and its key history (public)",
-            "parameters": [_DEVICE_ID_PARAM],
-            "responses": {**_ok(200, "Device", "The device."), **_problems(400, 404)},
-        }
-    },
-    "/v1/devices/{device_id}/rotate": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "rotateDeviceKey",
-            "summary": "Replace a device's key (scope devices:write); body {public_key_jwk}",
-            "security": _scoped("devices:write"),
-            "parameters": [_DEVICE_ID_PARAM],
-            "requestBody": {"required": True, **_JSON_BODY},
-            "responses": {
-                **_ok(200, "Device", "Rotated."),
-                **_problems(400, 401, 403, 404, 409),
-            },
-        }
-    },
-    "/v1/devices/{device_id}/revoke": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "revokeDevice",
-            "summary": "Revoke a device (scope devices:write); optional body {reason}",
-            "security": _scoped("devices:write"),
-            "parameters": [_DEVICE_ID_PARAM],
-            "requestBody": {"required": False, **_JSON_BODY},
-            "responses": {
-                **_ok(200, "Device", "Revoked."),
-                **_problems(400, 401, 403, 404, 409),
-            },
-        }
-    },
-    "/v1/readings/{device_id}/{seq}": {
-        "delete": {
-            "tags": ["operator"],
-            "operationId": "eraseReading",
-            "summary": "Erase a reading's envelope for privacy law (scope readings:erase)",
-            "description": "Keeps the leaf hash, batch and proofs; records a tombstone. "
-            "legal_reason in the JSON body or the query. Idempotent (200 again, erased_now "
-            "false, the first tombstone).",
-            "security": _scoped("readings:erase"),
-            "parameters": [
-                _DEVICE_ID_PARAM,
-                {"name": "seq", "in": "path", "required": True, "schema": {"type": "integer"}},
-                {"name": "legal_reason", "in": "query", "schema": {"type": "string"}},
-            ],
-            "responses": {
-                **_ok(200, "Erasure", "Erased (now or before)."),
-                **_problems(400, 401, 403, 404),
-            },
-        }
-    },
-    "/v1/anchors/run": {
-        "post": {
-            "tags": ["operator"],
-            "operationId": "runAnchoring",
-            "summary": "Run one anchoring step now (scope anchors:run)",
-            "security": _scoped("anchors:run"),
-            "responses": {
-                **_ok(202, "AnchorRun", "The step's result per backend."),
-                **_problems(401, 403, 409),
-            },
-        }
-    },
-    "/v1/audit": {
-        "get": {
-            "tags": ["operator"],
-            "operationId": "listAudit",
-            "summary": "The audit log, oldest first (scope audit:read)",
-            "security": _scoped("audit:read"),
-            "parameters": [
-                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-                {
-                    "name": "limit",
-                    "in": "query",
-                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
-                },
-            ],
-            "responses": {**_ok(200, "AuditPage", "One page."), **_problems(400, 401, 403)},
-        }
-    },
-    "/metrics": {
-        "get": {
-            "tags": ["operator"],
-            "operationId": "metrics",
-            "summary": "Prometheus metrics, text format 0.0.4 (scope metrics:read)",
-            "security": _scoped("metrics:read"),
-            "responses": {
-                "200": {
-                    "description": "The exposition.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                },
-                **_problems(401, 403),
-            },
-        }
-    },
-}
+    ROUTES.add_to(app)

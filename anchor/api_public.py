@@ -1,8 +1,9 @@
 """Public HTTP endpoints: receipts, verification, completeness proofs, the batch log, anchors.
 
-No authentication; every answer is cacheable or says why not. Everything here is described in
-:mod:`anchor.openapi` (served at ``/openapi.json`` and rendered at ``/docs``), and the two must
-change together: the schemathesis test checks every response against that document.
+No authentication; every answer is cacheable or says why not. Each handler is declared on
+:data:`ROUTES` with the OpenAPI operation that describes it (assembled by :mod:`anchor.openapi`,
+served at ``/openapi.json`` and rendered at ``/docs``): the schemathesis test checks every
+response against that document.
 
 Errors are RFC 9457 problem documents (``anchor.api.problem``) with these ``reason`` codes:
 
@@ -24,17 +25,38 @@ plus the server-side ``db_unavailable``/``db_busy`` (503) and ``internal``,
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
 from anchor import merkle
-from anchor.api import CONTEXT, ApiContext
+from anchor.api import CONTEXT, MAX_BODY_BYTES, ApiContext
+from anchor.api_spec import (
+    CACHE_HEADER,
+    DEVICE_ID,
+    DOCS_PAGE,
+    ETAG_HEADER,
+    EXAMPLE_ANCHOR,
+    EXAMPLE_HASH,
+    EXAMPLE_NOTE,
+    OPENAPI_DOCUMENT,
+    REF,
+    RouteTable,
+    errors,
+    hashes,
+    int_schema,
+    json_ok,
+    obj,
+    param,
+    ref,
+)
 from anchor.checkpoint import parse_checkpoint_unverified
 from anchor.completeness import completeness_to_dict
 from anchor.device_id import DEVICE_ID_RE
@@ -52,6 +74,7 @@ __all__ = [
     "DEFAULT_LIST_LIMIT",
     "MAX_COMPLETENESS_RANGE",
     "MAX_LIST_LIMIT",
+    "ROUTES",
     "add_routes",
 ]
 
@@ -160,9 +183,298 @@ def _anchor_dict(a: StoredAnchor) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------ the description
+
+
+def _receipt_schema() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The receipt JSON Schema and its ``$defs``, references rewritten to components."""
+    text = resources.files("anchor").joinpath("schemas/receipt-v2.schema.json").read_text("utf-8")
+    schema = json.loads(text)
+    defs = schema.pop("$defs", {})
+    for key in ("$schema", "$id"):
+        schema.pop(key, None)
+    names = {k: "Receipt" + k[:1].upper() + k[1:] for k in defs}
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: rewrite(v) for k, v in node.items()}
+            ref = out.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                out["$ref"] = REF + names[ref.removeprefix("#/$defs/")]
+            return out
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    return rewrite(schema), {names[k]: rewrite(v) for k, v in defs.items()}
+
+
+_RECEIPT, _RECEIPT_DEFS = _receipt_schema()
+
+ROUTES = RouteTable(
+    components={
+        "schemas": {
+            **_RECEIPT_DEFS,
+            "Receipt": _RECEIPT,
+            "Check": obj(
+                ["name", "status", "reason", "detail"],
+                {
+                    "name": {
+                        "type": "string",
+                        "description": "receipt, envelope, signature, leaf_hash, batch_path, "
+                        "log_path, checkpoint, checkpoint_signature, anchors",
+                    },
+                    "status": {"enum": ["pass", "fail", "skip"]},
+                    "reason": {"type": ["string", "null"], "description": "code when it failed"},
+                    "detail": {"type": "string"},
+                },
+            ),
+            "VerifyRequest": obj(
+                ["receipt"],
+                {
+                    "receipt": {
+                        "type": "object",
+                        "description": "a `cityanchor/receipt/v2` document (schema `Receipt`); an "
+                        "object that is not one (a retired `cityanchor/receipt/v1` receipt "
+                        "included: reason `receipt_version_retired`) is answered with one failed "
+                        "check named `receipt`",
+                    },
+                    "device_key": {
+                        "anyOf": [ref("Jwk"), {"type": "null"}],
+                        "description": "the device key to trust; default: the registry's key for "
+                        "the receipt's device_id and the envelope's kid",
+                    },
+                },
+            ),
+            "VerifyResult": obj(
+                ["device_id", "seq", "valid", "fully_verified", "device_key_source", "checks"],
+                {
+                    "device_id": {"type": ["string", "null"]},
+                    "seq": {"type": ["integer", "null"]},
+                    "valid": {"type": "boolean", "description": "no check failed"},
+                    "fully_verified": {"type": "boolean", "description": "every check passed"},
+                    "device_key_source": {"enum": ["request", "registry", "none"]},
+                    "checks": {"type": "array", "items": ref("Check")},
+                },
+            ),
+            "CompletenessProof": obj(
+                [
+                    "version",
+                    "device_id",
+                    "from_seq",
+                    "to_seq",
+                    "latest_seq",
+                    "hash_scheme",
+                    "readings",
+                    "batches",
+                    "gaps",
+                    "log",
+                    "checkpoint",
+                    "anchors",
+                    "status",
+                ],
+                {
+                    "version": {"const": "cityanchor/completeness/v2"},
+                    "device_id": {"type": "string"},
+                    "from_seq": int_schema(1),
+                    "to_seq": int_schema(0, description="from_seq - 1 when the range is empty"),
+                    "latest_seq": int_schema(
+                        0, description="the device's newest stored seq (a claim)"
+                    ),
+                    "hash_scheme": {"type": "string", "examples": ["rfc9162-sha256"]},
+                    "readings": {
+                        "type": "array",
+                        "maxItems": MAX_COMPLETENESS_RANGE,
+                        "items": obj(
+                            [
+                                "seq",
+                                "format",
+                                "envelope",
+                                "leaf_hash",
+                                "prev",
+                                "batch_id",
+                                "batch_index",
+                                "batch_path",
+                            ],
+                            {
+                                "seq": int_schema(1),
+                                "format": {"enum": ["cose-sign1", "jws"]},
+                                "envelope": {
+                                    "type": ["string", "null"],
+                                    "description": "base64url (no padding) of the exact signed "
+                                    "envelope; null once erased",
+                                },
+                                "leaf_hash": ref("Hash"),
+                                "prev": {
+                                    "anyOf": [ref("Hash"), {"type": "null"}],
+                                    "description": "the envelope's prev (leaf hash of seq - 1)",
+                                },
+                                "batch_id": int_schema(0),
+                                "batch_index": int_schema(0),
+                                "batch_path": hashes("RFC 9162 inclusion proof in the batch"),
+                            },
+                        ),
+                    },
+                    "batches": {
+                        "type": "array",
+                        "items": obj(
+                            ["id", "size", "root", "log_index", "log_path"],
+                            {
+                                "id": int_schema(0),
+                                "size": int_schema(1),
+                                "root": ref("Hash"),
+                                "log_index": int_schema(0),
+                                "log_path": hashes(
+                                    "inclusion of H(0x00 || uint64_be(size) || root) in the log"
+                                ),
+                            },
+                        ),
+                    },
+                    "gaps": {
+                        "type": "array",
+                        "items": obj(["from", "to"], {"from": int_schema(1), "to": int_schema(1)}),
+                        "description": "missing seqs of [from_seq, to_seq], closed ranges",
+                    },
+                    "log": obj(["size", "root"], {"size": int_schema(1), "root": ref("Hash")}),
+                    "checkpoint": {"type": "string"},
+                    "anchors": {"type": "array", "items": ref("AnchorRecord")},
+                    "status": {"enum": ["sealed", "anchored"]},
+                },
+            ),
+            "Batch": obj(
+                ["id", "size", "root", "log_index", "sealed_at", "leaf_hashes"],
+                {
+                    "id": int_schema(0),
+                    "size": int_schema(1),
+                    "root": ref("Hash"),
+                    "log_index": int_schema(0),
+                    "sealed_at": {"type": "string", "format": "date-time"},
+                    "leaf_hashes": hashes("every leaf hash, in batch order (not paginated)"),
+                },
+            ),
+            "StoredAnchor": obj(
+                [
+                    "backend",
+                    "chain_id",
+                    "contract",
+                    "log_size",
+                    "root",
+                    "tx_hash",
+                    "block_number",
+                    "block_time",
+                ],
+                {
+                    "backend": {"type": "string"},
+                    "chain_id": int_schema(1, (1 << 64) - 1),
+                    "contract": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                    "log_size": int_schema(1),
+                    "root": ref("Hash"),
+                    "tx_hash": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+                    "block_number": int_schema(1),
+                    "block_time": {"type": "string", "format": "date-time"},
+                },
+            ),
+            "AnchorPage": obj(
+                ["anchors", "next_since"],
+                {
+                    "anchors": {"type": "array", "items": ref("StoredAnchor")},
+                    "next_since": {
+                        "type": ["integer", "null"],
+                        "description": "pass as since= for the next page; null on the last page",
+                    },
+                },
+            ),
+            "CheckpointJson": obj(
+                ["origin", "size", "root", "note", "anchors"],
+                {
+                    "origin": {"type": "string"},
+                    "size": int_schema(1),
+                    "root": ref("Hash"),
+                    "note": {"type": "string", "description": "the C2SP signed note"},
+                    "anchors": {"type": "array", "items": ref("StoredAnchor")},
+                },
+            ),
+            "Consistency": obj(
+                ["old_size", "new_size", "old_root", "new_root", "proof"],
+                {
+                    "old_size": int_schema(1),
+                    "new_size": int_schema(1),
+                    "old_root": ref("Hash"),
+                    "new_root": ref("Hash"),
+                    "proof": hashes("RFC 9162 consistency proof"),
+                },
+            ),
+            "OperatorKey": obj(
+                ["origin", "name", "vkey", "vkeys"],
+                {
+                    "origin": {"type": "string", "description": "the checkpoints' origin line"},
+                    "name": {"type": "string"},
+                    "vkey": {"type": "string", "description": "C2SP note verifier key"},
+                    "vkeys": {"type": "array", "items": {"type": "string"}},
+                },
+            ),
+            "AnchorRecord": copy.deepcopy(_RECEIPT["properties"]["anchors"]["items"]),
+        }
+    }
+)
+"""The public routes, each with its OpenAPI operation."""
+
+_RECEIPT_EXAMPLE = {
+    "version": "cityanchor/receipt/v2",
+    "reading": {"device_id": "aq-0042", "seq": 7, "format": "jws", "envelope": "ZXlK..."},
+    "leaf_hash": EXAMPLE_HASH,
+    "batch": {"size": 50, "index": 12, "root": EXAMPLE_HASH, "path": [EXAMPLE_HASH]},
+    "log": {"index": 2, "size": 42, "root": EXAMPLE_HASH, "path": [EXAMPLE_HASH]},
+    "checkpoint": EXAMPLE_NOTE,
+    "anchors": [EXAMPLE_ANCHOR],
+    "status": "anchored",
+}
+
 # ------------------------------------------------------------------------------ receipts
 
 
+@ROUTES.get(
+    "/v1/receipts/{device_id}/{seq}",
+    {
+        "tags": ["proofs"],
+        "operationId": "getReceipt",
+        "summary": "The receipt of one reading",
+        "description": 'The `cityanchor/receipt/v2` document (DESIGN.md "Receipt"), '
+        "verifiable offline with `cityanchor verify`. It ends at the newest anchored "
+        "checkpoint covering the reading (`status` anchored), else the newest "
+        "checkpoint (`status` sealed). Anchored receipts are cached a minute and "
+        "revalidated (`Cache-Control: public, max-age=60, must-revalidate`): an anchor "
+        "that vanishes in a chain reorg is no longer cited (the receipt is `sealed` "
+        "until the checkpoint is anchored again); sealed ones are cached "
+        "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
+        "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
+        "envelope, and the tombstone as `erasure` (cached 5 s).",
+        "parameters": [
+            DEVICE_ID,
+            param("seq", "path", int_schema(1), "the reading's seq (else 400)"),
+            param(
+                "If-None-Match",
+                "header",
+                {"type": "string"},
+                "ETag(s) of a cached copy; 304 when one matches",
+            ),
+        ],
+        "responses": {
+            "200": json_ok(
+                "Receipt",
+                "The receipt.",
+                _RECEIPT_EXAMPLE,
+                ETag=ETAG_HEADER,
+                **{"Cache-Control": CACHE_HEADER},
+            ),
+            "304": {
+                "description": "Not modified: the cached copy is current.",
+                "headers": {"ETag": ETAG_HEADER, "Cache-Control": CACHE_HEADER},
+            },
+            **errors(400, 404, 410),
+        },
+    },
+)
 async def _get_receipt(request: web.Request) -> web.Response:
     ctx = _context(request)
     device_id = _device_id(request.match_info["device_id"])
@@ -300,6 +612,65 @@ def _verify_sync(
     return ReceiptReport(report.device_id, report.seq, checks)
 
 
+@ROUTES.post(
+    "/v1/verify",
+    {
+        "tags": ["proofs"],
+        "operationId": "verifyReceipt",
+        "summary": "Verify a receipt on the server",
+        "description": "Runs the checks of `cityanchor verify`: envelope, signature, "
+        "leaf_hash, batch_path, log_path, checkpoint, checkpoint_signature, anchors. "
+        "The checkpoint signature is checked with this operator's key; the device "
+        "signature with `device_key` when given, else with the registry's keys of the "
+        "receipt's device (an unregistered device fails `signature` with "
+        "`unknown_device`, and a registry key that was not valid for the reading "
+        "fails it with `key_rotated` (rotated out before the reading's `ts`) or "
+        "`device_revoked` (revoked before the reading was received)); anchors through "
+        "the configured chains' JSON-RPC. A body "
+        "whose `receipt` is not a valid `cityanchor/receipt/v2` document is answered "
+        "200 with one failed check named `receipt` (a `cityanchor/receipt/v1` receipt: "
+        "reason `receipt_version_retired`). The body is limited to "
+        f"{MAX_BODY_BYTES} bytes (413 `too_large`); a body that is not a JSON object "
+        "with a `receipt` object is 400 `body_malformed`.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ref("VerifyRequest"),
+                    "example": {"receipt": _RECEIPT_EXAMPLE},
+                }
+            },
+        },
+        "responses": {
+            "200": json_ok(
+                "VerifyResult",
+                "Each check with pass, fail or skip.",
+                {
+                    "device_id": "aq-0042",
+                    "seq": 7,
+                    "valid": False,
+                    "fully_verified": False,
+                    "device_key_source": "registry",
+                    "checks": [
+                        {
+                            "name": "envelope",
+                            "status": "pass",
+                            "reason": None,
+                            "detail": "jws Ed25519, kind iot.air_quality",
+                        },
+                        {
+                            "name": "leaf_hash",
+                            "status": "fail",
+                            "reason": "leaf_mismatch",
+                            "detail": "expected ..., calculated ...",
+                        },
+                    ],
+                },
+            ),
+            **errors(400, 413),
+        },
+    },
+)
 async def _post_verify(request: web.Request) -> web.Response:
     ctx = _context(request)
     body = _parse_body(await request.read())
@@ -350,6 +721,41 @@ async def _post_verify(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------- completeness
 
 
+@ROUTES.get(
+    "/v1/devices/{device_id}/completeness",
+    {
+        "tags": ["proofs"],
+        "operationId": "getCompleteness",
+        "summary": "Completeness proof of a device's readings",
+        "description": "Every stored reading of the device in [from_seq, to_seq] "
+        "(to_seq clipped to the device's newest stored seq) with its envelope, leaf "
+        "hash, prev, batch path, and each batch's inclusion in the log under one "
+        "checkpoint (the newest anchored one covering them, else the newest), plus the "
+        "gaps. Check it offline with `cityanchor verify-completeness`: consecutive "
+        "readings must chain (`prev` of k+1 = leaf hash of k), so nothing between two "
+        f"present readings can be removed or reordered. At most {MAX_COMPLETENESS_RANGE} seqs per "
+        f"request (400 `range_too_large`); without to_seq, {DEFAULT_COMPLETENESS_RANGE}. Page with "
+        "from_seq = previous to_seq + 1.",
+        "parameters": [
+            DEVICE_ID,
+            param("from_seq", "query", int_schema(1, default=1), "first seq (default 1)"),
+            param(
+                "to_seq",
+                "query",
+                int_schema(1),
+                f"last seq (default from_seq + {DEFAULT_COMPLETENESS_RANGE - 1})",
+            ),
+        ],
+        "responses": {
+            "200": json_ok(
+                "CompletenessProof",
+                "The proof (`cityanchor/completeness/v2`).",
+                **{"Cache-Control": CACHE_HEADER},
+            ),
+            **errors(400, 404),
+        },
+    },
+)
 async def _get_completeness(request: web.Request) -> web.Response:
     ctx = _context(request)
     device_id = _device_id(request.match_info["device_id"])
@@ -371,12 +777,57 @@ async def _get_completeness(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------------- batches, log
 
 
+@ROUTES.get(
+    "/v1/batches/{batch_id}",
+    {
+        "tags": ["log"],
+        "operationId": "getBatch",
+        "summary": "A sealed batch and all its leaf hashes",
+        "description": "Batches hold at most the configured batch size (a few "
+        "thousand), so every leaf hash is returned in batch order, not paginated. "
+        "Immutable.",
+        "parameters": [param("batch_id", "path", int_schema(0), "the batch id")],
+        "responses": {
+            "200": json_ok(
+                "Batch",
+                "The batch.",
+                {
+                    "id": 3,
+                    "size": 2,
+                    "root": EXAMPLE_HASH,
+                    "log_index": 2,
+                    "sealed_at": "2026-01-31T12:00:00.000000Z",
+                    "leaf_hashes": [EXAMPLE_HASH, EXAMPLE_HASH],
+                },
+            ),
+            **errors(400, 404),
+        },
+    },
+)
 async def _get_batch(request: web.Request) -> web.Response:
     ctx = _context(request)
     batch_id = _integer(request.match_info["batch_id"], "batch id", low=0)
     return _batch_json(await ctx.store.batch_record(batch_id))
 
 
+@ROUTES.get(
+    "/v1/log/batches/{log_index}",
+    {
+        "tags": ["log"],
+        "operationId": "getBatchAtLogIndex",
+        "summary": "The batch at a log index (a receipt's `log.index`)",
+        "description": "The same document as `/v1/batches/{batch_id}`, looked up by "
+        "the batch's index in the batch log: receipts (`cityanchor/receipt/v2`) name "
+        "their batch by `log.index`, which `log.path` proves, not by id. Immutable.",
+        "parameters": [
+            param("log_index", "path", int_schema(0), "the batch's index in the batch log")
+        ],
+        "responses": {
+            "200": json_ok("Batch", "The batch."),
+            **errors(400, 404),
+        },
+    },
+)
 async def _get_batch_at(request: web.Request) -> web.Response:
     # Receipts v2 name their batch by log.index (which log.path proves), not by id.
     ctx = _context(request)
@@ -409,8 +860,8 @@ def _wants_json(request: web.Request) -> bool:
     for item in request.headers.get("Accept", "").split(","):
         media, _, params = item.strip().partition(";")
         q = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
+        for part in params.split(";"):
+            name, _, value = part.strip().partition("=")
             if name == "q":
                 try:
                     q = float(value)
@@ -422,6 +873,41 @@ def _wants_json(request: web.Request) -> bool:
     return quality["application/json"] > quality["text/plain"]
 
 
+@ROUTES.get(
+    "/v1/log/checkpoint",
+    {
+        "tags": ["log"],
+        "operationId": "getCheckpoint",
+        "summary": "The latest (or a given size's) signed checkpoint",
+        "description": "The C2SP tlog-checkpoint signed note as `text/plain` (default); "
+        "as JSON with `?format=json`, or when `Accept` prefers `application/json` over "
+        "`text/plain`. `size` picks the checkpoint of that log size (immutable); the "
+        "latest one is `no-cache`.",
+        "parameters": [
+            param("size", "query", int_schema(1), "log size (default: the latest)"),
+            param("format", "query", {"enum": ["text", "json"]}, "representation"),
+        ],
+        "responses": {
+            "200": {
+                "description": "The checkpoint.",
+                "content": {
+                    "text/plain": {"schema": {"type": "string"}, "example": EXAMPLE_NOTE},
+                    "application/json": {
+                        "schema": ref("CheckpointJson"),
+                        "example": {
+                            "origin": "cityanchor.example/log",
+                            "size": 42,
+                            "root": EXAMPLE_HASH,
+                            "note": EXAMPLE_NOTE,
+                            "anchors": [],
+                        },
+                    },
+                },
+            },
+            **errors(400, 404),
+        },
+    },
+)
 async def _get_checkpoint(request: web.Request) -> web.Response:
     ctx = _context(request)
     size = _query_int(request, "size", low=1)
@@ -455,6 +941,35 @@ async def _get_checkpoint(request: web.Request) -> web.Response:
     return response
 
 
+@ROUTES.get(
+    "/v1/log/consistency",
+    {
+        "tags": ["log"],
+        "operationId": "getConsistency",
+        "summary": "RFC 9162 consistency proof between two log sizes",
+        "description": "Proves that the log at `new` extends the log at `old` "
+        "(verify with `anchor.merkle.verify_consistency` or `cityanchor "
+        "verify-consistency`). 400 when old > new; 404 when new is beyond the log.",
+        "parameters": [
+            param("old", "query", int_schema(1), "the older size", required=True),
+            param("new", "query", int_schema(1), "the newer size (default: the latest)"),
+        ],
+        "responses": {
+            "200": json_ok(
+                "Consistency",
+                "The proof and both roots.",
+                {
+                    "old_size": 7,
+                    "new_size": 42,
+                    "old_root": EXAMPLE_HASH,
+                    "new_root": EXAMPLE_HASH,
+                    "proof": [EXAMPLE_HASH],
+                },
+            ),
+            **errors(400, 404),
+        },
+    },
+)
 async def _get_consistency(request: web.Request) -> web.Response:
     ctx = _context(request)
     old = _query_int(request, "old", low=1)
@@ -482,6 +997,44 @@ async def _get_consistency(request: web.Request) -> web.Response:
     )
 
 
+@ROUTES.get(
+    "/v1/anchors",
+    {
+        "tags": ["log"],
+        "operationId": "listAnchors",
+        "summary": "Confirmed on-chain anchors, oldest first",
+        "description": "Cursor pagination by log size: a page holds the anchors (every "
+        "backend's) of up to `limit` anchored log sizes above `since`; pass "
+        "`next_since` as `since` for the next page (null on the last).",
+        "parameters": [
+            param("since", "query", int_schema(0, default=0), "cursor: log size (exclusive)"),
+            param(
+                "limit",
+                "query",
+                int_schema(1, MAX_LIST_LIMIT, default=DEFAULT_LIST_LIMIT),
+                f"log sizes per page (default {DEFAULT_LIST_LIMIT}, max {MAX_LIST_LIMIT})",
+            ),
+        ],
+        "responses": {
+            "200": json_ok(
+                "AnchorPage",
+                "One page.",
+                {
+                    "anchors": [
+                        {
+                            "backend": "local",
+                            "log_size": 42,
+                            "root": EXAMPLE_HASH,
+                            **EXAMPLE_ANCHOR,
+                        }
+                    ],
+                    "next_since": None,
+                },
+            ),
+            **errors(400),
+        },
+    },
+)
 async def _get_anchors(request: web.Request) -> web.Response:
     ctx = _context(request)
     since = _query_int(request, "since", low=0) or 0
@@ -492,6 +1045,30 @@ async def _get_anchors(request: web.Request) -> web.Response:
     )
 
 
+@ROUTES.get(
+    "/v1/operator-key",
+    {
+        "tags": ["log"],
+        "operationId": "getOperatorKey",
+        "summary": "The operator's checkpoint verifier key",
+        "description": "The C2SP note verifier key that signs checkpoints and the "
+        "checkpoints' origin line; give it to `cityanchor verify --log-key`. 404 when "
+        "this API has no operator key configured.",
+        "responses": {
+            "200": json_ok(
+                "OperatorKey",
+                "The key.",
+                {
+                    "origin": "cityanchor.example/log",
+                    "name": "cityanchor.example/log",
+                    "vkey": "cityanchor.example/log+0a1b2c3d+AU3s...",
+                    "vkeys": ["cityanchor.example/log+0a1b2c3d+AU3s..."],
+                },
+            ),
+            **errors(404),
+        },
+    },
+)
 async def _get_operator_key(request: web.Request) -> web.Response:
     ctx = _context(request)
     if not ctx.log_verifiers:
@@ -511,16 +1088,40 @@ async def _get_operator_key(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------- openapi, docs
 
 
+@ROUTES.get(
+    "/openapi.json",
+    {
+        "tags": ["operations"],
+        "operationId": "openapi",
+        "summary": "This OpenAPI 3.1 document",
+        "responses": {
+            "200": {
+                "description": "The document.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    },
+)
 async def _get_openapi(request: web.Request) -> web.Response:
-    from anchor.openapi import openapi_document
-
-    return _json(openapi_document(), cache="public, max-age=300")
+    return _json(request.app[OPENAPI_DOCUMENT], cache="public, max-age=300")
 
 
+@ROUTES.get(
+    "/docs",
+    {
+        "tags": ["operations"],
+        "operationId": "docs",
+        "summary": "This document as a self-contained HTML page",
+        "responses": {
+            "200": {
+                "description": "The page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    },
+)
 async def _get_docs(request: web.Request) -> web.Response:
-    from anchor.openapi import render_docs
-
-    response = web.Response(text=render_docs(), content_type="text/html", charset="utf-8")
+    response = web.Response(text=request.app[DOCS_PAGE], content_type="text/html", charset="utf-8")
     response.headers["Cache-Control"] = "public, max-age=300"
     # Self-contained page: no script, styles inline only.
     response.headers["Content-Security-Policy"] = (
@@ -531,16 +1132,5 @@ async def _get_docs(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the public endpoints on ``app``. The request body limit is the app's
-    (``anchor.api.MAX_BODY_BYTES``, 1 MiB), which :mod:`anchor.openapi` documents."""
-    r = app.router
-    r.add_get("/v1/receipts/{device_id}/{seq}", _get_receipt)
-    r.add_post("/v1/verify", _post_verify)
-    r.add_get("/v1/devices/{device_id}/completeness", _get_completeness)
-    r.add_get("/v1/batches/{batch_id}", _get_batch)
-    r.add_get("/v1/log/batches/{log_index}", _get_batch_at)
-    r.add_get("/v1/log/checkpoint", _get_checkpoint)
-    r.add_get("/v1/log/consistency", _get_consistency)
-    r.add_get("/v1/anchors", _get_anchors)
-    r.add_get("/v1/operator-key", _get_operator_key)
-    r.add_get("/openapi.json", _get_openapi)
-    r.add_get("/docs", _get_docs)
+    (``anchor.api.MAX_BODY_BYTES``, 1 MiB), which ``POST /v1/verify`` documents."""
+    ROUTES.add_to(app)

@@ -377,13 +377,7 @@ async def issue_device_login(
 
     password = secrets.token_urlsafe(24)
     hashed = mosquitto_password_hash(password)
-    async with store._connection("issue_device_login") as conn:
-        await conn.execute(
-            "INSERT INTO device_mqtt_logins (device_id, password_hash) VALUES ($1, $2) "
-            "ON CONFLICT (device_id) DO UPDATE SET password_hash = $2, issued_at = now()",
-            device_id,
-            hashed,
-        )
+    await store.set_device_login(device_id, hashed)
     if admin is not None:
         try:
             await asyncio.to_thread(admin.add_device, device_id, district, password)
@@ -404,12 +398,7 @@ async def revoke_device_login(admin: BrokerAdmin, device_id: str) -> None:
 
 async def broker_logins(store: Store) -> list[DeviceLogin]:
     """Every active (not revoked) device with a broker login, with its district."""
-    async with store._connection("broker_logins") as conn:
-        rows: list[Any] = await conn.fetch(
-            "SELECT l.device_id, d.district, l.password_hash FROM device_mqtt_logins l "
-            "JOIN devices d USING (device_id) WHERE d.status = 'active' ORDER BY l.device_id"
-        )
-    return [DeviceLogin(r["device_id"], r["district"], r["password_hash"]) for r in rows]
+    return [DeviceLogin(*row) for row in await store.device_logins()]
 
 
 # ------------------------------------------------------------------------------------------ CLI

@@ -39,10 +39,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from anchor.device_json import device_json
 from anchor.errors import AnchorError, UsageError
 from anchor.files import read_user_file
 from anchor.jsonbounds import nesting_depth
-from anchor.keys import PublicKey, b64url_encode
+from anchor.keys import PublicKey
 from anchor.store import DeviceRecord, DeviceSpec, Store
 
 __all__ = [
@@ -332,32 +333,8 @@ async def show(store: Store, device_id: str) -> DeviceRecord:
     return await store.get_device(device_id)
 
 
-def device_to_dict(record: DeviceRecord) -> dict[str, Any]:
-    """JSON-ready form of a device; ``kid`` as unpadded base64url, as in envelopes' JWS header."""
-
-    def when(value: Any) -> str | None:
-        return value.isoformat() if value is not None else None
-
-    return {
-        "device_id": record.device_id,
-        "district": record.district,
-        "kind": record.kind,
-        "status": record.status,
-        "registered_at": when(record.registered_at),
-        "revoked_at": when(record.revoked_at),
-        "revoke_reason": record.revoke_reason,
-        "keys": [
-            {
-                "kid": b64url_encode(k.kid),
-                "key_type": k.public_key.key_type,
-                "public_key_jwk": k.public_key.to_jwk(),
-                "valid_from": when(k.valid_from),
-                "valid_until": when(k.valid_until),
-                "current": k.current,
-            }
-            for k in record.keys
-        ],
-    }
+device_to_dict = device_json
+"""The device as JSON: the API's shape (:mod:`anchor.device_json`), ``kid`` in hex."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,7 +363,7 @@ def _print_devices(records: Sequence[DeviceRecord], as_json: bool) -> None:
         return
     for r in records:
         current = r.current_key
-        kid = b64url_encode(current.kid) if current else "-"
+        kid = current.kid.hex() if current else "-"
         print(f"{r.device_id}\t{r.status}\t{r.district}\t{r.kind}\t{kid}\t{len(r.keys)} key(s)")
 
 

@@ -49,10 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from anchor import operator_store as ops
 from anchor.errors import AnchorError
-from anchor.operator_store import TokenRow
 from anchor.store import Store
+from anchor.store import operator as ops
+from anchor.store.operator import TokenRow
 
 __all__ = [
     "SCOPES",

@@ -202,8 +202,13 @@ class Up:
             time.sleep(0.2)
 
     def log_tail(self, n: int = 3000) -> str:
+        """The last ``n`` characters of up's log, from a line start (a cut line misleads)."""
         with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-n:]
+            text = self.log_path.read_text(errors="replace")
+            tail = text[-n:]
+            if len(text) > n and "\n" in tail:
+                tail = tail.split("\n", 1)[1]
+            return tail
         return ""
 
     @property

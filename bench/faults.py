@@ -54,6 +54,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,11 +166,16 @@ class Campaign:
             time.sleep(0.5)
         return False
 
-    def wait_anchor_after(self, since: float, timeout: float) -> bool:
+    def wait_anchor_after(self, since: float, timeout: float, *, above_block: int = 0) -> bool:
+        """Wait for an anchor confirmed after ``since`` (and mined above ``above_block``: an
+        anchor mined before a snapshot but recorded after it would survive the revert)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             n = self._scalar(
-                "SELECT count(*) FROM anchors WHERE confirmed_at > to_timestamp($1)", since
+                "SELECT count(*) FROM anchors WHERE confirmed_at > to_timestamp($1)"
+                " AND block_number > $2",
+                since,
+                above_block,
             )
             if n:
                 return True
@@ -193,7 +199,14 @@ class Campaign:
                 row.figures["up_ready_s"] = round(time.monotonic() - t0, 1)
                 return
             except RuntimeError as exc:
-                row.notes.append(f"up start {attempt} failed: {str(exc).splitlines()[0][:160]}")
+                # Keep the whole log of a failed start: the cause is rarely in its last line.
+                kept = Path(tempfile.gettempdir()) / f"faults-up-failed-{int(time.time())}.log"
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(self.up.log_path, kept)
+                lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+                cause = next((ln for ln in reversed(lines) if "rror" in ln or "ailed" in ln),
+                             lines[-1] if lines else "")  # fmt: skip
+                row.notes.append(f"up start {attempt} failed: {cause.strip()[:200]} (log {kept})")
                 if self.up.proc is not None and self.up.proc.poll() is None:
                     self.up.kill_group()
         # Give up on this row; clear the orphans so that the rest of the campaign can run.
@@ -267,8 +280,11 @@ class Campaign:
     def _reorg(self, row: Row) -> None:
         url = self.up.doc["rpc"]
         snap = rpc(url, "evm_snapshot")
+        snap_block = int(rpc(url, "eth_blockNumber"), 16)
         t0 = time.time()
-        if not self.wait_anchor_after(t0, 3 * self.plan.anchor_period_s + 15):
+        if not self.wait_anchor_after(
+            t0, 3 * self.plan.anchor_period_s + 15, above_block=snap_block
+        ):
             row.notes.append("no anchor confirmed after the snapshot")
         block = int(rpc(url, "eth_blockNumber"), 16)
         row.fault_at = time.time()

@@ -1,7 +1,8 @@
 """The proof explorer: a small static page, served by the API, that verifies a receipt in the
 browser.
 
-Routes (registered by :func:`add_routes`, called from :func:`anchor.api.create_app`):
+Routes (declared on :data:`ROUTES` with their OpenAPI operations, registered by
+:func:`add_routes`, called from :func:`anchor.api.create_app`):
 
 * ``GET /explorer`` the page (``static/index.html``); ``?device_id=D&seq=N`` looks a reading up
   on load;
@@ -26,8 +27,9 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from anchor.api import CONTEXT
+from anchor.api_spec import RouteTable, errors
 
-__all__ = ["STATIC_FILES", "add_routes", "explorer_config"]
+__all__ = ["ROUTES", "STATIC_FILES", "add_routes", "explorer_config"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -37,6 +39,61 @@ STATIC_FILES: dict[str, str] = {
     "explorer.css": "text/css",
 }
 """The files under ``/explorer/static/`` and their media types; anything else is 404."""
+
+ROUTES = RouteTable(
+    components={
+        "schemas": {
+            "ExplorerConfig": {
+                "type": "object",
+                "required": ["chains", "operator_vkey", "operator_vkeys"],
+                "properties": {
+                    "chains": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "chain_id", "rpc_url", "contract"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "chain_id": {"type": "integer"},
+                                "rpc_url": {"type": "string"},
+                                "contract": {"type": ["string", "null"]},
+                            },
+                        },
+                    },
+                    "operator_vkey": {
+                        "type": ["string", "null"],
+                        "description": "the current C2SP note verifier key",
+                    },
+                    "operator_vkeys": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "every key that still verifies checkpoints",
+                    },
+                },
+            }
+        }
+    }
+)
+"""The explorer's routes, each with its OpenAPI operation."""
+
+
+def _page_operation(operation_id: str) -> dict[str, Any]:
+    return {
+        "tags": ["explorer"],
+        "operationId": operation_id,
+        "summary": "The proof explorer page (verifies a receipt in the browser)",
+        "parameters": [
+            {"name": "device_id", "in": "query", "schema": {"type": "string"}},
+            {"name": "seq", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {
+                "description": "The page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
 
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -92,6 +149,8 @@ def explorer_config(request: web.Request) -> dict[str, Any]:
     }
 
 
+@ROUTES.get("/explorer/", _page_operation("explorerSlash"))
+@ROUTES.get("/explorer", _page_operation("explorer"))
 async def _page(request: web.Request) -> web.StreamResponse:
     body = (STATIC_DIR / "index.html").read_bytes()
     return web.Response(
@@ -106,6 +165,32 @@ async def _page(request: web.Request) -> web.StreamResponse:
     )
 
 
+@ROUTES.get(
+    "/explorer/static/{name}",
+    {
+        "tags": ["explorer"],
+        "operationId": "explorerStatic",
+        "summary": "A script module or style sheet of the explorer",
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {"enum": sorted(STATIC_FILES)},
+            }
+        ],
+        "responses": {
+            "200": {
+                "description": "The file.",
+                "content": {
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "text/css": {"schema": {"type": "string"}},
+                },
+            },
+            **errors(404),
+        },
+    },
+)
 async def _static(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     media_type = STATIC_FILES.get(name)
@@ -119,6 +204,22 @@ async def _static(request: web.Request) -> web.StreamResponse:
     )
 
 
+@ROUTES.get(
+    "/explorer/config.json",
+    {
+        "tags": ["explorer"],
+        "operationId": "explorerConfig",
+        "summary": "Chains and operator keys the explorer page checks against",
+        "responses": {
+            "200": {
+                "description": "The configuration.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ExplorerConfig"}}
+                },
+            }
+        },
+    },
+)
 async def _config(request: web.Request) -> web.StreamResponse:
     return web.json_response(
         explorer_config(request), headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"}
@@ -127,7 +228,4 @@ async def _config(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     """Register ``/explorer``, ``/explorer/static/{name}`` and ``/explorer/config.json``."""
-    app.router.add_get("/explorer", _page)
-    app.router.add_get("/explorer/", _page)
-    app.router.add_get("/explorer/config.json", _config)
-    app.router.add_get("/explorer/static/{name}", _static)
+    ROUTES.add_to(app)

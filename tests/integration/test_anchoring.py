@@ -560,7 +560,7 @@ def test_reorg_removes_anchor_job_marks_it_and_anchors_again(
     assert again.log_size == 2 and again.root == first.root and again.tx_hash != first.tx_hash
     assert seen["vanished_total"] == {"local": 1}
     assert (
-        'cityanchor_anchors_vanished_total{backend="local",reason="anchor_vanished"} 1\n'
+        'cityanchor_anchors_vanished_total{backend="local",reason="anchor_vanished"} 1.0\n'
         in seen["metrics"]
     )
     (event,) = _anchored_events(node, contract)

@@ -17,8 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import CheckFunction, GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from anchor.openapi import openapi_document, own_paths
+from anchor import api, api_public
+from anchor.api import openapi_document
 from integration.api_fixtures import ApiWorld
+
+# The paths of the public routes and the app's own (operations) routes.
+OWN_PATHS = {*api.ROUTES.paths(), *api_public.ROUTES.paths()}
 
 # The public and operations endpoints, from the document the server serves (compared below),
 # valid inputs for each, invalid ones for those that take input; the operator endpoints' own
@@ -26,7 +30,7 @@ from integration.api_fixtures import ApiWorld
 OPERATIONS = [
     (path, method.upper(), mode)
     for path, item in openapi_document()["paths"].items()
-    if path in own_paths()
+    if path in OWN_PATHS
     for method, op in item.items()
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     if mode == GenerationMode.POSITIVE or "parameters" in op or "requestBody" in op

@@ -225,7 +225,7 @@ def _readings(signer: DeviceSigner, n: int) -> list[bytes]:
 async def _stored(dsn: str, device_id: str) -> tuple[int, dict[str, int]]:
     store = await Store.connect(dsn, max_size=1)
     try:
-        async with store._connection("test") as conn:
+        async with store.connection("test") as conn:
             stored = await conn.fetchval(
                 "SELECT count(*) FROM readings WHERE device_id = $1", device_id
             )
@@ -394,7 +394,7 @@ def test_reserved_device_ids_are_refused_in_every_registration_path(
 async def _registered(dsn: str, ids: list[str]) -> list[str]:
     store = await Store.connect(dsn, max_size=1)
     try:
-        async with store._connection("test") as conn:
+        async with store.connection("test") as conn:
             rows = await conn.fetch(
                 "SELECT device_id FROM devices WHERE device_id = ANY($1::text[])", ids
             )

@@ -73,7 +73,9 @@ def test_register_show_rotate_revoke(
     ) == 0  # fmt: skip
     shown = json.loads(capsys.readouterr().out)
     assert shown["device_id"] == "aq-1" and shown["status"] == "active"
-    assert shown["keys"][0]["kid"] == b64url_encode(key.public_key.kid)
+    # The API's device shape: kid in hex, the envelope's base64url form beside it.
+    assert shown["keys"][0]["kid"] == key.public_key.kid.hex() == shown["kid"]
+    assert shown["keys"][0]["kid_b64url"] == b64url_encode(key.public_key.kid)
 
     with pytest.raises(StoreError) as exc:
         cli("device", "register", "aq-1", "--jwk", str(jwk), "--database-url", dsn)

@@ -22,10 +22,11 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from anchor import metrics, operator_store
+from anchor import metrics
 from anchor.cli import _build_parser
 from anchor.config import ENV_PREFIX, ChainSettings, Settings, _chain_var, load_settings
 from anchor.store import SQL_DIR, Store
+from anchor.store import operator as operator_store
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -273,15 +274,21 @@ def test_dockerfile_is_multi_stage_slim_non_root_with_a_healthcheck() -> None:
     assert "--find-links /wheels" in final and "pip wheel" in " ".join(stages[0])
 
 
-def test_migrations_are_copied_where_sql_dir_points() -> None:
-    # SQL_DIR is the directory next to the installed anchor package; in the image the package
-    # lives in the virtualenv's site-packages.
-    assert Path(operator_store.__file__).resolve().parent.parent / "sql" == SQL_DIR
-    text = (DOCKER / "Dockerfile").read_text(encoding="utf-8")
-    assert "COPY sql/ /opt/venv/lib/python3.11/site-packages/sql/" in text
-    assert "from anchor.store import SQL_DIR" in text  # the build checks it finds them
+def test_image_gets_the_migrations_from_the_wheel() -> None:
+    # In a checkout the store reads the top-level sql/; the image installs the wheel, which
+    # carries them as anchor/store/migrations/ (tests/unit/test_store_migrations.py builds one).
+    assert ROOT / "sql" == SQL_DIR
+    stages = _stages((DOCKER / "Dockerfile").read_text(encoding="utf-8"))
+    build, runtime = " ".join(stages[0]), " ".join(stages[-1])
+    assert "COPY sql/ sql/" in build
+    assert "COPY setup.py pyproject.toml README.md MANIFEST.in" in build
+    assert build.index("COPY sql/ sql/") < build.index("pip wheel")
+    assert "sql/" not in runtime  # no copy by hand into site-packages any more
+    # The build fails unless the installed package finds its migrations.
+    assert "from anchor.store import migration_files; migration_files()" in runtime
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text(encoding="utf-8").split()
-    assert "!sql/" in ignore and "!anchor/" in ignore and "**" in ignore
+    assert "!sql/" in ignore and "!anchor/" in ignore and "!MANIFEST.in" in ignore
+    assert "**" in ignore
 
 
 # ------------------------------------------------------------------------- Prometheus, Grafana

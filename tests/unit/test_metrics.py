@@ -1,23 +1,20 @@
-"""Prometheus text format 0.0.4 of anchor.metrics, checked by a strict parser."""
+"""Prometheus text format 0.0.4 of anchor.metrics (prometheus_client), read by a strict parser."""
 
 from __future__ import annotations
 
 import itertools
 import math
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from anchor.metrics import (
-    Family,
-    Histogram,
-    MetricsState,
-    _anchor_families,
-    escape_label_value,
-    histogram_samples,
-    render,
-)
+import anchor
+from anchor.metrics import CONTENT_TYPE, DatabaseFigures, MetricsState, render
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*"'
@@ -92,30 +89,46 @@ def _check_histogram(name: str, samples: list[tuple[str, dict[str, str], float]]
 # ---------------------------------------------------------------------------------------------
 
 
+def _bucket_counts(parsed: Parsed, family: str, **labels: str) -> list[tuple[float, float]]:
+    return [
+        (float(lab["le"]), v)
+        for n, lab, v in parsed[family][1]
+        if n == family + "_bucket" and {k: x for k, x in lab.items() if k != "le"} == labels
+    ]
+
+
 def test_histogram_buckets_are_cumulative_and_le_inclusive() -> None:
-    h = Histogram((0.1, 1.0))
+    state = MetricsState()
     for v in (0.05, 0.1, 0.5, 1.0, 7.0):
-        h.observe(v)
-    assert h.cumulative() == [("0.1", 2), ("1", 4), ("+Inf", 5)]
-    assert h.count == 5 and h.sum == pytest.approx(8.65)
-    with pytest.raises(ValueError):
-        Histogram((1.0, 0.5))
+        state.seal_latency.observe(v)
+    parsed = parse_exposition(render(state.registry))
+    buckets = dict(_bucket_counts(parsed, "cityanchor_seal_latency_seconds"))
+    # le is "less than or equal": a value equal to a bound falls in that bucket.
+    assert (buckets[0.05], buckets[0.1], buckets[1.0], buckets[math.inf]) == (1, 2, 4, 5)
+    samples = {n: v for n, _, v in parsed["cityanchor_seal_latency_seconds"][1]}
+    assert samples["cityanchor_seal_latency_seconds_count"] == 5
+    assert samples["cityanchor_seal_latency_seconds_sum"] == pytest.approx(8.65)
 
 
-def test_label_values_are_escaped() -> None:
-    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-    text = render(
-        [
-            Family(
-                "x_total",
-                "counter",
-                "help with \\ and\nnewline",
-                [("", {"reason": 'we"ird\\re\nason'}, 3)],
-            )
-        ]
-    )
-    parsed = parse_exposition(text)
-    assert parsed["x_total"][1] == [("x_total", {"reason": 'we"ird\\re\nason'}, 3.0)]
+class _Weird(Collector):
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily("x", "help with \\ and\nnewline", labels=["reason"])
+        family.add_metric(['we"ird\\re\nason'], 3)
+        return [family]
+
+
+def test_label_values_and_help_are_escaped() -> None:
+    state = MetricsState()
+    state.auth_failed('we"ird\\re\nason')
+    parsed = parse_exposition(render(state.registry))
+    failures = {lab["reason"]: v for _, lab, v in parsed["cityanchor_api_auth_failures_total"][1]}
+    assert failures['we"ird\\re\nason'] == 1
+    registry = CollectorRegistry()
+    registry.register(_Weird())
+    text = render(registry)
+    assert parse_exposition(text)["x_total"][1] == [
+        ("x_total", {"reason": 'we"ird\\re\nason'}, 3.0)
+    ]
     assert "# HELP x_total help with \\\\ and\\nnewline\n" in text
 
 
@@ -128,34 +141,13 @@ def test_rendered_state_parses() -> None:
     for v in (0.2, 0.7, 3.0):
         state.seal_latency.observe(v)
     now = datetime.now(UTC)
-    families = [
-        Family(
-            "cityanchor_seal_latency_seconds",
-            "histogram",
-            "seal",
-            histogram_samples(state.seal_latency),
-        ),
-        Family(
-            "cityanchor_api_request_duration_seconds",
-            "histogram",
-            "api",
-            [
-                s
-                for route, h in sorted(state.api_latency.items())
-                for s in histogram_samples(h, {"route": route})
-            ],
-        ),
-        Family(
-            "cityanchor_api_auth_failures_total",
-            "counter",
-            "auth",
-            [("", {"reason": r}, n) for r, n in sorted(state.auth_failures.items())],
-        ),
-        *_anchor_families(
-            (12, now), {"local": (10, now - timedelta(seconds=30))}, ["local", "second"]
-        ),
-    ]
-    parsed = parse_exposition(render(families))
+    state.database.figures = DatabaseFigures(
+        counts={"readings": 5, "batches": 2, "quarantine.bad_signature": 1},
+        newest=(12, now),
+        anchored={"local": (10, now - timedelta(seconds=30))},
+        backends=["local", "second"],
+    )
+    parsed = parse_exposition(render(state.registry))
     assert parsed["cityanchor_seal_latency_seconds"][0] == "histogram"
     routes = {lab["route"] for _, lab, _ in parsed["cityanchor_api_request_duration_seconds"][1]}
     assert routes == {"/v1/devices", "/v1/receipts/{device_id}/{seq}"}
@@ -165,10 +157,41 @@ def test_rendered_state_parses() -> None:
     assert lag["local"] == 30.0 and lag["second"] >= 0
     behind = {lab["backend"]: v for _, lab, v in parsed["cityanchor_anchor_unanchored_batches"][1]}
     assert behind == {"local": 2, "second": 12}
+    assert parsed["cityanchor_readings_stored_total"] == (
+        "counter",
+        [("cityanchor_readings_stored_total", {}, 5.0)],
+    )
+    quarantined = parsed["cityanchor_readings_quarantined_total"][1]
+    assert quarantined == [
+        ("cityanchor_readings_quarantined_total", {"reason": "bad_signature"}, 1)
+    ]
+    vanished = parsed["cityanchor_anchors_vanished_total"][1]
+    assert {(lab["backend"], lab["reason"], v) for _, lab, v in vanished} == {
+        ("local", "anchor_vanished", 0),
+        ("second", "anchor_vanished", 0),
+    }
 
 
-def test_render_refuses_bad_names() -> None:
-    with pytest.raises(ValueError):
-        render([Family("bad name", "gauge", "h", [])])
-    with pytest.raises(ValueError):
-        render([Family("ok", "gauge", "h", [("", {"bad-label": "x"}, 1)])])
+def test_build_info_and_process_metrics_come_with_the_library() -> None:
+    parsed = parse_exposition(render(MetricsState().registry))
+    (info,) = parsed["cityanchor_build_info"][1]
+    assert info[1] == {"version": anchor.__version__} and info[2] == 1
+    assert "python_info" in parsed
+    if sys.platform == "linux":  # the library reads /proc
+        assert parsed["process_cpu_seconds_total"][0] == "counter"
+        assert "process_resident_memory_bytes" in parsed
+    # No ``_created`` families: they would add a series per counter that nothing reads.
+    assert not [name for name in parsed if name.endswith("_created")]
+    assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+
+
+def test_each_state_has_its_own_registry() -> None:
+    a, b = MetricsState(), MetricsState()
+    a.auth_failed("missing")
+    failures = parse_exposition(render(b.registry))["cityanchor_api_auth_failures_total"][1]
+    assert {lab["reason"]: v for _, lab, v in failures}["missing"] == 0
+
+
+def test_database_families_only_after_a_collect() -> None:
+    parsed = parse_exposition(render(MetricsState().registry))
+    assert "cityanchor_readings_stored_total" not in parsed

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from anchor import operator_store, tokens
-from anchor.operator_store import TokenRow
+from anchor import tokens
+from anchor.store import operator as operator_store
+from anchor.store.operator import TokenRow
 from anchor.tokens import TokenError
 
 SECRET = bytes(range(32))

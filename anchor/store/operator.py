@@ -4,6 +4,10 @@ Async functions taking a :class:`~anchor.store.Store` (tables in ``sql/003_opera
 They use the store's connection helper, so asyncpg and socket failures arrive as
 :class:`~anchor.store.StoreError` with the store's reasons (``db_unavailable``, ``not_found``,
 ``conflict``, ...). Token formats, hashing and scope rules live in :mod:`anchor.tokens`.
+
+Functions rather than ``Store`` methods: the operator side (API, tokens, metrics) is the only
+user, and its tests replace single queries (``monkeypatch.setattr(ops, "get_token", ...)``)
+without a database. They were ``anchor.operator_store`` before the store became a package.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from anchor.store import ANCHOR_LOCK, Store, StoreError, _check_device_id
+from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
+from anchor.store.errors import StoreError, checked_device_id
 
 __all__ = [
     "AuditEntry",
@@ -35,7 +40,6 @@ __all__ = [
     "touch_token",
 ]
 
-_MAX_LIST = 1000
 _TOKEN_COLUMNS = "id, name, scopes, token_hash, created_at, revoked_at, last_used_at"
 _AUDIT_COLUMNS = "id, at, actor, token_id, action, target, outcome, status, detail, remote_addr"
 _TOMBSTONE_COLUMNS = "device_id, seq, leaf_hash, erased_at, actor, token_id, legal_reason"
@@ -151,7 +155,7 @@ def _tombstone(r: Mapping[str, Any]) -> Tombstone:
 
 
 async def insert_token(
-    store: Store, *, name: str, scopes: Sequence[str], token_hash: bytes
+    store: StoreBase, *, name: str, scopes: Sequence[str], token_hash: bytes
 ) -> TokenRow:
     async with store._connection("insert_token") as conn:
         row = await conn.fetchrow(
@@ -164,7 +168,7 @@ async def insert_token(
     return _token_row(row)
 
 
-async def get_token(store: Store, token_id: int) -> TokenRow | None:
+async def get_token(store: StoreBase, token_id: int) -> TokenRow | None:
     """The token with this id, revoked or not, or None."""
     if not 1 <= token_id < 1 << 63:
         return None
@@ -175,7 +179,7 @@ async def get_token(store: Store, token_id: int) -> TokenRow | None:
     return None if row is None else _token_row(row)
 
 
-async def touch_token(store: Store, token_id: int) -> None:
+async def touch_token(store: StoreBase, token_id: int) -> None:
     """Set ``last_used_at`` (at most once a minute per token)."""
     async with store._connection("touch_token") as conn:
         await conn.execute(
@@ -185,7 +189,7 @@ async def touch_token(store: Store, token_id: int) -> None:
         )
 
 
-async def revoke_token(store: Store, token_id: int) -> TokenRow:
+async def revoke_token(store: StoreBase, token_id: int) -> TokenRow:
     """Revoke now. Raises ``StoreError``: ``not_found``, ``conflict`` (already revoked)."""
     async with store._connection("revoke_token") as conn, conn.transaction():
         row = await conn.fetchrow(
@@ -205,7 +209,7 @@ async def revoke_token(store: Store, token_id: int) -> TokenRow:
     return _token_row(row)
 
 
-async def list_tokens(store: Store) -> list[TokenRow]:
+async def list_tokens(store: StoreBase) -> list[TokenRow]:
     """Every token, oldest first."""
     async with store._connection("list_tokens") as conn:
         rows = await conn.fetch(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id")
@@ -217,7 +221,7 @@ async def list_tokens(store: Store) -> list[TokenRow]:
 
 
 async def record_audit(
-    store: Store,
+    store: StoreBase,
     *,
     actor: str,
     action: str,
@@ -245,13 +249,13 @@ async def record_audit(
     return entry_id
 
 
-async def list_audit(store: Store, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
+async def list_audit(store: StoreBase, *, after: int = 0, limit: int = 100) -> list[AuditEntry]:
     """Audit entries with ``id > after``, oldest first, at most ``limit`` (capped at 1000)."""
     async with store._connection("list_audit") as conn:
         rows = await conn.fetch(
             f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
             after,
-            max(1, min(limit, _MAX_LIST)),
+            max(1, min(limit, MAX_LIST)),
         )
     return [
         AuditEntry(
@@ -275,7 +279,7 @@ async def list_audit(store: Store, *, after: int = 0, limit: int = 100) -> list[
 
 
 async def erase_reading(
-    store: Store,
+    store: StoreBase,
     device_id: str,
     seq: int,
     *,
@@ -290,7 +294,7 @@ async def erase_reading(
     nothing and returns the first tombstone with ``False`` (``True`` when erased now).
     Raises ``StoreError``: ``not_found``, ``device_id_invalid``.
     """
-    _check_device_id(device_id)
+    checked_device_id(device_id)
     if not 1 <= seq < 1 << 63:
         raise StoreError(f"no reading {device_id} seq {seq}", reason="not_found")
     async with store._connection("erase_reading") as conn, conn.transaction():
@@ -329,7 +333,7 @@ async def erase_reading(
     return _tombstone(created), True
 
 
-async def tombstone(store: Store, device_id: str, seq: int) -> Tombstone | None:
+async def tombstone(store: StoreBase, device_id: str, seq: int) -> Tombstone | None:
     """The reading's tombstone, or None when it was never erased."""
     async with store._connection("tombstone") as conn:
         row = await conn.fetchrow(
@@ -344,7 +348,7 @@ async def tombstone(store: Store, device_id: str, seq: int) -> Tombstone | None:
 # Metrics
 
 
-async def seal_latencies(store: Store, *, after_batch: int) -> tuple[list[float], int, int]:
+async def seal_latencies(store: StoreBase, *, after_batch: int) -> tuple[list[float], int, int]:
     """Seal latency of each batch with ``id > after_batch``: ``sealed_at`` minus the earliest
     ``received_at`` of its readings, in seconds (clamped at 0: two clocks are involved).
 
@@ -365,7 +369,7 @@ async def seal_latencies(store: Store, *, after_batch: int) -> tuple[list[float]
 
 
 async def anchor_positions(
-    store: Store,
+    store: StoreBase,
 ) -> tuple[tuple[int, datetime] | None, dict[str, tuple[int, datetime]]]:
     """The newest checkpoint ``(log_size, created_at)`` and, per backend, the newest anchored
     checkpoint ``(log_size, created_at)`` (backends that never anchored are absent)."""
@@ -387,7 +391,7 @@ async def anchor_positions(
 
 
 @contextlib.asynccontextmanager
-async def anchor_lock_nowait(store: Store) -> AsyncIterator[bool]:
+async def anchor_lock_nowait(store: StoreBase) -> AsyncIterator[bool]:
     """Try to take the anchoring job's advisory lock (:data:`~anchor.store.ANCHOR_LOCK`)
     without waiting; yields whether it is held, and releases it afterwards.
 

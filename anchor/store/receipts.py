@@ -1,0 +1,363 @@
+"""Receipts: the proof of one stored reading (or of every reading of a batch), ready to hand out.
+
+A receipt ends on the newest anchored checkpoint that covers its batch, else on the newest
+checkpoint (status ``sealed``). Stored paths are checked against the stored roots before use;
+anything that does not check out is rebuilt, and what cannot be rebuilt is
+``log_inconsistent``, never a receipt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from anchor import merkle
+from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
+from anchor.sealing import MAX_STORED_INT
+from anchor.store.connection import StoreBase
+from anchor.store.errors import StoreError, checked_device_id, not_found
+from anchor.store.proofs import fetch_log_path
+from anchor.store.records import rfc3339
+
+__all__ = ["BATCH_TREE_CACHE", "ReceiptsMixin"]
+
+# Sealed batches whose verified Merkle trees a Store keeps (about 64 KiB each at 1000 readings).
+BATCH_TREE_CACHE = 256
+
+# Store.receipt's one statement: the reading, its batch, the checkpoint to prove against (the
+# newest anchored one covering the batch, else the newest) and that checkpoint's anchors.
+_RECEIPT_SQL = """
+WITH s AS (
+    SELECT batch_id, batch_index, received_at, leaf_hash, batch_path
+    FROM reading_seqs WHERE device_id = $1 AND seq = $2
+), b AS (
+    SELECT id, size, root, log_index FROM batches WHERE id = (SELECT batch_id FROM s)
+), h AS (
+    SELECT log_size, root, note FROM checkpoints WHERE log_size = coalesce(
+        (SELECT max(log_size) FROM anchors WHERE log_size > (SELECT log_index FROM b)),
+        (SELECT max(log_size) FROM checkpoints))
+)
+SELECT s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
+       r.device_id, r.seq, r.format, r.envelope,
+       b.size, b.root AS batch_root, b.log_index,
+       h.log_size, h.root AS log_root, h.note,
+       (SELECT coalesce(json_agg(json_build_object(
+            'chain_id', a.chain_id, 'contract', a.contract, 'tx_hash', a.tx_hash,
+            'block_number', a.block_number, 'block_time', a.block_time) ORDER BY a.backend),
+            '[]')
+        FROM anchors a WHERE a.log_size = h.log_size) AS anchors
+FROM s
+JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
+CROSS JOIN b
+LEFT JOIN h ON true
+"""
+
+
+class ReceiptsMixin(StoreBase):
+    """``receipt`` and ``receipts_for_batch`` of :class:`anchor.store.Store`."""
+
+    async def receipt(
+        self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> Receipt:
+        """The receipt of one stored reading (see :meth:`_receipt_full`).
+
+        The common case takes two statements: one for the reading, its batch, the checkpoint to
+        prove against and that checkpoint's anchors, one for the log nodes. Both stored paths
+        are checked against the stored roots before anything is handed out; an erased reading,
+        a reading sealed before paths were stored, or any path that does not check out takes
+        the full path, which rebuilds the proofs.
+        """
+        checked_device_id(device_id)
+        if not 1 <= seq <= MAX_STORED_INT:
+            raise not_found(f"no reading {device_id} seq {seq}")
+        async with self._connection("receipt") as conn:
+            # One statement is one snapshot; the log nodes read next are append-only.
+            row = await conn.fetchrow(_RECEIPT_SQL, device_id, seq)
+            if row is None:
+                raise not_found(f"no reading {device_id} seq {seq}")
+            fast = await self._receipt_fast(conn, row, hasher)
+        return fast if fast is not None else await self._receipt_full(device_id, seq, hasher=hasher)
+
+    async def _receipt_fast(
+        self, conn: Any, row: Mapping[str, Any], hasher: merkle.Hasher
+    ) -> Receipt | None:
+        if row["envelope"] is None or row["batch_path"] is None or row["log_size"] is None:
+            return None
+        raw_path = bytes(row["batch_path"])
+        batch_path = [raw_path[i : i + 32] for i in range(0, len(raw_path), 32)]
+        leaf, batch_root = bytes(row["leaf_hash"]), bytes(row["batch_root"])
+        log_index, log_size, log_root = row["log_index"], row["log_size"], bytes(row["log_root"])
+        try:
+            merkle.verify_inclusion(
+                leaf, row["batch_index"], row["size"], batch_path, batch_root, hasher=hasher
+            )
+            log_path = await fetch_log_path(conn, log_index, log_size, hasher=hasher)
+            merkle.verify_inclusion(
+                merkle.log_leaf_hash(row["size"], batch_root, hasher=hasher),
+                log_index,
+                log_size,
+                log_path,
+                log_root,
+                hasher=hasher,
+            )
+        except (merkle.ProofError, StoreError):
+            return None
+        anchors = tuple(
+            AnchorRecord(
+                chain_id=a["chain_id"],
+                contract=a["contract"],
+                tx_hash=a["tx_hash"],
+                block_number=a["block_number"],
+                block_time=rfc3339(datetime.fromisoformat(a["block_time"])),
+            )
+            for a in json.loads(row["anchors"])
+        )
+        extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
+        return Receipt(
+            device_id=row["device_id"],
+            seq=row["seq"],
+            format=row["format"],
+            envelope=bytes(row["envelope"]),
+            leaf_hash=leaf,
+            batch=BatchProof(
+                size=row["size"],
+                index=row["batch_index"],
+                root=batch_root,
+                path=tuple(batch_path),
+            ),
+            log=LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path)),
+            checkpoint=row["note"],
+            anchors=anchors,
+            status="anchored" if anchors else "sealed",
+            extra=extra,
+        )
+
+    async def _receipt_full(
+        self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> Receipt:
+        """The receipt (status ``sealed``) of one stored reading, against the latest checkpoint.
+
+        Raises ``StoreError``: ``not_found``, ``erased``, ``log_inconsistent`` (the stored
+        proofs do not lead to the stored roots: never handed out).
+        """
+        checked_device_id(device_id)
+        if not 1 <= seq <= MAX_STORED_INT:
+            raise not_found(f"no reading {device_id} seq {seq}")
+        async with (
+            self._connection("receipt") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                "SELECT batch_id, batch_index, received_at, leaf_hash, batch_path "
+                "FROM reading_seqs WHERE device_id = $1 AND seq = $2",
+                device_id,
+                seq,
+            )
+            if row is None:
+                raise not_found(f"no reading {device_id} seq {seq}")
+            envelopes = await conn.fetch(
+                "SELECT device_id, seq, format, envelope, batch_index FROM readings "
+                "WHERE device_id = $1 AND seq = $2 AND received_at = $3",
+                device_id,
+                seq,
+                row["received_at"],
+            )
+            stored = None
+            if row["batch_path"] is not None:
+                raw_path = bytes(row["batch_path"])
+                stored = {
+                    row["batch_index"]: (
+                        bytes(row["leaf_hash"]),
+                        [raw_path[i : i + 32] for i in range(0, len(raw_path), 32)],
+                    )
+                }
+            (receipt,) = await self._receipts(
+                conn, row["batch_id"], envelopes, hasher=hasher, stored_paths=stored
+            )
+        return receipt
+
+    async def receipts_for_batch(
+        self, batch_id: int, *, hasher: merkle.Hasher = merkle.SHA256
+    ) -> list[Receipt]:
+        """The receipts of every reading of a batch, in batch order, against the latest
+        checkpoint; raises ``StoreError`` (``not_found``, ``erased``, ``log_inconsistent``)."""
+        async with (
+            self._connection("receipts_for_batch") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            span = await conn.fetchrow(
+                "SELECT min(received_at) AS lo, max(received_at) AS hi FROM reading_seqs "
+                "WHERE batch_id = $1",
+                batch_id,
+            )
+            if span is None or span["lo"] is None:
+                raise not_found(f"no batch {batch_id}")
+            # The received_at range lets PostgreSQL look only at the batch's partitions.
+            envelopes = await conn.fetch(
+                "SELECT device_id, seq, format, envelope, batch_index FROM readings "
+                "WHERE batch_id = $1 AND received_at BETWEEN $2 AND $3 ORDER BY batch_index",
+                batch_id,
+                span["lo"],
+                span["hi"],
+            )
+            return await self._receipts(conn, batch_id, envelopes, hasher=hasher)
+
+    async def _receipts(
+        self,
+        conn: Any,
+        batch_id: int,
+        envelopes: Sequence[Mapping[str, Any]],
+        *,
+        hasher: merkle.Hasher,
+        stored_paths: Mapping[int, tuple[bytes, list[bytes]]] | None = None,
+    ) -> list[Receipt]:
+        batch = await conn.fetchrow(
+            "SELECT size, root, log_index FROM batches WHERE id = $1", batch_id
+        )
+        if batch is None or not envelopes:
+            raise not_found(f"no batch {batch_id}")
+        batch_root = bytes(batch["root"])
+        batch_size: int = batch["size"]
+        leaves_and_paths = self._checked_paths(stored_paths, batch_size, batch_root, hasher)
+        if leaves_and_paths is None:
+            levels = await self._batch_tree(conn, batch_id, batch_size, batch_root, hasher)
+            leaves_and_paths = {
+                r["batch_index"]: (
+                    levels[0][r["batch_index"]],
+                    merkle.path_from_levels(levels, r["batch_index"]),
+                )
+                for r in envelopes
+            }
+        log_index: int = batch["log_index"]
+        # The newest anchored checkpoint that covers this batch, so the receipt ends on chain;
+        # until one exists, the newest checkpoint (status "sealed"). One round trip.
+        head = await conn.fetchrow(
+            "SELECT log_size, root, note FROM checkpoints WHERE log_size = coalesce("
+            "(SELECT max(log_size) FROM anchors WHERE log_size > $1), "
+            "(SELECT max(log_size) FROM checkpoints))",
+            log_index,
+        )
+        anchors = tuple(
+            AnchorRecord(
+                chain_id=a["chain_id"],
+                contract=a["contract"],
+                tx_hash=a["tx_hash"],
+                block_number=a["block_number"],
+                block_time=rfc3339(a["block_time"]),
+            )
+            for a in await conn.fetch(
+                "SELECT chain_id, contract, tx_hash, block_number, block_time FROM anchors "
+                "WHERE log_size = $1 ORDER BY backend",
+                head["log_size"],
+            )
+        )
+        log_size: int = head["log_size"]
+        log_root = bytes(head["root"])
+        log_path = await fetch_log_path(conn, log_index, log_size, hasher=hasher)
+        try:
+            merkle.verify_inclusion(
+                merkle.log_leaf_hash(batch_size, batch_root, hasher=hasher),
+                log_index,
+                log_size,
+                log_path,
+                log_root,
+                hasher=hasher,
+            )
+        except merkle.ProofError as exc:
+            raise StoreError(
+                f"batch {batch_id} at log index {log_index}: stored log nodes do not lead to "
+                f"the checkpoint root at size {log_size}: {exc.detail}",
+                reason="log_inconsistent",
+            ) from exc
+        log = LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path))
+        extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
+        receipts = []
+        for r in envelopes:
+            # An erased reading (sql/003_operator.sql) keeps its leaf and proofs; its receipt
+            # has no envelope, status "erased" and the tombstone as the extra field "erasure".
+            erasure = None
+            if r["envelope"] is None:
+                stone = await conn.fetchrow(
+                    "SELECT erased_at, actor, legal_reason FROM reading_erasures "
+                    "WHERE device_id = $1 AND seq = $2",
+                    r["device_id"],
+                    r["seq"],
+                )
+                if stone is None:
+                    raise StoreError(
+                        f"reading {r['device_id']} seq {r['seq']} was erased", reason="erased"
+                    )
+                erasure = {
+                    "erased_at": rfc3339(stone["erased_at"]),
+                    "erased_by": stone["actor"],
+                    "legal_reason": stone["legal_reason"],
+                }
+            index = r["batch_index"]
+            receipts.append(
+                Receipt(
+                    device_id=r["device_id"],
+                    seq=r["seq"],
+                    format=r["format"],
+                    envelope=b"" if erasure else bytes(r["envelope"]),
+                    leaf_hash=leaves_and_paths[index][0],
+                    batch=BatchProof(
+                        size=batch_size,
+                        index=index,
+                        root=batch_root,
+                        path=tuple(leaves_and_paths[index][1]),
+                    ),
+                    log=log,
+                    checkpoint=head["note"],
+                    anchors=anchors,
+                    status="erased" if erasure else "anchored" if anchors else "sealed",
+                    extra={**extra, "erasure": erasure} if erasure else extra,
+                )
+            )
+        return receipts
+
+    @staticmethod
+    def _checked_paths(
+        stored: Mapping[int, tuple[bytes, list[bytes]]] | None,
+        size: int,
+        root: bytes,
+        hasher: merkle.Hasher,
+    ) -> dict[int, tuple[bytes, list[bytes]]] | None:
+        """The stored (leaf, path) pairs if every one leads to the stored root, else None (the
+        caller then rebuilds the tree): a stored path is never handed out unchecked."""
+        if not stored:
+            return None
+        for index, (leaf, path) in stored.items():
+            try:
+                merkle.verify_inclusion(leaf, index, size, path, root, hasher=hasher)
+            except merkle.ProofError:
+                return None
+        return dict(stored)
+
+    async def _batch_tree(
+        self, conn: Any, batch_id: int, size: int, root: bytes, hasher: merkle.Hasher
+    ) -> list[Sequence[bytes]]:
+        """The batch's tree levels, checked against its stored root once, then cached."""
+        key = (batch_id, hasher.name)
+        levels = self._batch_trees.get(key)
+        if levels is not None:
+            self._batch_trees.move_to_end(key)
+            return levels
+        leaves = [
+            bytes(r["leaf_hash"])
+            for r in await conn.fetch(
+                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
+                batch_id,
+            )
+        ]
+        levels = merkle.tree_levels(leaves, hasher=hasher)
+        if len(leaves) != size or levels[-1][0] != root:
+            raise StoreError(
+                f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
+                reason="log_inconsistent",
+            )
+        self._batch_trees[key] = levels
+        if len(self._batch_trees) > BATCH_TREE_CACHE:
+            self._batch_trees.popitem(last=False)
+        return levels
