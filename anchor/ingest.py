@@ -48,11 +48,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -72,6 +69,7 @@ from anchor.envelope import Envelope, parse_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
 from anchor.lifetime import die_with_parent
+from anchor.mqtt import create_client, parse_mqtt_url
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
 __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
@@ -320,28 +318,24 @@ class Ingestor:
             self._loop.call_soon_threadsafe(self._inbox_ready.set)
 
     def _start_mqtt(self) -> mqtt.Client:
-        url = urlsplit(self.settings.mqtt_url)
-        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-            raise AnchorError(f"unsupported MQTT URL {self.settings.mqtt_url!r}", reason="usage")
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        s = self.settings
+        # manual_ack: a PUBACK goes out only once the reading is durable (module docstring);
+        # ReceiveMaximum bounds what the broker sends us unacknowledged to the window.
+        client = create_client(
+            parse_mqtt_url(s.mqtt_url),
             client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=s.mqtt_username or None,
+            password=s.mqtt_password or None,
+            clean_start=False,
+            session_expiry_s=s.mqtt_session_expiry_s,
+            receive_maximum=s.inflight_window,
+            reconnect_max_s=10,
             manual_ack=True,
         )
-        if self.settings.mqtt_username:
-            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password or None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
-        props.ReceiveMaximum = self.settings.inflight_window
-        client.connect_async(
-            url.hostname, url.port or 1883, keepalive=30, clean_start=False, properties=props
-        )
         client.loop_start()
         return client
 

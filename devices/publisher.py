@@ -76,17 +76,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
 from anchor.errors import AnchorError
 from anchor.merkle import get_hasher
+from anchor.mqtt import MqttTarget, connect_async, create_client, parse_mqtt_url
 from devices.signer import DeviceSigner
 
 __all__ = [
@@ -147,45 +146,6 @@ def reading_topic(district: str, device_id: str) -> str:
                 f"{what} {value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid"
             )
     return f"city/{district}/{device_id}/readings"
-
-
-# ---------------------------------------------------------------------------------------------
-# MQTT URL
-
-
-@dataclass(frozen=True, slots=True)
-class MqttTarget:
-    """Where a client connects: from ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://``."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """Parse ``mqtt://`` / ``tcp://`` (port 1883) or ``mqtts://`` / ``ssl://`` (8883, TLS with
-    the system's CA store). Raises ``PublishError`` (``usage``) for anything else."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise PublishError(f"invalid MQTT URL {url!r}: {exc}", reason="usage") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-        raise PublishError(
-            f"unsupported MQTT URL {url!r}; expected mqtt://host:port or mqtts://host:port",
-            reason="usage",
-        )
-    tls = scheme in ("mqtts", "ssl")
-    return MqttTarget(
-        host=parts.hostname,
-        port=port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,22 +673,25 @@ class Publisher:
         self.ack_timeout_s = ack_timeout_s
         self.ack_timeout_max_s = ack_timeout_max_s
         self.on_settled = on_settled
-        target = parse_mqtt_url(mqtt_url)
+        try:
+            target = parse_mqtt_url(mqtt_url)
+            # We never hand paho more than the window, so its own queue stays empty.
+            client = create_client(
+                target,
+                client_id=client_id,
+                username=username,
+                password=password,
+                keepalive_s=keepalive_s,
+                clean_start=False,
+                session_expiry_s=session_expiry_s,
+                reconnect_min_s=reconnect_min_s,
+                reconnect_max_s=reconnect_max_s,
+                max_inflight=max_inflight,
+                tls_context=tls_context,
+            )
+        except AnchorError as exc:
+            raise PublishError(exc.detail, reason="usage") from exc
         self._target = target
-
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
-        user = username if username is not None else target.username
-        if user is not None:
-            pw = password if username is not None else target.password
-            client.username_pw_set(user, pw)
-        if target.tls:
-            client.tls_set_context(tls_context or ssl.create_default_context())
-        # We never hand paho more than the window, so its own queue stays empty; 0 = no cap.
-        client.max_inflight_messages_set(max_inflight)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -772,17 +735,16 @@ class Publisher:
             return self
         with self._cond:
             self._stopping = False
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry_s
         try:
-            self._client.connect_async(
-                self._target.host,
-                self._target.port,
-                keepalive=self._keepalive_s,
+            # Again: a publisher closed and started again records its connection anew.
+            connect_async(
+                self._client,
+                self._target,
+                keepalive_s=self._keepalive_s,
                 clean_start=False,
-                properties=props,
+                session_expiry_s=self._session_expiry_s,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, AnchorError) as exc:
             raise PublishError(
                 f"cannot connect to {self._target.host}: {exc}", reason="connect_failed"
             ) from exc

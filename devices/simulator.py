@@ -77,7 +77,7 @@ from typing import Any, TextIO
 
 import cbor2
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -91,12 +91,12 @@ from anchor.envelope import (
 )
 from anchor.errors import AnchorError, UsageError
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
+from anchor.mqtt import create_client, parse_mqtt_url
 from devices.keystore import device_key_files, generate_device_key, load_private_key
 from devices.publisher import (
     Outbox,
     Publisher,
     Settled,
-    parse_mqtt_url,
     reading_topic,
 )
 from devices.readings import FIVEG_KINDS, IOT_KINDS, ReadingGenerator
@@ -646,20 +646,20 @@ class _Run:
             if self.config.logins
             else f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}"
         )
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
         user = self.config.username or target.username
+        password = self.config.password or target.password
         if self.config.logins:
-            device_id = self.fleet[index].device_id
-            client.username_pw_set(device_id, self.config.logins[device_id])
-        elif user:
-            client.username_pw_set(user, self.config.password or target.password)
-        if target.tls:
-            client.tls_set()
-        client.max_inflight_messages_set(self.config.max_inflight)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 5)
+            user = self.fleet[index].device_id
+            password = self.config.logins[user]
+        client = create_client(
+            target,
+            client_id=client_id,
+            username=user or None,
+            password=password if user else None,
+            clean_start=True,
+            reconnect_max_s=5,
+            max_inflight=self.config.max_inflight,
+        )
         conn = _Conn(index, client, self.config.max_inflight)
 
         def on_connect(
@@ -688,7 +688,6 @@ class _Run:
 
         client.on_connect = on_connect
         client.on_publish = on_publish
-        client.connect_async(target.host, target.port, keepalive=30, clean_start=True)
         return conn
 
     def _resolve(self, conn: _Conn, msg: _Msg, code: int, *, durable: bool = True) -> None:
@@ -1206,15 +1205,16 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while True:
         codes: list[int] = []
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        client = create_client(
+            target,
             client_id=user,  # a device login is bound to its device id as client id
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=user,
+            password=password,
+            keepalive_s=10,
         )
-        client.username_pw_set(user, password)
         client.on_connect = lambda c, u, f, rc, p, codes=codes: codes.append(int(rc.value))
         try:
-            client.connect(target.host, target.port, keepalive=10)
+            client.reconnect()  # connects now, with what create_client recorded
             until = time.monotonic() + 3
             while not codes and time.monotonic() < until:
                 client.loop(0.1)
