@@ -54,6 +54,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor import merkle
+from anchor.backoff import Backoff
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
 from anchor.device_ack import (
@@ -79,7 +80,8 @@ log = logging.getLogger("anchor.ingest")
 TOPIC_RE = re.compile(rf"^city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings$")
 VERIFY_CHUNK = 128
 STATS_EVERY_S = 10.0
-# How long a failed seal waits before trying again, doubling up to the cap.
+# How long a failed seal waits before trying again, doubling up to the cap (anchor.backoff;
+# a failure that is not retryable waits up to 30 s).
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
 # received_at is stamped by this process's clock, revocations and rotations by PostgreSQL's
@@ -484,7 +486,7 @@ class Ingestor:
                 self._seal_queue.task_done()
 
     async def _seal_with_retry(self, batch: _Pending) -> None:
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(initial_s=RETRY_INITIAL_S, cap_s=RETRY_MAX_S)
         while True:
             try:
                 result = await self.store.seal(
@@ -503,6 +505,9 @@ class Ingestor:
                 # the batch unacknowledged is the only choice that loses nothing.
                 self.stats.seal_failures += 1
                 retryable = isinstance(exc, StoreError) and exc.retryable
+                # Full jitter: the ingestors that lost the database together come back apart.
+                backoff.cap_s = RETRY_MAX_S if retryable else 30.0
+                delay = backoff.next_delay()
                 log.log(
                     logging.WARNING if retryable else logging.ERROR,
                     "seal of %d deliveries failed (%s%s); retrying in %.1fs",
@@ -512,7 +517,6 @@ class Ingestor:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S if retryable else 30.0)
         # Seal latency as a device would feel it: from the oldest delivery's arrival to commit.
         latency = (_now() - batch.deliveries[0].received_at).total_seconds()
         self.stats.record_seal(result, latency)

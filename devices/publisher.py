@@ -82,6 +82,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from anchor.backoff import Backoff
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
 from anchor.errors import AnchorError
 from anchor.merkle import get_hasher
@@ -717,8 +718,8 @@ class Publisher:
         # outbox id -> monotonic time of its next send: after a PUBACK that did not deliver,
         # or after a good PUBACK while the service's acknowledgement is awaited.
         self._retry_at: dict[int, float] = {}
-        self._retry_delay: dict[int, float] = {}  # back-off after failed PUBACKs
-        self._ack_wait: dict[int, float] = {}  # the current acknowledgement timeout
+        self._retry_delay: dict[int, Backoff] = {}  # back-off after failed PUBACKs
+        self._ack_wait: dict[int, Backoff] = {}  # the acknowledgement timeouts
         self._subscribed: set[str] = set()  # ack topics subscribed on this connection
         self._awaiting: set[int] = set()  # outbox ids whose _retry_at is an ack timeout
         self._topic_of: dict[int, str] = {}  # outbox id -> topic, while it is being sent
@@ -952,10 +953,10 @@ class Publisher:
         with self._cond:
             self._stats[name] += n
 
-    def _jitter(self, delay: float) -> float:
+    def _backoff(self, initial_s: float, cap_s: float) -> Backoff:
         # "Equal jitter": between half and all of the delay, so resends spread out but the
         # back-off still grows.
-        return delay * self._random.uniform(0.5, 1.0)
+        return Backoff(initial_s=initial_s, cap_s=cap_s, jitter=0.5, rand=self._random.random)
 
     def _forget(self, entry_id: int) -> None:
         self._retry_at.pop(entry_id, None)
@@ -1026,12 +1027,13 @@ class Publisher:
             # The broker has it; the service has not said it is durable yet. Resend if the
             # acknowledgement does not come in time (a resend is harmless: replayed_seq), and
             # wait twice as long after each resend.
-            previous = self._ack_wait.get(entry_id)
-            wait = self.ack_timeout_s if previous is None else previous * 2
-            wait = min(wait, self.ack_timeout_max_s)
-            self._ack_wait[entry_id] = wait
+            waits = self._ack_wait.get(entry_id)
+            if waits is None:
+                waits = self._ack_wait[entry_id] = self._backoff(
+                    self.ack_timeout_s, self.ack_timeout_max_s
+                )
             self._awaiting.add(entry_id)
-            self._retry_at[entry_id] = time.monotonic() + self._jitter(wait)
+            self._retry_at[entry_id] = time.monotonic() + waits.next_delay()
         elif event.code in PERMANENT_PUBACK_CODES:
             reason = PERMANENT_PUBACK_CODES[event.code]
             log.error(
@@ -1055,10 +1057,13 @@ class Publisher:
             # MQTT, a loss to us); >= 0x80: it did not take it. Either way: not delivered.
             if event.code == _NO_MATCHING_SUBSCRIBERS:
                 self._count("no_subscribers")
-            delay = self._retry_delay.get(entry_id, self.retry_min_s / 2) * 2
-            delay = min(max(delay, self.retry_min_s), self.retry_max_s)
-            self._retry_delay[entry_id] = delay
-            self._retry_at[entry_id] = time.monotonic() + self._jitter(delay)
+            delays = self._retry_delay.get(entry_id)
+            if delays is None:
+                delays = self._retry_delay[entry_id] = self._backoff(
+                    self.retry_min_s, self.retry_max_s
+                )
+            delay = delays.next_delay()
+            self._retry_at[entry_id] = time.monotonic() + delay
             log.log(
                 logging.INFO if event.code == _NO_MATCHING_SUBSCRIBERS else logging.WARNING,
                 "%s: PUBACK 0x%02x %s for outbox entry %d: not delivered; resending in %.1f s",
