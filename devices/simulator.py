@@ -90,6 +90,7 @@ from anchor.envelope import (
     parse_envelope,
 )
 from anchor.errors import AnchorError, UsageError
+from anchor.files import write_public_file
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
 from anchor.mqtt import create_client, parse_mqtt_url
 from devices.keystore import device_key_files, generate_device_key, load_private_key
@@ -1151,10 +1152,7 @@ def add_simulate_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def _write_json(path: Path, data: object) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_public_file(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
