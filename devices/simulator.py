@@ -90,7 +90,7 @@ from anchor.envelope import (
     parse_envelope,
 )
 from anchor.errors import AnchorError, UsageError
-from anchor.files import write_public_file
+from anchor.files import KEY_FILE_LIMIT, read_user_file, write_public_file
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
 from anchor.mqtt import create_client, parse_mqtt_url
 from devices.keystore import device_key_files, generate_device_key, load_private_key
@@ -1166,8 +1166,6 @@ def _register_via_api(
 
     if token_file is None:
         raise UsageError("--register-via needs --token-file (a devices:write token)")
-    from anchor.files import KEY_FILE_LIMIT, read_user_file
-
     raw = read_user_file(token_file, what="token file", limit=KEY_FILE_LIMIT)
     token = raw.decode("utf-8", "replace").strip()
     logins: dict[str, str] = {}
@@ -1237,8 +1235,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run ``simulate`` from parsed arguments; prints the report summary as one JSON line."""
     password: str | None = None
     if args.password_file is not None:
-        from anchor.files import KEY_FILE_LIMIT, read_user_file
-
         raw = read_user_file(args.password_file, what="password file", limit=KEY_FILE_LIMIT)
         password = raw.decode("utf-8", "replace").strip()
     try:
