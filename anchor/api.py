@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -40,6 +39,7 @@ from anchor.api_spec import DOCS_PAGE, OPENAPI_DOCUMENT, RouteTable, json_ok
 from anchor.checkpoint import NoteVerifier
 from anchor.config import Settings
 from anchor.errors import AnchorError
+from anchor.mqtt import parse_mqtt_url
 from anchor.store import Store
 
 __all__ = [
@@ -214,9 +214,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _broker_check(mqtt_url: str) -> str:
     """ "ok" when the broker accepts a TCP connection within 2 s."""
-    url = urlsplit(mqtt_url)
-    host = url.hostname or "127.0.0.1"
-    port = url.port or (8883 if url.scheme in ("mqtts", "ssl") else 1883)
+    try:
+        target = parse_mqtt_url(mqtt_url)
+    except AnchorError as exc:
+        return f"{exc.reason}: {exc.detail}"
+    host, port = target.host, target.port
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
     except (OSError, TimeoutError) as exc:

@@ -41,9 +41,9 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from anchor.errors import AnchorError
+from anchor.mqtt import create_client, parse_mqtt_url
 from anchor.services import mosquitto_password_hash
 from anchor.store import Store
 
@@ -247,13 +247,16 @@ class BrokerAdmin:
     _ids = itertools.count()
 
     def __init__(self, mqtt_url: str, username: str, password: str, *, timeout: float = 10.0):
-        url = urlsplit(mqtt_url)
-        if url.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not url.hostname:
-            raise BrokerError("unsupported MQTT URL for the broker admin", reason="usage")
-        self.host = url.hostname
-        self.tls = url.scheme in ("mqtts", "ssl")
-        self.port = url.port or (8883 if self.tls else 1883)
-        self.username = username or (unquote(url.username) if url.username else "")
+        try:
+            self.target = parse_mqtt_url(mqtt_url)
+        except AnchorError as exc:
+            raise BrokerError(
+                f"unsupported MQTT URL for the broker admin: {exc.detail}", reason="usage"
+            ) from exc
+        self.host = self.target.host
+        self.tls = self.target.tls
+        self.port = self.target.port
+        self.username = username or self.target.username or ""
         self.password = password
         self.timeout = timeout
 
@@ -263,22 +266,19 @@ class BrokerAdmin:
         Raises ``BrokerError`` (``broker_unavailable``) when the broker cannot be reached or
         does not answer within ``timeout``.
         """
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
         tag = f"{os.getpid()}-{next(self._ids)}-{secrets.token_hex(4)}"
         tagged = [{**c, "correlationData": f"{tag}-{i}"} for i, c in enumerate(commands)]
         answers: dict[int, dict[str, Any]] = {}
         subscribed, done = threading.Event(), threading.Event()
         failure: list[str] = []
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        # The network thread connects (connect() before loop_start() leaks paho's socket pair,
+        # one per call in a long-running API process).
+        client = create_client(
+            self.target,
             client_id=f"{ADMIN_USER}-{tag}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=self.username,
+            password=self.password,
         )
-        client.username_pw_set(self.username, self.password)
-        if self.tls:
-            client.tls_set()
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             if rc.is_failure:
@@ -315,9 +315,6 @@ class BrokerAdmin:
         client.on_connect_fail = on_connect_fail
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        # The network thread connects (connect() before loop_start() leaks paho's socket pair,
-        # one per call in a long-running API process).
-        client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
         try:
             if subscribed.wait(self.timeout) and not failure:

@@ -48,15 +48,13 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor import merkle
+from anchor.backoff import Backoff
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
 from anchor.device_ack import (
@@ -72,6 +70,7 @@ from anchor.envelope import Envelope, parse_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
 from anchor.lifetime import die_with_parent
+from anchor.mqtt import create_client, parse_mqtt_url
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
 __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
@@ -81,7 +80,8 @@ log = logging.getLogger("anchor.ingest")
 TOPIC_RE = re.compile(rf"^city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings$")
 VERIFY_CHUNK = 128
 STATS_EVERY_S = 10.0
-# How long a failed seal waits before trying again, doubling up to the cap.
+# How long a failed seal waits before trying again, doubling up to the cap (anchor.backoff;
+# a failure that is not retryable waits up to 30 s).
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
 # received_at is stamped by this process's clock, revocations and rotations by PostgreSQL's
@@ -320,28 +320,24 @@ class Ingestor:
             self._loop.call_soon_threadsafe(self._inbox_ready.set)
 
     def _start_mqtt(self) -> mqtt.Client:
-        url = urlsplit(self.settings.mqtt_url)
-        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-            raise AnchorError(f"unsupported MQTT URL {self.settings.mqtt_url!r}", reason="usage")
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        s = self.settings
+        # manual_ack: a PUBACK goes out only once the reading is durable (module docstring);
+        # ReceiveMaximum bounds what the broker sends us unacknowledged to the window.
+        client = create_client(
+            parse_mqtt_url(s.mqtt_url),
             client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=s.mqtt_username or None,
+            password=s.mqtt_password or None,
+            clean_start=False,
+            session_expiry_s=s.mqtt_session_expiry_s,
+            receive_maximum=s.inflight_window,
+            reconnect_max_s=10,
             manual_ack=True,
         )
-        if self.settings.mqtt_username:
-            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password or None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
-        props.ReceiveMaximum = self.settings.inflight_window
-        client.connect_async(
-            url.hostname, url.port or 1883, keepalive=30, clean_start=False, properties=props
-        )
         client.loop_start()
         return client
 
@@ -490,7 +486,7 @@ class Ingestor:
                 self._seal_queue.task_done()
 
     async def _seal_with_retry(self, batch: _Pending) -> None:
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(initial_s=RETRY_INITIAL_S, cap_s=RETRY_MAX_S)
         while True:
             try:
                 result = await self.store.seal(
@@ -509,6 +505,9 @@ class Ingestor:
                 # the batch unacknowledged is the only choice that loses nothing.
                 self.stats.seal_failures += 1
                 retryable = isinstance(exc, StoreError) and exc.retryable
+                # Full jitter: the ingestors that lost the database together come back apart.
+                backoff.cap_s = RETRY_MAX_S if retryable else 30.0
+                delay = backoff.next_delay()
                 log.log(
                     logging.WARNING if retryable else logging.ERROR,
                     "seal of %d deliveries failed (%s%s); retrying in %.1fs",
@@ -518,7 +517,6 @@ class Ingestor:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S if retryable else 30.0)
         # Seal latency as a device would feel it: from the oldest delivery's arrival to commit.
         latency = (_now() - batch.deliveries[0].received_at).total_seconds()
         self.stats.record_seal(result, latency)

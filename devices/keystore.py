@@ -28,18 +28,15 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from anchor.errors import AnchorError, KeyMaterialError
-from anchor.files import open_regular_nonblocking
+from anchor.files import open_regular_nonblocking, write_private_file, write_public_file
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
 
 __all__ = [
@@ -60,10 +57,6 @@ MAX_KEY_FILE_SIZE = 64 * 1024
 # DESIGN wire format: the registry id. It is also what keeps a device id from naming a path
 # outside the key directory ('/' and NUL are not in the set).
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# Filesystems that cannot hard-link (some FUSE, SMB and FAT mounts) answer with one of these.
-_NO_LINK_ERRNOS = frozenset(
-    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,74 +94,6 @@ def device_key_files(directory: Path | str, device_id: str) -> DeviceKeyFiles:
     )
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the new directory entry itself durable; without it a power cut can lose the name
-    # even though the file's bytes were fsynced. Not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_temp(directory: Path, name: str, data: bytes, mode: int) -> str:
-    """Write ``data`` to a new fsynced temporary file in ``directory``; return its path."""
-    # mkstemp creates the file O_CREAT | O_EXCL with mode 0600, before any byte is written.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _create_private_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (mode 0600) holding ``data``, all or nothing; never replace a file."""
-    tmp = _write_temp(path.parent, path.name, data, 0o600)
-    try:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            if exc.errno not in _NO_LINK_ERRNOS:
-                raise
-            # No hard links here: fall back to creating the final name exclusively. Still never
-            # readable by others and never clobbering, only not crash-atomic.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    _fsync_directory(path.parent)
-
-
-def _replace_public_file(path: Path, data: bytes) -> None:
-    tmp = _write_temp(path.parent, path.name, data, 0o644)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
-
 def generate_device_key(
     directory: Path | str, device_id: str, key_type: str = "Ed25519"
 ) -> DeviceKeyFiles:
@@ -193,9 +118,9 @@ def generate_device_key(
         files.private_pem.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The private key goes first: if it cannot be created, no public file claims a key
         # that does not exist.
-        _create_private_file(files.private_pem, key.to_pem())
-        _replace_public_file(files.public_jwk, jwk_text.encode())
-        _replace_public_file(files.public_pem, public.to_pem())
+        write_private_file(files.private_pem, key.to_pem(), replace=False)
+        write_public_file(files.public_jwk, jwk_text.encode())
+        write_public_file(files.public_pem, public.to_pem())
     except FileExistsError:
         raise KeyMaterialError(
             f"{files.private_pem} already exists; refusing to replace a device's key",

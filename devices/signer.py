@@ -24,11 +24,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +36,7 @@ from typing import Any
 
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
 from anchor.errors import AnchorError
-from anchor.files import open_regular_nonblocking
+from anchor.files import open_regular_nonblocking, write_private_file
 from anchor.keys import PrivateKey
 from anchor.merkle import leaf_hash
 
@@ -154,30 +152,12 @@ def save_state(path: Path | str, state: DeviceState) -> None:
     failed) the whole old one, never a mix. Raises ``DeviceStateError`` (``state_unwritable``).
     """
     p = Path(path)
-    tmp: str | None = None
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(state.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        tmp = None
-        # The rename is only durable once the directory entry is on disk too.
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_private_file(p, state.to_json())
     except OSError as exc:
         raise DeviceStateError(
             f"cannot write state file {p}: {exc.strerror or exc}", reason="state_unwritable"
         ) from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _now_ms() -> int:

@@ -77,7 +77,7 @@ from typing import Any, TextIO
 
 import cbor2
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -90,13 +90,14 @@ from anchor.envelope import (
     parse_envelope,
 )
 from anchor.errors import AnchorError, UsageError
+from anchor.files import KEY_FILE_LIMIT, read_user_file, write_public_file
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
+from anchor.mqtt import create_client, parse_mqtt_url
 from devices.keystore import device_key_files, generate_device_key, load_private_key
 from devices.publisher import (
     Outbox,
     Publisher,
     Settled,
-    parse_mqtt_url,
     reading_topic,
 )
 from devices.readings import FIVEG_KINDS, IOT_KINDS, ReadingGenerator
@@ -646,20 +647,20 @@ class _Run:
             if self.config.logins
             else f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}"
         )
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
         user = self.config.username or target.username
+        password = self.config.password or target.password
         if self.config.logins:
-            device_id = self.fleet[index].device_id
-            client.username_pw_set(device_id, self.config.logins[device_id])
-        elif user:
-            client.username_pw_set(user, self.config.password or target.password)
-        if target.tls:
-            client.tls_set()
-        client.max_inflight_messages_set(self.config.max_inflight)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 5)
+            user = self.fleet[index].device_id
+            password = self.config.logins[user]
+        client = create_client(
+            target,
+            client_id=client_id,
+            username=user or None,
+            password=password if user else None,
+            clean_start=True,
+            reconnect_max_s=5,
+            max_inflight=self.config.max_inflight,
+        )
         conn = _Conn(index, client, self.config.max_inflight)
 
         def on_connect(
@@ -688,7 +689,6 @@ class _Run:
 
         client.on_connect = on_connect
         client.on_publish = on_publish
-        client.connect_async(target.host, target.port, keepalive=30, clean_start=True)
         return conn
 
     def _resolve(self, conn: _Conn, msg: _Msg, code: int, *, durable: bool = True) -> None:
@@ -1152,10 +1152,7 @@ def add_simulate_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def _write_json(path: Path, data: object) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_public_file(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -1169,8 +1166,6 @@ def _register_via_api(
 
     if token_file is None:
         raise UsageError("--register-via needs --token-file (a devices:write token)")
-    from anchor.files import KEY_FILE_LIMIT, read_user_file
-
     raw = read_user_file(token_file, what="token file", limit=KEY_FILE_LIMIT)
     token = raw.decode("utf-8", "replace").strip()
     logins: dict[str, str] = {}
@@ -1206,15 +1201,16 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while True:
         codes: list[int] = []
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        client = create_client(
+            target,
             client_id=user,  # a device login is bound to its device id as client id
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=user,
+            password=password,
+            keepalive_s=10,
         )
-        client.username_pw_set(user, password)
         client.on_connect = lambda c, u, f, rc, p, codes=codes: codes.append(int(rc.value))
         try:
-            client.connect(target.host, target.port, keepalive=10)
+            client.reconnect()  # connects now, with what create_client recorded
             until = time.monotonic() + 3
             while not codes and time.monotonic() < until:
                 client.loop(0.1)
@@ -1239,8 +1235,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run ``simulate`` from parsed arguments; prints the report summary as one JSON line."""
     password: str | None = None
     if args.password_file is not None:
-        from anchor.files import KEY_FILE_LIMIT, read_user_file
-
         raw = read_user_file(args.password_file, what="password file", limit=KEY_FILE_LIMIT)
         password = raw.decode("utf-8", "replace").strip()
     try:
