@@ -30,7 +30,7 @@ from aiohttp import web
 
 from anchor.checkpoint import NoteVerifier
 from anchor.config import Settings
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.store import Store
 
 __all__ = [
@@ -257,7 +257,7 @@ async def serve(
             await site.start()
         except OSError as exc:
             raise AnchorError(
-                f"cannot listen on {host}:{port}: {exc.strerror}", reason="port_in_use"
+                f"cannot listen on {host}:{port}: {exc.strerror}", reason=Reason.PORT_IN_USE
             ) from exc
         log.info("api listening on http://%s:%d", host, port)
         try:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.services import mosquitto_password_hash
 from anchor.store import Store
 
@@ -78,7 +78,7 @@ class BrokerError(AnchorError):
     """The broker's control topic failed: ``broker_unavailable`` (cannot connect, no answer in
     time) or ``broker_refused`` (the plugin answered with an error)."""
 
-    reason = "broker_unavailable"
+    reason = Reason.BROKER_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +108,12 @@ def _hash_fields(hashed: str) -> dict[str, Any]:
     """``$7$ITER$SALT$HASH`` -> the plugin's ``salt``, ``password`` and ``iterations``."""
     parts = hashed.split("$")
     if len(parts) != 5 or parts[:2] != ["", "7"] or not parts[2].isdecimal():
-        raise BrokerError("not a Mosquitto $7$ password hash", reason="config_invalid")
+        raise BrokerError("not a Mosquitto $7$ password hash", reason=Reason.CONFIG_INVALID)
     salt, key = base64.b64decode(parts[3]), base64.b64decode(parts[4])
     if len(salt) != _SALT_BYTES or len(key) != _HASH_BYTES or int(parts[2]) < 1:
-        raise BrokerError("a $7$ hash with a wrong salt or key length", reason="config_invalid")
+        raise BrokerError(
+            "a $7$ hash with a wrong salt or key length", reason=Reason.CONFIG_INVALID
+        )
     return {"salt": parts[3], "password": parts[4], "iterations": int(parts[2])}
 
 
@@ -249,7 +251,7 @@ class BrokerAdmin:
     def __init__(self, mqtt_url: str, username: str, password: str, *, timeout: float = 10.0):
         url = urlsplit(mqtt_url)
         if url.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not url.hostname:
-            raise BrokerError("unsupported MQTT URL for the broker admin", reason="usage")
+            raise BrokerError("unsupported MQTT URL for the broker admin", reason=Reason.USAGE)
         self.host = url.hostname
         self.tls = url.scheme in ("mqtts", "ssl")
         self.port = url.port or (8883 if self.tls else 1883)
@@ -329,7 +331,7 @@ class BrokerAdmin:
         if failure or len(answers) != len(tagged):
             raise BrokerError(
                 failure[0] if failure else f"no answer from the broker in {self.timeout:.0f} s",
-                reason="broker_unavailable",
+                reason=Reason.BROKER_UNAVAILABLE,
             )
         return [answers[i] for i in range(len(tagged))]
 
@@ -340,7 +342,7 @@ class BrokerAdmin:
             if error is None or (i < tolerate and any(w in error.lower() for w in _NOT_FOUND)):
                 continue
             raise BrokerError(
-                f"the broker refused {answer.get('command')}: {error}", reason="broker_refused"
+                f"the broker refused {answer.get('command')}: {error}", reason=Reason.BROKER_REFUSED
             )
 
     def add_device(self, device_id: str, district: str, password: str) -> None:

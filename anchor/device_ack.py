@@ -43,7 +43,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 
 __all__ = [
     "ACK_VERSION",
@@ -105,7 +105,7 @@ _READINGS_TOPIC = re.compile(r"city/([A-Za-z0-9._-]{1,64})/([A-Za-z0-9._-]{1,64}
 class AckError(AnchorError):
     """An acknowledgement that breaks the layout above (``ack_malformed``)."""
 
-    reason = "ack_malformed"
+    reason = Reason.ACK_MALFORMED
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +137,7 @@ def ack_topic(district: str, device_id: str) -> str:
     ``[A-Za-z0-9._-]{1,64}``."""
     for value in (district, device_id):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
-            raise AckError(f"{value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid")
+            raise AckError(f"{value!r} is not [A-Za-z0-9._-]{{1,64}}", reason=Reason.TOPIC_INVALID)
     return f"city/{district}/{device_id}/ack"
 
 

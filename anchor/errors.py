@@ -61,6 +61,8 @@ class Reason(StrEnum):
         member.meaning = meaning
         return member
 
+    # One member a code: (wire string, where it applies, meaning). Kept two lines a member.
+    # fmt: off
     # -- the root ------------------------------------------------------------------------------
     ERROR = (
         "error", "AnchorError",
@@ -477,6 +479,7 @@ class Reason(StrEnum):
         "ack_malformed", "AckError; device counter",
         "An acknowledgement that breaks the device guide's layout.",
     )
+    # fmt: on
 
 
 ALIASES: Mapping[Reason, Reason] = MappingProxyType(

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import read_user_file
 from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey, b64url_encode
@@ -82,7 +82,7 @@ class ImportFileError(AnchorError):
     ``errors`` holds ``(line, message)`` for every bad row, in file order.
     """
 
-    reason = "import_invalid"
+    reason = Reason.IMPORT_INVALID
 
     def __init__(self, path: Path, errors: Sequence[tuple[int, str]]) -> None:
         lines = "\n".join(f"  {path}:{line}: {message}" for line, message in errors)

@@ -82,7 +82,7 @@ from anchor.completeness import (
     build_completeness,
 )
 from anchor.device_id import DeviceIdError, check_device_id, check_new_device_id
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import (
@@ -154,7 +154,7 @@ _TEXT_LIMITS = {"topic": 1024, "detail": 4096, "device_id": 128}
 class StoreError(AnchorError):
     """A storage operation failed; ``reason`` says how (see the module docstring)."""
 
-    reason = "db_error"
+    reason = Reason.DB_ERROR
 
     @property
     def retryable(self) -> bool:
@@ -170,7 +170,7 @@ class RegistryError(AnchorError):
     device and the reading's ``ts`` is not before its ``valid_until``).
     """
 
-    reason = "unknown_kid"
+    reason = Reason.UNKNOWN_KID
 
 
 _CLIENT_DATA_ERRORS = (
@@ -185,31 +185,31 @@ def _translate(exc: BaseException, what: str) -> StoreError | None:
         state = str(getattr(exc, "sqlstate", "") or "")
         message = f"{what}: {type(exc).__name__} ({state}): {exc}"
         if isinstance(exc, asyncpg.UniqueViolationError):
-            return StoreError(message, reason="conflict")
+            return StoreError(message, reason=Reason.CONFLICT)
         if state[:2] in _RETRYABLE_UNAVAILABLE:
-            return StoreError(message, reason="db_unavailable")
+            return StoreError(message, reason=Reason.DB_UNAVAILABLE)
         if state[:2] in _RETRYABLE_BUSY:
-            return StoreError(message, reason="db_busy")
-        return StoreError(message, reason="db_error")
+            return StoreError(message, reason=Reason.DB_BUSY)
+        return StoreError(message, reason=Reason.DB_ERROR)
     # Client-side refusals of a value or a setting: retrying the same call cannot help.
     if isinstance(exc, _CLIENT_DATA_ERRORS):
-        return StoreError(f"{what}: {exc}", reason="db_error")
+        return StoreError(f"{what}: {exc}", reason=Reason.DB_ERROR)
     if isinstance(exc, asyncpg.InterfaceError):
         # "connection is closed", "pool is closing", ...: the connection is gone.
-        return StoreError(f"{what}: {exc}", reason="db_unavailable")
+        return StoreError(f"{what}: {exc}", reason=Reason.DB_UNAVAILABLE)
     if isinstance(exc, OSError | TimeoutError):
-        return StoreError(f"{what}: database unreachable: {exc!r}", reason="db_unavailable")
+        return StoreError(f"{what}: database unreachable: {exc!r}", reason=Reason.DB_UNAVAILABLE)
     if isinstance(exc, asyncpg.InternalClientError):
-        return StoreError(f"{what}: {exc}", reason="db_error")
+        return StoreError(f"{what}: {exc}", reason=Reason.DB_ERROR)
     return None
 
 
 def _not_found(what: str) -> StoreError:
-    return StoreError(what, reason="not_found")
+    return StoreError(what, reason=Reason.NOT_FOUND)
 
 
 def _conflict(what: str) -> StoreError:
-    return StoreError(what, reason="conflict")
+    return StoreError(what, reason=Reason.CONFLICT)
 
 
 def _check_device_id(device_id: object, *, new: bool = False) -> str:
@@ -289,19 +289,20 @@ class DeviceRecord:
         if self.revoked_at is not None and received_at >= self.revoked_at:
             raise RegistryError(
                 f"device {self.device_id} was revoked at {self.revoked_at.isoformat()}",
-                reason="device_revoked",
+                reason=Reason.DEVICE_REVOKED,
             )
         key = self.key(kid)
         if key is None:
             raise RegistryError(
-                f"device {self.device_id} has no key with kid {kid.hex()}", reason="unknown_kid"
+                f"device {self.device_id} has no key with kid {kid.hex()}",
+                reason=Reason.UNKNOWN_KID,
             )
         if not key.accepts_ts(ts_ms):
             assert key.valid_until is not None
             raise RegistryError(
                 f"key {kid.hex()} of device {self.device_id} was rotated out at "
                 f"{key.valid_until.isoformat()}; the reading's ts {ts_ms} is not before that",
-                reason="key_rotated",
+                reason=Reason.KEY_ROTATED,
             )
         return key
 
@@ -360,7 +361,7 @@ def _migrations(directory: Path) -> list[_Migration]:
         paths = sorted(directory.iterdir())
     except OSError as exc:
         raise StoreError(
-            f"cannot read migrations in {directory}: {exc}", reason="migrations_missing"
+            f"cannot read migrations in {directory}: {exc}", reason=Reason.MIGRATIONS_MISSING
         ) from exc
     found: dict[int, _Migration] = {}
     for path in paths:
@@ -370,14 +371,16 @@ def _migrations(directory: Path) -> list[_Migration]:
         version = int(m.group(1))
         if version in found:
             raise StoreError(
-                f"two migrations with version {version} in {directory}", reason="db_error"
+                f"two migrations with version {version} in {directory}", reason=Reason.DB_ERROR
             )
         data = path.read_bytes()
         found[version] = _Migration(
             version, m.group(2), data.decode("utf-8"), hashlib.sha256(data).hexdigest()
         )
     if not found:
-        raise StoreError(f"no NNN_name.sql migrations in {directory}", reason="migrations_missing")
+        raise StoreError(
+            f"no NNN_name.sql migrations in {directory}", reason=Reason.MIGRATIONS_MISSING
+        )
     return [found[v] for v in sorted(found)]
 
 
@@ -431,7 +434,7 @@ def recheck_key_validity(
         try:
             if record is None:
                 raise RegistryError(
-                    f"device {r.device_id} is not registered", reason="unknown_device"
+                    f"device {r.device_id} is not registered", reason=Reason.UNKNOWN_DEVICE
                 )
             record.check_reading(env.kid, r.ts, c.received_at)
         except RegistryError as exc:
@@ -493,7 +496,7 @@ _QUARANTINE_COLUMNS = (
 def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
     raw = bytes(r.raw)
     # A replay's bytes are already stored with the original reading: keep only size and hash.
-    kept = None if r.reason == "replayed_seq" else raw[:QUARANTINE_RAW_LIMIT]
+    kept = None if r.reason == Reason.REPLAYED_SEQ else raw[:QUARANTINE_RAW_LIMIT]
     seq = r.seq if r.seq is not None and 0 <= r.seq <= MAX_STORED_INT else None
     return (
         r.received_at,
@@ -631,7 +634,7 @@ class Store:
                             f"migration {m.version:03d}_{m.name}.sql changed after it was "
                             f"applied (sha256 {row['checksum']} applied, {m.checksum} now); "
                             "add a new migration instead of editing an applied one",
-                            reason="migration_checksum_mismatch",
+                            reason=Reason.MIGRATION_CHECKSUM_MISMATCH,
                         )
                 for m in files:
                     if m.version in applied:
@@ -655,7 +658,7 @@ class Store:
                         raise StoreError(
                             f"migration {m.version:03d}_{m.name}.sql refused this database: "
                             f"{exc}" + (f". {hint}" if hint else ""),
-                            reason="migration_refused",
+                            reason=Reason.MIGRATION_REFUSED,
                         ) from exc
                     applied_now.append(m.version)
             finally:
@@ -743,7 +746,7 @@ class Store:
         problem found, one per line, prefixed by the spec's line number when it has one.
         """
         problems: list[str] = []
-        id_reasons: set[str] = set()
+        id_reasons: set[Reason] = set()
         invalid = 0
         seen_ids: dict[str, DeviceSpec] = {}
         seen_kids: dict[bytes, DeviceSpec] = {}
@@ -767,9 +770,9 @@ class Store:
         if problems:
             # Only id problems: their code (device_id_reserved only if every one is reserved).
             reason = (
-                (id_reasons.pop() if len(id_reasons) == 1 else "device_id_invalid")
+                (id_reasons.pop() if len(id_reasons) == 1 else Reason.DEVICE_ID_INVALID)
                 if invalid == len(problems)
-                else "conflict"
+                else Reason.CONFLICT
             )
             raise StoreError("\n".join(problems), reason=reason)
         if not specs:
@@ -1044,7 +1047,7 @@ class Store:
         if next_index != size:
             raise StoreError(
                 f"the log has {next_index} batches but its latest checkpoint says {size}",
-                reason="log_inconsistent",
+                reason=Reason.LOG_INCONSISTENT,
             )
         new_frontier, nodes = log_append(
             frontier,
@@ -1336,7 +1339,7 @@ class Store:
             raise StoreError(
                 f"batch {batch_id} at log index {log_index}: stored log nodes do not lead to "
                 f"the checkpoint root at size {log_size}: {exc.detail}",
-                reason="log_inconsistent",
+                reason=Reason.LOG_INCONSISTENT,
             ) from exc
         log = LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path))
         extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
@@ -1354,7 +1357,7 @@ class Store:
                 )
                 if stone is None:
                     raise StoreError(
-                        f"reading {r['device_id']} seq {r['seq']} was erased", reason="erased"
+                        f"reading {r['device_id']} seq {r['seq']} was erased", reason=Reason.ERASED
                     )
                 erasure = {
                     "erased_at": _rfc3339(stone["erased_at"]),
@@ -1422,7 +1425,7 @@ class Store:
         if len(leaves) != size or levels[-1][0] != root:
             raise StoreError(
                 f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
-                reason="log_inconsistent",
+                reason=Reason.LOG_INCONSISTENT,
             )
         self._batch_trees[key] = levels
         if len(self._batch_trees) > BATCH_TREE_CACHE:
@@ -1478,7 +1481,7 @@ class Store:
         missing = [n for n in wanted if n not in found]
         if missing:
             raise StoreError(
-                f"log nodes {missing[:4]} missing for {what}", reason="log_inconsistent"
+                f"log nodes {missing[:4]} missing for {what}", reason=Reason.LOG_INCONSISTENT
             )
         return [
             log_root_from_nodes([found[n] for n in element], hasher=hasher) for element in elements
@@ -1632,7 +1635,7 @@ class Store:
                 raise StoreError(
                     f"anchor of {root.hex()} names log size {log_size}, whose checkpoint root "
                     "differs",
-                    reason="log_inconsistent",
+                    reason=Reason.LOG_INCONSISTENT,
                 )
             await conn.execute(
                 "INSERT INTO anchors (backend, chain_id, contract, log_size, root, tx_hash, "
@@ -1909,7 +1912,7 @@ class Store:
             if merkle.root(leaves[b["id"]], hasher=hasher) != root:
                 raise StoreError(
                     f"batch {b['id']}: its stored leaves do not recompute to its root",
-                    reason="log_inconsistent",
+                    reason=Reason.LOG_INCONSISTENT,
                 )
             lo, end = spans[b["id"]]
             batches[b["id"]] = StoredBatch(
@@ -1945,7 +1948,7 @@ class Store:
                 )
             )
         except AnchorError as exc:
-            raise StoreError(exc.detail, reason="log_inconsistent") from exc
+            raise StoreError(exc.detail, reason=Reason.LOG_INCONSISTENT) from exc
 
 
 @dataclass(frozen=True, slots=True)
