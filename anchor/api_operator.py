@@ -289,7 +289,7 @@ def operator(
             ctx = request.app[CONTEXT]
             metrics = request.app[METRICS]
             token: TokenRow | None = None
-            status, outcome = 500, "internal"
+            status, outcome = 500, str(Reason.INTERNAL)  # outcome: "ok", a code or "http_error"
             try:
                 # The body is judged first, whoever sends it; the token is still looked at, so
                 # that the audit entry names the sender when it can.
@@ -313,7 +313,7 @@ def operator(
                     raise malformed
                 if malformed is not None:
                     status = malformed.status
-                    outcome = "too_large" if status == 413 else "http_error"
+                    outcome = Reason.TOO_LARGE if status == 413 else "http_error"
                     raise malformed
                 assert token is not None  # a token refusal without a body fault returned above
                 try:
@@ -498,9 +498,9 @@ async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamRespon
     ctx = request.app[CONTEXT]
     chains = [c for c in ctx.settings.chains if c.contract]
     if not chains:
-        request[AUDIT_OUTCOME] = "anchoring_unconfigured"
+        request[AUDIT_OUTCOME] = Reason.ANCHORING_UNCONFIGURED
         return problem(
-            503, "anchoring_unconfigured", "no anchoring chain with a contract is configured"
+            503, Reason.ANCHORING_UNCONFIGURED, "no anchoring chain with a contract is configured"
         )
     backends = [build_backend(c) for c in chains]
     async with ops.anchor_lock_nowait(ctx.store) as held:

@@ -299,7 +299,7 @@ def _verify_sync(
             "signature",
             "fail",
             f"device {receipt.device_id} is not in this operator's registry",
-            "unknown_device",
+            Reason.UNKNOWN_DEVICE,
         )
         if c.name == "signature"
         else c

@@ -61,12 +61,23 @@ class Reason(StrEnum):
         member.meaning = meaning
         return member
 
+    @classmethod
+    def label(cls, value: str) -> Reason:
+        """``value`` as a metric label: its member, or :attr:`ERROR` for a code the table does
+        not have (a row written by hand; cityanchor stores table codes only). A label can so
+        only take values of this table, and a counter's total stays the sum of its series."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.ERROR
+
     # One member a code: (wire string, where it applies, meaning). Kept two lines a member.
     # fmt: off
     # -- the root ------------------------------------------------------------------------------
     ERROR = (
         "error", "AnchorError",
-        "The root's default; every error cityanchor raises names a finer code.",
+        "The root's default (never raised: every error names a finer code); the metric label"
+        " of a stored code the table does not know.",
     )
     INTERNAL = (
         "internal", "HTTP 500; check of a report",
@@ -332,6 +343,10 @@ class Reason(StrEnum):
     )
     RATE_LIMITED = "rate_limited", "HTTP 429", "Too many requests per second from one client."
     METHOD_NOT_ALLOWED = "method_not_allowed", "HTTP 405", "The route does not take this method."
+    BAD_REQUEST = (
+        "bad_request", "HTTP 4xx",
+        "A request refused by the HTTP server before any handler, with another 4xx status.",
+    )
 
     # -- operator side: database, broker logins, migrations, private servers --------------------
     DB_UNAVAILABLE = (

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from anchor import operator_store as ops
+from anchor.errors import Reason
 from anchor.store import Store
 
 __all__ = [
@@ -203,9 +204,13 @@ async def collect(
     newest, anchored = await ops.anchor_positions(store)
     vanished = await store.vanished_anchor_counts()
 
-    quarantined = sorted(
-        (k.removeprefix("quarantine."), v) for k, v in counts.items() if k.startswith("quarantine.")
-    )
+    # The reason label takes table codes only (anchor.errors.Reason); see Reason.label.
+    by_reason: dict[Reason, int] = {}
+    for k, v in counts.items():
+        if k.startswith("quarantine."):
+            reason = Reason.label(k.removeprefix("quarantine."))
+            by_reason[reason] = by_reason.get(reason, 0) + v
+    quarantined = sorted(by_reason.items())
     families = [
         Family(
             "cityanchor_readings_stored_total",
@@ -257,9 +262,9 @@ async def collect(
             "reorg, a chain node restored from an older state), by backend and reason code; "
             "each is anchored again.",
             [
-                ("", {"backend": name, "reason": reason}, vanished.get((name, reason), 0))
+                ("", {"backend": name, "reason": reason}, n)
                 for name in sorted({*backends, *(b for b, _ in vanished)})
-                for reason in sorted({"anchor_vanished", *(r for b, r in vanished if b == name)})
+                for reason, n in _vanished_by_reason(vanished, name)
             ],
         ),
         Family(
@@ -280,6 +285,18 @@ async def collect(
         ),
     ]
     return families
+
+
+def _vanished_by_reason(
+    vanished: Mapping[tuple[str, str], int], backend: str
+) -> list[tuple[Reason, int]]:
+    """One backend's vanished anchors per reason label (table codes only, see Reason.label),
+    ``anchor_vanished`` always present."""
+    out = {Reason.ANCHOR_VANISHED: 0}
+    for (b, r), n in vanished.items():
+        if b == backend:
+            out[Reason.label(r)] = out.get(Reason.label(r), 0) + n
+    return sorted(out.items())
 
 
 def _anchor_families(

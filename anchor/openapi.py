@@ -28,6 +28,7 @@ from typing import Any
 
 from anchor import __version__
 from anchor.api import MAX_BODY_BYTES
+from anchor.errors import Reason
 
 __all__ = ["EXTENSION_MODULES", "openapi_document", "own_paths", "render_docs"]
 
@@ -368,12 +369,12 @@ _PROBLEMS = {
     503: "`db_unavailable`, `db_busy`: retry later.",
 }
 _PROBLEM_EXAMPLES = {
-    400: "invalid_parameter",
-    404: "not_found",
-    410: "erased",
-    413: "too_large",
-    500: "internal",
-    503: "db_unavailable",
+    400: Reason.INVALID_PARAMETER,
+    404: Reason.NOT_FOUND,
+    410: Reason.ERASED,
+    413: Reason.TOO_LARGE,
+    500: Reason.INTERNAL,
+    503: Reason.DB_UNAVAILABLE,
 }
 
 

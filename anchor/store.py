@@ -159,7 +159,7 @@ class StoreError(AnchorError):
     @property
     def retryable(self) -> bool:
         """True when the same call may succeed later (the database was down or busy)."""
-        return self.reason in ("db_unavailable", "db_busy")
+        return self.reason in (Reason.DB_UNAVAILABLE, Reason.DB_BUSY)
 
 
 class RegistryError(AnchorError):
@@ -338,7 +338,7 @@ class SealResult:
     checkpoint: str | None
     accepted: int
     duplicates: int
-    quarantined: Mapping[str, int]
+    quarantined: Mapping[Reason, int]
     key_rejections: tuple[Rejection, ...] = ()
     """Readings the seal itself refused on key status (revoked or rotated since the ingestor's
     registry cache was loaded), for the ingestor's ``quarantined`` log lines."""
@@ -992,7 +992,7 @@ class Store:
                     records=[_quarantine_record(r, ingestor) for r in quarantine],
                     columns=_QUARANTINE_COLUMNS,
                 )
-        counts: dict[str, int] = {}
+        counts: dict[Reason, int] = {}
         for q in quarantine:
             counts[q.reason] = counts.get(q.reason, 0) + 1
         return SealResult(
@@ -1002,7 +1002,7 @@ class Store:
             root=batch_root,
             checkpoint=note,
             accepted=len(accepted),
-            duplicates=counts.get("replayed_seq", 0),
+            duplicates=counts.get(Reason.REPLAYED_SEQ, 0),
             quarantined=counts,
             key_rejections=tuple(key_rejected),
             sealed=tuple(accepted),

@@ -70,13 +70,13 @@ TxStatus = Literal["pending", "mined", "dropped", "failed"]
 
 #: Every ``ChainError.reason``; only ``chain_unavailable`` is retryable by default.
 CHAIN_ERROR_REASONS = (
-    "chain_unavailable",
-    "chain_mismatch",
-    "tx_rejected",
-    "tx_reverted",
-    "already_anchored",
-    "anchor_vanished",
-    "chain_error",
+    Reason.CHAIN_UNAVAILABLE,
+    Reason.CHAIN_MISMATCH,
+    Reason.TX_REJECTED,
+    Reason.TX_REVERTED,
+    Reason.ALREADY_ANCHORED,
+    Reason.ANCHOR_VANISHED,
+    Reason.CHAIN_ERROR,
 )
 
 
