@@ -76,8 +76,7 @@ class Reason(StrEnum):
     # -- the root ------------------------------------------------------------------------------
     ERROR = (
         "error", "AnchorError",
-        "The root's default (never raised: every error names a finer code); the metric label"
-        " of a stored code the table does not know.",
+        "The root's default, never raised; the metric label of a stored code not in the table.",
     )
     INTERNAL = (
         "internal", "HTTP 500; check of a report",
