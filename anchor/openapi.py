@@ -540,7 +540,7 @@ def _paths() -> dict[str, Any]:
                                 {
                                     "name": "leaf_hash",
                                     "status": "fail",
-                                    "reason": "leaf_mismatch",
+                                    "reason": Reason.LEAF_MISMATCH,
                                     "detail": "expected ..., calculated ...",
                                 },
                             ],

@@ -134,6 +134,10 @@ def _findings(tree: ast.AST) -> list[tuple[int, str]]:
                 named = isinstance(t, ast.Name) and "REASON" in t.id.upper()
                 if _is_reason(t) or (named and t.id not in _NOT_REASONS):
                     out += [(node.lineno, v) for v in _loose(node.value)]
+        elif isinstance(node, ast.Dict):  # {"reason": "..."}, e.g. a JSON example
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "reason":
+                    out += [(node.lineno, v) for v in _loose(value)]
         elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             if any(_is_reason(s) for s in sides):
@@ -179,6 +183,7 @@ def test_no_module_writes_a_reason_as_a_bare_string() -> None:
         'if exc.reason in ("db_busy", "db_unavailable"): pass',
         'FINAL_REASONS = frozenset({"malformed"})',
         'def _fail(path, message, reason="receipt_malformed"): pass',
+        'example = {"name": "leaf_hash", "reason": "leaf_mismatch"}',
     ],
 )
 def test_the_scan_catches_loose_strings(source: str) -> None:
