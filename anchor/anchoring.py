@@ -55,7 +55,7 @@ from typing import Any
 
 from anchor.backoff import Backoff
 from anchor.chains.base import ChainBackend, ChainError, check_recorded_anchor
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.store import CheckpointRecord, Store, StoredAnchor
 
 __all__ = [
@@ -106,7 +106,7 @@ class AnchorJob:
     ) -> None:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
-            raise AnchorError(f"backend names must be unique, got {names}", reason="usage")
+            raise AnchorError(f"backend names must be unique, got {names}", reason=Reason.USAGE)
         if reorg_window_blocks < 1:
             raise UsageError("the reorg window must be at least 1 block")
         if recheck_interval_s <= 0:
@@ -256,7 +256,7 @@ class AnchorJob:
             return StepResult(name, "recovered", log_size, found.tx_hash)
         if status == "failed":
             await self.store.set_anchor_tx_state(tx_id, "failed", "reverted on chain")
-            raise ChainError(f"anchor transaction {tx.tx_hash} reverted", reason="tx_reverted")
+            raise ChainError(f"anchor transaction {tx.tx_hash} reverted", reason=Reason.TX_REVERTED)
         pending = await asyncio.to_thread(backend.next_nonce)
         if tx.nonce > pending:
             # The slots below ours are empty again (a reorg took our earlier transactions with

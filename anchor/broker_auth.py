@@ -42,7 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.mqtt import create_client, parse_mqtt_url
 from anchor.services import mosquitto_password_hash
 from anchor.store import Store
@@ -78,7 +78,7 @@ class BrokerError(AnchorError):
     """The broker's control topic failed: ``broker_unavailable`` (cannot connect, no answer in
     time) or ``broker_refused`` (the plugin answered with an error)."""
 
-    reason = "broker_unavailable"
+    reason = Reason.BROKER_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +108,12 @@ def _hash_fields(hashed: str) -> dict[str, Any]:
     """``$7$ITER$SALT$HASH`` -> the plugin's ``salt``, ``password`` and ``iterations``."""
     parts = hashed.split("$")
     if len(parts) != 5 or parts[:2] != ["", "7"] or not parts[2].isdecimal():
-        raise BrokerError("not a Mosquitto $7$ password hash", reason="config_invalid")
+        raise BrokerError("not a Mosquitto $7$ password hash", reason=Reason.CONFIG_INVALID)
     salt, key = base64.b64decode(parts[3]), base64.b64decode(parts[4])
     if len(salt) != _SALT_BYTES or len(key) != _HASH_BYTES or int(parts[2]) < 1:
-        raise BrokerError("a $7$ hash with a wrong salt or key length", reason="config_invalid")
+        raise BrokerError(
+            "a $7$ hash with a wrong salt or key length", reason=Reason.CONFIG_INVALID
+        )
     return {"salt": parts[3], "password": parts[4], "iterations": int(parts[2])}
 
 
@@ -251,7 +253,7 @@ class BrokerAdmin:
             self.target = parse_mqtt_url(mqtt_url)
         except AnchorError as exc:
             raise BrokerError(
-                f"unsupported MQTT URL for the broker admin: {exc.detail}", reason="usage"
+                f"unsupported MQTT URL for the broker admin: {exc.detail}", reason=Reason.USAGE
             ) from exc
         self.host = self.target.host
         self.tls = self.target.tls
@@ -326,7 +328,7 @@ class BrokerAdmin:
         if failure or len(answers) != len(tagged):
             raise BrokerError(
                 failure[0] if failure else f"no answer from the broker in {self.timeout:.0f} s",
-                reason="broker_unavailable",
+                reason=Reason.BROKER_UNAVAILABLE,
             )
         return [answers[i] for i in range(len(tagged))]
 
@@ -337,7 +339,7 @@ class BrokerAdmin:
             if error is None or (i < tolerate and any(w in error.lower() for w in _NOT_FOUND)):
                 continue
             raise BrokerError(
-                f"the broker refused {answer.get('command')}: {error}", reason="broker_refused"
+                f"the broker refused {answer.get('command')}: {error}", reason=Reason.BROKER_REFUSED
             )
 
     def add_device(self, device_id: str, district: str, password: str) -> None:

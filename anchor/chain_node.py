@@ -50,6 +50,7 @@ from typing import Any, Self
 
 from eth_utils.address import to_checksum_address
 
+from anchor.errors import Reason
 from anchor.lifetime import preexec_die_with_parent, processes_with_arg, stop_pids
 from anchor.services import (
     _REGISTRY,
@@ -109,7 +110,7 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
     if override:
         if not Path(override).is_file():
             raise ServiceError(
-                f"CITYANCHOR_ANVIL={override} does not exist", reason="binary_missing"
+                f"CITYANCHOR_ANVIL={override} does not exist", reason=Reason.BINARY_MISSING
             )
         return Path(override)
     suffix = _PLATFORMS.get((sys.platform, platform.machine().lower()))
@@ -117,7 +118,7 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
         raise ServiceError(
             f"no anvil npm package for {sys.platform}/{platform.machine()}; "
             "install Foundry's anvil yourself and set CITYANCHOR_ANVIL",
-            reason="binary_missing",
+            reason=Reason.BINARY_MISSING,
         )
     tried = []
     for node_modules in _npm_roots():
@@ -134,7 +135,7 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
         "the anvil binary of the npm package @foundry-rs/anvil is not installed (looked at "
         + ", ".join(tried)
         + "); run `make install` (or `npm ci` in the project root), or set CITYANCHOR_ANVIL",
-        reason="binary_missing",
+        reason=Reason.BINARY_MISSING,
     )
 
 
@@ -177,13 +178,13 @@ class AnvilNode(LocalServer):
         start_timeout: float = 20.0,
     ) -> None:
         if not 0 < chain_id < 2**63:
-            raise ServiceError(f"chain id {chain_id} is out of range", reason="config_invalid")
+            raise ServiceError(f"chain id {chain_id} is out of range", reason=Reason.CONFIG_INVALID)
         if block_time is not None and block_time <= 0:
-            raise ServiceError("block_time must be positive or None", reason="config_invalid")
+            raise ServiceError("block_time must be positive or None", reason=Reason.CONFIG_INVALID)
         if state_interval is not None and state_path is None:
-            raise ServiceError("state_interval needs state_path", reason="config_invalid")
+            raise ServiceError("state_interval needs state_path", reason=Reason.CONFIG_INVALID)
         if not 1 <= accounts <= 1000:
-            raise ServiceError(f"accounts={accounts} is out of range", reason="config_invalid")
+            raise ServiceError(f"accounts={accounts} is out of range", reason=Reason.CONFIG_INVALID)
         self.base_dir = Path(base_dir).absolute()
         self.log_path = self.base_dir / "anvil.log"
         self.config_path = self.base_dir / "anvil-config.json"
@@ -220,7 +221,7 @@ class AnvilNode(LocalServer):
     def accounts(self) -> tuple[DevAccount, ...]:
         """The pre-funded dev accounts (address, private key), as anvil reported them."""
         if not self._accounts:
-            raise ServiceError("accounts are known once the node has started", reason="usage")
+            raise ServiceError("accounts are known once the node has started", reason=Reason.USAGE)
         return self._accounts
 
     @property
@@ -253,7 +254,7 @@ class AnvilNode(LocalServer):
             error = self._spawn(binary)
             if error is None:
                 return self
-            retry = error.reason == "port_in_use" and self._requested_port is None
+            retry = error.reason == Reason.PORT_IN_USE and self._requested_port is None
             if retry and attempt + 1 < _PORT_RETRIES:
                 continue
             raise error
@@ -278,7 +279,7 @@ class AnvilNode(LocalServer):
                 proc.kill()
                 proc.wait(timeout=10)
         if _pid_alive(proc.pid):
-            raise ServiceError(f"anvil (pid {proc.pid}) did not stop", reason="stop_failed")
+            raise ServiceError(f"anvil (pid {proc.pid}) did not stop", reason=Reason.STOP_FAILED)
         self._proc = None
         _REGISTRY.discard(self)
 
@@ -324,10 +325,10 @@ class AnvilNode(LocalServer):
                 answer = json.loads(response.read())
         except (OSError, ValueError) as exc:  # URLError, timeouts and bad JSON
             raise ServiceError(
-                f"{method} on {self.rpc_url} failed: {exc}", reason="rpc_failed"
+                f"{method} on {self.rpc_url} failed: {exc}", reason=Reason.RPC_FAILED
             ) from exc
         if "error" in answer:
-            raise ServiceError(f"{method} failed: {answer['error']}", reason="rpc_failed")
+            raise ServiceError(f"{method} failed: {answer['error']}", reason=Reason.RPC_FAILED)
         return answer.get("result")
 
     def block_number(self) -> int:
@@ -336,7 +337,7 @@ class AnvilNode(LocalServer):
     def mine(self, n: int = 1) -> None:
         """Mine ``n`` blocks now (with whatever the mempool holds), automine or not."""
         if n < 1:
-            raise ServiceError(f"cannot mine {n} blocks", reason="usage")
+            raise ServiceError(f"cannot mine {n} blocks", reason=Reason.USAGE)
         self.rpc("anvil_mine", [hex(n)])
 
     def set_automine(self, enabled: bool) -> None:
@@ -360,7 +361,9 @@ class AnvilNode(LocalServer):
             ServiceError: ``rpc_failed`` when the snapshot id is unknown.
         """
         if self.rpc("evm_revert", [snapshot_id]) is not True:
-            raise ServiceError(f"no snapshot {snapshot_id!r} to revert to", reason="rpc_failed")
+            raise ServiceError(
+                f"no snapshot {snapshot_id!r} to revert to", reason=Reason.RPC_FAILED
+            )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -426,7 +429,7 @@ class AnvilNode(LocalServer):
                 return ServiceError(
                     f"anvil exited with status {proc.returncode} while starting on "
                     f"{LOOPBACK}:{self.port}\n{tail}",
-                    reason="port_in_use" if in_use else "start_failed",
+                    reason=Reason.PORT_IN_USE if in_use else Reason.START_FAILED,
                 )
             answered = self._answers()
             if answered is not None:
@@ -435,7 +438,7 @@ class AnvilNode(LocalServer):
                     return ServiceError(
                         f"the node on {self.rpc_url} answers chain id {answered}, "
                         f"not {self._chain_id}",
-                        reason="start_failed",
+                        reason=Reason.START_FAILED,
                     )
                 try:
                     self._accounts = self._read_accounts()
@@ -448,7 +451,7 @@ class AnvilNode(LocalServer):
                 return ServiceError(
                     f"anvil did not answer JSON-RPC on {self.rpc_url} within "
                     f"{self.start_timeout} s\n" + _log_tail(self.log_path),
-                    reason="start_failed",
+                    reason=Reason.START_FAILED,
                 )
             time.sleep(0.05)
 
@@ -469,5 +472,5 @@ class AnvilNode(LocalServer):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServiceError(
                 f"cannot read the dev accounts from {self.config_path}: {exc}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             ) from exc

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor import __version__
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import KEY_FILE_LIMIT, read_user_file
 from anchor.jsonbounds import nesting_depth
 from anchor.redact import RedactingFormatter, redact_text
@@ -41,7 +41,9 @@ PROOF_FILE_LIMIT = 1 << 20  # a consistency proof: at most 64 hex hashes
 BATCH_FILE_LIMIT = 64 << 20
 COMPLETENESS_FILE_LIMIT = 256 << 20  # 1000 readings per API proof are about 25 MiB
 MAX_FILE_JSON_DEPTH = 64  # json.loads recurses per level: bound it first (anchor.jsonbounds)
-_UNREADABLE_INPUT = ("key_file_unreadable", "key_invalid", "state_unreadable", "state_invalid")
+_UNREADABLE_INPUT = frozenset(
+    {Reason.KEY_FILE_UNREADABLE, Reason.KEY_INVALID, Reason.STATE_UNREADABLE, Reason.STATE_INVALID}
+)
 
 
 def _read_bytes(path: str, what: str, limit: int) -> bytes:
@@ -122,12 +124,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     except AnchorError as exc:
         # An input file that cannot be read (missing, a FIFO, a device, too large, not a key
         # or a state file) is a usage error, exit status 2, like every command's input files.
-        if exc.reason in (
-            "key_file_unreadable",
-            "key_invalid",
-            "state_unreadable",
-            "state_invalid",
-        ):
+        if exc.reason in _UNREADABLE_INPUT:
             raise UsageError(exc.detail) from exc
         raise
     envelope = signer.sign(args.kind, values, ts_ms=args.ts)

@@ -67,7 +67,7 @@ from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
 from anchor.device_id import DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.jsonbounds import JsonRejected, strict_loads
 from anchor.keys import PublicKey
 from anchor.receipt import MAX_ANCHORS, AnchorRecord
@@ -115,7 +115,7 @@ _FORMATS = (FORMAT_COSE, FORMAT_JWS)
 class CompletenessError(AnchorError):
     """A completeness proof is malformed or does not prove what it claims (see the module)."""
 
-    reason = "completeness_malformed"
+    reason = Reason.COMPLETENESS_MALFORMED
 
 
 # ------------------------------------------------------------------------------------ values
@@ -388,7 +388,7 @@ def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
     }
 
 
-def _fail(path: str, message: str, reason: str = "completeness_malformed") -> NoReturn:
+def _fail(path: str, message: str, reason: Reason = Reason.COMPLETENESS_MALFORMED) -> NoReturn:
     raise CompletenessError(f"{path}: {message}", reason=reason)
 
 
@@ -469,10 +469,10 @@ def completeness_from_dict(data: object) -> CompletenessProof:
     """
     version = _get(data, "version", "")
     if isinstance(version, str) and version in _RETIRED:
-        _fail("version", _RETIRED[version], "completeness_version_unsupported")
+        _fail("version", _RETIRED[version], Reason.COMPLETENESS_VERSION_UNSUPPORTED)
     if version != COMPLETENESS_VERSION:
         _fail("version", f"{str(version)[:64]!r} is not {COMPLETENESS_VERSION!r}",
-              "completeness_version_unsupported")  # fmt: skip
+              Reason.COMPLETENESS_VERSION_UNSUPPORTED)  # fmt: skip
     device_id = _get(data, "device_id", "")
     if not isinstance(device_id, str) or _DEVICE_ID.fullmatch(device_id) is None:
         _fail("device_id", "does not match [A-Za-z0-9._-]{1,64}")
@@ -566,7 +566,7 @@ def _check_checkpoint(proof: CompletenessProof, log_verifiers: Sequence[NoteVeri
         raise CompletenessError(
             f"checkpoint names size {checkpoint.size} root {checkpoint.root.hex()}, the proof's "
             f"log has size {proof.log_size} root {proof.log_root.hex()}",
-            reason="checkpoint_mismatch",
+            reason=Reason.CHECKPOINT_MISMATCH,
         )
     if not log_verifiers:
         return False
@@ -611,19 +611,21 @@ def _check_reading(
             if claimed != actual
         ]
         if mismatches:
-            raise CompletenessError(f"{where}: " + "; ".join(mismatches), reason="reading_mismatch")
+            raise CompletenessError(
+                f"{where}: " + "; ".join(mismatches), reason=Reason.READING_MISMATCH
+            )
         computed = merkle.leaf_hash(r.envelope, hasher=hasher)
         if computed != r.leaf_hash:
             raise CompletenessError(
                 f"{where}: expected leaf {r.leaf_hash.hex()}, calculated {computed.hex()}",
-                reason="leaf_mismatch",
+                reason=Reason.LEAF_MISMATCH,
             )
         if keys:
             key = keys.get(envelope.kid)
             if key is None:
                 raise CompletenessError(
                     f"{where}: no trusted device key has kid {envelope.kid.hex()}",
-                    reason="unknown_kid",
+                    reason=Reason.UNKNOWN_KID,
                 )
             verify_envelope(envelope, key)
     elif r.prev is not None:
@@ -696,12 +698,13 @@ def verify_completeness(
     for r in proof.readings:
         if not proof.from_seq <= r.seq <= proof.to_seq:
             raise CompletenessError(
-                f"seq {r.seq} is outside [{proof.from_seq}, {proof.to_seq}]", reason="seq_order"
+                f"seq {r.seq} is outside [{proof.from_seq}, {proof.to_seq}]",
+                reason=Reason.SEQ_ORDER,
             )
         if previous is not None and r.seq <= previous.seq:
             raise CompletenessError(
                 f"seq {r.seq} follows seq {previous.seq}: readings must be in increasing order",
-                reason="seq_order",
+                reason=Reason.SEQ_ORDER,
             )
         batch = batches.get(r.batch_id)
         if batch is None:
@@ -723,7 +726,7 @@ def verify_completeness(
                     f"seq {r.seq}: prev {r.prev.hex()} is not the leaf hash "
                     f"{previous.leaf_hash.hex()} of seq {previous.seq}: a reading between them "
                     "was removed, replaced or reordered",
-                    reason="chain_broken",
+                    reason=Reason.CHAIN_BROKEN,
                 )
         previous = r
 
@@ -732,7 +735,7 @@ def verify_completeness(
     if list(proof.gaps) != computed:
         raise CompletenessError(
             f"the proof states gaps {_ranges(proof.gaps)}, the readings leave {_ranges(computed)}",
-            reason="gap_mismatch",
+            reason=Reason.GAP_MISMATCH,
         )
     unused = set(batches) - {r.batch_id for r in proof.readings}
     if unused:

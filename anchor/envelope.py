@@ -57,7 +57,7 @@ from typing import Any, NoReturn
 import cbor2
 
 from anchor.device_id import DEVICE_ID_RE
-from anchor.errors import EnvelopeError
+from anchor.errors import EnvelopeError, Reason
 from anchor.jsonbounds import nesting_depth
 from anchor.keys import (
     ED25519,
@@ -160,7 +160,7 @@ _CBOR2_SEMANTIC_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 10
 class MalformedEnvelope(EnvelopeError):
     """The envelope is not well-formed under the wire format (reason ``malformed``)."""
 
-    reason = "malformed"
+    reason = Reason.MALFORMED
 
 
 class NonCanonicalEnvelope(EnvelopeError):
@@ -168,40 +168,40 @@ class NonCanonicalEnvelope(EnvelopeError):
     ``non_canonical``): untagged or non-deterministic CBOR, a non-empty COSE unprotected header,
     padded or non-zero-trailing-bit base64url in a JWS segment, or a high-S ES256 signature."""
 
-    reason = "non_canonical"
+    reason = Reason.NON_CANONICAL
 
 
 class OversizedEnvelope(EnvelopeError):
     """The envelope is larger than :data:`MAX_ENVELOPE_BYTES` (reason ``oversized``)."""
 
-    reason = "oversized"
+    reason = Reason.OVERSIZED
 
 
 class AlgorithmNotAllowed(EnvelopeError):
     """The envelope's ``alg`` is not on the allow-list, ``none`` included (``alg_not_allowed``)."""
 
-    reason = "alg_not_allowed"
+    reason = Reason.ALG_NOT_ALLOWED
 
 
 class AlgorithmKeyMismatch(EnvelopeError):
     """The ``alg`` does not fit the key's type, e.g. ES256 with an Ed25519 key
     (``alg_key_mismatch``)."""
 
-    reason = "alg_key_mismatch"
+    reason = Reason.ALG_KEY_MISMATCH
 
 
 class UnknownKid(EnvelopeError):
     """The envelope's ``kid`` is not the thumbprint of the key it is checked with
     (``unknown_kid``)."""
 
-    reason = "unknown_kid"
+    reason = Reason.UNKNOWN_KID
 
 
 class UnsupportedHeader(EnvelopeError):
     """A critical header parameter (``crit``) or JWS ``b64: false`` that this verifier does not
     implement (``unsupported_header``)."""
 
-    reason = "unsupported_header"
+    reason = Reason.UNSUPPORTED_HEADER
 
 
 def _excerpt(value: object, limit: int = 40) -> str:

@@ -67,7 +67,7 @@ from anchor.device_ack import (
 )
 from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.envelope import Envelope, parse_envelope
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.lifetime import die_with_parent
 from anchor.mqtt import create_client, parse_mqtt_url
@@ -124,12 +124,12 @@ def _worker_key(key_type: str, raw: bytes) -> PublicKey:
     return PublicKey(key_type, raw)
 
 
-def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[str | None]:
+def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[Reason | None]:
     """Worker-process side: verify (signed_bytes, signature, key_type, key_raw) tuples.
 
     Returns, per item, None when the signature is valid or the reason code why not.
     """
-    out: list[str | None] = []
+    out: list[Reason | None] = []
     for signed, signature, key_type, key_raw in items:
         try:
             _worker_key(key_type, key_raw).verify(signature, signed)
@@ -219,7 +219,7 @@ class _Registry:
         try:
             record = await self._store.get_device(device_id)
         except AnchorError as exc:
-            if exc.reason != "not_found":
+            if exc.reason != Reason.NOT_FOUND:
                 raise
             return None
         self._devices[device_id] = record
@@ -360,7 +360,7 @@ class Ingestor:
     def _reject(
         self,
         item: Incoming,
-        reason: str,
+        reason: Reason,
         detail: str,
         *,
         device_id: str | None = None,
@@ -380,11 +380,11 @@ class Ingestor:
         s = self.settings
         if len(item.payload) > s.max_envelope_bytes:
             return self._reject(
-                item, "oversized", f"{len(item.payload)} bytes > {s.max_envelope_bytes}"
+                item, Reason.OVERSIZED, f"{len(item.payload)} bytes > {s.max_envelope_bytes}"
             )
         topic = parse_topic(item.topic)
         if topic is None:
-            return self._reject(item, "bad_topic", f"topic {item.topic[:120]!r} is not ours")
+            return self._reject(item, Reason.BAD_TOPIC, f"topic {item.topic[:120]!r} is not ours")
         try:
             envelope = parse_envelope(item.payload)
         except AnchorError as exc:
@@ -393,7 +393,7 @@ class Ingestor:
         if reading.device_id != topic[1]:
             return self._reject(
                 item,
-                "topic_mismatch",
+                Reason.TOPIC_MISMATCH,
                 f"envelope of {reading.device_id!r} published under {topic[1]!r}",
                 device_id=topic[1],
                 seq=reading.seq,
@@ -402,7 +402,7 @@ class Ingestor:
         if record is None:
             return self._reject(
                 item,
-                "unknown_device",
+                Reason.UNKNOWN_DEVICE,
                 "not in the registry",
                 device_id=reading.device_id,
                 seq=reading.seq,
@@ -412,7 +412,7 @@ class Ingestor:
             # the operator registered, or readings could be filed under another district.
             return self._reject(
                 item,
-                "district_mismatch",
+                Reason.DISTRICT_MISMATCH,
                 f"published under district {topic[0]!r}, registered in {record.district!r}",
                 device_id=reading.device_id,
                 seq=reading.seq,
@@ -429,7 +429,7 @@ class Ingestor:
         ):
             return self._reject(
                 item,
-                "clock_skew",
+                Reason.CLOCK_SKEW,
                 f"device time {reading.ts} vs received {int(received_ms)}",
                 device_id=reading.device_id,
                 seq=reading.seq,
@@ -438,7 +438,7 @@ class Ingestor:
 
     async def _verify(
         self, checked: Sequence[tuple[Incoming, Envelope, PublicKey]]
-    ) -> list[str | None]:
+    ) -> list[Reason | None]:
         if not checked:
             return []
         loop = asyncio.get_running_loop()
@@ -566,7 +566,7 @@ class Ingestor:
         for c in result.sealed:
             add(c.topic, c.envelope.reading.seq, c.envelope.raw, DURABLE, "")
         for r in result.rejected:
-            if r.reason == "replayed_seq":
+            if r.reason == Reason.REPLAYED_SEQ:
                 add(r.topic, r.seq, r.raw, DURABLE, r.reason)
             elif r.reason in FINAL_REASONS:
                 add(r.topic, r.seq, r.raw, REFUSED, r.reason)

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 
-from anchor.errors import ProofError
+from anchor.errors import ProofError, Reason
 
 __all__ = [
     "HASHERS",
@@ -125,7 +125,7 @@ def get_hasher(name: str) -> Hasher:
     except KeyError:
         raise ProofError(
             f"unknown hash scheme {name!r}; known: {', '.join(sorted(HASHERS))}",
-            reason="unknown_hash_scheme",
+            reason=Reason.UNKNOWN_HASH_SCHEME,
         ) from None
 
 
@@ -326,7 +326,7 @@ def _check_proof(proof: Sequence[bytes], hasher: Hasher) -> None:
 def _mismatch(what: str, expected: bytes, calculated: bytes) -> ProofError:
     return ProofError(
         f"{what} mismatch: expected {expected.hex()}, calculated {calculated.hex()}",
-        reason="root_mismatch",
+        reason=Reason.ROOT_MISMATCH,
     )
 
 

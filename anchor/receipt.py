@@ -74,7 +74,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from anchor.device_id import DEVICE_ID_RE
-from anchor.errors import ReceiptError
+from anchor.errors import Reason, ReceiptError
 from anchor.jsonbounds import JsonRejected, strict_loads
 from anchor.merkle import MAX_PROOF_LENGTH
 
@@ -147,7 +147,7 @@ _RFC3339 = re.compile(
 )
 
 
-def _fail(path: str, message: str, reason: str = "receipt_malformed") -> NoReturn:
+def _fail(path: str, message: str, reason: Reason = Reason.RECEIPT_MALFORMED) -> NoReturn:
     raise ReceiptError(f"{path}: {message}", reason=reason)
 
 
@@ -478,12 +478,12 @@ def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     if not isinstance(version, str):
         _fail("version", f"expected a string, got {_type_name(version)}")
     if version in RETIRED_VERSIONS:
-        _fail("version", RETIRED_VERSIONS[version], reason="receipt_version_retired")
+        _fail("version", RETIRED_VERSIONS[version], reason=Reason.RECEIPT_VERSION_RETIRED)
     if version != RECEIPT_VERSION:
         _fail(
             "version",
             f"{version[:64]!r} is not {RECEIPT_VERSION!r}",
-            reason="receipt_version_unsupported",
+            reason=Reason.RECEIPT_VERSION_UNSUPPORTED,
         )
     reading = _object(_member(doc, "reading", ""), "reading")
     device_id = _member(reading, "device_id", "reading")
@@ -565,7 +565,9 @@ def dumps_receipt(receipt: Receipt) -> str:
         raise ReceiptError(f"$: cannot be written as JSON ({exc})") from exc
     text += "\n"
     if len(text.encode("utf-8")) > MAX_RECEIPT_SIZE:
-        _fail("$", f"receipt JSON exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+        _fail(
+            "$", f"receipt JSON exceeds {MAX_RECEIPT_SIZE} bytes", reason=Reason.RECEIPT_TOO_LARGE
+        )
     return text
 
 
@@ -579,7 +581,7 @@ def loads_receipt(text: str | bytes) -> Receipt:
     if isinstance(text, bytes | bytearray | memoryview):
         raw = bytes(text)
         if len(raw) > MAX_RECEIPT_SIZE:
-            _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+            _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason=Reason.RECEIPT_TOO_LARGE)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -591,7 +593,7 @@ def loads_receipt(text: str | bytes) -> Receipt:
         len(text) > MAX_RECEIPT_SIZE
         or len(text.encode("utf-8", "surrogatepass")) > MAX_RECEIPT_SIZE
     ):
-        _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+        _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason=Reason.RECEIPT_TOO_LARGE)
     try:
         data = strict_loads(text, max_depth=MAX_JSON_DEPTH)
     except JsonRejected as exc:

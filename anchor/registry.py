@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anchor.device_json import device_json
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import read_user_file
 from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
@@ -83,7 +83,7 @@ class ImportFileError(AnchorError):
     ``errors`` holds ``(line, message)`` for every bad row, in file order.
     """
 
-    reason = "import_invalid"
+    reason = Reason.IMPORT_INVALID
 
     def __init__(self, path: Path, errors: Sequence[tuple[int, str]]) -> None:
         lines = "\n".join(f"  {path}:{line}: {message}" for line, message in errors)

@@ -16,7 +16,7 @@ from datetime import datetime
 from anchor import merkle
 from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from anchor.envelope import Envelope
-from anchor.errors import ProofError
+from anchor.errors import ProofError, Reason
 from anchor.receipt import BatchProof, LogProof, Receipt
 
 __all__ = [
@@ -178,19 +178,24 @@ class Rejection:
     """A message rejected before sealing, or by :func:`classify_candidates` during it.
 
     ``reason`` is a stable reason code (docs/reason-codes.md); ``raw`` the bytes received (the
-    store keeps the first 16 KiB and the SHA-256 of all of them).
+    store keeps the first 16 KiB and the SHA-256 of all of them). A plain string is turned into
+    its :class:`~anchor.errors.Reason` (``ValueError`` when the table has no such code), so a
+    quarantine row, its log line and the quarantine counters only ever carry table codes.
     """
 
     received_at: datetime
     topic: str
-    reason: str
+    reason: Reason
     detail: str
     raw: bytes
     device_id: str | None = None
     seq: int | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", Reason(self.reason))
 
-def _reject(c: Candidate, reason: str, detail: str) -> Rejection:
+
+def _reject(c: Candidate, reason: Reason, detail: str) -> Rejection:
     r = c.envelope.reading
     seq = r.seq if r.seq <= MAX_STORED_INT else None
     return Rejection(c.received_at, c.topic, reason, detail, c.envelope.raw, r.device_id, seq)
@@ -238,18 +243,18 @@ def classify_candidates(
         r = c.envelope.reading
         if r.seq > MAX_STORED_INT or r.ts > MAX_STORED_INT:
             verdict[i] = _reject(
-                c, "out_of_range", f"seq {r.seq} or ts {r.ts} exceeds {MAX_STORED_INT}"
+                c, Reason.OUT_OF_RANGE, f"seq {r.seq} or ts {r.ts} exceeds {MAX_STORED_INT}"
             )
             continue
         key = (r.device_id, r.seq)
         known = in_batch.get(key, stored_leaf.get(key))
         if known is not None:
             if known == leaf:
-                verdict[i] = _reject(c, "replayed_seq", DUPLICATE_DETAIL)
+                verdict[i] = _reject(c, Reason.REPLAYED_SEQ, DUPLICATE_DETAIL)
             else:
                 verdict[i] = _reject(
                     c,
-                    "seq_conflict",
+                    Reason.SEQ_CONFLICT,
                     f"seq {r.seq} already holds another reading (leaf {known.hex()}, "
                     f"this one {leaf.hex()})",
                 )
@@ -262,7 +267,7 @@ def classify_candidates(
         if expected is not None and r.prev != expected:
             verdict[i] = _reject(
                 c,
-                "prev_mismatch",
+                Reason.PREV_MISMATCH,
                 f"prev {r.prev.hex()} is not the leaf hash {expected.hex()} of seq {r.seq - 1}",
             )
             continue

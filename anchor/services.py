@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.lifetime import preexec_die_with_parent, processes_with_arg, stop_pids
 
 __all__ = [
@@ -85,7 +85,7 @@ _PORT_RETRIES = 3
 class ServiceError(AnchorError):
     """A private PostgreSQL or Mosquitto could not be found, configured, started or stopped."""
 
-    reason = "start_failed"
+    reason = Reason.START_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def free_port() -> int:
 
 def _check_port_free(port: int) -> None:
     if not 0 < port < 65536:
-        raise ServiceError(f"port {port} is out of range", reason="config_invalid")
+        raise ServiceError(f"port {port} is out of range", reason=Reason.CONFIG_INVALID)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # SO_REUSEADDR as the servers set it: a port left in TIME_WAIT counts as free, a port
         # with a listener (on 127.0.0.1 or on 0.0.0.0) does not.
@@ -116,7 +116,7 @@ def _check_port_free(port: int) -> None:
         except OSError as exc:
             raise ServiceError(
                 f"port {port} on {LOOPBACK} is already in use ({exc.strerror})",
-                reason="port_in_use",
+                reason=Reason.PORT_IN_USE,
             ) from exc
 
 
@@ -146,7 +146,7 @@ def _user(name: str, package: str) -> pwd.struct_passwd:
         raise ServiceError(
             f"running as root needs the system user {name!r}, which does not exist; "
             f"it is created by the Debian package {package!r}",
-            reason="user_missing",
+            reason=Reason.USER_MISSING,
         ) from None
 
 
@@ -166,7 +166,7 @@ def _check_traversable(path: Path, user: pwd.struct_passwd) -> None:
                 f"user {user.pw_name!r} cannot enter {parent} (mode {stat.filemode(st.st_mode)}); "
                 f"put the server directory {path} under a directory it can traverse "
                 f"(e.g. chmod o+x {parent})",
-                reason="permission_denied",
+                reason=Reason.PERMISSION_DENIED,
             )
 
 
@@ -247,7 +247,9 @@ class LocalServer:
     @property
     def port(self) -> int:
         if self._port is None:
-            raise ServiceError(f"the {self._NOUN} has no port until it is started", reason="usage")
+            raise ServiceError(
+                f"the {self._NOUN} has no port until it is started", reason=Reason.USAGE
+            )
         return self._port
 
     def __enter__(self) -> Self:
@@ -299,7 +301,7 @@ def find_pg_bindir(env: Mapping[str, str] | None = None) -> Path:
         bindir = Path(override)
         if not (bindir / "initdb").is_file():
             raise ServiceError(
-                f"CITYANCHOR_PG_BINDIR={override} has no initdb", reason="binary_missing"
+                f"CITYANCHOR_PG_BINDIR={override} has no initdb", reason=Reason.BINARY_MISSING
             )
         return bindir
     candidates = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.is_file()]
@@ -308,7 +310,7 @@ def find_pg_bindir(env: Mapping[str, str] | None = None) -> Path:
             "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb); install "
             f"them with `apt-get install -y {_PG_PACKAGE}` (or run scripts/ensure-system-deps.sh), "
             "or set CITYANCHOR_PG_BINDIR",
-            reason="binary_missing",
+            reason=Reason.BINARY_MISSING,
         )
     return max(candidates, key=_pg_version_key)
 
@@ -351,12 +353,13 @@ class PostgresServer(LocalServer):
     ) -> None:
         if not _IDENT.fullmatch(database):
             raise ServiceError(
-                f"database name {database!r} is not a plain identifier", reason="config_invalid"
+                f"database name {database!r} is not a plain identifier",
+                reason=Reason.CONFIG_INVALID,
             )
         if not _IDENT.fullmatch(role) or role == _PG_USER or role.startswith("pg_"):
             raise ServiceError(
                 f"service role {role!r} is not a plain identifier other than {_PG_USER!r}",
-                reason="config_invalid",
+                reason=Reason.CONFIG_INVALID,
             )
         self.base_dir = Path(base_dir).absolute()
         self.data_dir = self.base_dir / "data"
@@ -441,7 +444,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"PostgreSQL (pid {other}) is already running on {self.data_dir}, started by "
                 "another process; nothing was changed",
-                reason="already_running",
+                reason=Reason.ALREADY_RUNNING,
             )
         if self._requested_port is not None:
             _check_port_free(self._requested_port)
@@ -449,7 +452,7 @@ class PostgresServer(LocalServer):
         if len(str(self.socket_dir)) > _MAX_SOCKET_DIR:
             raise ServiceError(
                 f"{self.socket_dir} is too long for a unix socket path; use a shorter base_dir",
-                reason="config_invalid",
+                reason=Reason.CONFIG_INVALID,
             )
         self._prepare_dirs()
         if not (self.data_dir / "PG_VERSION").is_file():
@@ -470,7 +473,7 @@ class PostgresServer(LocalServer):
             error = self._pg_ctl_start(bindir)
             if error is None:
                 break
-            retry = error.reason == "port_in_use" and self._requested_port is None
+            retry = error.reason == Reason.PORT_IN_USE and self._requested_port is None
             if retry and attempt + 1 < _PORT_RETRIES:
                 continue
             raise error
@@ -505,7 +508,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"PostgreSQL (pid {pid}) did not stop: {result.stdout}{result.stderr}\n"
                 + _log_tail(self.log_path),
-                reason="stop_failed",
+                reason=Reason.STOP_FAILED,
             )
         self._running = False
         _REGISTRY.discard(self)
@@ -524,7 +527,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"the stale PostgreSQL (pid {other}) on {self.data_dir} did not stop: "
                 f"{result.stdout}{result.stderr}",
-                reason="stop_failed",
+                reason=Reason.STOP_FAILED,
             )
         return other
 
@@ -548,7 +551,7 @@ class PostgresServer(LocalServer):
             check=False,
         )
         if result.returncode != 0:
-            raise ServiceError(f"psql failed: {result.stderr.strip()}", reason="sql_failed")
+            raise ServiceError(f"psql failed: {result.stderr.strip()}", reason=Reason.SQL_FAILED)
         return result.stdout.strip()
 
     def create_database(self, name: str) -> str:
@@ -556,7 +559,7 @@ class PostgresServer(LocalServer):
         with everything in its ``public`` schema); return the service role's DSN for it."""
         if not _IDENT.fullmatch(name):
             raise ServiceError(
-                f"database name {name!r} is not a plain identifier", reason="config_invalid"
+                f"database name {name!r} is not a plain identifier", reason=Reason.CONFIG_INVALID
             )
         # Identifiers validated above, so interpolation is safe.
         exists = self.psql(
@@ -573,7 +576,7 @@ class PostgresServer(LocalServer):
         """Drop database ``name`` (disconnecting its clients); a no-op when it does not exist."""
         if not _IDENT.fullmatch(name):
             raise ServiceError(
-                f"database name {name!r} is not a plain identifier", reason="config_invalid"
+                f"database name {name!r} is not a plain identifier", reason=Reason.CONFIG_INVALID
             )
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
 
@@ -648,7 +651,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"PostgreSQL (pid {self.pid}) is already running on {self.data_dir}; stop it "
                 "(or the cityanchor process that started it) first",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self.superuser_password_path.unlink(missing_ok=True)
         verifier = scram_sha256_verifier(self._ensure_secret(self.superuser_password_path))
@@ -661,7 +664,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"could not set the superuser password of the cluster in {self.data_dir} "
                 f"(single-user mode):\n{output.strip()}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self._write_owned(self.data_dir / "pg_hba.conf", _HBA)
 
@@ -720,7 +723,7 @@ class PostgresServer(LocalServer):
         if result.returncode != 0:
             raise ServiceError(
                 f"initdb failed in {self.data_dir}:\n{result.stdout}{result.stderr}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self._write_owned(self.data_dir / "pg_hba.conf", _HBA)
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
@@ -775,7 +778,8 @@ class PostgresServer(LocalServer):
         # so a failed start never leaves a server behind (a no-op when none is running).
         self._pg_ctl_stop("immediate", timeout=30)
         tail = _log_tail(self.log_path)
-        reason = "port_in_use" if "Address already in use" in tail else "start_failed"
+        in_use = "Address already in use" in tail
+        reason = Reason.PORT_IN_USE if in_use else Reason.START_FAILED
         return ServiceError(
             f"PostgreSQL did not start on {LOOPBACK}:{self._port} "
             f"(pg_ctl: {result.stdout.strip()} {result.stderr.strip()})\n{tail}",
@@ -794,7 +798,7 @@ class PostgresServer(LocalServer):
                 raise ServiceError(
                     f"PostgreSQL on {LOOPBACK}:{self.port} did not become ready\n"
                     + _log_tail(self.log_path),
-                    reason="start_failed",
+                    reason=Reason.START_FAILED,
                 )
             time.sleep(0.1)
 
@@ -816,7 +820,7 @@ def _read_secret(path: Path) -> str:
         raise ServiceError(
             f"cannot read the password file {path}: {exc.strerror}; start the server once to "
             "create it",
-            reason="usage",
+            reason=Reason.USAGE,
         ) from exc
 
 
@@ -918,7 +922,7 @@ def find_mosquitto(env: Mapping[str, str] | None = None) -> Path:
     if override:
         if not Path(override).is_file():
             raise ServiceError(
-                f"CITYANCHOR_MOSQUITTO={override} does not exist", reason="binary_missing"
+                f"CITYANCHOR_MOSQUITTO={override} does not exist", reason=Reason.BINARY_MISSING
             )
         return Path(override)
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -927,7 +931,7 @@ def find_mosquitto(env: Mapping[str, str] | None = None) -> Path:
             f"the mosquitto broker is not installed; install it with `apt-get install -y "
             f"{_MOSQUITTO_PACKAGE}` (or run scripts/ensure-system-deps.sh), "
             "or set CITYANCHOR_MOSQUITTO",
-            reason="binary_missing",
+            reason=Reason.BINARY_MISSING,
         )
     return Path(found)
 
@@ -957,7 +961,7 @@ def find_dynsec_plugin(env: Mapping[str, str] | None = None) -> Path:
     raise ServiceError(
         f"Mosquitto's dynamic-security plugin is not in {', '.join(candidates)}; it ships with "
         f"the {_MOSQUITTO_PACKAGE} package (2.0 or later), or set CITYANCHOR_MOSQUITTO_DYNSEC",
-        reason="binary_missing",
+        reason=Reason.BINARY_MISSING,
     )
 
 
@@ -1043,19 +1047,19 @@ class MosquittoServer(LocalServer):
         self.stderr_path = self.base_dir / "mosquitto.stderr"
         if dynsec is not None and (users is not None or acl is not None):
             raise ServiceError(
-                "dynsec replaces users and acl: give one or the other", reason="usage"
+                "dynsec replaces users and acl: give one or the other", reason=Reason.USAGE
             )
         no_logins = users is None and dynsec is None
         self.allow_anonymous = no_logins if allow_anonymous is None else allow_anonymous
         self._dynsec = dict(dynsec) if dynsec is not None else None
         if session_expiry_cap_h < 1:
-            raise ServiceError("session_expiry_cap_h must be at least 1", reason="usage")
+            raise ServiceError("session_expiry_cap_h must be at least 1", reason=Reason.USAGE)
         self.session_expiry_cap_h = session_expiry_cap_h
         self.max_inflight_messages = max_inflight_messages
         self.max_queued_messages = max_queued_messages
         self.autosave_interval = autosave_interval
         if autosave_changes is not None and autosave_changes < 1:
-            raise ServiceError("autosave_changes must be at least 1", reason="usage")
+            raise ServiceError("autosave_changes must be at least 1", reason=Reason.USAGE)
         self.autosave_changes = autosave_changes
         self.die_with_parent = die_with_parent
         self.start_timeout = start_timeout
@@ -1105,7 +1109,7 @@ class MosquittoServer(LocalServer):
             error = self._spawn(binary)
             if error is None:
                 return self
-            retry = error.reason == "port_in_use" and self._requested_port is None
+            retry = error.reason == Reason.PORT_IN_USE and self._requested_port is None
             if retry and attempt + 1 < _PORT_RETRIES:
                 continue
             raise error
@@ -1138,7 +1142,7 @@ class MosquittoServer(LocalServer):
     def reload(self) -> None:
         """SIGHUP: Mosquitto re-reads its configuration, password and ACL files."""
         if self._proc is None or self._proc.poll() is not None:
-            raise ServiceError("the broker is not running", reason="usage")
+            raise ServiceError("the broker is not running", reason=Reason.USAGE)
         self._proc.send_signal(signal.SIGHUP)
 
     def set_auth(
@@ -1171,7 +1175,9 @@ class MosquittoServer(LocalServer):
         for name, hashed in hashed_users.items():
             self._validate_users({name: hashed})
             if not hashed.startswith("$7$"):
-                raise ServiceError(f"{name!r}: not a $7$ password hash", reason="config_invalid")
+                raise ServiceError(
+                    f"{name!r}: not a $7$ password hash", reason=Reason.CONFIG_INVALID
+                )
         self._users = dict(hashed_users)
         self._hashed = True
         self._acl = acl
@@ -1189,7 +1195,7 @@ class MosquittoServer(LocalServer):
         (:class:`anchor.broker_auth.BrokerAdmin`), or restart it.
         """
         if self._dynsec is None:
-            raise ServiceError("this broker was not started with dynsec", reason="usage")
+            raise ServiceError("this broker was not started with dynsec", reason=Reason.USAGE)
         self._dynsec = dict(config)
 
     # -- internals ------------------------------------------------------------------------
@@ -1200,11 +1206,12 @@ class MosquittoServer(LocalServer):
             if not _MQTT_USER.fullmatch(name):
                 raise ServiceError(
                     f"MQTT username {name!r} is empty or has ':' or whitespace",
-                    reason="config_invalid",
+                    reason=Reason.CONFIG_INVALID,
                 )
             if "\n" in password or "\r" in password or not password:
                 raise ServiceError(
-                    f"password of {name!r} is empty or has a line break", reason="config_invalid"
+                    f"password of {name!r} is empty or has a line break",
+                    reason=Reason.CONFIG_INVALID,
                 )
 
     def _owner(self) -> pwd.struct_passwd | None:
@@ -1310,7 +1317,7 @@ class MosquittoServer(LocalServer):
             tmp.unlink(missing_ok=True)
             raise ServiceError(
                 f"mosquitto_passwd -U failed: {result.stdout}{result.stderr}",
-                reason="config_invalid",
+                reason=Reason.CONFIG_INVALID,
             )
         os.chmod(tmp, 0o600)
         if owner is not None:
@@ -1339,7 +1346,8 @@ class MosquittoServer(LocalServer):
                 self._proc = None
                 _REGISTRY.discard(self)
                 tail = _log_tail(self.stderr_path, self.log_path)
-                reason = "port_in_use" if "Address already in use" in tail else "start_failed"
+                in_use = "Address already in use" in tail
+                reason = Reason.PORT_IN_USE if in_use else Reason.START_FAILED
                 return ServiceError(
                     f"mosquitto exited with status {proc.returncode} while starting on "
                     f"{LOOPBACK}:{self.port}\n{tail}",
@@ -1352,7 +1360,7 @@ class MosquittoServer(LocalServer):
                 return ServiceError(
                     f"mosquitto did not accept connections on {LOOPBACK}:{self.port} within "
                     f"{self.start_timeout} s\n" + _log_tail(self.stderr_path, self.log_path),
-                    reason="start_failed",
+                    reason=Reason.START_FAILED,
                 )
             time.sleep(0.02)
 

@@ -78,7 +78,7 @@ from anchor.chain_node import AnvilNode
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.children import ChildProcess
 from anchor.config import ChainSettings, Settings, settings_to_toml
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import write_private_file, write_public_file
 from anchor.lifetime import RestartBackoff, pid_alive, processes_with_arg, stop_pids
 from anchor.redact import redact_text, redact_url
@@ -237,7 +237,7 @@ def _wait_for(predicate: Any, timeout: float, what: str, abort: Any = None) -> N
             raise _StopRequested(what)
         if time.monotonic() > deadline:
             raise AnchorError(
-                f"{what} did not become ready in {timeout:.0f}s", reason="start_failed"
+                f"{what} did not become ready in {timeout:.0f}s", reason=Reason.START_FAILED
             )
         time.sleep(0.1)
 
@@ -468,7 +468,7 @@ def _start_on_stable_port(make: Any, requested: int | None, remembered: int | No
             try:
                 return make(remembered).start()
             except AnchorError as exc:
-                if exc.reason != "port_in_use":
+                if exc.reason != Reason.PORT_IN_USE:
                     raise
             if time.monotonic() > deadline:
                 _say(f"port {remembered} is taken by another program: using a new one")

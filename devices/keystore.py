@@ -35,7 +35,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from anchor.errors import AnchorError, KeyMaterialError
+from anchor.errors import AnchorError, KeyMaterialError, Reason
 from anchor.files import open_regular_nonblocking, write_private_file, write_public_file
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
 
@@ -75,7 +75,8 @@ class DeviceKeyFiles:
 def _check_device_id(device_id: str) -> None:
     if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise KeyMaterialError(
-            f"device id {device_id!r} is not [A-Za-z0-9._-]{{1,64}}", reason="device_id_invalid"
+            f"device id {device_id!r} is not [A-Za-z0-9._-]{{1,64}}",
+            reason=Reason.DEVICE_ID_INVALID,
         )
 
 
@@ -108,7 +109,7 @@ def generate_device_key(
     if key_type not in KEY_TYPES:
         raise KeyMaterialError(
             f"key type {key_type!r} is not one of {', '.join(KEY_TYPES)}",
-            reason="key_type_unsupported",
+            reason=Reason.KEY_TYPE_UNSUPPORTED,
         )
     files = device_key_files(directory, device_id)
     key = PrivateKey.generate(key_type)
@@ -124,12 +125,12 @@ def generate_device_key(
     except FileExistsError:
         raise KeyMaterialError(
             f"{files.private_pem} already exists; refusing to replace a device's key",
-            reason="key_file_exists",
+            reason=Reason.KEY_FILE_EXISTS,
         ) from None
     except OSError as exc:
         raise KeyMaterialError(
             f"cannot write key files in {files.private_pem.parent}: {exc.strerror or exc}",
-            reason="key_file_unwritable",
+            reason=Reason.KEY_FILE_UNWRITABLE,
         ) from exc
     return DeviceKeyFiles(
         device_id=files.device_id,
@@ -150,11 +151,11 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
     except ValueError as exc:
         raise KeyMaterialError(
             f"cannot read key file {path}: it is {exc}, not a regular file",
-            reason="key_file_unreadable",
+            reason=Reason.KEY_FILE_UNREADABLE,
         ) from None
     except OSError as exc:
         raise KeyMaterialError(
-            f"cannot open key file {path}: {exc.strerror or exc}", reason="key_file_unreadable"
+            f"cannot open key file {path}: {exc.strerror or exc}", reason=Reason.KEY_FILE_UNREADABLE
         ) from exc
     with os.fdopen(fd, "rb") as f:
         if private and os.name == "posix" and st.st_mode & 0o077:
@@ -162,12 +163,13 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
                 f"private key {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
                 f"can access it, so it must be considered leaked; if it was not, "
                 f"run 'chmod 600 {path}'",
-                reason="key_file_permissions",
+                reason=Reason.KEY_FILE_PERMISSIONS,
             )
         data = b"" if st.st_size > MAX_KEY_FILE_SIZE else f.read(MAX_KEY_FILE_SIZE + 1)
     if st.st_size > MAX_KEY_FILE_SIZE or len(data) > MAX_KEY_FILE_SIZE:
         raise KeyMaterialError(
-            f"{path} is larger than {MAX_KEY_FILE_SIZE} bytes; not a key file", reason="key_invalid"
+            f"{path} is larger than {MAX_KEY_FILE_SIZE} bytes; not a key file",
+            reason=Reason.KEY_INVALID,
         )
     return data
 

@@ -84,7 +84,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.backoff import Backoff
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.merkle import get_hasher
 from anchor.mqtt import MqttTarget, connect_async, create_client, parse_mqtt_url
 from devices.signer import DeviceSigner
@@ -144,7 +144,7 @@ def reading_topic(district: str, device_id: str) -> str:
     for what, value in (("district", district), ("device id", device_id)):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
             raise PublishError(
-                f"{what} {value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid"
+                f"{what} {value!r} is not [A-Za-z0-9._-]{{1,64}}", reason=Reason.TOPIC_INVALID
             )
     return f"city/{district}/{device_id}/readings"
 
@@ -161,7 +161,7 @@ class OutboxError(AnchorError):
     ``outbox_unavailable`` (SQLite or the filesystem failed), ``usage`` (closed outbox).
     """
 
-    reason = "outbox_unavailable"
+    reason = Reason.OUTBOX_UNAVAILABLE
 
 
 class PublishError(AnchorError):
@@ -171,7 +171,7 @@ class PublishError(AnchorError):
     ``connect_failed``.
     """
 
-    reason = "publish_failed"
+    reason = Reason.PUBLISH_FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,11 +269,11 @@ class Outbox:
         hash_scheme: str = "rfc9162-sha256",
     ) -> None:
         if max_entries < 1 or max_bytes < 1:
-            raise OutboxError("max_entries and max_bytes must be positive", reason="usage")
+            raise OutboxError("max_entries and max_bytes must be positive", reason=Reason.USAGE)
         try:
             self.hasher = get_hasher(hash_scheme)
         except AnchorError as exc:
-            raise OutboxError(str(exc), reason="usage") from exc
+            raise OutboxError(str(exc), reason=Reason.USAGE) from exc
         self.path = Path(path)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -304,7 +304,7 @@ class Outbox:
             os.close(fd)
             raise OutboxError(
                 f"outbox {self.path} is in use by another publisher (lock {lock_path})",
-                reason="outbox_locked",
+                reason=Reason.OUTBOX_LOCKED,
             ) from None
         return fd
 
@@ -352,7 +352,7 @@ class Outbox:
                 raise OutboxError(
                     f"outbox {self.path} is full ({self._count} envelopes, {self._bytes} bytes; "
                     f"limits {self.max_entries} / {self.max_bytes})",
-                    reason="outbox_full",
+                    reason=Reason.OUTBOX_FULL,
                 )
             try:
                 cur = self._db.execute(
@@ -574,7 +574,7 @@ class Outbox:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise OutboxError(f"outbox {self.path} is closed", reason="usage")
+            raise OutboxError(f"outbox {self.path} is closed", reason=Reason.USAGE)
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -661,11 +661,11 @@ class Publisher:
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_inflight < 1:
-            raise PublishError("max_inflight must be at least 1", reason="usage")
+            raise PublishError("max_inflight must be at least 1", reason=Reason.USAGE)
         if not client_id or len(client_id.encode()) > 65535:
-            raise PublishError("client_id must be a non-empty string", reason="usage")
+            raise PublishError("client_id must be a non-empty string", reason=Reason.USAGE)
         if not 0 < retry_min_s <= retry_max_s or not 0 < ack_timeout_s <= ack_timeout_max_s:
-            raise PublishError("back-off bounds must be positive and ordered", reason="usage")
+            raise PublishError("back-off bounds must be positive and ordered", reason=Reason.USAGE)
         self.outbox = outbox
         self.client_id = client_id
         self.max_inflight = max_inflight
@@ -691,7 +691,7 @@ class Publisher:
                 tls_context=tls_context,
             )
         except AnchorError as exc:
-            raise PublishError(exc.detail, reason="usage") from exc
+            raise PublishError(exc.detail, reason=Reason.USAGE) from exc
         self._target = target
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
@@ -747,7 +747,7 @@ class Publisher:
             )
         except (OSError, AnchorError) as exc:
             raise PublishError(
-                f"cannot connect to {self._target.host}: {exc}", reason="connect_failed"
+                f"cannot connect to {self._target.host}: {exc}", reason=Reason.CONNECT_FAILED
             ) from exc
         self._worker = threading.Thread(
             target=self._run, name=f"publisher-{self.client_id}", daemon=True
@@ -812,7 +812,7 @@ class Publisher:
         """
         topic = reading_topic(district, signer.device_id)
         if not self.outbox.has_room():
-            raise OutboxError(f"outbox {self.outbox.path} is full", reason="outbox_full")
+            raise OutboxError(f"outbox {self.outbox.path} is full", reason=Reason.OUTBOX_FULL)
         envelope = signer.sign(kind, values, ts_ms)
         entry_id = self.put(topic, envelope)
         leaf = self.outbox.hasher.hash_leaf(envelope)
@@ -830,13 +830,13 @@ class Publisher:
                 if self._worker_error is not None:
                     raise PublishError(
                         f"the publisher's sender failed: {self._worker_error}",
-                        reason="publish_failed",
+                        reason=Reason.PUBLISH_FAILED,
                     ) from self._worker_error
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise PublishError(
                         f"{self.outbox.count()} envelopes still unacknowledged after {timeout} s",
-                        reason="flush_timeout",
+                        reason=Reason.FLUSH_TIMEOUT,
                     )
                 self._cond.wait(min(left, 0.2))
 

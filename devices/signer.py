@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.files import open_regular_nonblocking, write_private_file
 from anchor.keys import PrivateKey
 from anchor.merkle import leaf_hash
@@ -66,7 +66,7 @@ class DeviceStateError(AnchorError):
     ``format_invalid``.
     """
 
-    reason = "state_invalid"
+    reason = Reason.STATE_INVALID
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ class DeviceState:
         if not isinstance(self.device_id, str) or not _DEVICE_ID.fullmatch(self.device_id):
             raise DeviceStateError(
                 f"device id {self.device_id!r} is not [A-Za-z0-9._-]{{1,64}}",
-                reason="device_id_invalid",
+                reason=Reason.DEVICE_ID_INVALID,
             )
         # bool is an int subclass; a JSON true must not pass as seq 1.
         if not isinstance(self.seq, int) or isinstance(self.seq, bool) or self.seq < 0:
@@ -131,11 +131,11 @@ def load_state(path: Path | str) -> DeviceState | None:
     except ValueError as exc:
         raise DeviceStateError(
             f"cannot read state file {p}: it is {exc}, not a regular file",
-            reason="state_unreadable",
+            reason=Reason.STATE_UNREADABLE,
         ) from None
     except OSError as exc:
         raise DeviceStateError(
-            f"cannot read state file {p}: {exc.strerror or exc}", reason="state_unreadable"
+            f"cannot read state file {p}: {exc.strerror or exc}", reason=Reason.STATE_UNREADABLE
         ) from exc
     if len(data) > _MAX_STATE_FILE_SIZE:
         raise DeviceStateError(f"state file {p} is larger than {_MAX_STATE_FILE_SIZE} bytes")
@@ -156,7 +156,7 @@ def save_state(path: Path | str, state: DeviceState) -> None:
         write_private_file(p, state.to_json())
     except OSError as exc:
         raise DeviceStateError(
-            f"cannot write state file {p}: {exc.strerror or exc}", reason="state_unwritable"
+            f"cannot write state file {p}: {exc.strerror or exc}", reason=Reason.STATE_UNWRITABLE
         ) from exc
 
 
@@ -194,7 +194,7 @@ class DeviceSigner:
         if format not in FORMATS:
             raise DeviceStateError(
                 f"envelope format {format!r} is not one of {', '.join(FORMATS)}",
-                reason="format_invalid",
+                reason=Reason.FORMAT_INVALID,
             )
         if state_path is not None:
             # The file, when present, is the truth: starting from anything else could sign a
@@ -205,7 +205,7 @@ class DeviceSigner:
                     raise DeviceStateError(
                         f"state file {state_path} (seq {on_disk.seq}) disagrees with the state "
                         f"given (seq {state.seq})",
-                        reason="state_conflict",
+                        reason=Reason.STATE_CONFLICT,
                     )
                 state = on_disk
         if state is None:
@@ -213,7 +213,7 @@ class DeviceSigner:
         elif state.device_id != device_id:
             raise DeviceStateError(
                 f"state belongs to device {state.device_id!r}, not {device_id!r}",
-                reason="state_device_mismatch",
+                reason=Reason.STATE_DEVICE_MISMATCH,
             )
         self._key = key
         self._format = format

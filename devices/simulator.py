@@ -89,7 +89,7 @@ from anchor.envelope import (
     Reading,
     parse_envelope,
 )
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import KEY_FILE_LIMIT, read_user_file, write_public_file
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
 from anchor.mqtt import create_client, parse_mqtt_url
@@ -155,7 +155,7 @@ _PROGRESS_EVERY_S = 0.5
 class SimulationError(AnchorError):
     """The simulation could not run: ``usage`` (bad configuration), ``connect_failed``."""
 
-    reason = "simulation_failed"
+    reason = Reason.SIMULATION_FAILED
 
 
 def _now_ms() -> int:
@@ -206,7 +206,7 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         def bad(detail: str) -> SimulationError:
-            return SimulationError(detail, reason="usage")
+            return SimulationError(detail, reason=Reason.USAGE)
 
         if self.devices < 1:
             raise bad("devices must be at least 1")
@@ -380,12 +380,12 @@ def make_fleet(
     keystore's ``KeyMaterialError`` / the signer's ``DeviceStateError``.
     """
     if n < 1:
-        raise SimulationError("a fleet needs at least one device", reason="usage")
+        raise SimulationError("a fleet needs at least one device", reason=Reason.USAGE)
     districts = tuple(districts)
     if not districts or not all(_DISTRICT.fullmatch(d) for d in districts):
         raise SimulationError(
             f"districts must be non-empty [A-Za-z0-9._-]{{1,40}} names, got {districts!r}",
-            reason="usage",
+            reason=Reason.USAGE,
         )
     rng = random.Random(f"cityanchor-fleet:{seed}")
     p256 = set(rng.sample(range(n), round(n * p256_share)))
@@ -587,7 +587,7 @@ class _Run:
             if missing:
                 raise SimulationError(
                     f"no broker login for {len(missing)} devices (e.g. {missing[0]})",
-                    reason="usage",
+                    reason=Reason.USAGE,
                 )
         n_conn = len(self.fleet) if config.logins else min(config.connections, len(self.fleet))
         self.conn_of = {d.device_id: i % n_conn for i, d in enumerate(self.fleet)}
@@ -717,7 +717,7 @@ class _Run:
         assert conn.client is not None
         info = conn.client.publish(topic, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # pragma: no cover - queue is unbounded
-            raise SimulationError("paho refused to queue a message", reason="publish_failed")
+            raise SimulationError("paho refused to queue a message", reason=Reason.PUBLISH_FAILED)
         with self.cond:
             conn.outstanding += 1
             self.sent += 1
@@ -896,17 +896,17 @@ class _Run:
                 raise SimulationError(
                     f"no MQTT connection to {self.config.mqtt_url} for "
                     f"{self.fleet[conn.index].device_id} within {limit} s",
-                    reason="connect_failed",
+                    reason=Reason.CONNECT_FAILED,
                 )
             if not conn.ready.wait(max(0.0, deadline - time.monotonic())):
                 raise SimulationError(
                     f"no MQTT connection to {self.config.mqtt_url} within {limit} s",
-                    reason="connect_failed",
+                    reason=Reason.CONNECT_FAILED,
                 )
             if conn.refused is not None:
                 raise SimulationError(
                     f"the broker at {self.config.mqtt_url} refused the connection: {conn.refused}",
-                    reason="connect_failed",
+                    reason=Reason.CONNECT_FAILED,
                 )
 
     def _produce(self) -> float:
@@ -1003,7 +1003,7 @@ def run_simulation(
     ``usage``).
     """
     if not fleet:
-        raise SimulationError("the fleet is empty", reason="usage")
+        raise SimulationError("the fleet is empty", reason=Reason.USAGE)
     return _Run(config, fleet, stream).run(progress)
 
 
@@ -1182,11 +1182,11 @@ def _register_via_api(
         except urllib.error.HTTPError as exc:
             raise SimulationError(
                 f"registering {body['device_id']}: HTTP {exc.code} {exc.read()[:300]!r}",
-                reason="register_failed",
+                reason=Reason.REGISTER_FAILED,
             ) from exc
         except OSError as exc:
             raise SimulationError(
-                f"cannot reach {base_url}: {exc}", reason="register_failed"
+                f"cannot reach {base_url}: {exc}", reason=Reason.REGISTER_FAILED
             ) from exc
         if "mqtt_password" in answer:
             logins[answer["mqtt_username"]] = answer["mqtt_password"]
@@ -1226,7 +1226,7 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
         if time.monotonic() > deadline:
             raise SimulationError(
                 f"the broker did not accept the new device logins within {timeout_s:.0f} s",
-                reason="connect_failed",
+                reason=Reason.CONNECT_FAILED,
             )
         time.sleep(0.5)
 
@@ -1256,7 +1256,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             outbox_dir=args.outbox_dir,
         )
     except AnchorError as exc:
-        if exc.reason == "usage":
+        if exc.reason == Reason.USAGE:
             raise UsageError(exc.detail) from exc
         raise
     if args.fleet_only and args.fleet_file is None:

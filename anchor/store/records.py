@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from anchor.chains.base import AnchorTx
+from anchor.errors import Reason
 from anchor.keys import PublicKey
 from anchor.sealing import Candidate, Rejection
 from anchor.store.errors import RegistryError
@@ -95,19 +96,20 @@ class DeviceRecord:
         if self.revoked_at is not None and received_at >= self.revoked_at:
             raise RegistryError(
                 f"device {self.device_id} was revoked at {self.revoked_at.isoformat()}",
-                reason="device_revoked",
+                reason=Reason.DEVICE_REVOKED,
             )
         key = self.key(kid)
         if key is None:
             raise RegistryError(
-                f"device {self.device_id} has no key with kid {kid.hex()}", reason="unknown_kid"
+                f"device {self.device_id} has no key with kid {kid.hex()}",
+                reason=Reason.UNKNOWN_KID,
             )
         if not key.accepts_ts(ts_ms):
             assert key.valid_until is not None
             raise RegistryError(
                 f"key {kid.hex()} of device {self.device_id} was rotated out at "
                 f"{key.valid_until.isoformat()}; the reading's ts {ts_ms} is not before that",
-                reason="key_rotated",
+                reason=Reason.KEY_ROTATED,
             )
         return key
 
