@@ -32,12 +32,12 @@ import contextlib
 import errno
 import json
 import os
-import re
 import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import AnchorError, KeyMaterialError
 from anchor.files import open_regular_nonblocking
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
@@ -59,7 +59,7 @@ MAX_KEY_FILE_SIZE = 64 * 1024
 
 # DESIGN wire format: the registry id. It is also what keeps a device id from naming a path
 # outside the key directory ('/' and NUL are not in the set).
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 # Filesystems that cannot hard-link (some FUSE, SMB and FAT mounts) answer with one of these.
 _NO_LINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}

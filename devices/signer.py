@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor.device_id import DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
 from anchor.errors import AnchorError
 from anchor.files import open_regular_nonblocking
@@ -55,7 +56,7 @@ __all__ = [
 ZERO_PREV = bytes(32)
 """``prev`` of a device's first envelope (seq 1)."""
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 # A state file is a few hundred bytes; refuse to parse anything much larger.
 _MAX_STATE_FILE_SIZE = 4096
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 CORE = [
+    "anchor.admission",
     "anchor.completeness",
     "anchor.jsonbounds",
     "anchor.merkle",
