@@ -52,7 +52,6 @@ Reading it needs ``audit:read``, not ``metrics:read``: it names people and legal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -67,12 +66,12 @@ from anchor.api import CONTEXT, Handler, problem, status_for
 from anchor.api_public import MAX_BODY_DEPTH
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import AnchorError
-from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey, b64url_encode
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.operator_store import TokenRow
 from anchor.store import DeviceRecord, StoreError
 from anchor.tokens import TokenError
+from anchor.wire import JsonRejected, strict_loads
 
 if TYPE_CHECKING:
     from anchor.broker_auth import BrokerAdmin
@@ -148,24 +147,12 @@ def device_json(record: DeviceRecord) -> dict[str, Any]:
 # Request helpers
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise BadRequest(f"duplicate key {key[:40]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"{name} is not JSON")
-
-
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The body as a JSON object, parsed once per request; ``body_malformed`` otherwise.
 
-    Nesting is bounded before ``json.loads`` sees the bytes (see :mod:`anchor.jsonbounds`: in a
-    process that imported web3 deep input would overflow the C stack, not raise).
+    Parsed by :func:`anchor.wire.strict_loads`: nesting bounded before ``json.loads`` sees the
+    bytes (in a process that imported web3 deep input would overflow the C stack, not raise),
+    no duplicate keys, no NaN.
     """
     cached: dict[str, Any] | None = request.get(_BODY)
     if cached is not None:
@@ -176,16 +163,10 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
             request[_BODY] = {}
             return {}
         raise BadRequest("the request needs a JSON object body")
-    if nesting_depth(raw, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-        raise BadRequest(f"the body nests deeper than {MAX_BODY_DEPTH}")
     try:
-        body = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except BadRequest:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not UTF-8 JSON: {exc}") from None
+        body = strict_loads(raw, max_depth=MAX_BODY_DEPTH)
+    except JsonRejected as exc:
+        raise BadRequest(f"the body is not strict JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}")
     request[_BODY] = body

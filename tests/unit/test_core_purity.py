@@ -10,6 +10,7 @@ CORE = [
     "anchor.admission",
     "anchor.completeness",
     "anchor.jsonbounds",
+    "anchor.wire",
     "anchor.merkle",
     "anchor.envelope",
     "anchor.keys",
