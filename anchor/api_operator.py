@@ -64,7 +64,7 @@ from anchor import operator_store as ops
 from anchor import tokens
 from anchor.api import CONTEXT, Handler, problem, status_for
 from anchor.api_public import MAX_BODY_DEPTH
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey, b64url_encode
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
@@ -603,7 +603,7 @@ _DEVICE_ID_PARAM = {
     "name": "device_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    "schema": {"type": "string", "pattern": f"^{DEVICE_ID_PATTERN}$"},
 }
 _TIME = {"type": ["string", "null"], "format": "date-time"}
 _JWK = {"$ref": "#/components/schemas/Jwk"}
@@ -744,7 +744,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                     "name": "after",
                     "in": "query",
                     "description": "the last device id of the previous page (`next`)",
-                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                    "schema": {"type": "string", "pattern": f"^{DEVICE_ID_PATTERN}$"},
                 },
                 {
                     "name": "limit",

@@ -37,7 +37,7 @@ from anchor import merkle
 from anchor.api import CONTEXT, ApiContext
 from anchor.checkpoint import parse_checkpoint_unverified
 from anchor.completeness import completeness_to_dict
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey
@@ -96,7 +96,7 @@ def _hasher(ctx: ApiContext) -> merkle.Hasher:
 def _device_id(text: str) -> str:
     if _DEVICE_ID.fullmatch(text) is None:
         raise ApiInputError(
-            f"device id {ascii(text)[:80]} does not match [A-Za-z0-9._-]{{1,64}}",
+            f"device id {ascii(text)[:80]} does not match {DEVICE_ID_PATTERN}",
             reason="device_id_invalid",
         )
     return text

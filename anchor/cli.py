@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor import __version__
+from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.errors import AnchorError, UsageError
 from anchor.files import KEY_FILE_LIMIT, read_user_file
 from anchor.redact import RedactingFormatter, redact_text
@@ -568,7 +569,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="generate a device key or the operator's checkpoint key")
-    p.add_argument("--device-id", help="device id ([A-Za-z0-9._-]{1,64})")
+    p.add_argument("--device-id", help=f"device id ({DEVICE_ID_PATTERN})")
     p.add_argument(
         "--type", choices=("Ed25519", "P-256"), default="Ed25519", help="device key type"
     )

@@ -62,7 +62,7 @@ from typing import Any
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
 from anchor.errors import AnchorError
 from anchor.keys import PublicKey, b64url_encode
@@ -424,7 +424,7 @@ def completeness_from_dict(data: object) -> CompletenessProof:
               "completeness_version_unsupported")  # fmt: skip
     device_id = _get(data, "device_id", "")
     if not isinstance(device_id, str) or _DEVICE_ID.fullmatch(device_id) is None:
-        _fail("device_id", "does not match [A-Za-z0-9._-]{1,64}")
+        _fail("device_id", f"does not match {DEVICE_ID_PATTERN}")
     from_seq = _uint(_get(data, "from_seq", ""), "from_seq", 1)
     to_seq = _uint(_get(data, "to_seq", ""), "to_seq")
     if to_seq < from_seq - 1:

@@ -138,7 +138,7 @@ def ack_topic(district: str, device_id: str) -> str:
     ``[A-Za-z0-9._-]{1,64}``."""
     for value in (district, device_id):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
-            raise AckError(f"{value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid")
+            raise AckError(f"{value!r} is not {DEVICE_ID_PATTERN}", reason="topic_invalid")
     return f"city/{district}/{device_id}/ack"
 
 

@@ -56,7 +56,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import EnvelopeError
 from anchor.keys import (
     ED25519,
@@ -305,9 +305,7 @@ class Reading:
     def __post_init__(self) -> None:
         _check_text(self.device_id, "device_id")
         if not _DEVICE_ID.fullmatch(self.device_id):
-            _malformed(
-                f"device_id {_excerpt(self.device_id)} does not match [A-Za-z0-9._-]{{1,64}}"
-            )
+            _malformed(f"device_id {_excerpt(self.device_id)} does not match {DEVICE_ID_PATTERN}")
         _check_uint(self.seq, "seq", 1, _MAX_SEQ)
         _check_uint(self.ts, "ts", 0, _MAX_INT)
         if not _check_text(self.kind, "kind"):

@@ -72,7 +72,7 @@ from types import MappingProxyType
 from typing import Any
 
 from anchor import wire
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import ReceiptError
 from anchor.merkle import MAX_PROOF_LENGTH
 from anchor.wire import FieldReader, JsonRejected, b64url_encode, strict_loads, type_name
@@ -319,7 +319,7 @@ class Receipt:
 
     def __post_init__(self) -> None:
         if _DEVICE_ID.fullmatch(_text(self.device_id, "reading.device_id")) is None:
-            _fail("reading.device_id", "does not match [A-Za-z0-9._-]{1,64}")
+            _fail("reading.device_id", f"does not match {DEVICE_ID_PATTERN}")
         _uint(self.seq, "reading.seq", 1)
         if self.format not in FORMATS:
             _fail("reading.format", f"{self.format!r} is not one of {', '.join(FORMATS)}")

@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError, KeyMaterialError
 from anchor.files import open_regular_nonblocking
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
@@ -82,7 +82,7 @@ class DeviceKeyFiles:
 def _check_device_id(device_id: str) -> None:
     if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise KeyMaterialError(
-            f"device id {device_id!r} is not [A-Za-z0-9._-]{{1,64}}", reason="device_id_invalid"
+            f"device id {device_id!r} is not {DEVICE_ID_PATTERN}", reason="device_id_invalid"
         )
 
 

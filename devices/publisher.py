@@ -84,7 +84,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError
 from anchor.merkle import get_hasher
 from devices.signer import DeviceSigner
@@ -144,7 +144,7 @@ def reading_topic(district: str, device_id: str) -> str:
     for what, value in (("district", district), ("device id", device_id)):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
             raise PublishError(
-                f"{what} {value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid"
+                f"{what} {value!r} is not {DEVICE_ID_PATTERN}", reason="topic_invalid"
             )
     return f"city/{district}/{device_id}/readings"
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
 from anchor.errors import AnchorError
 from anchor.files import open_regular_nonblocking
@@ -86,7 +86,7 @@ class DeviceState:
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not _DEVICE_ID.fullmatch(self.device_id):
             raise DeviceStateError(
-                f"device id {self.device_id!r} is not [A-Za-z0-9._-]{{1,64}}",
+                f"device id {self.device_id!r} is not {DEVICE_ID_PATTERN}",
                 reason="device_id_invalid",
             )
         # bool is an int subclass; a JSON true must not pass as seq 1.
