@@ -57,7 +57,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor import admission, merkle
-from anchor.admission import parse_topic
+from anchor.admission import parse_topic  # re-exported; its home is anchor.admission
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
 from anchor.device_ack import (
