@@ -52,7 +52,6 @@ Reading it needs ``audit:read``, not ``metrics:read``: it names people and legal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -68,13 +67,13 @@ from anchor.api_spec import RouteTable
 from anchor.device_id import DEVICE_ID_RE
 from anchor.device_json import device_json
 from anchor.errors import AnchorError, Reason
-from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.store import StoreError
 from anchor.store import operator as ops
 from anchor.store.operator import TokenRow
 from anchor.tokens import TokenError
+from anchor.wire import JsonRejected, strict_loads
 
 if TYPE_CHECKING:
     from anchor.broker_auth import BrokerAdmin
@@ -261,24 +260,12 @@ _JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
 # Request helpers
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise BadRequest(f"duplicate key {key[:40]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"{name} is not JSON")
-
-
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The body as a JSON object, parsed once per request; ``body_malformed`` otherwise.
 
-    Nesting is bounded before ``json.loads`` sees the bytes (see :mod:`anchor.jsonbounds`: in a
-    process that imported web3 deep input would overflow the C stack, not raise).
+    Parsed by :func:`anchor.wire.strict_loads`: nesting bounded before ``json.loads`` sees the
+    bytes (in a process that imported web3 deep input would overflow the C stack, not raise),
+    no duplicate keys, no NaN.
     """
     cached: dict[str, Any] | None = request.get(_BODY)
     if cached is not None:
@@ -289,16 +276,10 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
             request[_BODY] = {}
             return {}
         raise BadRequest("the request needs a JSON object body")
-    if nesting_depth(raw, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-        raise BadRequest(f"the body nests deeper than {MAX_BODY_DEPTH}")
     try:
-        body = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except BadRequest:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not UTF-8 JSON: {exc}") from None
+        body = strict_loads(raw, max_depth=MAX_BODY_DEPTH)
+    except JsonRejected as exc:
+        raise BadRequest(f"the body is not strict JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}")
     request[_BODY] = body

@@ -59,15 +59,15 @@ from anchor.api_spec import (
 )
 from anchor.checkpoint import parse_checkpoint_unverified
 from anchor.completeness import completeness_to_dict
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError, Reason
-from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
 from anchor.receipt import dumps_receipt, receipt_from_dict
 from anchor.sealing import MAX_STORED_INT
 from anchor.store import BatchRecord, DeviceRecord, RegistryError, StoredAnchor, StoreError
 from anchor.verify import Check, ReceiptReport, verify_receipt
+from anchor.wire import JsonRejected, strict_loads
 
 __all__ = [
     "DEFAULT_COMPLETENESS_RANGE",
@@ -119,7 +119,7 @@ def _hasher(ctx: ApiContext) -> merkle.Hasher:
 def _device_id(text: str) -> str:
     if _DEVICE_ID.fullmatch(text) is None:
         raise ApiInputError(
-            f"device id {ascii(text)[:80]} does not match [A-Za-z0-9._-]{{1,64}}",
+            f"device id {ascii(text)[:80]} does not match {DEVICE_ID_PATTERN}",
             reason=Reason.DEVICE_ID_INVALID,
         )
     return text
@@ -491,41 +491,13 @@ async def _get_receipt(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------------- verify
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ApiInputError(f"duplicate key {key[:40]!r}", reason=Reason.BODY_MALFORMED)
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ApiInputError(f"{name} is not JSON", reason=Reason.BODY_MALFORMED)
-
-
 def _parse_body(raw: bytes) -> dict[str, Any]:
-    if nesting_depth(raw, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-        raise ApiInputError(
-            f"JSON nests deeper than {MAX_BODY_DEPTH}", reason=Reason.BODY_MALFORMED
-        )
     try:
-        body = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except UnicodeDecodeError as exc:
+        body = strict_loads(raw, max_depth=MAX_BODY_DEPTH)
+    except JsonRejected as exc:
         raise ApiInputError(
-            f"body is not UTF-8: {exc.reason}", reason=Reason.BODY_MALFORMED
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise ApiInputError(
-            f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            reason=Reason.BODY_MALFORMED,
-        ) from exc
-    except (ValueError, RecursionError) as exc:
-        raise ApiInputError(
-            f"body is not acceptable JSON: {exc}", reason=Reason.BODY_MALFORMED
-        ) from exc
+            f"body is not strict JSON: {exc}", reason=Reason.BODY_MALFORMED
+        ) from None
     if not isinstance(body, dict):
         raise ApiInputError("body must be a JSON object", reason=Reason.BODY_MALFORMED)
     if not isinstance(body.get("receipt"), dict):

@@ -56,21 +56,18 @@ checkpoint codes (``checkpoint_*``) for the note, and the envelope codes (``unkn
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
 from anchor.errors import AnchorError, Reason
-from anchor.jsonbounds import JsonRejected, strict_loads
-from anchor.keys import PublicKey
+from anchor.keys import PublicKey, b64url_encode
 from anchor.receipt import MAX_ANCHORS, AnchorRecord
+from anchor.wire import FieldReader, JsonRejected, strict_loads
 
 __all__ = [
     "COMPLETENESS_VERSION",
@@ -106,8 +103,6 @@ MAX_JSON_DEPTH = 8
 """The proof nests 4 deep; anything deeper is refused before ``json.loads`` recurses."""
 ZERO_PREV = bytes(32)
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _FORMATS = (FORMAT_COSE, FORMAT_JWS)
 
@@ -335,10 +330,6 @@ def build_completeness(
 # -------------------------------------------------------------------------------------- JSON
 
 
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
     """The proof as JSON-ready data (the shape in the module docstring)."""
     return {
@@ -352,7 +343,7 @@ def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
             {
                 "seq": r.seq,
                 "format": r.format,
-                "envelope": None if r.envelope is None else _b64url_encode(r.envelope),
+                "envelope": None if r.envelope is None else b64url_encode(r.envelope),
                 "leaf_hash": r.leaf_hash.hex(),
                 "prev": None if r.prev is None else r.prev.hex(),
                 "batch_id": r.batch_id,
@@ -388,58 +379,16 @@ def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
     }
 
 
-def _fail(path: str, message: str, reason: Reason = Reason.COMPLETENESS_MALFORMED) -> NoReturn:
-    raise CompletenessError(f"{path}: {message}", reason=reason)
-
-
-def _get(obj: object, key: str, path: str) -> Any:
-    if not isinstance(obj, Mapping):
-        _fail(path or "$", "expected an object")
-    if key not in obj:
-        _fail(f"{path}.{key}" if path else key, "missing")
-    return obj[key]
-
-
-def _uint(value: object, path: str, low: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        _fail(path, "expected an integer")
-    if not low <= value <= MAX_SEQ:
-        _fail(path, f"{value} is outside [{low}, 2**64-1]")
-    return value
-
-
-def _hex32(value: object, path: str) -> bytes:
-    if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
-        _fail(path, "not 64 lowercase hex chars")
-    return bytes.fromhex(value)
-
-
-def _path(value: object, path: str) -> tuple[bytes, ...]:
-    if not isinstance(value, list):
-        _fail(path, "expected an array")
-    if len(value) > merkle.MAX_PROOF_LENGTH:
-        _fail(path, f"{len(value)} hashes, more than any tree of 2**64 leaves needs")
-    return tuple(_hex32(h, f"{path}[{i}]") for i, h in enumerate(value))
-
-
-def _list(value: object, path: str, limit: int) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, "expected an array")
-    if len(value) > limit:
-        _fail(path, f"{len(value)} items, more than {limit}")
-    return value
-
-
-def _b64url(value: object, path: str) -> bytes:
-    if not isinstance(value, str) or _B64URL.fullmatch(value) is None or len(value) % 4 == 1:
-        _fail(path, "not base64url without padding")
-    try:
-        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        _fail(path, "not base64url without padding")
-    if _b64url_encode(data) != value:
-        _fail(path, "base64url is not canonical")
-    return data
+# The typed field readers are anchor.wire's, shared with receipts (one set of messages);
+# "completeness_malformed" unless a caller names another reason.
+_READ = FieldReader(CompletenessError)
+_fail = _READ.fail
+_get = _READ.get
+_uint = _READ.uint
+_hex32 = _READ.hex32
+_path = _READ.hex_path
+_list = _READ.array
+_b64url = _READ.b64url
 
 
 def loads_completeness(raw: bytes) -> CompletenessProof:
@@ -475,7 +424,7 @@ def completeness_from_dict(data: object) -> CompletenessProof:
               Reason.COMPLETENESS_VERSION_UNSUPPORTED)  # fmt: skip
     device_id = _get(data, "device_id", "")
     if not isinstance(device_id, str) or _DEVICE_ID.fullmatch(device_id) is None:
-        _fail("device_id", "does not match [A-Za-z0-9._-]{1,64}")
+        _fail("device_id", f"does not match {DEVICE_ID_PATTERN}")
     from_seq = _uint(_get(data, "from_seq", ""), "from_seq", 1)
     to_seq = _uint(_get(data, "to_seq", ""), "to_seq")
     if to_seq < from_seq - 1:

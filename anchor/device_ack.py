@@ -43,6 +43,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError, Reason
 
 __all__ = [
@@ -98,8 +99,8 @@ seal (database down) is not acknowledged either: nothing was committed."""
 _HEAD = struct.Struct(">BH")
 _ENTRY = struct.Struct(">Q32sBB")
 _REASON = re.compile(r"[a-z0-9_]{0,64}")
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_READINGS_TOPIC = re.compile(r"city/([A-Za-z0-9._-]{1,64})/([A-Za-z0-9._-]{1,64})/readings")
+_SEGMENT = DEVICE_ID_RE  # the one rule: anchor.device_id
+_READINGS_TOPIC = re.compile(rf"city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings")
 
 
 class AckError(AnchorError):
@@ -137,7 +138,7 @@ def ack_topic(district: str, device_id: str) -> str:
     ``[A-Za-z0-9._-]{1,64}``."""
     for value in (district, device_id):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
-            raise AckError(f"{value!r} is not [A-Za-z0-9._-]{{1,64}}", reason=Reason.TOPIC_INVALID)
+            raise AckError(f"{value!r} is not {DEVICE_ID_PATTERN}", reason=Reason.TOPIC_INVALID)
     return f"city/{district}/{device_id}/ack"
 
 

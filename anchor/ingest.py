@@ -13,8 +13,9 @@ acknowledged, the window fills, and the broker keeps the rest; nothing is ever d
 Pipeline (one asyncio loop; paho's network thread only converts packets into values):
 
 1. ``on_message`` (paho thread) -> :class:`Incoming` -> an inbox (bounded by the window);
-2. cheap checks in order: size cap, topic, envelope parse, topic/device match, registry lookup,
-   topic/district match, key status, clock skew; a failure becomes a quarantine
+2. cheap checks in order (:mod:`anchor.admission`, pure): size cap, topic, envelope parse,
+   topic/device match, registry lookup, topic/district match, key status, clock skew; a
+   failure becomes a quarantine
    :class:`~anchor.store.Rejection`. The registry here is a cache refreshed every
    ``registry_refresh_ms``: it only pre-screens. ``Store.seal`` re-checks key status
    (revocation, rotation) under the device row locks, so a revoke or rotate takes effect for
@@ -39,7 +40,6 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import signal
 import time
 from collections import Counter, deque
@@ -53,7 +53,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from anchor import merkle
+from anchor import admission, merkle
+from anchor.admission import parse_topic  # re-exported; its home is anchor.admission
 from anchor.backoff import Backoff
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
@@ -65,8 +66,7 @@ from anchor.device_ack import (
     ack_topic_for,
     encode_acks,
 )
-from anchor.device_id import DEVICE_ID_PATTERN
-from anchor.envelope import Envelope, parse_envelope
+from anchor.envelope import Envelope
 from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.lifetime import die_with_parent
@@ -77,7 +77,6 @@ __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
 
 log = logging.getLogger("anchor.ingest")
 
-TOPIC_RE = re.compile(rf"^city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings$")
 VERIFY_CHUNK = 128
 STATS_EVERY_S = 10.0
 # How long a failed seal waits before trying again, doubling up to the cap (anchor.backoff;
@@ -111,12 +110,6 @@ class _Pending:
 
     def __len__(self) -> int:
         return len(self.deliveries)
-
-
-def parse_topic(topic: str) -> tuple[str, str] | None:
-    """``city/{district}/{device_id}/readings`` -> (district, device_id), else None."""
-    m = TOPIC_RE.match(topic)
-    return (m.group(1), m.group(2)) if m else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -248,6 +241,11 @@ class Ingestor:
         self.hasher = merkle.get_hasher(settings.hash_scheme)
         self.stats = IngestStats()
         self._registry = _Registry(store, settings.registry_refresh_ms / 1000)
+        self._limits = admission.Limits(
+            max_envelope_bytes=settings.max_envelope_bytes,
+            clock_skew_future_ms=settings.clock_skew_future_ms,
+            clock_skew_past_ms=settings.clock_skew_past_ms,
+        )
         # paho's thread appends here and wakes the loop only when the inbox was empty: one
         # cross-thread wake-up per burst instead of one syscall per message.
         self._inbox: deque[Incoming] = deque()
@@ -377,64 +375,20 @@ class Ingestor:
         )
 
     async def _precheck(self, item: Incoming) -> Rejection | tuple[Envelope, PublicKey]:
-        s = self.settings
-        if len(item.payload) > s.max_envelope_bytes:
-            return self._reject(
-                item, Reason.OVERSIZED, f"{len(item.payload)} bytes > {s.max_envelope_bytes}"
-            )
-        topic = parse_topic(item.topic)
-        if topic is None:
-            return self._reject(item, Reason.BAD_TOPIC, f"topic {item.topic[:120]!r} is not ours")
-        try:
-            envelope = parse_envelope(item.payload)
-        except AnchorError as exc:
-            return self._reject(item, exc.reason, exc.detail, device_id=topic[1])
-        reading = envelope.reading
-        if reading.device_id != topic[1]:
-            return self._reject(
-                item,
-                Reason.TOPIC_MISMATCH,
-                f"envelope of {reading.device_id!r} published under {topic[1]!r}",
-                device_id=topic[1],
-                seq=reading.seq,
-            )
-        record = await self._registry.lookup(reading.device_id)
-        if record is None:
-            return self._reject(
-                item,
-                Reason.UNKNOWN_DEVICE,
-                "not in the registry",
-                device_id=reading.device_id,
-                seq=reading.seq,
-            )
-        if record.district != topic[0]:
-            # The topic's district is the device's claim of where it is; it must be the one
-            # the operator registered, or readings could be filed under another district.
-            return self._reject(
-                item,
-                Reason.DISTRICT_MISMATCH,
-                f"published under district {topic[0]!r}, registered in {record.district!r}",
-                device_id=reading.device_id,
-                seq=reading.seq,
-            )
-        try:
-            key = record.check_reading(envelope.kid, reading.ts, item.received_at)
-        except AnchorError as exc:  # device_revoked, unknown_kid, key_rotated
-            return self._reject(
-                item, exc.reason, exc.detail, device_id=reading.device_id, seq=reading.seq
-            )
-        received_ms = item.received_at.timestamp() * 1000
-        if reading.ts - received_ms > s.clock_skew_future_ms or (
-            s.clock_skew_past_ms and received_ms - reading.ts > s.clock_skew_past_ms
-        ):
-            return self._reject(
-                item,
-                Reason.CLOCK_SKEW,
-                f"device time {reading.ts} vs received {int(received_ms)}",
-                device_id=reading.device_id,
-                seq=reading.seq,
-            )
-        return envelope, key.public_key
+        # The rules are anchor.admission's (pure); the registry lookup is the only I/O here.
+        parsed = admission.parse_message(item.payload, item.topic, limits=self._limits)
+        if isinstance(parsed, admission.Refusal):
+            return self._refused(item, parsed)
+        record = await self._registry.lookup(parsed.envelope.reading.device_id)
+        outcome = admission.admit(parsed, record, item.received_at, limits=self._limits)
+        if isinstance(outcome, admission.Refusal):
+            return self._refused(item, outcome)
+        return outcome.envelope, outcome.key.public_key
+
+    def _refused(self, item: Incoming, refusal: admission.Refusal) -> Rejection:
+        return self._reject(
+            item, refusal.reason, refusal.detail, device_id=refusal.device_id, seq=refusal.seq
+        )
 
     async def _verify(
         self, checked: Sequence[tuple[Incoming, Envelope, PublicKey]]

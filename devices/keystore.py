@@ -28,13 +28,14 @@ Example::
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError, KeyMaterialError, Reason
 from anchor.files import open_regular_nonblocking, write_private_file, write_public_file
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
@@ -56,7 +57,11 @@ MAX_KEY_FILE_SIZE = 64 * 1024
 
 # DESIGN wire format: the registry id. It is also what keeps a device id from naming a path
 # outside the key directory ('/' and NUL are not in the set).
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
+# Filesystems that cannot hard-link (some FUSE, SMB and FAT mounts) answer with one of these.
+_NO_LINK_ERRNOS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +80,7 @@ class DeviceKeyFiles:
 def _check_device_id(device_id: str) -> None:
     if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise KeyMaterialError(
-            f"device id {device_id!r} is not [A-Za-z0-9._-]{{1,64}}",
-            reason=Reason.DEVICE_ID_INVALID,
+            f"device id {device_id!r} is not {DEVICE_ID_PATTERN}", reason=Reason.DEVICE_ID_INVALID
         )
 
 

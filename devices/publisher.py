@@ -66,7 +66,6 @@ import fcntl
 import logging
 import os
 import random
-import re
 import sqlite3
 import ssl
 import threading
@@ -84,6 +83,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.backoff import Backoff
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError, Reason
 from anchor.merkle import get_hasher
 from anchor.mqtt import MqttTarget, connect_async, create_client, parse_mqtt_url
@@ -121,7 +121,7 @@ as opposed to a broker's PUBACK code; ``reason`` is then the quarantine reason c
 
 _SUCCESS_LIMIT = 0x80  # reason codes below this are successes (MQTT v5 section 2.4)
 _NO_MATCHING_SUBSCRIBERS = 0x10  # a "success" after which the broker has dropped the message
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SEGMENT = DEVICE_ID_RE  # the one rule: anchor.device_id
 _SCHEMA_VERSION = 2  # 2: outbox.leaf_hash, to match the service's acknowledgements
 
 
@@ -144,7 +144,7 @@ def reading_topic(district: str, device_id: str) -> str:
     for what, value in (("district", district), ("device id", device_id)):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
             raise PublishError(
-                f"{what} {value!r} is not [A-Za-z0-9._-]{{1,64}}", reason=Reason.TOPIC_INVALID
+                f"{what} {value!r} is not {DEVICE_ID_PATTERN}", reason=Reason.TOPIC_INVALID
             )
     return f"city/{district}/{device_id}/readings"
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
 from anchor.errors import AnchorError, Reason
 from anchor.files import open_regular_nonblocking, write_private_file
@@ -53,7 +54,7 @@ __all__ = [
 ZERO_PREV = bytes(32)
 """``prev`` of a device's first envelope (seq 1)."""
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 # A state file is a few hundred bytes; refuse to parse anything much larger.
 _MAX_STATE_FILE_SIZE = 4096
 
@@ -83,7 +84,7 @@ class DeviceState:
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not _DEVICE_ID.fullmatch(self.device_id):
             raise DeviceStateError(
-                f"device id {self.device_id!r} is not [A-Za-z0-9._-]{{1,64}}",
+                f"device id {self.device_id!r} is not {DEVICE_ID_PATTERN}",
                 reason=Reason.DEVICE_ID_INVALID,
             )
         # bool is an int subclass; a JSON true must not pass as seq 1.
