@@ -15,7 +15,7 @@ from typing import Any
 
 from anchor.anchoring import AnchorJob, StepResult
 from anchor.config import ChainSettings, Settings
-from anchor.errors import UsageError
+from anchor.errors import Reason, UsageError
 from anchor.receipt import Receipt
 from anchor.verify import AnchorChecker, Check
 
@@ -207,7 +207,10 @@ def rpc_anchor_checker(rpc_urls: Sequence[str], *, timeout_s: float = 10.0) -> A
                 if at == 0:
                     checks.append(
                         Check(
-                            "anchors", "fail", f"{where}: log root not anchored", "anchor_missing"
+                            "anchors",
+                            "fail",
+                            f"{where}: log root not anchored",
+                            Reason.ANCHOR_MISSING,
                         )
                     )
                     continue
@@ -217,7 +220,7 @@ def rpc_anchor_checker(rpc_urls: Sequence[str], *, timeout_s: float = 10.0) -> A
                             "anchors",
                             "fail",
                             f"{where}: anchored at block {at}, receipt says {a.block_number}",
-                            "anchor_block_mismatch",
+                            Reason.ANCHOR_BLOCK_MISMATCH,
                         )
                     )
                     continue
@@ -229,13 +232,15 @@ def rpc_anchor_checker(rpc_urls: Sequence[str], *, timeout_s: float = 10.0) -> A
                             "fail",
                             f"{where}: block {at} is from "
                             f"{block_time}, receipt says {a.block_time}",
-                            "anchor_time_mismatch",
+                            Reason.ANCHOR_TIME_MISMATCH,
                         )
                     )
                     continue
             except (OSError, ValueError, Web3Exception) as exc:
                 checks.append(
-                    Check("anchors", "fail", f"{where}: {url}: {exc}"[:300], "chain_unavailable")
+                    Check(
+                        "anchors", "fail", f"{where}: {url}: {exc}"[:300], Reason.CHAIN_UNAVAILABLE
+                    )
                 )
                 continue
             checks.append(
@@ -247,7 +252,7 @@ def rpc_anchor_checker(rpc_urls: Sequence[str], *, timeout_s: float = 10.0) -> A
                     "anchors",
                     "fail",
                     "no anchor of this receipt is on a chain served by --rpc",
-                    "chain_mismatch",
+                    Reason.CHAIN_MISMATCH,
                 )
             )
         return checks

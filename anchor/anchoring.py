@@ -53,8 +53,9 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from anchor.backoff import Backoff
 from anchor.chains.base import ChainBackend, ChainError, check_recorded_anchor
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.store import CheckpointRecord, Store, StoredAnchor
 
 __all__ = [
@@ -105,7 +106,7 @@ class AnchorJob:
     ) -> None:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
-            raise AnchorError(f"backend names must be unique, got {names}", reason="usage")
+            raise AnchorError(f"backend names must be unique, got {names}", reason=Reason.USAGE)
         if reorg_window_blocks < 1:
             raise UsageError("the reorg window must be at least 1 block")
         if recheck_interval_s <= 0:
@@ -114,7 +115,9 @@ class AnchorJob:
         self.backends = list(backends)
         self.reorg_window_blocks = reorg_window_blocks
         self.recheck_interval_s = recheck_interval_s
-        self._failures: dict[str, int] = dict.fromkeys(names, 0)
+        # A failing backend waits 2, 4, ... 60 s (jittered by up to half, so two backends that
+        # failed together drift apart) before its next try; the others carry on.
+        self._backoff = {n: Backoff(initial_s=2.0, cap_s=60.0, jitter=0.5) for n in names}
         self._next_try: dict[str, float] = dict.fromkeys(names, 0.0)
         # 0: every backend re-checks its recent anchors in its first step (after a restart).
         self._next_check: dict[str, float] = dict.fromkeys(names, 0.0)
@@ -147,8 +150,7 @@ class AnchorJob:
             result = await self._step(backend, checkpoint, allow_new)
         except AnchorError as exc:
             # Back off this backend only; the others carry on.
-            n = self._failures[backend.name] = self._failures[backend.name] + 1
-            delay = min(2.0 ** min(n, 6), 60.0)
+            delay = self._backoff[backend.name].next_delay()
             self._next_try[backend.name] = time.monotonic() + delay
             retryable = getattr(exc, "retryable", False)
             log.log(
@@ -159,7 +161,7 @@ class AnchorJob:
                 delay,
             )
             return StepResult(backend.name, "error", detail=f"[{exc.reason}] {exc.detail}")
-        self._failures[backend.name] = 0
+        self._backoff[backend.name].reset()
         self._next_try[backend.name] = 0.0
         if result.outcome not in ("up_to_date", "empty_log", "pending"):
             log.info(
@@ -254,7 +256,7 @@ class AnchorJob:
             return StepResult(name, "recovered", log_size, found.tx_hash)
         if status == "failed":
             await self.store.set_anchor_tx_state(tx_id, "failed", "reverted on chain")
-            raise ChainError(f"anchor transaction {tx.tx_hash} reverted", reason="tx_reverted")
+            raise ChainError(f"anchor transaction {tx.tx_hash} reverted", reason=Reason.TX_REVERTED)
         pending = await asyncio.to_thread(backend.next_nonce)
         if tx.nonce > pending:
             # The slots below ours are empty again (a reorg took our earlier transactions with

@@ -31,7 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -39,7 +38,8 @@ from anchor import openapi
 from anchor.api_spec import DOCS_PAGE, OPENAPI_DOCUMENT, RouteTable, json_ok
 from anchor.checkpoint import NoteVerifier
 from anchor.config import Settings
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
+from anchor.mqtt import parse_mqtt_url
 from anchor.store import Store
 
 __all__ = [
@@ -60,32 +60,32 @@ PROBLEM_TYPE = "https://cityanchor.example/problems/"
 
 # HTTP status for each reason code; anything not listed is 400 (the client's input) unless it
 # is a server-side failure, which is 503 (retryable) or 500.
-_STATUS: dict[str, int] = {
-    "not_found": 404,
-    "erased": 410,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "conflict": 409,
-    "too_large": 413,
-    "oversized": 413,
-    "receipt_too_large": 413,
-    "rate_limited": 429,
-    "db_unavailable": 503,
-    "db_busy": 503,
-    "chain_unavailable": 503,
-    "db_error": 500,
-    "log_inconsistent": 500,
-    "internal": 500,
+_STATUS: dict[Reason, int] = {
+    Reason.NOT_FOUND: 404,
+    Reason.ERASED: 410,
+    Reason.UNAUTHORIZED: 401,
+    Reason.FORBIDDEN: 403,
+    Reason.CONFLICT: 409,
+    Reason.TOO_LARGE: 413,
+    Reason.OVERSIZED: 413,
+    Reason.RECEIPT_TOO_LARGE: 413,
+    Reason.RATE_LIMITED: 429,
+    Reason.DB_UNAVAILABLE: 503,
+    Reason.DB_BUSY: 503,
+    Reason.CHAIN_UNAVAILABLE: 503,
+    Reason.DB_ERROR: 500,
+    Reason.LOG_INCONSISTENT: 500,
+    Reason.INTERNAL: 500,
 }
 
 
-def status_for(reason: str) -> int:
+def status_for(reason: Reason) -> int:
     """The HTTP status that carries ``reason``."""
     return _STATUS.get(reason, 400)
 
 
 def problem(
-    status: int, reason: str, detail: str, *, title: str | None = None, **extra: Any
+    status: int, reason: Reason, detail: str, *, title: str | None = None, **extra: Any
 ) -> web.Response:
     """An RFC 9457 Problem Details response (``application/problem+json``)."""
     body = {
@@ -141,7 +141,7 @@ async def _rate_limit(request: web.Request, handler: Handler) -> web.StreamRespo
     if ctx.rate_per_s > 0 and request.path not in ("/healthz", "/readyz"):
         wait = _take_token(ctx, request.remote or "?", time.monotonic())
         if wait > 0:
-            response = problem(429, "rate_limited", f"too many requests; retry in {wait:.2f}s")
+            response = problem(429, Reason.RATE_LIMITED, f"too many requests; retry in {wait:.2f}s")
             response.headers["Retry-After"] = str(max(1, round(wait)))
             return response
     return await handler(request)
@@ -157,16 +157,18 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.status, "bad_request"
-        )
+        reason = {
+            404: Reason.NOT_FOUND,
+            405: Reason.METHOD_NOT_ALLOWED,
+            413: Reason.TOO_LARGE,
+        }.get(exc.status, Reason.BAD_REQUEST)
         return problem(exc.status, reason, exc.reason or reason)
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except Exception:
         # The trace goes to our log, never to the client.
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem(500, "internal", "internal error; the operator's log has the details")
+        return problem(500, Reason.INTERNAL, "internal error; the operator's log has the details")
     finally:
         ctx = request.app.get(CONTEXT)
         if ctx is not None:
@@ -214,9 +216,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _broker_check(mqtt_url: str) -> str:
     """ "ok" when the broker accepts a TCP connection within 2 s."""
-    url = urlsplit(mqtt_url)
-    host = url.hostname or "127.0.0.1"
-    port = url.port or (8883 if url.scheme in ("mqtts", "ssl") else 1883)
+    try:
+        target = parse_mqtt_url(mqtt_url)
+    except AnchorError as exc:
+        return f"{exc.reason}: {exc.detail}"
+    host, port = target.host, target.port
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
     except (OSError, TimeoutError) as exc:
@@ -334,7 +338,7 @@ async def serve(
             await site.start()
         except OSError as exc:
             raise AnchorError(
-                f"cannot listen on {host}:{port}: {exc.strerror}", reason="port_in_use"
+                f"cannot listen on {host}:{port}: {exc.strerror}", reason=Reason.PORT_IN_USE
             ) from exc
         log.info("api listening on http://%s:%d", host, port)
         try:

@@ -52,7 +52,6 @@ Reading it needs ``audit:read``, not ``metrics:read``: it names people and legal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -67,14 +66,14 @@ from anchor.api_public import MAX_BODY_DEPTH
 from anchor.api_spec import RouteTable
 from anchor.device_id import DEVICE_ID_RE
 from anchor.device_json import device_json
-from anchor.errors import AnchorError
-from anchor.jsonbounds import nesting_depth
+from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.store import StoreError
 from anchor.store import operator as ops
 from anchor.store.operator import TokenRow
 from anchor.tokens import TokenError
+from anchor.wire import JsonRejected, strict_loads
 
 if TYPE_CHECKING:
     from anchor.broker_auth import BrokerAdmin
@@ -106,7 +105,7 @@ class BadRequest(AnchorError):
     parameter out of its range (``invalid_parameter``, 400): the codes ``anchor.api_public``
     uses too."""
 
-    reason = "body_malformed"
+    reason = Reason.BODY_MALFORMED
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,24 +260,12 @@ _JSON_BODY = {"content": {"application/json": {"schema": {"type": "object"}}}}
 # Request helpers
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise BadRequest(f"duplicate key {key[:40]!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"{name} is not JSON")
-
-
 async def _json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The body as a JSON object, parsed once per request; ``body_malformed`` otherwise.
 
-    Nesting is bounded before ``json.loads`` sees the bytes (see :mod:`anchor.jsonbounds`: in a
-    process that imported web3 deep input would overflow the C stack, not raise).
+    Parsed by :func:`anchor.wire.strict_loads`: nesting bounded before ``json.loads`` sees the
+    bytes (in a process that imported web3 deep input would overflow the C stack, not raise),
+    no duplicate keys, no NaN.
     """
     cached: dict[str, Any] | None = request.get(_BODY)
     if cached is not None:
@@ -289,16 +276,10 @@ async def _json_object(request: web.Request, *, optional: bool = False) -> dict[
             request[_BODY] = {}
             return {}
         raise BadRequest("the request needs a JSON object body")
-    if nesting_depth(raw, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-        raise BadRequest(f"the body nests deeper than {MAX_BODY_DEPTH}")
     try:
-        body = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except BadRequest:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"the body is not UTF-8 JSON: {exc}") from None
+        body = strict_loads(raw, max_depth=MAX_BODY_DEPTH)
+    except JsonRejected as exc:
+        raise BadRequest(f"the body is not strict JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}")
     request[_BODY] = body
@@ -330,7 +311,7 @@ def _text_field(body: Mapping[str, Any], name: str, limit: int = _MAX_TEXT) -> s
 
 def _jwk(value: object) -> PublicKey:
     if not isinstance(value, dict):
-        raise AnchorError("public_key_jwk must be a JWK object", reason="key_invalid")
+        raise AnchorError("public_key_jwk must be a JWK object", reason=Reason.KEY_INVALID)
     return PublicKey.from_jwk(value)  # KeyMaterialError: key_invalid
 
 
@@ -340,7 +321,7 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
         return default
     if not text.isdecimal() or len(text) > 19 or not low <= int(text) <= high:
         raise BadRequest(
-            f"{name} must be a decimal integer in [{low}, {high}]", reason="invalid_parameter"
+            f"{name} must be a decimal integer in [{low}, {high}]", reason=Reason.INVALID_PARAMETER
         )
     return int(text)
 
@@ -349,7 +330,7 @@ def _seq(text: str) -> int:
     if not text.isdecimal() or len(text) > 19 or not 1 <= int(text) < 1 << 63:
         raise BadRequest(
             f"seq {text[:24]!r} is not a decimal integer in [1, 2^63-1]",
-            reason="invalid_parameter",
+            reason=Reason.INVALID_PARAMETER,
         )
     return int(text)
 
@@ -402,7 +383,7 @@ def operator(
             ctx = request.app[CONTEXT]
             metrics = request.app[METRICS]
             token: TokenRow | None = None
-            status, outcome = 500, "internal"
+            status, outcome = 500, str(Reason.INTERNAL)  # outcome: "ok", a code or "http_error"
             try:
                 # The body is judged first, whoever sends it; the token is still looked at, so
                 # that the audit entry names the sender when it can.
@@ -426,7 +407,7 @@ def operator(
                     raise malformed
                 if malformed is not None:
                     status = malformed.status
-                    outcome = "too_large" if status == 413 else "http_error"
+                    outcome = Reason.TOO_LARGE if status == 413 else "http_error"
                     raise malformed
                 assert token is not None  # a token refusal without a body fault returned above
                 try:
@@ -518,7 +499,7 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
     _exact_fields(body, _DEVICE_FIELDS)
     device_id = body["device_id"]
     if not isinstance(device_id, str):
-        raise StoreError("device_id must be a string", reason="device_id_invalid")
+        raise StoreError("device_id must be a string", reason=Reason.DEVICE_ID_INVALID)
     district, kind = _text_field(body, "district"), _text_field(body, "kind")
     key = _jwk(body["public_key_jwk"])
     request[AUDIT_DETAIL] = {"district": district, "kind": kind, "kid": key.kid.hex()}
@@ -608,7 +589,7 @@ async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
 def _text_query(request: web.Request, name: str, pattern: re.Pattern[str]) -> str | None:
     value = request.query.get(name)
     if value is not None and pattern.fullmatch(value) is None:
-        raise BadRequest(f"{name} must match {pattern.pattern}", reason="invalid_parameter")
+        raise BadRequest(f"{name} must match {pattern.pattern}", reason=Reason.INVALID_PARAMETER)
     return value
 
 
@@ -707,12 +688,13 @@ async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
     legal = body.get("legal_reason", request.query.get("legal_reason", ""))
     if not isinstance(legal, str) or not legal.strip():
         raise BadRequest(
-            "legal_reason is required (in the JSON body or the query)", reason="invalid_parameter"
+            "legal_reason is required (in the JSON body or the query)",
+            reason=Reason.INVALID_PARAMETER,
         )
     if len(legal) > _MAX_LEGAL_REASON or "\x00" in legal:
         raise BadRequest(
             f"legal_reason must be at most {_MAX_LEGAL_REASON} characters",
-            reason="invalid_parameter",
+            reason=Reason.INVALID_PARAMETER,
         )
     request[AUDIT_DETAIL] = {"legal_reason": legal}
     stone, now = await ops.erase_reading(
@@ -747,9 +729,9 @@ async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamRespon
     ctx = request.app[CONTEXT]
     chains = [c for c in ctx.settings.chains if c.contract]
     if not chains:
-        request[AUDIT_OUTCOME] = "anchoring_unconfigured"
+        request[AUDIT_OUTCOME] = Reason.ANCHORING_UNCONFIGURED
         return problem(
-            503, "anchoring_unconfigured", "no anchoring chain with a contract is configured"
+            503, Reason.ANCHORING_UNCONFIGURED, "no anchoring chain with a contract is configured"
         )
     backends = [build_backend(c) for c in chains]
     async with ops.anchor_lock_nowait(ctx.store) as held:
@@ -757,7 +739,7 @@ async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamRespon
             raise StoreError(
                 "the anchoring job is running (it holds the anchoring lock); it will anchor "
                 "the newest checkpoint itself",
-                reason="conflict",
+                reason=Reason.CONFLICT,
             )
         results = await asyncio.wait_for(
             AnchorJob(

@@ -59,15 +59,15 @@ from anchor.api_spec import (
 )
 from anchor.checkpoint import parse_checkpoint_unverified
 from anchor.completeness import completeness_to_dict
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import parse_envelope
-from anchor.errors import AnchorError
-from anchor.jsonbounds import nesting_depth
+from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.receipt import dumps_receipt, receipt_from_dict
 from anchor.sealing import MAX_STORED_INT
 from anchor.store import BatchRecord, DeviceRecord, RegistryError, StoredAnchor, StoreError
 from anchor.verify import Check, ReceiptReport, verify_receipt
+from anchor.wire import JsonRejected, strict_loads
 
 __all__ = [
     "DEFAULT_COMPLETENESS_RANGE",
@@ -102,7 +102,7 @@ _DECIMAL = re.compile(r"[0-9]{1,19}")
 class ApiInputError(AnchorError):
     """A request the API cannot act on (400 unless the reason maps elsewhere)."""
 
-    reason = "invalid_parameter"
+    reason = Reason.INVALID_PARAMETER
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -119,8 +119,8 @@ def _hasher(ctx: ApiContext) -> merkle.Hasher:
 def _device_id(text: str) -> str:
     if _DEVICE_ID.fullmatch(text) is None:
         raise ApiInputError(
-            f"device id {ascii(text)[:80]} does not match [A-Za-z0-9._-]{{1,64}}",
-            reason="device_id_invalid",
+            f"device id {ascii(text)[:80]} does not match {DEVICE_ID_PATTERN}",
+            reason=Reason.DEVICE_ID_INVALID,
         )
     return text
 
@@ -491,39 +491,19 @@ async def _get_receipt(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------------------- verify
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ApiInputError(f"duplicate key {key[:40]!r}", reason="body_malformed")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ApiInputError(f"{name} is not JSON", reason="body_malformed")
-
-
 def _parse_body(raw: bytes) -> dict[str, Any]:
-    if nesting_depth(raw, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-        raise ApiInputError(f"JSON nests deeper than {MAX_BODY_DEPTH}", reason="body_malformed")
     try:
-        body = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
-    except UnicodeDecodeError as exc:
-        raise ApiInputError(f"body is not UTF-8: {exc.reason}", reason="body_malformed") from exc
-    except json.JSONDecodeError as exc:
+        body = strict_loads(raw, max_depth=MAX_BODY_DEPTH)
+    except JsonRejected as exc:
         raise ApiInputError(
-            f"body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-            reason="body_malformed",
-        ) from exc
-    except (ValueError, RecursionError) as exc:
-        raise ApiInputError(f"body is not acceptable JSON: {exc}", reason="body_malformed") from exc
+            f"body is not strict JSON: {exc}", reason=Reason.BODY_MALFORMED
+        ) from None
     if not isinstance(body, dict):
-        raise ApiInputError("body must be a JSON object", reason="body_malformed")
+        raise ApiInputError("body must be a JSON object", reason=Reason.BODY_MALFORMED)
     if not isinstance(body.get("receipt"), dict):
-        raise ApiInputError('body must hold "receipt": a receipt object', reason="body_malformed")
+        raise ApiInputError(
+            'body must hold "receipt": a receipt object', reason=Reason.BODY_MALFORMED
+        )
     return body
 
 
@@ -532,7 +512,7 @@ async def _registry_device(ctx: ApiContext, device_id: str) -> DeviceRecord | No
     try:
         return await ctx.store.get_device(device_id)
     except StoreError as exc:
-        if exc.reason == "not_found":
+        if exc.reason == Reason.NOT_FOUND:
             return None
         raise
 
@@ -557,7 +537,7 @@ def _key_validity(
         device.check_reading(envelope.kid, envelope.reading.ts, judged_at)
     except RegistryError as exc:
         detail = exc.detail
-        if received_at is None and exc.reason == "device_revoked":
+        if received_at is None and exc.reason == Reason.DEVICE_REVOKED:
             detail += "; this operator holds no record of when the reading was received"
         failed = Check("signature", "fail", detail, exc.reason)
         return ReceiptReport(
@@ -603,7 +583,7 @@ def _verify_sync(
             "signature",
             "fail",
             f"device {receipt.device_id} is not in this operator's registry",
-            "unknown_device",
+            Reason.UNKNOWN_DEVICE,
         )
         if c.name == "signature"
         else c
@@ -661,7 +641,7 @@ def _verify_sync(
                         {
                             "name": "leaf_hash",
                             "status": "fail",
-                            "reason": "leaf_mismatch",
+                            "reason": Reason.LEAF_MISMATCH,
                             "detail": "expected ..., calculated ...",
                         },
                     ],
@@ -678,7 +658,7 @@ async def _post_verify(request: web.Request) -> web.Response:
     device_key: PublicKey | None = None
     if jwk is not None:
         if not isinstance(jwk, dict):
-            raise ApiInputError("device_key must be a JWK object", reason="key_invalid")
+            raise ApiInputError("device_key must be a JWK object", reason=Reason.KEY_INVALID)
         device_key = PublicKey.from_jwk(jwk)  # KeyMaterialError: key_invalid, 400
     try:
         receipt = receipt_from_dict(body["receipt"])
@@ -768,7 +748,7 @@ async def _get_completeness(request: web.Request) -> web.Response:
     if to_seq - from_seq + 1 > MAX_COMPLETENESS_RANGE:
         raise ApiInputError(
             f"{to_seq - from_seq + 1} seqs asked for; at most {MAX_COMPLETENESS_RANGE} per proof",
-            reason="range_too_large",
+            reason=Reason.RANGE_TOO_LARGE,
         )
     proof = await ctx.store.completeness_proof(device_id, from_seq, to_seq, hasher=_hasher(ctx))
     return _json(completeness_to_dict(proof), cache=SHORT)
@@ -915,7 +895,9 @@ async def _get_checkpoint(request: web.Request) -> web.Response:
     if size is None:
         note = await ctx.store.latest_checkpoint()
         if note is None:
-            raise ApiInputError("the batch log is empty: no checkpoint yet", reason="not_found")
+            raise ApiInputError(
+                "the batch log is empty: no checkpoint yet", reason=Reason.NOT_FOUND
+            )
         cache = NO_CACHE
     else:
         note = await ctx.store.checkpoint_at(size)
@@ -1072,7 +1054,7 @@ async def _get_anchors(request: web.Request) -> web.Response:
 async def _get_operator_key(request: web.Request) -> web.Response:
     ctx = _context(request)
     if not ctx.log_verifiers:
-        raise ApiInputError("this API has no operator key configured", reason="not_found")
+        raise ApiInputError("this API has no operator key configured", reason=Reason.NOT_FOUND)
     first = ctx.log_verifiers[0]
     return _json(
         {

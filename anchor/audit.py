@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 
 __all__ = ["AuditReport", "Divergence", "run_audit"]
 
@@ -191,7 +191,7 @@ async def _mark(dsn: str, gone: Sequence[tuple[Any, str]], report: AuditReport) 
                 row["block_time"],
             )
             if await store.mark_anchor_vanished(
-                anchor, reason="anchor_vanished", detail=f"audit: {detail}"
+                anchor, reason=Reason.ANCHOR_VANISHED, detail=f"audit: {detail}"
             ):
                 report.anchors_marked += 1
     finally:

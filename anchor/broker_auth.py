@@ -41,9 +41,9 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
+from anchor.mqtt import create_client, parse_mqtt_url
 from anchor.password_hashes import mosquitto_password_hash
 from anchor.store import Store
 
@@ -78,7 +78,7 @@ class BrokerError(AnchorError):
     """The broker's control topic failed: ``broker_unavailable`` (cannot connect, no answer in
     time) or ``broker_refused`` (the plugin answered with an error)."""
 
-    reason = "broker_unavailable"
+    reason = Reason.BROKER_UNAVAILABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +108,12 @@ def _hash_fields(hashed: str) -> dict[str, Any]:
     """``$7$ITER$SALT$HASH`` -> the plugin's ``salt``, ``password`` and ``iterations``."""
     parts = hashed.split("$")
     if len(parts) != 5 or parts[:2] != ["", "7"] or not parts[2].isdecimal():
-        raise BrokerError("not a Mosquitto $7$ password hash", reason="config_invalid")
+        raise BrokerError("not a Mosquitto $7$ password hash", reason=Reason.CONFIG_INVALID)
     salt, key = base64.b64decode(parts[3]), base64.b64decode(parts[4])
     if len(salt) != _SALT_BYTES or len(key) != _HASH_BYTES or int(parts[2]) < 1:
-        raise BrokerError("a $7$ hash with a wrong salt or key length", reason="config_invalid")
+        raise BrokerError(
+            "a $7$ hash with a wrong salt or key length", reason=Reason.CONFIG_INVALID
+        )
     return {"salt": parts[3], "password": parts[4], "iterations": int(parts[2])}
 
 
@@ -247,13 +249,16 @@ class BrokerAdmin:
     _ids = itertools.count()
 
     def __init__(self, mqtt_url: str, username: str, password: str, *, timeout: float = 10.0):
-        url = urlsplit(mqtt_url)
-        if url.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not url.hostname:
-            raise BrokerError("unsupported MQTT URL for the broker admin", reason="usage")
-        self.host = url.hostname
-        self.tls = url.scheme in ("mqtts", "ssl")
-        self.port = url.port or (8883 if self.tls else 1883)
-        self.username = username or (unquote(url.username) if url.username else "")
+        try:
+            self.target = parse_mqtt_url(mqtt_url)
+        except AnchorError as exc:
+            raise BrokerError(
+                f"unsupported MQTT URL for the broker admin: {exc.detail}", reason=Reason.USAGE
+            ) from exc
+        self.host = self.target.host
+        self.tls = self.target.tls
+        self.port = self.target.port
+        self.username = username or self.target.username or ""
         self.password = password
         self.timeout = timeout
 
@@ -263,22 +268,19 @@ class BrokerAdmin:
         Raises ``BrokerError`` (``broker_unavailable``) when the broker cannot be reached or
         does not answer within ``timeout``.
         """
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
         tag = f"{os.getpid()}-{next(self._ids)}-{secrets.token_hex(4)}"
         tagged = [{**c, "correlationData": f"{tag}-{i}"} for i, c in enumerate(commands)]
         answers: dict[int, dict[str, Any]] = {}
         subscribed, done = threading.Event(), threading.Event()
         failure: list[str] = []
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        # The network thread connects (connect() before loop_start() leaks paho's socket pair,
+        # one per call in a long-running API process).
+        client = create_client(
+            self.target,
             client_id=f"{ADMIN_USER}-{tag}",
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=self.username,
+            password=self.password,
         )
-        client.username_pw_set(self.username, self.password)
-        if self.tls:
-            client.tls_set()
 
         def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
             if rc.is_failure:
@@ -315,9 +317,6 @@ class BrokerAdmin:
         client.on_connect_fail = on_connect_fail
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        # The network thread connects (connect() before loop_start() leaks paho's socket pair,
-        # one per call in a long-running API process).
-        client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
         try:
             if subscribed.wait(self.timeout) and not failure:
@@ -329,7 +328,7 @@ class BrokerAdmin:
         if failure or len(answers) != len(tagged):
             raise BrokerError(
                 failure[0] if failure else f"no answer from the broker in {self.timeout:.0f} s",
-                reason="broker_unavailable",
+                reason=Reason.BROKER_UNAVAILABLE,
             )
         return [answers[i] for i in range(len(tagged))]
 
@@ -340,7 +339,7 @@ class BrokerAdmin:
             if error is None or (i < tolerate and any(w in error.lower() for w in _NOT_FOUND)):
                 continue
             raise BrokerError(
-                f"the broker refused {answer.get('command')}: {error}", reason="broker_refused"
+                f"the broker refused {answer.get('command')}: {error}", reason=Reason.BROKER_REFUSED
             )
 
     def add_device(self, device_id: str, district: str, password: str) -> None:

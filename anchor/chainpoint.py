@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from anchor import merkle
-from anchor.errors import ProofError, UsageError
+from anchor.errors import ProofError, Reason, UsageError
 
 __all__ = [
     "CHAINPOINT_CONTEXT",
@@ -132,7 +132,7 @@ def chainpoint_proofs(
     if calculated != rfc9162_root:
         raise ProofError(
             f"rfc9162_root mismatch: expected {rfc9162_root.hex()}, calculated {calculated.hex()}",
-            reason="root_mismatch",
+            reason=Reason.ROOT_MISMATCH,
         )
     anchor_list = _check_anchors(anchors)
 

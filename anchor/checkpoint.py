@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from anchor.errors import CheckpointError, KeyMaterialError
+from anchor.errors import CheckpointError, KeyMaterialError, Reason
 
 __all__ = [
     "ALG_ED25519",
@@ -108,7 +108,7 @@ _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
 
 
 def _malformed(detail: str) -> CheckpointError:
-    return CheckpointError(detail, reason="checkpoint_malformed")
+    return CheckpointError(detail, reason=Reason.CHECKPOINT_MALFORMED)
 
 
 def _b64encode(data: bytes) -> str:
@@ -186,7 +186,7 @@ def _split_key(encoded: str, what: str) -> tuple[str, bytes, bytes]:
     if raw[0] != ALG_ED25519:
         raise KeyMaterialError(
             f"{what}: signature type 0x{raw[0]:02x} is not supported (only 0x01, Ed25519)",
-            reason="key_unsupported",
+            reason=Reason.KEY_UNSUPPORTED,
         )
     if len(raw) != 1 + _ED25519_KEY_SIZE:
         raise KeyMaterialError(f"{what}: Ed25519 key must be {_ED25519_KEY_SIZE} bytes")
@@ -240,14 +240,14 @@ class NoteVerifier:
             raise CheckpointError(
                 f"signature by {self.name}+{self.key_hash.hex()} is {len(signature)} bytes, "
                 f"an Ed25519 signature is {_ED25519_SIG_SIZE}",
-                reason="checkpoint_signature_invalid",
+                reason=Reason.CHECKPOINT_SIGNATURE_INVALID,
             )
         try:
             Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, message)
         except InvalidSignature as exc:
             raise CheckpointError(
                 f"signature by {self.name}+{self.key_hash.hex()} does not verify",
-                reason="checkpoint_signature_invalid",
+                reason=Reason.CHECKPOINT_SIGNATURE_INVALID,
             ) from exc
 
 
@@ -440,7 +440,7 @@ def open_note(note: str | bytes, verifiers: Sequence[NoteVerifier]) -> str:
         present = ", ".join(f"{s.name}+{s.key_hash.hex()}" for s in parsed.signatures)
         raise CheckpointError(
             f"no signature from a trusted key (trusted: {trusted}; present: {present})",
-            reason="checkpoint_unknown_key",
+            reason=Reason.CHECKPOINT_UNKNOWN_KEY,
         )
     return parsed.text
 
@@ -568,7 +568,7 @@ def open_checkpoint(
     if origin is not None and checkpoint.origin != origin:
         raise CheckpointError(
             f"checkpoint origin mismatch: expected {origin!r}, got {checkpoint.origin!r}",
-            reason="checkpoint_origin_mismatch",
+            reason=Reason.CHECKPOINT_ORIGIN_MISMATCH,
         )
     return checkpoint
 

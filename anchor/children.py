@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.lifetime import PARENT_ENV
 
 __all__ = ["ChildProcess"]
@@ -54,7 +54,7 @@ class ChildProcess:
                 tail = self._log_since(offset).decode("utf-8", "replace")[-3000:]
                 raise AnchorError(
                     f"cityanchor {' '.join(self.args)} did not start; its log ends:\n{tail}",
-                    reason="start_failed",
+                    reason=Reason.START_FAILED,
                 )
             time.sleep(0.05)
         return self

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from anchor import __version__
+from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.errors import AnchorError, UsageError
 from anchor.files import KEY_FILE_LIMIT, read_user_file
-from anchor.jsonbounds import nesting_depth
 from anchor.redact import RedactingFormatter, redact_text
+from anchor.wire import JsonRejected, strict_loads
 
 __all__ = ["main"]
 
@@ -40,7 +41,7 @@ NOTE_FILE_LIMIT = 1 << 20  # anchor.checkpoint.MAX_NOTE_SIZE
 PROOF_FILE_LIMIT = 1 << 20  # a consistency proof: at most 64 hex hashes
 BATCH_FILE_LIMIT = 64 << 20
 COMPLETENESS_FILE_LIMIT = 256 << 20  # 1000 readings per API proof are about 25 MiB
-MAX_FILE_JSON_DEPTH = 64  # json.loads recurses per level: bound it first (anchor.jsonbounds)
+MAX_FILE_JSON_DEPTH = 64  # json.loads recurses per level: bound it first (anchor.wire)
 _UNREADABLE_INPUT = ("key_file_unreadable", "key_invalid", "state_unreadable", "state_invalid")
 
 
@@ -49,14 +50,12 @@ def _read_bytes(path: str, what: str, limit: int) -> bytes:
 
 
 def _json_file(path: str, what: str, limit: int) -> Any:
-    """A JSON file, its nesting bounded before ``json.loads`` recurses (UsageError if not)."""
+    """A JSON file, read by :func:`anchor.wire.strict_loads` (UsageError if refused)."""
     raw = _read_bytes(path, what, limit)
-    if nesting_depth(raw, MAX_FILE_JSON_DEPTH) > MAX_FILE_JSON_DEPTH:
-        raise UsageError(f"{what} {path} nests deeper than {MAX_FILE_JSON_DEPTH}: not one of ours")
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise UsageError(f"{what} {path} is not JSON: {exc}") from exc
+        return strict_loads(raw, max_depth=MAX_FILE_JSON_DEPTH)
+    except JsonRejected as exc:
+        raise UsageError(f"{what} {path} is not JSON we accept: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------- keygen
@@ -105,12 +104,10 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     from devices.keystore import load_private_key
     from devices.signer import DeviceSigner
 
-    if nesting_depth(args.values.encode("utf-8", "surrogatepass"), 2) > 2:
-        raise UsageError("--values must be a flat JSON object of measurements")
     try:
-        values = json.loads(args.values)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"--values is not JSON: {exc}") from exc
+        values = strict_loads(args.values, max_depth=2)
+    except JsonRejected as exc:
+        raise UsageError(f"--values must be a flat JSON object of measurements: {exc}") from None
     if not isinstance(values, dict):
         raise UsageError("--values must be a JSON object")
     state = (
@@ -122,12 +119,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     except AnchorError as exc:
         # An input file that cannot be read (missing, a FIFO, a device, too large, not a key
         # or a state file) is a usage error, exit status 2, like every command's input files.
-        if exc.reason in (
-            "key_file_unreadable",
-            "key_invalid",
-            "state_unreadable",
-            "state_invalid",
-        ):
+        if exc.reason in _UNREADABLE_INPUT:
             raise UsageError(exc.detail) from exc
         raise
     envelope = signer.sign(args.kind, values, ts_ms=args.ts)
@@ -572,7 +564,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("keygen", help="generate a device key or the operator's checkpoint key")
-    p.add_argument("--device-id", help="device id ([A-Za-z0-9._-]{1,64})")
+    p.add_argument("--device-id", help=f"device id ({DEVICE_ID_PATTERN})")
     p.add_argument(
         "--type", choices=("Ed25519", "P-256"), default="Ed25519", help="device key type"
     )

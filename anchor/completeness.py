@@ -56,21 +56,18 @@ checkpoint codes (``checkpoint_*``) for the note, and the envelope codes (``unkn
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
-from anchor.device_id import DEVICE_ID_RE
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, parse_envelope, verify_envelope
-from anchor.errors import AnchorError
-from anchor.jsonbounds import JsonRejected, strict_loads
-from anchor.keys import PublicKey
+from anchor.errors import AnchorError, Reason
+from anchor.keys import PublicKey, b64url_encode
 from anchor.receipt import MAX_ANCHORS, AnchorRecord
+from anchor.wire import FieldReader, JsonRejected, strict_loads
 
 __all__ = [
     "COMPLETENESS_VERSION",
@@ -106,8 +103,6 @@ MAX_JSON_DEPTH = 8
 """The proof nests 4 deep; anything deeper is refused before ``json.loads`` recurses."""
 ZERO_PREV = bytes(32)
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _FORMATS = (FORMAT_COSE, FORMAT_JWS)
 
@@ -115,7 +110,7 @@ _FORMATS = (FORMAT_COSE, FORMAT_JWS)
 class CompletenessError(AnchorError):
     """A completeness proof is malformed or does not prove what it claims (see the module)."""
 
-    reason = "completeness_malformed"
+    reason = Reason.COMPLETENESS_MALFORMED
 
 
 # ------------------------------------------------------------------------------------ values
@@ -335,10 +330,6 @@ def build_completeness(
 # -------------------------------------------------------------------------------------- JSON
 
 
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
     """The proof as JSON-ready data (the shape in the module docstring)."""
     return {
@@ -352,7 +343,7 @@ def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
             {
                 "seq": r.seq,
                 "format": r.format,
-                "envelope": None if r.envelope is None else _b64url_encode(r.envelope),
+                "envelope": None if r.envelope is None else b64url_encode(r.envelope),
                 "leaf_hash": r.leaf_hash.hex(),
                 "prev": None if r.prev is None else r.prev.hex(),
                 "batch_id": r.batch_id,
@@ -388,58 +379,16 @@ def completeness_to_dict(proof: CompletenessProof) -> dict[str, Any]:
     }
 
 
-def _fail(path: str, message: str, reason: str = "completeness_malformed") -> NoReturn:
-    raise CompletenessError(f"{path}: {message}", reason=reason)
-
-
-def _get(obj: object, key: str, path: str) -> Any:
-    if not isinstance(obj, Mapping):
-        _fail(path or "$", "expected an object")
-    if key not in obj:
-        _fail(f"{path}.{key}" if path else key, "missing")
-    return obj[key]
-
-
-def _uint(value: object, path: str, low: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        _fail(path, "expected an integer")
-    if not low <= value <= MAX_SEQ:
-        _fail(path, f"{value} is outside [{low}, 2**64-1]")
-    return value
-
-
-def _hex32(value: object, path: str) -> bytes:
-    if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
-        _fail(path, "not 64 lowercase hex chars")
-    return bytes.fromhex(value)
-
-
-def _path(value: object, path: str) -> tuple[bytes, ...]:
-    if not isinstance(value, list):
-        _fail(path, "expected an array")
-    if len(value) > merkle.MAX_PROOF_LENGTH:
-        _fail(path, f"{len(value)} hashes, more than any tree of 2**64 leaves needs")
-    return tuple(_hex32(h, f"{path}[{i}]") for i, h in enumerate(value))
-
-
-def _list(value: object, path: str, limit: int) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, "expected an array")
-    if len(value) > limit:
-        _fail(path, f"{len(value)} items, more than {limit}")
-    return value
-
-
-def _b64url(value: object, path: str) -> bytes:
-    if not isinstance(value, str) or _B64URL.fullmatch(value) is None or len(value) % 4 == 1:
-        _fail(path, "not base64url without padding")
-    try:
-        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        _fail(path, "not base64url without padding")
-    if _b64url_encode(data) != value:
-        _fail(path, "base64url is not canonical")
-    return data
+# The typed field readers are anchor.wire's, shared with receipts (one set of messages);
+# "completeness_malformed" unless a caller names another reason.
+_READ = FieldReader(CompletenessError)
+_fail = _READ.fail
+_get = _READ.get
+_uint = _READ.uint
+_hex32 = _READ.hex32
+_path = _READ.hex_path
+_list = _READ.array
+_b64url = _READ.b64url
 
 
 def loads_completeness(raw: bytes) -> CompletenessProof:
@@ -469,13 +418,13 @@ def completeness_from_dict(data: object) -> CompletenessProof:
     """
     version = _get(data, "version", "")
     if isinstance(version, str) and version in _RETIRED:
-        _fail("version", _RETIRED[version], "completeness_version_unsupported")
+        _fail("version", _RETIRED[version], Reason.COMPLETENESS_VERSION_UNSUPPORTED)
     if version != COMPLETENESS_VERSION:
         _fail("version", f"{str(version)[:64]!r} is not {COMPLETENESS_VERSION!r}",
-              "completeness_version_unsupported")  # fmt: skip
+              Reason.COMPLETENESS_VERSION_UNSUPPORTED)  # fmt: skip
     device_id = _get(data, "device_id", "")
     if not isinstance(device_id, str) or _DEVICE_ID.fullmatch(device_id) is None:
-        _fail("device_id", "does not match [A-Za-z0-9._-]{1,64}")
+        _fail("device_id", f"does not match {DEVICE_ID_PATTERN}")
     from_seq = _uint(_get(data, "from_seq", ""), "from_seq", 1)
     to_seq = _uint(_get(data, "to_seq", ""), "to_seq")
     if to_seq < from_seq - 1:
@@ -566,7 +515,7 @@ def _check_checkpoint(proof: CompletenessProof, log_verifiers: Sequence[NoteVeri
         raise CompletenessError(
             f"checkpoint names size {checkpoint.size} root {checkpoint.root.hex()}, the proof's "
             f"log has size {proof.log_size} root {proof.log_root.hex()}",
-            reason="checkpoint_mismatch",
+            reason=Reason.CHECKPOINT_MISMATCH,
         )
     if not log_verifiers:
         return False
@@ -611,19 +560,21 @@ def _check_reading(
             if claimed != actual
         ]
         if mismatches:
-            raise CompletenessError(f"{where}: " + "; ".join(mismatches), reason="reading_mismatch")
+            raise CompletenessError(
+                f"{where}: " + "; ".join(mismatches), reason=Reason.READING_MISMATCH
+            )
         computed = merkle.leaf_hash(r.envelope, hasher=hasher)
         if computed != r.leaf_hash:
             raise CompletenessError(
                 f"{where}: expected leaf {r.leaf_hash.hex()}, calculated {computed.hex()}",
-                reason="leaf_mismatch",
+                reason=Reason.LEAF_MISMATCH,
             )
         if keys:
             key = keys.get(envelope.kid)
             if key is None:
                 raise CompletenessError(
                     f"{where}: no trusted device key has kid {envelope.kid.hex()}",
-                    reason="unknown_kid",
+                    reason=Reason.UNKNOWN_KID,
                 )
             verify_envelope(envelope, key)
     elif r.prev is not None:
@@ -696,12 +647,13 @@ def verify_completeness(
     for r in proof.readings:
         if not proof.from_seq <= r.seq <= proof.to_seq:
             raise CompletenessError(
-                f"seq {r.seq} is outside [{proof.from_seq}, {proof.to_seq}]", reason="seq_order"
+                f"seq {r.seq} is outside [{proof.from_seq}, {proof.to_seq}]",
+                reason=Reason.SEQ_ORDER,
             )
         if previous is not None and r.seq <= previous.seq:
             raise CompletenessError(
                 f"seq {r.seq} follows seq {previous.seq}: readings must be in increasing order",
-                reason="seq_order",
+                reason=Reason.SEQ_ORDER,
             )
         batch = batches.get(r.batch_id)
         if batch is None:
@@ -723,7 +675,7 @@ def verify_completeness(
                     f"seq {r.seq}: prev {r.prev.hex()} is not the leaf hash "
                     f"{previous.leaf_hash.hex()} of seq {previous.seq}: a reading between them "
                     "was removed, replaced or reordered",
-                    reason="chain_broken",
+                    reason=Reason.CHAIN_BROKEN,
                 )
         previous = r
 
@@ -732,7 +684,7 @@ def verify_completeness(
     if list(proof.gaps) != computed:
         raise CompletenessError(
             f"the proof states gaps {_ranges(proof.gaps)}, the readings leave {_ranges(computed)}",
-            reason="gap_mismatch",
+            reason=Reason.GAP_MISMATCH,
         )
     unused = set(batches) - {r.batch_id for r in proof.readings}
     if unused:

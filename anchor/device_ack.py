@@ -43,7 +43,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from anchor.errors import AnchorError
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
+from anchor.errors import AnchorError, Reason
 
 __all__ = [
     "ACK_VERSION",
@@ -70,27 +71,27 @@ A seal that settles more for one device sends several messages."""
 
 FINAL_REASONS = frozenset(
     {
-        "oversized",
-        "malformed",
-        "non_canonical",
-        "alg_not_allowed",
-        "unsupported_header",
-        "topic_mismatch",
-        "district_mismatch",
-        "device_revoked",
-        "key_rotated",
-        "clock_skew",
-        "bad_signature",
-        "seq_conflict",
-        "prev_mismatch",
-        "out_of_range",
+        Reason.OVERSIZED,
+        Reason.MALFORMED,
+        Reason.NON_CANONICAL,
+        Reason.ALG_NOT_ALLOWED,
+        Reason.UNSUPPORTED_HEADER,
+        Reason.TOPIC_MISMATCH,
+        Reason.DISTRICT_MISMATCH,
+        Reason.DEVICE_REVOKED,
+        Reason.KEY_ROTATED,
+        Reason.CLOCK_SKEW,
+        Reason.BAD_SIGNATURE,
+        Reason.SEQ_CONFLICT,
+        Reason.PREV_MISMATCH,
+        Reason.OUT_OF_RANGE,
     }
 )
 """Quarantine reasons after which resending the same bytes can never be accepted: the device
 is told (status 0x01) and stops resending. ``replayed_seq`` is not among them: it means the
 exact envelope is already stored, so it is acknowledged as durable."""
 
-TRANSIENT_REASONS = frozenset({"unknown_device", "unknown_kid"})
+TRANSIENT_REASONS = frozenset({Reason.UNKNOWN_DEVICE, Reason.UNKNOWN_KID})
 """Quarantine reasons decided by the ingestor's registry cache, which can lag a registration or
 a key rotation by ``registry_refresh_ms``: never acknowledged, so the device resends. A failed
 seal (database down) is not acknowledged either: nothing was committed."""
@@ -98,14 +99,14 @@ seal (database down) is not acknowledged either: nothing was committed."""
 _HEAD = struct.Struct(">BH")
 _ENTRY = struct.Struct(">Q32sBB")
 _REASON = re.compile(r"[a-z0-9_]{0,64}")
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_READINGS_TOPIC = re.compile(r"city/([A-Za-z0-9._-]{1,64})/([A-Za-z0-9._-]{1,64})/readings")
+_SEGMENT = DEVICE_ID_RE  # the one rule: anchor.device_id
+_READINGS_TOPIC = re.compile(rf"city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings")
 
 
 class AckError(AnchorError):
     """An acknowledgement that breaks the layout above (``ack_malformed``)."""
 
-    reason = "ack_malformed"
+    reason = Reason.ACK_MALFORMED
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +138,7 @@ def ack_topic(district: str, device_id: str) -> str:
     ``[A-Za-z0-9._-]{1,64}``."""
     for value in (district, device_id):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
-            raise AckError(f"{value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid")
+            raise AckError(f"{value!r} is not {DEVICE_ID_PATTERN}", reason=Reason.TOPIC_INVALID)
     return f"city/{district}/{device_id}/ack"
 
 

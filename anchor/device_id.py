@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 
 __all__ = [
     "DEVICE_ID_PATTERN",
@@ -45,7 +45,7 @@ _SERVICE_NAME = re.compile(r"cityanchor(?:[-._].*)?", re.IGNORECASE | re.DOTALL)
 class DeviceIdError(AnchorError):
     """A device id is malformed (``device_id_invalid``) or reserved (``device_id_reserved``)."""
 
-    reason = "device_id_invalid"
+    reason = Reason.DEVICE_ID_INVALID
 
 
 def is_device_id(value: object) -> bool:
@@ -58,7 +58,7 @@ def check_device_id(value: object) -> str:
     if not is_device_id(value):
         raise DeviceIdError(
             f"device id {ascii(value)[:80]} does not match {DEVICE_ID_PATTERN}",
-            reason="device_id_invalid",
+            reason=Reason.DEVICE_ID_INVALID,
         )
     assert isinstance(value, str)
     return value
@@ -85,6 +85,6 @@ def check_new_device_id(value: object) -> str:
     why = reserved_reason(device_id)
     if why is not None:
         raise DeviceIdError(
-            f"device id {device_id!r} is reserved: {why}", reason="device_id_reserved"
+            f"device id {device_id!r} is reserved: {why}", reason=Reason.DEVICE_ID_RESERVED
         )
     return device_id

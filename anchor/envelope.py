@@ -56,9 +56,8 @@ from typing import Any, NoReturn
 
 import cbor2
 
-from anchor.device_id import DEVICE_ID_RE
-from anchor.errors import EnvelopeError
-from anchor.jsonbounds import nesting_depth
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
+from anchor.errors import EnvelopeError, Reason
 from anchor.keys import (
     ED25519,
     P256,
@@ -71,6 +70,7 @@ from anchor.keys import (
     b64url_encode,
 )
 from anchor.merkle import leaf_hash
+from anchor.wire import JsonRejected, strict_loads
 
 __all__ = [
     "ALG_KEY_TYPES",
@@ -160,7 +160,7 @@ _CBOR2_SEMANTIC_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 10
 class MalformedEnvelope(EnvelopeError):
     """The envelope is not well-formed under the wire format (reason ``malformed``)."""
 
-    reason = "malformed"
+    reason = Reason.MALFORMED
 
 
 class NonCanonicalEnvelope(EnvelopeError):
@@ -168,40 +168,40 @@ class NonCanonicalEnvelope(EnvelopeError):
     ``non_canonical``): untagged or non-deterministic CBOR, a non-empty COSE unprotected header,
     padded or non-zero-trailing-bit base64url in a JWS segment, or a high-S ES256 signature."""
 
-    reason = "non_canonical"
+    reason = Reason.NON_CANONICAL
 
 
 class OversizedEnvelope(EnvelopeError):
     """The envelope is larger than :data:`MAX_ENVELOPE_BYTES` (reason ``oversized``)."""
 
-    reason = "oversized"
+    reason = Reason.OVERSIZED
 
 
 class AlgorithmNotAllowed(EnvelopeError):
     """The envelope's ``alg`` is not on the allow-list, ``none`` included (``alg_not_allowed``)."""
 
-    reason = "alg_not_allowed"
+    reason = Reason.ALG_NOT_ALLOWED
 
 
 class AlgorithmKeyMismatch(EnvelopeError):
     """The ``alg`` does not fit the key's type, e.g. ES256 with an Ed25519 key
     (``alg_key_mismatch``)."""
 
-    reason = "alg_key_mismatch"
+    reason = Reason.ALG_KEY_MISMATCH
 
 
 class UnknownKid(EnvelopeError):
     """The envelope's ``kid`` is not the thumbprint of the key it is checked with
     (``unknown_kid``)."""
 
-    reason = "unknown_kid"
+    reason = Reason.UNKNOWN_KID
 
 
 class UnsupportedHeader(EnvelopeError):
     """A critical header parameter (``crit``) or JWS ``b64: false`` that this verifier does not
     implement (``unsupported_header``)."""
 
-    reason = "unsupported_header"
+    reason = Reason.UNSUPPORTED_HEADER
 
 
 def _excerpt(value: object, limit: int = 40) -> str:
@@ -305,9 +305,7 @@ class Reading:
     def __post_init__(self) -> None:
         _check_text(self.device_id, "device_id")
         if not _DEVICE_ID.fullmatch(self.device_id):
-            _malformed(
-                f"device_id {_excerpt(self.device_id)} does not match [A-Za-z0-9._-]{{1,64}}"
-            )
+            _malformed(f"device_id {_excerpt(self.device_id)} does not match {DEVICE_ID_PATTERN}")
         _check_uint(self.seq, "seq", 1, _MAX_SEQ)
         _check_uint(self.ts, "ts", 0, _MAX_INT)
         if not _check_text(self.kind, "kind"):
@@ -751,36 +749,14 @@ def _parse_cose(raw: bytes) -> Envelope:
 # JWS compact serialization (RFC 7515 sections 3.1, 5.2, 7.1)
 # --------------------------------------------------------------------------------------------
 
-# One token: a JSON string literal (escapes included; an unterminated one runs to the end) or a
-# bracket. The possessive ``*+`` never backtracks, so scanning is linear: a plain
-# ``"(?:[^"\\]|\\.)*"`` takes quadratic time on a run of escaped quotes with no closing one.
-class _JsonReject(ValueError):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        # RFC 7515 section 5.2 step 4: reject duplicate header names (we apply it to payloads
-        # too, so that one signed payload cannot be read two ways).
-        raise _JsonReject("duplicate member name")
-    return obj
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise _JsonReject(f"{name} is not JSON")
-
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    if nesting_depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        _malformed(f"{what} nests deeper than {MAX_JSON_DEPTH}")
+    # anchor.wire's strict loader: UTF-8 only, nesting bounded before json.loads recurses, and
+    # duplicate member names refused (RFC 7515 section 5.2 step 4 asks it of header names; we
+    # apply it to payloads too, so that one signed payload cannot be read two ways).
     try:
-        text = data.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        # UnicodeDecodeError, JSONDecodeError, _JsonReject and the int-digits limit are all
-        # ValueErrors; JSONDecodeError messages give positions, not content. RecursionError
-        # cannot happen after the depth check; it is caught so that it could never escape.
+        obj = strict_loads(data, max_depth=MAX_JSON_DEPTH)
+    except JsonRejected as exc:
         raise MalformedEnvelope(f"{what} is not valid JSON: {_excerpt(str(exc), 100)}") from exc
     if not isinstance(obj, dict):
         _malformed(f"{what} must be a JSON object")

@@ -1,8 +1,10 @@
 """Small file helpers for key material, inputs and outputs: bounded reads of the files a user
-names, atomic writes, private files at mode 0600."""
+names, atomic and durable writes (:func:`write_file_atomic`, the one implementation in the
+tree), private files at mode 0600."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -14,6 +16,7 @@ __all__ = [
     "KEY_FILE_LIMIT",
     "open_regular_nonblocking",
     "read_user_file",
+    "write_file_atomic",
     "write_private_file",
     "write_public_file",
 ]
@@ -22,6 +25,10 @@ KEY_FILE_LIMIT = 64 * 1024
 """Cap for small files: keys, tokens, passwords, vkeys."""
 
 _READ_CHUNK = 1 << 16
+# Filesystems that cannot hard-link (some FUSE, SMB and FAT mounts) answer with one of these.
+_NO_LINK_ERRNOS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+)
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a named pipe"),
@@ -97,13 +104,60 @@ def read_user_file(path: str | os.PathLike[str], *, what: str, limit: int) -> by
     return b"".join(chunks)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -> Path:
+def _fsync_directory(directory: Path) -> None:
+    # Makes the new directory entry itself durable; without it a power cut can lose the name
+    # even though the file's bytes were fsynced. Not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _create_exclusively(path: Path, data: bytes, mode: int) -> None:
+    # No hard links on this filesystem: create the final name O_EXCL instead. Still never
+    # readable by others and never clobbering, only not crash-atomic.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_file_atomic(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o600,
+    replace: bool = True,
+    owner: tuple[int, int] | None = None,
+) -> Path:
+    """Write ``data`` to ``path`` all or nothing, durably, with ``mode`` from the first byte.
+
+    The bytes go to a temporary file beside ``path`` (created ``O_EXCL``, given ``mode``, and
+    ``owner`` as (uid, gid) when set, before anything is written), which is fsynced and then
+    renamed over ``path``; the directory is fsynced too, so after a return a crash or power cut
+    leaves the whole new file, and before it the whole old one (or none), never a mix. Missing
+    parent directories are created.
+
+    With ``replace=False`` an existing ``path`` is left alone and ``FileExistsError`` raised
+    (a hard link, unlike a rename, fails when the name exists: no check-then-write race); on
+    filesystems without hard links the file is created ``O_EXCL`` instead. Raises ``OSError``
+    as the filesystem does; no temporary file is left behind.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file gets its final mode before any byte is written, so a secret is never
-    # readable by others, not even for an instant; rename makes the write all-or-nothing.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -111,24 +165,32 @@ def _atomic_write(path: Path, data: bytes, mode: int, *, replace: bool = True) -
         if replace:
             os.replace(tmp, path)
         else:
-            # A link, unlike a rename, fails when the name exists (FileExistsError): no
-            # check-then-write race can replace a file someone created meanwhile.
-            os.link(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in _NO_LINK_ERRNOS:
+                    raise
+                _create_exclusively(path, data, mode)
             os.unlink(tmp)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
     return path
 
 
 def write_private_file(path: Path, data: bytes, *, replace: bool = True) -> Path:
-    """Write ``data`` to ``path`` atomically, readable by the owner only (0600).
+    """Write ``data`` to ``path`` atomically (:func:`write_file_atomic`), readable by the owner
+    only (0600).
 
     With ``replace=False`` an existing ``path`` is left alone and ``FileExistsError`` raised.
     """
-    return _atomic_write(path, data, 0o600, replace=replace)
+    return write_file_atomic(path, data, mode=0o600, replace=replace)
 
 
 def write_public_file(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, world-readable (0644)."""
-    return _atomic_write(path, data, 0o644)
+    """Write ``data`` to ``path`` atomically (:func:`write_file_atomic`), world-readable
+    (0644)."""
+    return write_file_atomic(path, data, mode=0o644)

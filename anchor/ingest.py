@@ -13,8 +13,9 @@ acknowledged, the window fills, and the broker keeps the rest; nothing is ever d
 Pipeline (one asyncio loop; paho's network thread only converts packets into values):
 
 1. ``on_message`` (paho thread) -> :class:`Incoming` -> an inbox (bounded by the window);
-2. cheap checks in order: size cap, topic, envelope parse, topic/device match, registry lookup,
-   topic/district match, key status, clock skew; a failure becomes a quarantine
+2. cheap checks in order (:mod:`anchor.admission`, pure): size cap, topic, envelope parse,
+   topic/device match, registry lookup, topic/district match, key status, clock skew; a
+   failure becomes a quarantine
    :class:`~anchor.store.Rejection`. The registry here is a cache refreshed every
    ``registry_refresh_ms``: it only pre-screens. ``Store.seal`` re-checks key status
    (revocation, rotation) under the device row locks, so a revoke or rotate takes effect for
@@ -39,7 +40,6 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import signal
 import time
 from collections import Counter, deque
@@ -48,15 +48,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from anchor import merkle
+from anchor import admission, merkle
+from anchor.admission import parse_topic  # re-exported; its home is anchor.admission
+from anchor.backoff import Backoff
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
 from anchor.device_ack import (
@@ -67,21 +66,21 @@ from anchor.device_ack import (
     ack_topic_for,
     encode_acks,
 )
-from anchor.device_id import DEVICE_ID_PATTERN
-from anchor.envelope import Envelope, parse_envelope
-from anchor.errors import AnchorError
+from anchor.envelope import Envelope
+from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.lifetime import die_with_parent
+from anchor.mqtt import create_client, parse_mqtt_url
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
 __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
 
 log = logging.getLogger("anchor.ingest")
 
-TOPIC_RE = re.compile(rf"^city/({DEVICE_ID_PATTERN})/({DEVICE_ID_PATTERN})/readings$")
 VERIFY_CHUNK = 128
 STATS_EVERY_S = 10.0
-# How long a failed seal waits before trying again, doubling up to the cap.
+# How long a failed seal waits before trying again, doubling up to the cap (anchor.backoff;
+# a failure that is not retryable waits up to 30 s).
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 5.0
 # received_at is stamped by this process's clock, revocations and rotations by PostgreSQL's
@@ -113,23 +112,17 @@ class _Pending:
         return len(self.deliveries)
 
 
-def parse_topic(topic: str) -> tuple[str, str] | None:
-    """``city/{district}/{device_id}/readings`` -> (district, device_id), else None."""
-    m = TOPIC_RE.match(topic)
-    return (m.group(1), m.group(2)) if m else None
-
-
 @functools.lru_cache(maxsize=4096)
 def _worker_key(key_type: str, raw: bytes) -> PublicKey:
     return PublicKey(key_type, raw)
 
 
-def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[str | None]:
+def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[Reason | None]:
     """Worker-process side: verify (signed_bytes, signature, key_type, key_raw) tuples.
 
     Returns, per item, None when the signature is valid or the reason code why not.
     """
-    out: list[str | None] = []
+    out: list[Reason | None] = []
     for signed, signature, key_type, key_raw in items:
         try:
             _worker_key(key_type, key_raw).verify(signature, signed)
@@ -219,7 +212,7 @@ class _Registry:
         try:
             record = await self._store.get_device(device_id)
         except AnchorError as exc:
-            if exc.reason != "not_found":
+            if exc.reason != Reason.NOT_FOUND:
                 raise
             return None
         self._devices[device_id] = record
@@ -248,6 +241,11 @@ class Ingestor:
         self.hasher = merkle.get_hasher(settings.hash_scheme)
         self.stats = IngestStats()
         self._registry = _Registry(store, settings.registry_refresh_ms / 1000)
+        self._limits = admission.Limits(
+            max_envelope_bytes=settings.max_envelope_bytes,
+            clock_skew_future_ms=settings.clock_skew_future_ms,
+            clock_skew_past_ms=settings.clock_skew_past_ms,
+        )
         # paho's thread appends here and wakes the loop only when the inbox was empty: one
         # cross-thread wake-up per burst instead of one syscall per message.
         self._inbox: deque[Incoming] = deque()
@@ -320,28 +318,24 @@ class Ingestor:
             self._loop.call_soon_threadsafe(self._inbox_ready.set)
 
     def _start_mqtt(self) -> mqtt.Client:
-        url = urlsplit(self.settings.mqtt_url)
-        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-            raise AnchorError(f"unsupported MQTT URL {self.settings.mqtt_url!r}", reason="usage")
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        s = self.settings
+        # manual_ack: a PUBACK goes out only once the reading is durable (module docstring);
+        # ReceiveMaximum bounds what the broker sends us unacknowledged to the window.
+        client = create_client(
+            parse_mqtt_url(s.mqtt_url),
             client_id=self.client_id,
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=s.mqtt_username or None,
+            password=s.mqtt_password or None,
+            clean_start=False,
+            session_expiry_s=s.mqtt_session_expiry_s,
+            receive_maximum=s.inflight_window,
+            reconnect_max_s=10,
             manual_ack=True,
         )
-        if self.settings.mqtt_username:
-            client.username_pw_set(self.settings.mqtt_username, self.settings.mqtt_password or None)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self.settings.mqtt_session_expiry_s
-        props.ReceiveMaximum = self.settings.inflight_window
-        client.connect_async(
-            url.hostname, url.port or 1883, keepalive=30, clean_start=False, properties=props
-        )
         client.loop_start()
         return client
 
@@ -364,7 +358,7 @@ class Ingestor:
     def _reject(
         self,
         item: Incoming,
-        reason: str,
+        reason: Reason,
         detail: str,
         *,
         device_id: str | None = None,
@@ -381,68 +375,24 @@ class Ingestor:
         )
 
     async def _precheck(self, item: Incoming) -> Rejection | tuple[Envelope, PublicKey]:
-        s = self.settings
-        if len(item.payload) > s.max_envelope_bytes:
-            return self._reject(
-                item, "oversized", f"{len(item.payload)} bytes > {s.max_envelope_bytes}"
-            )
-        topic = parse_topic(item.topic)
-        if topic is None:
-            return self._reject(item, "bad_topic", f"topic {item.topic[:120]!r} is not ours")
-        try:
-            envelope = parse_envelope(item.payload)
-        except AnchorError as exc:
-            return self._reject(item, exc.reason, exc.detail, device_id=topic[1])
-        reading = envelope.reading
-        if reading.device_id != topic[1]:
-            return self._reject(
-                item,
-                "topic_mismatch",
-                f"envelope of {reading.device_id!r} published under {topic[1]!r}",
-                device_id=topic[1],
-                seq=reading.seq,
-            )
-        record = await self._registry.lookup(reading.device_id)
-        if record is None:
-            return self._reject(
-                item,
-                "unknown_device",
-                "not in the registry",
-                device_id=reading.device_id,
-                seq=reading.seq,
-            )
-        if record.district != topic[0]:
-            # The topic's district is the device's claim of where it is; it must be the one
-            # the operator registered, or readings could be filed under another district.
-            return self._reject(
-                item,
-                "district_mismatch",
-                f"published under district {topic[0]!r}, registered in {record.district!r}",
-                device_id=reading.device_id,
-                seq=reading.seq,
-            )
-        try:
-            key = record.check_reading(envelope.kid, reading.ts, item.received_at)
-        except AnchorError as exc:  # device_revoked, unknown_kid, key_rotated
-            return self._reject(
-                item, exc.reason, exc.detail, device_id=reading.device_id, seq=reading.seq
-            )
-        received_ms = item.received_at.timestamp() * 1000
-        if reading.ts - received_ms > s.clock_skew_future_ms or (
-            s.clock_skew_past_ms and received_ms - reading.ts > s.clock_skew_past_ms
-        ):
-            return self._reject(
-                item,
-                "clock_skew",
-                f"device time {reading.ts} vs received {int(received_ms)}",
-                device_id=reading.device_id,
-                seq=reading.seq,
-            )
-        return envelope, key.public_key
+        # The rules are anchor.admission's (pure); the registry lookup is the only I/O here.
+        parsed = admission.parse_message(item.payload, item.topic, limits=self._limits)
+        if isinstance(parsed, admission.Refusal):
+            return self._refused(item, parsed)
+        record = await self._registry.lookup(parsed.envelope.reading.device_id)
+        outcome = admission.admit(parsed, record, item.received_at, limits=self._limits)
+        if isinstance(outcome, admission.Refusal):
+            return self._refused(item, outcome)
+        return outcome.envelope, outcome.key.public_key
+
+    def _refused(self, item: Incoming, refusal: admission.Refusal) -> Rejection:
+        return self._reject(
+            item, refusal.reason, refusal.detail, device_id=refusal.device_id, seq=refusal.seq
+        )
 
     async def _verify(
         self, checked: Sequence[tuple[Incoming, Envelope, PublicKey]]
-    ) -> list[str | None]:
+    ) -> list[Reason | None]:
         if not checked:
             return []
         loop = asyncio.get_running_loop()
@@ -490,7 +440,7 @@ class Ingestor:
                 self._seal_queue.task_done()
 
     async def _seal_with_retry(self, batch: _Pending) -> None:
-        delay = RETRY_INITIAL_S
+        backoff = Backoff(initial_s=RETRY_INITIAL_S, cap_s=RETRY_MAX_S)
         while True:
             try:
                 result = await self.store.seal(
@@ -509,6 +459,9 @@ class Ingestor:
                 # the batch unacknowledged is the only choice that loses nothing.
                 self.stats.seal_failures += 1
                 retryable = isinstance(exc, StoreError) and exc.retryable
+                # Full jitter: the ingestors that lost the database together come back apart.
+                backoff.cap_s = RETRY_MAX_S if retryable else 30.0
+                delay = backoff.next_delay()
                 log.log(
                     logging.WARNING if retryable else logging.ERROR,
                     "seal of %d deliveries failed (%s%s); retrying in %.1fs",
@@ -518,7 +471,6 @@ class Ingestor:
                     delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S if retryable else 30.0)
         # Seal latency as a device would feel it: from the oldest delivery's arrival to commit.
         latency = (_now() - batch.deliveries[0].received_at).total_seconds()
         self.stats.record_seal(result, latency)
@@ -568,7 +520,7 @@ class Ingestor:
         for c in result.sealed:
             add(c.topic, c.envelope.reading.seq, c.envelope.raw, DURABLE, "")
         for r in result.rejected:
-            if r.reason == "replayed_seq":
+            if r.reason == Reason.REPLAYED_SEQ:
                 add(r.topic, r.seq, r.raw, DURABLE, r.reason)
             elif r.reason in FINAL_REASONS:
                 add(r.topic, r.seq, r.raw, REFUSED, r.reason)

@@ -18,6 +18,7 @@ from pathlib import Path
 from anchor.checkpoint import NoteSigner
 from anchor.config import Settings
 from anchor.errors import UsageError
+from anchor.lifetime import RestartBackoff
 
 __all__ = ["load_operator_signer", "run_ingest"]
 
@@ -60,10 +61,13 @@ def _supervise(workers: int) -> int:
     """Run ``workers`` copies of this command, each with its index; restart any that die."""
     argv = [sys.executable, "-m", "anchor", *sys.argv[1:]]
     children: dict[int, subprocess.Popen[bytes]] = {}
+    # up's restart policy: doubling from 1 s to 30 s, back to 1 s after a healthy minute.
+    backoff = {i: RestartBackoff(initial_s=1.0, cap_s=30.0) for i in range(workers)}
     stopping = False
 
     def spawn(i: int) -> None:
         children[i] = subprocess.Popen([*argv, "--worker-index", str(i)])
+        backoff[i].started(time.monotonic())
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -76,7 +80,6 @@ def _supervise(workers: int) -> int:
     signal.signal(signal.SIGINT, stop)
     for i in range(workers):
         spawn(i)
-    backoff = dict.fromkeys(range(workers), 1.0)
     while True:
         time.sleep(0.2)
         if stopping:
@@ -86,11 +89,9 @@ def _supervise(workers: int) -> int:
         for i, child in list(children.items()):
             code = child.poll()
             if code is not None:
-                log.error(
-                    "ingestor worker %d exited with %s; restarting in %.0fs", i, code, backoff[i]
-                )
-                time.sleep(backoff[i])
-                backoff[i] = min(backoff[i] * 2, 30.0)
+                delay = backoff[i].failed(time.monotonic())
+                log.error("ingestor worker %d exited with %s; restarting in %.0fs", i, code, delay)
+                time.sleep(delay)
                 if not stopping:
                     spawn(i)
 

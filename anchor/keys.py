@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from anchor.errors import EnvelopeError, KeyMaterialError
+from anchor.errors import EnvelopeError, KeyMaterialError, Reason
 
 __all__ = [
     "ED25519",
@@ -94,7 +94,7 @@ class BadSignature(EnvelopeError):
     envelope code; :mod:`anchor.envelope` re-exports it.
     """
 
-    reason = "bad_signature"
+    reason = Reason.BAD_SIGNATURE
 
 
 def b64url_encode(data: bytes) -> str:

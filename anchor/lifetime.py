@@ -21,8 +21,10 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from anchor.backoff import Backoff
 
 __all__ = [
     "PARENT_ENV",
@@ -103,17 +105,19 @@ class RestartBackoff:
     Each failure within ``healthy_s`` of the last start doubles the delay, from ``initial_s`` up
     to ``cap_s``; a process that ran for ``healthy_s`` or longer before it died starts over at
     ``initial_s`` (before issue 11 the delay only ever grew, so a broker that crashed once a day
-    waited 30 s on every crash after the sixth).
+    waited 30 s on every crash after the sixth). The delays are an :class:`anchor.backoff.Backoff`
+    without jitter: one supervisor restarting its own child has no crowd to spread, and the
+    delay it logs is the one it waits.
     """
 
     initial_s: float = 1.0
     cap_s: float = 30.0
     healthy_s: float = 60.0
-    _next_s: float = 0.0
+    _backoff: Backoff = field(init=False, repr=False)
     _started_at: float | None = None
 
     def __post_init__(self) -> None:
-        self._next_s = self.initial_s
+        self._backoff = Backoff(initial_s=self.initial_s, cap_s=self.cap_s, jitter=0.0)
 
     def started(self, now: float) -> None:
         self._started_at = now
@@ -121,11 +125,9 @@ class RestartBackoff:
     def failed(self, now: float) -> float:
         """The delay before the next start, for a process found dead at ``now``."""
         if self._started_at is not None and now - self._started_at >= self.healthy_s:
-            self._next_s = self.initial_s
-        delay = self._next_s
-        self._next_s = min(self._next_s * 2, self.cap_s)
+            self._backoff.reset()
         self._started_at = None
-        return delay
+        return self._backoff.next_delay()
 
 
 def pid_alive(pid: int) -> bool:

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 
-from anchor.errors import ProofError
+from anchor.errors import ProofError, Reason
 
 __all__ = [
     "HASHERS",
@@ -37,12 +37,16 @@ __all__ = [
     "SHA256",
     "SM3",
     "Hasher",
+    "NodeId",
     "ProofError",
     "Rfc9162Hasher",
     "compact_append",
+    "compact_append_nodes",
     "compact_root",
+    "consistency_nodes",
     "consistency_proof",
     "get_hasher",
+    "inclusion_nodes",
     "inclusion_proof",
     "inclusion_proofs",
     "leaf_hash",
@@ -50,6 +54,7 @@ __all__ = [
     "log_leaf_hash",
     "node_hash",
     "path_from_levels",
+    "range_nodes",
     "root",
     "root_from_consistency_proof",
     "root_from_inclusion_proof",
@@ -125,7 +130,7 @@ def get_hasher(name: str) -> Hasher:
     except KeyError:
         raise ProofError(
             f"unknown hash scheme {name!r}; known: {', '.join(sorted(HASHERS))}",
-            reason="unknown_hash_scheme",
+            reason=Reason.UNKNOWN_HASH_SCHEME,
         ) from None
 
 
@@ -277,6 +282,94 @@ def compact_root(frontier: Sequence[bytes], *, hasher: Hasher = SHA256) -> bytes
     return node
 
 
+# --------------------------------------------------------------------------------------------
+# Node arithmetic: proofs named as stored subtrees, for a store that keeps a log's interior nodes
+# and serves proofs in O(log n) lookups instead of rereading every leaf.
+
+NodeId = tuple[int, int]
+"""``(level, idx)``: the perfect subtree over leaves ``[idx << level, (idx + 1) << level)``."""
+
+
+def compact_append_nodes(
+    frontier: Sequence[bytes], size: int, leaf: bytes, *, hasher: Hasher = SHA256
+) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    """Append ``leaf`` (a leaf hash) at index ``size``; return the new compact range and every
+    perfect subtree the append completes, as ``(level, idx, hash)``, the leaf first.
+
+    The final frontier is :func:`compact_append`'s; the nodes are the same merges spelt out.
+    """
+    new_frontier = compact_append(frontier, size, leaf, hasher=hasher)
+    nodes = [(0, size, leaf)]
+    node, level, rest = leaf, 0, list(frontier)
+    while (size >> level) & 1:
+        node = hasher.hash_children(rest.pop(), node)
+        level += 1
+        nodes.append((level, size >> level, node))
+    if node != new_frontier[-1]:  # pragma: no cover - two spellings of one algorithm
+        raise ProofError("compact_append_nodes disagrees with compact_append")
+    return new_frontier, nodes
+
+
+def range_nodes(lo: int, hi: int) -> list[NodeId]:
+    """Leaves ``[lo, hi)`` as aligned perfect subtrees, largest (leftmost) first.
+
+    This is the RFC 9162 shape of any subtree of a tree: each starts at a multiple of a power
+    of two at least as large as itself. Its root is :func:`compact_root` of their hashes.
+    """
+    nodes = []
+    while lo < hi:
+        level = (hi - lo).bit_length() - 1
+        while lo % (1 << level):
+            level -= 1
+        nodes.append((level, lo >> level))
+        lo += 1 << level
+    return nodes
+
+
+def inclusion_nodes(index: int, size: int) -> list[list[NodeId]]:
+    """The inclusion proof of leaf ``index`` in a ``size``-leaf tree (RFC 9162 section 2.1.3.1),
+    bottom-up, each element given as the perfect subtrees whose :func:`compact_root` it is.
+
+    Requires ``0 <= index < size`` (``ProofError`` otherwise).
+    """
+    if not 0 <= index < size:
+        raise ProofError(f"index {index} is outside a tree of size {size}")
+    path: list[list[NodeId]] = []
+    lo, n, m = 0, size, index
+    while n > 1:
+        k = _largest_power_of_two_below(n)
+        if m < k:
+            path.append(range_nodes(lo + k, lo + n))
+            n = k
+        else:
+            path.append(range_nodes(lo, lo + k))
+            lo, n, m = lo + k, n - k, m - k
+    path.reverse()
+    return path
+
+
+def consistency_nodes(old_size: int, new_size: int) -> list[list[NodeId]]:
+    """The RFC 9162 section 2.1.4.1 consistency proof from ``old_size`` to ``new_size``, each
+    element given as perfect subtrees (see :func:`inclusion_nodes`).
+
+    Requires ``0 <= old_size <= new_size`` (``ProofError`` otherwise).
+    """
+    if not 0 <= old_size <= new_size:
+        raise ProofError(f"old size {old_size} is outside [0, {new_size}]")
+    if old_size in (0, new_size):
+        return []
+
+    def sub(m: int, lo: int, n: int, complete: bool) -> list[list[NodeId]]:
+        if m == n:
+            return [] if complete else [range_nodes(lo, lo + n)]
+        k = _largest_power_of_two_below(n)
+        if m <= k:
+            return [*sub(m, lo, k, complete), range_nodes(lo + k, lo + n)]
+        return [*sub(m - k, lo + k, n - k, False), range_nodes(lo, lo + k)]
+
+    return sub(old_size, 0, new_size, True)
+
+
 def _largest_power_of_two_below(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
@@ -326,7 +419,7 @@ def _check_proof(proof: Sequence[bytes], hasher: Hasher) -> None:
 def _mismatch(what: str, expected: bytes, calculated: bytes) -> ProofError:
     return ProofError(
         f"{what} mismatch: expected {expected.hex()}, calculated {calculated.hex()}",
-        reason="root_mismatch",
+        reason=Reason.ROOT_MISMATCH,
     )
 
 

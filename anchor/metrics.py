@@ -48,6 +48,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from anchor import __version__
+from anchor.errors import Reason
 from anchor.store import Store
 from anchor.store import operator as ops
 
@@ -93,6 +94,18 @@ class DatabaseFigures:
     backends: Sequence[str] = ()
 
 
+def _vanished_by_reason(
+    vanished: Mapping[tuple[str, str], int], backend: str
+) -> list[tuple[Reason, int]]:
+    """One backend's vanished anchors per reason label (table codes only, see Reason.label),
+    ``anchor_vanished`` always present."""
+    out = {Reason.ANCHOR_VANISHED: 0}
+    for (b, r), n in vanished.items():
+        if b == backend:
+            out[Reason.label(r)] = out.get(Reason.label(r), 0) + n
+    return sorted(out.items())
+
+
 def _database_families(f: DatabaseFigures) -> list[Metric]:
     stored = CounterMetricFamily(
         "cityanchor_readings_stored",
@@ -104,9 +117,14 @@ def _database_families(f: DatabaseFigures) -> list[Metric]:
         "Messages refused by the ingestors, by reason code (from the database).",
         labels=["reason"],
     )
-    for key, n in sorted(f.counts.items()):
+    by_reason: dict[Reason, int] = {}
+    for key, n in f.counts.items():
         if key.startswith("quarantine."):
-            quarantined.add_metric([key.removeprefix("quarantine.")], n)
+            # Only table codes become label values (a stray string is counted as `error`).
+            code = Reason.label(key.removeprefix("quarantine."))
+            by_reason[code] = by_reason.get(code, 0) + n
+    for code, n in sorted(by_reason.items()):
+        quarantined.add_metric([code.value], n)
     vanished = CounterMetricFamily(
         "cityanchor_anchors_vanished",
         "Anchors recorded as confirmed and later not found on their chain as recorded (a "
@@ -115,8 +133,8 @@ def _database_families(f: DatabaseFigures) -> list[Metric]:
         labels=["backend", "reason"],
     )
     for name in sorted({*f.backends, *(b for b, _ in f.vanished)}):
-        for reason in sorted({"anchor_vanished", *(r for b, r in f.vanished if b == name)}):
-            vanished.add_metric([name, reason], f.vanished.get((name, reason), 0))
+        for code, n in _vanished_by_reason(f.vanished, name):
+            vanished.add_metric([name, code.value], n)
     return [
         stored,
         quarantined,

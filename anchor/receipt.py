@@ -61,8 +61,6 @@ offending field (``batch.path[2]: not 64 lowercase hex chars``) and whose ``reas
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import datetime as dt
 import json
@@ -71,12 +69,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any
 
-from anchor.device_id import DEVICE_ID_RE
-from anchor.errors import ReceiptError
-from anchor.jsonbounds import JsonRejected, strict_loads
+from anchor import wire
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
+from anchor.errors import Reason, ReceiptError
 from anchor.merkle import MAX_PROOF_LENGTH
+from anchor.wire import FieldReader, JsonRejected, b64url_encode, strict_loads, type_name
 
 __all__ = [
     "FORMATS",
@@ -114,12 +113,12 @@ FORMATS = ("cose-sign1", "jws")
 """Envelope formats (DESIGN.md "Envelope wire format"), as ``anchor.envelope`` names them."""
 
 MAX_RECEIPT_SIZE = 1 << 20
-# Deep enough for any extension field; json.loads must never recurse further (see jsonbounds).
+# Deep enough for any extension field; json.loads must never recurse further (see anchor.wire).
 MAX_JSON_DEPTH = 32
 """Largest receipt JSON accepted, in UTF-8 bytes."""
 MAX_ANCHORS = 16
 """Most anchor records in one receipt (dual anchoring needs two)."""
-MAX_UINT64 = (1 << 64) - 1
+MAX_UINT64 = wire.MAX_UINT64
 # Bounds a hostile extra field; far deeper than any honest one.
 MAX_EXTRA_DEPTH = 32
 
@@ -136,8 +135,6 @@ _TOP_KEYS = (
 )
 _ANCHOR_KEYS = ("chain_id", "contract", "tx_hash", "block_number", "block_time")
 _DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _CONTRACT = re.compile(r"0x[0-9a-fA-F]{40}")
 _TX_HASH = re.compile(r"0x[0-9a-f]{64}")
 # RFC 3339 section 5.6 date-time, with the upper-case "T" and "Z" that every producer writes.
@@ -147,39 +144,19 @@ _RFC3339 = re.compile(
 )
 
 
-def _fail(path: str, message: str, reason: str = "receipt_malformed") -> NoReturn:
-    raise ReceiptError(f"{path}: {message}", reason=reason)
-
-
-def _type_name(value: object) -> str:
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        type(None): "null",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
-
-
-def _uint(value: object, path: str, low: int = 0) -> int:
-    # bool is an int subclass in Python, and JSON true must not pass for 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        _fail(path, f"expected an integer, got {_type_name(value)}")
-    if not low <= value <= MAX_UINT64:
-        _fail(path, f"{value} is outside [{low}, 2**64-1]")
-    return value
-
-
-def _text(value: object, path: str) -> str:
-    if not isinstance(value, str):
-        _fail(path, f"expected a string, got {_type_name(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        _fail(path, "contains a lone surrogate (not UTF-8)")
-    return value
+# The typed field readers are anchor.wire's, shared with completeness proofs (one set of
+# messages); "receipt_malformed" unless a caller names another reason.
+_READ = FieldReader(ReceiptError)
+_fail = _READ.fail
+_type_name = type_name
+_uint = _READ.uint
+_text = _READ.text
+_object = _READ.obj
+_member = _READ.member
+_hex32 = _READ.hex32
+_hex_path = _READ.hex_path
+_b64url = _READ.b64url
+_b64url_encode = b64url_encode
 
 
 def _hash(value: object, path: str) -> bytes:
@@ -342,7 +319,7 @@ class Receipt:
 
     def __post_init__(self) -> None:
         if _DEVICE_ID.fullmatch(_text(self.device_id, "reading.device_id")) is None:
-            _fail("reading.device_id", "does not match [A-Za-z0-9._-]{1,64}")
+            _fail("reading.device_id", f"does not match {DEVICE_ID_PATTERN}")
         _uint(self.seq, "reading.seq", 1)
         if self.format not in FORMATS:
             _fail("reading.format", f"{self.format!r} is not one of {', '.join(FORMATS)}")
@@ -378,10 +355,6 @@ class Receipt:
                 _fail(key, "is a receipt field, it cannot be an extra field too")
             _check_extra_value(value, key, 1)
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
-
-
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def receipt_to_dict(receipt: Receipt) -> dict[str, Any]:
@@ -425,49 +398,6 @@ def receipt_to_dict(receipt: Receipt) -> dict[str, Any]:
     return out
 
 
-def _object(value: object, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        _fail(path, f"expected an object, got {_type_name(value)}")
-    return value
-
-
-def _member(obj: Mapping[str, Any], key: str, path: str) -> Any:
-    try:
-        return obj[key]
-    except KeyError:
-        _fail(f"{path}.{key}" if path else key, "missing")
-
-
-def _hex32(value: object, path: str) -> bytes:
-    if not isinstance(value, str) or _HEX64.fullmatch(value) is None:
-        _fail(path, "not 64 lowercase hex chars")
-    return bytes.fromhex(value)
-
-
-def _hex_path(value: object, path: str) -> tuple[bytes, ...]:
-    if not isinstance(value, list):
-        _fail(path, f"expected an array, got {_type_name(value)}")
-    if len(value) > MAX_PROOF_LENGTH:
-        _fail(path, f"{len(value)} hashes, more than any tree of 2**64 leaves needs")
-    return tuple(_hex32(h, f"{path}[{i}]") for i, h in enumerate(value))
-
-
-def _b64url(value: object, path: str) -> bytes:
-    # RFC 4648 section 5 without padding (RFC 7515 section 2 "Base64url Encoding"), and only
-    # its canonical spelling: one string per byte string, so receipts compare as text.
-    if not isinstance(value, str) or _B64URL.fullmatch(value) is None:
-        _fail(path, "not base64url without padding (alphabet A-Z a-z 0-9 - _)")
-    if len(value) % 4 == 1:
-        _fail(path, "base64url length is impossible")
-    try:
-        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        _fail(path, "not base64url without padding")
-    if _b64url_encode(data) != value:
-        _fail(path, "base64url has non-zero trailing bits (not canonical)")
-    return data
-
-
 def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     """Build a :class:`Receipt` from parsed JSON, checking every field.
 
@@ -478,12 +408,12 @@ def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     if not isinstance(version, str):
         _fail("version", f"expected a string, got {_type_name(version)}")
     if version in RETIRED_VERSIONS:
-        _fail("version", RETIRED_VERSIONS[version], reason="receipt_version_retired")
+        _fail("version", RETIRED_VERSIONS[version], reason=Reason.RECEIPT_VERSION_RETIRED)
     if version != RECEIPT_VERSION:
         _fail(
             "version",
             f"{version[:64]!r} is not {RECEIPT_VERSION!r}",
-            reason="receipt_version_unsupported",
+            reason=Reason.RECEIPT_VERSION_UNSUPPORTED,
         )
     reading = _object(_member(doc, "reading", ""), "reading")
     device_id = _member(reading, "device_id", "reading")
@@ -519,11 +449,7 @@ def receipt_from_dict(data: Mapping[str, Any]) -> Receipt:
     )
     checkpoint = _member(doc, "checkpoint", "")
 
-    raw_anchors = _member(doc, "anchors", "")
-    if not isinstance(raw_anchors, list):
-        _fail("anchors", f"expected an array, got {_type_name(raw_anchors)}")
-    if len(raw_anchors) > MAX_ANCHORS:
-        _fail("anchors", f"{len(raw_anchors)} anchors, more than {MAX_ANCHORS}")
+    raw_anchors = _READ.array(_member(doc, "anchors", ""), "anchors", MAX_ANCHORS, "anchors")
     anchors = []
     for i, item in enumerate(raw_anchors):
         path = f"anchors[{i}]"
@@ -565,7 +491,9 @@ def dumps_receipt(receipt: Receipt) -> str:
         raise ReceiptError(f"$: cannot be written as JSON ({exc})") from exc
     text += "\n"
     if len(text.encode("utf-8")) > MAX_RECEIPT_SIZE:
-        _fail("$", f"receipt JSON exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+        _fail(
+            "$", f"receipt JSON exceeds {MAX_RECEIPT_SIZE} bytes", reason=Reason.RECEIPT_TOO_LARGE
+        )
     return text
 
 
@@ -579,7 +507,7 @@ def loads_receipt(text: str | bytes) -> Receipt:
     if isinstance(text, bytes | bytearray | memoryview):
         raw = bytes(text)
         if len(raw) > MAX_RECEIPT_SIZE:
-            _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+            _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason=Reason.RECEIPT_TOO_LARGE)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -591,7 +519,7 @@ def loads_receipt(text: str | bytes) -> Receipt:
         len(text) > MAX_RECEIPT_SIZE
         or len(text.encode("utf-8", "surrogatepass")) > MAX_RECEIPT_SIZE
     ):
-        _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason="receipt_too_large")
+        _fail("$", f"receipt exceeds {MAX_RECEIPT_SIZE} bytes", reason=Reason.RECEIPT_TOO_LARGE)
     try:
         data = strict_loads(text, max_depth=MAX_JSON_DEPTH)
     except JsonRejected as exc:

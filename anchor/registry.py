@@ -40,11 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from anchor.device_json import device_json
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import read_user_file
-from anchor.jsonbounds import nesting_depth
 from anchor.keys import PublicKey
 from anchor.store import DeviceRecord, DeviceSpec, Store
+from anchor.wire import JsonRejected, nesting_depth, strict_decoder, strict_loads
 
 __all__ = [
     "ImportFileError",
@@ -83,7 +83,7 @@ class ImportFileError(AnchorError):
     ``errors`` holds ``(line, message)`` for every bad row, in file order.
     """
 
-    reason = "import_invalid"
+    reason = Reason.IMPORT_INVALID
 
     def __init__(self, path: Path, errors: Sequence[tuple[int, str]]) -> None:
         lines = "\n".join(f"  {path}:{line}: {message}" for line, message in errors)
@@ -96,13 +96,11 @@ class ImportFileError(AnchorError):
 
 
 def _jwk_from_text(text: str, what: str) -> PublicKey:
-    # A JWK nests 1 deep: refuse deep input before json.loads recurses into it.
-    if nesting_depth(text.encode("utf-8", "surrogatepass"), _MAX_JWK_DEPTH) > _MAX_JWK_DEPTH:
-        raise UsageError(f"{what} nests deeper than {_MAX_JWK_DEPTH}: not a JWK")
+    # A JWK nests 1 deep: anchor.wire refuses deep input before json.loads recurses into it.
     try:
-        jwk = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} is not JSON: {exc.msg}") from exc
+        jwk = strict_loads(text, max_depth=_MAX_JWK_DEPTH)
+    except JsonRejected as exc:
+        raise UsageError(f"{what} is not a JWK: {exc}") from None
     return _jwk_from_object(jwk, what)
 
 
@@ -203,7 +201,7 @@ def _parse_csv(text: str, base: Path) -> tuple[list[DeviceSpec], list[tuple[int,
 
 def _json_items(text: str) -> list[tuple[int, Any]]:
     """The items of a top-level JSON array, each with the line it starts on."""
-    decoder = json.JSONDecoder()
+    decoder = strict_decoder()  # no duplicate keys, no NaN (nesting was bounded by the caller)
     pos = _skip_ws(text, 0)
     if not text.startswith("[", pos):
         raise UsageError("a JSON import file holds a list of device objects")
@@ -218,6 +216,8 @@ def _json_items(text: str) -> list[tuple[int, Any]]:
                 value, pos = decoder.raw_decode(text, pos)
             except json.JSONDecodeError as exc:
                 raise UsageError(f"line {exc.lineno}: not JSON: {exc.msg}") from exc
+            except ValueError as exc:  # JsonRejected, or an integer too long to convert
+                raise UsageError(f"line {line}: not acceptable JSON: {exc}") from None
             items.append((line, value))
             pos = _skip_ws(text, pos)
             if text.startswith(",", pos):

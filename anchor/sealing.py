@@ -16,7 +16,7 @@ from datetime import datetime
 from anchor import merkle
 from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from anchor.envelope import Envelope
-from anchor.errors import ProofError
+from anchor.errors import ProofError, Reason
 from anchor.receipt import BatchProof, LogProof, Receipt
 
 __all__ = [
@@ -149,7 +149,8 @@ class BatchLog:
 
 
 # --------------------------------------------------------------------------------------------
-# The pure half of the store's seal: which candidates enter the batch, and the log's nodes.
+# The pure half of the store's seal: which candidates enter the batch (and, as aliases of
+# anchor.merkle's node arithmetic, the log's nodes).
 # --------------------------------------------------------------------------------------------
 
 MAX_STORED_INT = 2**63 - 1
@@ -178,19 +179,24 @@ class Rejection:
     """A message rejected before sealing, or by :func:`classify_candidates` during it.
 
     ``reason`` is a stable reason code (docs/reason-codes.md); ``raw`` the bytes received (the
-    store keeps the first 16 KiB and the SHA-256 of all of them).
+    store keeps the first 16 KiB and the SHA-256 of all of them). A plain string is turned into
+    its :class:`~anchor.errors.Reason` (``ValueError`` when the table has no such code), so a
+    quarantine row, its log line and the quarantine counters only ever carry table codes.
     """
 
     received_at: datetime
     topic: str
-    reason: str
+    reason: Reason
     detail: str
     raw: bytes
     device_id: str | None = None
     seq: int | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", Reason(self.reason))
 
-def _reject(c: Candidate, reason: str, detail: str) -> Rejection:
+
+def _reject(c: Candidate, reason: Reason, detail: str) -> Rejection:
     r = c.envelope.reading
     seq = r.seq if r.seq <= MAX_STORED_INT else None
     return Rejection(c.received_at, c.topic, reason, detail, c.envelope.raw, r.device_id, seq)
@@ -238,18 +244,18 @@ def classify_candidates(
         r = c.envelope.reading
         if r.seq > MAX_STORED_INT or r.ts > MAX_STORED_INT:
             verdict[i] = _reject(
-                c, "out_of_range", f"seq {r.seq} or ts {r.ts} exceeds {MAX_STORED_INT}"
+                c, Reason.OUT_OF_RANGE, f"seq {r.seq} or ts {r.ts} exceeds {MAX_STORED_INT}"
             )
             continue
         key = (r.device_id, r.seq)
         known = in_batch.get(key, stored_leaf.get(key))
         if known is not None:
             if known == leaf:
-                verdict[i] = _reject(c, "replayed_seq", DUPLICATE_DETAIL)
+                verdict[i] = _reject(c, Reason.REPLAYED_SEQ, DUPLICATE_DETAIL)
             else:
                 verdict[i] = _reject(
                     c,
-                    "seq_conflict",
+                    Reason.SEQ_CONFLICT,
                     f"seq {r.seq} already holds another reading (leaf {known.hex()}, "
                     f"this one {leaf.hex()})",
                 )
@@ -262,7 +268,7 @@ def classify_candidates(
         if expected is not None and r.prev != expected:
             verdict[i] = _reject(
                 c,
-                "prev_mismatch",
+                Reason.PREV_MISMATCH,
                 f"prev {r.prev.hex()} is not the leaf hash {expected.hex()} of seq {r.seq - 1}",
             )
             continue
@@ -272,87 +278,11 @@ def classify_candidates(
     return accepted, rejected
 
 
-LogNode = tuple[int, int]
+# The log's node arithmetic is tree math and lives in anchor.merkle; these names are kept for
+# the store, which serves log proofs from stored interior nodes.
+LogNode = merkle.NodeId
 """``(level, idx)``: the perfect subtree over log leaves ``[idx << level, (idx + 1) << level)``."""
-
-
-def log_append(
-    frontier: Sequence[bytes], size: int, leaf: bytes, *, hasher: merkle.Hasher = merkle.SHA256
-) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
-    """Append ``leaf`` (a log leaf hash) at index ``size``; return the new compact range and
-    every perfect subtree the append completes, as ``(level, idx, hash)``, the leaf first.
-
-    The final frontier is :func:`anchor.merkle.compact_append`'s; the nodes are the same merges
-    spelt out, so a store can keep them and serve proofs in O(log n) lookups.
-    """
-    new_frontier = merkle.compact_append(frontier, size, leaf, hasher=hasher)
-    nodes = [(0, size, leaf)]
-    node, level, rest = leaf, 0, list(frontier)
-    while (size >> level) & 1:
-        node = hasher.hash_children(rest.pop(), node)
-        level += 1
-        nodes.append((level, size >> level, node))
-    if node != new_frontier[-1]:  # pragma: no cover - two spellings of one algorithm
-        raise ProofError("log_append disagrees with compact_append")
-    return new_frontier, nodes
-
-
-def _range_nodes(lo: int, hi: int) -> list[LogNode]:
-    # [lo, hi) as aligned perfect subtrees, largest first: the RFC 9162 shape of any subtree of
-    # the log (each starts at a multiple of a power of two at least as large as itself).
-    nodes = []
-    while lo < hi:
-        level = (hi - lo).bit_length() - 1
-        while lo % (1 << level):
-            level -= 1
-        nodes.append((level, lo >> level))
-        lo += 1 << level
-    return nodes
-
-
-def _largest_power_of_two_below(n: int) -> int:
-    return 1 << ((n - 1).bit_length() - 1)
-
-
-def log_inclusion_nodes(index: int, size: int) -> list[list[LogNode]]:
-    """The inclusion proof of leaf ``index`` in a ``size``-leaf log (RFC 9162 section 2.1.3.1),
-    bottom-up, each element given as the perfect subtrees whose :func:`log_root_from_nodes` it is.
-    """
-    if not 0 <= index < size:
-        raise ProofError(f"index {index} is outside a tree of size {size}")
-    path: list[list[LogNode]] = []
-    lo, n, m = 0, size, index
-    while n > 1:
-        k = _largest_power_of_two_below(n)
-        if m < k:
-            path.append(_range_nodes(lo + k, lo + n))
-            n = k
-        else:
-            path.append(_range_nodes(lo, lo + k))
-            lo, n, m = lo + k, n - k, m - k
-    path.reverse()
-    return path
-
-
-def log_consistency_nodes(old_size: int, new_size: int) -> list[list[LogNode]]:
-    """The RFC 9162 section 2.1.4.1 consistency proof from ``old_size`` to ``new_size``, each
-    element given as perfect subtrees (see :func:`log_inclusion_nodes`)."""
-    if not 0 <= old_size <= new_size:
-        raise ProofError(f"old size {old_size} is outside [0, {new_size}]")
-    if old_size in (0, new_size):
-        return []
-
-    def sub(m: int, lo: int, n: int, complete: bool) -> list[list[LogNode]]:
-        if m == n:
-            return [] if complete else [_range_nodes(lo, lo + n)]
-        k = _largest_power_of_two_below(n)
-        if m <= k:
-            return [*sub(m, lo, k, complete), _range_nodes(lo + k, lo + n)]
-        return [*sub(m - k, lo + k, n - k, False), _range_nodes(lo, lo + k)]
-
-    return sub(old_size, 0, new_size, True)
-
-
-def log_root_from_nodes(hashes: Sequence[bytes], *, hasher: merkle.Hasher = merkle.SHA256) -> bytes:
-    """The root of a range given its perfect subtrees' hashes, largest (leftmost) first."""
-    return merkle.compact_root(hashes, hasher=hasher)
+log_append = merkle.compact_append_nodes
+log_inclusion_nodes = merkle.inclusion_nodes
+log_consistency_nodes = merkle.consistency_nodes
+log_root_from_nodes = merkle.compact_root

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.store import Store
 from anchor.store import operator as ops
 from anchor.store.operator import TokenRow
@@ -89,9 +89,11 @@ else:
 class TokenError(AnchorError):
     """A bearer token was refused (``unauthorized``, ``forbidden``) or cannot be created."""
 
-    reason = "unauthorized"
+    reason = Reason.UNAUTHORIZED
 
-    def __init__(self, detail: str, *, reason: str | None = None, failure: str = "invalid") -> None:
+    def __init__(
+        self, detail: str, *, reason: Reason | None = None, failure: str = "invalid"
+    ) -> None:
         super().__init__(detail, reason=reason)
         self.failure = failure
         """For metrics: ``missing``, ``invalid``, ``revoked``, ``forbidden`` (or ``invalid``)."""
@@ -154,7 +156,7 @@ def check_scopes(scopes: Sequence[str]) -> tuple[str, ...]:
             f"unknown scope(s) {', '.join(map(repr, unknown))}; known: {', '.join(SCOPES)}"
             if unknown
             else f"a token needs at least one scope of {', '.join(SCOPES)}",
-            reason="scope_invalid",
+            reason=Reason.SCOPE_INVALID,
         )
     return tuple(s for s in SCOPES if s in scopes)
 
@@ -164,7 +166,7 @@ def require_scope(token: TokenRow, scope: str) -> None:
     if scope not in token.scopes:
         raise TokenError(
             f"token {token.name!r} (id {token.id}) lacks the scope {scope!r}",
-            reason="forbidden",
+            reason=Reason.FORBIDDEN,
             failure="forbidden",
         )
 
@@ -194,7 +196,7 @@ async def create_token(store: Store, *, name: str, scopes: Sequence[str]) -> New
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         raise TokenError(
             f"token name {ascii(name)[:80]} does not match [A-Za-z0-9._@:-]{{1,64}}",
-            reason="token_name_invalid",
+            reason=Reason.TOKEN_NAME_INVALID,
         )
     wanted = check_scopes(scopes)
     secret = secrets.token_bytes(SECRET_BYTES)

@@ -76,7 +76,7 @@ from anchor.broker_auth import (
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.children import ChildProcess
 from anchor.config import ChainSettings, Settings, settings_to_toml
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.files import write_private_file, write_public_file
 from anchor.lifetime import RestartBackoff, pid_alive, processes_with_arg, stop_pids
 from anchor.local import (
@@ -243,7 +243,7 @@ def _wait_for(predicate: Any, timeout: float, what: str, abort: Any = None) -> N
             raise _StopRequested(what)
         if time.monotonic() > deadline:
             raise AnchorError(
-                f"{what} did not become ready in {timeout:.0f}s", reason="start_failed"
+                f"{what} did not become ready in {timeout:.0f}s", reason=Reason.START_FAILED
             )
         time.sleep(0.1)
 

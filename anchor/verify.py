@@ -32,7 +32,7 @@ from typing import Literal
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
 from anchor.envelope import Envelope, parse_envelope, verify_envelope
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
 from anchor.receipt import Receipt
 
@@ -65,7 +65,7 @@ class Check:
     name: str
     status: Status
     detail: str
-    reason: str | None = None
+    reason: Reason | None = None
 
     def to_dict(self) -> dict[str, str | None]:
         return {
@@ -137,7 +137,7 @@ def _check_envelope(receipt: Receipt) -> tuple[Check, Envelope | None]:
         if claimed != actual
     ]
     if mismatches:
-        return Check("envelope", "fail", "; ".join(mismatches), "receipt_mismatch"), envelope
+        return Check("envelope", "fail", "; ".join(mismatches), Reason.RECEIPT_MISMATCH), envelope
     return Check("envelope", "pass", f"{envelope.format} {envelope.alg}, kind {r.kind}"), envelope
 
 
@@ -152,7 +152,7 @@ def _check_signature(envelope: Envelope | None, device_keys: Mapping[bytes, Publ
             "signature",
             "fail",
             f"no trusted device key has kid {envelope.kid.hex()}",
-            "unknown_kid",
+            Reason.UNKNOWN_KID,
         )
     try:
         verify_envelope(envelope, key)
@@ -192,7 +192,7 @@ def _check_proofs(receipt: Receipt, hasher: merkle.Hasher) -> list[Check]:
                 "leaf_hash",
                 "fail",
                 f"expected {receipt.leaf_hash.hex()}, calculated {computed_leaf.hex()}",
-                "leaf_mismatch",
+                Reason.LEAF_MISMATCH,
             )
         )
     b = receipt.batch
@@ -230,7 +230,7 @@ def _check_checkpoint(receipt: Receipt, log_verifiers: Sequence[NoteVerifier]) -
             "fail",
             f"checkpoint names size {checkpoint.size} root {checkpoint.root.hex()}, "
             f"receipt's log has size {lg.size} root {lg.root.hex()}",
-            "checkpoint_mismatch",
+            Reason.CHECKPOINT_MISMATCH,
         )
     else:
         structural = Check("checkpoint", "pass", f"{checkpoint.origin!r} at size {checkpoint.size}")

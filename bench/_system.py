@@ -30,14 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from anchor.keys import PrivateKey
+from anchor.mqtt import create_client, parse_mqtt_url
 from devices.signer import DeviceSigner
 
 DISTRICT = "faults"
@@ -463,22 +458,17 @@ class Fleet:
     # -- set-up ----------------------------------------------------------------------------
 
     def connect(self) -> None:
-        u = urlsplit(self.url)
-        host, port = u.hostname or "127.0.0.1", u.port or 1883
+        target = parse_mqtt_url(self.url)
         for i, dev in enumerate(self.devices):
             if self.mode == "paho":
                 self._mid.append({})
                 self._early.append({})
-                c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=dev.device_id,
-                                protocol=MQTTProtocolVersion.MQTTv5)  # fmt: skip
-                c.username_pw_set(dev.username, dev.password)
-                c.max_inflight_messages_set(100)
-                c.max_queued_messages_set(0)
-                c.reconnect_delay_set(1, 5)
+                # A plain paho v5 client (the factory only configures it): persistent session.
+                c = create_client(target, client_id=dev.device_id, username=dev.username,
+                                  password=dev.password, keepalive_s=60, clean_start=False,
+                                  session_expiry_s=3600, reconnect_max_s=5,
+                                  max_inflight=100)  # fmt: skip
                 c.on_publish = self._paho_puback(i)
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = 3600
-                c.connect_async(host, port, clean_start=False, properties=props)
                 c.loop_start()
                 self._clients.append(c)
             else:

@@ -39,7 +39,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from _common import BenchConfig, best_of, run_sections
 
@@ -65,18 +64,12 @@ GAS_NOISE = 300
 def _publish_timed(url: str, messages: list[tuple[str, bytes]], rate: float) -> list[float]:
     """Child process: publish ``messages`` at ``rate``/s (QoS 1); each one's wall time
     (``time.time()`` right before ``publish``), in order."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from anchor.mqtt import create_client, parse_mqtt_url
 
-    u = urlsplit(url)
-    c = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=f"bench-anchor-pub-{os.getpid()}",
-        protocol=MQTTProtocolVersion.MQTTv5,
+    c = create_client(
+        parse_mqtt_url(url), client_id=f"bench-anchor-pub-{os.getpid()}", max_inflight=2000
     )
-    c.max_inflight_messages_set(2000)
-    c.max_queued_messages_set(0)
-    c.connect(u.hostname or "127.0.0.1", u.port or 1883)
+    c.reconnect()  # connect now, so a broker that is not there fails the run at once
     c.loop_start()
     times: list[float] = []
     infos = []

@@ -34,7 +34,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from _common import BenchConfig, best_of, run_sections
 
@@ -67,20 +66,13 @@ def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> int:
 
 def _publish(url: str, messages: list[tuple[str, bytes]], rate: float, clients: int) -> float:
     """Child process: publish ``messages`` at ``rate``/s (0: flat out); return seconds taken."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+    from anchor.mqtt import create_client, parse_mqtt_url
 
-    u = urlsplit(url)
+    target = parse_mqtt_url(url)
     conns = []
     for i in range(clients):
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"bench-pub-{os.getpid()}-{i}",
-            protocol=MQTTProtocolVersion.MQTTv5,
-        )
-        c.max_inflight_messages_set(2000)
-        c.max_queued_messages_set(0)
-        c.connect(u.hostname or "127.0.0.1", u.port or 1883)
+        c = create_client(target, client_id=f"bench-pub-{os.getpid()}-{i}", max_inflight=2000)
+        c.reconnect()  # connect now, so a broker that is not there fails the run at once
         c.loop_start()
         conns.append(c)
     infos = []

@@ -28,18 +28,16 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
-import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from anchor.errors import AnchorError, KeyMaterialError
-from anchor.files import open_regular_nonblocking
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
+from anchor.errors import AnchorError, KeyMaterialError, Reason
+from anchor.files import open_regular_nonblocking, write_private_file, write_public_file
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
 
 __all__ = [
@@ -59,7 +57,7 @@ MAX_KEY_FILE_SIZE = 64 * 1024
 
 # DESIGN wire format: the registry id. It is also what keeps a device id from naming a path
 # outside the key directory ('/' and NUL are not in the set).
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 # Filesystems that cannot hard-link (some FUSE, SMB and FAT mounts) answer with one of these.
 _NO_LINK_ERRNOS = frozenset(
     {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
@@ -82,7 +80,7 @@ class DeviceKeyFiles:
 def _check_device_id(device_id: str) -> None:
     if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise KeyMaterialError(
-            f"device id {device_id!r} is not [A-Za-z0-9._-]{{1,64}}", reason="device_id_invalid"
+            f"device id {device_id!r} is not {DEVICE_ID_PATTERN}", reason=Reason.DEVICE_ID_INVALID
         )
 
 
@@ -101,74 +99,6 @@ def device_key_files(directory: Path | str, device_id: str) -> DeviceKeyFiles:
     )
 
 
-def _fsync_directory(directory: Path) -> None:
-    # Makes the new directory entry itself durable; without it a power cut can lose the name
-    # even though the file's bytes were fsynced. Not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_temp(directory: Path, name: str, data: bytes, mode: int) -> str:
-    """Write ``data`` to a new fsynced temporary file in ``directory``; return its path."""
-    # mkstemp creates the file O_CREAT | O_EXCL with mode 0600, before any byte is written.
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _create_private_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (mode 0600) holding ``data``, all or nothing; never replace a file."""
-    tmp = _write_temp(path.parent, path.name, data, 0o600)
-    try:
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
-        except OSError as exc:
-            if exc.errno not in _NO_LINK_ERRNOS:
-                raise
-            # No hard links here: fall back to creating the final name exclusively. Still never
-            # readable by others and never clobbering, only not crash-atomic.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    _fsync_directory(path.parent)
-
-
-def _replace_public_file(path: Path, data: bytes) -> None:
-    tmp = _write_temp(path.parent, path.name, data, 0o644)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(path.parent)
-
-
 def generate_device_key(
     directory: Path | str, device_id: str, key_type: str = "Ed25519"
 ) -> DeviceKeyFiles:
@@ -183,7 +113,7 @@ def generate_device_key(
     if key_type not in KEY_TYPES:
         raise KeyMaterialError(
             f"key type {key_type!r} is not one of {', '.join(KEY_TYPES)}",
-            reason="key_type_unsupported",
+            reason=Reason.KEY_TYPE_UNSUPPORTED,
         )
     files = device_key_files(directory, device_id)
     key = PrivateKey.generate(key_type)
@@ -193,18 +123,18 @@ def generate_device_key(
         files.private_pem.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # The private key goes first: if it cannot be created, no public file claims a key
         # that does not exist.
-        _create_private_file(files.private_pem, key.to_pem())
-        _replace_public_file(files.public_jwk, jwk_text.encode())
-        _replace_public_file(files.public_pem, public.to_pem())
+        write_private_file(files.private_pem, key.to_pem(), replace=False)
+        write_public_file(files.public_jwk, jwk_text.encode())
+        write_public_file(files.public_pem, public.to_pem())
     except FileExistsError:
         raise KeyMaterialError(
             f"{files.private_pem} already exists; refusing to replace a device's key",
-            reason="key_file_exists",
+            reason=Reason.KEY_FILE_EXISTS,
         ) from None
     except OSError as exc:
         raise KeyMaterialError(
             f"cannot write key files in {files.private_pem.parent}: {exc.strerror or exc}",
-            reason="key_file_unwritable",
+            reason=Reason.KEY_FILE_UNWRITABLE,
         ) from exc
     return DeviceKeyFiles(
         device_id=files.device_id,
@@ -225,11 +155,11 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
     except ValueError as exc:
         raise KeyMaterialError(
             f"cannot read key file {path}: it is {exc}, not a regular file",
-            reason="key_file_unreadable",
+            reason=Reason.KEY_FILE_UNREADABLE,
         ) from None
     except OSError as exc:
         raise KeyMaterialError(
-            f"cannot open key file {path}: {exc.strerror or exc}", reason="key_file_unreadable"
+            f"cannot open key file {path}: {exc.strerror or exc}", reason=Reason.KEY_FILE_UNREADABLE
         ) from exc
     with os.fdopen(fd, "rb") as f:
         if private and os.name == "posix" and st.st_mode & 0o077:
@@ -237,12 +167,13 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
                 f"private key {path} has mode {stat.S_IMODE(st.st_mode):04o}: group or others "
                 f"can access it, so it must be considered leaked; if it was not, "
                 f"run 'chmod 600 {path}'",
-                reason="key_file_permissions",
+                reason=Reason.KEY_FILE_PERMISSIONS,
             )
         data = b"" if st.st_size > MAX_KEY_FILE_SIZE else f.read(MAX_KEY_FILE_SIZE + 1)
     if st.st_size > MAX_KEY_FILE_SIZE or len(data) > MAX_KEY_FILE_SIZE:
         raise KeyMaterialError(
-            f"{path} is larger than {MAX_KEY_FILE_SIZE} bytes; not a key file", reason="key_invalid"
+            f"{path} is larger than {MAX_KEY_FILE_SIZE} bytes; not a key file",
+            reason=Reason.KEY_INVALID,
         )
     return data
 

@@ -66,7 +66,6 @@ import fcntl
 import logging
 import os
 import random
-import re
 import sqlite3
 import ssl
 import threading
@@ -76,17 +75,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from anchor.backoff import Backoff
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
-from anchor.errors import AnchorError
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
+from anchor.errors import AnchorError, Reason
 from anchor.merkle import get_hasher
+from anchor.mqtt import MqttTarget, connect_async, create_client, parse_mqtt_url
 from devices.signer import DeviceSigner
 
 __all__ = [
@@ -121,7 +121,7 @@ as opposed to a broker's PUBACK code; ``reason`` is then the quarantine reason c
 
 _SUCCESS_LIMIT = 0x80  # reason codes below this are successes (MQTT v5 section 2.4)
 _NO_MATCHING_SUBSCRIBERS = 0x10  # a "success" after which the broker has dropped the message
-_SEGMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SEGMENT = DEVICE_ID_RE  # the one rule: anchor.device_id
 _SCHEMA_VERSION = 2  # 2: outbox.leaf_hash, to match the service's acknowledgements
 
 
@@ -144,48 +144,9 @@ def reading_topic(district: str, device_id: str) -> str:
     for what, value in (("district", district), ("device id", device_id)):
         if not isinstance(value, str) or not _SEGMENT.fullmatch(value):
             raise PublishError(
-                f"{what} {value!r} is not [A-Za-z0-9._-]{{1,64}}", reason="topic_invalid"
+                f"{what} {value!r} is not {DEVICE_ID_PATTERN}", reason=Reason.TOPIC_INVALID
             )
     return f"city/{district}/{device_id}/readings"
-
-
-# ---------------------------------------------------------------------------------------------
-# MQTT URL
-
-
-@dataclass(frozen=True, slots=True)
-class MqttTarget:
-    """Where a client connects: from ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://``."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-
-def parse_mqtt_url(url: str) -> MqttTarget:
-    """Parse ``mqtt://`` / ``tcp://`` (port 1883) or ``mqtts://`` / ``ssl://`` (8883, TLS with
-    the system's CA store). Raises ``PublishError`` (``usage``) for anything else."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise PublishError(f"invalid MQTT URL {url!r}: {exc}", reason="usage") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parts.hostname:
-        raise PublishError(
-            f"unsupported MQTT URL {url!r}; expected mqtt://host:port or mqtts://host:port",
-            reason="usage",
-        )
-    tls = scheme in ("mqtts", "ssl")
-    return MqttTarget(
-        host=parts.hostname,
-        port=port or (8883 if tls else 1883),
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +161,7 @@ class OutboxError(AnchorError):
     ``outbox_unavailable`` (SQLite or the filesystem failed), ``usage`` (closed outbox).
     """
 
-    reason = "outbox_unavailable"
+    reason = Reason.OUTBOX_UNAVAILABLE
 
 
 class PublishError(AnchorError):
@@ -210,7 +171,7 @@ class PublishError(AnchorError):
     ``connect_failed``.
     """
 
-    reason = "publish_failed"
+    reason = Reason.PUBLISH_FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,11 +269,11 @@ class Outbox:
         hash_scheme: str = "rfc9162-sha256",
     ) -> None:
         if max_entries < 1 or max_bytes < 1:
-            raise OutboxError("max_entries and max_bytes must be positive", reason="usage")
+            raise OutboxError("max_entries and max_bytes must be positive", reason=Reason.USAGE)
         try:
             self.hasher = get_hasher(hash_scheme)
         except AnchorError as exc:
-            raise OutboxError(str(exc), reason="usage") from exc
+            raise OutboxError(str(exc), reason=Reason.USAGE) from exc
         self.path = Path(path)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -343,7 +304,7 @@ class Outbox:
             os.close(fd)
             raise OutboxError(
                 f"outbox {self.path} is in use by another publisher (lock {lock_path})",
-                reason="outbox_locked",
+                reason=Reason.OUTBOX_LOCKED,
             ) from None
         return fd
 
@@ -391,7 +352,7 @@ class Outbox:
                 raise OutboxError(
                     f"outbox {self.path} is full ({self._count} envelopes, {self._bytes} bytes; "
                     f"limits {self.max_entries} / {self.max_bytes})",
-                    reason="outbox_full",
+                    reason=Reason.OUTBOX_FULL,
                 )
             try:
                 cur = self._db.execute(
@@ -613,7 +574,7 @@ class Outbox:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise OutboxError(f"outbox {self.path} is closed", reason="usage")
+            raise OutboxError(f"outbox {self.path} is closed", reason=Reason.USAGE)
 
     def _rollback(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -700,11 +661,11 @@ class Publisher:
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_inflight < 1:
-            raise PublishError("max_inflight must be at least 1", reason="usage")
+            raise PublishError("max_inflight must be at least 1", reason=Reason.USAGE)
         if not client_id or len(client_id.encode()) > 65535:
-            raise PublishError("client_id must be a non-empty string", reason="usage")
+            raise PublishError("client_id must be a non-empty string", reason=Reason.USAGE)
         if not 0 < retry_min_s <= retry_max_s or not 0 < ack_timeout_s <= ack_timeout_max_s:
-            raise PublishError("back-off bounds must be positive and ordered", reason="usage")
+            raise PublishError("back-off bounds must be positive and ordered", reason=Reason.USAGE)
         self.outbox = outbox
         self.client_id = client_id
         self.max_inflight = max_inflight
@@ -713,22 +674,25 @@ class Publisher:
         self.ack_timeout_s = ack_timeout_s
         self.ack_timeout_max_s = ack_timeout_max_s
         self.on_settled = on_settled
-        target = parse_mqtt_url(mqtt_url)
+        try:
+            target = parse_mqtt_url(mqtt_url)
+            # We never hand paho more than the window, so its own queue stays empty.
+            client = create_client(
+                target,
+                client_id=client_id,
+                username=username,
+                password=password,
+                keepalive_s=keepalive_s,
+                clean_start=False,
+                session_expiry_s=session_expiry_s,
+                reconnect_min_s=reconnect_min_s,
+                reconnect_max_s=reconnect_max_s,
+                max_inflight=max_inflight,
+                tls_context=tls_context,
+            )
+        except AnchorError as exc:
+            raise PublishError(exc.detail, reason=Reason.USAGE) from exc
         self._target = target
-
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
-        user = username if username is not None else target.username
-        if user is not None:
-            pw = password if username is not None else target.password
-            client.username_pw_set(user, pw)
-        if target.tls:
-            client.tls_set_context(tls_context or ssl.create_default_context())
-        # We never hand paho more than the window, so its own queue stays empty; 0 = no cap.
-        client.max_inflight_messages_set(max_inflight)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=reconnect_min_s, max_delay=reconnect_max_s)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -754,8 +718,8 @@ class Publisher:
         # outbox id -> monotonic time of its next send: after a PUBACK that did not deliver,
         # or after a good PUBACK while the service's acknowledgement is awaited.
         self._retry_at: dict[int, float] = {}
-        self._retry_delay: dict[int, float] = {}  # back-off after failed PUBACKs
-        self._ack_wait: dict[int, float] = {}  # the current acknowledgement timeout
+        self._retry_delay: dict[int, Backoff] = {}  # back-off after failed PUBACKs
+        self._ack_wait: dict[int, Backoff] = {}  # the acknowledgement timeouts
         self._subscribed: set[str] = set()  # ack topics subscribed on this connection
         self._awaiting: set[int] = set()  # outbox ids whose _retry_at is an ack timeout
         self._topic_of: dict[int, str] = {}  # outbox id -> topic, while it is being sent
@@ -772,19 +736,18 @@ class Publisher:
             return self
         with self._cond:
             self._stopping = False
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = self._session_expiry_s
         try:
-            self._client.connect_async(
-                self._target.host,
-                self._target.port,
-                keepalive=self._keepalive_s,
+            # Again: a publisher closed and started again records its connection anew.
+            connect_async(
+                self._client,
+                self._target,
+                keepalive_s=self._keepalive_s,
                 clean_start=False,
-                properties=props,
+                session_expiry_s=self._session_expiry_s,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, AnchorError) as exc:
             raise PublishError(
-                f"cannot connect to {self._target.host}: {exc}", reason="connect_failed"
+                f"cannot connect to {self._target.host}: {exc}", reason=Reason.CONNECT_FAILED
             ) from exc
         self._worker = threading.Thread(
             target=self._run, name=f"publisher-{self.client_id}", daemon=True
@@ -849,7 +812,7 @@ class Publisher:
         """
         topic = reading_topic(district, signer.device_id)
         if not self.outbox.has_room():
-            raise OutboxError(f"outbox {self.outbox.path} is full", reason="outbox_full")
+            raise OutboxError(f"outbox {self.outbox.path} is full", reason=Reason.OUTBOX_FULL)
         envelope = signer.sign(kind, values, ts_ms)
         entry_id = self.put(topic, envelope)
         leaf = self.outbox.hasher.hash_leaf(envelope)
@@ -867,13 +830,13 @@ class Publisher:
                 if self._worker_error is not None:
                     raise PublishError(
                         f"the publisher's sender failed: {self._worker_error}",
-                        reason="publish_failed",
+                        reason=Reason.PUBLISH_FAILED,
                     ) from self._worker_error
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise PublishError(
                         f"{self.outbox.count()} envelopes still unacknowledged after {timeout} s",
-                        reason="flush_timeout",
+                        reason=Reason.FLUSH_TIMEOUT,
                     )
                 self._cond.wait(min(left, 0.2))
 
@@ -990,10 +953,10 @@ class Publisher:
         with self._cond:
             self._stats[name] += n
 
-    def _jitter(self, delay: float) -> float:
+    def _backoff(self, initial_s: float, cap_s: float) -> Backoff:
         # "Equal jitter": between half and all of the delay, so resends spread out but the
         # back-off still grows.
-        return delay * self._random.uniform(0.5, 1.0)
+        return Backoff(initial_s=initial_s, cap_s=cap_s, jitter=0.5, rand=self._random.random)
 
     def _forget(self, entry_id: int) -> None:
         self._retry_at.pop(entry_id, None)
@@ -1064,12 +1027,13 @@ class Publisher:
             # The broker has it; the service has not said it is durable yet. Resend if the
             # acknowledgement does not come in time (a resend is harmless: replayed_seq), and
             # wait twice as long after each resend.
-            previous = self._ack_wait.get(entry_id)
-            wait = self.ack_timeout_s if previous is None else previous * 2
-            wait = min(wait, self.ack_timeout_max_s)
-            self._ack_wait[entry_id] = wait
+            waits = self._ack_wait.get(entry_id)
+            if waits is None:
+                waits = self._ack_wait[entry_id] = self._backoff(
+                    self.ack_timeout_s, self.ack_timeout_max_s
+                )
             self._awaiting.add(entry_id)
-            self._retry_at[entry_id] = time.monotonic() + self._jitter(wait)
+            self._retry_at[entry_id] = time.monotonic() + waits.next_delay()
         elif event.code in PERMANENT_PUBACK_CODES:
             reason = PERMANENT_PUBACK_CODES[event.code]
             log.error(
@@ -1093,10 +1057,13 @@ class Publisher:
             # MQTT, a loss to us); >= 0x80: it did not take it. Either way: not delivered.
             if event.code == _NO_MATCHING_SUBSCRIBERS:
                 self._count("no_subscribers")
-            delay = self._retry_delay.get(entry_id, self.retry_min_s / 2) * 2
-            delay = min(max(delay, self.retry_min_s), self.retry_max_s)
-            self._retry_delay[entry_id] = delay
-            self._retry_at[entry_id] = time.monotonic() + self._jitter(delay)
+            delays = self._retry_delay.get(entry_id)
+            if delays is None:
+                delays = self._retry_delay[entry_id] = self._backoff(
+                    self.retry_min_s, self.retry_max_s
+                )
+            delay = delays.next_delay()
+            self._retry_at[entry_id] = time.monotonic() + delay
             log.log(
                 logging.INFO if event.code == _NO_MATCHING_SUBSCRIBERS else logging.WARNING,
                 "%s: PUBACK 0x%02x %s for outbox entry %d: not delivered; resending in %.1f s",

@@ -24,11 +24,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
-from anchor.errors import AnchorError
-from anchor.files import open_regular_nonblocking
+from anchor.errors import AnchorError, Reason
+from anchor.files import open_regular_nonblocking, write_private_file
 from anchor.keys import PrivateKey
 from anchor.merkle import leaf_hash
 
@@ -55,7 +54,7 @@ __all__ = [
 ZERO_PREV = bytes(32)
 """``prev`` of a device's first envelope (seq 1)."""
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 # A state file is a few hundred bytes; refuse to parse anything much larger.
 _MAX_STATE_FILE_SIZE = 4096
 
@@ -68,7 +67,7 @@ class DeviceStateError(AnchorError):
     ``format_invalid``.
     """
 
-    reason = "state_invalid"
+    reason = Reason.STATE_INVALID
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +84,8 @@ class DeviceState:
     def __post_init__(self) -> None:
         if not isinstance(self.device_id, str) or not _DEVICE_ID.fullmatch(self.device_id):
             raise DeviceStateError(
-                f"device id {self.device_id!r} is not [A-Za-z0-9._-]{{1,64}}",
-                reason="device_id_invalid",
+                f"device id {self.device_id!r} is not {DEVICE_ID_PATTERN}",
+                reason=Reason.DEVICE_ID_INVALID,
             )
         # bool is an int subclass; a JSON true must not pass as seq 1.
         if not isinstance(self.seq, int) or isinstance(self.seq, bool) or self.seq < 0:
@@ -133,11 +132,11 @@ def load_state(path: Path | str) -> DeviceState | None:
     except ValueError as exc:
         raise DeviceStateError(
             f"cannot read state file {p}: it is {exc}, not a regular file",
-            reason="state_unreadable",
+            reason=Reason.STATE_UNREADABLE,
         ) from None
     except OSError as exc:
         raise DeviceStateError(
-            f"cannot read state file {p}: {exc.strerror or exc}", reason="state_unreadable"
+            f"cannot read state file {p}: {exc.strerror or exc}", reason=Reason.STATE_UNREADABLE
         ) from exc
     if len(data) > _MAX_STATE_FILE_SIZE:
         raise DeviceStateError(f"state file {p} is larger than {_MAX_STATE_FILE_SIZE} bytes")
@@ -154,30 +153,12 @@ def save_state(path: Path | str, state: DeviceState) -> None:
     failed) the whole old one, never a mix. Raises ``DeviceStateError`` (``state_unwritable``).
     """
     p = Path(path)
-    tmp: str | None = None
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(state.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        tmp = None
-        # The rename is only durable once the directory entry is on disk too.
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_private_file(p, state.to_json())
     except OSError as exc:
         raise DeviceStateError(
-            f"cannot write state file {p}: {exc.strerror or exc}", reason="state_unwritable"
+            f"cannot write state file {p}: {exc.strerror or exc}", reason=Reason.STATE_UNWRITABLE
         ) from exc
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _now_ms() -> int:
@@ -214,7 +195,7 @@ class DeviceSigner:
         if format not in FORMATS:
             raise DeviceStateError(
                 f"envelope format {format!r} is not one of {', '.join(FORMATS)}",
-                reason="format_invalid",
+                reason=Reason.FORMAT_INVALID,
             )
         if state_path is not None:
             # The file, when present, is the truth: starting from anything else could sign a
@@ -225,7 +206,7 @@ class DeviceSigner:
                     raise DeviceStateError(
                         f"state file {state_path} (seq {on_disk.seq}) disagrees with the state "
                         f"given (seq {state.seq})",
-                        reason="state_conflict",
+                        reason=Reason.STATE_CONFLICT,
                     )
                 state = on_disk
         if state is None:
@@ -233,7 +214,7 @@ class DeviceSigner:
         elif state.device_id != device_id:
             raise DeviceStateError(
                 f"state belongs to device {state.device_id!r}, not {device_id!r}",
-                reason="state_device_mismatch",
+                reason=Reason.STATE_DEVICE_MISMATCH,
             )
         self._key = key
         self._format = format

@@ -77,7 +77,7 @@ from typing import Any, TextIO
 
 import cbor2
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -89,14 +89,15 @@ from anchor.envelope import (
     Reading,
     parse_envelope,
 )
-from anchor.errors import AnchorError, UsageError
+from anchor.errors import AnchorError, Reason, UsageError
+from anchor.files import KEY_FILE_LIMIT, read_user_file, write_public_file
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
+from anchor.mqtt import create_client, parse_mqtt_url
 from devices.keystore import device_key_files, generate_device_key, load_private_key
 from devices.publisher import (
     Outbox,
     Publisher,
     Settled,
-    parse_mqtt_url,
     reading_topic,
 )
 from devices.readings import FIVEG_KINDS, IOT_KINDS, ReadingGenerator
@@ -154,7 +155,7 @@ _PROGRESS_EVERY_S = 0.5
 class SimulationError(AnchorError):
     """The simulation could not run: ``usage`` (bad configuration), ``connect_failed``."""
 
-    reason = "simulation_failed"
+    reason = Reason.SIMULATION_FAILED
 
 
 def _now_ms() -> int:
@@ -205,7 +206,7 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         def bad(detail: str) -> SimulationError:
-            return SimulationError(detail, reason="usage")
+            return SimulationError(detail, reason=Reason.USAGE)
 
         if self.devices < 1:
             raise bad("devices must be at least 1")
@@ -379,12 +380,12 @@ def make_fleet(
     keystore's ``KeyMaterialError`` / the signer's ``DeviceStateError``.
     """
     if n < 1:
-        raise SimulationError("a fleet needs at least one device", reason="usage")
+        raise SimulationError("a fleet needs at least one device", reason=Reason.USAGE)
     districts = tuple(districts)
     if not districts or not all(_DISTRICT.fullmatch(d) for d in districts):
         raise SimulationError(
             f"districts must be non-empty [A-Za-z0-9._-]{{1,40}} names, got {districts!r}",
-            reason="usage",
+            reason=Reason.USAGE,
         )
     rng = random.Random(f"cityanchor-fleet:{seed}")
     p256 = set(rng.sample(range(n), round(n * p256_share)))
@@ -586,7 +587,7 @@ class _Run:
             if missing:
                 raise SimulationError(
                     f"no broker login for {len(missing)} devices (e.g. {missing[0]})",
-                    reason="usage",
+                    reason=Reason.USAGE,
                 )
         n_conn = len(self.fleet) if config.logins else min(config.connections, len(self.fleet))
         self.conn_of = {d.device_id: i % n_conn for i, d in enumerate(self.fleet)}
@@ -646,20 +647,20 @@ class _Run:
             if self.config.logins
             else f"cityanchor-sim-{os.getpid()}-{self.config.seed}-{index}"
         )
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
         user = self.config.username or target.username
+        password = self.config.password or target.password
         if self.config.logins:
-            device_id = self.fleet[index].device_id
-            client.username_pw_set(device_id, self.config.logins[device_id])
-        elif user:
-            client.username_pw_set(user, self.config.password or target.password)
-        if target.tls:
-            client.tls_set()
-        client.max_inflight_messages_set(self.config.max_inflight)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(1, 5)
+            user = self.fleet[index].device_id
+            password = self.config.logins[user]
+        client = create_client(
+            target,
+            client_id=client_id,
+            username=user or None,
+            password=password if user else None,
+            clean_start=True,
+            reconnect_max_s=5,
+            max_inflight=self.config.max_inflight,
+        )
         conn = _Conn(index, client, self.config.max_inflight)
 
         def on_connect(
@@ -688,7 +689,6 @@ class _Run:
 
         client.on_connect = on_connect
         client.on_publish = on_publish
-        client.connect_async(target.host, target.port, keepalive=30, clean_start=True)
         return conn
 
     def _resolve(self, conn: _Conn, msg: _Msg, code: int, *, durable: bool = True) -> None:
@@ -717,7 +717,7 @@ class _Run:
         assert conn.client is not None
         info = conn.client.publish(topic, payload, qos=1)
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:  # pragma: no cover - queue is unbounded
-            raise SimulationError("paho refused to queue a message", reason="publish_failed")
+            raise SimulationError("paho refused to queue a message", reason=Reason.PUBLISH_FAILED)
         with self.cond:
             conn.outstanding += 1
             self.sent += 1
@@ -896,17 +896,17 @@ class _Run:
                 raise SimulationError(
                     f"no MQTT connection to {self.config.mqtt_url} for "
                     f"{self.fleet[conn.index].device_id} within {limit} s",
-                    reason="connect_failed",
+                    reason=Reason.CONNECT_FAILED,
                 )
             if not conn.ready.wait(max(0.0, deadline - time.monotonic())):
                 raise SimulationError(
                     f"no MQTT connection to {self.config.mqtt_url} within {limit} s",
-                    reason="connect_failed",
+                    reason=Reason.CONNECT_FAILED,
                 )
             if conn.refused is not None:
                 raise SimulationError(
                     f"the broker at {self.config.mqtt_url} refused the connection: {conn.refused}",
-                    reason="connect_failed",
+                    reason=Reason.CONNECT_FAILED,
                 )
 
     def _produce(self) -> float:
@@ -1003,7 +1003,7 @@ def run_simulation(
     ``usage``).
     """
     if not fleet:
-        raise SimulationError("the fleet is empty", reason="usage")
+        raise SimulationError("the fleet is empty", reason=Reason.USAGE)
     return _Run(config, fleet, stream).run(progress)
 
 
@@ -1152,10 +1152,7 @@ def add_simulate_command(subparsers: Any) -> argparse.ArgumentParser:
 
 def _write_json(path: Path, data: object) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_public_file(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -1169,8 +1166,6 @@ def _register_via_api(
 
     if token_file is None:
         raise UsageError("--register-via needs --token-file (a devices:write token)")
-    from anchor.files import KEY_FILE_LIMIT, read_user_file
-
     raw = read_user_file(token_file, what="token file", limit=KEY_FILE_LIMIT)
     token = raw.decode("utf-8", "replace").strip()
     logins: dict[str, str] = {}
@@ -1187,11 +1182,11 @@ def _register_via_api(
         except urllib.error.HTTPError as exc:
             raise SimulationError(
                 f"registering {body['device_id']}: HTTP {exc.code} {exc.read()[:300]!r}",
-                reason="register_failed",
+                reason=Reason.REGISTER_FAILED,
             ) from exc
         except OSError as exc:
             raise SimulationError(
-                f"cannot reach {base_url}: {exc}", reason="register_failed"
+                f"cannot reach {base_url}: {exc}", reason=Reason.REGISTER_FAILED
             ) from exc
         if "mqtt_password" in answer:
             logins[answer["mqtt_username"]] = answer["mqtt_password"]
@@ -1206,15 +1201,16 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
     deadline = time.monotonic() + timeout_s
     while True:
         codes: list[int] = []
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
+        client = create_client(
+            target,
             client_id=user,  # a device login is bound to its device id as client id
-            protocol=MQTTProtocolVersion.MQTTv5,
+            username=user,
+            password=password,
+            keepalive_s=10,
         )
-        client.username_pw_set(user, password)
         client.on_connect = lambda c, u, f, rc, p, codes=codes: codes.append(int(rc.value))
         try:
-            client.connect(target.host, target.port, keepalive=10)
+            client.reconnect()  # connects now, with what create_client recorded
             until = time.monotonic() + 3
             while not codes and time.monotonic() < until:
                 client.loop(0.1)
@@ -1230,7 +1226,7 @@ def _wait_for_logins(mqtt_url: str, logins: Mapping[str, str], timeout_s: float 
         if time.monotonic() > deadline:
             raise SimulationError(
                 f"the broker did not accept the new device logins within {timeout_s:.0f} s",
-                reason="connect_failed",
+                reason=Reason.CONNECT_FAILED,
             )
         time.sleep(0.5)
 
@@ -1239,8 +1235,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run ``simulate`` from parsed arguments; prints the report summary as one JSON line."""
     password: str | None = None
     if args.password_file is not None:
-        from anchor.files import KEY_FILE_LIMIT, read_user_file
-
         raw = read_user_file(args.password_file, what="password file", limit=KEY_FILE_LIMIT)
         password = raw.decode("utf-8", "replace").strip()
     try:
@@ -1262,7 +1256,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             outbox_dir=args.outbox_dir,
         )
     except AnchorError as exc:
-        if exc.reason == "usage":
+        if exc.reason == Reason.USAGE:
             raise UsageError(exc.detail) from exc
         raise
     if args.fleet_only and args.fleet_file is None:

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 
 __all__ = [
     "CHAIN_ERROR_REASONS",
@@ -70,13 +70,13 @@ TxStatus = Literal["pending", "mined", "dropped", "failed"]
 
 #: Every ``ChainError.reason``; only ``chain_unavailable`` is retryable by default.
 CHAIN_ERROR_REASONS = (
-    "chain_unavailable",
-    "chain_mismatch",
-    "tx_rejected",
-    "tx_reverted",
-    "already_anchored",
-    "anchor_vanished",
-    "chain_error",
+    Reason.CHAIN_UNAVAILABLE,
+    Reason.CHAIN_MISMATCH,
+    Reason.TX_REJECTED,
+    Reason.TX_REVERTED,
+    Reason.ALREADY_ANCHORED,
+    Reason.ANCHOR_VANISHED,
+    Reason.CHAIN_ERROR,
 )
 
 
@@ -95,13 +95,13 @@ class ChainError(AnchorError):
     - ``chain_error``: anything else (no contract at the address, unexpected answer).
     """
 
-    reason = "chain_error"
+    reason = Reason.CHAIN_ERROR
 
     def __init__(
-        self, detail: str, *, reason: str | None = None, retryable: bool | None = None
+        self, detail: str, *, reason: Reason | None = None, retryable: bool | None = None
     ) -> None:
         super().__init__(detail, reason=reason)
-        self.retryable = self.reason == "chain_unavailable" if retryable is None else retryable
+        self.retryable = self.reason == Reason.CHAIN_UNAVAILABLE if retryable is None else retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,13 +282,13 @@ def check_recorded_anchor(
         return ChainError(
             f"anchoredAt({root.hex()}) is 0 on chain {backend.chain_id} (recorded in block "
             f"{block_number}; the chain's head is block {backend.latest_block()})",
-            reason="anchor_vanished",
+            reason=Reason.ANCHOR_VANISHED,
         )
     if at != block_number:
         return ChainError(
             f"root {root.hex()} is anchored in block {at} on chain {backend.chain_id}, "
             f"recorded in block {block_number}",
-            reason="anchor_vanished",
+            reason=Reason.ANCHOR_VANISHED,
         )
     if block_hash is not None:
         canonical = backend.block_hash(block_number)
@@ -297,6 +297,6 @@ def check_recorded_anchor(
             return ChainError(
                 f"block {block_number} on chain {backend.chain_id} is {now}, recorded "
                 f"0x{block_hash.hex()}: the block was reorganised",
-                reason="anchor_vanished",
+                reason=Reason.ANCHOR_VANISHED,
             )
     return None

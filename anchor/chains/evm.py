@@ -79,7 +79,7 @@ from web3.types import TxParams, TxReceipt  # noqa: E402
 
 from anchor.chains.base import AnchorConfirmation, AnchorTx, ChainError, TxStatus  # noqa: E402
 from anchor.contracts import load_artifact  # noqa: E402
-from anchor.errors import UsageError  # noqa: E402
+from anchor.errors import Reason, UsageError  # noqa: E402
 
 sys.setrecursionlimit(_RECURSION_LIMIT)
 
@@ -104,10 +104,10 @@ _ANCHORED_TOPIC = "0x" + Web3.keccak(text="Anchored(bytes32,uint64,address)").he
 _ERRORS = {
     "0x" + Web3.keccak(text=sig).hex()[:8]: (name, reason)
     for sig, name, reason in (
-        ("AlreadyAnchored(bytes32,uint256)", "AlreadyAnchored", "already_anchored"),
-        ("NotSubmitter(address)", "NotSubmitter", "tx_rejected"),
-        ("ZeroRoot()", "ZeroRoot", "tx_rejected"),
-        ("ZeroTreeSize()", "ZeroTreeSize", "tx_rejected"),
+        ("AlreadyAnchored(bytes32,uint256)", "AlreadyAnchored", Reason.ALREADY_ANCHORED),
+        ("NotSubmitter(address)", "NotSubmitter", Reason.TX_REJECTED),
+        ("ZeroRoot()", "ZeroRoot", Reason.TX_REJECTED),
+        ("ZeroTreeSize()", "ZeroTreeSize", Reason.TX_REJECTED),
     )
 }
 # Node error texts (geth, erigon, besu, nethermind, anvil) that mean "I already have these
@@ -227,7 +227,7 @@ def _revert_error(exc: ContractLogicError, what: str) -> ChainError:
     if known is not None:
         name, reason = known
         return ChainError(f"{what} reverted with {name} ({data})", reason=reason)
-    return ChainError(f"{what} reverted: {exc.message or data or exc}", reason="tx_reverted")
+    return ChainError(f"{what} reverted: {exc.message or data or exc}", reason=Reason.TX_REVERTED)
 
 
 def _http_status(exc: OSError) -> int | None:
@@ -247,10 +247,11 @@ def _translated(what: str) -> Iterator[None]:
         raise _revert_error(exc, what) from exc
     except Web3RPCError as exc:
         text = str(exc.message).lower()
-        reason = "chain_unavailable" if any(t in text for t in _UNAVAILABLE_TEXT) else "chain_error"
+        unavailable = any(t in text for t in _UNAVAILABLE_TEXT)
+        reason = Reason.CHAIN_UNAVAILABLE if unavailable else Reason.CHAIN_ERROR
         raise ChainError(f"{what}: the node answered {exc.message}", reason=reason) from exc
     except TimeExhausted as exc:
-        raise ChainError(f"{what}: {exc}", reason="chain_unavailable") from exc
+        raise ChainError(f"{what}: {exc}", reason=Reason.CHAIN_UNAVAILABLE) from exc
     except OSError as exc:
         # requests' ConnectionError, Timeout and HTTPError are OSErrors; a 4xx other than 429
         # (bad API key, wrong path) will not heal by retrying.
@@ -258,7 +259,7 @@ def _translated(what: str) -> Iterator[None]:
         if status is not None and 400 <= status < 500 and status != 429:
             raise ChainError(f"{what}: HTTP {status} from the RPC endpoint") from exc
         raise ChainError(
-            f"{what}: RPC endpoint unreachable ({exc})", reason="chain_unavailable"
+            f"{what}: RPC endpoint unreachable ({exc})", reason=Reason.CHAIN_UNAVAILABLE
         ) from exc
     except (Web3Exception, ValueError, KeyError, TypeError) as exc:
         # Malformed answers (BadResponseFormat, missing fields) from a misbehaving endpoint.
@@ -312,7 +313,7 @@ class _Client:
             raise ChainError(
                 f"{self.config.name}: {self.config.rpc_url} serves chain id {actual}, "
                 f"configured {self.config.chain_id}",
-                reason="chain_mismatch",
+                reason=Reason.CHAIN_MISMATCH,
             )
         self._chain_checked = True
 
@@ -374,7 +375,7 @@ class _Client:
             raise ChainError(
                 f"{self.config.name}: a replacement needs {field} {value} wei, above the "
                 f"configured cap {cap}; raise the cap or wait for the original",
-                reason="tx_rejected",
+                reason=Reason.TX_REJECTED,
             )
 
     def sign(self, params: dict[str, Any]) -> tuple[bytes, str]:
@@ -605,9 +606,9 @@ class EvmBackend:
                 raise ChainError(
                     f"{self.name}: tx {tx.tx_hash} reverted: root {tx.root.hex()} was already "
                     "anchored by another transaction",
-                    reason="already_anchored",
+                    reason=Reason.ALREADY_ANCHORED,
                 )
-            raise ChainError(f"{self.name}: tx {tx.tx_hash} reverted", reason="tx_reverted")
+            raise ChainError(f"{self.name}: tx {tx.tx_hash} reverted", reason=Reason.TX_REVERTED)
         number = int(receipt["blockNumber"])
         return self._confirmed(tx.tx_hash, number, bytes(receipt["blockHash"]))
 
@@ -697,14 +698,15 @@ class EvmBackend:
             raise ChainError(
                 f"{self.name}: nonce {tx.nonce} of tx {tx.tx_hash} was used by another "
                 f"transaction ({exc.message})",
-                reason="tx_rejected",
+                reason=Reason.TX_REJECTED,
             ) from exc
         if any(marker in text for marker in _UNAVAILABLE_TEXT):
             raise ChainError(
-                f"{self.name}: node busy ({exc.message})", reason="chain_unavailable"
+                f"{self.name}: node busy ({exc.message})", reason=Reason.CHAIN_UNAVAILABLE
             ) from exc
         raise ChainError(
-            f"{self.name}: the node rejected tx {tx.tx_hash}: {exc.message}", reason="tx_rejected"
+            f"{self.name}: the node rejected tx {tx.tx_hash}: {exc.message}",
+            reason=Reason.TX_REJECTED,
         ) from exc
 
 
@@ -756,7 +758,9 @@ def deploy_registry(
             cast(Any, tx_hash), timeout=config.receipt_timeout, poll_latency=0.1
         )
     if receipt["status"] != 1 or not receipt.get("contractAddress"):
-        raise ChainError(f"{config.name}: deployment tx {tx_hash} reverted", reason="tx_reverted")
+        raise ChainError(
+            f"{config.name}: deployment tx {tx_hash} reverted", reason=Reason.TX_REVERTED
+        )
     address = Web3.to_checksum_address(str(receipt["contractAddress"]))
     log.info("%s: deployed AnchorRegistry at %s (tx %s)", config.name, address, tx_hash)
     return address
@@ -764,5 +768,5 @@ def deploy_registry(
 
 def _raise_rejected(name: str, tx_hash: str, exc: Web3RPCError) -> NoReturn:
     raise ChainError(
-        f"{name}: the node rejected tx {tx_hash}: {exc.message}", reason="tx_rejected"
+        f"{name}: the node rejected tx {tx_hash}: {exc.message}", reason=Reason.TX_REJECTED
     ) from exc

@@ -48,6 +48,7 @@ from typing import Any
 
 from eth_utils.address import to_checksum_address
 
+from anchor.errors import Reason
 from anchor.local.base import LOOPBACK, ServiceError, SpawnedServer
 
 __all__ = [
@@ -97,7 +98,7 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
     if override:
         if not Path(override).is_file():
             raise ServiceError(
-                f"CITYANCHOR_ANVIL={override} does not exist", reason="binary_missing"
+                f"CITYANCHOR_ANVIL={override} does not exist", reason=Reason.BINARY_MISSING
             )
         return Path(override)
     suffix = _PLATFORMS.get((sys.platform, platform.machine().lower()))
@@ -105,7 +106,7 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
         raise ServiceError(
             f"no anvil npm package for {sys.platform}/{platform.machine()}; "
             "install Foundry's anvil yourself and set CITYANCHOR_ANVIL",
-            reason="binary_missing",
+            reason=Reason.BINARY_MISSING,
         )
     tried = []
     for node_modules in _npm_roots():
@@ -122,7 +123,7 @@ def find_anvil(env: Mapping[str, str] | None = None) -> Path:
         "the anvil binary of the npm package @foundry-rs/anvil is not installed (looked at "
         + ", ".join(tried)
         + "); run `make install` (or `npm ci` in the project root), or set CITYANCHOR_ANVIL",
-        reason="binary_missing",
+        reason=Reason.BINARY_MISSING,
     )
 
 
@@ -169,13 +170,13 @@ class AnvilNode(SpawnedServer):
         start_timeout: float = 20.0,
     ) -> None:
         if not 0 < chain_id < 2**63:
-            raise ServiceError(f"chain id {chain_id} is out of range", reason="config_invalid")
+            raise ServiceError(f"chain id {chain_id} is out of range", reason=Reason.CONFIG_INVALID)
         if block_time is not None and block_time <= 0:
-            raise ServiceError("block_time must be positive or None", reason="config_invalid")
+            raise ServiceError("block_time must be positive or None", reason=Reason.CONFIG_INVALID)
         if state_interval is not None and state_path is None:
-            raise ServiceError("state_interval needs state_path", reason="config_invalid")
+            raise ServiceError("state_interval needs state_path", reason=Reason.CONFIG_INVALID)
         if not 1 <= accounts <= 1000:
-            raise ServiceError(f"accounts={accounts} is out of range", reason="config_invalid")
+            raise ServiceError(f"accounts={accounts} is out of range", reason=Reason.CONFIG_INVALID)
         self.base_dir = Path(base_dir).absolute()
         self.log_path = self.base_dir / "anvil.log"
         self.config_path = self.base_dir / "anvil-config.json"
@@ -214,7 +215,7 @@ class AnvilNode(SpawnedServer):
     def accounts(self) -> tuple[DevAccount, ...]:
         """The pre-funded dev accounts (address, private key), as anvil reported them."""
         if not self._accounts:
-            raise ServiceError("accounts are known once the node has started", reason="usage")
+            raise ServiceError("accounts are known once the node has started", reason=Reason.USAGE)
         return self._accounts
 
     # -- lifecycle (start, stop, kill, stop_stale: see SpawnedServer) ----------------------
@@ -235,7 +236,7 @@ class AnvilNode(SpawnedServer):
         if answered != self._chain_id:
             raise ServiceError(
                 f"the node on {self.rpc_url} answers chain id {answered}, not {self._chain_id}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self._accounts = self._read_accounts()
         return True
@@ -271,10 +272,10 @@ class AnvilNode(SpawnedServer):
                 answer = json.loads(response.read())
         except (OSError, ValueError) as exc:  # URLError, timeouts and bad JSON
             raise ServiceError(
-                f"{method} on {self.rpc_url} failed: {exc}", reason="rpc_failed"
+                f"{method} on {self.rpc_url} failed: {exc}", reason=Reason.RPC_FAILED
             ) from exc
         if "error" in answer:
-            raise ServiceError(f"{method} failed: {answer['error']}", reason="rpc_failed")
+            raise ServiceError(f"{method} failed: {answer['error']}", reason=Reason.RPC_FAILED)
         return answer.get("result")
 
     def block_number(self) -> int:
@@ -283,7 +284,7 @@ class AnvilNode(SpawnedServer):
     def mine(self, n: int = 1) -> None:
         """Mine ``n`` blocks now (with whatever the mempool holds), automine or not."""
         if n < 1:
-            raise ServiceError(f"cannot mine {n} blocks", reason="usage")
+            raise ServiceError(f"cannot mine {n} blocks", reason=Reason.USAGE)
         self.rpc("anvil_mine", [hex(n)])
 
     def set_automine(self, enabled: bool) -> None:
@@ -307,7 +308,9 @@ class AnvilNode(SpawnedServer):
             ServiceError: ``rpc_failed`` when the snapshot id is unknown.
         """
         if self.rpc("evm_revert", [snapshot_id]) is not True:
-            raise ServiceError(f"no snapshot {snapshot_id!r} to revert to", reason="rpc_failed")
+            raise ServiceError(
+                f"no snapshot {snapshot_id!r} to revert to", reason=Reason.RPC_FAILED
+            )
 
     # -- internals ------------------------------------------------------------------------
 
@@ -363,5 +366,5 @@ class AnvilNode(SpawnedServer):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ServiceError(
                 f"cannot read the dev accounts from {self.config_path}: {exc}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             ) from exc

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.lifetime import pid_alive, preexec_die_with_parent, processes_with_arg, stop_pids
 
 __all__ = [
@@ -65,7 +65,7 @@ class ServiceError(AnchorError):
     """A private PostgreSQL, Mosquitto or anvil could not be found, configured, started or
     stopped."""
 
-    reason = "start_failed"
+    reason = Reason.START_FAILED
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,12 +108,12 @@ def check_port_free(port: int) -> None:
         ServiceError: ``config_invalid`` (out of range) or ``port_in_use``.
     """
     if not 0 < port < 65536:
-        raise ServiceError(f"port {port} is out of range", reason="config_invalid")
+        raise ServiceError(f"port {port} is out of range", reason=Reason.CONFIG_INVALID)
     exc = _bind_error(port)
     if exc is not None:
         raise ServiceError(
             f"port {port} on {LOOPBACK} is already in use ({exc.strerror})",
-            reason="port_in_use",
+            reason=Reason.PORT_IN_USE,
         ) from exc
 
 
@@ -147,7 +147,7 @@ def system_user(name: str, package: str) -> pwd.struct_passwd:
         raise ServiceError(
             f"running as root needs the system user {name!r}, which does not exist; "
             f"it is created by the Debian package {package!r}",
-            reason="user_missing",
+            reason=Reason.USER_MISSING,
         ) from None
 
 
@@ -167,7 +167,7 @@ def check_traversable(path: Path, user: pwd.struct_passwd) -> None:
                 f"user {user.pw_name!r} cannot enter {parent} (mode {stat.filemode(st.st_mode)}); "
                 f"put the server directory {path} under a directory it can traverse "
                 f"(e.g. chmod o+x {parent})",
-                reason="permission_denied",
+                reason=Reason.PERMISSION_DENIED,
             )
 
 
@@ -279,7 +279,7 @@ class LocalServer:
             error = self._launch()
             if error is None:
                 break
-            retry = error.reason == "port_in_use" and self._requested_port is None
+            retry = error.reason == Reason.PORT_IN_USE and self._requested_port is None
             if not retry or attempt + 1 >= PORT_RETRIES:
                 raise error
         self._started()
@@ -311,7 +311,9 @@ class LocalServer:
     @property
     def port(self) -> int:
         if self._port is None:
-            raise ServiceError(f"the {self._NOUN} has no port until it is started", reason="usage")
+            raise ServiceError(
+                f"the {self._NOUN} has no port until it is started", reason=Reason.USAGE
+            )
         return self._port
 
     def __enter__(self) -> Self:
@@ -404,7 +406,7 @@ class SpawnedServer(LocalServer):
                 return ServiceError(
                     f"{self._PROGRAM} exited with status {proc.returncode} while starting on "
                     f"{LOOPBACK}:{self.port}\n{tail}",
-                    reason="port_in_use" if _in_use(tail) else "start_failed",
+                    reason=Reason.PORT_IN_USE if _in_use(tail) else Reason.START_FAILED,
                 )
             try:
                 ready = self._ready()
@@ -418,7 +420,7 @@ class SpawnedServer(LocalServer):
                 return ServiceError(
                     f"{self._PROGRAM} did not {self._not_ready_text()} within "
                     f"{self.start_timeout} s\n" + log_tail(*self._log_paths()),
-                    reason="start_failed",
+                    reason=Reason.START_FAILED,
                 )
             time.sleep(self._POLL_S)
 
@@ -441,7 +443,7 @@ class SpawnedServer(LocalServer):
                 proc.wait(timeout=10)
         if pid_alive(proc.pid):
             raise ServiceError(
-                f"{self._PROGRAM} (pid {proc.pid}) did not stop", reason="stop_failed"
+                f"{self._PROGRAM} (pid {proc.pid}) did not stop", reason=Reason.STOP_FAILED
             )
         self._proc = None
         REGISTRY.discard(self)
@@ -495,7 +497,7 @@ def start_on_stable_port(
             try:
                 return make(remembered).start()
             except AnchorError as exc:
-                if exc.reason != "port_in_use":
+                if exc.reason != Reason.PORT_IN_USE:
                     raise
             if time.monotonic() > deadline:
                 if on_new_port is not None:

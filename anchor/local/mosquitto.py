@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from anchor.errors import Reason
 from anchor.local.base import (
     LOOPBACK,
     ServiceError,
@@ -51,7 +52,7 @@ def find_mosquitto(env: Mapping[str, str] | None = None) -> Path:
     if override:
         if not Path(override).is_file():
             raise ServiceError(
-                f"CITYANCHOR_MOSQUITTO={override} does not exist", reason="binary_missing"
+                f"CITYANCHOR_MOSQUITTO={override} does not exist", reason=Reason.BINARY_MISSING
             )
         return Path(override)
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -60,7 +61,7 @@ def find_mosquitto(env: Mapping[str, str] | None = None) -> Path:
             f"the mosquitto broker is not installed; install it with `apt-get install -y "
             f"{_MOSQUITTO_PACKAGE}` (or run scripts/ensure-system-deps.sh), "
             "or set CITYANCHOR_MOSQUITTO",
-            reason="binary_missing",
+            reason=Reason.BINARY_MISSING,
         )
     return Path(found)
 
@@ -90,7 +91,7 @@ def find_dynsec_plugin(env: Mapping[str, str] | None = None) -> Path:
     raise ServiceError(
         f"Mosquitto's dynamic-security plugin is not in {', '.join(candidates)}; it ships with "
         f"the {_MOSQUITTO_PACKAGE} package (2.0 or later), or set CITYANCHOR_MOSQUITTO_DYNSEC",
-        reason="binary_missing",
+        reason=Reason.BINARY_MISSING,
     )
 
 
@@ -167,19 +168,19 @@ class MosquittoServer(SpawnedServer):
         self.stderr_path = self.base_dir / "mosquitto.stderr"
         if dynsec is not None and (users is not None or acl is not None):
             raise ServiceError(
-                "dynsec replaces users and acl: give one or the other", reason="usage"
+                "dynsec replaces users and acl: give one or the other", reason=Reason.USAGE
             )
         no_logins = users is None and dynsec is None
         self.allow_anonymous = no_logins if allow_anonymous is None else allow_anonymous
         self._dynsec = dict(dynsec) if dynsec is not None else None
         if session_expiry_cap_h < 1:
-            raise ServiceError("session_expiry_cap_h must be at least 1", reason="usage")
+            raise ServiceError("session_expiry_cap_h must be at least 1", reason=Reason.USAGE)
         self.session_expiry_cap_h = session_expiry_cap_h
         self.max_inflight_messages = max_inflight_messages
         self.max_queued_messages = max_queued_messages
         self.autosave_interval = autosave_interval
         if autosave_changes is not None and autosave_changes < 1:
-            raise ServiceError("autosave_changes must be at least 1", reason="usage")
+            raise ServiceError("autosave_changes must be at least 1", reason=Reason.USAGE)
         self.autosave_changes = autosave_changes
         self.die_with_parent = die_with_parent
         self.start_timeout = start_timeout
@@ -226,7 +227,7 @@ class MosquittoServer(SpawnedServer):
     def reload(self) -> None:
         """SIGHUP: Mosquitto re-reads its configuration, password and ACL files."""
         if self._proc is None or self._proc.poll() is not None:
-            raise ServiceError("the broker is not running", reason="usage")
+            raise ServiceError("the broker is not running", reason=Reason.USAGE)
         self._proc.send_signal(signal.SIGHUP)
 
     def set_auth(
@@ -259,7 +260,9 @@ class MosquittoServer(SpawnedServer):
         for name, hashed in hashed_users.items():
             self._validate_users({name: hashed})
             if not hashed.startswith("$7$"):
-                raise ServiceError(f"{name!r}: not a $7$ password hash", reason="config_invalid")
+                raise ServiceError(
+                    f"{name!r}: not a $7$ password hash", reason=Reason.CONFIG_INVALID
+                )
         self._users = dict(hashed_users)
         self._hashed = True
         self._acl = acl
@@ -277,7 +280,7 @@ class MosquittoServer(SpawnedServer):
         (:class:`anchor.broker_auth.BrokerAdmin`), or restart it.
         """
         if self._dynsec is None:
-            raise ServiceError("this broker was not started with dynsec", reason="usage")
+            raise ServiceError("this broker was not started with dynsec", reason=Reason.USAGE)
         self._dynsec = dict(config)
 
     # -- internals ------------------------------------------------------------------------
@@ -288,11 +291,12 @@ class MosquittoServer(SpawnedServer):
             if not _MQTT_USER.fullmatch(name):
                 raise ServiceError(
                     f"MQTT username {name!r} is empty or has ':' or whitespace",
-                    reason="config_invalid",
+                    reason=Reason.CONFIG_INVALID,
                 )
             if "\n" in password or "\r" in password or not password:
                 raise ServiceError(
-                    f"password of {name!r} is empty or has a line break", reason="config_invalid"
+                    f"password of {name!r} is empty or has a line break",
+                    reason=Reason.CONFIG_INVALID,
                 )
 
     def _owner(self) -> pwd.struct_passwd | None:
@@ -398,7 +402,7 @@ class MosquittoServer(SpawnedServer):
             tmp.unlink(missing_ok=True)
             raise ServiceError(
                 f"mosquitto_passwd -U failed: {result.stdout}{result.stderr}",
-                reason="config_invalid",
+                reason=Reason.CONFIG_INVALID,
             )
         os.chmod(tmp, 0o600)
         if owner is not None:

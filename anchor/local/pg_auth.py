@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from anchor.errors import Reason
 from anchor.local.base import LOOPBACK, ServiceError
 
 __all__ = ["HBA", "hand_over_sql", "read_secret"]
@@ -28,7 +29,7 @@ def read_secret(path: Path) -> str:
         raise ServiceError(
             f"cannot read the password file {path}: {exc.strerror}; start the server once to "
             "create it",
-            reason="usage",
+            reason=Reason.USAGE,
         ) from exc
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Self
 
+from anchor.errors import Reason
 from anchor.lifetime import pid_alive
 from anchor.local.base import (
     LOOPBACK,
@@ -68,7 +69,7 @@ def find_pg_bindir(env: Mapping[str, str] | None = None) -> Path:
         bindir = Path(override)
         if not (bindir / "initdb").is_file():
             raise ServiceError(
-                f"CITYANCHOR_PG_BINDIR={override} has no initdb", reason="binary_missing"
+                f"CITYANCHOR_PG_BINDIR={override} has no initdb", reason=Reason.BINARY_MISSING
             )
         return bindir
     candidates = [p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.is_file()]
@@ -77,7 +78,7 @@ def find_pg_bindir(env: Mapping[str, str] | None = None) -> Path:
             "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb); install "
             f"them with `apt-get install -y {_PG_PACKAGE}` (or run scripts/ensure-system-deps.sh), "
             "or set CITYANCHOR_PG_BINDIR",
-            reason="binary_missing",
+            reason=Reason.BINARY_MISSING,
         )
     return max(candidates, key=_pg_version_key)
 
@@ -120,12 +121,13 @@ class PostgresServer(LocalServer):
     ) -> None:
         if not _IDENT.fullmatch(database):
             raise ServiceError(
-                f"database name {database!r} is not a plain identifier", reason="config_invalid"
+                f"database name {database!r} is not a plain identifier",
+                reason=Reason.CONFIG_INVALID,
             )
         if not _IDENT.fullmatch(role) or role == _PG_USER or role.startswith("pg_"):
             raise ServiceError(
                 f"service role {role!r} is not a plain identifier other than {_PG_USER!r}",
-                reason="config_invalid",
+                reason=Reason.CONFIG_INVALID,
             )
         self.base_dir = Path(base_dir).absolute()
         self.data_dir = self.base_dir / "data"
@@ -213,7 +215,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"PostgreSQL (pid {other}) is already running on {self.data_dir}, started by "
                 "another process; nothing was changed",
-                reason="already_running",
+                reason=Reason.ALREADY_RUNNING,
             )
 
     def _prepare(self) -> None:
@@ -221,7 +223,7 @@ class PostgresServer(LocalServer):
         if len(str(self.socket_dir)) > _MAX_SOCKET_DIR:
             raise ServiceError(
                 f"{self.socket_dir} is too long for a unix socket path; use a shorter base_dir",
-                reason="config_invalid",
+                reason=Reason.CONFIG_INVALID,
             )
         self._prepare_dirs()
         if not (self.data_dir / "PG_VERSION").is_file():
@@ -270,7 +272,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"PostgreSQL (pid {pid}) did not stop: {result.stdout}{result.stderr}\n"
                 + log_tail(self.log_path),
-                reason="stop_failed",
+                reason=Reason.STOP_FAILED,
             )
         self._running = False
         REGISTRY.discard(self)
@@ -289,7 +291,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"the stale PostgreSQL (pid {other}) on {self.data_dir} did not stop: "
                 f"{result.stdout}{result.stderr}",
-                reason="stop_failed",
+                reason=Reason.STOP_FAILED,
             )
         return other
 
@@ -313,7 +315,7 @@ class PostgresServer(LocalServer):
             check=False,
         )
         if result.returncode != 0:
-            raise ServiceError(f"psql failed: {result.stderr.strip()}", reason="sql_failed")
+            raise ServiceError(f"psql failed: {result.stderr.strip()}", reason=Reason.SQL_FAILED)
         return result.stdout.strip()
 
     def create_database(self, name: str) -> str:
@@ -321,7 +323,7 @@ class PostgresServer(LocalServer):
         with everything in its ``public`` schema); return the service role's DSN for it."""
         if not _IDENT.fullmatch(name):
             raise ServiceError(
-                f"database name {name!r} is not a plain identifier", reason="config_invalid"
+                f"database name {name!r} is not a plain identifier", reason=Reason.CONFIG_INVALID
             )
         # Identifiers validated above, so interpolation is safe.
         exists = self.psql(
@@ -338,7 +340,7 @@ class PostgresServer(LocalServer):
         """Drop database ``name`` (disconnecting its clients); a no-op when it does not exist."""
         if not _IDENT.fullmatch(name):
             raise ServiceError(
-                f"database name {name!r} is not a plain identifier", reason="config_invalid"
+                f"database name {name!r} is not a plain identifier", reason=Reason.CONFIG_INVALID
             )
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
 
@@ -413,7 +415,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"PostgreSQL (pid {self.pid}) is already running on {self.data_dir}; stop it "
                 "(or the cityanchor process that started it) first",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self.superuser_password_path.unlink(missing_ok=True)
         verifier = scram_sha256_verifier(self._ensure_secret(self.superuser_password_path))
@@ -426,7 +428,7 @@ class PostgresServer(LocalServer):
             raise ServiceError(
                 f"could not set the superuser password of the cluster in {self.data_dir} "
                 f"(single-user mode):\n{output.strip()}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self._write_owned(self.data_dir / "pg_hba.conf", HBA)
 
@@ -485,7 +487,7 @@ class PostgresServer(LocalServer):
         if result.returncode != 0:
             raise ServiceError(
                 f"initdb failed in {self.data_dir}:\n{result.stdout}{result.stderr}",
-                reason="start_failed",
+                reason=Reason.START_FAILED,
             )
         self._write_owned(self.data_dir / "pg_hba.conf", HBA)
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as f:
@@ -540,7 +542,7 @@ class PostgresServer(LocalServer):
         # so a failed start never leaves a server behind (a no-op when none is running).
         self._pg_ctl_stop("immediate", timeout=30)
         tail = log_tail(self.log_path)
-        reason = "port_in_use" if "Address already in use" in tail else "start_failed"
+        reason = Reason.PORT_IN_USE if "Address already in use" in tail else Reason.START_FAILED
         return ServiceError(
             f"PostgreSQL did not start on {LOOPBACK}:{self._port} "
             f"(pg_ctl: {result.stdout.strip()} {result.stderr.strip()})\n{tail}",
@@ -559,6 +561,6 @@ class PostgresServer(LocalServer):
                 raise ServiceError(
                     f"PostgreSQL on {LOOPBACK}:{self.port} did not become ready\n"
                     + log_tail(self.log_path),
-                    reason="start_failed",
+                    reason=Reason.START_FAILED,
                 )
             time.sleep(0.1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from anchor.chains.base import AnchorConfirmation, AnchorTx
+from anchor.errors import Reason
 from anchor.store.connection import MAX_LIST, StoreBase
 from anchor.store.errors import StoreError
 from anchor.store.records import (
@@ -140,7 +141,7 @@ class AnchorsMixin(StoreBase):
                 raise StoreError(
                     f"anchor of {root.hex()} names log size {log_size}, whose checkpoint root "
                     "differs",
-                    reason="log_inconsistent",
+                    reason=Reason.LOG_INCONSISTENT,
                 )
             await conn.execute(
                 "INSERT INTO anchors (backend, chain_id, contract, log_size, root, tx_hash, "

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from anchor.errors import Reason
 from anchor.keys import PublicKey
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import MAX_LIST, StoreBase, clean_text
@@ -93,7 +94,7 @@ class DevicesMixin(StoreBase):
         problem found, one per line, prefixed by the spec's line number when it has one.
         """
         problems: list[str] = []
-        id_reasons: set[str] = set()
+        id_reasons: set[Reason] = set()
         invalid = 0
         seen_ids: dict[str, DeviceSpec] = {}
         seen_kids: dict[bytes, DeviceSpec] = {}
@@ -117,9 +118,9 @@ class DevicesMixin(StoreBase):
         if problems:
             # Only id problems: their code (device_id_reserved only if every one is reserved).
             reason = (
-                (id_reasons.pop() if len(id_reasons) == 1 else "device_id_invalid")
+                (id_reasons.pop() if len(id_reasons) == 1 else Reason.DEVICE_ID_INVALID)
                 if invalid == len(problems)
-                else "conflict"
+                else Reason.CONFLICT
             )
             raise StoreError("\n".join(problems), reason=reason)
         if not specs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncpg
 
 from anchor.device_id import DeviceIdError, check_device_id, check_new_device_id
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 
 __all__ = ["RegistryError", "StoreError", "checked_device_id", "conflict", "not_found", "translate"]
 
@@ -21,12 +21,12 @@ _RETRYABLE_BUSY = ("40", "55")  # serialization/deadlock, lock not available
 class StoreError(AnchorError):
     """A storage operation failed; ``reason`` says how (listed in :mod:`anchor.store`)."""
 
-    reason = "db_error"
+    reason = Reason.DB_ERROR
 
     @property
     def retryable(self) -> bool:
         """True when the same call may succeed later (the database was down or busy)."""
-        return self.reason in ("db_unavailable", "db_busy")
+        return self.reason in (Reason.DB_UNAVAILABLE, Reason.DB_BUSY)
 
 
 class RegistryError(AnchorError):
@@ -37,7 +37,7 @@ class RegistryError(AnchorError):
     device and the reading's ``ts`` is not before its ``valid_until``).
     """
 
-    reason = "unknown_kid"
+    reason = Reason.UNKNOWN_KID
 
 
 _CLIENT_DATA_ERRORS = (
@@ -52,31 +52,31 @@ def translate(exc: BaseException, what: str) -> StoreError | None:
         state = str(getattr(exc, "sqlstate", "") or "")
         message = f"{what}: {type(exc).__name__} ({state}): {exc}"
         if isinstance(exc, asyncpg.UniqueViolationError):
-            return StoreError(message, reason="conflict")
+            return StoreError(message, reason=Reason.CONFLICT)
         if state[:2] in _RETRYABLE_UNAVAILABLE:
-            return StoreError(message, reason="db_unavailable")
+            return StoreError(message, reason=Reason.DB_UNAVAILABLE)
         if state[:2] in _RETRYABLE_BUSY:
-            return StoreError(message, reason="db_busy")
-        return StoreError(message, reason="db_error")
+            return StoreError(message, reason=Reason.DB_BUSY)
+        return StoreError(message, reason=Reason.DB_ERROR)
     # Client-side refusals of a value or a setting: retrying the same call cannot help.
     if isinstance(exc, _CLIENT_DATA_ERRORS):
-        return StoreError(f"{what}: {exc}", reason="db_error")
+        return StoreError(f"{what}: {exc}", reason=Reason.DB_ERROR)
     if isinstance(exc, asyncpg.InterfaceError):
         # "connection is closed", "pool is closing", ...: the connection is gone.
-        return StoreError(f"{what}: {exc}", reason="db_unavailable")
+        return StoreError(f"{what}: {exc}", reason=Reason.DB_UNAVAILABLE)
     if isinstance(exc, OSError | TimeoutError):
-        return StoreError(f"{what}: database unreachable: {exc!r}", reason="db_unavailable")
+        return StoreError(f"{what}: database unreachable: {exc!r}", reason=Reason.DB_UNAVAILABLE)
     if isinstance(exc, asyncpg.InternalClientError):
-        return StoreError(f"{what}: {exc}", reason="db_error")
+        return StoreError(f"{what}: {exc}", reason=Reason.DB_ERROR)
     return None
 
 
 def not_found(what: str) -> StoreError:
-    return StoreError(what, reason="not_found")
+    return StoreError(what, reason=Reason.NOT_FOUND)
 
 
 def conflict(what: str) -> StoreError:
-    return StoreError(what, reason="conflict")
+    return StoreError(what, reason=Reason.CONFLICT)
 
 
 def checked_device_id(device_id: object, *, new: bool = False) -> str:

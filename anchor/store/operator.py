@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from anchor.errors import Reason
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
 
@@ -196,11 +197,11 @@ async def revoke_token(store: StoreBase, token_id: int) -> TokenRow:
             f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = $1 FOR UPDATE", token_id
         )
         if row is None:
-            raise StoreError(f"no token {token_id}", reason="not_found")
+            raise StoreError(f"no token {token_id}", reason=Reason.NOT_FOUND)
         if row["revoked_at"] is not None:
             raise StoreError(
                 f"token {token_id} was revoked at {row['revoked_at'].isoformat()}",
-                reason="conflict",
+                reason=Reason.CONFLICT,
             )
         row = await conn.fetchrow(
             f"UPDATE api_tokens SET revoked_at = now() WHERE id = $1 RETURNING {_TOKEN_COLUMNS}",
@@ -296,7 +297,7 @@ async def erase_reading(
     """
     checked_device_id(device_id)
     if not 1 <= seq < 1 << 63:
-        raise StoreError(f"no reading {device_id} seq {seq}", reason="not_found")
+        raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
     async with store._connection("erase_reading") as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT leaf_hash, received_at FROM reading_seqs WHERE device_id = $1 AND seq = $2 "
@@ -305,7 +306,7 @@ async def erase_reading(
             seq,
         )
         if row is None:
-            raise StoreError(f"no reading {device_id} seq {seq}", reason="not_found")
+            raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
         existing = await conn.fetchrow(
             f"SELECT {_TOMBSTONE_COLUMNS} FROM reading_erasures WHERE device_id = $1 AND seq = $2",
             device_id,

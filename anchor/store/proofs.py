@@ -19,7 +19,7 @@ from anchor.completeness import (
     StoredReading,
     build_completeness,
 )
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord
 from anchor.sealing import (
     MAX_STORED_INT,
@@ -55,7 +55,9 @@ async def resolve_nodes(
             found[(row["level"], row["idx"])] = bytes(row["hash"])
     missing = [n for n in wanted if n not in found]
     if missing:
-        raise StoreError(f"log nodes {missing[:4]} missing for {what}", reason="log_inconsistent")
+        raise StoreError(
+            f"log nodes {missing[:4]} missing for {what}", reason=Reason.LOG_INCONSISTENT
+        )
     return [log_root_from_nodes([found[n] for n in element], hasher=hasher) for element in elements]
 
 
@@ -268,7 +270,7 @@ class ProofsMixin(StoreBase):
             if merkle.root(leaves[b["id"]], hasher=hasher) != root:
                 raise StoreError(
                     f"batch {b['id']}: its stored leaves do not recompute to its root",
-                    reason="log_inconsistent",
+                    reason=Reason.LOG_INCONSISTENT,
                 )
             lo, end = spans[b["id"]]
             batches[b["id"]] = StoredBatch(
@@ -304,4 +306,4 @@ class ProofsMixin(StoreBase):
                 )
             )
         except AnchorError as exc:
-            raise StoreError(exc.detail, reason="log_inconsistent") from exc
+            raise StoreError(exc.detail, reason=Reason.LOG_INCONSISTENT) from exc

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from anchor import merkle
+from anchor.errors import Reason
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
@@ -269,7 +270,7 @@ class ReceiptsMixin(StoreBase):
             raise StoreError(
                 f"batch {batch_id} at log index {log_index}: stored log nodes do not lead to "
                 f"the checkpoint root at size {log_size}: {exc.detail}",
-                reason="log_inconsistent",
+                reason=Reason.LOG_INCONSISTENT,
             ) from exc
         log = LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path))
         extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
@@ -287,7 +288,7 @@ class ReceiptsMixin(StoreBase):
                 )
                 if stone is None:
                     raise StoreError(
-                        f"reading {r['device_id']} seq {r['seq']} was erased", reason="erased"
+                        f"reading {r['device_id']} seq {r['seq']} was erased", reason=Reason.ERASED
                     )
                 erasure = {
                     "erased_at": rfc3339(stone["erased_at"]),
@@ -355,7 +356,7 @@ class ReceiptsMixin(StoreBase):
         if len(leaves) != size or levels[-1][0] != root:
             raise StoreError(
                 f"batch {batch_id}: its {len(leaves)} stored leaves do not recompute to its root",
-                reason="log_inconsistent",
+                reason=Reason.LOG_INCONSISTENT,
             )
         self._batch_trees[key] = levels
         if len(self._batch_trees) > BATCH_TREE_CACHE:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from anchor import admission
 from anchor.chains.base import AnchorTx
 from anchor.keys import PublicKey
 from anchor.sealing import Candidate, Rejection
@@ -56,11 +57,11 @@ class DeviceKeyRecord:
 
     @property
     def current(self) -> bool:
-        return self.valid_until is None
+        return admission.key_is_current(self.valid_until)
 
     def accepts_ts(self, ts_ms: int) -> bool:
         """The key-validity rule: current, or the reading's device time precedes the rotation."""
-        return self.valid_until is None or ts_ms * 1000 < _micros(self.valid_until)
+        return admission.key_accepts_ts(self.valid_until, ts_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,24 +93,11 @@ class DeviceRecord:
         Raises ``RegistryError``: ``device_revoked``, ``unknown_kid`` or ``key_rotated``.
         Does not check the signature, nor the clock skew of ``ts_ms``.
         """
-        if self.revoked_at is not None and received_at >= self.revoked_at:
-            raise RegistryError(
-                f"device {self.device_id} was revoked at {self.revoked_at.isoformat()}",
-                reason="device_revoked",
-            )
-        key = self.key(kid)
-        if key is None:
-            raise RegistryError(
-                f"device {self.device_id} has no key with kid {kid.hex()}", reason="unknown_kid"
-            )
-        if not key.accepts_ts(ts_ms):
-            assert key.valid_until is not None
-            raise RegistryError(
-                f"key {kid.hex()} of device {self.device_id} was rotated out at "
-                f"{key.valid_until.isoformat()}; the reading's ts {ts_ms} is not before that",
-                reason="key_rotated",
-            )
-        return key
+        # The rule is anchor.admission's (pure), shared with the ingestor's precheck.
+        outcome = admission.check_key(self, kid, ts_ms, received_at)
+        if isinstance(outcome, admission.Refusal):
+            raise RegistryError(outcome.detail, reason=outcome.reason)
+        return outcome
 
 
 @dataclass(frozen=True, slots=True)

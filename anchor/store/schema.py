@@ -21,6 +21,7 @@ from typing import Any
 
 import asyncpg
 
+from anchor.errors import Reason
 from anchor.store.connection import MIGRATE_LOCK, MIGRATION_REFUSED_STATE, SEAL_LOCK, StoreBase
 from anchor.store.errors import StoreError
 
@@ -62,7 +63,7 @@ def migration_files(directory: Traversable | None = None) -> list[Migration]:
         entries = sorted(directory.iterdir(), key=lambda p: p.name)
     except OSError as exc:
         raise StoreError(
-            f"cannot read migrations in {directory}: {exc}", reason="migrations_missing"
+            f"cannot read migrations in {directory}: {exc}", reason=Reason.MIGRATIONS_MISSING
         ) from exc
     found: dict[int, Migration] = {}
     for path in entries:
@@ -72,14 +73,16 @@ def migration_files(directory: Traversable | None = None) -> list[Migration]:
         version = int(m.group(1))
         if version in found:
             raise StoreError(
-                f"two migrations with version {version} in {directory}", reason="db_error"
+                f"two migrations with version {version} in {directory}", reason=Reason.DB_ERROR
             )
         data = path.read_bytes()
         found[version] = Migration(
             version, m.group(2), data.decode("utf-8"), hashlib.sha256(data).hexdigest()
         )
     if not found:
-        raise StoreError(f"no NNN_name.sql migrations in {directory}", reason="migrations_missing")
+        raise StoreError(
+            f"no NNN_name.sql migrations in {directory}", reason=Reason.MIGRATIONS_MISSING
+        )
     return [found[v] for v in sorted(found)]
 
 
@@ -117,7 +120,7 @@ class SchemaMixin(StoreBase):
                             f"migration {m.version:03d}_{m.name}.sql changed after it was "
                             f"applied (sha256 {row['checksum']} applied, {m.checksum} now); "
                             "add a new migration instead of editing an applied one",
-                            reason="migration_checksum_mismatch",
+                            reason=Reason.MIGRATION_CHECKSUM_MISMATCH,
                         )
                 for m in files:
                     if m.version in applied:
@@ -141,7 +144,7 @@ class SchemaMixin(StoreBase):
                         raise StoreError(
                             f"migration {m.version:03d}_{m.name}.sql refused this database: "
                             f"{exc}" + (f". {hint}" if hint else ""),
-                            reason="migration_refused",
+                            reason=Reason.MIGRATION_REFUSED,
                         ) from exc
                     applied_now.append(m.version)
             finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from anchor import merkle
 from anchor.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from anchor.errors import Reason
 from anchor.sealing import (
     MAX_STORED_INT,
     Candidate,
@@ -64,7 +65,7 @@ def recheck_key_validity(
         try:
             if record is None:
                 raise RegistryError(
-                    f"device {r.device_id} is not registered", reason="unknown_device"
+                    f"device {r.device_id} is not registered", reason=Reason.UNKNOWN_DEVICE
                 )
             record.check_reading(env.kid, r.ts, c.received_at)
         except RegistryError as exc:
@@ -88,7 +89,7 @@ def recheck_key_validity(
 def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
     raw = bytes(r.raw)
     # A replay's bytes are already stored with the original reading: keep only size and hash.
-    kept = None if r.reason == "replayed_seq" else raw[:QUARANTINE_RAW_LIMIT]
+    kept = None if r.reason == Reason.REPLAYED_SEQ else raw[:QUARANTINE_RAW_LIMIT]
     seq = r.seq if r.seq is not None and 0 <= r.seq <= MAX_STORED_INT else None
     return (
         r.received_at,
@@ -224,7 +225,7 @@ class SealMixin(StoreBase):
         if next_index != size:
             raise StoreError(
                 f"the log has {next_index} batches but its latest checkpoint says {size}",
-                reason="log_inconsistent",
+                reason=Reason.LOG_INCONSISTENT,
             )
         new_frontier, nodes = log_append(
             frontier,

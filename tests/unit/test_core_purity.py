@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 CORE = [
+    "anchor.admission",
     "anchor.completeness",
     "anchor.jsonbounds",
+    "anchor.wire",
     "anchor.merkle",
     "anchor.envelope",
     "anchor.keys",

@@ -139,24 +139,24 @@ export const logLeafHash = (size, root) => leafHash(logLeafData(size, root));
 /** Verify that `leaf` is leaf `index` of the `size`-leaf tree with `root`; throws VerifyError. */
 export async function verifyInclusion(leaf, index, size, path, root) {
   if (!Number.isSafeInteger(index) || !Number.isSafeInteger(size) || index < 0) {
-    throw new VerifyError("proof_invalid", "index and size must be unsigned integers");
+    throw new VerifyError("proof_malformed", "index and size must be unsigned integers");
   }
   let fn = BigInt(index);
   let sn = BigInt(size) - 1n;
   if (index >= size) {
-    throw new VerifyError("proof_invalid", `index ${index} is not below size ${size}`);
+    throw new VerifyError("proof_malformed", `index ${index} is not below size ${size}`);
   }
   if ([leaf, root, ...path].some((h) => h.length !== 32)) {
-    throw new VerifyError("proof_invalid", "every hash must be 32 bytes");
+    throw new VerifyError("proof_malformed", "every hash must be 32 bytes");
   }
   if (path.length > MAX_PATH) {
-    throw new VerifyError("proof_invalid", `path of ${path.length} hashes is too long`);
+    throw new VerifyError("proof_malformed", `path of ${path.length} hashes is too long`);
   }
   // (1)-(2): fn = index, sn = size - 1, r = leaf hash.
   let r = leaf;
   for (const p of path) {
     // (3a) a proof longer than the tree is high: invalid.
-    if (sn === 0n) throw new VerifyError("proof_invalid", "path is longer than the tree");
+    if (sn === 0n) throw new VerifyError("proof_malformed", "path is longer than the tree");
     if ((fn & 1n) === 1n || fn === sn) {
       // (3b) p is a left sibling.
       r = await nodeHash(p, r);
@@ -170,7 +170,7 @@ export async function verifyInclusion(leaf, index, size, path, root) {
     fn >>= 1n; sn >>= 1n;
   }
   // (4) sn is 0 and r equals the root.
-  if (sn !== 0n) throw new VerifyError("proof_invalid", "path is shorter than the tree is high");
+  if (sn !== 0n) throw new VerifyError("proof_malformed", "path is shorter than the tree is high");
   if (!equalBytes(r, root)) {
     throw new VerifyError("root_mismatch",
       `expected root ${bytesToHex(root)}, calculated ${bytesToHex(r)}`);
@@ -694,7 +694,7 @@ async function verifyWith(keyType, jwk, signature, data) {
     if (err && err.name === "NotSupportedError") {
       throw new VerifyError("unsupported_alg", `this browser's WebCrypto has no ${keyType}`);
     }
-    throw new VerifyError("bad_key", `the key does not import: ${err && err.message}`);
+    throw new VerifyError("key_invalid", `the key does not import: ${err && err.message}`);
   }
   // ECDSA in WebCrypto takes the raw r||s signature, which is what COSE and JWS carry.
   return subtle().verify(params[1], key, signature, data);
@@ -702,7 +702,7 @@ async function verifyWith(keyType, jwk, signature, data) {
 
 /** Parse a C2SP note verifier key name+hex(keyhash)+base64(0x01 || pub); throws VerifyError. */
 export async function parseVkey(vkey) {
-  const bad = (why) => new VerifyError("bad_key", `operator key ${why}`);
+  const bad = (why) => new VerifyError("key_invalid", `operator key ${why}`);
   // The name has no "+"; the standard base64 key may well contain some.
   const text = typeof vkey === "string" ? vkey.trim() : "";
   const i = text.indexOf("+"), j = text.indexOf("+", i + 1);
