@@ -218,7 +218,9 @@ def run_setting(base: Path, name: str, kwargs: dict[str, Any], cfg: BenchConfig)
         pid = mq.pid
         assert pid is not None
         rss0 = broker_rss_mb(pid)
-        sub = SharedSubscriber(mq.port, "bench-ingest-0", receive_maximum=Settings().inflight_window)
+        sub = SharedSubscriber(
+            mq.port, "bench-ingest-0", receive_maximum=Settings().inflight_window
+        )
         sub.connect(subscribe=True)
         sub.disconnect()
         time.sleep(0.2)
