@@ -694,7 +694,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1_000_000,
         metavar="N",
         help="readings the broker queues for the ingestors before it drops them "
-        "(~0.65 KB of memory each) (default: %(default)s)",
+        "(~0.63 KB of memory each) (default: %(default)s)",
     )
     p.set_defaults(func=_cmd_up)
 

@@ -150,10 +150,10 @@ def broker_settings(opts: UpOptions) -> BrokerSettings:
       bounded cost: at most one rewrite of the database a second however long the ingestors'
       backlog. ``broker_autosave_changes`` N switches to a save after every N changes; every
       queued message is a change, and each save rewrites the whole database, so with a backlog
-      of B messages the broker spends O(B) per N readings received: with N = 1 it took ~280
-      readings/s while 4,000 were queued (bench/broker_persistence.py), the spiral of issue 13.
+      of B messages the broker spends O(B) per N readings received: with N = 1 it took 28
+      readings/s with 11,000 queued (bench/broker_persistence.py), the spiral of issue 13.
     * ``max_queued_messages``: Mosquitto drops QoS 1 messages it has already PUBACKed once a
-      session's queue is full, so the bound is set for long outages (1,000,000, ~0.65 KB of
+      session's queue is full, so the bound is set for long outages (1,000,000, ~0.63 KB of
       broker memory each for 300-byte readings): memory, not readings, is what runs out first.
     * ``session_expiry_cap_h`` = the ingestors' own session expiry (24 h); devices hold no
       subscriptions.
