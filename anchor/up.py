@@ -154,7 +154,7 @@ def broker_settings(opts: UpOptions) -> BrokerSettings:
       readings/s with 11,000 queued (bench/broker_persistence.py), the spiral of issue 13.
     * ``max_queued_messages``: Mosquitto drops QoS 1 messages it has already PUBACKed once a
       session's queue is full, so the bound is set for long outages (1,000,000, ~0.63 KB of
-      broker memory each for 300-byte readings): memory, not readings, is what runs out first.
+      broker memory each for 300-byte readings: the bound trades memory for readings kept).
     * ``session_expiry_cap_h`` = the ingestors' own session expiry (24 h); devices hold no
       subscriptions.
     """
