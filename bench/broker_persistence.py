@@ -94,26 +94,21 @@ class SharedSubscriber:
     message as soon as it is handed over (paho's default)."""
 
     def __init__(self, port: int, client_id: str, *, receive_maximum: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
         self.port = port
+        self.client_id = client_id
         self.received = 0
         self.last_at = 0.0
         self._subscribed = threading.Event()
         self._connected = threading.Event()
+        self._disconnected = threading.Event()
         self._lock = threading.Lock()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
         self._props = Properties(PacketTypes.CONNECT)
         self._props.SessionExpiryInterval = 3600
         self._props.ReceiveMaximum = receive_maximum
-        self._client.on_message = self._on_message
-        self._client.on_subscribe = lambda *a: self._subscribed.set()
-        self._client.on_connect = lambda *a: self._connected.set()
+        self._client: Any = None
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._lock:
@@ -121,7 +116,22 @@ class SharedSubscriber:
             self.last_at = time.perf_counter()
 
     def connect(self, *, subscribe: bool) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+        # A fresh client each time, as a restarted ingestor (same client id, same session):
+        # paho's loop_start() on a client used before leaks its previous wake-up socket pair.
         self._connected.clear()
+        self._disconnected.clear()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = lambda *a: self._subscribed.set()
+        self._client.on_connect = lambda *a: self._connected.set()
+        self._client.on_disconnect = lambda *a: self._disconnected.set()
         self._client.connect(
             "127.0.0.1", self.port, keepalive=60, clean_start=False, properties=self._props
         )
@@ -135,6 +145,7 @@ class SharedSubscriber:
 
     def disconnect(self) -> None:
         self._client.disconnect()
+        self._disconnected.wait(10)
         self._client.loop_stop()
 
 
