@@ -359,7 +359,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             if args.operator_token_file
             else None,
             workers=args.workers,
+            broker_autosave_interval_s=args.broker_autosave_interval,
             broker_autosave_changes=args.broker_autosave_changes,
+            broker_max_queued_messages=args.broker_max_queued,
         )
     )
 
@@ -663,10 +665,28 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator-token-file", help="where to keep the operator's API token")
     p.add_argument("--workers", type=int, default=1, help="ingestor processes")
     p.add_argument(
-        "--broker-autosave-changes",
+        "--broker-autosave-interval",
         type=int,
         default=1,
-        help="Mosquitto saves its database after this many changes (1: crash-safe; default)",
+        metavar="SECONDS",
+        help="Mosquitto saves its database every SECONDS: a crash loses at most that much of what "
+        "it PUBACKed and had not delivered (default: %(default)s)",
+    )
+    p.add_argument(
+        "--broker-autosave-changes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save after every N changes instead (each queued reading is one; every save "
+        "rewrites the whole backlog, see docs/operator-guide.md) (default: off)",
+    )
+    p.add_argument(
+        "--broker-max-queued",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="readings the broker queues for the ingestors before it drops them "
+        "(~0.63 KB of memory each) (default: %(default)s)",
     )
     p.set_defaults(func=_cmd_up)
 

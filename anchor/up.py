@@ -35,9 +35,15 @@ deletes it) and is dropped. So every broker start (``up``'s own, a supervised re
 crash, a restart to reload logins) writes the device logins *disabled* into the
 dynamic-security configuration; devices are refused (CONNACK 0x87) and keep their readings;
 as soon as the ingestor's log shows its subscription on the new broker, ``up`` enables them
-(``enableClient`` over ``$CONTROL``). Persistence is saved on every change
-(``autosave_on_changes``), so a broker crash loses (almost) nothing it PUBACKed and replays
-few messages already sealed.
+(``enableClient`` over ``$CONTROL``).
+
+**The broker saves its database once a second** (``autosave_interval 1``, issue 13), whatever
+its backlog: a crash loses at most the last second or two of what it PUBACKed and had not yet
+delivered to an ingestor (devices on the SDK resend those until the service's acknowledgement),
+and replays at most that much already sealed. Saving on every change (``autosave_on_changes``,
+the default before) rewrites the whole database for every reading queued, which costs in
+proportion to the backlog exactly when the ingestors are behind: measured in
+``bench/broker_persistence.py``, and :func:`broker_settings` for the rest.
 
 PostgreSQL asks every client for a password (see :class:`anchor.local.PostgresServer`); the
 services connect as its non-superuser role ``cityanchor``, whose password is in
@@ -63,7 +69,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from anchor.broker_auth import (
     ADMIN_USER,
@@ -90,7 +96,7 @@ from anchor.local import (
 from anchor.password_hashes import mosquitto_password_hash
 from anchor.redact import redact_text, redact_url
 
-__all__ = ["UpOptions", "run_up"]
+__all__ = ["BrokerSettings", "UpOptions", "broker_settings", "run_up"]
 
 log = logging.getLogger("anchor.up")
 
@@ -111,9 +117,53 @@ class UpOptions:
     operator_token_file: Path | None = None
     workers: int = 1
     anchor_recheck_s: float = 30.0  # re-check of recent anchors against the chain (reorgs)
-    # Mosquitto saves its database after this many changes (1: a crash loses nothing it had
-    # PUBACKed and delivered, for about 4x its CPU; see docs/operator-guide.md).
-    broker_autosave_changes: int = 1
+    # Mosquitto saves its database every this many seconds (see broker_settings) ...
+    broker_autosave_interval_s: int = 1
+    # ... or, when set, after this many changes instead (each queued message is one): an opt-in
+    # whose every save rewrites the whole backlog (docs/operator-guide.md).
+    broker_autosave_changes: int | None = None
+    # Messages Mosquitto queues for the ingestors' session; beyond it it DROPS what it PUBACKed.
+    broker_max_queued_messages: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.broker_autosave_interval_s < 1:
+            raise UsageError("--broker-autosave-interval must be at least 1 second")
+        if self.broker_autosave_changes is not None and self.broker_autosave_changes < 1:
+            raise UsageError("--broker-autosave-changes must be at least 1")
+        if self.broker_max_queued_messages < 1:
+            raise UsageError("--broker-max-queued must be at least 1")
+
+
+class BrokerSettings(TypedDict):
+    """Keyword arguments of :class:`anchor.local.MosquittoServer` that ``up`` chooses."""
+
+    autosave_interval: int
+    autosave_changes: int | None
+    max_queued_messages: int
+    session_expiry_cap_h: int
+
+
+def broker_settings(opts: UpOptions) -> BrokerSettings:
+    """The persistence and queue settings of ``up``'s broker (tests take them from here).
+
+    * Persistence: a periodic save every ``broker_autosave_interval_s`` seconds (default 1), a
+      bounded cost: at most one rewrite of the database a second however long the ingestors'
+      backlog. ``broker_autosave_changes`` N switches to a save after every N changes; every
+      queued message is a change, and each save rewrites the whole database, so with a backlog
+      of B messages the broker spends O(B) per N readings received: with N = 1 it took 28
+      readings/s with 11,000 queued (bench/broker_persistence.py), the spiral of issue 13.
+    * ``max_queued_messages``: Mosquitto drops QoS 1 messages it has already PUBACKed once a
+      session's queue is full, so the bound is set for long outages (1,000,000, ~0.63 KB of
+      broker memory each for 300-byte readings: the bound trades memory for readings kept).
+    * ``session_expiry_cap_h`` = the ingestors' own session expiry (24 h); devices hold no
+      subscriptions.
+    """
+    return BrokerSettings(
+        autosave_interval=opts.broker_autosave_interval_s,
+        autosave_changes=opts.broker_autosave_changes,
+        max_queued_messages=opts.broker_max_queued_messages,
+        session_expiry_cap_h=24,
+    )
 
 
 EXIT_ALREADY_RUNNING = 2
@@ -541,10 +591,8 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
                 d / "mosquitto",
                 port=port,
                 dynsec=_service_dynsec([], ingest_password, admin_password),
-                # = the ingestors' own session expiry; devices hold no subscriptions anyway.
-                session_expiry_cap_h=24,
-                autosave_changes=opts.broker_autosave_changes,
                 die_with_parent=True,
+                **broker_settings(opts),
             ),
             opts.mqtt_port,
             ports.get("mqtt"),

@@ -109,19 +109,22 @@ class MosquittoServer(SpawnedServer):
     Persistence is on, in ``base_dir/persistence/``, so QoS 1 messages queued for persistent
     sessions survive a clean broker restart (Mosquitto writes its database at shutdown and every
     ``autosave_interval`` seconds; a *crash* loses what arrived since the last save). With
-    ``autosave_changes`` N it saves instead after every N changes (messages stored or delivered,
-    subscriptions): N=1 is what a crash needs, for about 4x the broker's CPU (measured in
-    docs/operator-guide.md). Mosquitto 2.0.11 never restores a ``$share`` subscription from
-    its database, even after a clean stop: see ``anchor.up`` for how devices are kept out until
-    an ingestor has subscribed again.
+    ``autosave_changes`` N it saves instead after every N changes (messages queued,
+    subscriptions, retained messages). Every save rewrites the whole database, so a change-count
+    setting costs in proportion to the backlog per N readings received: with N=1 and an
+    ingestor behind, the broker spends its time saving (bench/broker_persistence.py, issue 13);
+    ``cityanchor up`` saves every second instead. Mosquitto 2.0.11 never restores a ``$share``
+    subscription from its database, even after a clean stop: see ``anchor.up`` for how devices
+    are kept out until an ingestor has subscribed again.
 
     ``die_with_parent`` (Linux): the broker gets SIGTERM when the thread that started it dies,
     so a supervisor killed with SIGKILL leaves no broker behind (it saves its database on the
     way out). :meth:`stop_stale` stops a broker left on this ``base_dir`` by an owner that died.
 
     ``max_queued_messages`` is generous because Mosquitto *drops* QoS 1 messages for a client
-    whose queue is full; ``max_inflight_messages`` must be at least the ingestor's batch size,
-    since the ingestor acknowledges only after its batch is committed.
+    whose queue is full, after it PUBACKed them (``up`` raises it to 1,000,000);
+    ``max_inflight_messages`` must be at least the ingestor's batch size, since the ingestor
+    acknowledges only after its batch is committed.
 
     With ``users`` (``{username: password}``) and ``acl`` (Mosquitto ACL file text) the broker
     requires logins; ``allow_anonymous`` defaults to True only when no users are given. An ACL
