@@ -37,7 +37,7 @@ dynamic-security configuration; devices are refused (CONNACK 0x87) and keep thei
 as soon as the ingestor's log shows its subscription on the new broker, ``up`` enables them
 (``enableClient`` over ``$CONTROL``).
 
-**The broker saves its database once a second** (``autosave_interval 1``, issue 13), whatever
+**The broker saves its database once a second** (``autosave_interval 1``, issue 11), whatever
 its backlog: a crash loses at most the last second or two of what it PUBACKed and had not yet
 delivered to an ingestor (devices on the SDK resend those until the service's acknowledgement),
 and replays at most that much already sealed. Saving on every change (``autosave_on_changes``,
@@ -151,7 +151,7 @@ def broker_settings(opts: UpOptions) -> BrokerSettings:
       backlog. ``broker_autosave_changes`` N switches to a save after every N changes; every
       queued message is a change, and each save rewrites the whole database, so with a backlog
       of B messages the broker spends O(B) per N readings received: with N = 1 it took 28
-      readings/s with 11,000 queued (bench/broker_persistence.py), the spiral of issue 13.
+      readings/s with 11,000 queued (bench/broker_persistence.py), the spiral of issue 11.
     * ``max_queued_messages``: Mosquitto drops QoS 1 messages it has already PUBACKed once a
       session's queue is full, so the bound is set for long outages (1,000,000, ~0.63 KB of
       broker memory each for 300-byte readings: the bound trades memory for readings kept).

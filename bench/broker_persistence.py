@@ -2,7 +2,7 @@
 
     python bench/broker_persistence.py [--quick]
 
-The failure it reproduces (issue 13): with ``autosave_on_changes true`` and ``autosave_interval
+The failure it reproduces (issue 11): with ``autosave_on_changes true`` and ``autosave_interval
 1`` Mosquitto rewrites its WHOLE in-memory database whenever a change is pending at the end of a
 loop turn, and every message it queues is a change (mosquitto.conf(5): "subscription changes,
 retained messages received and queued messages"). With an empty queue a save is cheap; once the
@@ -60,7 +60,7 @@ PAYLOAD_BYTES = 300
 PUBLISH_INFLIGHT = 100
 SHARED_FILTER = "$share/cityanchor/city/+/+/readings"
 TOPIC = "city/d1/bench-0001/readings"
-LIVE_PER_S = 200  # the soak's offered rate (issue 13)
+LIVE_PER_S = 200  # the soak's offered rate (issue 11)
 SAVE_LINE = "Saving in-memory database"
 DROP_LINE = "Outgoing messages are being dropped"
 

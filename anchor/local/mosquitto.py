@@ -112,7 +112,7 @@ class MosquittoServer(SpawnedServer):
     ``autosave_changes`` N it saves instead after every N changes (messages queued,
     subscriptions, retained messages). Every save rewrites the whole database, so a change-count
     setting costs in proportion to the backlog per N readings received: with N=1 and an
-    ingestor behind, the broker spends its time saving (bench/broker_persistence.py, issue 13);
+    ingestor behind, the broker spends its time saving (bench/broker_persistence.py, issue 11);
     ``cityanchor up`` saves every second instead. Mosquitto 2.0.11 never restores a ``$share``
     subscription from its database, even after a clean stop: see ``anchor.up`` for how devices
     are kept out until an ingestor has subscribed again.

@@ -1,4 +1,4 @@
-"""Mosquitto's database saves while the ingestors' backlog builds up and drains (issue 13).
+"""Mosquitto's database saves while the ingestors' backlog builds up and drains (issue 11).
 
 With ``autosave_on_changes`` (``up``'s default before) Mosquitto rewrites its whole database for
 every message it queues: with the ingestor behind, each reading received costs a rewrite of the

@@ -269,7 +269,7 @@ def test_restart_of_up_and_a_broker_crash_lose_no_pubacked_reading(
         )
         # What comes back after the crash is what was in flight to the ingestor when the broker
         # died (delivered, not yet acknowledged: at-least-once). Nothing older: the broker's
-        # database is saved every second (up's broker_settings; on every change before issue 13)
+        # database is saved every second (up's broker_settings; on every change before issue 11)
         # and this phase ran 3 s before the kill. With the 60 s autosave the crashed broker
         # reloaded the database of its clean stop a phase earlier and delivered its queue again
         # (146 readings sealed before this phase in one run; 6,792 in the issue).

@@ -232,7 +232,7 @@ def test_mosquitto_keeps_up_with_the_ingestor() -> None:
             conf.setdefault(key, value.strip())
     assert conf["persistence"] == "true"
     # Saved every second: a crash loses or replays at most a second or two (issue 11), and never
-    # on every change, whose every save rewrites the whole backlog (issue 13).
+    # on every change, whose every save rewrites the whole backlog (issue 11).
     assert conf["autosave_interval"] == "1"
     assert conf.get("autosave_on_changes", "false") == "false"
     assert int(conf["max_inflight_messages"]) >= Settings().inflight_window

@@ -1,4 +1,4 @@
-"""``cityanchor up``'s broker persistence and queue settings (issue 13): a periodic save every
+"""``cityanchor up``'s broker persistence and queue settings (issue 11): a periodic save every
 second by default, saving on every change only when asked, a queue bound of 1,000,000."""
 
 from __future__ import annotations
