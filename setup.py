@@ -39,7 +39,7 @@ setup(
             "schemas/*.json",
             "contracts/*.json",
             "contracts/*.sol",
-            "explorer/static/*",
+            "api/explorer/static/*",
         ],
         "devices": ["py.typed"],
     },

@@ -2,7 +2,8 @@
 
 CONSENSUS-CRITICAL in the sense that matters for a transparency log: these rules decide which
 readings may enter a batch and which are quarantined with which reason code. Pure: values in,
-a verdict out, no I/O, no logging. The ingestor (:mod:`anchor.ingest`) is a thin caller that
+a verdict out, no I/O, no logging. The ingestor (:mod:`anchor.ingest.ingestor`) is a thin caller
+that
 only adds the one I/O step, the registry lookup; the store (:meth:`anchor.store.DeviceRecord.
 check_reading`) applies :func:`check_key` again under the device row locks at seal time.
 
@@ -78,7 +79,7 @@ def parse_topic(topic: str) -> tuple[str, str] | None:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The bounds admission applies (from :class:`anchor.config.Settings`).
+    """The bounds admission applies (from :class:`anchor.host.config.Settings`).
 
     ``clock_skew_past_ms`` 0 means readings may be arbitrarily old (a device that was offline
     delivers its outbox late); ``clock_skew_future_ms`` always bounds a device clock ahead.

@@ -3,7 +3,7 @@
 Pure: no clock, no sleep; the caller asks for the next delay and waits however it waits
 (``time.sleep``, ``asyncio.sleep``, a deadline in a map). Used by the ingestor's seal retries,
 the anchoring job's per-backend retries, the ingestor-worker and ``up`` supervisors
-(:class:`anchor.lifetime.RestartBackoff`) and the device SDK's resends
+(:class:`anchor.host.lifetime.RestartBackoff`) and the device SDK's resends
 (:mod:`devices.publisher`).
 
 Jitter spreads clients that failed together (a fleet after a broker restart, N ingestors after

@@ -210,7 +210,7 @@ class Reason(StrEnum):
         "The stated gaps are not the missing sequence numbers.",
     )
 
-    # -- ingest admission and sealing (anchor.ingest, anchor.sealing, anchor.store) -------------
+    # -- ingest admission and sealing (anchor.ingest.ingestor, anchor.sealing, anchor.store) --
     BAD_TOPIC = "bad_topic", "ingest 2", "The topic is not city/{district}/{device_id}/readings."
     TOPIC_MISMATCH = (
         "topic_mismatch", "ingest 4, ack",
@@ -253,7 +253,7 @@ class Reason(StrEnum):
         "seq or ts above 2^63-1: beyond PostgreSQL bigint.",
     )
 
-    # -- chains and anchoring (anchor.chains, anchor.anchoring, anchor.audit) -------------------
+    # -- chains and anchoring (anchor.anchoring.chains, anchor.anchoring.job, anchor.cli.audit) --
     CHAIN_UNAVAILABLE = (
         "chain_unavailable", "ChainError (retryable); check anchors; HTTP 503",
         "The JSON-RPC endpoint refused, timed out or answered garbage.",
@@ -289,7 +289,7 @@ class Reason(StrEnum):
         "An anchor recorded as confirmed is no longer on its chain as recorded.",
     )
 
-    # -- HTTP API (anchor.api, anchor.api_public, anchor.api_operator, anchor.tokens) -----------
+    # -- HTTP API (anchor.api.app, anchor.api.public, anchor.api.operator, anchor.api.tokens) --
     NOT_FOUND = (
         "not_found", "HTTP 404; StoreError",
         "No such device, reading, batch, checkpoint size or route.",

@@ -1,7 +1,7 @@
 """The password hash formats our servers store: Mosquitto's ``$7$`` and PostgreSQL's SCRAM.
 
 Pure (hashlib, hmac, base64; ``secrets`` for a salt when none is given), so production code
-(:mod:`anchor.broker_auth`, ``up``) and the private test servers (:mod:`anchor.local`) share one
+(:mod:`anchor.broker.logins`, ``up``) and the private test servers (:mod:`anchor.local`) share one
 implementation without production code importing the launchers.
 """
 

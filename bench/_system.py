@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from anchor.broker.client import create_client, parse_mqtt_url
 from anchor.keys import PrivateKey
-from anchor.mqtt import create_client, parse_mqtt_url
 from devices.signer import DeviceSigner
 
 DISTRICT = "faults"

@@ -16,7 +16,8 @@ is covered by a confirmed anchor:
   exceeds its batch's log index (from then on its receipt has status "anchored"); its latency is
   that minus its publication time: ``p50_s_P``, ``p99_s_P``, ``max_s_P``;
 * aim: period + confirmations + < 5 s. The baseline, measured in this run on the same anvil, is
-  one raw anchor transaction with :class:`anchor.chains.evm.EvmBackend` (prepare, broadcast,
+  one raw anchor transaction with :class:`anchor.anchoring.chains.evm.EvmBackend` (prepare,
+  broadcast,
   wait for its confirmation; best of ``--repeat``): ``baseline_tx_s``, and
   ``ratio_P = p99_s_P / (P + baseline_tx_s + 5)`` (<= 1 meets the aim). ``p99_s`` and ``ratio``
   repeat the 10 s figures;
@@ -42,11 +43,11 @@ from typing import Any
 
 from _common import BenchConfig, best_of, run_sections
 
-from anchor.anchor_main import deploy
+from anchor.anchoring.main import deploy
 from anchor.checkpoint import generate_note_key
-from anchor.children import ChildProcess
-from anchor.config import ChainSettings
-from anchor.files import write_private_file
+from anchor.host.config import ChainSettings
+from anchor.host.files import write_private_file
+from anchor.host.supervisor import ChildProcess
 from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, MosquittoServer, PostgresServer
 from anchor.store import DeviceSpec, Store
@@ -64,7 +65,7 @@ GAS_NOISE = 300
 def _publish_timed(url: str, messages: list[tuple[str, bytes]], rate: float) -> list[float]:
     """Child process: publish ``messages`` at ``rate``/s (QoS 1); each one's wall time
     (``time.time()`` right before ``publish``), in order."""
-    from anchor.mqtt import create_client, parse_mqtt_url
+    from anchor.broker.client import create_client, parse_mqtt_url
 
     c = create_client(
         parse_mqtt_url(url), client_id=f"bench-anchor-pub-{os.getpid()}", max_inflight=2000
@@ -128,7 +129,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def _baseline_tx(chain: AnvilNode, contract: str, repeat: int) -> tuple[float, int]:
     """Best round trip of one raw anchor transaction (prepare, broadcast, confirmation) with
     EvmBackend on ``chain``, from dev account 2 (the job uses 1); and its gasUsed."""
-    from anchor.chains.evm import EvmBackend, EvmConfig
+    from anchor.anchoring.chains.evm import EvmBackend, EvmConfig
 
     backend = EvmBackend(
         EvmConfig(

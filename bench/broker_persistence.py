@@ -51,7 +51,7 @@ from typing import Any
 
 from _common import BenchConfig, run_sections
 
-from anchor.config import Settings
+from anchor.host.config import Settings
 from anchor.local import MosquittoServer
 
 SIZES = {True: 20_000, False: 100_000}

@@ -66,7 +66,7 @@ def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> int:
 
 def _publish(url: str, messages: list[tuple[str, bytes]], rate: float, clients: int) -> float:
     """Child process: publish ``messages`` at ``rate``/s (0: flat out); return seconds taken."""
-    from anchor.mqtt import create_client, parse_mqtt_url
+    from anchor.broker.client import create_client, parse_mqtt_url
 
     target = parse_mqtt_url(url)
     conns = []

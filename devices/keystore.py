@@ -37,7 +37,7 @@ from pathlib import Path
 
 from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError, KeyMaterialError, Reason
-from anchor.files import open_regular_nonblocking, write_private_file, write_public_file
+from anchor.host.files import open_regular_nonblocking, write_private_file, write_public_file
 from anchor.keys import KEY_TYPES, PrivateKey, PublicKey
 
 __all__ = [

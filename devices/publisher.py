@@ -82,11 +82,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from anchor.backoff import Backoff
+from anchor.broker.client import MqttTarget, connect_async, create_client, parse_mqtt_url
 from anchor.device_ack import AckEntry, ack_topic, ack_topic_for, decode_ack
 from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.errors import AnchorError, Reason
 from anchor.merkle import get_hasher
-from anchor.mqtt import MqttTarget, connect_async, create_client, parse_mqtt_url
 from devices.signer import DeviceSigner
 
 __all__ = [

@@ -37,7 +37,7 @@ from typing import Any
 from anchor.device_id import DEVICE_ID_PATTERN, DEVICE_ID_RE
 from anchor.envelope import FORMAT_COSE, FORMATS, Reading, sign_reading
 from anchor.errors import AnchorError, Reason
-from anchor.files import open_regular_nonblocking, write_private_file
+from anchor.host.files import open_regular_nonblocking, write_private_file
 from anchor.keys import PrivateKey
 from anchor.merkle import leaf_hash
 

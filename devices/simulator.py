@@ -81,6 +81,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from anchor.broker.client import create_client, parse_mqtt_url
 from anchor.envelope import (
     COSE_ALG_IDS,
     FORMAT_COSE,
@@ -90,9 +91,8 @@ from anchor.envelope import (
     parse_envelope,
 )
 from anchor.errors import AnchorError, Reason, UsageError
-from anchor.files import KEY_FILE_LIMIT, read_user_file, write_public_file
+from anchor.host.files import KEY_FILE_LIMIT, read_user_file, write_public_file
 from anchor.keys import ED25519, P256, PrivateKey, b64url_encode
-from anchor.mqtt import create_client, parse_mqtt_url
 from devices.keystore import device_key_files, generate_device_key, load_private_key
 from devices.publisher import (
     Outbox,

@@ -187,7 +187,7 @@ class AnvilNode(SpawnedServer):
         self.gas_price = gas_price
         self.hardfork = hardfork
         self.start_timeout = start_timeout
-        # SIGTERM (state dumped) when the thread that started it dies: see anchor.lifetime.
+        # SIGTERM (state dumped) when the thread that started it dies: see anchor.host.lifetime.
         self.die_with_parent = die_with_parent
         self._chain_id = chain_id
         self._n_accounts = accounts

@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 from anchor.errors import AnchorError, Reason
-from anchor.lifetime import pid_alive, preexec_die_with_parent, processes_with_arg, stop_pids
+from anchor.host.lifetime import pid_alive, preexec_die_with_parent, processes_with_arg, stop_pids
 
 __all__ = [
     "LOOPBACK",

@@ -114,7 +114,7 @@ class MosquittoServer(SpawnedServer):
     setting costs in proportion to the backlog per N readings received: with N=1 and an
     ingestor behind, the broker spends its time saving (bench/broker_persistence.py, issue 11);
     ``cityanchor up`` saves every second instead. Mosquitto 2.0.11 never restores a ``$share``
-    subscription from its database, even after a clean stop: see ``anchor.up`` for how devices
+    subscription from its database, even after a clean stop: see ``anchor.cli.up`` for how devices
     are kept out until an ingestor has subscribed again.
 
     ``die_with_parent`` (Linux): the broker gets SIGTERM when the thread that started it dies,
@@ -130,7 +130,7 @@ class MosquittoServer(SpawnedServer):
     requires logins; ``allow_anonymous`` defaults to True only when no users are given. An ACL
     file cannot refuse a SUBSCRIBE in Mosquitto 2.0 (it grants every filter and only filters
     delivery), so where clients are untrusted use ``dynsec`` instead: the dynamic-security
-    plugin's configuration (JSON, see :func:`anchor.broker_auth.dynsec_config`), written to
+    plugin's configuration (JSON, see :func:`anchor.broker.logins.dynsec_config`), written to
     ``base_dir/dynsec.json`` at every start; then logins, roles and client-id bindings come from
     it alone and change at run time through its ``$CONTROL`` topic (the plugin rewrites the
     file; a SIGHUP does not reload it).
@@ -280,7 +280,7 @@ class MosquittoServer(SpawnedServer):
 
         A running broker is not changed (the plugin owns its file while it runs and ignores
         SIGHUP): change it through ``$CONTROL/dynamic-security/v1``
-        (:class:`anchor.broker_auth.BrokerAdmin`), or restart it.
+        (:class:`anchor.broker.logins.BrokerAdmin`), or restart it.
         """
         if self._dynsec is None:
             raise ServiceError("this broker was not started with dynsec", reason=Reason.USAGE)

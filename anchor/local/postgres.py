@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal, Self
 
 from anchor.errors import Reason
-from anchor.lifetime import pid_alive
+from anchor.host.lifetime import pid_alive
 from anchor.local.base import (
     LOOPBACK,
     REGISTRY,

@@ -45,7 +45,8 @@ before the seal reads the device (and the seal sees it) or waits for the seal to
 then stamps a time later than every reading that seal holds). Both clocks are wall clocks: on
 one host (``cityanchor up``, the demo) they are the same clock; across hosts they must be
 NTP-synchronised, and the rule is exact up to their offset (the ingestor measures it against
-the database at every registry refresh and warns above ``anchor.ingest.CLOCK_OFFSET_WARN_S``).
+the database at every registry refresh and warns above
+``anchor.ingest.ingestor.CLOCK_OFFSET_WARN_S``).
 
 Concurrency. Every seal takes the transaction-level advisory lock :data:`SEAL_LOCK`, so seals
 of any number of ingestors are serialised: the dedupe check, the batch's log index and the

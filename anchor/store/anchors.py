@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from anchor.chains.base import AnchorConfirmation, AnchorTx
+from anchor.anchoring.chains.base import AnchorConfirmation, AnchorTx
 from anchor.errors import Reason
 from anchor.store.connection import MAX_LIST, StoreBase
 from anchor.store.errors import StoreError

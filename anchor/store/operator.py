@@ -3,7 +3,7 @@
 Async functions taking a :class:`~anchor.store.Store` (tables in ``sql/003_operator.sql``).
 They use the store's connection helper, so asyncpg and socket failures arrive as
 :class:`~anchor.store.StoreError` with the store's reasons (``db_unavailable``, ``not_found``,
-``conflict``, ...). Token formats, hashing and scope rules live in :mod:`anchor.tokens`.
+``conflict``, ...). Token formats, hashing and scope rules live in :mod:`anchor.api.tokens`.
 
 Functions rather than ``Store`` methods: the operator side (API, tokens, metrics) is the only
 user, and its tests replace single queries (``monkeypatch.setattr(ops, "get_token", ...)``)

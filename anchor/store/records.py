@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from anchor import admission
-from anchor.chains.base import AnchorTx
+from anchor.anchoring.chains.base import AnchorTx
 from anchor.keys import PublicKey
 from anchor.sealing import Candidate, Rejection
 from anchor.store.errors import RegistryError

@@ -4,7 +4,7 @@
 // the browser's parser with anchor/envelope.py on many generated variants.
 
 import { readFileSync } from "node:fs";
-import { VerifyError, hexToBytes, parseEnvelope } from "../../anchor/explorer/static/verify.js";
+import { VerifyError, hexToBytes, parseEnvelope } from "../../anchor/api/explorer/static/verify.js";
 
 const inputs = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const out = inputs.map((hex) => {

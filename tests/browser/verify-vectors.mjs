@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import {
   VerifyError, bytesToHex, checkSignature, hexToBytes, leafHash, logLeafData, logLeafHash,
   parseEnvelope, parseVkey, verifyInclusion,
-} from "../../anchor/explorer/static/verify.js";
+} from "../../anchor/api/explorer/static/verify.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const VECTORS = join(ROOT, "tests", "vectors");

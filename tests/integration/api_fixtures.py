@@ -29,8 +29,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from anchor.anchoring import AnchorJob
-from anchor.chains.evm import EvmBackend, EvmConfig
+from anchor.anchoring.chains.evm import EvmBackend, EvmConfig
+from anchor.anchoring.job import AnchorJob
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey

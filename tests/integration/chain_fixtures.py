@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 
 # Imported here, early (conftest imports this module before any test module), because importing
-# web3 / eth_account raises the recursion limit (py_ecc) and anchor.chains.evm puts it back; a
+# web3 / eth_account raises the recursion limit (py_ecc) and anchor.anchoring.chains.evm puts it
+# back; a
 # test module importing web3 first would leave it at 100 000 and a unit test feeding deeply
 # nested JSON to json.loads would crash the whole session.
-from anchor.chains.evm import EvmConfig, deploy_registry
+from anchor.anchoring.chains.evm import EvmConfig, deploy_registry
 from anchor.local import AnvilNode
 
 __all__ = ["AnvilFactory", "anchor_registry", "anvil", "anvil_factory", "assert_stopped"]

@@ -22,14 +22,14 @@ from typing import Any, TypeVar
 
 import pytest
 
-from anchor.anchoring import AnchorJob, StepResult
-from anchor.chains.evm import EvmBackend, EvmConfig, deploy_registry
+from anchor.anchoring.chains.evm import EvmBackend, EvmConfig, deploy_registry
+from anchor.anchoring.job import AnchorJob, StepResult
+from anchor.api.metrics import MetricsState, collect, render
 from anchor.checkpoint import NoteSigner, generate_note_key
-from anchor.cli import main as cli_main
+from anchor.cli.commands import main as cli_main
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, PostgresServer
-from anchor.metrics import MetricsState, collect, render
 from anchor.receipt import dumps_receipt
 from anchor.store import Candidate, DeviceSpec, Store
 from devices.signer import DeviceSigner

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from anchor import tokens
+from anchor.api import tokens
 from integration.api_fixtures import ApiWorld
 from integration.test_api_operator import Answer, call, on_db
 

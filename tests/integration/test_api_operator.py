@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 import pytest
 from unit.test_metrics import parse_exposition
 
-from anchor import tokens
-from anchor.cli import main as cli_main
+from anchor.api import tokens
+from anchor.cli.commands import main as cli_main
 from anchor.keys import PrivateKey, b64url_encode
 from anchor.local import AnvilNode, PostgresServer, free_port
 from anchor.store import Store
@@ -358,7 +358,7 @@ def test_erased_receipt_and_every_other_receipt_of_its_batch_verify(
     assert report.valid, report.to_dict()
     assert checks["envelope"] == checks["signature"] == checks["leaf_hash"] == "skip"
     assert checks["batch_path"] == checks["log_path"] == checks["checkpoint_signature"] == "pass"
-    if importlib.util.find_spec("anchor.api_public") is not None:
+    if importlib.util.find_spec("anchor.api.public") is not None:
         # The public receipt endpoint serves the erased receipt as it is (not a 410).
         served = call(api_world, "GET", f"/v1/receipts/{device_id}/{seq}")
         assert served.status == 200, served.body
@@ -457,8 +457,8 @@ def test_anchor_run_steps_the_job(
     # A database and API of its own: anchoring api_world would change its "sealed" receipts.
     from aiohttp import ClientSession, web
 
-    from anchor.api import ApiContext, create_app
-    from anchor.config import ChainSettings, Settings
+    from anchor.api.app import ApiContext, create_app
+    from anchor.host.config import ChainSettings, Settings
 
     name = f"oprun_{uuid.uuid4().hex[:12]}"
     dsn = postgres.create_database(name)

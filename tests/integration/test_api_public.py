@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 
 from anchor import merkle
-from anchor.anchor_main import rpc_anchor_checker
-from anchor.api import route_tables
+from anchor.anchoring.main import rpc_anchor_checker
+from anchor.api.app import route_tables
 from anchor.checkpoint import open_checkpoint
-from anchor.cli import main
+from anchor.cli.commands import main
 from anchor.completeness import CompletenessError, verify_completeness
 from anchor.receipt import receipt_from_dict
 from anchor.verify import verify_receipt
@@ -451,7 +451,7 @@ def test_openapi_and_docs_describe_every_route(api_world: ApiWorld) -> None:
     status, _, doc = get_json(api_world, "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.1")
     # Every route is described: the app's own and those of every route group (the tables
-    # anchor.api.create_app registers), and every described route is served.
+    # anchor.api.app.create_app registers), and every described route is served.
     app = web.Application()
     for table in route_tables():
         table.add_to(app)

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import CheckFunction, GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from anchor import api, api_public
-from anchor.api import openapi_document
+from anchor.api import app as api
+from anchor.api import public as api_public
+from anchor.api.app import openapi_document
 from integration.api_fixtures import ApiWorld
 
 # The paths of the public routes and the app's own (operations) routes.

@@ -11,10 +11,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from anchor.anchoring import AnchorJob
-from anchor.audit import run_audit
-from anchor.chains.evm import EvmBackend, EvmConfig
+from anchor.anchoring.chains.evm import EvmBackend, EvmConfig
+from anchor.anchoring.job import AnchorJob
 from anchor.checkpoint import NoteSigner, generate_note_key
+from anchor.cli.audit import run_audit
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, PostgresServer
@@ -124,7 +124,7 @@ def test_audit_passes_then_names_the_corrupted_reading(sealed: Sealed) -> None:
 
 
 def test_audit_cli_exit_codes(sealed: Sealed, capsys: pytest.CaptureFixture[str]) -> None:
-    from anchor.cli import main
+    from anchor.cli.commands import main
 
     assert main(["audit", "--database-url", sealed.dsn, "--no-chain"]) == 0
     assert "-> OK" in capsys.readouterr().out
@@ -149,8 +149,8 @@ def test_audit_reports_and_marks_an_anchor_a_reorg_removed(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Issue 11 item 4: audit and job judge an anchor alike; --mark-vanished marks it."""
-    from anchor.chains.evm import deploy_registry
-    from anchor.cli import main
+    from anchor.anchoring.chains.evm import deploy_registry
+    from anchor.cli.commands import main
 
     node: AnvilNode = anvil_factory()
     contract = deploy_registry(

@@ -4,7 +4,7 @@ With ``autosave_on_changes`` (``up``'s default before) Mosquitto rewrites its wh
 every message it queues: with the ingestor behind, each reading received costs a rewrite of the
 whole backlog, the broker crawls, its queue reaches ``max_queued_messages`` and it drops readings
 it has already PUBACKed. ``up``'s broker now saves once a second whatever the backlog. The
-settings come from :func:`anchor.up.broker_settings`, the code ``up`` starts its broker with.
+settings come from :func:`anchor.cli.up.broker_settings`, the code ``up`` starts its broker with.
 Costs and rates: bench/broker_persistence.py.
 """
 
@@ -20,9 +20,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from anchor.config import Settings
+from anchor.cli.up import UpOptions, broker_settings
+from anchor.host.config import Settings
 from anchor.local import MosquittoServer
-from anchor.up import UpOptions, broker_settings
 
 SHARED_FILTER = "$share/cityanchor/city/+/+/readings"
 TOPIC = "city/d1/persist-0001/readings"

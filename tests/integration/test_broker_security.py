@@ -33,8 +33,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from anchor.cli import main as cli_main
-from anchor.config import load_settings
+from anchor.cli.commands import main as cli_main
+from anchor.host.config import load_settings
 from anchor.keys import PrivateKey
 from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
@@ -491,8 +491,8 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
 ) -> None:
     """The backstop behind the API: logins the broker lacks (the API could not reach it, or the
     broker restarted) are loaded from the registry; revoked devices lose theirs."""
-    from anchor.broker_auth import ADMIN_USER, BrokerAdmin, issue_device_login
-    from anchor.up import _BrokerLogins, _DeviceGate, _service_dynsec
+    from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login
+    from anchor.cli.up import _BrokerLogins, _DeviceGate, _service_dynsec
 
     name = f"reconcile_{os.getpid()}"
     dsn = postgres.create_database(name)

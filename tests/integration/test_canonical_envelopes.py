@@ -23,7 +23,8 @@ import asyncpg
 import cbor2
 import pytest
 
-from anchor import cli, merkle
+from anchor import merkle
+from anchor.cli import main as cli_main
 from anchor.envelope import FORMAT_COSE, FORMAT_JWS, NonCanonicalEnvelope, parse_envelope
 from anchor.keys import P256_ORDER, PrivateKey, b64url_encode
 from anchor.local import MosquittoServer, PostgresServer
@@ -292,7 +293,7 @@ def test_verify_endpoint_and_cli_refuse_a_variant_receipt(
         jwk = tmp_path / f"{device_id}.jwk"
         jwk.write_text(json.dumps(api_world.signers[device_id].key.public_key.to_jwk()))
         capsys.readouterr()
-        code = cli.main(["verify", str(path), "--device-key", str(jwk), "--json"])
+        code = cli_main(["verify", str(path), "--device-key", str(jwk), "--json"])
         out = json.loads(capsys.readouterr().out)
         assert code == 1
         by_name = {c["name"]: c for c in out[0]["checks"]}

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from anchor.demo_live import LiveDemoConfig, run_live_demo
+from anchor.cli import main
+from anchor.cli.demo_live import LiveDemoConfig, run_live_demo
 
 
 def test_live_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo-output"
     code = run_live_demo(
-        out, LiveDemoConfig(devices=24, rate=300, duration_s=3, seed=7, anchor_period_s=1)
+        out,
+        LiveDemoConfig(devices=24, rate=300, duration_s=3, seed=7, anchor_period_s=1),
+        cli_main=main,
     )
     printed = capsys.readouterr().out
     assert code == 0, printed

@@ -16,8 +16,8 @@ import pytest
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
-from anchor.chains.base import AnchorTx, ChainBackend, ChainError
-from anchor.chains.evm import EvmBackend, EvmConfig, deploy_registry
+from anchor.anchoring.chains.base import AnchorTx, ChainBackend, ChainError
+from anchor.anchoring.chains.evm import EvmBackend, EvmConfig, deploy_registry
 from anchor.errors import UsageError
 from anchor.local import DEV_MNEMONIC, AnvilNode, ServiceError, find_anvil
 from integration.chain_fixtures import AnvilFactory

@@ -115,9 +115,7 @@ def _signer(
     return signer
 
 
-def _ingest_env(
-    postgres: PostgresServer, broker: MosquittoServer, tmp_path: Path
-) -> ingest_it.Env:
+def _ingest_env(postgres: PostgresServer, broker: MosquittoServer, tmp_path: Path) -> ingest_it.Env:
     env = ingest_it._env(postgres, broker, tmp_path)
     env.district = DISTRICT  # the ingestor's share group is per test; its topic filter this
     return env

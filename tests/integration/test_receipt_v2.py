@@ -23,7 +23,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 import reference_merkle as ref  # tests/ is not a package
 
-from anchor.cli import main
+from anchor.cli.commands import main
 from anchor.store import Store
 from integration.api_fixtures import ApiWorld
 

@@ -1,4 +1,4 @@
-"""The `device` and `db` subcommands of anchor.registry, run through argparse against PostgreSQL."""
+"""The `device` and `db` subcommands of anchor.cli.devices, run through argparse."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from anchor.cli.devices import ImportFileError, add_db_commands, add_device_commands
 from anchor.errors import UsageError
 from anchor.keys import PrivateKey, b64url_encode
 from anchor.local import PostgresServer
-from anchor.registry import ImportFileError, add_db_commands, add_device_commands
 from anchor.store import DeviceRecord, Store, StoreError
 
 

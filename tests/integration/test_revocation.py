@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from anchor import tokens
+from anchor.api import tokens
 from anchor.keys import PrivateKey
 from anchor.local import MosquittoServer, PostgresServer, free_port
 from anchor.receipt import receipt_to_dict

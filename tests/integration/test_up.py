@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from anchor.cli import main as cli_main
+from anchor.cli.commands import main as cli_main
 from anchor.keys import PrivateKey
 from devices.signer import DeviceSigner
 

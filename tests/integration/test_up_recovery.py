@@ -34,8 +34,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from anchor.host.lifetime import pid_alive, processes_with_arg
 from anchor.keys import PrivateKey
-from anchor.lifetime import pid_alive, processes_with_arg
 from anchor.local import MosquittoServer, PostgresServer
 from devices.signer import DeviceSigner
 from integration.test_up import _request, _wait_up

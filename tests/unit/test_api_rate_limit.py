@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from anchor.api import ApiContext, _take_token
+from anchor.api.app import ApiContext, _take_token
 
 
 def _ctx(rate: float) -> ApiContext:
@@ -30,8 +30,8 @@ def test_the_middleware_answers_429_problems_with_retry_after() -> None:
 
     from aiohttp.test_utils import TestClient, TestServer
 
-    from anchor.api import create_app
-    from anchor.config import Settings
+    from anchor.api.app import create_app
+    from anchor.host.config import Settings
 
     async def body() -> None:
         ctx = ApiContext(store=None, settings=Settings(), rate_per_s=2)  # type: ignore[arg-type]

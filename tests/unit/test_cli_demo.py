@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from anchor.cli import main
+from anchor.cli.commands import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CITYANCHOR = str(Path(sys.executable).parent / "cityanchor")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from anchor.cli import RECEIPT_FILE_LIMIT, main
+from anchor.cli.commands import RECEIPT_FILE_LIMIT, main
 from anchor.errors import UsageError
-from anchor.files import read_user_file
+from anchor.host.files import read_user_file
 from anchor.keys import PrivateKey
 from devices.signer import load_state
 

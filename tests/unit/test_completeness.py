@@ -14,7 +14,7 @@ import reference_merkle as ref  # tests/ is not a package
 
 from anchor import merkle
 from anchor.checkpoint import Checkpoint, generate_note_key, sign_checkpoint
-from anchor.cli import main
+from anchor.cli.commands import main
 from anchor.completeness import (
     CompletenessError,
     CompletenessProof,

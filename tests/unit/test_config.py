@@ -1,4 +1,4 @@
-"""Unit tests for anchor.config: defaults < TOML file < environment < flags, and bad values."""
+"""Unit tests for anchor.host.config: defaults < TOML file < environment < flags, and bad values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from anchor.config import (
+from anchor.errors import UsageError
+from anchor.host.config import (
     CONFIG_FILE_LIMIT,
     ENV_PREFIX,
     ChainSettings,
@@ -14,8 +15,7 @@ from anchor.config import (
     load_settings,
     settings_to_toml,
 )
-from anchor.errors import UsageError
-from anchor.redact import MASK
+from anchor.host.redact import MASK
 
 
 def write(tmp_path: Path, text: str, name: str = "c.toml") -> Path:

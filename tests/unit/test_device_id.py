@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anchor.broker_auth import ADMIN_USER, INGEST_USER, DeviceLogin, dynsec_config
+from anchor.broker.logins import ADMIN_USER, INGEST_USER, DeviceLogin, dynsec_config
 from anchor.device_id import (
     DeviceIdError,
     check_device_id,

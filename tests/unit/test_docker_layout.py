@@ -1,8 +1,9 @@
 """The deployment layout in docker/ agrees with the code it deploys.
 
 No Docker engine is needed: compose.yaml, prometheus.yml and the Grafana dashboard are parsed
-here and checked against anchor.config (the CITYANCHOR_* variables), anchor.cli (the service
-commands) and anchor.metrics (the metric names). ``docker compose config`` also runs when the
+here and checked against anchor.host.config (the CITYANCHOR_* variables), anchor.cli.commands (the
+service
+commands) and anchor.api.metrics (the metric names). ``docker compose config`` also runs when the
 compose plugin is installed.
 """
 
@@ -22,9 +23,9 @@ from typing import Any, cast
 import pytest
 import yaml
 
-from anchor import metrics
-from anchor.cli import _build_parser
-from anchor.config import ENV_PREFIX, ChainSettings, Settings, _chain_var, load_settings
+from anchor.api import metrics
+from anchor.cli.commands import _build_parser
+from anchor.host.config import ENV_PREFIX, ChainSettings, Settings, _chain_var, load_settings
 from anchor.store import SQL_DIR, Store
 from anchor.store import operator as operator_store
 
@@ -134,7 +135,7 @@ def test_service_variables_are_settings_that_load_settings_accepts(
     for name, svc in services.items():
         env = _environment(svc)
         unknown = sorted(set(env) - known)
-        assert not unknown, f"{name}: variables anchor.config does not know: {unknown}"
+        assert not unknown, f"{name}: variables anchor.host.config does not know: {unknown}"
         settings = load_settings(env=env)  # raises UsageError on a badly typed value
         if "CITYANCHOR_CHAIN_RPC_URL" in env:
             assert [c.rpc_url for c in settings.chains] == [env["CITYANCHOR_CHAIN_RPC_URL"]]
@@ -336,7 +337,7 @@ def exposed_metrics(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     ) -> tuple[tuple[int, datetime], dict[str, tuple[int, datetime]]]:
         return (2, now), {"evm": (1, now - timedelta(seconds=30))}
 
-    # anchor.metrics calls them as operator_store attributes (``ops.seal_latencies``).
+    # anchor.api.metrics calls them as operator_store attributes (``ops.seal_latencies``).
     monkeypatch.setattr(operator_store, "seal_latencies", seal_latencies)
     monkeypatch.setattr(operator_store, "anchor_positions", anchor_positions)
     state = metrics.MetricsState()
@@ -372,7 +373,7 @@ def test_dashboard_queries_name_exposed_metrics(exposed_metrics: set[str]) -> No
             names = set(re.findall(r"\b(cityanchor_[A-Za-z0-9_:]+)", target["expr"]))
             assert names, f"{panel['title']}: {target['expr']} names no cityanchor metric"
             missing = names - exposed_metrics
-            assert not missing, f"{panel['title']}: not exposed by anchor.metrics: {missing}"
+            assert not missing, f"{panel['title']}: not exposed by anchor.api.metrics: {missing}"
             used |= names
     for needed in (
         "cityanchor_readings_stored_total",

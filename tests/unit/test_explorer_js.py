@@ -1,4 +1,4 @@
-"""The proof explorer's in-browser verifier (anchor/explorer/static/verify.js), run by Node's
+"""The proof explorer's in-browser verifier (anchor/api/explorer/static/verify.js), run by Node's
 WebCrypto against the project's vectors: RFC 9162 inclusion proofs, the envelope vectors
 (valid ones parse, hash and verify; each invalid one fails with the core's reason code) and the
 batch-log leaf known answers of receipt v2."""

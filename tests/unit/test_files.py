@@ -1,4 +1,4 @@
-"""anchor.files.write_file_atomic: the one atomic, durable file write of the tree."""
+"""anchor.host.files.write_file_atomic: the one atomic, durable file write of the tree."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from anchor.files import write_file_atomic, write_private_file, write_public_file
+from anchor.host.files import write_file_atomic, write_private_file, write_public_file
 
 
 def _mode(p: Path) -> int:

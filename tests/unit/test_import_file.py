@@ -1,4 +1,4 @@
-"""Unit tests for the device import-file parser (anchor.registry.parse_import): CSV and JSON."""
+"""Unit tests for the device import-file parser (anchor.cli.devices.parse_import): CSV and JSON."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from anchor.cli.devices import ImportFileError, parse_import
 from anchor.errors import UsageError
 from anchor.keys import PrivateKey
-from anchor.registry import ImportFileError, parse_import
 
 KEYS = [PrivateKey.generate("Ed25519").public_key, PrivateKey.generate("P-256").public_key]
 JWK = [json.dumps(k.to_jwk()) for k in KEYS]

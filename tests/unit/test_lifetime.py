@@ -1,4 +1,4 @@
-"""anchor.lifetime: the restart back-off policy, and processes that die with their parent
+"""anchor.host.lifetime: the restart back-off policy, and processes that die with their parent
 (issue 11 items 5 and 6)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from anchor.lifetime import RestartBackoff, pid_alive, processes_with_arg, stop_pids
+from anchor.host.lifetime import RestartBackoff, pid_alive, processes_with_arg, stop_pids
 
 
 def test_backoff_doubles_while_failing_fast_and_starts_over_after_a_healthy_minute() -> None:
@@ -46,7 +46,7 @@ def test_backoff_at_the_boundary() -> None:
 
 _GRANDCHILD = """
 import os, signal, sys, time
-from anchor.lifetime import die_with_parent
+from anchor.host.lifetime import die_with_parent
 die_with_parent(signal.SIGTERM, int(sys.argv[1]))
 print(os.getpid(), flush=True)
 time.sleep(120)

@@ -24,7 +24,7 @@ import reference_merkle as ref  # tests/ is not a package
 
 from anchor import merkle
 from anchor.checkpoint import generate_note_key
-from anchor.cli import main
+from anchor.cli.commands import main
 from anchor.envelope import FORMAT_COSE, Reading, parse_envelope, sign_reading
 from anchor.errors import ProofError, ReceiptError
 from anchor.keys import PrivateKey

@@ -1,4 +1,4 @@
-"""Prometheus text format 0.0.4 of anchor.metrics (prometheus_client), read by a strict parser."""
+"""Prometheus text format 0.0.4 of anchor.api.metrics (prometheus_client)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 import anchor
-from anchor.metrics import CONTENT_TYPE, DatabaseFigures, MetricsState, render
+from anchor.api.metrics import CONTENT_TYPE, DatabaseFigures, MetricsState, render
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*"'

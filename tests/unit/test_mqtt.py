@@ -1,4 +1,4 @@
-"""anchor.mqtt: the one broker URL parser and the one paho client factory (no broker needed:
+"""anchor.broker.client: one broker URL parser and the one paho client factory (no broker needed:
 the factory only configures a client and records where it connects)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from anchor.broker.client import MqttTarget, create_client, parse_mqtt_url
 from anchor.errors import AnchorError
-from anchor.mqtt import MqttTarget, create_client, parse_mqtt_url
 
 
 @pytest.mark.parametrize(

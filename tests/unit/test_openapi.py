@@ -15,13 +15,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from anchor import openapi
-from anchor.api import ApiContext, create_app, openapi_document, route_tables
-from anchor.api_spec import RouteTable
-from anchor.config import Settings
+from anchor.api import openapi
+from anchor.api.app import ApiContext, create_app, openapi_document, route_tables
+from anchor.api.spec import RouteTable
+from anchor.host.config import Settings
 
-ANCHOR = Path(__file__).resolve().parents[2] / "anchor"
-ROUTE_MODULES = ("api.py", "api_public.py", "api_operator.py", "explorer/__init__.py")
+ANCHOR = Path(__file__).resolve().parents[2] / "anchor" / "api"
+ROUTE_MODULES = ("app.py", "public.py", "operator.py", "explorer/__init__.py")
 
 
 def _app() -> web.Application:
@@ -84,13 +84,18 @@ def _imports(path: Path) -> set[str]:
 def test_route_modules_do_not_import_the_assembler_and_it_imports_no_route_module() -> None:
     for name in ROUTE_MODULES[1:]:
         imported = _imports(ANCHOR / name)
-        assert "anchor.openapi" not in imported, name
+        assert "anchor.api.openapi" not in imported, name
         assert "__import__" not in imported, name
     own = _imports(ANCHOR / "openapi.py")
     assert "__import__" not in own
-    for module in ("anchor.api", "anchor.api_public", "anchor.api_operator", "anchor.explorer"):
+    for module in (
+        "anchor.api.app",
+        "anchor.api.public",
+        "anchor.api.operator",
+        "anchor.api.explorer",
+    ):
         assert module not in own
-    assert "anchor.openapi" not in _imports(ANCHOR / "api_spec.py")
+    assert "anchor.api.openapi" not in _imports(ANCHOR / "spec.py")
 
 
 def test_a_route_or_component_declared_twice_is_refused() -> None:

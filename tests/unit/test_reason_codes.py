@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from anchor.api.metrics import _vanished_by_reason
 from anchor.errors import ALIASES, AnchorError, Reason
-from anchor.metrics import _vanished_by_reason
 from anchor.sealing import Rejection
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,7 +196,7 @@ def test_the_scan_leaves_other_strings_alone() -> None:
 
 
 def test_the_browser_verifier_reports_table_codes_only() -> None:
-    js = (ROOT / "anchor" / "explorer" / "static" / "verify.js").read_text(encoding="utf-8")
+    js = (ROOT / "anchor" / "api" / "explorer" / "static" / "verify.js").read_text(encoding="utf-8")
     thrown = set(re.findall(r'new VerifyError\("([a-z0-9_]+)"', js))
     checked = set(re.findall(r'check\([^;]*?, "([a-z0-9_]+)"\)', js, re.S))
     returned = set(re.findall(r'return \["fail", [^;]*?, "([a-z0-9_]+)"\]', js, re.S))

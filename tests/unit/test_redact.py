@@ -1,4 +1,4 @@
-"""Issue 10 item 9: one masking function (anchor.redact) for everything printed or logged."""
+"""Issue 10 item 9: one masking function (anchor.host.redact) for everything printed or logged."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from anchor.config import ChainSettings, Settings
-from anchor.redact import MASK, RedactingFormatter, redact_text, redact_url
+from anchor.host.config import ChainSettings, Settings
+from anchor.host.redact import MASK, RedactingFormatter, redact_text, redact_url
 
 
 @pytest.mark.parametrize(

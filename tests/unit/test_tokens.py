@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from anchor import tokens
+from anchor.api import tokens
+from anchor.api.tokens import TokenError
 from anchor.store import operator as operator_store
 from anchor.store.operator import TokenRow
-from anchor.tokens import TokenError
 
 SECRET = bytes(range(32))
 _REAL_COMPARE_DIGEST = hmac.compare_digest

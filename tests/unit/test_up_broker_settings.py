@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import anchor.up
-from anchor.cli import main
+import anchor.cli.up
+from anchor.cli.commands import main
+from anchor.cli.up import UpOptions, broker_settings
 from anchor.errors import UsageError
 from anchor.local import MosquittoServer
-from anchor.up import UpOptions, broker_settings
 
 
 def _conf(tmp_path: Path, opts: UpOptions) -> dict[str, str]:
@@ -45,7 +45,7 @@ def test_settings_below_one_are_refused(tmp_path: Path, field: str) -> None:
 
 def test_cli_flags_reach_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[UpOptions] = []
-    monkeypatch.setattr(anchor.up, "run_up", lambda opts: seen.append(opts) or 0)
+    monkeypatch.setattr(anchor.cli.up, "run_up", lambda opts: seen.append(opts) or 0)
     assert main(["up", "--data-dir", str(tmp_path)]) == 0
     assert broker_settings(seen[0])["autosave_interval"] == 1
     assert seen[0].broker_autosave_changes is None

@@ -1,0 +1,231 @@
+"""The proof explorer: a small static page, served by the API, that verifies a receipt in the
+browser.
+
+Routes (declared on :data:`ROUTES` with their OpenAPI operations, registered by
+:func:`add_routes`, called from :func:`anchor.api.app.create_app`):
+
+* ``GET /explorer`` the page (``static/index.html``); ``?device_id=D&seq=N`` looks a reading up
+  on load;
+* ``GET /explorer/static/{name}`` its script modules and style sheet (a fixed allow-list);
+* ``GET /explorer/config.json`` what the page needs besides the public ``/v1`` endpoints: the
+  chains it may ask about anchors (name, chain id, JSON-RPC URL, contract) and the operator's
+  C2SP note verifier keys.
+
+Everything the page shows is checked by the page itself (``static/verify.js``: WebCrypto
+SHA-256, Ed25519 and ECDSA P-256, the chain's JSON-RPC); this module only serves files. No build
+step: the files are plain ES2020 modules, with no third-party code and nothing loaded from
+elsewhere. The Content-Security-Policy allows scripts and styles from this origin only and
+network requests to this origin and the configured chain endpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from anchor.api.app import CONTEXT
+from anchor.api.spec import RouteTable, errors
+
+__all__ = ["ROUTES", "STATIC_FILES", "add_routes", "explorer_config"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+STATIC_FILES: dict[str, str] = {
+    "explorer.js": "text/javascript",
+    "verify.js": "text/javascript",
+    "explorer.css": "text/css",
+}
+"""The files under ``/explorer/static/`` and their media types; anything else is 404."""
+
+ROUTES = RouteTable(
+    components={
+        "schemas": {
+            "ExplorerConfig": {
+                "type": "object",
+                "required": ["chains", "operator_vkey", "operator_vkeys"],
+                "properties": {
+                    "chains": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "chain_id", "rpc_url", "contract"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "chain_id": {"type": "integer"},
+                                "rpc_url": {"type": "string"},
+                                "contract": {"type": ["string", "null"]},
+                            },
+                        },
+                    },
+                    "operator_vkey": {
+                        "type": ["string", "null"],
+                        "description": "the current C2SP note verifier key",
+                    },
+                    "operator_vkeys": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "every key that still verifies checkpoints",
+                    },
+                },
+            }
+        }
+    }
+)
+"""The explorer's routes, each with its OpenAPI operation."""
+
+
+def _page_operation(operation_id: str) -> dict[str, Any]:
+    return {
+        "tags": ["explorer"],
+        "operationId": operation_id,
+        "summary": "The proof explorer page (verifies a receipt in the browser)",
+        "parameters": [
+            {"name": "device_id", "in": "query", "schema": {"type": "string"}},
+            {"name": "seq", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {
+                "description": "The page.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def _origin(url: str) -> str | None:
+    # A CSP source for the chain endpoint: scheme://host[:port] of an http(s) URL, else None.
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        return None
+    if any(c in parts.netloc for c in " ;,'\""):
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _csp(request: web.Request) -> str:
+    chains = request.app[CONTEXT].settings.chains
+    rpc = sorted({o for c in chains if (o := _origin(c.rpc_url)) is not None})
+    return "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            "connect-src " + " ".join(["'self'", *rpc]),
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        )
+    )
+
+
+def explorer_config(request: web.Request) -> dict[str, Any]:
+    """The body of ``/explorer/config.json``."""
+    ctx = request.app[CONTEXT]
+    vkeys = [v.vkey() for v in ctx.log_verifiers]
+    return {
+        "chains": [
+            {
+                "name": c.name,
+                "chain_id": c.chain_id,
+                "rpc_url": c.rpc_url,
+                "contract": c.contract,
+            }
+            for c in ctx.settings.chains
+        ],
+        # The first is the current key; the rest (rotated keys) still verify older notes.
+        "operator_vkey": vkeys[0] if vkeys else None,
+        "operator_vkeys": vkeys,
+    }
+
+
+@ROUTES.get("/explorer/", _page_operation("explorerSlash"))
+@ROUTES.get("/explorer", _page_operation("explorer"))
+async def _page(request: web.Request) -> web.StreamResponse:
+    body = (STATIC_DIR / "index.html").read_bytes()
+    return web.Response(
+        body=body,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            **_SECURITY_HEADERS,
+            "Content-Security-Policy": _csp(request),
+            "Cache-Control": "no-cache",
+        },
+    )
+
+
+@ROUTES.get(
+    "/explorer/static/{name}",
+    {
+        "tags": ["explorer"],
+        "operationId": "explorerStatic",
+        "summary": "A script module or style sheet of the explorer",
+        "parameters": [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {"enum": sorted(STATIC_FILES)},
+            }
+        ],
+        "responses": {
+            "200": {
+                "description": "The file.",
+                "content": {
+                    "text/javascript": {"schema": {"type": "string"}},
+                    "text/css": {"schema": {"type": "string"}},
+                },
+            },
+            **errors(404),
+        },
+    },
+)
+async def _static(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    media_type = STATIC_FILES.get(name)
+    if media_type is None:
+        raise web.HTTPNotFound(reason=f"no explorer file {name[:40]!r}")
+    return web.Response(
+        body=(STATIC_DIR / name).read_bytes(),
+        content_type=media_type,
+        charset="utf-8",
+        headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"},
+    )
+
+
+@ROUTES.get(
+    "/explorer/config.json",
+    {
+        "tags": ["explorer"],
+        "operationId": "explorerConfig",
+        "summary": "Chains and operator keys the explorer page checks against",
+        "responses": {
+            "200": {
+                "description": "The configuration.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ExplorerConfig"}}
+                },
+            }
+        },
+    },
+)
+async def _config(request: web.Request) -> web.StreamResponse:
+    return web.json_response(
+        explorer_config(request), headers={**_SECURITY_HEADERS, "Cache-Control": "no-cache"}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    """Register ``/explorer``, ``/explorer/static/{name}`` and ``/explorer/config.json``."""
+    ROUTES.add_to(app)

@@ -1,0 +1,1 @@
+"""Talking to the MQTT broker: one client factory and URL parser, device logins."""

@@ -1,0 +1,292 @@
+"""``cityanchor audit``: recompute everything the receipts rely on from what is stored.
+
+1. every batch: each reading's leaf hash from its stored envelope bytes, and the batch root from
+   the leaves, in batch order (an erased reading contributes its kept leaf hash);
+2. the whole batch log from the batches' sizes and roots (each log leaf is
+   ``H(0x00 || uint64_be(size) || root)``, :func:`anchor.merkle.log_leaf_hash`), where the size
+   is the count of readings stored for the batch, and each checkpoint: its root must be the root of
+   that prefix of the log (so every checkpoint is consistent with every earlier one: the log only
+   grew), its note must carry that size and root, and its signature must verify with the
+   operator key;
+3. each anchor on its chain (when the chain is configured), with the anchoring job's own test
+   (:func:`anchor.anchoring.chains.base.check_recorded_anchor`): ``anchoredAt(root)`` equals the
+   recorded
+   block and, where the block hash was recorded, that block is still the canonical one. One that
+   is not is reported as ``[anchor_vanished]``; with ``mark_vanished`` the audit also moves it to
+   ``vanished_anchors``, as the job does for the anchors of its reorg window, so that nothing
+   cites it any more (the job then anchors the newest checkpoint again if that one was lost).
+   Anchors marked vanished earlier are counted (``anchors_vanished``), not reported again.
+
+Every divergence is reported with the batch, reading, checkpoint or anchor concerned; the exit
+status is 1 when there is any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from anchor import merkle
+from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
+from anchor.errors import AnchorError, Reason
+
+__all__ = ["AuditReport", "Divergence", "run_audit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """One thing that does not recompute: ``what`` names it, ``detail`` says how."""
+
+    kind: str  # reading, batch, checkpoint, anchor
+    what: str
+    detail: str
+
+
+@dataclass(slots=True)
+class AuditReport:
+    batches: int = 0
+    readings: int = 0
+    erased: int = 0
+    checkpoints: int = 0
+    anchors_checked: int = 0
+    anchors_skipped: int = 0
+    anchors_vanished: int = 0  # marked vanished before this audit (vanished_anchors)
+    anchors_marked: int = 0  # marked vanished by this audit (mark_vanished)
+    divergences: list[Divergence] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences
+
+
+class _Progress:
+    def __init__(self, total: int, stream: TextIO | None) -> None:
+        self.total, self.stream, self.done, self.last = total, stream, 0, 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.stream is not None and (now - self.last > 0.5 or self.done == self.total):
+            self.last = now
+            pct = 100 * self.done / max(1, self.total)
+            self.stream.write(f"\raudit: {self.done}/{self.total} batches ({pct:.0f}%)")
+            if self.done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+async def run_audit(
+    dsn: str,
+    *,
+    log_verifiers: Sequence[NoteVerifier] = (),
+    backends: Sequence[Any] = (),
+    hasher: merkle.Hasher = merkle.SHA256,
+    progress: TextIO | None = sys.stderr,
+    mark_vanished: bool = False,
+) -> AuditReport:
+    """Audit the store at ``dsn``; ``backends`` (by name) check anchors on their chains;
+    ``mark_vanished`` moves the anchors found gone from their chain to ``vanished_anchors``."""
+    import asyncpg
+
+    report = AuditReport()
+    gone: list[tuple[Any, str]] = []
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            batches = await conn.fetch(
+                "SELECT id, size, root, log_index FROM batches ORDER BY log_index"
+            )
+            bar = _Progress(len(batches), progress if len(batches) > 1 else None)
+            log_leaves: list[bytes] = []
+            for expected_index, b in enumerate(batches):
+                if b["log_index"] != expected_index:
+                    report.divergences.append(
+                        Divergence(
+                            "batch",
+                            f"batch {b['id']}",
+                            f"log index {b['log_index']}, expected {expected_index} (a gap)",
+                        )
+                    )
+                rows = await conn.fetch(
+                    "SELECT device_id, seq, envelope, leaf_hash, batch_index FROM readings "
+                    "WHERE batch_id = $1 ORDER BY batch_index",
+                    b["id"],
+                )
+                leaves = []
+                for r in rows:
+                    stored = bytes(r["leaf_hash"])
+                    if r["envelope"] is None:
+                        report.erased += 1
+                    else:
+                        computed = merkle.leaf_hash(bytes(r["envelope"]), hasher=hasher)
+                        if computed != stored:
+                            report.divergences.append(
+                                Divergence(
+                                    "reading",
+                                    f"{r['device_id']} seq {r['seq']} (batch {b['id']} "
+                                    f"index {r['batch_index']})",
+                                    f"stored envelope hashes to {computed.hex()}, leaf hash is "
+                                    f"{stored.hex()}",
+                                )
+                            )
+                        stored = computed  # the envelope is what the receipt proves
+                    leaves.append(stored)
+                report.readings += len(rows)
+                if [r["batch_index"] for r in rows] != list(range(len(rows))) or len(rows) != b[
+                    "size"
+                ]:
+                    report.divergences.append(
+                        Divergence(
+                            "batch",
+                            f"batch {b['id']}",
+                            f"{len(rows)} readings stored, size {b['size']}, or bad indexes",
+                        )
+                    )
+                root = merkle.root(leaves, hasher=hasher)
+                if root != bytes(b["root"]):
+                    report.divergences.append(
+                        Divergence(
+                            "batch",
+                            f"batch {b['id']}",
+                            f"readings recompute to root {root.hex()}, "
+                            f"stored root {bytes(b['root']).hex()}",
+                        )
+                    )
+                # The size that goes into the leaf is the count of readings actually stored,
+                # not the batches.size column: a changed size column is then a divergence
+                # (above), and the log must still recompute from what the receipts prove.
+                log_leaves.append(
+                    merkle.log_leaf_hash(max(1, len(rows)), bytes(b["root"]), hasher=hasher)
+                )
+                report.batches += 1
+                bar.step()
+            await _audit_checkpoints(conn, log_leaves, log_verifiers, hasher, report)
+            gone = await _audit_anchors(conn, backends, report)
+            report.anchors_vanished = await conn.fetchval("SELECT count(*) FROM vanished_anchors")
+    finally:
+        await conn.close()
+    if mark_vanished and gone:
+        await _mark(dsn, gone, report)
+    return report
+
+
+async def _mark(dsn: str, gone: Sequence[tuple[Any, str]], report: AuditReport) -> None:
+    from anchor.store import Store, StoredAnchor
+
+    store = await Store.connect(dsn, max_size=1)
+    try:
+        for row, detail in gone:
+            anchor = StoredAnchor(
+                row["backend"],
+                row["chain_id"],
+                row["contract"],
+                row["log_size"],
+                bytes(row["root"]),
+                row["tx_hash"],
+                row["block_number"],
+                row["block_time"],
+            )
+            if await store.mark_anchor_vanished(
+                anchor, reason=Reason.ANCHOR_VANISHED, detail=f"audit: {detail}"
+            ):
+                report.anchors_marked += 1
+    finally:
+        await store.close()
+
+
+async def _audit_checkpoints(
+    conn: Any,
+    log_leaves: list[bytes],
+    log_verifiers: Sequence[NoteVerifier],
+    hasher: merkle.Hasher,
+    report: AuditReport,
+) -> None:
+    frontier: list[bytes] = []
+    size = 0
+    for cp in await conn.fetch("SELECT log_size, root, note FROM checkpoints ORDER BY log_size"):
+        what = f"checkpoint at size {cp['log_size']}"
+        report.checkpoints += 1
+        if cp["log_size"] > len(log_leaves):
+            report.divergences.append(
+                Divergence("checkpoint", what, f"the log has only {len(log_leaves)} batches")
+            )
+            continue
+        while size < cp["log_size"]:
+            frontier = merkle.compact_append(frontier, size, log_leaves[size], hasher=hasher)
+            size += 1
+        expected = merkle.compact_root(frontier, hasher=hasher)
+        if bytes(cp["root"]) != expected:
+            report.divergences.append(
+                Divergence(
+                    "checkpoint",
+                    what,
+                    f"stored root {bytes(cp['root']).hex()}, the log's prefix has "
+                    f"{expected.hex()}: the log was rewritten",
+                )
+            )
+        try:
+            note = (
+                open_checkpoint(cp["note"], log_verifiers[0])
+                if log_verifiers
+                else parse_checkpoint_unverified(cp["note"])
+            )
+        except AnchorError as exc:
+            report.divergences.append(
+                Divergence("checkpoint", what, f"[{exc.reason}] {exc.detail}")
+            )
+            continue
+        if (note.size, note.root) != (cp["log_size"], expected):
+            report.divergences.append(
+                Divergence(
+                    "checkpoint",
+                    what,
+                    f"the signed note says size {note.size} root {note.root.hex()}",
+                )
+            )
+
+
+async def _audit_anchors(
+    conn: Any, backends: Sequence[Any], report: AuditReport
+) -> list[tuple[Any, str]]:
+    """Check every recorded anchor; return the rows (and why) of those gone from the chain."""
+    from anchor.anchoring.chains.base import check_recorded_anchor
+
+    by_name = {b.name: b for b in backends}
+    gone: list[tuple[Any, str]] = []
+    for a in await conn.fetch(
+        "SELECT a.*, c.root AS cp_root "
+        "FROM anchors a JOIN checkpoints c USING (log_size) ORDER BY a.log_size, a.backend"
+    ):
+        what = f"anchor of log size {a['log_size']} on {a['backend']} (tx {a['tx_hash']})"
+        if bytes(a["root"]) != bytes(a["cp_root"]):
+            report.divergences.append(
+                Divergence("anchor", what, "anchored root is not the checkpoint's")
+            )
+        backend = by_name.get(a["backend"])
+        if backend is None:
+            report.anchors_skipped += 1
+            continue
+        block_hash = None if a["block_hash"] is None else bytes(a["block_hash"])
+        try:
+            problem = await asyncio.to_thread(
+                functools.partial(
+                    check_recorded_anchor,
+                    backend,
+                    root=bytes(a["root"]),
+                    block_number=a["block_number"],
+                    block_hash=block_hash,
+                )
+            )
+        except AnchorError as exc:
+            report.divergences.append(Divergence("anchor", what, f"[{exc.reason}] {exc.detail}"))
+            continue
+        report.anchors_checked += 1
+        if problem is not None:
+            report.divergences.append(Divergence("anchor", what, str(problem)))
+            gone.append((a, problem.detail))
+    return gone

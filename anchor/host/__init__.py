@@ -1,0 +1,1 @@
+"""What touches the host: atomic private files, process lifetime, child supervision."""

@@ -1,0 +1,241 @@
+"""Settings: one frozen value built from defaults, an optional TOML file, ``CITYANCHOR_*``
+environment variables and command-line flags, in that order of precedence (last wins).
+
+Nothing else in cityanchor reads ``os.environ``; components take the values they need as
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from anchor.errors import UsageError
+from anchor.host.redact import MASK, redact_text
+
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_FIELDS",
+    "ChainSettings",
+    "Settings",
+    "load_settings",
+    "settings_to_toml",
+]
+
+CONFIG_FILE_LIMIT = 1 << 20
+"""Largest settings file read (a TOML file of a few lines; anything bigger is not one)."""
+
+ENV_PREFIX = "CITYANCHOR_"
+# Settings whose whole value is secret; every other string (database_url, mqtt_url, a chain's
+# rpc_url, ...) is shown through anchor.host.redact.redact_text, which hides the secrets inside it.
+SECRET_FIELDS = frozenset({"mqtt_password", "mqtt_admin_password"})
+
+
+FEE_MODES = ("eip1559", "legacy", "zero")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSettings:
+    """One anchoring backend (an EVM chain reached over JSON-RPC).
+
+    The signing key is never part of the settings: only where to read it (``key_file``, or the
+    environment variable named by ``key_env``).
+    """
+
+    name: str = "evm"
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int = 31337
+    contract: str = ""
+    key_file: str = ""
+    key_env: str = ""
+    confirmations: int = 1
+    fee_mode: str = "eip1559"
+    gas_limit: int = 100_000
+    rpc_timeout_s: int = 10
+
+    def __post_init__(self) -> None:
+        if self.fee_mode not in FEE_MODES:
+            raise UsageError(f"chain {self.name}: fee_mode must be one of {', '.join(FEE_MODES)}")
+        if self.confirmations < 1:
+            raise UsageError(f"chain {self.name}: confirmations must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The effective configuration. Durations are in milliseconds unless named otherwise."""
+
+    database_url: str = "postgresql://cityanchor@127.0.0.1:5432/cityanchor"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    # One shared subscription for every ingestor process, so N of them split the stream.
+    mqtt_topic: str = "$share/cityanchor/city/+/+/readings"
+    mqtt_session_expiry_s: int = 86_400
+    # 1: the broker requires device logins; POST /v1/devices then issues each device's password.
+    mqtt_device_logins: int = 0
+    # The broker's dynamic-security admin login: with it, POST /v1/devices creates the device's
+    # login in the running broker (and revoke deletes it) before answering.
+    mqtt_admin_username: str = ""
+    mqtt_admin_password: str = ""
+    operator_key_file: str = "operator.skey"
+    log_origin: str = "cityanchor.example/log"
+    hash_scheme: str = "rfc9162-sha256"
+    batch_size: int = 1000
+    batch_age_ms: int = 1000
+    # Upper bound of unacknowledged messages the broker may send us (MQTT v5 Receive Maximum):
+    # the ingestor's back-pressure. Mosquitto's max_inflight_messages must be at least this.
+    inflight_window: int = 4000
+    max_envelope_bytes: int = 16 * 1024
+    clock_skew_future_ms: int = 5 * 60_000
+    # Devices resend from an on-disk outbox after an outage, so old readings are normal; 0 = off.
+    clock_skew_past_ms: int = 7 * 24 * 3_600_000
+    verify_processes: int = 0  # 0: one per core
+    ingestor_name: str = "ingest"
+    registry_refresh_ms: int = 5_000
+    anchor_period_s: int = 60
+    # Anchors recorded in the last this many blocks (and each backend's newest) are re-checked
+    # against the chain every anchor_recheck_ms, and anchored again if a reorg removed them.
+    anchor_reorg_window_blocks: int = 128
+    anchor_recheck_ms: int = 30_000
+    # Per client address; bursts of twice this. 0 turns the limit off (e.g. behind a proxy
+    # that limits already).
+    api_rate_per_s: int = 1000
+    # Anchoring backends; from TOML [[chains]] tables, or one from CITYANCHOR_CHAIN_* variables.
+    chains: tuple[ChainSettings, ...] = ()
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secrets replaced, for ``config show`` and logs."""
+        masked: dict[str, Any] = _masked(dataclasses.asdict(self))
+        return masked
+
+
+def _masked(value: Any, name: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v, name) for v in value]
+    if isinstance(value, str) and value:
+        return MASK if name in SECRET_FIELDS else redact_text(value)
+    return value
+
+
+def _coerce(name: str, kind: type, raw: Any, source: str) -> Any:
+    if kind is int:
+        if isinstance(raw, bool):
+            raise UsageError(f"{source}: {name} must be an integer, got {raw!r}")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise UsageError(f"{source}: {name} must be an integer, got {raw!r}") from None
+    if not isinstance(raw, str):
+        raise UsageError(f"{source}: {name} must be a string, got {raw!r}")
+    return raw
+
+
+def load_settings(
+    *,
+    toml_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings: defaults < TOML file < environment < ``overrides`` (CLI flags; None skipped).
+
+    Raises UsageError naming the source of any unknown key or badly typed value.
+    """
+    env = os.environ if env is None else env
+    types = {
+        f.name: (int if f.type in ("int", int) else str)
+        for f in fields(Settings)
+        if f.name != "chains"
+    }
+    values: dict[str, Any] = {}
+    chains: list[ChainSettings] = []
+    if toml_path is not None:
+        from anchor.host.files import read_user_file
+
+        data = read_user_file(toml_path, what="config", limit=CONFIG_FILE_LIMIT)
+        try:
+            doc = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"config {toml_path} is not UTF-8: {exc.reason}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"config {toml_path} is not valid TOML: {exc}") from exc
+        for key, raw in doc.items():
+            if key == "chains":
+                chains = [_chain(t, f"{toml_path} [[chains]]") for t in _tables(raw, toml_path)]
+                continue
+            if key not in types:
+                raise UsageError(f"{toml_path}: unknown setting {key!r}")
+            values[key] = _coerce(key, types[key], raw, str(toml_path))
+    for name, kind in types.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, kind, raw, ENV_PREFIX + name.upper())
+    chain_env = {
+        f.name: env[var] for f in fields(ChainSettings) if (var := _chain_var(f.name)) in env
+    }
+    if chain_env:
+        # The variables define one backend, or override the TOML one of the same name.
+        name = chain_env.get("name", chains[0].name if len(chains) == 1 else "evm")
+        base = next((c for c in chains if c.name == name), ChainSettings(name=name))
+        merged = _chain({**dataclasses.asdict(base), **chain_env}, f"{ENV_PREFIX}CHAIN_*")
+        chains = [c for c in chains if c.name != name] + [merged]
+    for name, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if name not in types:
+            raise UsageError(f"unknown setting {name!r}")
+        values[name] = _coerce(name, types[name], raw, f"--{name.replace('_', '-')}")
+    names = [c.name for c in chains]
+    if len(set(names)) != len(names):
+        raise UsageError(f"chain names must be unique, got {names}")
+    return Settings(**values, chains=tuple(chains))
+
+
+def _chain_var(field_name: str) -> str:
+    # CITYANCHOR_CHAIN_RPC_URL, CITYANCHOR_CHAIN_ID (not ..._CHAIN_CHAIN_ID), ...
+    return ENV_PREFIX + ("CHAIN_ID" if field_name == "chain_id" else f"CHAIN_{field_name.upper()}")
+
+
+def _tables(raw: Any, source: Path) -> list[Mapping[str, Any]]:
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise UsageError(f"{source}: chains must be [[chains]] tables")
+    return raw
+
+
+def _chain(table: Mapping[str, Any], source: str) -> ChainSettings:
+    kinds = {f.name: (int if f.type in ("int", int) else str) for f in fields(ChainSettings)}
+    values = {}
+    for key, raw in table.items():
+        if key not in kinds:
+            raise UsageError(f"{source}: unknown chain setting {key!r}")
+        values[key] = _coerce(key, kinds[key], raw, source)
+    return ChainSettings(**values)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def settings_to_toml(settings: Settings) -> str:
+    """The settings as a TOML file that :func:`load_settings` reads back to the same value."""
+    lines = ["# cityanchor settings (CITYANCHOR_* variables and flags override these)"]
+    for f in fields(Settings):
+        if f.name != "chains":
+            lines.append(f"{f.name} = {_toml_value(getattr(settings, f.name))}")
+    for chain in settings.chains:
+        lines += ["", "[[chains]]"]
+        lines += [
+            f"{f.name} = {_toml_value(getattr(chain, f.name))}" for f in fields(ChainSettings)
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The MQTT ingestor: verify, batch and seal readings; its process entry point."""
