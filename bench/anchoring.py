@@ -43,7 +43,7 @@ from typing import Any
 
 from _common import BenchConfig, best_of, run_sections
 
-from anchor.anchoring.main import deploy
+from anchor.anchoring.backend import deploy
 from anchor.checkpoint import generate_note_key
 from anchor.host.config import ChainSettings
 from anchor.host.files import write_private_file

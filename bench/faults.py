@@ -472,7 +472,7 @@ class Campaign:
 
         Each receipt fetched from the API and verified with the project's verifier: device
         key, checkpoint signature, both proofs, and ``anchoredAt`` on the chain."""
-        from anchor.anchoring.main import rpc_anchor_checker
+        from anchor.anchoring.backend import rpc_anchor_checker
         from anchor.checkpoint import NoteVerifier
         from anchor.keys import PublicKey
         from anchor.receipt import loads_receipt

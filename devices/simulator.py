@@ -69,6 +69,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1161,9 +1163,6 @@ def _register_via_api(
     base_url: str, token_file: Path | None, fleet: Sequence[SimDevice]
 ) -> dict[str, str]:
     """Register every device with ``POST /v1/devices``; return the broker logins answered."""
-    import urllib.error
-    import urllib.request
-
     if token_file is None:
         raise UsageError("--register-via needs --token-file (a devices:write token)")
     raw = read_user_file(token_file, what="token file", limit=KEY_FILE_LIMIT)

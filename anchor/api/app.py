@@ -27,19 +27,32 @@ import contextlib
 import copy
 import json
 import logging
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from anchor.api import openapi
+from anchor.anchoring.backend import build_backend
+from anchor.api import explorer, openapi
+from anchor.api import operator as api_operator
+from anchor.api import public as api_public
+from anchor.api.context import (
+    CONTEXT,
+    MAX_BODY_BYTES,
+    ApiContext,
+    Handler,
+    problem,
+    status_for,
+)
 from anchor.api.spec import DOCS_PAGE, OPENAPI_DOCUMENT, RouteTable, json_ok
 from anchor.broker.client import parse_mqtt_url
 from anchor.checkpoint import NoteVerifier
 from anchor.errors import AnchorError, Reason
 from anchor.host.config import Settings
+from anchor.host.files import load_operator_signer
 from anchor.store import Store
 
 __all__ = [
@@ -54,71 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("anchor.api.app")
-
-MAX_BODY_BYTES = 1 << 20
-PROBLEM_TYPE = "https://cityanchor.example/problems/"
-
-# HTTP status for each reason code; anything not listed is 400 (the client's input) unless it
-# is a server-side failure, which is 503 (retryable) or 500.
-_STATUS: dict[Reason, int] = {
-    Reason.NOT_FOUND: 404,
-    Reason.ERASED: 410,
-    Reason.UNAUTHORIZED: 401,
-    Reason.FORBIDDEN: 403,
-    Reason.CONFLICT: 409,
-    Reason.TOO_LARGE: 413,
-    Reason.OVERSIZED: 413,
-    Reason.RECEIPT_TOO_LARGE: 413,
-    Reason.RATE_LIMITED: 429,
-    Reason.DB_UNAVAILABLE: 503,
-    Reason.DB_BUSY: 503,
-    Reason.CHAIN_UNAVAILABLE: 503,
-    Reason.DB_ERROR: 500,
-    Reason.LOG_INCONSISTENT: 500,
-    Reason.INTERNAL: 500,
-}
-
-
-def status_for(reason: Reason) -> int:
-    """The HTTP status that carries ``reason``."""
-    return _STATUS.get(reason, 400)
-
-
-def problem(
-    status: int, reason: Reason, detail: str, *, title: str | None = None, **extra: Any
-) -> web.Response:
-    """An RFC 9457 Problem Details response (``application/problem+json``)."""
-    body = {
-        "type": PROBLEM_TYPE + reason,
-        "title": title or reason.replace("_", " "),
-        "status": status,
-        "detail": detail,
-        "reason": reason,
-        **extra,
-    }
-    return web.Response(
-        status=status,
-        text=json.dumps(body),
-        content_type="application/problem+json",
-    )
-
-
-@dataclass(slots=True)
-class ApiContext:
-    """What the handlers need: the store, the settings, and the keys the API vouches with."""
-
-    store: Store
-    settings: Settings
-    log_verifiers: Sequence[NoteVerifier] = ()
-    # Rate limiting: requests per second per client address (0 = off), bursts of twice that.
-    rate_per_s: float = 0.0
-    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    latency: dict[str, list[float]] = field(default_factory=dict)
-
-
-CONTEXT: web.AppKey[ApiContext] = web.AppKey("context", ApiContext)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _take_token(ctx: ApiContext, client: str, now: float) -> float:
@@ -261,8 +209,6 @@ async def _readyz(request: web.Request) -> web.Response:
         checks["database"] = f"{exc.reason}: {exc.detail}"
     for chain in ctx.settings.chains:
         try:
-            from anchor.anchoring.main import build_backend
-
             backend = build_backend(chain, with_key=False)
             await asyncio.to_thread(backend.ping)
             checks[f"chain:{chain.name}"] = "ok"
@@ -285,9 +231,6 @@ def create_app(ctx: ApiContext) -> web.Application:
     app[CONTEXT] = ctx
     ROUTES.add_to(app)
     # Imported here: each route group imports this module's CONTEXT and problem().
-    from anchor.api import explorer
-    from anchor.api import operator as api_operator
-    from anchor.api import public as api_public
 
     for group in (api_public, api_operator, explorer):
         group.add_routes(app)
@@ -299,9 +242,6 @@ def create_app(ctx: ApiContext) -> web.Application:
 
 def route_tables() -> tuple[RouteTable, ...]:
     """The route tables of the app, in the order :func:`create_app` registers them."""
-    from anchor.api import explorer
-    from anchor.api import operator as api_operator
-    from anchor.api import public as api_public
 
     return (ROUTES, api_public.ROUTES, api_operator.ROUTES, explorer.ROUTES)
 
@@ -315,8 +255,6 @@ async def serve(
     settings: Settings, *, host: str, port: int, stop: asyncio.Event, reuse_port: bool = False
 ) -> None:
     """Serve the API until ``stop`` is set."""
-    from anchor.ingest.main import load_operator_signer
-
     log.info("api starting: %s", json.dumps(settings.masked()))
     store = await Store.connect(settings.database_url, max_size=8)
     try:
@@ -357,10 +295,6 @@ def run_api(
     settings: Settings, *, host: str, port: int, workers: int = 1, reuse_port: bool = False
 ) -> int:
     """``cityanchor api``: serve until SIGINT/SIGTERM, in ``workers`` processes on one port."""
-    import signal
-    import subprocess
-    import sys
-
     if workers > 1:
         # The children serve; this process only forwards the stop signal and waits.
         argv = [

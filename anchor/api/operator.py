@@ -60,12 +60,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from anchor.anchoring.backend import build_backend
+from anchor.anchoring.job import AnchorJob
 from anchor.api import tokens
-from anchor.api.app import CONTEXT, Handler, problem, status_for
+from anchor.api.context import CONTEXT, Handler, problem, status_for
 from anchor.api.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.api.public import MAX_BODY_DEPTH
 from anchor.api.spec import RouteTable
 from anchor.api.tokens import TokenError
+from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login, revoke_device_login
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import AnchorError, Reason
 from anchor.keys import PublicKey
@@ -506,8 +509,6 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
     record = await ctx.store.register_device(device_id, key, district=district, kind=kind)
     answer = device_json(record)
     if ctx.settings.mqtt_device_logins:
-        from anchor.broker.logins import issue_device_login
-
         # The only time the password exists in clear: the registry stores its hash, and with
         # an admin login the broker has the login before this answer leaves.
         answer.update(
@@ -521,8 +522,6 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
 def _broker_admin(settings: Settings) -> BrokerAdmin | None:
     if not settings.mqtt_admin_password:
         return None
-    from anchor.broker.logins import ADMIN_USER, BrokerAdmin
-
     return BrokerAdmin(
         settings.mqtt_url, settings.mqtt_admin_username or ADMIN_USER, settings.mqtt_admin_password
     )
@@ -579,8 +578,6 @@ async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     record = await ctx.store.revoke_device(request.match_info["device_id"], reason=reason)
     admin = _broker_admin(ctx.settings) if ctx.settings.mqtt_device_logins else None
     if admin is not None:
-        from anchor.broker.logins import revoke_device_login
-
         # Its login goes at once (and its connection with it), not at the next reconcile.
         await revoke_device_login(admin, record.device_id)
     return web.json_response(device_json(record))
@@ -723,9 +720,6 @@ async def _erase(request: web.Request, token: TokenRow) -> web.StreamResponse:
 )
 @operator("anchors:run", "anchors.run")
 async def _anchor_run(request: web.Request, token: TokenRow) -> web.StreamResponse:
-    from anchor.anchoring.job import AnchorJob
-    from anchor.anchoring.main import build_backend
-
     ctx = request.app[CONTEXT]
     chains = [c for c in ctx.settings.chains if c.contract]
     if not chains:

@@ -37,7 +37,8 @@ from typing import Any
 from aiohttp import web
 
 from anchor import merkle
-from anchor.api.app import CONTEXT, MAX_BODY_BYTES, ApiContext
+from anchor.anchoring.backend import rpc_anchor_checker
+from anchor.api.context import CONTEXT, MAX_BODY_BYTES, ApiContext
 from anchor.api.spec import (
     CACHE_HEADER,
     DEVICE_ID,
@@ -560,8 +561,6 @@ def _verify_sync(
     checker = None
     rpcs = [c.rpc_url for c in ctx.settings.chains if c.rpc_url]
     if rpcs and receipt.anchors:
-        from anchor.anchoring.main import rpc_anchor_checker
-
         checker = rpc_anchor_checker(rpcs, timeout_s=5.0)
     report = verify_receipt(
         receipt,

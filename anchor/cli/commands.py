@@ -173,7 +173,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     log_keys = _load_log_keys(args.log_key)
     checker = None
     if args.rpc:
-        from anchor.anchoring.main import rpc_anchor_checker
+        from anchor.anchoring.backend import rpc_anchor_checker
 
         checker = rpc_anchor_checker(args.rpc)
     results: list[tuple[str, ReceiptReport]] = []
@@ -291,7 +291,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     import asyncio
 
     from anchor.cli.audit import run_audit
-    from anchor.ingest.main import load_operator_signer
+    from anchor.host.files import load_operator_signer
 
     settings = _settings(args)
     keys = _load_log_keys(args.log_key)
@@ -302,7 +302,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             print("audit: no --log-key and no operator key: checkpoint signatures not checked")
     backends = []
     if not args.no_chain:
-        from anchor.anchoring.main import build_backend
+        from anchor.anchoring.backend import build_backend
 
         backends = [build_backend(c, with_key=False) for c in settings.chains if c.contract]
     report = asyncio.run(
@@ -419,7 +419,7 @@ def _seconds(text: str) -> float:
 def _cmd_chain_deploy(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from anchor.anchoring.main import deploy
+    from anchor.anchoring.backend import deploy
     from anchor.host.config import ChainSettings, settings_to_toml
 
     settings = _settings(args)
@@ -792,10 +792,10 @@ def _build_parser() -> argparse.ArgumentParser:
     add_db_commands(sub)
     add_device_commands(sub)
     add_simulate_command(sub)
-    from anchor.api.tokens import add_token_commands
+    from anchor.cli.tokens import add_token_commands
 
     add_token_commands(sub)
-    from anchor.broker.logins import add_broker_commands
+    from anchor.cli.broker import add_broker_commands
 
     add_broker_commands(sub)
 

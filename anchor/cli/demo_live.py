@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anchor.anchoring.main import deploy
+from anchor.anchoring.backend import deploy
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.cli.demo import CliMain
 from anchor.host.config import ChainSettings

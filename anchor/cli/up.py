@@ -634,8 +634,8 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
 def _chain_settings(
     opts: UpOptions, chain: AnvilNode | None, keys: Path, config_path: Path
 ) -> ChainSettings:
+    from anchor.anchoring.backend import deploy
     from anchor.anchoring.chains.evm import EvmBackend, EvmConfig
-    from anchor.anchoring.main import deploy
 
     previous: ChainSettings | None = None
     if config_path.exists():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor.errors import UsageError
+from anchor.host.files import read_user_file
 from anchor.host.redact import MASK, redact_text
 
 __all__ = [
@@ -157,8 +158,6 @@ def load_settings(
     values: dict[str, Any] = {}
     chains: list[ChainSettings] = []
     if toml_path is not None:
-        from anchor.host.files import read_user_file
-
         data = read_user_file(toml_path, what="config", limit=CONFIG_FILE_LIMIT)
         try:
             doc = tomllib.loads(data.decode("utf-8"))

@@ -10,10 +10,12 @@ import stat
 import tempfile
 from pathlib import Path
 
+from anchor.checkpoint import NoteSigner
 from anchor.errors import UsageError
 
 __all__ = [
     "KEY_FILE_LIMIT",
+    "load_operator_signer",
     "open_regular_nonblocking",
     "read_user_file",
     "write_file_atomic",
@@ -194,3 +196,14 @@ def write_public_file(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (:func:`write_file_atomic`), world-readable
     (0644)."""
     return write_file_atomic(path, data, mode=0o644)
+
+
+def load_operator_signer(path: str) -> NoteSigner:
+    """Read the operator's checkpoint signing key (a C2SP note skey file)."""
+    if not Path(path).exists():
+        raise UsageError(
+            f"cannot read the operator key {path}: no such file "
+            "(create one with `cityanchor keygen --operator`)"
+        )
+    raw = read_user_file(path, what="the operator key", limit=KEY_FILE_LIMIT)
+    return NoteSigner.from_skey(raw.decode("utf-8", "replace").strip())

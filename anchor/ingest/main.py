@@ -13,35 +13,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from anchor.checkpoint import NoteSigner
 from anchor.errors import UsageError
 from anchor.host.config import Settings
+from anchor.host.files import load_operator_signer
 from anchor.host.lifetime import RestartBackoff
+from anchor.ingest.ingestor import Ingestor
+from anchor.store import Store
 
 __all__ = ["load_operator_signer", "run_ingest"]
 
 log = logging.getLogger("anchor.ingest.ingestor")
 
 
-def load_operator_signer(path: str) -> NoteSigner:
-    """Read the operator's checkpoint signing key (a C2SP note skey file)."""
-    from anchor.host.files import KEY_FILE_LIMIT, read_user_file
-
-    if not Path(path).exists():
-        raise UsageError(
-            f"cannot read the operator key {path}: no such file "
-            "(create one with `cityanchor keygen --operator`)"
-        )
-    raw = read_user_file(path, what="the operator key", limit=KEY_FILE_LIMIT)
-    return NoteSigner.from_skey(raw.decode("utf-8", "replace").strip())
-
-
 async def _run_one(settings: Settings, client_id: str) -> None:
-    from anchor.ingest.ingestor import Ingestor
-    from anchor.store import Store
-
     signer = load_operator_signer(settings.operator_key_file)
     store = await Store.connect(settings.database_url, max_size=2)
     stop = asyncio.Event()

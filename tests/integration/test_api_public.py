@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from anchor import merkle
-from anchor.anchoring.main import rpc_anchor_checker
+from anchor.anchoring.backend import rpc_anchor_checker
 from anchor.api.app import route_tables
 from anchor.checkpoint import open_checkpoint
 from anchor.cli.commands import main

@@ -22,9 +22,7 @@ CORE = sorted(
     for p in ANCHOR.glob("*.py")
     if p.stem not in NOT_CORE
 )
-WINGS = sorted(
-    p.name for p in ANCHOR.iterdir() if p.is_dir() and (p / "__init__.py").exists()
-)
+WINGS = sorted(p.name for p in ANCHOR.iterdir() if p.is_dir() and (p / "__init__.py").exists())
 # Data-only packages (no code that does I/O at import): the contract artifact loader reads a file
 # shipped in the wheel when asked, and the explorer holds static files.
 DATA_PACKAGES = {"contracts", "schemas", "explorer"}

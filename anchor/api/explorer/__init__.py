@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from anchor.api.app import CONTEXT
+from anchor.api.context import CONTEXT
 from anchor.api.spec import RouteTable, errors
 
 __all__ = ["ROUTES", "STATIC_FILES", "add_routes", "explorer_config"]

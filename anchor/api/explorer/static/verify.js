@@ -1020,7 +1020,7 @@ async function checkOneAnchor(a, logRoot, chains, timeoutMs) {
     const block = await rpc(chain.rpc_url, "eth_getBlockByNumber", ["0x" + at.toString(16), false], timeoutMs);
     if (!block) throw new VerifyError("chain_unavailable", `block ${at} is not available`);
     const ts = hexQuantity(block.timestamp, "block timestamp");
-    // The same spelling as the receipt (and anchor_main._rfc3339): seconds, "Z".
+    // The same spelling as the receipt (and anchor.anchoring.backend._rfc3339): seconds, "Z".
     const actual = new Date(Number(ts) * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
     if (actual !== a.block_time) {
       return ["fail", `${where}: block ${at} is from ${actual}, receipt says ${a.block_time}`, "anchor_time_mismatch"];
