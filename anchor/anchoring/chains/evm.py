@@ -40,44 +40,37 @@ to estimate instead.
 Third-party failures are translated at this edge into :class:`ChainError` (``raise ... from
 exc``): connection errors and timeouts (requests' exceptions are ``OSError``) become the
 retryable ``chain_unavailable``; node error objects become ``tx_rejected``, ``chain_error``.
+
+Layout: this module is the backend and re-exports the package's public names.
+:mod:`anchor.anchoring.chains.evm_client` holds :class:`EvmConfig`, the JSON-RPC client (chain
+check, nonces, gas, fees, signing, receipts) and the error translation;
+:mod:`anchor.anchoring.chains.evm_deploy` holds :func:`deploy_registry`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, NoReturn, cast
-from urllib.parse import urlsplit
+from typing import Any, cast
 
-# py_ecc, which eth_account imports, raises the interpreter's recursion limit to 100 000 at
-# import time. With that limit a deeply nested JSON document (a hostile receipt) overflows the C
-# stack inside json.loads and kills the process instead of raising RecursionError; so the limit
-# is put back right after the imports below (nothing we call from web3 needs deep recursion).
+# web3 raises the recursion limit on import: see anchor.anchoring.chains.evm_client.
 _RECURSION_LIMIT = sys.getrecursionlimit()
 
-from eth_account import Account  # noqa: E402
-from eth_account.signers.local import LocalAccount  # noqa: E402
-from web3 import HTTPProvider, Web3  # noqa: E402
-from web3.exceptions import (  # noqa: E402
-    BlockNotFound,
-    ContractCustomError,
-    ContractLogicError,
-    ContractPanicError,
-    TimeExhausted,
-    TransactionNotFound,
-    Web3Exception,
-    Web3RPCError,
-)
-from web3.middleware import ExtraDataToPOAMiddleware  # noqa: E402
-from web3.types import TxParams, TxReceipt  # noqa: E402
+from web3 import Web3  # noqa: E402
+from web3.exceptions import BlockNotFound, TransactionNotFound, Web3RPCError  # noqa: E402
+from web3.types import TxParams  # noqa: E402
 
 from anchor.anchoring.chains.base import AnchorConfirmation, AnchorTx, ChainError, TxStatus  # noqa: E402
+from anchor.anchoring.chains.evm_client import (  # noqa: E402
+    DEFAULT_GAS_LIMIT,
+    UNAVAILABLE_TEXT,
+    EvmClient,
+    EvmConfig,
+    FeeMode,
+    translated,
+)
+from anchor.anchoring.chains.evm_deploy import deploy_registry  # noqa: E402
 from anchor.contracts import load_artifact  # noqa: E402
 from anchor.errors import Reason, UsageError  # noqa: E402
 
@@ -93,23 +86,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FeeMode = Literal["eip1559", "legacy", "zero"]
-_FEE_MODES = ("eip1559", "legacy", "zero")
-DEFAULT_GAS_LIMIT = 100_000
 _MAX_UINT64 = 2**64 - 1
-# A replacement must outbid the transaction it replaces; geth's default price bump is 10 %.
-_BUMP_NUMERATOR, _BUMP_DENOMINATOR = 9, 8  # +12.5 %
-
 _ANCHORED_TOPIC = "0x" + Web3.keccak(text="Anchored(bytes32,uint64,address)").hex()
-_ERRORS = {
-    "0x" + Web3.keccak(text=sig).hex()[:8]: (name, reason)
-    for sig, name, reason in (
-        ("AlreadyAnchored(bytes32,uint256)", "AlreadyAnchored", Reason.ALREADY_ANCHORED),
-        ("NotSubmitter(address)", "NotSubmitter", Reason.TX_REJECTED),
-        ("ZeroRoot()", "ZeroRoot", Reason.TX_REJECTED),
-        ("ZeroTreeSize()", "ZeroTreeSize", Reason.TX_REJECTED),
-    )
-}
 # Node error texts (geth, erigon, besu, nethermind, anvil) that mean "I already have these
 # bytes": broadcasting them again changed nothing, which is what an idempotent send wants.
 _ALREADY_KNOWN = (
@@ -121,289 +99,11 @@ _ALREADY_KNOWN = (
     "already exists",
 )
 _NONCE_USED = ("nonce too low", "nonce has already been used", "oldnonce", "nonce is too low")
-_UNAVAILABLE_TEXT = ("timeout", "timed out", "rate limit", "too many requests", "unavailable")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
-class EvmConfig:
-    """One EVM backend's settings (keyword-only). ``signer_key`` is never logged or shown.
-
-    Args:
-        name: unique backend name, e.g. ``"bsn-evm"``; recorded with each anchor.
-        rpc_url: HTTP(S) JSON-RPC endpoint.
-        chain_id: the chain id the endpoint must report (EIP-155).
-        contract: the AnchorRegistry address ("" before ``cityanchor chain deploy``).
-        signer_key: hex secp256k1 private key of the sending account, as read by the caller
-            from a file or an environment variable; "" for a read-only backend.
-        confirmations: blocks (including the anchoring one) before an anchor counts; 1 for
-            anvil and instant-finality chains, 12+ on public chains.
-        fee_mode: ``"eip1559"``, ``"legacy"`` or ``"zero"`` (see the module docstring).
-        gas_limit: fixed gas limit per anchor; None estimates and adds ``gas_margin``.
-        priority_fee_per_gas: fixed EIP-1559 tip in wei; None asks the node.
-        max_priority_fee_per_gas / max_fee_per_gas: EIP-1559 caps in wei (None: no cap).
-        gas_price / max_gas_price: legacy fixed price and cap in wei (None: node's / no cap).
-        rpc_timeout: seconds per JSON-RPC request.
-        receipt_timeout: seconds :func:`deploy_registry` waits for its receipt.
-    """
-
-    name: str
-    rpc_url: str
-    chain_id: int
-    contract: str = ""
-    signer_key: str = ""
-    confirmations: int = 1
-    fee_mode: FeeMode = "eip1559"
-    gas_limit: int | None = DEFAULT_GAS_LIMIT
-    gas_margin: float = 1.25
-    priority_fee_per_gas: int | None = None
-    max_priority_fee_per_gas: int | None = None
-    max_fee_per_gas: int | None = None
-    gas_price: int | None = None
-    max_gas_price: int | None = None
-    rpc_timeout: float = 10.0
-    receipt_timeout: float = 120.0
-
-    def __post_init__(self) -> None:
-        # Messages never include signer_key: they end up in logs and terminals.
-        if not self.name:
-            raise UsageError("EVM backend needs a name")
-        if urlsplit(self.rpc_url).scheme not in ("http", "https"):
-            raise UsageError(f"{self.name}: rpc_url must be http:// or https://")
-        if not 0 < self.chain_id < 2**63:
-            raise UsageError(f"{self.name}: chain_id {self.chain_id} is out of range")
-        if self.contract and not Web3.is_address(self.contract):
-            raise UsageError(f"{self.name}: contract {self.contract!r} is not an address")
-        if self.signer_key:
-            key = self.signer_key.removeprefix("0x")
-            if len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key):
-                raise UsageError(f"{self.name}: signer key is not 32 bytes of hex")
-        if self.confirmations < 1:
-            raise UsageError(f"{self.name}: confirmations must be at least 1")
-        if self.fee_mode not in _FEE_MODES:
-            raise UsageError(f"{self.name}: fee_mode must be one of {', '.join(_FEE_MODES)}")
-        if self.gas_limit is not None and not 21_000 <= self.gas_limit <= 30_000_000:
-            raise UsageError(f"{self.name}: gas_limit {self.gas_limit} is out of range")
-        if self.gas_margin < 1:
-            raise UsageError(f"{self.name}: gas_margin must be >= 1")
-        for fee in ("priority_fee_per_gas", "max_priority_fee_per_gas", "max_fee_per_gas",
-                    "gas_price", "max_gas_price"):  # fmt: skip
-            value = getattr(self, fee)
-            if value is not None and value < 0:
-                raise UsageError(f"{self.name}: {fee} must not be negative")
-        if self.rpc_timeout <= 0 or self.receipt_timeout <= 0:
-            raise UsageError(f"{self.name}: timeouts must be positive")
-
-    def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{name}={getattr(self, name)!r}"
-            for name in self.__dataclass_fields__
-            if name != "signer_key"
-        )
-        key = "'<redacted>'" if self.signer_key else "''"
-        return f"EvmConfig({shown}, signer_key={key})"
-
-    __str__ = __repr__
-
-
-# ---------------------------------------------------------------------------------------------
-# Error translation at the edge
-
-
-def _bump(value: int) -> int:
-    """``value`` + 12.5 % rounded up, and at least ``value + 1`` (a zero fee still moves)."""
-    return max(value + 1, math.ceil(value * _BUMP_NUMERATOR / _BUMP_DENOMINATOR))
-
-
-def _revert_data(exc: ContractLogicError) -> str:
-    data = exc.data
-    if isinstance(data, dict):  # some clients wrap it: {"data": "0x..."}
-        data = data.get("data", "")
-    return data if isinstance(data, str) else ""
-
-
-def _revert_error(exc: ContractLogicError, what: str) -> ChainError:
-    data = _revert_data(exc)
-    known = _ERRORS.get(data[:10].lower())
-    if known is not None:
-        name, reason = known
-        return ChainError(f"{what} reverted with {name} ({data})", reason=reason)
-    return ChainError(f"{what} reverted: {exc.message or data or exc}", reason=Reason.TX_REVERTED)
-
-
-def _http_status(exc: OSError) -> int | None:
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    """Turn web3 / requests / socket failures inside the block into :class:`ChainError`."""
-    try:
-        yield
-    except ChainError:
-        raise
-    except (ContractCustomError, ContractPanicError, ContractLogicError) as exc:
-        raise _revert_error(exc, what) from exc
-    except Web3RPCError as exc:
-        text = str(exc.message).lower()
-        unavailable = any(t in text for t in _UNAVAILABLE_TEXT)
-        reason = Reason.CHAIN_UNAVAILABLE if unavailable else Reason.CHAIN_ERROR
-        raise ChainError(f"{what}: the node answered {exc.message}", reason=reason) from exc
-    except TimeExhausted as exc:
-        raise ChainError(f"{what}: {exc}", reason=Reason.CHAIN_UNAVAILABLE) from exc
-    except OSError as exc:
-        # requests' ConnectionError, Timeout and HTTPError are OSErrors; a 4xx other than 429
-        # (bad API key, wrong path) will not heal by retrying.
-        status = _http_status(exc)
-        if status is not None and 400 <= status < 500 and status != 429:
-            raise ChainError(f"{what}: HTTP {status} from the RPC endpoint") from exc
-        raise ChainError(
-            f"{what}: RPC endpoint unreachable ({exc})", reason=Reason.CHAIN_UNAVAILABLE
-        ) from exc
-    except (Web3Exception, ValueError, KeyError, TypeError) as exc:
-        # Malformed answers (BadResponseFormat, missing fields) from a misbehaving endpoint.
-        raise ChainError(f"{what}: unexpected answer from the node ({exc})") from exc
 
 
 def _check_root(root: bytes) -> None:
     if not isinstance(root, bytes) or len(root) != 32:
         raise UsageError("a root is exactly 32 bytes")
-
-
-# ---------------------------------------------------------------------------------------------
-# The shared RPC client (backend and deploy_registry)
-
-
-class _Client:
-    """A web3 connection bound to one config: chain check, fees, signing."""
-
-    def __init__(self, config: EvmConfig, w3: Web3 | None = None) -> None:
-        self.config = config
-        if w3 is None:
-            provider = HTTPProvider(
-                config.rpc_url,
-                request_kwargs={"timeout": config.rpc_timeout},
-                # The job retries with its own back-off; web3's silent retries would only
-                # stretch each failure.
-                exception_retry_configuration=None,
-            )
-            w3 = Web3(provider)
-            # PoA / QBFT chains (BSN permissioned networks, Besu, Quorum) put more than 32 bytes
-            # in extraData, which web3 rejects without this; harmless on other chains.
-            w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
-        self.w3 = w3
-        self.account: LocalAccount | None = (
-            Account.from_key(config.signer_key) if config.signer_key else None
-        )
-        self._chain_checked = False
-
-    @property
-    def signer(self) -> LocalAccount:
-        if self.account is None:
-            raise UsageError(f"{self.config.name}: no signer key configured (read-only backend)")
-        return self.account
-
-    def check_chain(self, *, fresh: bool = False) -> None:
-        if self._chain_checked and not fresh:
-            return
-        with _translated("eth_chainId"):
-            actual = self.w3.eth.chain_id
-        if actual != self.config.chain_id:
-            raise ChainError(
-                f"{self.config.name}: {self.config.rpc_url} serves chain id {actual}, "
-                f"configured {self.config.chain_id}",
-                reason=Reason.CHAIN_MISMATCH,
-            )
-        self._chain_checked = True
-
-    def pending_nonce(self) -> int:
-        with _translated("eth_getTransactionCount"):
-            return int(self.w3.eth.get_transaction_count(self.signer.address, "pending"))
-
-    def gas_for(self, call: TxParams) -> int:
-        """The fixed gas limit after a dry run (eth_call), or an estimate plus the margin."""
-        if self.config.gas_limit is None:
-            with _translated("eth_estimateGas"):
-                estimate = int(self.w3.eth.estimate_gas(call))
-            return math.ceil(estimate * self.config.gas_margin)
-        with _translated("eth_call"):
-            self.w3.eth.call(call)
-        return self.config.gas_limit
-
-    def fee_fields(self, old: Mapping[str, int] | None) -> dict[str, int]:
-        """Fee fields for a new transaction, outbidding ``old`` when it is a replacement."""
-        cfg = self.config
-        if cfg.fee_mode == "zero":
-            return {"gasPrice": 0}
-        if cfg.fee_mode == "legacy":
-            with _translated("eth_gasPrice"):
-                price = cfg.gas_price if cfg.gas_price is not None else int(self.w3.eth.gas_price)
-            if cfg.max_gas_price is not None:
-                price = min(price, cfg.max_gas_price)
-            if old is not None:
-                price = max(price, _bump(old.get("gasPrice", 0)))
-                self._check_cap("gasPrice", price, cfg.max_gas_price)
-            return {"gasPrice": price}
-        with _translated("eth_getBlockByNumber"):
-            block = self.w3.eth.get_block("latest")
-        base = block.get("baseFeePerGas")
-        if base is None:
-            raise ChainError(
-                f"{cfg.name}: the chain has no EIP-1559 base fee; use fee_mode legacy or zero"
-            )
-        if cfg.priority_fee_per_gas is not None:
-            tip = cfg.priority_fee_per_gas
-        else:
-            with _translated("eth_maxPriorityFeePerGas"):
-                tip = int(self.w3.eth.max_priority_fee)
-        if cfg.max_priority_fee_per_gas is not None:
-            tip = min(tip, cfg.max_priority_fee_per_gas)
-        max_fee = 2 * int(base) + tip
-        if cfg.max_fee_per_gas is not None:
-            max_fee = min(max_fee, cfg.max_fee_per_gas)
-            tip = min(tip, max_fee)
-        if old is not None:
-            tip = max(tip, _bump(old.get("maxPriorityFeePerGas", 0)))
-            max_fee = max(max_fee, _bump(old.get("maxFeePerGas", 0)), tip)
-            self._check_cap("maxPriorityFeePerGas", tip, cfg.max_priority_fee_per_gas)
-            self._check_cap("maxFeePerGas", max_fee, cfg.max_fee_per_gas)
-        return {"maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip}
-
-    def _check_cap(self, field: str, value: int, cap: int | None) -> None:
-        if cap is not None and value > cap:
-            raise ChainError(
-                f"{self.config.name}: a replacement needs {field} {value} wei, above the "
-                f"configured cap {cap}; raise the cap or wait for the original",
-                reason=Reason.TX_REJECTED,
-            )
-
-    def sign(self, params: dict[str, Any]) -> tuple[bytes, str]:
-        tx = dict(params, chainId=self.config.chain_id, value=0)
-        if "maxFeePerGas" in tx:
-            tx["type"] = 2
-        signed = self.signer.sign_transaction(tx)
-        return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
-
-    def receipt(self, tx_hash: str) -> TxReceipt | None:
-        with _translated("eth_getTransactionReceipt"):
-            try:
-                return self.w3.eth.get_transaction_receipt(cast(Any, tx_hash))
-            except TransactionNotFound:
-                return None
-
-    def block_time(self, number: int, expected_hash: bytes | None = None) -> datetime | None:
-        """The block's timestamp, or None when the block at ``number`` is not (any more) the
-        one with ``expected_hash`` (a reorg between two calls)."""
-        with _translated("eth_getBlockByNumber"):
-            block = self.w3.eth.get_block(number)
-        if expected_hash is not None and bytes(block["hash"]) != bytes(expected_hash):
-            return None
-        return datetime.fromtimestamp(int(block["timestamp"]), tz=UTC)
-
-    def latest_block(self) -> int:
-        with _translated("eth_blockNumber"):
-            return int(self.w3.eth.block_number)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +125,7 @@ class EvmBackend:
                 "`cityanchor chain deploy`"
             )
         self.config = config
-        self._client = _Client(config, w3)
+        self._client = EvmClient(config, w3)
         self._address = Web3.to_checksum_address(config.contract)
         self._registry = self._client.w3.eth.contract(
             address=self._address, abi=load_artifact()["abi"]
@@ -466,7 +166,7 @@ class EvmBackend:
         """Raises ``chain_unavailable``, ``chain_mismatch``, or ``chain_error`` when no contract
         code is deployed at the address."""
         self._client.check_chain(fresh=True)
-        with _translated("eth_getCode"):
+        with translated("eth_getCode"):
             code = self._client.w3.eth.get_code(self._address)
         if not code:
             raise ChainError(
@@ -477,7 +177,7 @@ class EvmBackend:
     def anchored_at(self, root: bytes) -> int:
         _check_root(root)
         self._client.check_chain()
-        with _translated("anchoredAt"):
+        with translated("anchoredAt"):
             return int(self._registry.functions.anchoredAt(root).call())
 
     def prepare(
@@ -557,7 +257,7 @@ class EvmBackend:
         self._check_own(tx)
         self._client.check_chain()
         try:
-            with _translated("eth_sendRawTransaction"):
+            with translated("eth_sendRawTransaction"):
                 try:
                     sent = self._client.w3.eth.send_raw_transaction(tx.raw_tx)
                 except Web3RPCError as exc:
@@ -582,7 +282,7 @@ class EvmBackend:
         receipt = self._client.receipt(tx.tx_hash)
         if receipt is not None:
             return "mined" if receipt["status"] == 1 else "failed"
-        with _translated("eth_getTransactionByHash"):
+        with translated("eth_getTransactionByHash"):
             try:
                 self._client.w3.eth.get_transaction(cast(Any, tx.tx_hash))
             except TransactionNotFound:
@@ -627,7 +327,7 @@ class EvmBackend:
         number = self.anchored_at(root)
         if number == 0:
             return None
-        with _translated("eth_getLogs"):
+        with translated("eth_getLogs"):
             logs = self._client.w3.eth.get_logs(
                 {
                     "address": self._address,
@@ -651,7 +351,7 @@ class EvmBackend:
     def block_hash(self, number: int) -> bytes | None:
         """The canonical block ``number``'s hash; None beyond the head (a rewound chain)."""
         self._client.check_chain()
-        with _translated("eth_getBlockByNumber"):
+        with translated("eth_getBlockByNumber"):
             try:
                 block = self._client.w3.eth.get_block(number)
             except BlockNotFound:
@@ -700,7 +400,7 @@ class EvmBackend:
                 f"transaction ({exc.message})",
                 reason=Reason.TX_REJECTED,
             ) from exc
-        if any(marker in text for marker in _UNAVAILABLE_TEXT):
+        if any(marker in text for marker in UNAVAILABLE_TEXT):
             raise ChainError(
                 f"{self.name}: node busy ({exc.message})", reason=Reason.CHAIN_UNAVAILABLE
             ) from exc
@@ -708,65 +408,3 @@ class EvmBackend:
             f"{self.name}: the node rejected tx {tx.tx_hash}: {exc.message}",
             reason=Reason.TX_REJECTED,
         ) from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# Deployment
-
-
-def deploy_registry(
-    config: EvmConfig, submitters: Sequence[str] = (), *, w3: Web3 | None = None
-) -> str:
-    """Deploy a new AnchorRegistry with the config's signer; return its checksummed address.
-
-    ``submitters`` is the allow-list fixed forever (empty: anyone may anchor; to restrict the
-    registry to the job's account, pass that account's address). ``config.contract`` is
-    ignored. Waits up to ``config.receipt_timeout`` for the receipt (not for confirmations).
-
-    Raises:
-        UsageError: no signer key, or a submitter that is not an address.
-        ChainError: ``chain_mismatch``, ``chain_unavailable`` (including a receipt timeout),
-            ``tx_rejected``, ``tx_reverted``.
-    """
-    for account in submitters:
-        if not Web3.is_address(account):
-            raise UsageError(f"submitter {account!r} is not an address")
-    client = _Client(config, w3)
-    signer = client.signer
-    client.check_chain(fresh=True)
-    artifact = load_artifact()
-    factory = client.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    data = factory.constructor(
-        [Web3.to_checksum_address(a) for a in submitters]
-    ).data_in_transaction
-    with _translated("eth_estimateGas"):
-        estimate = int(client.w3.eth.estimate_gas({"from": signer.address, "data": data}))
-    params: dict[str, Any] = {
-        "nonce": client.pending_nonce(),
-        "data": data,
-        "gas": math.ceil(estimate * max(config.gas_margin, 1.2)),
-        **client.fee_fields(None),
-    }
-    raw, tx_hash = client.sign(params)
-    with _translated("eth_sendRawTransaction"):
-        try:
-            client.w3.eth.send_raw_transaction(raw)
-        except Web3RPCError as exc:
-            _raise_rejected(config.name, tx_hash, exc)
-    with _translated("eth_getTransactionReceipt"):
-        receipt = client.w3.eth.wait_for_transaction_receipt(
-            cast(Any, tx_hash), timeout=config.receipt_timeout, poll_latency=0.1
-        )
-    if receipt["status"] != 1 or not receipt.get("contractAddress"):
-        raise ChainError(
-            f"{config.name}: deployment tx {tx_hash} reverted", reason=Reason.TX_REVERTED
-        )
-    address = Web3.to_checksum_address(str(receipt["contractAddress"]))
-    log.info("%s: deployed AnchorRegistry at %s (tx %s)", config.name, address, tx_hash)
-    return address
-
-
-def _raise_rejected(name: str, tx_hash: str, exc: Web3RPCError) -> NoReturn:
-    raise ChainError(
-        f"{name}: the node rejected tx {tx_hash}: {exc.message}", reason=Reason.TX_REJECTED
-    ) from exc
