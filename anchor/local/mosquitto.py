@@ -114,8 +114,8 @@ class MosquittoServer(SpawnedServer):
     setting costs in proportion to the backlog per N readings received: with N=1 and an
     ingestor behind, the broker spends its time saving (bench/broker_persistence.py, issue 11);
     ``cityanchor up`` saves every second instead. Mosquitto 2.0.11 never restores a ``$share``
-    subscription from its database, even after a clean stop: see ``anchor.cli.up`` for how devices
-    are kept out until an ingestor has subscribed again.
+    subscription from its database, even after a clean stop: see ``anchor.cli.up_broker`` for how
+    devices are kept out until an ingestor has subscribed again.
 
     ``die_with_parent`` (Linux): the broker gets SIGTERM when the thread that started it dies,
     so a supervisor killed with SIGKILL leaves no broker behind (it saves its database on the

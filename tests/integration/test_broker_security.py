@@ -492,7 +492,7 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
     """The backstop behind the API: logins the broker lacks (the API could not reach it, or the
     broker restarted) are loaded from the registry; revoked devices lose theirs."""
     from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login
-    from anchor.cli.up import _BrokerLogins, _DeviceGate, _service_dynsec
+    from anchor.cli.up_broker import BrokerLogins, DeviceGate, service_dynsec
 
     name = f"reconcile_{os.getpid()}"
     dsn = postgres.create_database(name)
@@ -517,11 +517,11 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
 
     first = asyncio.run(register("early-0001"))
     with MosquittoServer(
-        service_dir / "broker", dynsec=_service_dynsec([], "ingest-pw", "admin-pw")
+        service_dir / "broker", dynsec=service_dynsec([], "ingest-pw", "admin-pw")
     ) as broker:
         assert Device(broker.url, first).attempt() == NOT_AUTHORIZED
         ingest_log = service_dir / "ingest.log"
-        gate = _DeviceGate(BrokerAdmin(broker.url, ADMIN_USER, "admin-pw"), ingest_log)
+        gate = DeviceGate(BrokerAdmin(broker.url, ADMIN_USER, "admin-pw"), ingest_log)
 
         def ingestor_subscribes() -> None:
             # Issue 11: each broker start keeps devices out until an ingestor has subscribed.
@@ -529,7 +529,7 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
                 f.write("mqtt subscription active: $share/cityanchor/city/+/+/readings\n")
             assert gate.poll()
 
-        logins = _BrokerLogins(broker, dsn, "ingest-pw", "admin-pw", gate)
+        logins = BrokerLogins(broker, dsn, "ingest-pw", "admin-pw", gate)
         logins.refresh(force=True)  # the broker started with the service logins only
         assert Device(broker.url, first).attempt() == NOT_AUTHORIZED  # at the gate
         ingestor_subscribes()

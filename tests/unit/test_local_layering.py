@@ -20,6 +20,8 @@ LOCAL = "anchor.local"
 ALLOWED = (
     "anchor.local",
     "anchor.cli.up",
+    "anchor.cli.up_broker",  # up's broker (a MosquittoServer it reconciles)
+    "anchor.cli.up_recovery",  # up's stale servers and ports
     "anchor.cli.demo_live",
     "anchor.cli.commands.up",
     "anchor.cli.commands.demo",

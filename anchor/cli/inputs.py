@@ -1,0 +1,141 @@
+"""What the ``cityanchor`` commands share: exit codes, capped input files, trusted keys, settings.
+
+Every command reads its input files through :func:`read_input` (a cap, regular files only) and
+turns what it cannot use into a :class:`anchor.errors.UsageError`, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anchor.errors import AnchorError, UsageError
+from anchor.host.files import KEY_FILE_LIMIT, read_user_file
+from anchor.wire import JsonRejected, strict_loads
+
+__all__ = [
+    "BATCH_FILE_LIMIT",
+    "COMPLETENESS_FILE_LIMIT",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "MAX_FILE_JSON_DEPTH",
+    "NOTE_FILE_LIMIT",
+    "PROOF_FILE_LIMIT",
+    "RECEIPT_FILE_LIMIT",
+    "add_service_flags",
+    "load_device_keys",
+    "load_log_keys",
+    "parse_duration",
+    "read_input",
+    "read_json_file",
+    "settings_from_args",
+]
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+
+
+# Caps on the files commands read (each at least its format's own limit): a file larger than
+# this is refused after reading at most cap + 1 bytes, and so is anything not a regular file
+# (/dev/zero, a FIFO, a directory): exit status 2.
+RECEIPT_FILE_LIMIT = 1 << 20  # anchor.receipt.MAX_RECEIPT_SIZE
+NOTE_FILE_LIMIT = 1 << 20  # anchor.checkpoint.MAX_NOTE_SIZE
+PROOF_FILE_LIMIT = 1 << 20  # a consistency proof: at most 64 hex hashes
+BATCH_FILE_LIMIT = 64 << 20
+COMPLETENESS_FILE_LIMIT = 256 << 20  # 1000 readings per API proof are about 25 MiB
+MAX_FILE_JSON_DEPTH = 64  # json.loads recurses per level: bound it first (anchor.wire)
+
+
+def read_input(path: str, what: str, limit: int) -> bytes:
+    """A command's input file, at most ``limit`` bytes (UsageError otherwise)."""
+    return read_user_file(path, what=what, limit=limit)
+
+
+def read_json_file(path: str, what: str, limit: int) -> Any:
+    """A JSON file, read by :func:`anchor.wire.strict_loads` (UsageError if refused)."""
+    raw = read_input(path, what, limit)
+    try:
+        return strict_loads(raw, max_depth=MAX_FILE_JSON_DEPTH)
+    except JsonRejected as exc:
+        raise UsageError(f"{what} {path} is not JSON we accept: {exc}") from None
+
+
+def load_device_keys(paths: Sequence[str]) -> list[Any]:
+    """The trusted device public keys in JWK files (UsageError for one we cannot use)."""
+    from anchor.keys import PublicKey
+
+    keys = []
+    for path in paths:
+        jwk = read_json_file(path, "device key", KEY_FILE_LIMIT)
+        if isinstance(jwk, dict) and "version" in jwk and "reading" in jwk:
+            raise UsageError(f"{path} is a receipt, not a key: put receipts before --device-key")
+        try:
+            keys.append(PublicKey.from_jwk(jwk))
+        except AnchorError as exc:
+            raise UsageError(f"device key {path}: {exc.detail}") from exc
+    return keys
+
+
+def load_log_keys(paths: Sequence[str]) -> list[Any]:
+    """The operator's checkpoint verifier keys in note vkey files (UsageError otherwise)."""
+    from anchor.checkpoint import NoteVerifier
+
+    verifiers = []
+    for path in paths:
+        text = read_input(path, "log key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
+        try:
+            verifiers.append(NoteVerifier.from_vkey(text))
+        except AnchorError as exc:
+            raise UsageError(f"log key {path}: {exc.detail}") from exc
+    return verifiers
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """The Settings of a service command: its flags over CITYANCHOR_* over the TOML file."""
+    from anchor.host.config import load_settings
+
+    overrides = {
+        "database_url": getattr(args, "database_url", None),
+        "mqtt_url": getattr(args, "mqtt", None),
+        "operator_key_file": getattr(args, "operator_key", None),
+        "log_origin": getattr(args, "origin", None),
+        "batch_size": getattr(args, "batch_size", None),
+        "batch_age_ms": getattr(args, "batch_age_ms", None),
+        "verify_processes": getattr(args, "verify_processes", None),
+        **extra,
+    }
+    config = Path(args.config) if getattr(args, "config", None) else None
+    return load_settings(toml_path=config, overrides=overrides)
+
+
+def add_service_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every command that reaches the services takes (read by settings_from_args)."""
+    p.add_argument(
+        "--config", metavar="TOML", help="settings file (CITYANCHOR_* variables override)"
+    )
+    p.add_argument("--database-url", help="PostgreSQL DSN (CITYANCHOR_DATABASE_URL)")
+    p.add_argument("--mqtt", metavar="URL", help="broker, mqtt://host:port (CITYANCHOR_MQTT_URL)")
+    p.add_argument("--operator-key", metavar="SKEY_FILE", help="checkpoint signing key")
+    p.add_argument("--origin", help="log origin line of checkpoints")
+
+
+def parse_duration(text: str) -> float:
+    """A positive duration such as 60s, 2m or 500ms, in seconds (UsageError otherwise)."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    for unit in sorted(units, key=len, reverse=True):
+        if text.endswith(unit):
+            number = text[: -len(unit)]
+            break
+    else:
+        unit, number = "s", text
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise UsageError(f"not a duration: {text!r} (e.g. 60s, 2m, 500ms)") from None
+    if value <= 0:
+        raise UsageError(f"duration must be positive: {text!r}")
+    return value

@@ -1,0 +1,326 @@
+"""The service commands: ``config show``, ``ingest``, ``up``, ``audit``, ``api``, ``anchor`` and
+``chain deploy``.
+
+Each builds its Settings with :func:`anchor.cli.inputs.settings_from_args` and runs one wing
+(anchor.ingest, anchor.api, anchor.anchoring, anchor.cli.up, anchor.cli.audit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from anchor.cli.inputs import (
+    EXIT_INVALID,
+    EXIT_OK,
+    add_service_flags,
+    load_log_keys,
+    parse_duration,
+    settings_from_args,
+)
+from anchor.errors import AnchorError, UsageError
+
+__all__ = ["add_service_commands"]
+
+log = logging.getLogger("anchor")
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    print(json.dumps(settings_from_args(args).masked(), indent=2))
+    return EXIT_OK
+
+
+def _add_reorg_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reorg-window",
+        type=int,
+        metavar="BLOCKS",
+        help="re-check anchors recorded in the last BLOCKS blocks (and each chain's newest); one "
+        "a reorg removed is marked anchor_vanished and anchored again (default: "
+        "anchor_reorg_window_blocks, 128)",
+    )
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from anchor.ingest.main import run_ingest
+
+    settings = settings_from_args(args)
+    return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from anchor.cli.audit import run_audit
+    from anchor.host.files import load_operator_signer
+
+    settings = settings_from_args(args)
+    keys = load_log_keys(args.log_key)
+    if not keys:
+        try:
+            keys = [load_operator_signer(settings.operator_key_file).verifier]
+        except AnchorError:
+            print("audit: no --log-key and no operator key: checkpoint signatures not checked")
+    backends = []
+    if not args.no_chain:
+        from anchor.anchoring.backend import build_backend
+
+        backends = [build_backend(c, with_key=False) for c in settings.chains if c.contract]
+    report = asyncio.run(
+        run_audit(
+            settings.database_url,
+            log_verifiers=keys,
+            backends=backends,
+            mark_vanished=args.mark_vanished,
+        )
+    )
+    for d in report.divergences:
+        print(f"DIVERGENCE {d.kind}: {d.what}: {d.detail}")
+    if report.anchors_marked:
+        print(
+            f"audit: marked {report.anchors_marked} anchor(s) anchor_vanished: receipts no longer "
+            "cite them; the anchoring job anchors the newest checkpoint again if it was one"
+        )
+    if report.anchors_vanished:
+        print(
+            f"audit: {report.anchors_vanished} anchor(s) marked vanished earlier "
+            "(vanished_anchors; anchored again since or covered by a newer anchor)"
+        )
+    print(
+        f"audit: {report.batches} batches, {report.readings} readings ({report.erased} erased), "
+        f"{report.checkpoints} checkpoints, {report.anchors_checked} anchors checked on chain"
+        + (
+            f" ({report.anchors_skipped} on unconfigured chains skipped)"
+            if report.anchors_skipped
+            else ""
+        )
+        + (" -> OK" if report.ok else f" -> {len(report.divergences)} DIVERGENCE(S)")
+    )
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from anchor.cli.up import UpOptions, run_up
+
+    if (args.rpc_url is None) != (args.chain_id is None):
+        raise UsageError("--rpc-url and --chain-id go together (with --chain-key-file)")
+    return run_up(
+        UpOptions(
+            data_dir=Path(args.data_dir),
+            mqtt_port=args.mqtt_port,
+            http_port=args.http_port,
+            chain_port=args.chain_port,
+            rpc_url=args.rpc_url,
+            chain_id=args.chain_id,
+            chain_key_file=args.chain_key_file,
+            anchor_period_s=parse_duration(args.anchor_period),
+            anchor_recheck_s=parse_duration(args.anchor_recheck),
+            operator_token_file=Path(args.operator_token_file)
+            if args.operator_token_file
+            else None,
+            workers=args.workers,
+            broker_autosave_interval_s=args.broker_autosave_interval,
+            broker_autosave_changes=args.broker_autosave_changes,
+            broker_max_queued_messages=args.broker_max_queued,
+        )
+    )
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    from anchor.api.app import run_api
+
+    logging.getLogger("anchor").setLevel(min(log.level or logging.INFO, logging.INFO))
+    if args.workers > 1 and args.port == 0:
+        raise UsageError("--workers needs a fixed --port (the processes share it)")
+    return run_api(
+        settings_from_args(args),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        reuse_port=args.reuse_port,
+    )
+
+
+def _cmd_anchor(args: argparse.Namespace) -> int:
+    from anchor.anchoring.main import run_anchor_loop, run_anchor_once
+
+    recheck = getattr(args, "recheck_interval", None)
+    settings = settings_from_args(
+        args,
+        anchor_reorg_window_blocks=args.reorg_window,
+        anchor_recheck_ms=None
+        if recheck is None
+        else max(1, round(parse_duration(recheck) * 1000)),
+    )
+    if args.anchor_command == "run":
+        return run_anchor_once(settings, timeout_s=args.timeout)
+    return run_anchor_loop(
+        settings, period_s=parse_duration(args.period or f"{settings.anchor_period_s}s")
+    )
+
+
+def _cmd_chain_deploy(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from anchor.anchoring.backend import deploy
+    from anchor.host.config import ChainSettings, settings_to_toml
+
+    settings = settings_from_args(args)
+    existing = next((c for c in settings.chains if c.name == args.name), None)
+    chain = existing or ChainSettings(name=args.name)
+    updates = {
+        k: v
+        for k, v in {
+            "rpc_url": args.rpc_url,
+            "chain_id": args.chain_id,
+            "key_file": args.key_file,
+            "fee_mode": args.fee_mode,
+        }.items()
+        if v is not None
+    }
+    chain = dataclasses.replace(chain, **updates)
+    address = deploy(chain, submitters=args.submitter)
+    chain = dataclasses.replace(chain, contract=address)
+    print(f"AnchorRegistry deployed on chain {chain.chain_id} at {address}")
+    if args.config:
+        others = [c for c in settings.chains if c.name != chain.name]
+        updated = dataclasses.replace(settings, chains=(*others, chain))
+        Path(args.config).write_text(settings_to_toml(updated), encoding="utf-8")
+        print(f"wrote the address to {args.config} (chain {chain.name!r})")
+    return EXIT_OK
+
+
+def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``config``, ``ingest``, ``up``, ``audit``, ``api``, ``anchor`` and ``chain``."""
+    p = sub.add_parser("config", help="configuration")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = csub.add_parser("show", help="print the effective settings, secrets masked")
+    add_service_flags(c)
+    c.set_defaults(func=_cmd_config_show)
+
+    p = sub.add_parser("ingest", help="run the MQTT ingestor")
+    add_service_flags(p)
+    p.add_argument("--batch-size", type=int, help="readings per batch (default 1000)")
+    p.add_argument("--batch-age-ms", type=int, help="seal a batch this old (default 1000)")
+    p.add_argument("--verify-processes", type=int, help="signature workers (default: one per core)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="ingestor processes on the shared subscription"
+    )
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser(
+        "up", help="run everything on this machine (database, broker, chain, services)"
+    )
+    p.add_argument("--data-dir", required=True, help="all state lives here; reuse it to resume")
+    p.add_argument("--mqtt-port", type=int, help="broker port (default: last time's, else free)")
+    p.add_argument("--http-port", type=int, help="API port (default: last time's, else free)")
+    p.add_argument(
+        "--chain-port", type=int, help="local chain port (default: last time's, else free)"
+    )
+    p.add_argument("--rpc-url", help="an external EVM chain instead of the local one")
+    p.add_argument("--chain-id", type=int, help="the external chain's id")
+    p.add_argument("--chain-key-file", help="the external chain account's hex private key")
+    p.add_argument("--anchor-period", default="60s", help="anchoring period, e.g. 60s")
+    p.add_argument(
+        "--anchor-recheck",
+        default="30s",
+        metavar="DURATION",
+        help="how often recent anchors are re-checked against the chain (reorgs), e.g. 30s",
+    )
+    p.add_argument("--operator-token-file", help="where to keep the operator's API token")
+    p.add_argument("--workers", type=int, default=1, help="ingestor processes")
+    p.add_argument(
+        "--broker-autosave-interval",
+        type=int,
+        default=1,
+        metavar="SECONDS",
+        help="Mosquitto saves its database every SECONDS: a crash loses at most that much of what "
+        "it PUBACKed and had not delivered (default: %(default)s)",
+    )
+    p.add_argument(
+        "--broker-autosave-changes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="save after every N changes instead (each queued reading is one; every save "
+        "rewrites the whole backlog, see docs/operator-guide.md) (default: off)",
+    )
+    p.add_argument(
+        "--broker-max-queued",
+        type=int,
+        default=1_000_000,
+        metavar="N",
+        help="readings the broker queues for the ingestors before it drops them "
+        "(~0.63 KB of memory each) (default: %(default)s)",
+    )
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("audit", help="recompute every batch, the log, checkpoints and anchors")
+    add_service_flags(p)
+    p.add_argument(
+        "--log-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="VKEY_FILE",
+        help="operator key to check checkpoint signatures (default: the configured one)",
+    )
+    p.add_argument("--no-chain", action="store_true", help="do not check anchors on chain")
+    p.add_argument(
+        "--mark-vanished",
+        action="store_true",
+        help="mark anchors found gone from their chain anchor_vanished (as the anchoring job "
+        "does within its reorg window), so receipts stop citing them",
+    )
+    p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")
+    add_service_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--port", type=int, default=8080, help="listen port")
+    p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_api)
+
+    p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")
+    asub = p.add_subparsers(dest="anchor_command", required=True, metavar="ACTION")
+    a = asub.add_parser(
+        "run",
+        help="re-check recent anchors, anchor the newest checkpoint once and wait for it",
+    )
+    add_service_flags(a)
+    a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for confirmation")
+    _add_reorg_flags(a)
+    a.set_defaults(func=_cmd_anchor)
+    a = asub.add_parser("loop", help="the anchoring job: one transaction per period")
+    add_service_flags(a)
+    a.add_argument("--period", help="e.g. 60s (default: anchor_period_s)")
+    _add_reorg_flags(a)
+    a.add_argument(
+        "--recheck-interval",
+        metavar="DURATION",
+        help="how often recent anchors are re-checked against the chain, e.g. 30s (default: "
+        "anchor_recheck_ms, 30s; also at start)",
+    )
+    a.set_defaults(func=_cmd_anchor)
+
+    p = sub.add_parser("chain", help="chain operations")
+    chsub = p.add_subparsers(dest="chain_command", required=True, metavar="ACTION")
+    c = chsub.add_parser("deploy", help="deploy the AnchorRegistry contract")
+    add_service_flags(c)
+    c.add_argument("--name", default="evm", help="backend name (a [[chains]] entry)")
+    c.add_argument("--rpc-url", help="JSON-RPC endpoint")
+    c.add_argument("--chain-id", type=int, help="the chain id the endpoint must report")
+    c.add_argument("--key-file", help="file holding the deploying account's hex private key")
+    c.add_argument("--fee-mode", choices=("eip1559", "legacy", "zero"))
+    c.add_argument(
+        "--submitter",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="restrict anchoring to these accounts, forever (repeatable)",
+    )
+    c.set_defaults(func=_cmd_chain_deploy)

@@ -1,0 +1,40 @@
+"""What ``cityanchor up`` is asked to run: :class:`UpOptions`, built from its flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from anchor.errors import UsageError
+
+__all__ = ["UpOptions"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    data_dir: Path
+    mqtt_port: int | None = None
+    http_port: int | None = None
+    chain_port: int | None = None
+    rpc_url: str | None = None  # an external chain instead of the local anvil
+    chain_id: int | None = None
+    chain_key_file: str | None = None
+    anchor_period_s: float = 60.0
+    operator_token_file: Path | None = None
+    workers: int = 1
+    anchor_recheck_s: float = 30.0  # re-check of recent anchors against the chain (reorgs)
+    # Mosquitto saves its database every this many seconds (see broker_settings) ...
+    broker_autosave_interval_s: int = 1
+    # ... or, when set, after this many changes instead (each queued message is one): an opt-in
+    # whose every save rewrites the whole backlog (docs/operator-guide.md).
+    broker_autosave_changes: int | None = None
+    # Messages Mosquitto queues for the ingestors' session; beyond it it DROPS what it PUBACKed.
+    broker_max_queued_messages: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.broker_autosave_interval_s < 1:
+            raise UsageError("--broker-autosave-interval must be at least 1 second")
+        if self.broker_autosave_changes is not None and self.broker_autosave_changes < 1:
+            raise UsageError("--broker-autosave-changes must be at least 1")
+        if self.broker_max_queued_messages < 1:
+            raise UsageError("--broker-max-queued must be at least 1")
