@@ -63,9 +63,8 @@ from aiohttp import web
 from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob
 from anchor.api import tokens
-from anchor.api.context import CONTEXT, Handler, problem, status_for
+from anchor.api.context import CONTEXT, MAX_BODY_DEPTH, Handler, problem, status_for
 from anchor.api.metrics import CONTENT_TYPE, MetricsState, collect, render
-from anchor.api.public import MAX_BODY_DEPTH
 from anchor.api.spec import RouteTable
 from anchor.api.tokens import TokenError
 from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login, revoke_device_login
