@@ -29,6 +29,10 @@ ROUTE_MODULES = (
     "public_schemas.py",
     "public_http.py",
     "operator.py",
+    "operator_devices.py",
+    "operator_guard.py",
+    "operator_requests.py",
+    "operator_schemas.py",
     "explorer/__init__.py",
 )
 
@@ -105,6 +109,10 @@ def test_route_modules_do_not_import_the_assembler_and_it_imports_no_route_modul
         "anchor.api.public_schemas",
         "anchor.api.public_http",
         "anchor.api.operator",
+        "anchor.api.operator_devices",
+        "anchor.api.operator_guard",
+        "anchor.api.operator_requests",
+        "anchor.api.operator_schemas",
         "anchor.api.explorer",
     ):
         assert module not in own
