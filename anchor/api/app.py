@@ -11,8 +11,11 @@ and registering them with ``add_routes(app)``:
 
 * this module: the app, the error middleware, ``/healthz``, ``/readyz``;
 * ``anchor.api.public``: receipts, verify, completeness, batches, log, anchors, operator key,
-  ``/openapi.json`` and ``/docs``;
-* ``anchor.api.operator``: tokens, device registry, erasure, audit log, ``/metrics``;
+  ``/openapi.json`` and ``/docs`` (handlers by resource in ``public_proofs`` and ``public_log``,
+  schemas in ``public_schemas``, shared parsing in ``public_http``);
+* ``anchor.api.operator``: tokens, device registry, erasure, audit log, ``/metrics`` (devices in
+  ``operator_devices``, token guard and audit in ``operator_guard``, body and parameter parsing
+  in ``operator_requests``, schemas in ``operator_schemas``);
 * ``anchor.api.explorer``: the proof explorer page under ``/explorer``.
 
 :func:`create_app` assembles the OpenAPI document from those same tables

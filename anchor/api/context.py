@@ -21,6 +21,7 @@ from anchor.store import Store
 __all__ = [
     "CONTEXT",
     "MAX_BODY_BYTES",
+    "MAX_BODY_DEPTH",
     "PROBLEM_TYPE",
     "ApiContext",
     "Handler",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 1 << 20
+MAX_BODY_DEPTH = 48
+"""Deepest JSON nesting accepted in a request body (a receipt needs 4; extensions more)."""
 PROBLEM_TYPE = "https://cityanchor.example/problems/"
 
 # HTTP status for each reason code; anything not listed is 400 (the client's input) unless it

@@ -95,6 +95,16 @@ class RouteTable:
     def delete(self, path: str, spec: Mapping[str, Any]) -> Callable[[H], H]:
         return self.route("delete", path, spec)
 
+    def include(self, *tables: RouteTable) -> None:
+        """Declare here, in order, the operations of ``tables``: the handlers of one route group
+        split into modules by resource, each on its own table without ``components`` (the
+        group's table holds those). The same checks as :meth:`route` apply."""
+        for table in tables:
+            if table.components:
+                raise ValueError("an included table declares no components of its own")
+            for op in table.operations:
+                self.route(op.method, op.path, op.spec)(op.handler)
+
     def add_to(self, app: web.Application) -> None:
         """Register every declared route on ``app`` (a GET also answers HEAD)."""
         for op in self.operations:

@@ -21,7 +21,20 @@ from anchor.api.spec import RouteTable
 from anchor.host.config import Settings
 
 ANCHOR = Path(__file__).resolve().parents[2] / "anchor" / "api"
-ROUTE_MODULES = ("app.py", "public.py", "operator.py", "explorer/__init__.py")
+ROUTE_MODULES = (
+    "app.py",
+    "public.py",
+    "public_proofs.py",
+    "public_log.py",
+    "public_schemas.py",
+    "public_http.py",
+    "operator.py",
+    "operator_devices.py",
+    "operator_guard.py",
+    "operator_requests.py",
+    "operator_schemas.py",
+    "explorer/__init__.py",
+)
 
 
 def _app() -> web.Application:
@@ -91,7 +104,15 @@ def test_route_modules_do_not_import_the_assembler_and_it_imports_no_route_modul
     for module in (
         "anchor.api.app",
         "anchor.api.public",
+        "anchor.api.public_proofs",
+        "anchor.api.public_log",
+        "anchor.api.public_schemas",
+        "anchor.api.public_http",
         "anchor.api.operator",
+        "anchor.api.operator_devices",
+        "anchor.api.operator_guard",
+        "anchor.api.operator_requests",
+        "anchor.api.operator_schemas",
         "anchor.api.explorer",
     ):
         assert module not in own

@@ -1,0 +1,378 @@
+"""The public proof routes: a reading's receipt, verifying a receipt on the server, and a
+device's completeness proof (the ``proofs`` tag of the description).
+
+Declared on :data:`ROUTES`, which :mod:`anchor.api.public` takes into the public route table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from anchor.anchoring.backend import rpc_anchor_checker
+from anchor.api.context import MAX_BODY_BYTES, MAX_BODY_DEPTH, ApiContext
+from anchor.api.public_http import (
+    ANCHORED_RECEIPT,
+    DEFAULT_COMPLETENESS_RANGE,
+    MAX_COMPLETENESS_RANGE,
+    SHORT,
+    ApiInputError,
+    cached_json,
+    hasher_for,
+    parse_device_id,
+    parse_integer,
+    query_int,
+    request_context,
+    with_etag,
+)
+from anchor.api.public_schemas import RECEIPT_EXAMPLE
+from anchor.api.spec import (
+    CACHE_HEADER,
+    DEVICE_ID,
+    ETAG_HEADER,
+    RouteTable,
+    errors,
+    int_schema,
+    json_ok,
+    param,
+    ref,
+)
+from anchor.completeness import completeness_to_dict
+from anchor.envelope import parse_envelope
+from anchor.errors import AnchorError, Reason
+from anchor.keys import PublicKey
+from anchor.receipt import dumps_receipt, receipt_from_dict
+from anchor.sealing import MAX_STORED_INT
+from anchor.store import DeviceRecord, RegistryError, StoreError
+from anchor.verify import Check, ReceiptReport, verify_receipt
+from anchor.wire import JsonRejected, strict_loads
+
+__all__ = ["ROUTES"]
+
+ROUTES = RouteTable()
+"""The receipt, verify and completeness routes, each with its OpenAPI operation."""
+
+# ------------------------------------------------------------------------------ receipts
+
+
+@ROUTES.get(
+    "/v1/receipts/{device_id}/{seq}",
+    {
+        "tags": ["proofs"],
+        "operationId": "getReceipt",
+        "summary": "The receipt of one reading",
+        "description": 'The `cityanchor/receipt/v2` document (DESIGN.md "Receipt"), '
+        "verifiable offline with `cityanchor verify`. It ends at the newest anchored "
+        "checkpoint covering the reading (`status` anchored), else the newest "
+        "checkpoint (`status` sealed). Anchored receipts are cached a minute and "
+        "revalidated (`Cache-Control: public, max-age=60, must-revalidate`): an anchor "
+        "that vanishes in a chain reorg is no longer cited (the receipt is `sealed` "
+        "until the checkpoint is anchored again); sealed ones are cached "
+        "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
+        "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
+        "envelope, and the tombstone as `erasure` (cached 5 s).",
+        "parameters": [
+            DEVICE_ID,
+            param("seq", "path", int_schema(1), "the reading's seq (else 400)"),
+            param(
+                "If-None-Match",
+                "header",
+                {"type": "string"},
+                "ETag(s) of a cached copy; 304 when one matches",
+            ),
+        ],
+        "responses": {
+            "200": json_ok(
+                "Receipt",
+                "The receipt.",
+                RECEIPT_EXAMPLE,
+                ETag=ETAG_HEADER,
+                **{"Cache-Control": CACHE_HEADER},
+            ),
+            "304": {
+                "description": "Not modified: the cached copy is current.",
+                "headers": {"ETag": ETAG_HEADER, "Cache-Control": CACHE_HEADER},
+            },
+            **errors(400, 404, 410),
+        },
+    },
+)
+async def _get_receipt(request: web.Request) -> web.Response:
+    ctx = request_context(request)
+    device_id = parse_device_id(request.match_info["device_id"])
+    seq = parse_integer(request.match_info["seq"], "seq", low=1)
+    receipt = await ctx.store.receipt(device_id, seq, hasher=hasher_for(ctx))
+    # A sealed one becomes anchored within a period. Not "immutable": an anchored receipt's
+    # envelope can be erased under privacy law, and its anchor can vanish in a reorg (it then
+    # goes back to "sealed" until the checkpoint is anchored again): see ANCHORED_RECEIPT.
+    cache = ANCHORED_RECEIPT if receipt.status == "anchored" else SHORT
+    body = dumps_receipt(receipt).encode("utf-8")
+    return with_etag(request, body, content_type="application/json", cache=cache)
+
+
+# -------------------------------------------------------------------------------- verify
+
+
+def _parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = strict_loads(raw, max_depth=MAX_BODY_DEPTH)
+    except JsonRejected as exc:
+        raise ApiInputError(
+            f"body is not strict JSON: {exc}", reason=Reason.BODY_MALFORMED
+        ) from None
+    if not isinstance(body, dict):
+        raise ApiInputError("body must be a JSON object", reason=Reason.BODY_MALFORMED)
+    if not isinstance(body.get("receipt"), dict):
+        raise ApiInputError(
+            'body must hold "receipt": a receipt object', reason=Reason.BODY_MALFORMED
+        )
+    return body
+
+
+async def _registry_device(ctx: ApiContext, device_id: str) -> DeviceRecord | None:
+    """The registry's record of the device (every key, current and rotated), None if unknown."""
+    try:
+        return await ctx.store.get_device(device_id)
+    except StoreError as exc:
+        if exc.reason == Reason.NOT_FOUND:
+            return None
+        raise
+
+
+def _key_validity(
+    report: ReceiptReport, receipt: Any, device: DeviceRecord, received_at: datetime | None
+) -> ReceiptReport:
+    """Apply the ingest rule for key status to a signature that verified with a registry key.
+
+    A signature by a key rotated out before the reading's ``ts``, or by a device revoked
+    before the reading was received (by this operator's stored ``received_at``), proves
+    nothing the operator vouches for: the check fails with ``key_rotated`` /
+    ``device_revoked``, as the ingestor would have quarantined it. A reading this operator
+    did not store has no received time: for a revoked device it fails too.
+    """
+    signature = next((c for c in report.checks if c.name == "signature"), None)
+    if signature is None or signature.status != "pass":
+        return report
+    envelope = parse_envelope(receipt.envelope)  # it parsed for the signature check to pass
+    judged_at = received_at if received_at is not None else datetime.max.replace(tzinfo=UTC)
+    try:
+        device.check_reading(envelope.kid, envelope.reading.ts, judged_at)
+    except RegistryError as exc:
+        detail = exc.detail
+        if received_at is None and exc.reason == Reason.DEVICE_REVOKED:
+            detail += "; this operator holds no record of when the reading was received"
+        failed = Check("signature", "fail", detail, exc.reason)
+        return ReceiptReport(
+            report.device_id,
+            report.seq,
+            tuple(failed if c.name == "signature" else c for c in report.checks),
+        )
+    return report
+
+
+def _verify_sync(
+    ctx: ApiContext,
+    receipt: Any,
+    keys: Sequence[PublicKey],
+    unknown_device: bool,
+    *,
+    device: DeviceRecord | None = None,
+    received_at: datetime | None = None,
+) -> ReceiptReport:
+    checker = None
+    rpcs = [c.rpc_url for c in ctx.settings.chains if c.rpc_url]
+    if rpcs and receipt.anchors:
+        checker = rpc_anchor_checker(rpcs, timeout_s=5.0)
+    report = verify_receipt(
+        receipt,
+        device_keys=keys,
+        log_verifiers=ctx.log_verifiers,
+        anchor_checker=checker,
+    )
+    if device is not None:
+        return _key_validity(report, receipt, device, received_at)
+    if not unknown_device:
+        return report
+    try:
+        parse_envelope(receipt.envelope)
+    except AnchorError:
+        return report  # the signature check is already skipped: nothing to sign-check
+    # The API vouches with its registry: a device it does not know cannot have signed this.
+    checks = tuple(
+        Check(
+            "signature",
+            "fail",
+            f"device {receipt.device_id} is not in this operator's registry",
+            Reason.UNKNOWN_DEVICE,
+        )
+        if c.name == "signature"
+        else c
+        for c in report.checks
+    )
+    return ReceiptReport(report.device_id, report.seq, checks)
+
+
+@ROUTES.post(
+    "/v1/verify",
+    {
+        "tags": ["proofs"],
+        "operationId": "verifyReceipt",
+        "summary": "Verify a receipt on the server",
+        "description": "Runs the checks of `cityanchor verify`: envelope, signature, "
+        "leaf_hash, batch_path, log_path, checkpoint, checkpoint_signature, anchors. "
+        "The checkpoint signature is checked with this operator's key; the device "
+        "signature with `device_key` when given, else with the registry's keys of the "
+        "receipt's device (an unregistered device fails `signature` with "
+        "`unknown_device`, and a registry key that was not valid for the reading "
+        "fails it with `key_rotated` (rotated out before the reading's `ts`) or "
+        "`device_revoked` (revoked before the reading was received)); anchors through "
+        "the configured chains' JSON-RPC. A body "
+        "whose `receipt` is not a valid `cityanchor/receipt/v2` document is answered "
+        "200 with one failed check named `receipt` (a `cityanchor/receipt/v1` receipt: "
+        "reason `receipt_version_retired`). The body is limited to "
+        f"{MAX_BODY_BYTES} bytes (413 `too_large`); a body that is not a JSON object "
+        "with a `receipt` object is 400 `body_malformed`.",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": ref("VerifyRequest"),
+                    "example": {"receipt": RECEIPT_EXAMPLE},
+                }
+            },
+        },
+        "responses": {
+            "200": json_ok(
+                "VerifyResult",
+                "Each check with pass, fail or skip.",
+                {
+                    "device_id": "aq-0042",
+                    "seq": 7,
+                    "valid": False,
+                    "fully_verified": False,
+                    "device_key_source": "registry",
+                    "checks": [
+                        {
+                            "name": "envelope",
+                            "status": "pass",
+                            "reason": None,
+                            "detail": "jws Ed25519, kind iot.air_quality",
+                        },
+                        {
+                            "name": "leaf_hash",
+                            "status": "fail",
+                            "reason": Reason.LEAF_MISMATCH,
+                            "detail": "expected ..., calculated ...",
+                        },
+                    ],
+                },
+            ),
+            **errors(400, 413),
+        },
+    },
+)
+async def _post_verify(request: web.Request) -> web.Response:
+    ctx = request_context(request)
+    body = _parse_body(await request.read())
+    jwk = body.get("device_key")
+    device_key: PublicKey | None = None
+    if jwk is not None:
+        if not isinstance(jwk, dict):
+            raise ApiInputError("device_key must be a JWK object", reason=Reason.KEY_INVALID)
+        device_key = PublicKey.from_jwk(jwk)  # KeyMaterialError: key_invalid, 400
+    try:
+        receipt = receipt_from_dict(body["receipt"])
+    except AnchorError as exc:
+        # Same as `cityanchor verify`: an unreadable receipt is one failed check, not an error.
+        bad = Check("receipt", "fail", exc.detail, exc.reason)
+        return cached_json(
+            {
+                "device_id": None,
+                "seq": None,
+                "valid": False,
+                "fully_verified": False,
+                "device_key_source": "none",
+                "checks": [bad.to_dict()],
+            },
+            cache="no-store",
+        )
+    keys: list[PublicKey]
+    unknown_device = False
+    device: DeviceRecord | None = None
+    received_at: datetime | None = None
+    if device_key is not None:
+        keys = [device_key]
+        source = "request"
+    else:
+        device = await _registry_device(ctx, receipt.device_id)
+        unknown_device = device is None
+        keys = [k.public_key for k in device.keys] if device is not None else []
+        source = "none" if device is None else "registry"
+        if device is not None:
+            received_at = await ctx.store.reading_received_at(
+                receipt.device_id, receipt.seq, receipt.leaf_hash
+            )
+    report = await asyncio.to_thread(
+        _verify_sync, ctx, receipt, keys, unknown_device, device=device, received_at=received_at
+    )
+    return cached_json({**report.to_dict(), "device_key_source": source}, cache="no-store")
+
+
+# -------------------------------------------------------------------------- completeness
+
+
+@ROUTES.get(
+    "/v1/devices/{device_id}/completeness",
+    {
+        "tags": ["proofs"],
+        "operationId": "getCompleteness",
+        "summary": "Completeness proof of a device's readings",
+        "description": "Every stored reading of the device in [from_seq, to_seq] "
+        "(to_seq clipped to the device's newest stored seq) with its envelope, leaf "
+        "hash, prev, batch path, and each batch's inclusion in the log under one "
+        "checkpoint (the newest anchored one covering them, else the newest), plus the "
+        "gaps. Check it offline with `cityanchor verify-completeness`: consecutive "
+        "readings must chain (`prev` of k+1 = leaf hash of k), so nothing between two "
+        f"present readings can be removed or reordered. At most {MAX_COMPLETENESS_RANGE} seqs per "
+        f"request (400 `range_too_large`); without to_seq, {DEFAULT_COMPLETENESS_RANGE}. Page with "
+        "from_seq = previous to_seq + 1.",
+        "parameters": [
+            DEVICE_ID,
+            param("from_seq", "query", int_schema(1, default=1), "first seq (default 1)"),
+            param(
+                "to_seq",
+                "query",
+                int_schema(1),
+                f"last seq (default from_seq + {DEFAULT_COMPLETENESS_RANGE - 1})",
+            ),
+        ],
+        "responses": {
+            "200": json_ok(
+                "CompletenessProof",
+                "The proof (`cityanchor/completeness/v2`).",
+                **{"Cache-Control": CACHE_HEADER},
+            ),
+            **errors(400, 404),
+        },
+    },
+)
+async def _get_completeness(request: web.Request) -> web.Response:
+    ctx = request_context(request)
+    device_id = parse_device_id(request.match_info["device_id"])
+    from_seq = query_int(request, "from_seq", low=1) or 1
+    to_seq = query_int(request, "to_seq", low=1)
+    if to_seq is None:
+        to_seq = min(from_seq + DEFAULT_COMPLETENESS_RANGE - 1, MAX_STORED_INT)
+    if to_seq < from_seq:
+        raise ApiInputError(f"to_seq {to_seq} is below from_seq {from_seq}")
+    if to_seq - from_seq + 1 > MAX_COMPLETENESS_RANGE:
+        raise ApiInputError(
+            f"{to_seq - from_seq + 1} seqs asked for; at most {MAX_COMPLETENESS_RANGE} per proof",
+            reason=Reason.RANGE_TOO_LARGE,
+        )
+    proof = await ctx.store.completeness_proof(device_id, from_seq, to_seq, hasher=hasher_for(ctx))
+    return cached_json(completeness_to_dict(proof), cache=SHORT)
