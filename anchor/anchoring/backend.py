@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anchor.contracts import load_artifact
 from anchor.errors import Reason, UsageError
@@ -19,6 +19,9 @@ from anchor.host.config import ChainSettings
 from anchor.host.files import KEY_FILE_LIMIT, read_user_file
 from anchor.receipt import Receipt
 from anchor.verify import AnchorChecker, Check
+
+if TYPE_CHECKING:  # the type only: web3 is imported when a backend is built
+    from anchor.anchoring.chains.evm import EvmBackend
 
 __all__ = ["build_backend", "chain_signer_key", "deploy", "rpc_anchor_checker"]
 
@@ -39,7 +42,7 @@ def chain_signer_key(chain: ChainSettings, env: Mapping[str, str] | None = None)
     raise UsageError(f"chain {chain.name}: no signing key (set key_file or key_env)")
 
 
-def build_backend(chain: ChainSettings, *, with_key: bool = True) -> Any:
+def build_backend(chain: ChainSettings, *, with_key: bool = True) -> EvmBackend:
     """An :class:`~anchor.anchoring.chains.evm.EvmBackend` for ``chain`` (web3 only here)."""
     # web3 (through chains.evm) is imported only here: see the module docstring.
     from anchor.anchoring.chains.evm import EvmBackend, EvmConfig  # noqa: PLC0415

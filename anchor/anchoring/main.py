@@ -8,7 +8,7 @@ import json
 import logging
 import signal
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob, StepResult
@@ -16,12 +16,15 @@ from anchor.errors import UsageError
 from anchor.host.config import Settings
 from anchor.store import Store
 
+if TYPE_CHECKING:
+    from anchor.anchoring.chains.evm import EvmBackend
+
 __all__ = ["run_anchor_loop", "run_anchor_once"]
 
 log = logging.getLogger("anchor.anchoring.job")
 
 
-def _backends(settings: Settings) -> list[Any]:
+def _backends(settings: Settings) -> list[EvmBackend]:
     if not settings.chains:
         raise UsageError(
             "no chain configured: add a [[chains]] table to the config, or set "
