@@ -298,7 +298,10 @@ def test_crash_after_broadcast_before_recording_anchors_nothing_twice(
             proc.kill()
             proc.wait()
     rows = run(_query(world, lambda s: s.open_anchor_tx("local")))
-    assert rows is not None and rows.state == "sent"
+    # The signed transaction is persisted before it is broadcast ("prepared"), marked "sent"
+    # after: a kill between the two leaves "prepared" (seen under load). Either way the next run
+    # must find the same transaction on chain and not anchor twice, which is what is checked.
+    assert rows is not None and rows.state in ("prepared", "sent")
     node.mine(1)
     node.set_automine(True)
     out = subprocess.run(
