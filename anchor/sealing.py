@@ -24,14 +24,9 @@ __all__ = [
     "MAX_STORED_INT",
     "BatchLog",
     "Candidate",
-    "LogNode",
     "Rejection",
     "SealedBatch",
     "classify_candidates",
-    "log_append",
-    "log_consistency_nodes",
-    "log_inclusion_nodes",
-    "log_root_from_nodes",
     "seal_batch",
 ]
 
@@ -149,8 +144,7 @@ class BatchLog:
 
 
 # --------------------------------------------------------------------------------------------
-# The pure half of the store's seal: which candidates enter the batch (and, as aliases of
-# anchor.merkle's node arithmetic, the log's nodes).
+# The pure half of the store's seal: which candidates enter the batch.
 # --------------------------------------------------------------------------------------------
 
 MAX_STORED_INT = 2**63 - 1
@@ -276,13 +270,3 @@ def classify_candidates(
     accepted = [c for i, c in enumerate(candidates) if i not in verdict]
     rejected = [verdict[i] for i in range(len(candidates)) if i in verdict]
     return accepted, rejected
-
-
-# The log's node arithmetic is tree math and lives in anchor.merkle; these names are kept for
-# the store, which serves log proofs from stored interior nodes.
-LogNode = merkle.NodeId
-"""``(level, idx)``: the perfect subtree over log leaves ``[idx << level, (idx + 1) << level)``."""
-log_append = merkle.compact_append_nodes
-log_inclusion_nodes = merkle.inclusion_nodes
-log_consistency_nodes = merkle.consistency_nodes
-log_root_from_nodes = merkle.compact_root

@@ -21,12 +21,7 @@ from anchor.completeness import (
 )
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord
-from anchor.sealing import (
-    MAX_STORED_INT,
-    log_consistency_nodes,
-    log_inclusion_nodes,
-    log_root_from_nodes,
-)
+from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found
 from anchor.store.records import BatchRecord, rfc3339
@@ -58,13 +53,13 @@ async def resolve_nodes(
         raise StoreError(
             f"log nodes {missing[:4]} missing for {what}", reason=Reason.LOG_INCONSISTENT
         )
-    return [log_root_from_nodes([found[n] for n in element], hasher=hasher) for element in elements]
+    return [merkle.compact_root([found[n] for n in element], hasher=hasher) for element in elements]
 
 
 async def fetch_log_path(conn: Any, index: int, size: int, *, hasher: merkle.Hasher) -> list[bytes]:
     """The inclusion path of log leaf ``index`` in the log of ``size``, from stored nodes."""
     return await resolve_nodes(
-        conn, log_inclusion_nodes(index, size), f"index {index} at size {size}", hasher=hasher
+        conn, merkle.inclusion_nodes(index, size), f"index {index} at size {size}", hasher=hasher
     )
 
 
@@ -110,7 +105,7 @@ class ProofsMixin(StoreBase):
                 )
             return await resolve_nodes(
                 conn,
-                log_consistency_nodes(old_size, new_size),
+                merkle.consistency_nodes(old_size, new_size),
                 f"{old_size} -> {new_size}",
                 hasher=hasher,
             )
@@ -258,7 +253,7 @@ class ProofsMixin(StoreBase):
             elements: list[Sequence[tuple[int, int]]] = []
             spans: dict[int, tuple[int, int]] = {}
             for b in batch_rows:
-                nodes = log_inclusion_nodes(b["log_index"], log_size)
+                nodes = merkle.inclusion_nodes(b["log_index"], log_size)
                 spans[b["id"]] = (len(elements), len(elements) + len(nodes))
                 elements.extend(nodes)
             resolved = await resolve_nodes(

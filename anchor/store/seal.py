@@ -19,7 +19,6 @@ from anchor.sealing import (
     Candidate,
     Rejection,
     classify_candidates,
-    log_append,
 )
 from anchor.store.connection import SEAL_LOCK, StoreBase, clean_text
 from anchor.store.devices import fetch_devices
@@ -227,7 +226,7 @@ class SealMixin(StoreBase):
                 f"the log has {next_index} batches but its latest checkpoint says {size}",
                 reason=Reason.LOG_INCONSISTENT,
             )
-        new_frontier, nodes = log_append(
+        new_frontier, nodes = merkle.compact_append_nodes(
             frontier,
             size,
             merkle.log_leaf_hash(len(accepted), batch_root, hasher=hasher),

@@ -14,7 +14,7 @@ import reference_merkle as ref
 from hypothesis import given
 from hypothesis import strategies as st
 
-from anchor import merkle, sealing
+from anchor import merkle
 from anchor.checkpoint import generate_note_key
 from anchor.envelope import Reading, parse_envelope, sign_reading
 from anchor.errors import ProofError
@@ -100,13 +100,6 @@ def test_node_preconditions() -> None:
         merkle.inclusion_nodes(-1, 3)
     with pytest.raises(ProofError):
         merkle.consistency_nodes(4, 3)
-
-
-def test_sealing_keeps_its_names_for_the_store() -> None:
-    assert sealing.log_append is merkle.compact_append_nodes
-    assert sealing.log_inclusion_nodes is merkle.inclusion_nodes
-    assert sealing.log_consistency_nodes is merkle.consistency_nodes
-    assert sealing.log_root_from_nodes is merkle.compact_root
 
 
 # ------------------------------------------------------------------------- classify_candidates
