@@ -97,6 +97,7 @@ MAX_TREE_SIZE = (1 << 64) - 1
 """Tree sizes are uint64 in every tlog implementation and in the AnchorRegistry contract."""
 
 ROOT_SIZE = 32
+_ALG_NAMES = {0x01: "Ed25519 note signature", 0x04: "Ed25519 tlog-cosignature v1"}
 _KEY_ID_SIZE = 4
 _ED25519_KEY_SIZE = 32
 _ED25519_SIG_SIZE = 64
@@ -144,11 +145,12 @@ def _name_problem(name: object) -> str | None:
     return None
 
 
-def _key_id(name: str, public_key: bytes) -> bytes:
-    # signed-note, "Ed25519 signatures": SHA-256(name || 0x0A || 0x01 || public key)[:4].
-    return hashlib.sha256(
-        name.encode("utf-8") + b"\n" + bytes([ALG_ED25519]) + public_key
-    ).digest()[:_KEY_ID_SIZE]
+def _key_id(name: str, public_key: bytes, alg: int = ALG_ED25519) -> bytes:
+    # signed-note, "Ed25519 signatures": SHA-256(name || 0x0A || alg || public key)[:4], with
+    # alg 0x01 for note signatures and 0x04 for tlog-cosignature v1 (anchor.cosignature).
+    return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([alg]) + public_key).digest()[
+        :_KEY_ID_SIZE
+    ]
 
 
 def _check_key_fields(name: str, key_hash: bytes, public_key: bytes) -> None:
@@ -166,7 +168,7 @@ def _check_key_fields(name: str, key_hash: bytes, public_key: bytes) -> None:
         )
 
 
-def _split_key(encoded: str, what: str) -> tuple[str, bytes, bytes]:
+def _split_key(encoded: str, what: str, alg: int = ALG_ED25519) -> tuple[str, bytes, bytes]:
     """Split ``name+hexid+base64(alg || material)`` into name, key ID and key material.
 
     The base64 part may itself contain '+', hence at most two splits.
@@ -183,9 +185,10 @@ def _split_key(encoded: str, what: str) -> tuple[str, bytes, bytes]:
     raw = _b64decode_canonical(b64)
     if not raw:
         raise KeyMaterialError(f"{what}: key is not canonical standard base64")
-    if raw[0] != ALG_ED25519:
+    if raw[0] != alg:
         raise KeyMaterialError(
-            f"{what}: signature type 0x{raw[0]:02x} is not supported (only 0x01, Ed25519)",
+            f"{what}: signature type 0x{raw[0]:02x} is not supported here (expected "
+            f"0x{alg:02x}, {_ALG_NAMES.get(alg, 'unknown')})",
             reason=Reason.KEY_UNSUPPORTED,
         )
     if len(raw) != 1 + _ED25519_KEY_SIZE:

@@ -162,6 +162,34 @@ class Reason(StrEnum):
         "checkpoint_origin_mismatch", "check checkpoint_signature",
         "The checkpoint's origin line is not the one expected.",
     )
+    WITNESS_COSIGNATURE_INVALID = (
+        "witness_cosignature_invalid", "check witnesses; witness client",
+        "A cosignature line from a trusted witness key does not verify or has a bad timestamp.",
+    )
+    WITNESS_QUORUM_NOT_MET = (
+        "witness_quorum_not_met", "check witnesses; anchoring",
+        "Fewer trusted witnesses cosigned the checkpoint than the quorum asks.",
+    )
+    WITNESS_REQUEST_MALFORMED = (
+        "witness_request_malformed", "witness HTTP 400",
+        "An add-checkpoint request or answer breaks the tlog-witness format.",
+    )
+    WITNESS_UNKNOWN_LOG = (
+        "witness_unknown_log", "witness HTTP 404",
+        "The witness is not configured for the checkpoint's origin.",
+    )
+    WITNESS_LOG_SIGNATURE_INVALID = (
+        "witness_log_signature_invalid", "witness HTTP 403",
+        "No valid signature from a log key the witness trusts for that origin.",
+    )
+    WITNESS_SIZE_CONFLICT = (
+        "witness_size_conflict", "witness HTTP 409",
+        "The request's old size is not the size the witness last cosigned.",
+    )
+    WITNESS_INCONSISTENT = (
+        "witness_inconsistent", "witness HTTP 422",
+        "The checkpoint is not a consistent extension of what the witness cosigned.",
+    )
     RECEIPT_MALFORMED = (
         "receipt_malformed", "ReceiptError; check receipt",
         "A receipt document does not follow cityanchor/receipt/v2.",
