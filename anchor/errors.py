@@ -190,6 +190,10 @@ class Reason(StrEnum):
         "witness_inconsistent", "witness HTTP 422",
         "The checkpoint is not a consistent extension of what the witness cosigned.",
     )
+    WITNESS_UNAVAILABLE = (
+        "witness_unavailable", "log-side witness client",
+        "A witness did not answer, timed out, or answered with an unexpected HTTP status.",
+    )
     RECEIPT_MALFORMED = (
         "receipt_malformed", "ReceiptError; check receipt",
         "A receipt document does not follow cityanchor/receipt/v2.",

@@ -56,6 +56,7 @@ from typing import Any
 
 from anchor.anchoring.chains.base import ChainBackend, ChainError, check_recorded_anchor
 from anchor.backoff import Backoff
+from anchor.cosigning.job import CosigningJob
 from anchor.errors import AnchorError, Reason, UsageError
 from anchor.store import CheckpointRecord, Store, StoredAnchor
 
@@ -81,7 +82,8 @@ class StepResult:
     """What one step did for one backend: ``outcome`` is a short stable word."""
 
     backend: str
-    # up_to_date, empty_log, scheduled, sent, pending, confirmed, recovered, replaced, error
+    # up_to_date, empty_log, scheduled, sent, pending, confirmed, recovered, replaced, error,
+    # waiting (the witness quorum holds anchoring back)
     outcome: str
     log_size: int | None = None
     tx_hash: str | None = None
@@ -104,6 +106,7 @@ class AnchorJob:
         backends: Sequence[ChainBackend],
         reorg_window_blocks: int = DEFAULT_REORG_WINDOW_BLOCKS,
         recheck_interval_s: float = DEFAULT_RECHECK_INTERVAL_S,
+        cosigning: CosigningJob | None = None,
     ) -> None:
         names = [b.name for b in backends]
         if len(set(names)) != len(names):
@@ -116,6 +119,10 @@ class AnchorJob:
         self.backends = list(backends)
         self.reorg_window_blocks = reorg_window_blocks
         self.recheck_interval_s = recheck_interval_s
+        #: Witnessing (issue 13): asked before a new transaction; may hold anchoring back.
+        self.cosigning = cosigning
+        # Set for one step when the witness quorum holds anchoring back (the result's detail).
+        self._witness_wait = ""
         # A failing backend waits 2, 4, ... 60 s (jittered by up to half, so two backends that
         # failed together drift apart) before its next try; the others carry on.
         self._backoff = {n: Backoff(initial_s=2.0, cap_s=60.0, jitter=0.5) for n in names}
@@ -139,6 +146,18 @@ class AnchorJob:
         now = time.monotonic()
         due = [b for b in self.backends if now >= self._next_try[b.name]]
         allowed = {b.name for b in due} if allow_new is True else set(allow_new or ())
+        self._witness_wait = ""
+        sending = any(b.name in allowed or b.name in self._reanchor for b in due)
+        if self.cosigning is not None and checkpoint is not None and sending:
+            # The witnesses see the checkpoint before the chain does; with the quorum option
+            # the newest checkpoint they cosigned is anchored instead, or none (wait).
+            newest = checkpoint.log_size
+            checkpoint = await self.cosigning.checkpoint_to_anchor(checkpoint)
+            if checkpoint is None:
+                self._witness_wait = (
+                    f"[{Reason.WITNESS_QUORUM_NOT_MET}] no checkpoint up to size {newest} has "
+                    f"{self.cosigning.quorum} witness cosignature(s)"
+                )
         results = await asyncio.gather(
             *(self._guarded(b, checkpoint, b.name in allowed) for b in due)
         )
@@ -201,6 +220,8 @@ class AnchorJob:
                 backend, open_tx.id, open_tx.log_size, open_tx.state, open_tx.tx
             )
         if checkpoint is None:
+            if self._witness_wait:
+                return StepResult(name, "waiting", detail=self._witness_wait)
             return StepResult(name, "empty_log")
         last = await self.store.last_anchor(name)
         if last is not None and last.log_size >= checkpoint.log_size:
@@ -385,6 +406,8 @@ class AnchorJob:
                 for r in last.values()
             ):
                 return results()
+            if last and all(r.outcome == "waiting" for r in last.values()):
+                return results()  # the witness quorum is not met: nothing to wait for here
             if time.monotonic() > deadline:
                 return results()
             await asyncio.sleep(poll_s)
@@ -410,6 +433,21 @@ class AnchorJob:
                     await asyncio.wait_for(stop.wait(), 2.0)
 
     async def _lead(
+        self, conn: Any, *, period_s: float, stop: asyncio.Event, poll_s: float
+    ) -> None:
+        follower = None
+        if self.cosigning is not None and self.cosigning.mode == "seal":
+            # Only the leader talks to the witnesses: one client, so their `old` sizes follow.
+            follower = asyncio.create_task(self.cosigning.run(stop))
+        try:
+            await self._lead_steps(conn, period_s=period_s, stop=stop, poll_s=poll_s)
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
+
+    async def _lead_steps(
         self, conn: Any, *, period_s: float, stop: asyncio.Event, poll_s: float
     ) -> None:
         next_period = 0.0

@@ -10,8 +10,13 @@ import signal
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
+from anchor import __version__
 from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob, StepResult
+from anchor.cosigning.client import Witness, WitnessClient, aiohttp_post
+from anchor.cosigning.job import CosigningJob
 from anchor.errors import UsageError
 from anchor.host.config import Settings
 from anchor.store import Store
@@ -55,9 +60,30 @@ def _print_results(results: Sequence[StepResult]) -> None:
         )
 
 
+def _cosigning(settings: Settings, store: Store, session: Any) -> CosigningJob | None:
+    """The witnessing of ``settings.witnesses`` (None without witnesses)."""
+    if not settings.witnesses:
+        return None
+    post = aiohttp_post(session, timeout_s=settings.witness_timeout_ms / 1000)
+    return CosigningJob(
+        store=store,
+        client=WitnessClient(store=store, post=post),
+        witnesses=[Witness(w.url, w.verifier) for w in settings.witnesses],
+        mode=settings.witness_mode,
+        quorum=settings.witness_quorum,
+        anchor_quorum=bool(settings.witness_anchor_quorum),
+        poll_s=settings.witness_poll_ms / 1000,
+    )
+
+
 async def _with_job(settings: Settings, fn: Any) -> Any:
     backends = _backends(settings)
     store = await Store.connect(settings.database_url, max_size=3)
+    # One session for every witness request: keep-alive connections, a few per witness.
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit_per_host=2, keepalive_timeout=30),
+        headers={"User-Agent": f"cityanchor/{__version__}"},
+    )
     try:
         return await fn(
             AnchorJob(
@@ -65,9 +91,11 @@ async def _with_job(settings: Settings, fn: Any) -> Any:
                 backends=backends,
                 reorg_window_blocks=settings.anchor_reorg_window_blocks,
                 recheck_interval_s=settings.anchor_recheck_ms / 1000,
+                cosigning=_cosigning(settings, store, session),
             )
         )
     finally:
+        await session.close()
         await store.close()
 
 

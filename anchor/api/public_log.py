@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from anchor.api.public_http import (
+    ANCHORED_RECEIPT,
     DEFAULT_LIST_LIMIT,
     IMMUTABLE,
     MAX_LIST_LIMIT,
@@ -150,8 +151,10 @@ def _wants_json(request: web.Request) -> bool:
         "summary": "The latest (or a given size's) signed checkpoint",
         "description": "The C2SP tlog-checkpoint signed note as `text/plain` (default); "
         "as JSON with `?format=json`, or when `Accept` prefers `application/json` over "
-        "`text/plain`. `size` picks the checkpoint of that log size (immutable); the "
-        "latest one is `no-cache`.",
+        "`text/plain`. `size` picks the checkpoint of that log size. The note carries the "
+        "operator's signature line followed by the C2SP tlog-cosignature lines of the "
+        "witnesses that cosigned that size so far. The latest is `no-cache`; a given size is "
+        "cached for a minute, then revalidated (cosignatures may still be appended).",
         "parameters": [
             param("size", "query", int_schema(1), "log size (default: the latest)"),
             param("format", "query", {"enum": ["text", "json"]}, "representation"),
@@ -181,16 +184,13 @@ async def _get_checkpoint(request: web.Request) -> web.Response:
     ctx = request_context(request)
     size = query_int(request, "size", low=1)
     wants_json = _wants_json(request)
-    if size is None:
-        note = await ctx.store.latest_checkpoint()
-        if note is None:
-            raise ApiInputError(
-                "the batch log is empty: no checkpoint yet", reason=Reason.NOT_FOUND
-            )
-        cache = NO_CACHE
-    else:
-        note = await ctx.store.checkpoint_at(size)
-        cache = IMMUTABLE
+    # The operator-signed note with the witness cosignatures stored for its size appended
+    # (C2SP tlog-cosignature). More may arrive later, so a given size is no longer immutable:
+    # a minute, then revalidation (as an anchored receipt's).
+    note = await ctx.store.cosigned_note(size)
+    if note is None:
+        raise ApiInputError("the batch log is empty: no checkpoint yet", reason=Reason.NOT_FOUND)
+    cache = NO_CACHE if size is None else ANCHORED_RECEIPT
     if not wants_json:
         response = web.Response(text=note, content_type="text/plain", charset="utf-8")
         response.headers["Cache-Control"] = cache

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from anchor.errors import UsageError
+from anchor.cosignature import CosignerVerifier
+from anchor.errors import KeyMaterialError, UsageError
 from anchor.host.files import read_user_file
 from anchor.host.redact import MASK, redact_text
 
@@ -25,6 +27,8 @@ __all__ = [
     "SECRET_FIELDS",
     "ChainSettings",
     "Settings",
+    "WitnessSettings",
+    "check_witness_url",
     "load_settings",
     "settings_to_toml",
 ]
@@ -39,6 +43,7 @@ SECRET_FIELDS = frozenset({"mqtt_password", "mqtt_admin_password"})
 
 
 FEE_MODES = ("eip1559", "legacy", "zero")
+WITNESS_MODES = ("seal", "anchor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,42 @@ class ChainSettings:
             raise UsageError(f"chain {self.name}: fee_mode must be one of {', '.join(FEE_MODES)}")
         if self.confirmations < 1:
             raise UsageError(f"chain {self.name}: confirmations must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessSettings:
+    """One C2SP tlog-witness the anchoring process asks for cosignatures.
+
+    ``url`` is the witness's base URL (``POST {url}/add-checkpoint``); ``vkey`` its cosignature
+    verifier key (``name+keyid+base64(0x04||key)``, public), which identifies it.
+    """
+
+    url: str = ""
+    vkey: str = ""
+
+    def __post_init__(self) -> None:
+        check_witness_url(self.url)
+        try:
+            CosignerVerifier.from_vkey(self.vkey)
+        except KeyMaterialError as exc:
+            raise UsageError(f"witness {self.url}: bad witness key: {exc.detail}") from None
+
+    @property
+    def verifier(self) -> CosignerVerifier:
+        return CosignerVerifier.from_vkey(self.vkey)
+
+
+def check_witness_url(url: str) -> None:
+    """Raise UsageError unless ``url`` is an http(s) URL with a host and no query/fragment."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"witness URL {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"witness URL {url!r} must be http:// or https:// with a host")
+    if parts.query or parts.fragment or (port is not None and not 0 < port < 65536):
+        raise UsageError(f"witness URL {url!r} must have no query or fragment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +148,43 @@ class Settings:
     # Per client address; bursts of twice this. 0 turns the limit off (e.g. behind a proxy
     # that limits already).
     api_rate_per_s: int = 1000
+    # Witnesses (C2SP tlog-witness) the anchoring process asks to cosign checkpoints: TOML
+    # [[witnesses]] tables (url, vkey), or `up --witness URL=VKEY_FILE`.
+    # seal: cosign every new checkpoint as it is sealed; anchor: only the one about to be
+    # anchored (fewer requests, sealed receipts stay uncosigned). Both ask before anchoring.
+    witness_mode: str = "seal"
+    # Distinct witnesses that make a checkpoint "witnessed" (for witness_anchor_quorum and the
+    # cosigners POST /v1/verify reports). 1: a split view then needs the log and that witness.
+    witness_quorum: int = 1
+    # 1: anchor only the newest checkpoint that witness_quorum witnesses cosigned, and wait
+    # (witness_quorum_not_met) while there is none; 0: anchor whatever the witnesses do.
+    witness_anchor_quorum: int = 0
+    witness_timeout_ms: int = 10_000
+    # Seal mode: how often the anchoring process looks for a new checkpoint to get cosigned.
+    witness_poll_ms: int = 1_000
+    witnesses: tuple[WitnessSettings, ...] = ()
     # Anchoring backends; from TOML [[chains]] tables, or one from CITYANCHOR_CHAIN_* variables.
     chains: tuple[ChainSettings, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.witness_mode not in WITNESS_MODES:
+            raise UsageError(f"witness_mode must be one of {', '.join(WITNESS_MODES)}")
+        if self.witness_quorum < 1:
+            raise UsageError("witness_quorum must be at least 1")
+        if self.witness_anchor_quorum not in (0, 1):
+            raise UsageError("witness_anchor_quorum must be 0 or 1")
+        if self.witnesses and self.witness_quorum > len(self.witnesses):
+            raise UsageError(
+                f"witness_quorum {self.witness_quorum} is more than the "
+                f"{len(self.witnesses)} configured witness(es): it could never be met"
+            )
+        if self.witness_anchor_quorum and not self.witnesses:
+            raise UsageError("witness_anchor_quorum needs at least one witness")
+        keys = [w.vkey for w in self.witnesses]
+        if len(set(keys)) != len(keys):
+            raise UsageError("each witness key may be configured once")
+        if self.witness_timeout_ms < 1 or self.witness_poll_ms < 1:
+            raise UsageError("witness_timeout_ms and witness_poll_ms must be positive")
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets replaced, for ``config show`` and logs."""
@@ -153,10 +229,11 @@ def load_settings(
     types = {
         f.name: (int if f.type in ("int", int) else str)
         for f in fields(Settings)
-        if f.name != "chains"
+        if f.name not in _TABLES
     }
     values: dict[str, Any] = {}
     chains: list[ChainSettings] = []
+    witnesses: list[WitnessSettings] = []
     if toml_path is not None:
         data = read_user_file(toml_path, what="config", limit=CONFIG_FILE_LIMIT)
         try:
@@ -168,6 +245,12 @@ def load_settings(
         for key, raw in doc.items():
             if key == "chains":
                 chains = [_chain(t, f"{toml_path} [[chains]]") for t in _tables(raw, toml_path)]
+                continue
+            if key == "witnesses":
+                witnesses = [
+                    _witness(t, f"{toml_path} [[witnesses]]")
+                    for t in _tables(raw, toml_path, "witnesses")
+                ]
                 continue
             if key not in types:
                 raise UsageError(f"{toml_path}: unknown setting {key!r}")
@@ -188,13 +271,16 @@ def load_settings(
     for name, raw in (overrides or {}).items():
         if raw is None:
             continue
+        if name == "witnesses":
+            witnesses = list(raw)
+            continue
         if name not in types:
             raise UsageError(f"unknown setting {name!r}")
         values[name] = _coerce(name, types[name], raw, f"--{name.replace('_', '-')}")
     names = [c.name for c in chains]
     if len(set(names)) != len(names):
         raise UsageError(f"chain names must be unique, got {names}")
-    return Settings(**values, chains=tuple(chains))
+    return Settings(**values, witnesses=tuple(witnesses), chains=tuple(chains))
 
 
 def _chain_var(field_name: str) -> str:
@@ -202,10 +288,22 @@ def _chain_var(field_name: str) -> str:
     return ENV_PREFIX + ("CHAIN_ID" if field_name == "chain_id" else f"CHAIN_{field_name.upper()}")
 
 
-def _tables(raw: Any, source: Path) -> list[Mapping[str, Any]]:
+_TABLES = ("chains", "witnesses")
+
+
+def _tables(raw: Any, source: Path, name: str = "chains") -> list[Mapping[str, Any]]:
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
-        raise UsageError(f"{source}: chains must be [[chains]] tables")
+        raise UsageError(f"{source}: {name} must be [[{name}]] tables")
     return raw
+
+
+def _witness(table: Mapping[str, Any], source: str) -> WitnessSettings:
+    values = {}
+    for key, raw in table.items():
+        if key not in ("url", "vkey"):
+            raise UsageError(f"{source}: unknown witness setting {key!r}")
+        values[key] = _coerce(key, str, raw, source)
+    return WitnessSettings(**values)
 
 
 def _chain(table: Mapping[str, Any], source: str) -> ChainSettings:
@@ -230,8 +328,11 @@ def settings_to_toml(settings: Settings) -> str:
     """The settings as a TOML file that :func:`load_settings` reads back to the same value."""
     lines = ["# cityanchor settings (CITYANCHOR_* variables and flags override these)"]
     for f in fields(Settings):
-        if f.name != "chains":
+        if f.name not in _TABLES:
             lines.append(f"{f.name} = {_toml_value(getattr(settings, f.name))}")
+    for witness in settings.witnesses:
+        lines += ["", "[[witnesses]]", f"url = {_toml_value(witness.url)}"]
+        lines += [f"vkey = {_toml_value(witness.vkey)}"]
     for chain in settings.chains:
         lines += ["", "[[chains]]"]
         lines += [

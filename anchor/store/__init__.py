@@ -58,7 +58,8 @@ Layout. One module per concern, each a mixin over :class:`~anchor.store.connecti
 (the pool and the one connection helper that translates failures): :mod:`.schema`
 (migrations, partitions), :mod:`.devices` (registry, broker logins), :mod:`.seal`, :mod:`.receipts`,
 :mod:`.proofs` (checkpoints, consistency and completeness proofs, batch records),
-:mod:`.anchors`; :mod:`.records` holds the frozen values, :mod:`.errors` the errors and
+:mod:`.anchors`, :mod:`.witnesses` (witness cosignatures); :mod:`.records` holds the frozen
+values, :mod:`.errors` the errors and
 :mod:`.operator` the operator side's queries (tokens, audit, erasure, metrics). :class:`Store`
 is their sum. Mixins rather than one object per concern because callers hold one ``Store``
 and call ``store.seal(...)``, ``store.receipt(...)``: that stays as it was, each concern
@@ -96,6 +97,7 @@ from anchor.store.records import (
 )
 from anchor.store.schema import SQL_DIR, SchemaMixin, migration_files, migrations_dir
 from anchor.store.seal import QUARANTINE_RAW_LIMIT, SealMixin, recheck_key_validity
+from anchor.store.witnesses import StoredCosignature, WitnessesMixin
 
 __all__ = [
     "ADVISORY_LOCKS",
@@ -119,6 +121,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredAnchor",
+    "StoredCosignature",
     "VanishedAnchor",
     "migration_files",
     "migrations_dir",
@@ -126,7 +129,15 @@ __all__ = [
 ]
 
 
-class Store(SchemaMixin, DevicesMixin, SealMixin, ReceiptsMixin, ProofsMixin, AnchorsMixin):
+class Store(
+    SchemaMixin,
+    DevicesMixin,
+    SealMixin,
+    ReceiptsMixin,
+    ProofsMixin,
+    AnchorsMixin,
+    WitnessesMixin,
+):
     """A pool of connections to the cityanchor database. Build it with :meth:`connect`.
 
     Every method is one concern's (see "Layout" above); all of them raise ``StoreError`` with

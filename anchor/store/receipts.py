@@ -1,8 +1,10 @@
 """Receipts: the proof of one stored reading (or of every reading of a batch), ready to hand out.
 
 A receipt ends on the newest anchored checkpoint that covers its batch, else on the newest
-checkpoint (status ``sealed``). Stored paths are checked against the stored roots before use;
-anything that does not check out is rebuilt, and what cannot be rebuilt is
+checkpoint covering it that a witness cosigned, else on the newest checkpoint (status
+``sealed``); its ``checkpoint`` is the operator-signed note with the stored witness cosignature
+lines of that size appended (C2SP tlog-cosignature). Stored paths are checked against the
+stored roots before use; anything that does not check out is rebuilt, and what cannot be rebuilt is
 ``log_inconsistent``, never a receipt.
 """
 
@@ -28,7 +30,8 @@ __all__ = ["BATCH_TREE_CACHE", "ReceiptsMixin"]
 BATCH_TREE_CACHE = 256
 
 # Store.receipt's one statement: the reading, its batch, the checkpoint to prove against (the
-# newest anchored one covering the batch, else the newest) and that checkpoint's anchors.
+# newest anchored one covering the batch, else the newest cosigned one covering it, else the
+# newest; with its cosignature lines appended) and that checkpoint's anchors.
 _RECEIPT_SQL = """
 WITH s AS (
     SELECT batch_id, batch_index, received_at, leaf_hash, batch_path
@@ -36,8 +39,11 @@ WITH s AS (
 ), b AS (
     SELECT id, size, root, log_index FROM batches WHERE id = (SELECT batch_id FROM s)
 ), h AS (
-    SELECT log_size, root, note FROM checkpoints WHERE log_size = coalesce(
+    SELECT c.log_size, c.root, c.note || coalesce((SELECT string_agg(w.line, '' ORDER BY
+        w.witness) FROM witness_cosignatures w WHERE w.log_size = c.log_size), '') AS note
+    FROM checkpoints c WHERE c.log_size = coalesce(
         (SELECT max(log_size) FROM anchors WHERE log_size > (SELECT log_index FROM b)),
+        (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > (SELECT log_index FROM b)),
         (SELECT max(log_size) FROM checkpoints))
 )
 SELECT s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
@@ -53,6 +59,19 @@ FROM s
 JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
 CROSS JOIN b
 LEFT JOIN h ON true
+"""
+
+
+# The checkpoint a batch's receipts end on (log index $1): the newest anchored one covering the
+# batch, else the newest cosigned one covering it (a sealed receipt a witness vouched for), else
+# the newest; its note carries the stored cosignature lines of its size (anchor.store.witnesses).
+_HEAD_SQL = """
+SELECT c.log_size, c.root, c.note || coalesce((SELECT string_agg(w.line, '' ORDER BY w.witness)
+    FROM witness_cosignatures w WHERE w.log_size = c.log_size), '') AS note
+FROM checkpoints c WHERE c.log_size = coalesce(
+    (SELECT max(log_size) FROM anchors WHERE log_size > $1),
+    (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > $1),
+    (SELECT max(log_size) FROM checkpoints))
 """
 
 
@@ -234,12 +253,7 @@ class ReceiptsMixin(StoreBase):
         log_index: int = batch["log_index"]
         # The newest anchored checkpoint that covers this batch, so the receipt ends on chain;
         # until one exists, the newest checkpoint (status "sealed"). One round trip.
-        head = await conn.fetchrow(
-            "SELECT log_size, root, note FROM checkpoints WHERE log_size = coalesce("
-            "(SELECT max(log_size) FROM anchors WHERE log_size > $1), "
-            "(SELECT max(log_size) FROM checkpoints))",
-            log_index,
-        )
+        head = await conn.fetchrow(_HEAD_SQL, log_index)
         anchors = tuple(
             AnchorRecord(
                 chain_id=a["chain_id"],
