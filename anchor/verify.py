@@ -15,11 +15,15 @@ The checks, in order (DESIGN.md "Receipt"):
    does not bind it: leaf 0 of 8 has the same audit path as leaf 0 of 7);
 6. ``checkpoint`` the signed note names exactly ``log.size`` and ``log.root``;
 7. ``checkpoint_signature`` the note is signed by the operator key the verifier trusts;
-8. ``anchors``    each anchor holds ``log.root`` on chain (needs a chain endpoint).
+8. ``witnesses``  at least ``witness_quorum`` distinct witnesses the verifier trusts cosigned
+   the note (C2SP tlog-cosignature v1 lines appended to it); a line of a trusted witness that
+   does not verify fails the check (``witness_cosignature_invalid``), too few valid ones fail it
+   with ``witness_quorum_not_met``; lines of unknown keys are ignored;
+9. ``anchors``    each anchor holds ``log.root`` on chain (needs a chain endpoint).
 
-A check the verifier cannot run (no device key, no log key, no chain endpoint, or, for a
-reading erased by the operator, no envelope: checks 1-3 then skip and ``leaf_hash`` itself is
-what the batch path proves) is ``skip``, never ``pass``; a receipt is valid when no check
+A check the verifier cannot run (no device key, no log key, no witness key, no chain endpoint,
+or, for a reading erased by the operator, no envelope: checks 1-3 then skip and ``leaf_hash``
+itself is what the batch path proves) is ``skip``, never ``pass``; a receipt is valid when no check
 failed, and *fully* verified when none was skipped either.
 """
 
@@ -27,12 +31,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
+from anchor.cosignature import Cosignature, CosignerVerifier, verified_cosignatures
 from anchor.envelope import Envelope, parse_envelope, verify_envelope
-from anchor.errors import AnchorError, Reason
+from anchor.errors import AnchorError, Reason, UsageError
 from anchor.keys import PublicKey
 from anchor.receipt import Receipt
 
@@ -41,6 +47,7 @@ __all__ = [
     "AnchorChecker",
     "Check",
     "ReceiptReport",
+    "check_witnesses",
     "verify_receipt",
 ]
 
@@ -52,6 +59,7 @@ CHECK_NAMES = (
     "log_path",
     "checkpoint",
     "checkpoint_signature",
+    "witnesses",
     "anchors",
 )
 
@@ -247,17 +255,62 @@ def _check_checkpoint(receipt: Receipt, log_verifiers: Sequence[NoteVerifier]) -
     return [structural, _fail("checkpoint_signature", errors[-1])]
 
 
+def _cosigner(c: Cosignature) -> str:
+    when = datetime.fromtimestamp(c.timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{c.witness.key_label} at {when}"
+
+
+def check_witnesses(
+    note: str, witnesses: Sequence[CosignerVerifier], quorum: int
+) -> tuple[Check, tuple[Cosignature, ...]]:
+    """The ``witnesses`` check of a checkpoint ``note`` and the valid cosignatures it found.
+
+    ``quorum`` distinct trusted witnesses (distinct name and key ID) must have cosigned it.
+    Without ``witnesses`` the check is ``skip``, never ``pass``. Raises ``UsageError`` for a
+    quorum below 1.
+    """
+    if quorum < 1:
+        raise UsageError(f"the witness quorum must be at least 1, got {quorum}")
+    if not witnesses:
+        return Check("witnesses", "skip", "no witness key given (--witness-key)"), ()
+    try:
+        found = verified_cosignatures(note, witnesses)
+    except AnchorError as exc:
+        return _fail("witnesses", exc), ()
+    names = ", ".join(_cosigner(c) for c in found) or "none"
+    distinct = len({c.witness.key_label for c in found})
+    if distinct < quorum:
+        return (
+            Check(
+                "witnesses",
+                "fail",
+                f"{distinct} of the {len(witnesses)} trusted witnesses cosigned, the quorum is "
+                f"{quorum}; cosigned by: {names}",
+                Reason.WITNESS_QUORUM_NOT_MET,
+            ),
+            found,
+        )
+    return (
+        Check("witnesses", "pass", f"{distinct} of {quorum} needed, cosigned by: {names}"),
+        found,
+    )
+
+
 def verify_receipt(
     receipt: Receipt,
     *,
     device_keys: Sequence[PublicKey] = (),
     log_verifiers: Sequence[NoteVerifier] = (),
     anchor_checker: AnchorChecker | None = None,
+    witness_verifiers: Sequence[CosignerVerifier] = (),
+    witness_quorum: int = 1,
 ) -> ReceiptReport:
     """Run every check on ``receipt`` and report each one; never raises for a bad receipt.
 
-    ``device_keys`` and ``log_verifiers`` are the keys the caller trusts; signature checks
-    without them are skipped. ``anchor_checker`` looks the anchors up on chain.
+    ``device_keys``, ``log_verifiers`` and ``witness_verifiers`` are the keys the caller
+    trusts; signature checks without them are skipped. ``witness_quorum`` distinct trusted
+    witnesses must have cosigned the checkpoint (raises ``UsageError`` below 1).
+    ``anchor_checker`` looks the anchors up on chain.
     """
     checks: list[Check] = []
     try:
@@ -274,6 +327,7 @@ def verify_receipt(
         checks.append(_check_signature(envelope, {k.kid: k for k in device_keys}))
     checks.extend(_check_proofs(receipt, hasher))
     checks.extend(_check_checkpoint(receipt, log_verifiers))
+    checks.append(check_witnesses(receipt.checkpoint, witness_verifiers, witness_quorum)[0])
     if not receipt.anchors:
         checks.append(Check("anchors", "skip", f"status {receipt.status}: not anchored yet"))
     elif anchor_checker is None:

@@ -24,6 +24,7 @@ from anchor.cli.inputs import (
     add_service_flags,
     load_device_keys,
     load_log_keys,
+    load_witness_keys,
     read_input,
     read_json_file,
     settings_from_args,
@@ -119,6 +120,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     device_keys = load_device_keys(args.device_key)
     log_keys = load_log_keys(args.log_key)
+    witness_keys = load_witness_keys(args.witness_key)
+    if args.witness_quorum is not None and args.witness_quorum < 1:
+        raise UsageError("--witness-quorum must be at least 1")
+    if args.witness_quorum is not None and not witness_keys:
+        raise UsageError("--witness-quorum needs --witness-key")
+    quorum = 1 if args.witness_quorum is None else args.witness_quorum
     checker = None
     if args.rpc:
         from anchor.anchoring.backend import rpc_anchor_checker
@@ -134,7 +141,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             results.append((path, ReceiptReport("?", 0, (bad,))))
             continue
         report = verify_receipt(
-            receipt, device_keys=device_keys, log_verifiers=log_keys, anchor_checker=checker
+            receipt,
+            device_keys=device_keys,
+            log_verifiers=log_keys,
+            anchor_checker=checker,
+            witness_verifiers=witness_keys,
+            witness_quorum=quorum,
         )
         results.append((path, report))
     if args.json:
@@ -318,6 +330,24 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=[],
         metavar="VKEY_FILE",
         help="the operator's checkpoint verifier key (C2SP note vkey); repeatable",
+    )
+    p.add_argument(
+        "--witness-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="VKEY_FILE",
+        help="a witness's cosignature verifier key (C2SP tlog-cosignature, type 0x04); "
+        "repeatable. Without one the witnesses check is skipped",
+    )
+    p.add_argument(
+        "--witness-quorum",
+        type=int,
+        default=None,
+        metavar="K",
+        help="distinct trusted witnesses that must have cosigned each receipt's checkpoint "
+        "(default 1: one honest witness that saw the checkpoint is what makes a split view "
+        "detectable; ask more to need more of them to collude)",
     )
     p.add_argument(
         "--rpc",

@@ -28,6 +28,7 @@ __all__ = [
     "add_service_flags",
     "load_device_keys",
     "load_log_keys",
+    "load_witness_keys",
     "parse_duration",
     "read_input",
     "read_json_file",
@@ -91,6 +92,20 @@ def load_log_keys(paths: Sequence[str]) -> list[Any]:
             verifiers.append(NoteVerifier.from_vkey(text))
         except AnchorError as exc:
             raise UsageError(f"log key {path}: {exc.detail}") from exc
+    return verifiers
+
+
+def load_witness_keys(paths: Sequence[str]) -> list[Any]:
+    """Witness cosignature verifier keys (type 0x04 note vkeys) in files (UsageError otherwise)."""
+    from anchor.cosignature import CosignerVerifier
+
+    verifiers = []
+    for path in paths:
+        text = read_input(path, "witness key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
+        try:
+            verifiers.append(CosignerVerifier.from_vkey(text))
+        except AnchorError as exc:
+            raise UsageError(f"witness key {path}: {exc.detail}") from exc
     return verifiers
 
 

@@ -111,4 +111,5 @@ def test_other_receipts_of_the_batch_are_untouched(world: World) -> None:
             r, device_keys=[world.key.public_key], log_verifiers=[world.verifier]
         )
         assert report.valid and report.fully_verified is False  # anchors: not anchored
-        assert all(c.status == "pass" for c in report.checks if c.name != "anchors")
+        skipped = ("anchors", "witnesses")  # not anchored; no witness key
+        assert all(c.status == "pass" for c in report.checks if c.name not in skipped)

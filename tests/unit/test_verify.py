@@ -82,6 +82,9 @@ def test_every_fresh_receipt_passes_every_offline_check(world: World) -> None:
         assert report.valid
         statuses = {c.name: c.status for c in report.checks}
         assert statuses.pop("anchors") == "skip"  # not anchored yet
+        assert (
+            statuses.pop("witnesses") == "skip"
+        )  # no witness key (tests/unit/test_verify_witnesses.py)
         assert set(statuses.values()) == {"pass"}, report
 
 
@@ -97,6 +100,7 @@ def test_without_keys_signature_checks_are_skipped_not_passed(world: World) -> N
     statuses = {c.name: c.status for c in report.checks}
     assert statuses["signature"] == "skip"
     assert statuses["checkpoint_signature"] == "skip"
+    assert statuses["witnesses"] == "skip"
     assert report.valid and not report.fully_verified
 
 
