@@ -106,6 +106,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if (args.rpc_url is None) != (args.chain_id is None):
         raise UsageError("--rpc-url and --chain-id go together (with --chain-key-file)")
+    witnesses = tuple(_witness_flag(w) for w in args.witness)
     return run_up(
         UpOptions(
             data_dir=Path(args.data_dir),
@@ -124,8 +125,30 @@ def _cmd_up(args: argparse.Namespace) -> int:
             broker_autosave_interval_s=args.broker_autosave_interval,
             broker_autosave_changes=args.broker_autosave_changes,
             broker_max_queued_messages=args.broker_max_queued,
+            witnesses=witnesses,
+            witness_quorum=1 if args.witness_quorum is None else args.witness_quorum,
+            witness_anchor_quorum=args.witness_anchor_quorum,
+            witness_mode=args.witness_mode,
         )
     )
+
+
+def _witness_flag(flag: str) -> tuple[str, str]:
+    """``URL=VKEY_FILE`` -> (URL, the witness's verifier key); UsageError on anything wrong."""
+    from anchor.cli.inputs import read_input
+    from anchor.cosignature import CosignerVerifier
+    from anchor.host.config import check_witness_url
+    from anchor.host.files import KEY_FILE_LIMIT
+
+    url, sep, path = flag.partition("=")
+    if not sep or not url or not path:
+        raise UsageError(f"--witness {flag!r}: expected URL=VKEY_FILE")
+    check_witness_url(url)
+    text = read_input(path, "witness key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
+    try:
+        return url, CosignerVerifier.from_vkey(text).vkey()
+    except AnchorError as exc:
+        raise UsageError(f"--witness {url}: witness key {path}: {exc.detail}") from exc
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
@@ -255,6 +278,38 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         metavar="N",
         help="readings the broker queues for the ingestors before it drops them "
         "(~0.63 KB of memory each) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="URL=VKEY_FILE",
+        help="a C2SP tlog-witness to ask for cosignatures: its base URL (POST URL/add-checkpoint) "
+        "and its cosignature verifier key file (cityanchor keygen --witness); repeatable",
+    )
+    p.add_argument(
+        "--witness-quorum",
+        type=int,
+        default=None,
+        metavar="K",
+        help="distinct witnesses whose cosignatures make a checkpoint witnessed (default 1: one "
+        "honest witness that saw a checkpoint makes a split view detectable, and one witness "
+        "down does not hold anything back; raise it to need more of them to collude)",
+    )
+    p.add_argument(
+        "--witness-anchor-quorum",
+        action="store_true",
+        help="anchor only checkpoints that --witness-quorum witnesses cosigned, and wait "
+        "(witness_quorum_not_met) while there is none (default: anchor whatever the "
+        "witnesses answer)",
+    )
+    p.add_argument(
+        "--witness-mode",
+        choices=("seal", "anchor"),
+        default="seal",
+        help="seal: have every new checkpoint cosigned as it is sealed (sealed receipts carry "
+        "cosignatures); anchor: only the checkpoint about to be anchored (one request per "
+        "witness per period) (default: %(default)s)",
     )
     p.set_defaults(func=_cmd_up)
 

@@ -61,7 +61,7 @@ from anchor.cli.up_recovery import (
     stop_stale_servers,
 )
 from anchor.errors import AnchorError, Reason, UsageError
-from anchor.host.config import ChainSettings, Settings, settings_to_toml
+from anchor.host.config import ChainSettings, Settings, WitnessSettings, settings_to_toml
 from anchor.host.files import write_private_file, write_public_file
 from anchor.host.redact import redact_url
 from anchor.local import AnvilNode, MosquittoServer, PostgresServer, start_on_stable_port
@@ -327,6 +327,10 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
             anchor_period_s=max(1, round(opts.anchor_period_s)),
             anchor_recheck_ms=max(1, round(opts.anchor_recheck_s * 1000)),
             chains=(chain_settings,),
+            witnesses=tuple(WitnessSettings(url, vkey) for url, vkey in opts.witnesses),
+            witness_quorum=opts.witness_quorum,
+            witness_anchor_quorum=int(opts.witness_anchor_quorum),
+            witness_mode=opts.witness_mode,
         )
         # It holds the ingestors' broker password: owner-only, like the keys.
         write_private_file(config_path, settings_to_toml(settings).encode())
@@ -371,6 +375,9 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
                 "contract": chain_settings.contract,
                 "operator_vkey": operator.verifier.vkey(),
                 "token_file": str(token_file),
+                # Added for issue 13: the witnesses asked for cosignatures (empty: none).
+                "witnesses": [{"url": u, "vkey": k} for u, k in opts.witnesses],
+                "witness_quorum": opts.witness_quorum,
             }
             write_public_file(up_json, (json.dumps(doc, indent=2) + "\n").encode())
             say(f"ready: {up_json}")

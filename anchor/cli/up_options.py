@@ -30,8 +30,22 @@ class UpOptions:
     broker_autosave_changes: int | None = None
     # Messages Mosquitto queues for the ingestors' session; beyond it it DROPS what it PUBACKed.
     broker_max_queued_messages: int = 1_000_000
+    # Witnesses (C2SP tlog-witness) as (base URL, cosignature verifier key); see Settings.
+    witnesses: tuple[tuple[str, str], ...] = ()
+    witness_quorum: int = 1
+    witness_anchor_quorum: bool = False
+    witness_mode: str = "seal"
 
     def __post_init__(self) -> None:
+        if self.witness_quorum < 1:
+            raise UsageError("--witness-quorum must be at least 1")
+        if self.witnesses and self.witness_quorum > len(self.witnesses):
+            raise UsageError(
+                f"--witness-quorum {self.witness_quorum} is more than the "
+                f"{len(self.witnesses)} --witness given: it could never be met"
+            )
+        if self.witness_anchor_quorum and not self.witnesses:
+            raise UsageError("--witness-anchor-quorum needs at least one --witness")
         if self.broker_autosave_interval_s < 1:
             raise UsageError("--broker-autosave-interval must be at least 1 second")
         if self.broker_autosave_changes is not None and self.broker_autosave_changes < 1:
