@@ -48,8 +48,10 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from anchor import __version__
-from anchor.errors import Reason
-from anchor.store import Store
+from anchor.cosignature import CosignerVerifier
+from anchor.cosigning.client import OUTCOMES
+from anchor.errors import AnchorError, Reason
+from anchor.store import Store, WitnessFigures
 from anchor.store import operator as ops
 
 __all__ = [
@@ -92,6 +94,8 @@ class DatabaseFigures:
     anchored: Mapping[str, tuple[int, datetime]] = field(default_factory=dict)
     vanished: Mapping[tuple[str, str], int] = field(default_factory=dict)
     backends: Sequence[str] = ()
+    witnesses: Sequence[WitnessFigures] = ()
+    quorum: tuple[bool, int] = (False, 0)  # (anchoring waits for the quorum, times not met)
 
 
 def _vanished_by_reason(
@@ -160,6 +164,54 @@ def _database_families(f: DatabaseFigures) -> list[Metric]:
         ),
         *_anchor_families(f.newest, f.anchored, f.backends),
         vanished,
+        *_witness_families(f.witnesses, f.quorum),
+    ]
+
+
+def _witness_label(key: str) -> str:
+    try:
+        return CosignerVerifier.from_vkey(key).key_label
+    except AnchorError:
+        return "invalid"
+
+
+def _witness_families(
+    witnesses: Sequence[WitnessFigures], quorum: tuple[bool, int]
+) -> list[Metric]:
+    """Per witness (``name+keyid``): add-checkpoint requests by outcome and the size it last
+    cosigned; anchoring's wait for the witness quorum (issue 13)."""
+    requests = CounterMetricFamily(
+        "cityanchor_witness_requests",
+        "add-checkpoint requests of the anchoring process to each witness, by outcome "
+        f"({', '.join(OUTCOMES)}; from the database).",
+        labels=["witness", "outcome"],
+    )
+    size = GaugeMetricFamily(
+        "cityanchor_witness_cosigned_log_size",
+        "Log size of the newest checkpoint the witness cosigned for us.",
+        labels=["witness"],
+    )
+    for w in witnesses:
+        label = _witness_label(w.witness)
+        for outcome in OUTCOMES:  # only known outcomes become label values
+            requests.add_metric([label, outcome], w.outcomes.get(outcome, 0))
+        size.add_metric([label], w.cosigned_size)
+    waiting, not_met = quorum
+    return [
+        requests,
+        size,
+        GaugeMetricFamily(
+            "cityanchor_witness_quorum_waiting",
+            "1 while anchoring waits because no new checkpoint has the witness quorum "
+            "(witness_quorum_not_met, --witness-anchor-quorum).",
+            value=int(waiting),
+        ),
+        CounterMetricFamily(
+            "cityanchor_witness_quorum_not_met",
+            "Anchoring periods in which the newest checkpoint lacked the witness quorum "
+            "(witness_quorum_not_met).",
+            value=not_met,
+        ),
     ]
 
 
@@ -285,6 +337,7 @@ async def collect(
         state.seal_last_batch = last
     newest, anchored = await ops.anchor_positions(store)
     vanished = await store.vanished_anchor_counts()
+    witnesses, quorum = await store.witness_figures()
     state.database.figures = DatabaseFigures(
         counts=dict(counts),
         erased=erased,
@@ -292,6 +345,8 @@ async def collect(
         anchored=dict(anchored),
         vanished=dict(vanished),
         backends=tuple(backends),
+        witnesses=tuple(witnesses),
+        quorum=quorum,
     )
     return state.registry
 

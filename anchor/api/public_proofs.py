@@ -48,7 +48,7 @@ from anchor.keys import PublicKey
 from anchor.receipt import dumps_receipt, receipt_from_dict
 from anchor.sealing import MAX_STORED_INT
 from anchor.store import DeviceRecord, RegistryError, StoreError
-from anchor.verify import Check, ReceiptReport, verify_receipt
+from anchor.verify import Check, ReceiptReport, check_witnesses, verify_receipt
 from anchor.wire import JsonRejected, strict_loads
 
 __all__ = ["ROUTES"]
@@ -192,6 +192,8 @@ def _verify_sync(
         device_keys=keys,
         log_verifiers=ctx.log_verifiers,
         anchor_checker=checker,
+        witness_verifiers=[w.verifier for w in ctx.settings.witnesses],
+        witness_quorum=ctx.settings.witness_quorum,
     )
     if device is not None:
         return _key_validity(report, receipt, device, received_at)
@@ -223,8 +225,12 @@ def _verify_sync(
         "operationId": "verifyReceipt",
         "summary": "Verify a receipt on the server",
         "description": "Runs the checks of `cityanchor verify`: envelope, signature, "
-        "leaf_hash, batch_path, log_path, checkpoint, checkpoint_signature, anchors. "
-        "The checkpoint signature is checked with this operator's key; the device "
+        "leaf_hash, batch_path, log_path, checkpoint, checkpoint_signature, witnesses, "
+        "anchors. The checkpoint signature is checked with this operator's key, the "
+        "witness cosignatures (C2SP tlog-cosignature lines of the checkpoint note) with "
+        "the witness keys the service is configured with and its witness quorum "
+        "(`witnesses` is skipped without any; `cosigners` lists which of them validly "
+        "cosigned, with their timestamps); the device "
         "signature with `device_key` when given, else with the registry's keys of the "
         "receipt's device (an unregistered device fails `signature` with "
         "`unknown_device`, and a registry key that was not valid for the reading "
@@ -269,6 +275,14 @@ def _verify_sync(
                             "detail": "expected ..., calculated ...",
                         },
                     ],
+                    "witness_quorum": 1,
+                    "cosigners": [
+                        {
+                            "witness": "witness.example/w1",
+                            "key_id": "1a2b3c4d",
+                            "timestamp": 1764000000,
+                        }
+                    ],
                 },
             ),
             **errors(400, 413),
@@ -297,6 +311,8 @@ async def _post_verify(request: web.Request) -> web.Response:
                 "fully_verified": False,
                 "device_key_source": "none",
                 "checks": [bad.to_dict()],
+                "witness_quorum": ctx.settings.witness_quorum if ctx.settings.witnesses else 0,
+                "cosigners": [],
             },
             cache="no-store",
         )
@@ -319,7 +335,24 @@ async def _post_verify(request: web.Request) -> web.Response:
     report = await asyncio.to_thread(
         _verify_sync, ctx, receipt, keys, unknown_device, device=device, received_at=received_at
     )
-    return cached_json({**report.to_dict(), "device_key_source": source}, cache="no-store")
+    return cached_json(
+        {**report.to_dict(), "device_key_source": source, **_cosigners(ctx, receipt)},
+        cache="no-store",
+    )
+
+
+def _cosigners(ctx: ApiContext, receipt: Any) -> dict[str, Any]:
+    """Which of the witnesses this service is configured with validly cosigned the receipt's
+    checkpoint (the ``witnesses`` check says whether they make the quorum)."""
+    verifiers = [w.verifier for w in ctx.settings.witnesses]
+    try:
+        _, found = check_witnesses(receipt.checkpoint, verifiers, ctx.settings.witness_quorum)
+    except AnchorError:
+        found = ()
+    return {
+        "witness_quorum": ctx.settings.witness_quorum if verifiers else 0,
+        "cosigners": [c.to_dict() for c in found],
+    }
 
 
 # -------------------------------------------------------------------------- completeness

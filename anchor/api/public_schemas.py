@@ -63,7 +63,7 @@ PUBLIC_SCHEMAS: dict[str, Any] = {
             "name": {
                 "type": "string",
                 "description": "receipt, envelope, signature, leaf_hash, batch_path, "
-                "log_path, checkpoint, checkpoint_signature, anchors",
+                "log_path, checkpoint, checkpoint_signature, witnesses, anchors",
             },
             "status": {"enum": ["pass", "fail", "skip"]},
             "reason": {"type": ["string", "null"], "description": "code when it failed"},
@@ -88,7 +88,16 @@ PUBLIC_SCHEMAS: dict[str, Any] = {
         },
     ),
     "VerifyResult": obj(
-        ["device_id", "seq", "valid", "fully_verified", "device_key_source", "checks"],
+        [
+            "device_id",
+            "seq",
+            "valid",
+            "fully_verified",
+            "device_key_source",
+            "checks",
+            "witness_quorum",
+            "cosigners",
+        ],
         {
             "device_id": {"type": ["string", "null"]},
             "seq": {"type": ["integer", "null"]},
@@ -96,6 +105,28 @@ PUBLIC_SCHEMAS: dict[str, Any] = {
             "fully_verified": {"type": "boolean", "description": "every check passed"},
             "device_key_source": {"enum": ["request", "registry", "none"]},
             "checks": {"type": "array", "items": ref("Check")},
+            "witness_quorum": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "the service's witness quorum (0: no witness configured)",
+            },
+            "cosigners": {
+                "type": "array",
+                "description": "the configured witnesses that validly cosigned the "
+                "receipt's checkpoint",
+                "items": obj(
+                    ["witness", "key_id", "timestamp"],
+                    {
+                        "witness": {"type": "string", "description": "the witness key's name"},
+                        "key_id": {"type": "string", "pattern": "^[0-9a-f]{8}$"},
+                        "timestamp": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "the cosignature's time, POSIX seconds",
+                        },
+                    },
+                ),
+            },
         },
     ),
     "CompletenessProof": obj(

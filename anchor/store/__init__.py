@@ -97,7 +97,7 @@ from anchor.store.records import (
 )
 from anchor.store.schema import SQL_DIR, SchemaMixin, migration_files, migrations_dir
 from anchor.store.seal import QUARANTINE_RAW_LIMIT, SealMixin, recheck_key_validity
-from anchor.store.witnesses import StoredCosignature, WitnessesMixin
+from anchor.store.witnesses import StoredCosignature, WitnessesMixin, WitnessFigures
 
 __all__ = [
     "ADVISORY_LOCKS",
@@ -123,6 +123,7 @@ __all__ = [
     "StoredAnchor",
     "StoredCosignature",
     "VanishedAnchor",
+    "WitnessFigures",
     "migration_files",
     "migrations_dir",
     "recheck_key_validity",
