@@ -148,11 +148,14 @@ class AnchorJob:
         allowed = {b.name for b in due} if allow_new is True else set(allow_new or ())
         self._witness_wait = ""
         sending = any(b.name in allowed or b.name in self._reanchor for b in due)
-        if self.cosigning is not None and checkpoint is not None and sending:
+        if self.cosigning is not None and checkpoint is not None:
             # The witnesses see the checkpoint before the chain does; with the quorum option
             # the newest checkpoint they cosigned is anchored instead, or none (wait).
             newest = checkpoint.log_size
-            checkpoint = await self.cosigning.checkpoint_to_anchor(checkpoint)
+            if sending:
+                checkpoint = await self.cosigning.checkpoint_to_anchor(checkpoint)
+            else:  # only settling: what may be anchored, without asking the witnesses again
+                checkpoint = await self.cosigning.anchorable(checkpoint)
             if checkpoint is None:
                 self._witness_wait = (
                     f"[{Reason.WITNESS_QUORUM_NOT_MET}] no checkpoint up to size {newest} has "

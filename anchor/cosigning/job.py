@@ -155,6 +155,14 @@ class CosigningJob:
             self._waiting = behind
         return chosen
 
+    async def anchorable(self, newest: CheckpointRecord) -> CheckpointRecord | None:
+        """What :meth:`checkpoint_to_anchor` would return, from what is stored (no request)."""
+        if not self.anchor_quorum:
+            return newest
+        return await self.store.newest_witnessed_checkpoint(
+            [w.key for w in self.witnesses], self.quorum
+        )
+
     async def run(self, stop: asyncio.Event) -> None:
         """Mode ``seal``: follow the newest checkpoint until ``stop`` (or cancellation)."""
         while not stop.is_set():

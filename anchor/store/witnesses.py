@@ -100,7 +100,8 @@ class WitnessesMixin(StoreBase):
         async with self._connection("set_quorum_status") as conn:
             await conn.execute(
                 "INSERT INTO witness_quorum_status (id, waiting, log_size, not_met_total) "
-                "VALUES (1, $1, $2, $1::int) ON CONFLICT (id) DO UPDATE SET "
+                "VALUES (1, $1::boolean, $2, CASE WHEN $1::boolean THEN 1 ELSE 0 END) "
+                "ON CONFLICT (id) DO UPDATE SET "
                 "waiting = EXCLUDED.waiting, log_size = EXCLUDED.log_size, "
                 "not_met_total = witness_quorum_status.not_met_total + EXCLUDED.not_met_total, "
                 "updated_at = now()",
