@@ -24,7 +24,8 @@ The checks, in order (DESIGN.md "Receipt"):
 A check the verifier cannot run (no device key, no log key, no witness key, no chain endpoint,
 or, for a reading erased by the operator, no envelope: checks 1-3 then skip and ``leaf_hash``
 itself is what the batch path proves) is ``skip``, never ``pass``; a receipt is valid when no check
-failed, and *fully* verified when none was skipped either.
+failed, and *fully* verified when none was skipped either (``witnesses`` excepted, see
+:attr:`ReceiptReport.fully_verified`).
 """
 
 from __future__ import annotations
@@ -103,8 +104,17 @@ class ReceiptReport:
 
     @property
     def fully_verified(self) -> bool:
-        """Every check ran and passed."""
-        return all(c.status == "pass" for c in self.checks)
+        """Every check ran and passed; ``witnesses`` may be skipped.
+
+        The ``witnesses`` check skips only when the verifier trusts no witness key: witnessing
+        is a policy a verifier opts into (``--witness-key``), and a verifier without one has
+        no policy to fall short of, so receipts verified as before issue 13 stay fully
+        verified. With witness keys given it passes or fails like every other check.
+        """
+        return all(
+            c.status == "pass" or (c.name == "witnesses" and c.status == "skip")
+            for c in self.checks
+        )
 
     @property
     def failures(self) -> tuple[Check, ...]:
@@ -284,7 +294,8 @@ def check_witnesses(
             Check(
                 "witnesses",
                 "fail",
-                f"{distinct} of the {len(witnesses)} trusted witnesses cosigned, the quorum is "
+                f"{distinct} of the {len({w.key_label for w in witnesses})} trusted witnesses "
+                f"cosigned, the quorum is "
                 f"{quorum}; cosigned by: {names}",
                 Reason.WITNESS_QUORUM_NOT_MET,
             ),

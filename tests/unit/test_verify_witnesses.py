@@ -52,8 +52,17 @@ def test_two_cosignatures_meet_a_quorum_of_two_and_name_the_witnesses(world: Wor
 def test_without_witness_keys_the_check_is_skipped_never_passed(world: World) -> None:
     r = _cosigned(world.receipts[0], W1, W2)
     assert _check(r, [])[0] == "skip"
+    # Opting into witnessing is the verifier's: without witness keys the skip alone does not
+    # keep a receipt from being fully verified (the other skips here do).
     report = verify_receipt(r)
     assert report.valid and not report.fully_verified
+    only = dataclasses.replace(
+        report, checks=tuple(c for c in report.checks if c.name in ("witnesses", "leaf_hash"))
+    )
+    assert only.fully_verified
+    # With a key, a missing cosignature is a failure, not a skip.
+    failing = verify_receipt(world.receipts[0], witness_verifiers=[W1.verifier])
+    assert not failing.valid and not failing.fully_verified
 
 
 def test_quorum_above_the_cosigners_fails(world: World) -> None:

@@ -45,7 +45,13 @@ ROUTES = RouteTable(
         "schemas": {
             "ExplorerConfig": {
                 "type": "object",
-                "required": ["chains", "operator_vkey", "operator_vkeys"],
+                "required": [
+                    "chains",
+                    "operator_vkey",
+                    "operator_vkeys",
+                    "witness_vkeys",
+                    "witness_quorum",
+                ],
                 "properties": {
                     "chains": {
                         "type": "array",
@@ -68,6 +74,18 @@ ROUTES = RouteTable(
                         "type": "array",
                         "items": {"type": "string"},
                         "description": "every key that still verifies checkpoints",
+                    },
+                    "witness_vkeys": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "cosignature verifier keys (C2SP tlog-cosignature, "
+                        "type 0x04) of the witnesses this service asks to cosign checkpoints",
+                    },
+                    "witness_quorum": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "distinct witnesses that make a checkpoint witnessed "
+                        "(0: no witness configured)",
                     },
                 },
             }
@@ -146,6 +164,9 @@ def explorer_config(request: web.Request) -> dict[str, Any]:
         # The first is the current key; the rest (rotated keys) still verify older notes.
         "operator_vkey": vkeys[0] if vkeys else None,
         "operator_vkeys": vkeys,
+        # The witnesses this service asks for cosignatures, and its quorum (issue 13).
+        "witness_vkeys": [w.vkey for w in ctx.settings.witnesses],
+        "witness_quorum": ctx.settings.witness_quorum if ctx.settings.witnesses else 0,
     }
 
 

@@ -3,7 +3,8 @@
 // text nodes), never as HTML.
 
 import {
-  CHECK_NAMES, VerifyError, bytesToHex, parseCheckpoint, parseReceipt, parseVkey, verifyReceipt,
+  CHECK_NAMES, VerifyError, bytesToHex, parseCheckpoint, parseReceipt, parseVkey, parseWitnessVkey,
+  verifyReceipt,
 } from "./verify.js";
 
 const $ = (id) => document.getElementById(id);
@@ -100,6 +101,18 @@ async function operatorKeys(config) {
   }
 }
 
+async function witnessKeys(config) {
+  // The witnesses this server asks for cosignatures (config.json): the page shows which of them
+  // cosigned the receipt's checkpoint, and whether they make the server's quorum.
+  const texts = (config.witness_vkeys ?? []).filter(Boolean);
+  if (!texts.length) return { keys: [], why: "this server configures no witness" };
+  try {
+    return { keys: await Promise.all(texts.map(parseWitnessVkey)), why: "" };
+  } catch (err) {
+    return { keys: [], why: err instanceof VerifyError ? err.message : "unreadable witness key" };
+  }
+}
+
 // ---- rendering ----------------------------------------------------------------------------
 
 const SYMBOL = { pass: "\u2714", fail: "\u2718", skip: "\u2013" };
@@ -118,7 +131,9 @@ function renderChecks(checks) {
       el("span", { class: "detail" }, c.detail)));
   }
   const failed = checks.filter((c) => c.status === "fail").map((c) => c.name);
-  const skipped = checks.filter((c) => c.status === "skip").map((c) => c.name);
+  // Witnessing is opt-in: without witness keys its skip does not make the receipt "not fully
+  // verified" (ReceiptReport.fully_verified in anchor/verify.py).
+  const skipped = checks.filter((c) => c.status === "skip" && c.name !== "witnesses").map((c) => c.name);
   const verdict = $("verdict");
   verdict.className = failed.length ? "verdict fail" : skipped.length ? "verdict skip" : "verdict pass";
   verdict.textContent = failed.length
@@ -218,9 +233,11 @@ async function show(receiptJson, origin) {
   renderReading(r, null);
   try {
     const config = await loadConfig();
-    const [devKeys, opKeys] = await Promise.all([deviceKeys(r.deviceId), operatorKeys(config)]);
+    const [devKeys, opKeys, witKeys] = await Promise.all(
+      [deviceKeys(r.deviceId), operatorKeys(config), witnessKeys(config)]);
     const { checks, envelope } = await verifyReceipt(r, {
       deviceKeys: devKeys, operatorKeys: opKeys, chains: config.chains ?? [],
+      witnessKeys: witKeys, witnessQuorum: config.witness_quorum || 1,
     });
     renderReading(r, envelope);
     renderChecks(checks);

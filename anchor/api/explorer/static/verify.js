@@ -10,7 +10,7 @@
 
 export const CHECK_NAMES = [
   "envelope", "signature", "leaf_hash", "batch_path", "log_path",
-  "checkpoint", "checkpoint_signature", "anchors",
+  "checkpoint", "checkpoint_signature", "witnesses", "anchors",
 ];
 
 export const MAX_ENVELOPE_BYTES = 16 * 1024;
@@ -716,6 +716,24 @@ export async function parseVkey(vkey) {
   return { name, keyHash, publicKey: raw.slice(1) };
 }
 
+/**
+ * Parse a witness's cosignature verifier key name+hex(keyid)+base64(0x04 || pub)
+ * (C2SP tlog-cosignature v1, Ed25519); throws VerifyError.
+ */
+export async function parseWitnessVkey(vkey) {
+  const bad = (why) => new VerifyError("key_invalid", `witness key ${why}`);
+  const text = typeof vkey === "string" ? vkey.trim() : "";
+  const i = text.indexOf("+"), j = text.indexOf("+", i + 1);
+  if (i <= 0 || j < 0) throw bad("is not name+keyid+key");
+  const [name, hash, b64] = [text.slice(0, i), text.slice(i + 1, j), text.slice(j + 1)];
+  if (!/^[0-9a-f]{8}$/.test(hash)) throw bad("has no 8-digit hex key ID");
+  const raw = b64Decode(b64);
+  if (!raw || raw.length !== 33 || raw[0] !== 0x04) throw bad("is not a cosignature/v1 (0x04) key");
+  const keyHash = (await sha256(concat(utf8(`${name}\n`), raw))).slice(0, 4);
+  if (bytesToHex(keyHash) !== hash) throw bad("has a key ID that does not match its key");
+  return { name, keyHash, publicKey: raw.slice(1) };
+}
+
 // ------------------------------------------------------------------------------------------
 // Checkpoints: C2SP signed-note + tlog-checkpoint
 // ------------------------------------------------------------------------------------------
@@ -970,6 +988,56 @@ async function checkCheckpoint(r, operatorKeys) {
     `signed by ${verified.name}+${bytesToHex(verified.keyHash)} (key from ${operatorKeys.source})`)];
 }
 
+const MAX_COSIGNATURE_TIME = 2n ** 63n - 1n;
+const utcSeconds = (ts) => new Date(Number(ts) * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
+
+/**
+ * The witnesses check (anchor/verify.py check_witnesses): `quorum` distinct trusted witnesses
+ * must have validly cosigned the checkpoint note (C2SP tlog-cosignature v1: the signed message
+ * is "cosignature/v1\ntime <ts>\n" + the note text). A trusted key's bad line fails the check,
+ * lines of unknown keys are ignored, no key at all is a skip, never a pass.
+ * witnessKeys: {keys: [parsed witness vkeys], why}. Returns one check.
+ */
+export async function checkWitnesses(note, witnessKeys, quorum = 1) {
+  if (!witnessKeys.keys.length) return check("witnesses", "skip", `no witness key: ${witnessKeys.why}`);
+  let cp;
+  try {
+    cp = parseCheckpoint(note);
+  } catch (err) {
+    if (!(err instanceof VerifyError)) throw err;
+    return failed("witnesses", err);
+  }
+  const trusted = new Map(witnessKeys.keys.map((k) => [`${k.name}+${bytesToHex(k.keyHash)}`, k]));
+  const found = new Map();
+  try {
+    for (const sig of cp.signatures) {
+      const id = `${sig.name}+${bytesToHex(sig.keyHash)}`;
+      const wk = trusted.get(id);
+      if (!wk) continue;
+      const invalid = (why) => check("witnesses", "fail", `cosignature by witness ${id} ${why}`,
+        "witness_cosignature_invalid");
+      if (sig.signature.length !== 72) return invalid("is not 4+8+64 bytes");
+      let ts = 0n;
+      for (const b of sig.signature.slice(0, 8)) ts = (ts << 8n) | BigInt(b);
+      if (ts === 0n || ts > MAX_COSIGNATURE_TIME) return invalid("has a timestamp outside [1, 2**63)");
+      const message = utf8(`cosignature/v1\ntime ${ts}\n${cp.text}`);
+      const ok = await verifyWith("Ed25519", { x: b64urlEncode(wk.publicKey) }, sig.signature.slice(8), message);
+      if (!ok) return invalid("does not verify");
+      if (!found.has(id) || found.get(id) < ts) found.set(id, ts);
+    }
+  } catch (err) {
+    if (!(err instanceof VerifyError)) throw err;
+    return err.reason === "unsupported_alg" || err.reason === "no_webcrypto"
+      ? check("witnesses", "skip", err.message) : failed("witnesses", err);
+  }
+  const names = [...found].map(([id, ts]) => `${id} at ${utcSeconds(ts)}`).join(", ") || "none";
+  if (found.size < quorum) {
+    return check("witnesses", "fail", `${found.size} of the ${trusted.size} trusted witnesses `
+      + `cosigned, the quorum is ${quorum}; cosigned by: ${names}`, "witness_quorum_not_met");
+  }
+  return check("witnesses", "pass", `${found.size} of ${quorum} needed, cosigned by: ${names}`);
+}
+
 async function rpc(url, method, params, timeoutMs) {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), timeoutMs);
@@ -1049,9 +1117,13 @@ async function checkAnchors(r, chains, timeoutMs) {
  * deviceKeys:   {keys: [JWK], source, why}  (why: the reason there are none)
  * operatorKeys: {keys: [parsed vkeys], source, why}
  * chains:       [{name, chain_id, rpc_url}]
+ * witnessKeys:  {keys: [parsed witness vkeys], why}; witnessQuorum: distinct cosigners needed
  * Returns {checks, envelope}; never throws for a bad receipt.
  */
-export async function verifyReceipt(r, { deviceKeys, operatorKeys, chains, timeoutMs = 5000 }) {
+export async function verifyReceipt(r, {
+  deviceKeys, operatorKeys, chains, timeoutMs = 5000,
+  witnessKeys = { keys: [], why: "none configured" }, witnessQuorum = 1,
+}) {
   const checks = [];
   const [envCheck, env] = checkEnvelope(r);
   checks.push(envCheck);
@@ -1068,6 +1140,7 @@ export async function verifyReceipt(r, { deviceKeys, operatorKeys, chains, timeo
   checks.push(...await guard(["signature"], async () => [await checkSignature(env, deviceKeys, erasedDetail(r))]));
   checks.push(...await guard(["leaf_hash", "batch_path", "log_path"], () => checkProofs(r)));
   checks.push(...await guard(["checkpoint", "checkpoint_signature"], () => checkCheckpoint(r, operatorKeys)));
+  checks.push(...await guard(["witnesses"], async () => [await checkWitnesses(r.checkpoint, witnessKeys, witnessQuorum)]));
   checks.push(...await guard(["anchors"], async () => [await checkAnchors(r, chains, timeoutMs)]));
   return { checks, envelope: env };
 }
