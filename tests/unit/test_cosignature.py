@@ -1,7 +1,7 @@
 """c2sp.org/tlog-cosignature v1 (Ed25519): anchor.cosignature against the specification.
 
-The verifier and signer at the top are written here from the spec text alone, with nothing but
-``cryptography`` and the standard library (no anchor.cosignature, no anchor.checkpoint), so the
+The verifier and signer (tests/witness_spec.py) are written from the spec text alone, with nothing
+but ``cryptography`` and the standard library (no anchor.cosignature, no anchor.checkpoint), so the
 lines we produce are checked by an independent reading of the spec, and lines that reading
 produces are checked by ours. The transparency-dev/witness vectors (tests/vectors/witness) tie
 the witness's decision and key IDs to another implementation.
@@ -12,12 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from witness_spec import EM_DASH, spec_key_id, spec_message, spec_sign, spec_verify
 
 from anchor.checkpoint import (
     Checkpoint,
@@ -46,42 +46,6 @@ from anchor.witness_protocol import (
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "witness"
 TD = json.loads((VECTORS / "transparency-dev-witness.json").read_text(encoding="utf-8"))
-EM_DASH = "\u2014"
-
-
-# ---------------------------------------------------------------- the spec, read independently
-def spec_key_id(name: str, public_key: bytes) -> bytes:
-    # "SHA-256(<name> || "\n" || 0x04 || 32-byte Ed25519 cosigner public key)[:4]"
-    return hashlib.sha256(name.encode() + b"\n" + b"\x04" + public_key).digest()[:4]
-
-
-def spec_message(note_text: str, timestamp: int) -> bytes:
-    # Header line, timestamp line (decimal, no leading zeroes), then the whole note body.
-    return b"cosignature/v1\n" + b"time " + str(timestamp).encode() + b"\n" + note_text.encode()
-
-
-def spec_verify(line: str, note_text: str, name: str, public_key: bytes) -> int:
-    """Check one cosignature line; return its timestamp. Raises AssertionError/InvalidSignature."""
-    assert line.endswith("\n")
-    prefix = EM_DASH + " " + name + " "
-    assert line.startswith(prefix), line
-    raw = base64.b64decode(line[len(prefix) : -1], validate=True)
-    # 32-bit key ID || timestamped_signature { u64 timestamp; opaque ed25519_signature[64] }
-    assert len(raw) == 4 + 8 + 64
-    key_id, (timestamp,), signature = raw[:4], struct.unpack(">Q", raw[4:12]), raw[12:]
-    assert key_id == spec_key_id(name, public_key)
-    assert 0 < timestamp <= 2**63 - 1
-    Ed25519PublicKey.from_public_bytes(public_key).verify(
-        signature, spec_message(note_text, timestamp)
-    )
-    return timestamp
-
-
-def spec_sign(note_text: str, name: str, private: Ed25519PrivateKey, timestamp: int) -> str:
-    public = private.public_key().public_bytes_raw()
-    signature = private.sign(spec_message(note_text, timestamp))
-    payload = spec_key_id(name, public) + struct.pack(">Q", timestamp) + signature
-    return f"{EM_DASH} {name} {base64.b64encode(payload).decode()}\n"
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -116,7 +80,7 @@ def test_key_id_uses_type_byte_0x04() -> None:
     note_key = NoteVerifier.from_public_key(W.name, W.public_key)
     assert note_key.key_hash != W.key_hash  # 0x01 would give another ID
     vkey = W.verifier.vkey()
-    name, hex_id, b64 = vkey.split("+")
+    name, hex_id, b64 = vkey.split("+", 2)
     assert (name, hex_id) == (W.name, W.key_hash.hex())
     assert base64.b64decode(b64) == b"\x04" + W.public_key
 
@@ -142,7 +106,7 @@ def test_a_note_key_is_not_a_cosigner_key_nor_the_other_way_round() -> None:
 
 
 def test_a_vkey_whose_id_does_not_match_is_refused() -> None:
-    name, _, b64 = W.verifier.vkey().split("+")
+    name, _, b64 = W.verifier.vkey().split("+", 2)
     with pytest.raises(KeyMaterialError):
         CosignerVerifier.from_vkey(f"{name}+00000000+{b64}")
 
@@ -242,7 +206,7 @@ def test_transparency_dev_vectors_are_accepted_in_order() -> None:
 
 def test_a_cosigner_from_the_transparency_dev_witness_seed_has_the_spec_key_id() -> None:
     # Upstream keeps its witness key as a type-0x01 note skey and cosigns with its seed.
-    name, hex_id, b64 = TD["witness_note_skey"].removeprefix("PRIVATE+KEY+").split("+")
+    name, hex_id, b64 = TD["witness_note_skey"].removeprefix("PRIVATE+KEY+").split("+", 2)
     raw = base64.b64decode(b64)
     assert raw[0] == 0x01 and (name, hex_id) == ("witness", "f13a86db")
     cosigner = CosignerSigner.from_seed(name, raw[1:])
