@@ -258,3 +258,20 @@ def test_app_body_cap_is_413(tmp_path: Path) -> None:
             assert r.status == 413
 
     asyncio.run(body())
+
+
+def test_app_admission_hook_that_raises_is_500_and_changes_nothing(tmp_path: Path) -> None:
+    state = WitnessState(tmp_path / "w.db")
+
+    def admit(cp: Checkpoint) -> Refused | None:
+        raise RuntimeError("monitor unavailable")
+
+    config = WitnessConfig(signer=WITNESS, log_keys=KEYS)
+
+    async def body() -> None:
+        async with TestClient(TestServer(build_witness_app(config, state, admit=admit))) as client:
+            r = await _post(client, format_add_checkpoint(0, [], note(5)))
+            assert r.status == 500 and (await r.text()).startswith("internal: ")
+
+    asyncio.run(body())
+    assert state.latest(ORIGIN) is None
