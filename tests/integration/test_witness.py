@@ -145,9 +145,12 @@ def witness_key(keys: dict[str, Path]) -> tuple[str, bytes]:
     return vkey_public_key(keys["vkey"].read_text(), 0x04)
 
 
-def grow(log: BatchLog, n: int, rng: random.Random) -> None:
-    for _ in range(n):
-        log.append(rng.randint(1, 1000), rng.randbytes(32))
+def grow(log: BatchLog, n: int, rng: random.Random) -> list[tuple[int, bytes]]:
+    """Append ``n`` batches of random size and root; return them as (size, root) pairs."""
+    batches = [(rng.randint(1, 1000), rng.randbytes(32)) for _ in range(n)]
+    for size, root in batches:
+        log.append(size, root)
+    return batches
 
 
 def assert_cosigned(answer: Answer, note: str, witness_key: tuple[str, bytes]) -> int:
@@ -270,7 +273,7 @@ def test_a_forked_log_is_refused_and_the_honest_view_goes_on(
 ) -> None:
     rng = random.Random(11)
     honest = BatchLog(ORIGIN)
-    grow(honest, 8, rng)
+    first_batches = grow(honest, 8, rng)
     c = witness.client()
     assert_cosigned(
         c.add_checkpoint(0, [], honest.checkpoint(log_signer)),
@@ -278,9 +281,7 @@ def test_a_forked_log_is_refused_and_the_honest_view_goes_on(
         witness_key,
     )
     # The log (its key) signs a second history from leaf 5 on.
-    fork = BatchLog(ORIGIN)
-    for leaf in range(5):
-        fork._leaves.append(honest._leaves[leaf])
+    fork = BatchLog(ORIGIN, first_batches[:5])
     grow(fork, 7, random.Random(99))  # size 12
     # Same size, another root.
     assert_refused(
