@@ -170,9 +170,15 @@ def build_witness_app(
     """
     metrics = _Metrics.create()
     keys = {origin: tuple(vs) for origin, vs in config.log_keys.items()}
+    sizes: dict[str, int] = {}  # the gauge only goes up, whatever order answers finish in
+
+    def set_size(origin: str, size: int) -> None:
+        sizes[origin] = max(size, sizes.get(origin, 0))
+        metrics.size.labels(origin).set(sizes[origin])
+
     for row in state.logs():
         if row.origin in keys:
-            metrics.size.labels(row.origin).set(row.size)
+            set_size(row.origin, row.size)
 
     def decide(request: AddCheckpointRequest, lookup: Lookup) -> Accepted | Refused:
         outcome = decide_add_checkpoint(request, keys, lookup)
@@ -236,7 +242,7 @@ def build_witness_app(
         log.info("cosigned %r size %d at %d", cp.origin, cp.size, applied.timestamp)
         count(200, "")
         metrics.cosignatures.labels(cp.origin).inc()
-        metrics.size.labels(cp.origin).set(cp.size)
+        set_size(cp.origin, cp.size)
         return _text(200, line)
 
     async def get_checkpoint(request: web.Request) -> web.Response:
