@@ -194,6 +194,10 @@ class Reason(StrEnum):
         "witness_unavailable", "log-side witness client",
         "A witness did not answer, timed out, or answered with an unexpected HTTP status.",
     )
+    WITNESS_STATE_FAILED = (
+        "witness_state_failed", "witness HTTP 500; WitnessStateError",
+        "The witness's state file cannot be opened, read or written; nothing was cosigned.",
+    )
     RECEIPT_MALFORMED = (
         "receipt_malformed", "ReceiptError; check receipt",
         "A receipt document does not follow cityanchor/receipt/v2.",
