@@ -17,7 +17,7 @@ each other.
   witnesses answered: a witness that is down never stops anchoring.
 
 A witness that did not answer (``witness_unavailable``) is skipped until its back-off (1 s
-doubling to 60 s, jittered by half so that witnesses failing together drift apart) has passed.
+doubling to 30 s, jittered by half so that witnesses failing together drift apart) has passed.
 Requests to one witness are serialised (a lock per witness), so the background task and the
 anchoring step never race each other into a 409.
 """
@@ -74,7 +74,7 @@ class CosigningJob:
         self.anchor_quorum = anchor_quorum
         self.poll_s = poll_s
         self._locks = {w.key: asyncio.Lock() for w in witnesses}
-        self._backoff = {w.key: Backoff(initial_s=1.0, cap_s=60.0, jitter=0.5) for w in witnesses}
+        self._backoff = {w.key: Backoff(initial_s=1.0, cap_s=30.0, jitter=0.5) for w in witnesses}
         self._next_try: dict[str, float] = dict.fromkeys(keys, 0.0)
         # The size each witness last cosigned in this process (saves the database a question).
         self._done: dict[str, int] = dict.fromkeys(keys, 0)

@@ -131,8 +131,9 @@ def test_sealed_receipt_is_short_lived_and_verifies_offline(api_world: ApiWorld)
         device_keys=[api_world.signers[device_id].key.public_key],
         log_verifiers=[api_world.operator.verifier],
     )
-    assert report.valid and not report.fully_verified  # only the anchors check is skipped
-    assert [c.name for c in report.checks if c.status != "pass"] == ["anchors"]
+    assert report.valid and not report.fully_verified  # the anchors check is skipped
+    # ... and witnesses (no witness key given; that skip alone keeps it fully verified).
+    assert [c.name for c in report.checks if c.status != "pass"] == ["witnesses", "anchors"]
 
 
 def test_receipt_errors_are_problem_documents(api_world: ApiWorld) -> None:
@@ -166,8 +167,12 @@ def test_verify_endpoint_passes_a_good_receipt(api_world: ApiWorld) -> None:
         "log_path",
         "checkpoint",
         "checkpoint_signature",
+        "witnesses",
         "anchors",
     }
+    # This API configures no witness: the check is skipped and nobody is named.
+    assert checks(result)["witnesses"][0] == "skip"
+    assert (result["witness_quorum"], result["cosigners"]) == (0, [])
     # With the device key in the request; and with another device's key, which must fail.
     jwk = api_world.signers[device_id].key.public_key.to_jwk()
     status, result = post_verify(api_world, {"receipt": doc, "device_key": jwk})
