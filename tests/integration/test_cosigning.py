@@ -11,16 +11,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
+import pytest
 from aiohttp import web
 from witness_toy import ToyWitness
 
 from anchor.anchoring.job import AnchorJob
 from anchor.api.metrics import MetricsState, collect, render
-from anchor.cosignature import verified_cosignatures
+from anchor.cosignature import generate_cosigner_key, verified_cosignatures
 from anchor.cosigning.client import Witness, WitnessClient, aiohttp_post
 from anchor.cosigning.job import CosigningJob
 from anchor.local import AnvilNode
-from anchor.store import Store
+from anchor.store import Store, StoreError
 from anchor.verify import verify_receipt
 from integration.test_anchoring import World, _backend, run, world  # noqa: F401
 
@@ -172,6 +173,53 @@ def test_quorum_option_waits_while_no_checkpoint_has_the_quorum(
                 text = render(await collect(store, MetricsState()))
                 assert "cityanchor_witness_quorum_waiting 1.0" in text
                 assert "cityanchor_witness_quorum_not_met_total 1.0" in text
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_store_keeps_one_line_per_size_and_witness(world: World) -> None:  # noqa: F811
+    signer = generate_cosigner_key("w1.witness.example")
+    key = signer.verifier.vkey()
+
+    async def body() -> None:
+        await world.seal(batches=2)
+        store = await world.store()
+        try:
+            note = await store.checkpoint_at(2)
+            text = note.split("\n\n", 1)[0] + "\n"
+            first, later = signer.cosign(text, 1_764_000_000), signer.cosign(text, 1_764_000_009)
+            for line, ts in ((first, 1_764_000_000), (later, 1_764_000_009)):
+                await store.record_cosignature(
+                    witness=key, url="http://w1", log_size=2, line=line, timestamp=ts
+                )
+            # The first line stays (receipts already cite it); the witness's size moved.
+            assert [c.line for c in await store.cosignatures_at(2)] == [first]
+            assert await store.witness_size(key) == 2
+            assert await store.cosigned_note(2) == note + first
+            assert await store.cosigned_note() == note + first
+            assert await store.cosigned_note(1) == await store.checkpoint_at(1)
+            with pytest.raises(StoreError) as exc:
+                await store.cosigned_note(9)
+            assert exc.value.reason == "not_found"
+            with pytest.raises(StoreError) as exc:
+                await store.record_cosignature(
+                    witness=key, url="http://w1", log_size=9, line=first, timestamp=1
+                )
+            assert exc.value.reason == "not_found"
+            # The table refuses what is not a signature line (the client verifies before).
+            with pytest.raises(StoreError):
+                await store.record_cosignature(
+                    witness="other", url="http://w2", log_size=1, line="junk\n", timestamp=1
+                )
+            found = await store.newest_witnessed_checkpoint([key], 1)
+            assert found is not None and found.log_size == 2 and found.note == note
+            assert await store.newest_witnessed_checkpoint([key, "other"], 2) is None
+            figures, quorum = await store.witness_figures()
+            assert [(f.witness, f.cosigned_size, f.outcomes) for f in figures] == [
+                (key, 2, {"cosigned": 2})
+            ] and quorum == (False, 0)
         finally:
             await store.close()
 
