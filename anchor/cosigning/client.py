@@ -168,10 +168,15 @@ def aiohttp_post(session: aiohttp.ClientSession, *, timeout_s: float) -> HttpPos
             async with session.post(
                 url, data=body, timeout=timeout, allow_redirects=False
             ) as response:
-                answer = await response.content.read(MAX_ANSWER_BYTES + 1)
-                if len(answer) > MAX_ANSWER_BYTES:
-                    raise WitnessUnavailable(f"{url} answered more than {MAX_ANSWER_BYTES} bytes")
-                return response.status, answer
+                # read(n) returns what has arrived, up to n: loop to the end, bounded.
+                answer = bytearray()
+                while chunk := await response.content.read(MAX_ANSWER_BYTES + 1 - len(answer)):
+                    answer += chunk
+                    if len(answer) > MAX_ANSWER_BYTES:
+                        raise WitnessUnavailable(
+                            f"{url} answered more than {MAX_ANSWER_BYTES} bytes"
+                        )
+                return response.status, bytes(answer)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise WitnessUnavailable(f"{url}: {type(exc).__name__} {exc}"[:300]) from exc
 

@@ -7,6 +7,8 @@ of the anchoring job and the witness metrics. ``cityanchor witness serve`` itsel
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -220,6 +222,42 @@ def test_store_keeps_one_line_per_size_and_witness(world: World) -> None:  # noq
             assert [(f.witness, f.cosigned_size, f.outcomes) for f in figures] == [
                 (key, 2, {"cosigned": 2})
             ] and quorum == (False, 0)
+        finally:
+            await store.close()
+
+    run(body())
+
+
+def test_seal_mode_follows_new_checkpoints(world: World) -> None:  # noqa: F811
+    toy = ToyWitness("w1.witness.example", [world.operator.verifier])
+    big = ToyWitness("w2.witness.example", [world.operator.verifier])
+    big.answer = (200, b"x" * 70_000)  # over the client's answer bound
+
+    async def body() -> None:
+        store = await world.store()
+        stop = asyncio.Event()
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                _served(toy) as (url, _),
+                _served(big) as (url2, _),
+            ):
+                witnesses = [Witness(url, toy.signer.verifier), Witness(url2, big.signer.verifier)]
+                job = _job(store, session, witnesses, poll_s=0.05)
+                follower = asyncio.create_task(job.run(stop))
+                for size in (1, 2, 3):
+                    await world.seal(batches=1)
+                    deadline = time.monotonic() + 10
+                    while await store.witness_size(witnesses[0].key) < size:
+                        assert time.monotonic() < deadline
+                        await asyncio.sleep(0.05)
+                stop.set()
+                await follower
+                assert [old for old, _ in toy.requests] == [0, 1, 2]
+                figures, _ = await store.witness_figures()
+                outcomes = {f.url: f.outcomes for f in figures}
+                # Refused for its size, then backing off (1 s, 2 s, ...): a few requests only.
+                assert set(outcomes[url2]) == {"unavailable"} and outcomes[url2]["unavailable"] <= 3
         finally:
             await store.close()
 
