@@ -176,11 +176,14 @@ class Evidence:
                 f"the {self.new.size if self.new else '?'}-size one does not extend the other"
             )
         if self.kind is EvidenceKind.LOG_ROLLBACK:
-            return (
-                f"{verify}  # both notes verify with the operator's key; the log served the "
-                f"size-{self.old.size if self.old else '?'} one as its latest after the "
-                f"size-{self.new.size if self.new else '?'} one (exit 1 means a fork besides)"
+            served = (
+                f"both notes verify with the operator's key; the log served the size-"
+                f"{self.old.size if self.old else '?'} one as its latest after the size-"
+                f"{self.new.size if self.new else '?'} one"
             )
+            if not self.proof:
+                return f"{served} (the log gave no consistency proof between them)"
+            return f"{verify}  # {served}; exit 0 says they are at least consistent"
         if self.kind is EvidenceKind.ANCHOR_INCONSISTENT and self.anchor is not None:
             a = self.anchor
             return (

@@ -165,6 +165,8 @@ class Monitor:
         verdict = compare(view, cp)
         if isinstance(verdict, Evidence):
             raise _Found(verdict)
+        if isinstance(verdict, ProofNeeded) and latest and cp.size < verdict.new.size:
+            self._rolled_back(verdict, cp)
         if isinstance(verdict, ProofNeeded):
             try:
                 proof = self.api.consistency(verdict.old.size, verdict.new.size)
@@ -175,13 +177,26 @@ class Monitor:
             if evidence is not None:
                 self._same_size_check(verdict, cp)
                 raise _Found(evidence)
-            if latest:
-                evidence = rollback(view, cp, proof)
-                if evidence is not None:
-                    raise _Found(evidence)
         self.state.view = view.record(cp)
         if latest and self.metrics is not None and self.state.view.head is not None:
             self.metrics.size.set(self.state.view.head.size)
+
+    def _rolled_back(self, need: ProofNeeded, cp: SignedHead) -> None:
+        """The latest checkpoint is below the view's head: always evidence. With the proof
+        from it to the head when the log still gives one (a failing one makes it a fork)."""
+        try:
+            proof = self.api.consistency(need.old.size, need.new.size)
+        except MonitorError as exc:
+            log.warning("no consistency proof for the rolled-back checkpoint: %s", exc)
+            proof = []
+        else:
+            evidence = settle(need, proof)
+            if evidence is not None:
+                raise _Found(evidence)
+        self._same_size_check(need, cp)
+        evidence = rollback(self.state.view, cp, proof)
+        assert evidence is not None
+        raise _Found(evidence)
 
     def _same_size_check(self, need: ProofNeeded, cp: SignedHead) -> None:
         """After a failed or missing proof: the log's note of the size we had verified, if it
