@@ -112,7 +112,6 @@ class Monitor:
         self._rng = rng or random.SystemRandom()
         self._chain_factory = chain_factory
         self._chains: list[Any] | None = None
-        self._resolved: set[str] = set()  # anchoring tx hashes whose sender is known
 
     # ------------------------------------------------------------------------- the round
     def run_round(self) -> RoundResult:
@@ -257,36 +256,41 @@ class Monitor:
         chains = self._chain_list()
         if not chains:
             return
-        listed = (
-            list(self.api.anchors(0))
-            if not self.config.contract or not (self.config.submitters)
-            else []
-        )
+        by_id = {chain.chain_id(): chain for chain in chains}
+        if not (self.config.contract and self.config.submitters):
+            self._learn_from_api(by_id)
         report: dict[str, Any] = {}
-        for chain in chains:
-            chain_id = chain.chain_id()
-            contract = self.config.contract or next(
-                (a["contract"] for a in listed if a.get("chain_id") == chain_id), None
-            )
-            submitters = {s.lower() for s in self.config.submitters}
-            if not submitters:
-                for a in listed:
-                    tx = a.get("tx_hash")
-                    if a.get("chain_id") != chain_id or not isinstance(tx, str):
-                        continue
-                    if tx.lower() not in self._resolved:
-                        sender = chain.tx_sender(tx)
-                        if sender is not None:
-                            self.state.submitters.add(sender.lower())
-                            self._resolved.add(tx.lower())
+        for chain_id, chain in by_id.items():
+            contract = self.config.contract or self.state.contracts.get(str(chain_id))
+            if self.config.submitters:
+                submitters = {s.lower() for s in self.config.submitters}
+            else:
                 submitters = set(self.state.submitters)
-            key = f"{chain_id}:{(contract or '').lower()}"
             if contract is None or not submitters:
                 # Do not advance: the events stay unread until we know whose they are.
                 report[str(chain_id)] = {"skipped": "no contract or operator account known yet"}
                 continue
+            key = f"{chain_id}:{contract.lower()}"
             report[str(chain_id)] = self._follow(chain, contract, submitters, key)
         status["anchors"] = report
+
+    def _learn_from_api(self, by_id: dict[int, Any]) -> None:
+        """The registry and the operator's accounts, from the anchors the API lists: each
+        listed transaction's sender (asked of the chain, not the API). Resumes from the last
+        log size read; a transaction our node does not know yet is asked again next round."""
+        for item in self.api.anchors(self.state.anchors_since):
+            chain = by_id.get(item.get("chain_id"))  # type: ignore[arg-type]
+            tx, contract = item.get("tx_hash"), item.get("contract")
+            if chain is not None and isinstance(tx, str) and isinstance(contract, str):
+                self.state.contracts.setdefault(str(chain.chain_id()), contract)
+                sender = chain.tx_sender(tx)
+                if sender is None:
+                    return
+                self.state.submitters.add(sender.lower())
+            size = item.get("log_size")
+            if isinstance(size, int) and size > 0:
+                # Exclusive cursor; the last size is read again (other backends' anchors of it).
+                self.state.anchors_since = max(self.state.anchors_since, size - 1)
 
     def _follow(self, chain: Any, contract: str, submitters: set[str], key: str) -> dict[str, Any]:
         start = self.state.next_block.get(key, self.config.from_block)

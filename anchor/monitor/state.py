@@ -35,6 +35,8 @@ class MonitorState:
     # "chain_id:contract" (contract lower-case) -> the next block to read.
     next_block: dict[str, int] = field(default_factory=dict)
     submitters: set[str] = field(default_factory=set)
+    # chain id -> the AnchorRegistry address the API's anchors name on it.
+    contracts: dict[str, str] = field(default_factory=dict)
     anchors_since: int = 0
     receipt_seq: dict[str, int] = field(default_factory=dict)
     alarm: dict[str, Any] | None = None
@@ -47,6 +49,7 @@ class MonitorState:
             "view": self.view.to_dict(),
             "next_block": dict(sorted(self.next_block.items())),
             "submitters": sorted(self.submitters),
+            "contracts": dict(sorted(self.contracts.items())),
             "anchors_since": self.anchors_since,
             "receipt_seq": dict(sorted(self.receipt_seq.items())),
             "alarm": self.alarm,
@@ -96,6 +99,7 @@ class MonitorState:
                 view,
                 next_block={str(k): _uint(v) for k, v in doc["next_block"].items()},
                 submitters={str(s) for s in doc["submitters"]},
+                contracts={str(k): str(v) for k, v in doc["contracts"].items()},
                 anchors_since=_uint(doc["anchors_since"]),
                 receipt_seq={str(k): _uint(v) for k, v in doc["receipt_seq"].items()},
                 alarm=doc["alarm"],

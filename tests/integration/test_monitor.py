@@ -8,11 +8,14 @@ an `anchor()` call from another account is ignored."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -197,6 +200,7 @@ def test_an_honest_log_passes_and_the_state_carries_across_restarts(world: World
     assert first["ok"] and first["size"] == 2 and first["round"] == 1
     assert first["anchors"][str(world.anvil.chain_id)]["checked"] >= 1
     assert first["receipts"]["checked"] + first["receipts"]["not_found"] == 3
+    assert first["receipts"]["checked"] >= 1
     code, out, err = world.monitor("--once", "--json")
     assert code == 0, (out, err)
     second = json.loads(out.strip().splitlines()[-1])
@@ -215,9 +219,11 @@ def test_an_honest_log_passes_and_the_state_carries_across_restarts(world: World
 
 def test_a_monitor_killed_between_rounds_resumes_from_its_state(world: World) -> None:
     state = world.workdir / "mon" / "state.json"
+    metrics_port = free_port()
     argv = [
         sys.executable, "-m", "anchor", "monitor", "--api", world.base_url,
         "--log-key", world.vkey_file, "--state", str(state), "--interval", "0.3s", "--json",
+        "--metrics-listen", f"127.0.0.1:{metrics_port}",
     ]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -236,10 +242,49 @@ def test_a_monitor_killed_between_rounds_resumes_from_its_state(world: World) ->
         while _state(world)["view"]["seen"][-1]["size"] != 4:
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.1)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            metrics = resp.read().decode()
+        assert "cityanchor_monitor_log_size 4.0" in metrics
+        assert 'cityanchor_monitor_rounds_total{outcome="ok"}' in metrics
+        assert "cityanchor_monitor_last_check_timestamp_seconds" in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0  # SIGTERM ends a following monitor cleanly
     assert [s["size"] for s in _state(world)["view"]["seen"]] == [2, 4]
+
+
+class _Hook:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bodies: list[dict[str, Any]] = []
+
+
+@contextlib.contextmanager
+def _webhook() -> Iterator[_Hook]:
+    """A webhook receiver on a free loopback port that records the JSON bodies posted."""
+    hook: _Hook
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            hook.bodies.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hook = _Hook(f"http://127.0.0.1:{server.server_address[1]}/alarm")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 async def _cut_log_back(dsn: str, keep: int) -> None:
@@ -297,9 +342,12 @@ def test_a_forked_log_stops_the_monitor_with_evidence_verify_consistency_confirm
     assert code == 0, (out, err)
     asyncio.run(_cut_log_back(world.dsn, keep=2))
     world.seal(3)  # size 5: leaves 2.. differ, every note signed with the real operator key
-    code, out, err = world.monitor("--once", "--json")
+    with _webhook() as posted:
+        code, out, err = world.monitor("--once", "--json", "--webhook", posted.url)
     assert code == 1, (out, err)
     evidence = json.loads(out)
+    assert [d["kind"] for d in posted.bodies] == ["log_fork"]
+    assert posted.bodies[0]["old"] == evidence["old"]
     assert evidence["kind"] == "log_fork"
     old, new = evidence["old"], evidence["new"]
     # Two operator-signed checkpoints of size 4 with different roots.
