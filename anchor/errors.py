@@ -190,6 +190,10 @@ class Reason(StrEnum):
         "witness_inconsistent", "witness HTTP 422",
         "The checkpoint is not a consistent extension of what the witness cosigned.",
     )
+    WITNESS_STATE_FAILED = (
+        "witness_state_failed", "witness HTTP 500; WitnessStateError",
+        "The witness's state file cannot be opened, read or written; nothing was cosigned.",
+    )
     # -- monitor (anchor.log_view, anchor.monitor) ---------------------------------------------
     LOG_FORK = (
         "log_fork", "monitor evidence; exit 1",

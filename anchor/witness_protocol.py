@@ -32,11 +32,11 @@ from anchor import merkle
 from anchor.checkpoint import (
     Checkpoint,
     NoteVerifier,
-    open_checkpoint,
+    open_note,
     parse_checkpoint_unverified,
     parse_note_unverified,
 )
-from anchor.errors import AnchorError, CheckpointError, ProofError, Reason
+from anchor.errors import AnchorError, CheckpointError, KeyMaterialError, ProofError, Reason
 
 __all__ = [
     "ADD_CHECKPOINT_PATH",
@@ -218,17 +218,13 @@ def decide_add_checkpoint(
     keys = log_keys.get(unverified.origin)
     if not keys:
         return Refused(404, Reason.WITNESS_UNKNOWN_LOG, f"unknown log {unverified.origin!r}")
-    checkpoint = None
-    last_error: CheckpointError | None = None
-    for key in keys:
-        try:
-            checkpoint = open_checkpoint(request.note, key, origin=unverified.origin)
-            break
-        except CheckpointError as exc:
-            last_error = exc
-    if checkpoint is None:
-        detail = last_error.detail if last_error else "no log key"
-        return Refused(403, Reason.WITNESS_LOG_SIGNATURE_INVALID, detail)
+    # All the origin's keys at once: every line from any of them must verify (one trusted key's
+    # bad signature is a 403 even when another's is good), and at least one must be present.
+    try:
+        open_note(request.note, keys)
+    except (CheckpointError, KeyMaterialError) as exc:
+        return Refused(403, Reason.WITNESS_LOG_SIGNATURE_INVALID, exc.detail)
+    checkpoint = unverified
     if request.old_size > checkpoint.size:
         return Refused(
             400,

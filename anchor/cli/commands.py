@@ -9,7 +9,8 @@ invalid), 2 usage error (bad flags, unreadable input files).
 The parser is built here; the commands live by concern: keys, signatures and proofs in
 :mod:`anchor.cli.crypto_commands`, the services in :mod:`anchor.cli.service_commands`, the
 registry, tokens and broker in :mod:`anchor.cli.devices`, :mod:`anchor.cli.tokens` and
-:mod:`anchor.cli.broker`; what they share (exit codes, input files) in :mod:`anchor.cli.inputs`.
+:mod:`anchor.cli.broker`, the witness in :mod:`anchor.cli.witness`; what they share (exit
+codes, input files) in :mod:`anchor.cli.inputs`.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from anchor.cli.broker import add_broker_commands
 
     add_broker_commands(sub)
+    from anchor.cli.witness import add_witness_commands
+
+    add_witness_commands(sub)
     from anchor.cli.monitor import add_monitor_command
 
     add_monitor_command(sub)

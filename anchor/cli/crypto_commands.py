@@ -34,12 +34,20 @@ from anchor.wire import JsonRejected, strict_loads
 
 __all__ = ["add_key_commands", "add_proof_commands"]
 
+_DEFAULT_LOG_NAME = "cityanchor.example/log"
 _UNREADABLE_INPUT = ("key_file_unreadable", "key_invalid", "state_unreadable", "state_invalid")
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if args.operator and args.witness:
+        raise UsageError("keygen: choose one of --operator and --witness")
+    if args.witness:
+        from anchor.cli.witness import keygen_witness
+
+        return keygen_witness(out, args.name, force=args.force)
     if args.operator:
+        name = args.name or _DEFAULT_LOG_NAME
         from anchor.checkpoint import generate_note_key
         from anchor.host.files import write_private_file, write_public_file
 
@@ -52,7 +60,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         )
         if skey_file.exists() and not args.force:
             raise UsageError(refusal)
-        signer = generate_note_key(args.name)
+        signer = generate_note_key(name)
         try:
             skey_path = write_private_file(
                 skey_file, (signer.skey() + "\n").encode(), replace=args.force
@@ -62,7 +70,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         vkey_path = write_public_file(
             out / "operator.vkey", (signer.verifier.vkey() + "\n").encode()
         )
-        print(f"operator note key {args.name!r}")
+        print(f"operator note key {name!r}")
         print(f"  private: {skey_path} (mode 0600; keep it secret)")
         print(f"  public:  {vkey_path}  {signer.verifier.vkey()}")
         return EXIT_OK
@@ -275,16 +283,29 @@ def _cmd_verify_completeness(args: argparse.Namespace) -> int:
 
 def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``keygen``, ``sign``, ``verify`` and ``export``."""
-    p = sub.add_parser("keygen", help="generate a device key or the operator's checkpoint key")
+    p = sub.add_parser(
+        "keygen", help="generate a device key, the operator's checkpoint key or a witness key"
+    )
     p.add_argument("--device-id", help=f"device id ({DEVICE_ID_PATTERN})")
     p.add_argument(
         "--type", choices=("Ed25519", "P-256"), default="Ed25519", help="device key type"
     )
     p.add_argument("--operator", action="store_true", help="generate the operator's note key")
-    p.add_argument("--name", default="cityanchor.example/log", help="operator key/log name")
+    p.add_argument(
+        "--witness",
+        action="store_true",
+        help="generate a witness key (witness.skey, witness.vkey; c2sp.org/tlog-cosignature)",
+    )
+    p.add_argument(
+        "--name",
+        default=None,
+        help=f"--operator: key/log name (default {_DEFAULT_LOG_NAME}); --witness: its name",
+    )
     p.add_argument("--out", default=".", help="directory for the key files")
     p.add_argument(
-        "--force", action="store_true", help="--operator: replace an existing operator key"
+        "--force",
+        action="store_true",
+        help="--operator/--witness: replace an existing key",
     )
     p.set_defaults(func=_cmd_keygen)
 

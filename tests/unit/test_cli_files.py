@@ -82,7 +82,11 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     key.chmod(0o600)
     note = out / "checkpoint.note"
     note.write_text(json.loads(receipt.read_text())["checkpoint"])
-    return {"receipt": receipt, "jwk": jwk, "note": note, "key": key}
+    assert main(["keygen", "--witness", "--name", "w.example/1", "--out", str(out)]) == 0
+    return {
+        "receipt": receipt, "jwk": jwk, "note": note, "key": key,
+        "witness_key": out / "witness.skey", "log_vkey": out / "operator.vkey",
+    }  # fmt: skip
 
 
 def _commands(good: dict[str, Path]) -> dict[str, Callable[[Path], list[str]]]:
@@ -113,6 +117,11 @@ def _commands(good: dict[str, Path]) -> dict[str, Callable[[Path], list[str]]]:
                                    "/dev/null"],
         "audit --log-key": lambda f: ["audit", "--log-key", str(f)],
         "ingest --operator-key": lambda f: ["ingest", "--operator-key", str(f)],
+        "witness serve --key": lambda f: ["witness", "serve", "--key", str(f), "--log-key",
+                                          str(good["log_vkey"]), "--state", "/nonexistent/s.db"],
+        "witness serve --log-key": lambda f: ["witness", "serve", "--key",
+                                              str(good["witness_key"]), "--log-key", str(f),
+                                              "--state", "/nonexistent/s.db"],
     }  # fmt: skip
 
 
@@ -122,7 +131,7 @@ def _cases() -> list[str]:
         "verify-consistency --proof", "verify-completeness", "verify-completeness --device-key",
         "export --chainpoint", "device register --jwk", "device rotate --jwk", "device import",
         "config show --config", "sign --key", "sign --state", "audit --log-key",
-        "ingest --operator-key",
+        "ingest --operator-key", "witness serve --key", "witness serve --log-key",
     ]  # fmt: skip
 
 
