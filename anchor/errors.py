@@ -215,6 +215,10 @@ class Reason(StrEnum):
         "monitor_state_invalid", "MonitorStateError; monitor exit 2",
         "The monitor's state file is unreadable, of another format or does not verify.",
     )
+    WITNESS_NOT_VERIFIED = (
+        "witness_not_verified", "monitor-witness HTTP 503",
+        "The monitor as a witness has not verified this checkpoint (yet), or holds evidence.",
+    )
     MONITOR_UNAVAILABLE = (
         "monitor_unavailable", "MonitorError; monitor exit 3",
         "The API or a chain endpoint the monitor follows cannot be reached or answers garbage.",

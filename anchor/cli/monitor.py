@@ -105,7 +105,6 @@ def _print_evidence(document: dict[str, Any]) -> None:
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from anchor.log_view import MonitorStateError
-    from anchor.monitor.api_client import MonitorError
     from anchor.monitor.output import MonitorMetrics
     from anchor.monitor.runner import Monitor
 
@@ -121,6 +120,59 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
             metrics.serve(host, port)
         except OSError as exc:
             raise UsageError(f"--metrics-listen {args.metrics_listen}: {exc}") from exc
+    cosigner = _start_cosigner(args, config, monitor)
+    try:
+        return _loop(args, monitor)
+    finally:
+        if cosigner is not None:
+            cosigner.stop()
+
+
+def _start_cosigner(args: argparse.Namespace, config: Any, monitor: Any) -> Any:
+    """With ``--cosign-key``: the tlog-witness server, cosigning only what ``monitor`` verified."""
+    if not args.cosign_key:
+        if args.listen or args.witness_state:
+            raise UsageError("--listen and --witness-state need --cosign-key")
+        return None
+    from anchor.checkpoint import parse_checkpoint_unverified
+    from anchor.cli.witness import _load_signer, parse_listen
+    from anchor.monitor.cosigner import CosignerThread, MonitorAdmission
+
+    if args.interval is None:
+        raise UsageError("--cosign-key needs --interval: a witness must keep running")
+    signer = _load_signer(args.cosign_key)
+    host, port = parse_listen(args.listen or "127.0.0.1:7380")
+    origins = {config.log_key.name, *args.origin}
+    head = monitor.state.view.head
+    if head is not None:
+        origins.add(parse_checkpoint_unverified(head.note).origin)
+    admission = MonitorAdmission(
+        lambda: monitor.state.view, lambda: monitor.state.alarm is not None
+    )
+    state_path = Path(args.witness_state or f"{config.state_path}.witness.sqlite")
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        thread = CosignerThread(
+            signer=signer,
+            log_keys={origin: [config.log_key] for origin in sorted(origins)},
+            state_path=state_path,
+            host=host,
+            port=port,
+            admit=admission,
+        )
+    except (OSError, AnchorError) as exc:
+        raise UsageError(f"witness state {state_path}: {exc}") from exc
+    try:
+        url = thread.start()
+    except OSError as exc:
+        raise UsageError(f"--listen {args.listen}: {exc}") from exc
+    print(f"witness listening on {url} (cosigns only what this monitor verified)", flush=True)
+    return thread
+
+
+def _loop(args: argparse.Namespace, monitor: Any) -> int:
+    from anchor.monitor.api_client import MonitorError
+
     stop = threading.Event()
     if args.interval is not None and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -198,4 +250,17 @@ def add_monitor_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "--confirmations", type=int, default=1, help="blocks (incl. its own) before an event counts"
     )
     p.add_argument("--timeout", default="10s", help="per HTTP or JSON-RPC request")
+    p.add_argument(
+        "--cosign-key",
+        metavar="SKEY",
+        help="act as a witness (c2sp.org/tlog-witness) with this witness.skey, cosigning only "
+        "checkpoints this monitor verified; needs --interval",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="witness address (default 127.0.0.1:7380)")
+    p.add_argument(
+        "--witness-state", metavar="PATH", help="witness state (default STATE.witness.sqlite)"
+    )
+    p.add_argument(
+        "--origin", action="append", default=[], help="log origin if not the log key's name"
+    )
     p.set_defaults(func=_cmd_monitor)

@@ -27,11 +27,13 @@ from typing import Any
 import asyncpg
 import pytest
 from web3 import Web3
+from witness_spec import SpecClient, cosignature_lines, note_text, spec_verify
 
 from anchor.anchoring.chains.evm import EvmBackend, EvmConfig, deploy_registry
 from anchor.anchoring.job import AnchorJob
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.contracts import load_artifact
+from anchor.cosignature import generate_cosigner_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, PostgresServer, free_port
@@ -418,3 +420,56 @@ def test_an_anchor_the_operator_did_not_sign_is_caught_and_strangers_are_ignored
     assert evidence["anchor"]["tree_size"] == 2 and evidence["anchor"]["block_number"] > 0
     assert evidence["old"]["size"] == 2 and evidence["old"]["root"] != bad_root.hex()
     assert tx_hash in evidence["how_to_check"]
+
+
+def test_the_monitor_as_a_witness_cosigns_only_what_it_verified(world: World) -> None:
+    witness = generate_cosigner_key("monitor-witness.example/w")
+    skey = world.workdir / "witness.skey"
+    skey.write_text(witness.skey() + "\n")
+    state = world.workdir / "mon" / "state.json"
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "anchor", "monitor", "--api", world.base_url,
+        "--log-key", world.vkey_file, "--state", str(state), "--interval", "0.3s",
+        "--cosign-key", str(skey), "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    with (world.workdir / "monitor.log").open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=out)
+    client = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (state.exists() and _state(world)["rounds"] >= 1):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+
+        def note_at(size: int) -> str:
+            with urllib.request.urlopen(f"{world.base_url}/v1/log/checkpoint?size={size}") as r:
+                return str(r.read().decode())
+
+        client = SpecClient("127.0.0.1", port)
+        note2 = note_at(2)
+        answer = client.add_checkpoint(0, [], note2)
+        (line,) = cosignature_lines(answer)
+        assert spec_verify(line, note_text(note2), witness.name, witness.public_key) > 0
+        # The log grows; the monitor cosigns the new size only once its round verified it.
+        world.seal(2)
+        note4 = note_at(4)
+        with urllib.request.urlopen(f"{world.base_url}/v1/log/consistency?old=2&new=4") as r:
+            proof = [bytes.fromhex(h) for h in json.loads(r.read())["proof"]]
+        statuses = []
+        while True:
+            answer = client.add_checkpoint(2, proof, note4)
+            statuses.append(answer.status)
+            if answer.status == 200:
+                break
+            assert answer.status == 503 and b"witness_not_verified" in answer.body, answer
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.2)
+        assert 4 in {s["size"] for s in _state(world)["view"]["seen"]}
+        (line,) = cosignature_lines(answer)
+        spec_verify(line, note_text(note4), witness.name, witness.public_key)
+    finally:
+        if client is not None:
+            client.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, (world.workdir / "monitor.log").read_text()

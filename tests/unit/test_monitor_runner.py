@@ -261,3 +261,24 @@ class FakeLogState:
         from anchor.monitor.state import MonitorState
 
         return MonitorState(signer.verifier.vkey()).to_json().decode()
+
+
+def test_the_witness_admission_follows_the_monitors_view() -> None:
+    from anchor.checkpoint import Checkpoint
+    from anchor.errors import Reason
+    from anchor.log_view import LogView, SignedHead
+    from anchor.monitor.cosigner import MonitorAdmission
+
+    log = FakeLog(3)
+    view = LogView().record(SignedHead.open(log.notes[3], OPERATOR.verifier))
+    alarm = False
+    admit = MonitorAdmission(lambda: view, lambda: alarm)
+    root3 = merkle.root(log.leaves[:3])
+    assert admit(Checkpoint(ORIGIN, 3, root3)) is None
+    later = admit(Checkpoint(ORIGIN, 4, root3))
+    assert later is not None and (later.status, later.reason) == (503, Reason.WITNESS_NOT_VERIFIED)
+    other = admit(Checkpoint(ORIGIN, 3, b"\x01" * 32))
+    assert other is not None and (other.status, other.reason) == (422, Reason.WITNESS_INCONSISTENT)
+    alarm = True
+    refused = admit(Checkpoint(ORIGIN, 3, root3))
+    assert refused is not None and refused.status == 503
