@@ -142,6 +142,12 @@ class Monitor:
     def _round(self, status: dict[str, Any]) -> None:
         note = self.api.latest_checkpoint()
         if note is None:
+            head = self.state.view.head
+            if head is not None:
+                # An unsigned 404 proves nothing against the operator, but it is never normal.
+                raise MonitorError(
+                    f"the API says the log is empty after serving a signed size {head.size}"
+                )
             status["log"] = "empty"
         else:
             latest = self._open(note, "the latest checkpoint")
@@ -384,7 +390,8 @@ class Monitor:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.rounds.labels(outcome=outcome).inc()
-            self.metrics.last_check.set_to_current_time()
+            if outcome != "error":
+                self.metrics.last_check.set_to_current_time()
 
 
 def _now() -> str:
