@@ -29,6 +29,7 @@ import pytest
 from web3 import Web3
 from witness_spec import SpecClient, cosignature_lines, note_text, spec_verify
 
+from anchor import merkle
 from anchor.anchoring.chains.evm import EvmBackend, EvmConfig, deploy_registry
 from anchor.anchoring.job import AnchorJob
 from anchor.checkpoint import NoteSigner, generate_note_key
@@ -410,7 +411,8 @@ def test_an_anchor_the_operator_did_not_sign_is_caught_and_strangers_are_ignored
     code, out, err = world.monitor("--once", "--json")
     assert code == 0, (out, err)
     assert json.loads(out)["anchors"][str(world.anvil.chain_id)]["ignored"] >= 1
-    bad_root = os.urandom(32)
+    # The root of another history of size 2, as a forked operator would anchor it.
+    bad_root = merkle.root([merkle.log_leaf_hash(3, os.urandom(32)) for _ in range(2)])
     tx_hash = _anchor_from(world, OPERATOR_ACCOUNT, bad_root, 2)
     code, out, err = world.monitor("--once", "--json")
     assert code == 1, (out, err)
@@ -473,3 +475,32 @@ def test_the_monitor_as_a_witness_cosigns_only_what_it_verified(world: World) ->
             client.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, (world.workdir / "monitor.log").read_text()
+
+
+def test_a_receipt_that_fails_verification_is_evidence(world: World) -> None:
+    assert world.monitor("--once")[0] == 0
+
+    async def corrupt() -> None:
+        conn = await asyncpg.connect(world.dsn)
+        try:  # one stored byte of every envelope of the sampled device
+            await conn.execute(
+                "UPDATE readings SET envelope = overlay(envelope placing "
+                "decode(lpad(to_hex(get_byte(envelope, 20) # 1), 2, '0'), 'hex') from 21 for 1) "
+                "WHERE device_id = $1",
+                world.device.device_id,
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(corrupt())
+    code, out, err = world.monitor("--once", "--json")
+    assert code == 1, (out, err)
+    evidence = json.loads(out)
+    assert evidence["kind"] == "receipt_invalid"
+    assert evidence["receipt"]["device_id"] == world.device.device_id
+    check = subprocess.run(
+        [sys.executable, "-m", "anchor", "verify", evidence["files"]["receipt"],
+         "--log-key", evidence["files"]["log_key"]],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 1, (check.stdout, check.stderr)
