@@ -135,12 +135,17 @@ def _start_cosigner(args: argparse.Namespace, config: Any, monitor: Any) -> Any:
             raise UsageError("--listen and --witness-state need --cosign-key")
         return None
     from anchor.checkpoint import parse_checkpoint_unverified
-    from anchor.cli.witness import _load_signer, parse_listen
+    from anchor.cli.witness import parse_listen
+    from anchor.cosignature import CosignerSigner
     from anchor.monitor.cosigner import CosignerThread, MonitorAdmission
 
     if args.interval is None:
         raise UsageError("--cosign-key needs --interval: a witness must keep running")
-    signer = _load_signer(args.cosign_key)
+    raw = read_user_file(args.cosign_key, what="the witness key", limit=KEY_FILE_LIMIT)
+    try:
+        signer = CosignerSigner.from_skey(raw.decode("utf-8", "replace").strip())
+    except AnchorError as exc:
+        raise UsageError(f"--cosign-key {args.cosign_key}: {exc.detail}") from None
     host, port = parse_listen(args.listen or "127.0.0.1:7380")
     origins = {config.log_key.name, *args.origin}
     head = monitor.state.view.head
