@@ -282,3 +282,28 @@ def test_the_witness_admission_follows_the_monitors_view() -> None:
     alarm = True
     refused = admit(Checkpoint(ORIGIN, 3, root3))
     assert refused is not None and refused.status == 503
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--witness-quorum", "1"],  # no --witness-key to meet it
+        ["--listen", "127.0.0.1:0"],  # without --cosign-key
+        ["--cosign-key", "witness.skey"],  # a witness must follow: --interval
+        ["--sample", "-1"],
+        ["--api", "ftp://example.org"],
+        ["--once", "--interval", "5s"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, extra: list[str]) -> None:
+    (tmp_path / "log.vkey").write_text(OPERATOR.verifier.vkey() + "\n")
+    (tmp_path / "witness.skey").write_text(generate_cosigner_key("w.example/w").skey() + "\n")
+    argv = ["monitor", "--api", "http://127.0.0.1:9", "--log-key", str(tmp_path / "log.vkey"),
+            "--state", str(tmp_path / "state.json"), *extra]  # fmt: skip
+    extra_paths = [str(tmp_path / e) if e == "witness.skey" else e for e in argv]
+    try:
+        code = main(extra_paths)
+    except SystemExit as exc:  # argparse's own usage errors
+        code = int(exc.code or 0)
+    assert code == 2
+    assert not (tmp_path / "state.json").exists()
