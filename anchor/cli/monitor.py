@@ -194,6 +194,7 @@ def _loop(args: argparse.Namespace, monitor: Any) -> int:
         else:
             if result.evidence is not None:
                 _print_evidence(result.evidence)
+                monitor.notify(result.evidence)
                 return EXIT_INVALID
             _print_status(args, result.status)
         if interval is None or stop.wait(interval):

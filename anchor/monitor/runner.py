@@ -383,9 +383,12 @@ class Monitor:
         log.error("%s: %s (evidence in %s)", evidence.kind, evidence.detail, path)
         if self.metrics is not None:
             self.metrics.alarms.labels(kind=str(evidence.kind)).inc()
-        if self.config.webhook:
-            post_webhook(self.config.webhook, document)
         return document
+
+    def notify(self, document: dict[str, Any]) -> bool:
+        """POST ``document`` to the ``webhook`` (if any), after the caller has printed it and
+        :meth:`run_round` has written it to disk: a slow receiver never delays detection."""
+        return post_webhook(self.config.webhook, document) if self.config.webhook else False
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
