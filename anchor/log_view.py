@@ -164,7 +164,13 @@ class Evidence:
         ``files`` names where the monitor wrote ``old`` and ``new`` notes, ``proof`` and
         ``log_key``; without it the command uses placeholder names.
         """
-        f = {"old": "old.note", "new": "new.note", "proof": "proof.json", "log_key": "log.vkey"}
+        f = {
+            "old": "old.note",
+            "new": "new.note",
+            "proof": "proof.json",
+            "log_key": "log.vkey",
+            "receipt": "receipt.json",
+        }
         f.update(files or {})
         verify = (
             f"cityanchor verify-consistency {f['old']} {f['new']} --log-key {f['log_key']} "
@@ -197,7 +203,10 @@ class Evidence:
                     else "the log has no signed checkpoint of that size"
                 )
             )
-        return "cityanchor verify receipt.json --log-key " + f["log_key"]
+        return (
+            f"cityanchor verify {f['receipt']} --log-key {f['log_key']}  # exits 1, naming the "
+            "failed checks (device signatures are skipped without --device-key)"
+        )
 
     def to_dict(self, *, files: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The JSON evidence document (hex roots and proof, notes in full)."""
