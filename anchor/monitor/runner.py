@@ -21,7 +21,7 @@ import json
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -328,7 +328,10 @@ class Monitor:
         if evidence is not None:
             raise _Found(evidence)
         assert signed is not None
-        self._observe(signed)
+        try:
+            self._observe(signed)
+        except _Found as found:  # the anchored checkpoint contradicts the view: say which tx
+            raise _Found(replace(found.evidence, anchor=event)) from None
 
     # ------------------------------------------------------------------------- receipts
     def _receipts(self, status: dict[str, Any]) -> None:

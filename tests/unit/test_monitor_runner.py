@@ -198,6 +198,25 @@ def test_anchors_by_the_operator_are_checked_and_others_ignored(tmp_path: Path) 
     assert result.evidence["old"]["root"] == merkle.root(log.leaves[:3]).hex()
 
 
+def test_an_anchored_checkpoint_that_forks_the_view_names_its_transaction(tmp_path: Path) -> None:
+    log = FakeLog(5)
+    chain = FakeChain()
+    extra = {"contract": "0x" + "cc" * 20, "submitters": (ACCOUNT,)}
+    assert make(tmp_path, log, chain, **extra).run_round().ok
+    # The operator signs and anchors another size-3 history; its latest stays the honest one.
+    forked_root = merkle.root([FakeLog.leaf(i, b"fork") for i in range(3)])
+    log.notes[3] = sign_checkpoint(Checkpoint(ORIGIN, 3, forked_root), OPERATOR)
+    chain.anchor(forked_root, 3, ACCOUNT, "0x04")
+    result = make(tmp_path, log, chain, **extra).run_round()
+    doc = result.evidence
+    assert doc is not None and doc["kind"] == "log_fork"
+    assert (doc["old"]["size"], doc["new"]["size"]) == (3, 5) and doc["proof"]
+    assert doc["anchor"]["tx_hash"] == "0x04" and doc["anchor"]["root"] == forked_root.hex()
+    f = doc["files"]
+    assert main(["verify-consistency", f["old"], f["new"], "--log-key", f["log_key"],
+                 "--proof", f["proof"]]) == 1  # fmt: skip
+
+
 def test_anchors_wait_until_the_operator_account_is_known(tmp_path: Path) -> None:
     log = FakeLog(2)
     chain = FakeChain()
