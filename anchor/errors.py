@@ -198,6 +198,35 @@ class Reason(StrEnum):
         "witness_state_failed", "witness HTTP 500; WitnessStateError",
         "The witness's state file cannot be opened, read or written; nothing was cosigned.",
     )
+    # -- monitor (anchor.log_view, anchor.monitor) ---------------------------------------------
+    LOG_FORK = (
+        "log_fork", "monitor evidence; exit 1",
+        "Two operator-signed checkpoints that cannot both be true (same size, or no extension).",
+    )
+    LOG_ROLLBACK = (
+        "log_rollback", "monitor evidence; exit 1",
+        "The log's latest signed checkpoint is smaller than one it served before.",
+    )
+    ANCHOR_INCONSISTENT = (
+        "anchor_inconsistent", "monitor evidence; exit 1",
+        "The operator anchored a root that is not its signed checkpoint's root of that size.",
+    )
+    RECEIPT_INVALID = (
+        "receipt_invalid", "monitor evidence; exit 1",
+        "A receipt the log serves fails verification with the log key.",
+    )
+    MONITOR_STATE_INVALID = (
+        "monitor_state_invalid", "MonitorStateError; monitor exit 2",
+        "The monitor's state file is unreadable, of another format or does not verify.",
+    )
+    WITNESS_NOT_VERIFIED = (
+        "witness_not_verified", "monitor-witness HTTP 503",
+        "The monitor as a witness has not verified this checkpoint (yet), or holds evidence.",
+    )
+    MONITOR_UNAVAILABLE = (
+        "monitor_unavailable", "MonitorError; monitor exit 3",
+        "The API or a chain endpoint the monitor follows cannot be reached or answers garbage.",
+    )
     RECEIPT_MALFORMED = (
         "receipt_malformed", "ReceiptError; check receipt",
         "A receipt document does not follow cityanchor/receipt/v2.",

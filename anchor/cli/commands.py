@@ -102,6 +102,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from anchor.cli.witness import add_witness_commands
 
     add_witness_commands(sub)
+    from anchor.cli.monitor import add_monitor_command
+
+    add_monitor_command(sub)
 
     p = sub.add_parser("demo", help="run the end-to-end demo (private services, simulated fleet)")
     p.add_argument("--out", default="demo-output", help="output directory")
