@@ -370,7 +370,8 @@ def test_erased_receipt_and_every_other_receipt_of_its_batch_verify(
         assert r.status in ("sealed", "anchored")
         key = api_world.signers[r.device_id].key.public_key
         rep = verify_receipt(r, device_keys=[key], log_verifiers=verifiers)
-        assert rep.valid and all(c.status == "pass" for c in rep.checks if c.name != "anchors")
+        skipped = ("anchors", "witnesses")  # maybe not anchored yet; no witness key
+        assert rep.valid and all(c.status == "pass" for c in rep.checks if c.name not in skipped)
 
 
 # --- audit and metrics -------------------------------------------------------------------------
