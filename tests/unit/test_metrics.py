@@ -15,6 +15,8 @@ from prometheus_client.registry import Collector
 
 import anchor
 from anchor.api.metrics import CONTENT_TYPE, DatabaseFigures, MetricsState, render
+from anchor.cosignature import generate_cosigner_key
+from anchor.store import WitnessFigures
 
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\\\|\\"|\\n)*"'
@@ -195,3 +197,28 @@ def test_each_state_has_its_own_registry() -> None:
 def test_database_families_only_after_a_collect() -> None:
     parsed = parse_exposition(render(MetricsState().registry))
     assert "cityanchor_readings_stored_total" not in parsed
+
+
+def test_witness_families_take_known_outcomes_only() -> None:
+    w = generate_cosigner_key("w1.witness.example").verifier
+    state = MetricsState()
+    state.database.figures = DatabaseFigures(
+        witnesses=[
+            WitnessFigures(w.vkey(), "http://w1", 7, {"cosigned": 3, "unavailable": 2, "odd": 9}),
+            WitnessFigures("not a key", "http://w2", 0, {}),
+        ],
+        quorum=(True, 4),
+    )
+    parsed = parse_exposition(render(state.registry))
+    requests = {
+        (lab["witness"], lab["outcome"]): v
+        for _, lab, v in parsed["cityanchor_witness_requests_total"][1]
+    }
+    assert requests[(w.key_label, "cosigned")] == 3 and requests[(w.key_label, "unavailable")] == 2
+    assert requests[(w.key_label, "inconsistent")] == 0  # every outcome present, from zero
+    assert not [o for _, o in requests if o == "odd"]
+    assert ("invalid", "cosigned") in requests  # a stored key that does not parse
+    sizes = {lab["witness"]: v for _, lab, v in parsed["cityanchor_witness_cosigned_log_size"][1]}
+    assert sizes[w.key_label] == 7
+    assert parsed["cityanchor_witness_quorum_waiting"][1][0][2] == 1
+    assert parsed["cityanchor_witness_quorum_not_met_total"][1][0][2] == 4
