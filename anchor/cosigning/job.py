@@ -78,7 +78,8 @@ class CosigningJob:
         self._next_try: dict[str, float] = dict.fromkeys(keys, 0.0)
         # The size each witness last cosigned in this process (saves the database a question).
         self._done: dict[str, int] = dict.fromkeys(keys, 0)
-        self._waiting = False
+        # Whether anchoring waits for the quorum; None: not written by this process yet.
+        self._waiting: bool | None = None
 
     async def cosign(self, checkpoint: CheckpointRecord) -> list[CosignResult]:
         """Ask every witness that is not backing off to cosign ``checkpoint``, concurrently."""
@@ -135,8 +136,9 @@ class CosigningJob:
                 )
             )
             return None
-        if self._waiting or chosen.log_size != newest.log_size:
-            # The quorum is met again, or only for an older checkpoint (counted once per step).
+        if self._waiting is not False or chosen.log_size != newest.log_size:
+            # The quorum is met again (or for the first time since this process started: the
+            # stored status may be a previous leader's), or only for an older checkpoint.
             behind = chosen.log_size != newest.log_size
             await self.store.set_quorum_status(waiting=behind, log_size=newest.log_size)
             if behind:
