@@ -56,6 +56,7 @@ __all__ = [
     "HttpPost",
     "Witness",
     "WitnessClient",
+    "WitnessUnavailable",
     "aiohttp_post",
     "cosign_all",
 ]
