@@ -376,7 +376,7 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
                 "operator_vkey": operator.verifier.vkey(),
                 "token_file": str(token_file),
                 # Added for issue 13: the witnesses asked for cosignatures (empty: none).
-                "witnesses": [{"url": u, "vkey": k} for u, k in opts.witnesses],
+                "witnesses": [{"url": redact_url(u), "vkey": k} for u, k in opts.witnesses],
                 "witness_quorum": opts.witness_quorum,
             }
             write_public_file(up_json, (json.dumps(doc, indent=2) + "\n").encode())

@@ -39,6 +39,7 @@ import aiohttp
 
 from anchor.cosignature import CosignerVerifier, add_cosignatures, verified_cosignatures
 from anchor.errors import AnchorError, Reason
+from anchor.host.redact import redact_text, redact_url
 from anchor.store import StoredCosignature
 from anchor.witness_protocol import (
     ADD_CHECKPOINT_PATH,
@@ -175,11 +176,12 @@ def aiohttp_post(session: aiohttp.ClientSession, *, timeout_s: float) -> HttpPos
                     answer += chunk
                     if len(answer) > MAX_ANSWER_BYTES:
                         raise WitnessUnavailable(
-                            f"{url} answered more than {MAX_ANSWER_BYTES} bytes"
+                            f"{redact_url(url)} answered more than {MAX_ANSWER_BYTES} bytes"
                         )
                 return response.status, bytes(answer)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise WitnessUnavailable(f"{url}: {type(exc).__name__} {exc}"[:300]) from exc
+            where = redact_url(url)
+            raise WitnessUnavailable(f"{where}: {redact_text(str(exc))}"[:300]) from exc
 
     return post
 
@@ -236,11 +238,11 @@ class WitnessClient:
         self, witness: Witness, log_size: int, note: str, old: int
     ) -> CosignResult | int:
         """One request: its result, or (a 409 worth retrying) the witness's size."""
-        key, label, url = witness.key, witness.label, witness.url
+        key, label, url = witness.key, witness.label, redact_url(witness.url)
         proof = await self.store.consistency_proof(old, log_size) if 0 < old < log_size else []
         body = format_add_checkpoint(old, proof, note)
         try:
-            status, answer = await self._post(url.rstrip("/") + ADD_CHECKPOINT_PATH, body)
+            status, answer = await self._post(witness.url.rstrip("/") + ADD_CHECKPOINT_PATH, body)
         except WitnessUnavailable as exc:
             await self.store.note_witness_outcome(
                 witness=key, url=url, outcome="unavailable", reason=exc.reason
@@ -258,7 +260,7 @@ class WitnessClient:
         return CosignResult(label, outcome, log_size, reason, detail)
 
     async def _conflict(self, witness: Witness, log_size: int, answer: bytes) -> CosignResult | int:
-        key, label, url = witness.key, witness.label, witness.url
+        key, label, url = witness.key, witness.label, redact_url(witness.url)
         try:
             size = parse_size_body(answer)
         except WitnessRequestError as exc:
@@ -301,7 +303,7 @@ class WitnessClient:
     async def _accept(
         self, witness: Witness, log_size: int, note: str, answer: bytes
     ) -> CosignResult:
-        key, label, url = witness.key, witness.label, witness.url
+        key, label, url = witness.key, witness.label, redact_url(witness.url)
         best: tuple[int, str] | None = None
         problem: AnchorError | None = None
         try:

@@ -189,3 +189,19 @@ def test_an_unreachable_witness_is_unavailable() -> None:
     size, note = store.grow(1)
     r = _run(WitnessClient(store=store, post=down).cosign(w, size, note))
     assert (r.outcome, r.reason) == ("unavailable", "witness_unavailable")
+
+
+def test_a_password_in_the_witness_url_stays_out_of_logs_and_the_database() -> None:
+    store, toy, w, _ = _setup()
+    seen: list[str] = []
+
+    async def post(url: str, body: bytes) -> tuple[int, bytes]:
+        seen.append(url)
+        return await toy.post(url, body)
+
+    secret = Witness("http://user:s3cret@witness.invalid/w", w.verifier)
+    toy.answer = (403, b"no key")
+    size, note = store.grow(1)
+    r = _run(WitnessClient(store=store, post=post).cosign(secret, size, note))
+    assert seen == ["http://user:s3cret@witness.invalid/w/add-checkpoint"]  # sent as given
+    assert "s3cret" not in r.detail and "s3cret" not in r.to_log()
