@@ -25,8 +25,9 @@ import yaml
 
 from anchor.api import metrics
 from anchor.cli.commands import _build_parser
+from anchor.cosignature import generate_cosigner_key
 from anchor.host.config import ENV_PREFIX, ChainSettings, Settings, _chain_var, load_settings
-from anchor.store import SQL_DIR, Store
+from anchor.store import SQL_DIR, Store, WitnessFigures
 from anchor.store import operator as operator_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,6 +323,10 @@ class _FakeStore:
 
     async def vanished_anchor_counts(self) -> dict[tuple[str, str], int]:
         return {("evm", "anchor_vanished"): 1}
+
+    async def witness_figures(self) -> tuple[list[WitnessFigures], tuple[bool, int]]:
+        key = generate_cosigner_key("w1.example").verifier.vkey()
+        return [WitnessFigures(key, "http://w1", 7, {"cosigned": 3})], (False, 0)
 
 
 @pytest.fixture
