@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from web3 import Web3
@@ -34,12 +35,16 @@ from anchor.anchoring.chains.evm import EvmBackend, EvmConfig, deploy_registry
 from anchor.anchoring.job import AnchorJob
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.contracts import load_artifact
-from anchor.cosignature import generate_cosigner_key
+from anchor.cosignature import generate_cosigner_key, verified_cosignatures
+from anchor.cosigning.client import Witness, WitnessClient, aiohttp_post
+from anchor.cosigning.job import CosigningJob
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, PostgresServer, free_port
 from anchor.store import Candidate, DeviceSpec, Store
+from anchor.witness_protocol import origin_hash
 from devices.signer import DeviceSigner
+from integration.test_witness import WitnessProcess
 
 ORIGIN = "monitor-it.cityanchor.example/log"
 OPERATOR_ACCOUNT = 7
@@ -296,7 +301,7 @@ async def _cut_log_back(dsn: str, keep: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
-            for table in ("anchors", "anchor_txs"):
+            for table in ("anchors", "anchor_txs", "witness_cosignatures"):
                 await conn.execute(f"DELETE FROM {table} WHERE log_size > $1", keep)
             await conn.execute("DELETE FROM checkpoints WHERE log_size > $1", keep)
             await conn.execute("DELETE FROM batches WHERE log_index >= $1", keep)
@@ -504,3 +509,63 @@ def test_a_receipt_that_fails_verification_is_evidence(world: World) -> None:
         check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert check.returncode == 1, (check.stdout, check.stderr)
+
+
+def test_a_forked_log_is_refused_by_a_real_witness_and_stops_the_monitor(world: World) -> None:
+    """Issue 13's fork scenario end to end: the log side asks a real `cityanchor witness serve`
+    to cosign, the operator forks the log by direct database access, the witness answers 422,
+    keeps its honest view (its monitoring endpoint still serves the cosigned honest checkpoint),
+    and the monitor stops with evidence that `verify-consistency` confirms."""
+
+    key = generate_cosigner_key("fork-witness.example/w1")
+    (world.workdir / "witness.skey").write_text(key.skey() + "\n")
+    argv = [
+        "witness", "serve", "--key", str(world.workdir / "witness.skey"),
+        "--log-key", world.vkey_file, "--state", str(world.workdir / "witness.db"),
+    ]  # fmt: skip
+    process = WitnessProcess(argv, free_port(), world.workdir / "witness.log")
+    process.start()
+    url = f"http://127.0.0.1:{process.port}"
+
+    async def cosign_newest() -> tuple[int, str]:
+        store = await Store.connect(world.dsn)
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = WitnessClient(store=store, post=aiohttp_post(session, timeout_s=5.0))
+                job = CosigningJob(
+                    store=store, client=client, witnesses=[Witness(url, key.verifier)]
+                )
+                newest = await store.latest_checkpoint_record()
+                assert newest is not None
+                [result] = await job.cosign(newest)
+                return newest.log_size, result.outcome
+        finally:
+            await store.close()
+
+    def witnessed() -> str:
+        with urllib.request.urlopen(f"{url}/{origin_hash(ORIGIN)}/checkpoint", timeout=5) as r:
+            return str(r.read().decode())
+
+    try:
+        world.seal(2)  # size 4, honest
+        assert asyncio.run(cosign_newest()) == (4, "cosigned")
+        honest = witnessed()
+        assert honest.splitlines()[1] == "4"
+        assert world.monitor("--once")[0] == 0
+
+        asyncio.run(_cut_log_back(world.dsn, keep=2))
+        world.seal(3)  # size 5 on a rewritten history, signed with the real operator key
+        assert asyncio.run(cosign_newest()) == (5, "inconsistent")
+        assert "witness_inconsistent" in process.stderr()
+        # The witness still vouches for the honest size 4, nothing of the fork.
+        assert witnessed() == honest
+        assert [c.witness for c in verified_cosignatures(honest, [key.verifier])] == [key.verifier]
+
+        code, out, err = world.monitor("--once", "--json")
+        assert code == 1, (out, err)
+        evidence = json.loads(out)
+        assert evidence["kind"] == "log_fork"
+        check = _verify_consistency(evidence["files"])
+        assert check.returncode == 1 and "FAIL consistency" in check.stdout
+    finally:
+        process.stop()
