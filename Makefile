@@ -44,6 +44,7 @@ bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/anchoring.py
 	$(PY) bench/broker_persistence.py
+	$(PY) bench/witness.py
 
 # The fault campaign (bench/faults.py): every fault of issue 11 under 200 readings/s, both
 # device sides; the tables go to docs/reliability.md. `make test` runs its quick mode
