@@ -15,6 +15,10 @@ for (const name of CHECK_NAMES) {
     plain[name][status] = explain({ name, status, detail: "d", reason: null }, r);
   }
 }
+plain.witnesses_named = explain({
+  name: "witnesses", status: "pass", reason: null,
+  detail: "2 of 2 needed, cosigned by: w0.example+0a1b2c3d at 2026-11-25T15:00:00Z, w1.example+99aa88bb at 2026-11-25T15:00:01Z",
+}, r);
 const verdicts = cases.verdicts.map((v) => verdict(v.checks, v.sources, v.accepted));
 const trust = cases.verdicts.map((v) => trustLines(v.sources, v.accepted));
 console.log(JSON.stringify({ plain, verdicts, trust }));

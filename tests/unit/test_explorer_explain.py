@@ -124,6 +124,10 @@ def _run(tmp_path: Path) -> dict[str, Any]:
 
 def test_every_check_has_a_plain_line_per_status(tmp_path: Path) -> None:
     plain = _run(tmp_path)["plain"]
+    # The cosigners stay named in the plain line (from the check's detail).
+    assert plain.pop("witnesses_named").startswith(
+        "Independent witnesses (w0.example, w1.example) confirmed they saw this same log"
+    )
     assert set(plain) == set(CHECK_NAMES)
     # No code word (leaf_hash, bad_signature, ...; plain words such as "signature" are fine).
     codes = [c for c in [*CHECK_NAMES, *(r.value for r in Reason)] if "_" in c]

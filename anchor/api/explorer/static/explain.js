@@ -74,13 +74,20 @@ export function explain(check, r) {
       skip: "The city's signature on the log was not checked.",
     },
     witnesses: {
-      pass: "Independent witnesses confirmed they saw this same log, so the city cannot show others a different one.",
+      pass: `Independent witnesses${witnessNames(check.detail)} confirmed they saw this same log, so the city cannot show others a different one.`,
       fail: "The independent witnesses' confirmations are missing or do not match.",
       skip: "No independent witness was checked.",
     },
     anchors: anchorLines(r),
   };
   return (lines[check.name] ?? {})[s] ?? `${check.name}: ${s}`;
+}
+
+function witnessNames(detail) {
+  // The cosigners named in the check's detail ("cosigned by: name+keyhash at time, ..."), so the
+  // plain line still says who cosigned.
+  const names = [...String(detail ?? "").matchAll(/(?:: |, )([^\s,+]+)\+[0-9a-f]{8} at /g)].map((m) => m[1]);
+  return names.length ? ` (${names.join(", ")})` : "";
 }
 
 function anchorLines(r) {
