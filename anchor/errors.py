@@ -90,7 +90,7 @@ class Reason(StrEnum):
     )
     MALFORMED = (
         "malformed", "ingest 3, ack; parse",
-        "The envelope breaks the wire format of DESIGN.md.",
+        "The envelope breaks the envelope wire format.",
     )
     NON_CANONICAL = (
         "non_canonical", "ingest 3, ack; parse (last step); check envelope",
@@ -140,7 +140,7 @@ class Reason(StrEnum):
     )
     CHECKPOINT_INVALID = (
         "checkpoint_invalid", "CheckpointError",
-        "The class default; anchor.checkpoint raises the finer checkpoint_* codes.",
+        "The class default; the checkpoint parser raises the finer checkpoint_* codes.",
     )
     CHECKPOINT_MALFORMED = (
         "checkpoint_malformed", "check checkpoint",

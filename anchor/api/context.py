@@ -32,7 +32,9 @@ __all__ = [
 MAX_BODY_BYTES = 1 << 20
 MAX_BODY_DEPTH = 48
 """Deepest JSON nesting accepted in a request body (a receipt needs 4; extensions more)."""
-PROBLEM_TYPE = "https://cityanchor.example/problems/"
+PROBLEM_TYPE = "/problems/"
+"""Prefix of a problem document's ``type``: a URI reference relative to the API, which serves
+the page documenting each type there (:mod:`anchor.api.problems`)."""
 
 # HTTP status for each reason code; anything not listed is 400 (the client's input) unless it
 # is a server-side failure, which is 503 (retryable) or 500.

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from anchor import __version__
+from anchor.api.problems import problem_rows_html
 from anchor.api.spec import METHODS, REF, SHARED_SCHEMAS, RouteTable
 
 __all__ = ["build_document", "render_docs"]
@@ -32,8 +33,9 @@ _INFO = {
     "version": __version__,
     "summary": "Receipts and proofs for tamper-evident smart-city sensor data.",
     "description": "Public endpoints need no authentication. Every error is an RFC 9457 "
-    "problem document (`application/problem+json`) whose `reason` is a stable code "
-    "(docs/reason-codes.md): `not_found` 404, `erased` 410, `device_id_invalid`, "
+    "problem document (`application/problem+json`) whose `reason` is a stable code and "
+    "whose `type` is `/problems/{reason}`, a page of this API documenting it (all of them: "
+    '`/problems`, or "Problem types" below): `not_found` 404, `erased` 410, `device_id_invalid`, '
     "`invalid_parameter`, `range_too_large`, `body_malformed`, `key_invalid` 400, "
     "`method_not_allowed` 405, `too_large` 413, `rate_limited` 429, `db_unavailable`, "
     "`db_busy` 503, `internal`, `db_error`, `log_inconsistent` 500. Integer "
@@ -214,5 +216,9 @@ def render_docs(tables: Sequence[RouteTable]) -> str:
         '<p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>'
         f"<nav><h2>Endpoints</h2><ul>{toc}</ul></nav><h2>Operations</h2>"
         + "\n".join(_render_operation(p, m, op) for p, m, op in ops)
-        + f"<h2>Schemas</h2>{schemas}</main></body></html>"
+        + f"<h2>Schemas</h2>{schemas}"
+        + '<h2 id="problem-types">Problem types</h2><p>The <code>reason</code> codes of the '
+        "problem documents, each the <code>type</code> <code>/problems/{reason}</code>.</p>"
+        + problem_rows_html()
+        + "</main></body></html>"
     )

@@ -7,7 +7,8 @@ that document. :data:`ROUTES` gathers them, by resource:
 
 * :mod:`anchor.api.public_proofs`: receipts, ``POST /v1/verify``, completeness proofs;
 * :mod:`anchor.api.public_log`: batches, checkpoints, consistency proofs, anchors, operator key;
-* this module: ``/openapi.json`` and ``/docs``;
+* this module: ``/openapi.json``, ``/docs`` and the problem types, ``/problems`` and
+  ``/problems/{reason}`` (each problem document's ``type``; :mod:`anchor.api.problems`);
 
 with the component schemas in :mod:`anchor.api.public_schemas` and the limits, parameter parsing
 and cached responses they share in :mod:`anchor.api.public_http`.
@@ -35,6 +36,7 @@ from aiohttp import web
 
 from anchor.api import public_log, public_proofs
 from anchor.api.context import MAX_BODY_DEPTH
+from anchor.api.problems import PAGE_CSP, problem_index_html, problem_page_html
 from anchor.api.public_http import (
     DEFAULT_COMPLETENESS_RANGE,
     DEFAULT_LIST_LIMIT,
@@ -44,7 +46,8 @@ from anchor.api.public_http import (
     cached_json,
 )
 from anchor.api.public_schemas import PUBLIC_SCHEMAS
-from anchor.api.spec import DOCS_PAGE, OPENAPI_DOCUMENT, RouteTable
+from anchor.api.spec import DOCS_PAGE, OPENAPI_DOCUMENT, RouteTable, errors
+from anchor.errors import Reason
 
 __all__ = [
     "DEFAULT_COMPLETENESS_RANGE",
@@ -98,13 +101,64 @@ async def _get_openapi(request: web.Request) -> web.Response:
     },
 )
 async def _get_docs(request: web.Request) -> web.Response:
-    response = web.Response(text=request.app[DOCS_PAGE], content_type="text/html", charset="utf-8")
+    return _html(request.app[DOCS_PAGE])
+
+
+def _html(text: str) -> web.Response:
+    response = web.Response(text=text, content_type="text/html", charset="utf-8")
     response.headers["Cache-Control"] = "public, max-age=300"
     # Self-contained page: no script, styles inline only.
-    response.headers["Content-Security-Policy"] = (
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-    )
+    response.headers["Content-Security-Policy"] = PAGE_CSP
     return response
+
+
+_HTML_PAGE = {
+    "description": "The page.",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
+
+
+@ROUTES.get(
+    "/problems",
+    {
+        "tags": ["operations"],
+        "operationId": "problemTypes",
+        "summary": "Every problem type of this API, as an HTML page",
+        "responses": {"200": _HTML_PAGE},
+    },
+)
+async def _get_problems(request: web.Request) -> web.Response:
+    return _html(problem_index_html())
+
+
+@ROUTES.get(
+    "/problems/{reason}",
+    {
+        "tags": ["operations"],
+        "operationId": "problemType",
+        "summary": "One problem type: the page a problem document's `type` names",
+        "description": "What the `reason` code means and which HTTP status carries it.",
+        "parameters": [
+            {
+                "name": "reason",
+                "in": "path",
+                "required": True,
+                "description": "a `reason` code",
+                "schema": {"type": "string", "enum": [r.value for r in Reason]},
+            }
+        ],
+        "responses": {"200": _HTML_PAGE, **errors(404)},
+    },
+)
+async def _get_problem(request: web.Request) -> web.Response:
+    name = request.match_info["reason"]
+    try:
+        reason = Reason(name)
+    except ValueError:
+        raise ApiInputError(
+            f"no problem type {ascii(name)[:60]}", reason=Reason.NOT_FOUND
+        ) from None
+    return _html(problem_page_html(reason))
 
 
 def add_routes(app: web.Application) -> None:

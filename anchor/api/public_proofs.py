@@ -65,7 +65,7 @@ ROUTES = RouteTable()
         "tags": ["proofs"],
         "operationId": "getReceipt",
         "summary": "The receipt of one reading",
-        "description": 'The `cityanchor/receipt/v2` document (DESIGN.md "Receipt"), '
+        "description": "The `cityanchor/receipt/v2` document (schema `Receipt`), "
         "verifiable offline with `cityanchor verify`. It ends at the newest anchored "
         "checkpoint covering the reading (`status` anchored), else the newest "
         "checkpoint (`status` sealed). Anchored receipts are cached a minute and "

@@ -53,6 +53,17 @@ def _receipt_schema() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 _RECEIPT, _RECEIPT_DEFS = _receipt_schema()
+# The schema file's description speaks to its maintainers; the API's readers get this one.
+_RECEIPT["description"] = (
+    "Everything needed to verify one signed sensor reading offline. The batch-log leaf is "
+    "SHA-256(0x00 || uint64_be(batch.size) || batch.root), so `log.path` binds `batch.size`; the "
+    "batch is identified by `log.index`. Version `cityanchor/receipt/v1` is retired and refused "
+    "(reason `receipt_version_retired`). Verifiers are stricter than this schema in three ways: "
+    "integers are written without a fraction or exponent; `batch.index` < `batch.size` and "
+    "`log.index` < `log.size`; `block_time` is a real calendar date and time with an offset of "
+    "at most 23:59. Unknown fields are allowed everywhere (top-level ones are kept, nested ones "
+    "ignored) except `batch.id`, which v2 refuses: nothing binds it to the proofs."
+)
 
 PUBLIC_SCHEMAS: dict[str, Any] = {
     **_RECEIPT_DEFS,

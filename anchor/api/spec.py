@@ -188,7 +188,7 @@ def _problem(status: int) -> dict[str, Any]:
             "application/problem+json": {
                 "schema": ref("Problem"),
                 "example": {
-                    "type": "https://cityanchor.example/problems/" + reason,
+                    "type": "/problems/" + reason,
                     "title": reason.replace("_", " "),
                     "status": status,
                     "detail": "what went wrong, for a human",
@@ -251,14 +251,19 @@ SHARED_SCHEMAS: dict[str, Any] = {
     "Problem": obj(
         ["type", "title", "status", "detail", "reason"],
         {
-            "type": {"type": "string", "description": "URI naming the problem type"},
+            "type": {
+                "type": "string",
+                "format": "uri-reference",
+                "description": "the problem type, `/problems/{reason}`: a URI reference relative "
+                "to this API, which serves the page documenting the type there",
+            },
             "title": {"type": "string"},
             "status": {"type": "integer", "minimum": 400, "maximum": 599},
             "detail": {"type": "string", "description": "human-readable; may change"},
             "reason": {
                 "type": "string",
                 "pattern": "^[a-z0-9_]+$",
-                "description": "stable machine-readable code (docs/reason-codes.md); "
+                "description": "stable machine-readable code (each listed at `/problems`); "
                 "branch on this, never on detail",
             },
         },

@@ -28,6 +28,7 @@ __all__ = [
     "ChainSettings",
     "Settings",
     "WitnessSettings",
+    "check_public_url",
     "check_witness_url",
     "load_settings",
     "settings_to_toml",
@@ -52,6 +53,10 @@ class ChainSettings:
 
     The signing key is never part of the settings: only where to read it (``key_file``, or the
     environment variable named by ``key_env``).
+
+    ``rpc_url`` is private: a gateway URL may embed a project key. ``public_rpc_url`` is the
+    endpoint the proof explorer gives to browsers (``/explorer/config.json``); empty publishes
+    none, and the explorer's users give their own.
     """
 
     name: str = "evm"
@@ -64,8 +69,11 @@ class ChainSettings:
     fee_mode: str = "eip1559"
     gas_limit: int = 100_000
     rpc_timeout_s: int = 10
+    public_rpc_url: str = ""
 
     def __post_init__(self) -> None:
+        if self.public_rpc_url:
+            check_public_url(self.public_rpc_url, f"chain {self.name}: public_rpc_url")
         if self.fee_mode not in FEE_MODES:
             raise UsageError(f"chain {self.name}: fee_mode must be one of {', '.join(FEE_MODES)}")
         if self.confirmations < 1:
@@ -93,6 +101,22 @@ class WitnessSettings:
     @property
     def verifier(self) -> CosignerVerifier:
         return CosignerVerifier.from_vkey(self.vkey)
+
+
+def check_public_url(url: str, what: str) -> None:
+    """Raise UsageError unless ``url`` is an http(s) URL without user info (``user:pass@``): a
+    URL handed to every browser must carry no credentials in that place."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        raise UsageError(f"{what} is not a URL: {redact_text(url)}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{what} must be an http(s) URL, got {redact_text(url)}")
+    if any(c in url for c in " ;,'\"\\"):
+        raise UsageError(f"{what} must not contain spaces, quotes, ';' or ','")
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(f"{what} must not carry user info (it is published to browsers)")
 
 
 def check_witness_url(url: str) -> None:

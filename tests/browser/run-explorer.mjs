@@ -10,8 +10,11 @@
 // third party (issue 10 item 5: COSE with {99: "attacker text"} in the unsigned unprotected
 // header, or a JWS with a padded signature; leaf_hash made to match). With --size-attack, that
 // receipt (leaf 0 of a batch of 8) is pasted with batch.size lowered by one (issue 10 item 6;
-// screenshot SCREENSHOT-size.png), and rewritten as a v1 receipt with a batch.id. Exit 0 when the page ran
-// (the caller judges the statuses), 2 on a usage or browser error.
+// screenshot SCREENSHOT-size.png), and rewritten as a v1 receipt with a batch.id. Last (issue 14
+// item 16), the first reading is looked up again with keys and an endpoint the user gives in the
+// trust form (screenshot SCREENSHOT-own.png), after a reload (they are remembered), with this
+// server's keys explicitly accepted, and after "Forget". Exit 0 when the page ran (the caller
+// judges the statuses), 2 on a usage or browser error.
 
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -47,18 +50,34 @@ async function readResult(page) {
     state: "attached", timeout: 20000,
   });
   return page.evaluate(() => {
-    const checks = {}, details = {}, states = {};
+    const checks = {}, details = {}, states = {}, plain = {}, tech_hidden = {};
     for (const li of document.querySelectorAll("#checks li[data-check]")) {
       checks[li.dataset.check] = li.dataset.status;
       details[li.dataset.check] = li.querySelector(".detail")?.textContent ?? "";
       states[li.dataset.check] = li.querySelector(".state")?.textContent ?? "";
+      plain[li.dataset.check] = li.querySelector(".plain")?.textContent ?? "";
+      // The technical detail is one click away: present, but not shown until opened.
+      const tech = li.querySelector("details.tech");
+      const detail = tech?.querySelector(".detail");
+      tech_hidden[li.dataset.check] = !!detail && !tech.open && !detail.checkVisibility();
+    }
+    const trust = {};
+    for (const li of document.querySelectorAll("#trust-summary li[data-key]")) {
+      trust[li.dataset.key] = { from: li.dataset.from, text: li.textContent };
+    }
+    const rows = {};
+    for (const dt of document.querySelectorAll("#reading dt")) {
+      const dd = dt.nextElementSibling;
+      rows[dt.textContent] = { text: dd.textContent, untrusted: dd.classList.contains("untrusted") };
     }
     return {
       state: document.getElementById("result").dataset.state,
       status: document.getElementById("status").textContent,
       verdict: document.getElementById("verdict").textContent,
+      verdict_state: document.getElementById("verdict").dataset.state ?? "",
       title: document.getElementById("result-title").textContent,
-      checks, details, states,
+      reading_trust: document.getElementById("reading").dataset.trust ?? "",
+      checks, details, states, plain, tech_hidden, trust, rows,
     };
   });
 }
@@ -106,6 +125,22 @@ async function fetchReceipt(target) {
   return resp.json();
 }
 
+async function lookUp(page, explorer, target) {
+  await page.goto(explorer);
+  await page.getByLabel("Device id").fill(target.device_id);
+  await page.getByLabel("Sequence number").fill(String(target.seq));
+  await page.getByRole("button", { name: "Look up and verify" }).click();
+  return readResult(page);
+}
+
+const openTrust = (page) => page.evaluate(() => { document.getElementById("trust").open = true; });
+
+async function getJson(path) {
+  const resp = await fetch(new URL(path, baseUrl));
+  if (!resp.ok) throw new Error(`GET ${path}: HTTP ${resp.status}`);
+  return resp.json();
+}
+
 async function paste(page, explorer, receipt) {
   await page.goto(explorer);
   await page.getByLabel(/Or paste a receipt/).fill(JSON.stringify(receipt, null, 2));
@@ -137,11 +172,7 @@ try {
 
   // 1) look each reading up through the form.
   for (const [i, target] of lookups.entries()) {
-    await page.goto(explorer);
-    await page.getByLabel("Device id").fill(target.device_id);
-    await page.getByLabel("Sequence number").fill(String(target.seq));
-    await page.getByRole("button", { name: "Look up and verify" }).click();
-    out.lookups.push({ ...target, ...(await readResult(page)), url: page.url() });
+    out.lookups.push({ ...target, ...(await lookUp(page, explorer, target)), url: page.url() });
     if (i === 0) {
       await page.screenshot({ path: screenshot, fullPage: true });
       out.screenshots.push(screenshot);
@@ -173,6 +204,41 @@ try {
     out.screenshots.push(path);
     out.size_attack.v1 = await paste(page, explorer, asV1(genuine));
   }
+
+  // 4) the user's own keys and endpoint (here the same ones, fetched as a user would from the
+  // operator's publication and the device's maker), remembered across a reload; then the
+  // server's keys accepted; then forgotten.
+  const first = lookups[0];
+  const device = await getJson(`/v1/devices/${encodeURIComponent(first.device_id)}`);
+  const config = await getJson("/explorer/config.json");
+  const rpcUrl = process.env.CITYANCHOR_TEST_RPC_URL || config.chains[0].rpc_url;
+  await page.goto(explorer);
+  await openTrust(page);
+  await page.getByLabel("Device public key (JWK)").fill(JSON.stringify(device.keys ?? device.public_key_jwk));
+  await page.getByLabel(/Operator note keys/).fill(config.operator_vkeys.join("\n"));
+  await page.getByLabel(/Chain JSON-RPC endpoint/).fill(rpcUrl);
+  const own = {};
+  own.given = await lookUp(page, explorer, first);
+  const ownShot = screenshot.replace(/(\.png)?$/, "-own.png");
+  await page.screenshot({ path: ownShot, fullPage: true });
+  out.screenshots.push(ownShot);
+  own.stored = await page.evaluate(() => localStorage.getItem("cityanchor-explorer-trust"));
+  await page.reload();
+  own.fields_after_reload = await page.evaluate(() => ({
+    device_jwk: document.getElementById("device-jwk").value,
+    operator_vkeys: document.getElementById("operator-vkey").value,
+    rpc_url: document.getElementById("rpc-url").value,
+  }));
+  own.after_reload = await lookUp(page, explorer, first);
+  await openTrust(page);
+  await page.getByRole("button", { name: "Forget what I gave" }).click();
+  await page.getByLabel(/I accept this server's keys/).check();
+  own.accepted = await lookUp(page, explorer, first);
+  await openTrust(page);
+  await page.getByRole("button", { name: "Forget what I gave" }).click();
+  own.forgotten = await lookUp(page, explorer, first);
+  own.stored_after_forget = await page.evaluate(() => localStorage.getItem("cityanchor-explorer-trust"));
+  out.own_keys = own;
 } catch (err) {
   out.error = String(err && err.stack || err);
   console.log(JSON.stringify(out));

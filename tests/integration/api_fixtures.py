@@ -173,6 +173,8 @@ def api_world(
         CITYANCHOR_INGESTOR_NAME=f"api{os.getpid()}",
         CITYANCHOR_CHAIN_NAME="local",
         CITYANCHOR_CHAIN_RPC_URL=anvil.rpc_url,
+        # What /explorer/config.json gives browsers (never the private rpc_url): the same node.
+        CITYANCHOR_CHAIN_PUBLIC_RPC_URL=anvil.rpc_url,
         CITYANCHOR_CHAIN_ID=str(anvil.chain_id),
         CITYANCHOR_CHAIN_CONTRACT=anchor_registry,
         CITYANCHOR_CHAIN_KEY_FILE=str(workdir / "chain.key"),

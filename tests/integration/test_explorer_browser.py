@@ -2,7 +2,9 @@
 
 The Debian ``chromium`` package is driven by playwright-core (``tests/browser/run-explorer.mjs``,
 pinned in package.json): look readings up and see every check pass in the browser; paste a
-tampered receipt and see the failing checks named. Screenshots go to ``test-artifacts/``.
+tampered receipt and see the failing checks named and the reading's values marked untrusted;
+give keys and a chain endpoint of one's own (remembered in the browser) and see the verdict say
+whose keys were used. Screenshots go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ def test_explorer_serves_page_config_and_static_files(api_world: ApiWorld) -> No
     assert b'src="/explorer/static/explorer.js"' in body
     csp = headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
-    # The page may call the chain's JSON-RPC, and nothing else off this origin.
-    assert f"connect-src 'self' {api_world.rpc_url.rstrip('/')}" in csp
+    # The page may call the chain's published JSON-RPC endpoint, and a user's own (any https
+    # one, or a node on their machine); no other plain-http origin.
+    assert f"connect-src 'self' {api_world.rpc_url.rstrip('/')} https: http://127.0.0.1:*" in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
 
     status, _, body = _get(api_world, "/explorer/config.json")
@@ -63,6 +66,7 @@ def test_explorer_serves_page_config_and_static_files(api_world: ApiWorld) -> No
 
     for name, media_type in (
         ("explorer.js", "text/javascript"),
+        ("explain.js", "text/javascript"),
         ("verify.js", "text/javascript"),
         ("explorer.css", "text/css"),
     ):
@@ -84,7 +88,12 @@ def _run_browser(
         pytest.fail("playwright-core is not installed: run `npm ci` (make install does)")
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "explorer.png"
-    for old in (screenshot, ARTIFACTS / "explorer-tampered.png", ARTIFACTS / "explorer-size.png"):
+    for old in (
+        screenshot,
+        ARTIFACTS / "explorer-tampered.png",
+        ARTIFACTS / "explorer-size.png",
+        ARTIFACTS / "explorer-own.png",
+    ):
         old.unlink(missing_ok=True)
     result = subprocess.run(
         [
@@ -127,11 +136,31 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
 
     assert out["console_errors"] == []
     *looked_up, sealed_result = out["lookups"]
-    # 1) Looked up through the form: every check passes in the browser.
+    # 1) Looked up through the form: every check passes in the browser, with this server's keys
+    # and endpoint, which the verdict says instead of "Fully verified" (issue 14 item 16).
     for result in looked_up:
         assert result["state"] == "done", result
         assert result["checks"] == ALL_PASS, json.dumps(result["details"])
-        assert result["verdict"].startswith("Fully verified"), result
+        assert result["verdict_state"] == "server", result
+        assert not result["verdict"].startswith("Fully verified"), result
+        assert "of this server" in result["verdict"], result
+        assert {k: v["from"] for k, v in result["trust"].items()} == {
+            "device": "server",
+            "operator": "server",
+            "witnesses": "none",
+            "rpc": "server",
+        }, result["trust"]
+        assert "not independent" in result["trust"]["device"]["text"]
+        assert result["reading_trust"] == ""
+        # Item 18: a plain line per check; the technical detail is one click away.
+        assert all(result["plain"][name] for name in CHECK_NAMES), result["plain"]
+        assert all(result["tech_hidden"].values()), result["tech_hidden"]
+        assert result["plain"]["signature"].startswith("The device's signature matches")
+        assert result["plain"]["batch_path"].startswith("This reading is in batch ")
+        assert "is in the log the city signed" in result["plain"]["checkpoint_signature"]
+        assert "written to the blockchain" in result["plain"]["anchors"]
+        # Item 17: the anchors row says its status once.
+        assert not result["details"]["anchors"].startswith("pass"), result["details"]
     assert sealed_result["checks"] == {**ALL_PASS, "anchors": "skip"}, sealed_result["details"]
     assert "not anchored yet" in sealed_result["details"]["anchors"]
     first = looked_up[0]
@@ -148,6 +177,13 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
         "batch_path": "fail",
     }, envelope["details"]
     assert "signature, leaf_hash, batch_path failed" in envelope["verdict"]
+    # ... and the reading's values are marked untrusted, next to the status (item 16).
+    assert envelope["reading_trust"] == "untrusted"
+    assert envelope["rows"]["Status"]["untrusted"], envelope["rows"]
+    status_row = envelope["rows"]["Status"]["text"]
+    assert "Untrusted: signature, leaf_hash, batch_path failed" in status_row
+    assert envelope["rows"]["Values"]["untrusted"], envelope["rows"]
+    assert envelope["plain"]["signature"].startswith("The device's signature does not match")
     # ... and with log.root changed: the log path, the checkpoint and the anchor fail.
     log_root = out["tampered"]["log_root"]
     assert log_root["checks"] == {
@@ -184,6 +220,33 @@ def test_explorer_verifies_receipts_in_headless_chromium(api_world: ApiWorld) ->
     assert "(receipt_version_retired)" in v1["status"]
     assert "cityanchor/receipt/v1 receipts are refused" in v1["status"]
 
-    # 4) The screenshots are test artifacts.
+    # 4) Keys and an endpoint the user gave: "Fully verified", saying they are the user's; kept
+    # in localStorage across a reload; the server's keys explicitly accepted count too; "Forget"
+    # returns to the server's keys and clears the storage.
+    own = out["own_keys"]
+    given = own["given"]
+    assert given["checks"] == ALL_PASS, given["details"]
+    assert given["verdict_state"] == "pass" and given["verdict"].startswith("Fully verified")
+    assert "you supplied" in given["verdict"]
+    assert {k: v["from"] for k, v in given["trust"].items()} == {
+        "device": "user",
+        "operator": "user",
+        "witnesses": "none",
+        "rpc": "user",
+    }, given["trust"]
+    assert api_world.rpc_url in given["trust"]["rpc"]["text"]
+    assert "the key you gave" in given["details"]["signature"]
+    assert own["stored"] and json.loads(own["stored"])["rpc_url"] == api_world.rpc_url
+    assert own["fields_after_reload"]["rpc_url"] == api_world.rpc_url
+    assert own["fields_after_reload"]["operator_vkeys"] == api_world.operator.verifier.vkey()
+    assert own["after_reload"]["verdict_state"] == "pass", own["after_reload"]
+    accepted = own["accepted"]
+    assert accepted["verdict_state"] == "pass", accepted
+    assert "supplied or accepted" in accepted["verdict"]
+    assert "accepted by you" in accepted["trust"]["device"]["text"]
+    assert own["forgotten"]["verdict_state"] == "server", own["forgotten"]
+    assert own["stored_after_forget"] is None
+
+    # 5) The screenshots are test artifacts.
     for path in out["screenshots"]:
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path

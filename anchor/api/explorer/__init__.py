@@ -8,14 +8,17 @@ Routes (declared on :data:`ROUTES` with their OpenAPI operations, registered by
   on load;
 * ``GET /explorer/static/{name}`` its script modules and style sheet (a fixed allow-list);
 * ``GET /explorer/config.json`` what the page needs besides the public ``/v1`` endpoints: the
-  chains it may ask about anchors (name, chain id, JSON-RPC URL, contract) and the operator's
-  C2SP note verifier keys.
+  chains it may ask about anchors (name, chain id, the chain's *public* JSON-RPC URL, setting
+  ``public_rpc_url``, never the private ``rpc_url``, which may embed a gateway's project key),
+  the operator's C2SP note verifier keys and the witnesses' keys.
 
 Everything the page shows is checked by the page itself (``static/verify.js``: WebCrypto
 SHA-256, Ed25519 and ECDSA P-256, the chain's JSON-RPC); this module only serves files. No build
 step: the files are plain ES2020 modules, with no third-party code and nothing loaded from
-elsewhere. The Content-Security-Policy allows scripts and styles from this origin only and
-network requests to this origin and the configured chain endpoints.
+elsewhere. The Content-Security-Policy allows scripts and styles from this origin only, and
+network requests to this origin, the published chain endpoints, any https endpoint and a
+loopback http one (a user may check anchors through a JSON-RPC endpoint of their own choice).
+Keys and endpoints the user gives stay in their browser (``localStorage``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES: dict[str, str] = {
     "explorer.js": "text/javascript",
     "verify.js": "text/javascript",
+    "explain.js": "text/javascript",
     "explorer.css": "text/css",
 }
 """The files under ``/explorer/static/`` and their media types; anything else is 404."""
@@ -61,7 +65,12 @@ ROUTES = RouteTable(
                             "properties": {
                                 "name": {"type": "string"},
                                 "chain_id": {"type": "integer"},
-                                "rpc_url": {"type": "string"},
+                                "rpc_url": {
+                                    "type": ["string", "null"],
+                                    "description": "the chain's public JSON-RPC endpoint, "
+                                    "for browsers (null: none published; the page asks the "
+                                    "user for one)",
+                                },
                                 "contract": {"type": ["string", "null"]},
                             },
                         },
@@ -130,16 +139,20 @@ def _origin(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+# A user's own JSON-RPC endpoint: any https one, or a node on their own machine.
+_USER_RPC = ("https:", "http://127.0.0.1:*", "http://localhost:*")
+
+
 def _csp(request: web.Request) -> str:
     chains = request.app[CONTEXT].settings.chains
-    rpc = sorted({o for c in chains if (o := _origin(c.rpc_url)) is not None})
+    rpc = sorted({o for c in chains if (o := _origin(c.public_rpc_url)) is not None})
     return "; ".join(
         (
             "default-src 'none'",
             "script-src 'self'",
             "style-src 'self'",
             "img-src 'self' data:",
-            "connect-src " + " ".join(["'self'", *rpc]),
+            "connect-src " + " ".join(["'self'", *rpc, *_USER_RPC]),
             "base-uri 'none'",
             "form-action 'self'",
             "frame-ancestors 'none'",
@@ -156,7 +169,8 @@ def explorer_config(request: web.Request) -> dict[str, Any]:
             {
                 "name": c.name,
                 "chain_id": c.chain_id,
-                "rpc_url": c.rpc_url,
+                # Never c.rpc_url: a gateway URL may embed a project key (issue 14 item 17).
+                "rpc_url": c.public_rpc_url or None,
                 "contract": c.contract,
             }
             for c in ctx.settings.chains

@@ -1,11 +1,13 @@
 // cityanchor proof explorer: the page. Fetches a receipt and the keys, shows them, and runs the
-// checks of verify.js. Every device-supplied string reaches the DOM as text (textContent /
-// text nodes), never as HTML.
+// checks of verify.js; explain.js words them. Every device-supplied string reaches the DOM as
+// text (textContent / text nodes), never as HTML. Keys and the chain endpoint the user gives are
+// kept in localStorage, never sent to the server.
 
 import {
   CHECK_NAMES, VerifyError, bytesToHex, parseCheckpoint, parseReceipt, parseVkey, parseWitnessVkey,
   verifyReceipt,
 } from "./verify.js";
+import { explain, trustLines, verdict } from "./explain.js";
 
 const $ = (id) => document.getElementById(id);
 let configPromise = null;
@@ -59,28 +61,62 @@ function jwksOf(value) {
   return jwksOf(value.public_key_jwk ?? value.public_jwk ?? value.jwk ?? null);
 }
 
+// The user's own keys and endpoint, kept in this browser (never sent to the server).
+const TRUST_STORE = "cityanchor-explorer-trust";
+const TRUST_FIELDS = {
+  device_jwk: "device-jwk", operator_vkeys: "operator-vkey", witness_vkeys: "witness-vkeys",
+  witness_quorum: "witness-quorum", rpc_url: "rpc-url",
+};
+
+function saveTrust() {
+  const saved = Object.fromEntries(Object.entries(TRUST_FIELDS).map(([k, id]) => [k, $(id).value]));
+  saved.accept = $("accept-server").checked;
+  try { localStorage.setItem(TRUST_STORE, JSON.stringify(saved)); } catch { /* storage off */ }
+}
+
+function loadTrust() {
+  let saved = null;
+  try { saved = JSON.parse(localStorage.getItem(TRUST_STORE) ?? "null"); } catch { /* none */ }
+  if (!saved || typeof saved !== "object") return;
+  for (const [k, id] of Object.entries(TRUST_FIELDS)) {
+    if (typeof saved[k] === "string") $(id).value = saved[k];
+  }
+  $("accept-server").checked = saved.accept === true;
+  if (Object.keys(TRUST_FIELDS).some((k) => saved[k])) $("trust").open = true;
+}
+
+function forgetTrust() {
+  for (const id of Object.values(TRUST_FIELDS)) $(id).value = "";
+  $("accept-server").checked = false;
+  try { localStorage.removeItem(TRUST_STORE); } catch { /* storage off */ }
+}
+
+const lines = (text) => text.split("\n").map((l) => l.trim()).filter(Boolean);
+
 async function deviceKeys(deviceId) {
   const pasted = $("device-jwk").value.trim();
   if (pasted) {
     try {
-      return { keys: jwksOf(JSON.parse(pasted)), source: "the key you pasted", why: "the pasted JWK has no key" };
+      return { keys: jwksOf(JSON.parse(pasted)), from: "user", source: "the key you gave", why: "the key you gave is not a JWK" };
     } catch {
-      return { keys: [], source: "", why: "the pasted device key is not JSON" };
+      return { keys: [], from: "user", source: "", why: "the device key you gave is not JSON" };
     }
   }
+  const server = { from: "server", source: "this server's device registry" };
   try {
     const r = await getJson(`/v1/devices/${encodeURIComponent(deviceId)}`);
-    if (!r.ok) return { keys: [], source: "", why: `the device registry answered HTTP ${r.status}` };
-    return { keys: jwksOf(r.body), source: "this server's device registry", why: "the registry lists no key" };
+    if (!r.ok) return { ...server, keys: [], why: `the device registry answered HTTP ${r.status}` };
+    return { ...server, keys: jwksOf(r.body), why: "the registry lists no key" };
   } catch {
-    return { keys: [], source: "", why: "the device registry is unreachable" };
+    return { ...server, keys: [], why: "the device registry is unreachable" };
   }
 }
 
 async function operatorKeys(config) {
-  const pasted = $("operator-vkey").value.trim();
-  let texts = pasted ? [pasted] : (config.operator_vkeys ?? [config.operator_vkey]).filter(Boolean);
-  let source = pasted ? "the key you pasted" : "this server's configuration";
+  const pasted = lines($("operator-vkey").value);
+  let texts = pasted.length ? pasted : (config.operator_vkeys ?? [config.operator_vkey]).filter(Boolean);
+  const from = pasted.length ? "user" : "server";
+  let source = pasted.length ? "the key you gave" : "this server's configuration";
   if (!texts.length) {
     try {
       const r = await fetch("/v1/operator-key");
@@ -93,24 +129,46 @@ async function operatorKeys(config) {
       }
     } catch { /* none */ }
   }
-  if (!texts.length) return { keys: [], source, why: "the server publishes no operator key" };
+  if (!texts.length) return { keys: [], from, source, why: "the server publishes no operator key" };
   try {
-    return { keys: await Promise.all(texts.map(parseVkey)), source, why: "" };
+    return { keys: await Promise.all(texts.map(parseVkey)), from, source, why: "" };
   } catch (err) {
-    return { keys: [], source, why: err instanceof VerifyError ? err.message : "unreadable key" };
+    return { keys: [], from, source, why: err instanceof VerifyError ? err.message : "unreadable key" };
   }
 }
 
 async function witnessKeys(config) {
-  // The witnesses this server asks for cosignatures (config.json): the page shows which of them
-  // cosigned the receipt's checkpoint, and whether they make the server's quorum.
-  const texts = (config.witness_vkeys ?? []).filter(Boolean);
-  if (!texts.length) return { keys: [], why: "this server configures no witness" };
+  // The user's witness keys, else the witnesses this server asks for cosignatures (config.json):
+  // the page shows which of them cosigned the receipt's checkpoint, and whether they make the
+  // quorum.
+  const pasted = lines($("witness-vkeys").value);
+  const texts = pasted.length ? pasted : (config.witness_vkeys ?? []).filter(Boolean);
+  const from = pasted.length ? "user" : texts.length ? "server" : "none";
+  const source = pasted.length ? "the keys you gave" : texts.length ? "this server's configuration"
+    : "this server configures no witness";
+  const given = Number($("witness-quorum").value);
+  const quorum = pasted.length && Number.isSafeInteger(given) && given >= 1 ? given
+    : pasted.length ? 1 : config.witness_quorum || 1;
+  if (!texts.length) return { keys: [], from, source, quorum, why: "this server configures no witness" };
   try {
-    return { keys: await Promise.all(texts.map(parseWitnessVkey)), why: "" };
+    return { keys: await Promise.all(texts.map(parseWitnessVkey)), from, source, quorum, why: "" };
   } catch (err) {
-    return { keys: [], why: err instanceof VerifyError ? err.message : "unreadable witness key" };
+    return { keys: [], from, source, quorum, why: err instanceof VerifyError ? err.message : "unreadable witness key" };
   }
+}
+
+function chainEndpoints(config, r) {
+  // The user's endpoint serves every anchor's chain (verify.js checks its eth_chainId first);
+  // else the endpoints this server publishes (never its private one).
+  const own = $("rpc-url").value.trim();
+  if (own) {
+    const ids = [...new Set(r.anchors.map((a) => a.chain_id))];
+    return { from: "user", source: own, chains: ids.map((id) => ({ name: "your endpoint", chain_id: id, rpc_url: own })) };
+  }
+  const chains = (config.chains ?? []).filter((c) => c && c.rpc_url);
+  return chains.length
+    ? { from: "server", source: `this server's published endpoint ${chains.map((c) => c.rpc_url).join(", ")}`, chains }
+    : { from: "none", source: "this server publishes none", chains: [] };
 }
 
 // ---- rendering ----------------------------------------------------------------------------
@@ -118,29 +176,45 @@ async function witnessKeys(config) {
 const SYMBOL = { pass: "\u2714", fail: "\u2718", skip: "\u2013" };
 const WORD = { pass: "pass", fail: "fail", skip: "skipped" };
 
-function renderChecks(checks) {
+function renderChecks(checks, r, sources, accepted) {
   const list = $("checks");
   list.replaceChildren();
   const byName = new Map(checks.map((c) => [c.name, c]));
   for (const name of CHECK_NAMES) {
     const c = byName.get(name) ?? { name, status: "skip", detail: "not run", reason: null };
+    // The plain line first; the check's name, status, reason code and detail one click away.
     list.append(el("li", { class: `check ${c.status}`, "data-check": name, "data-status": c.status },
       el("span", { class: "mark", "aria-hidden": "true" }, SYMBOL[c.status]),
-      el("span", { class: "name" }, name),
-      el("span", { class: "state" }, WORD[c.status] + (c.reason ? ` (${c.reason})` : "")),
-      el("span", { class: "detail" }, c.detail)));
+      el("span", { class: "plain" }, explain(c, r)),
+      el("details", { class: "tech" },
+        el("summary", {}, "Technical detail"),
+        el("span", { class: "name" }, name), " ",
+        el("span", { class: "state" }, WORD[c.status] + (c.reason ? ` (${c.reason})` : "")), " ",
+        el("span", { class: "detail" }, c.detail))));
   }
-  const failed = checks.filter((c) => c.status === "fail").map((c) => c.name);
-  // Witnessing is opt-in: without witness keys its skip does not make the receipt "not fully
-  // verified" (ReceiptReport.fully_verified in anchor/verify.py).
-  const skipped = checks.filter((c) => c.status === "skip" && c.name !== "witnesses").map((c) => c.name);
-  const verdict = $("verdict");
-  verdict.className = failed.length ? "verdict fail" : skipped.length ? "verdict skip" : "verdict pass";
-  verdict.textContent = failed.length
-    ? `Not valid: ${failed.join(", ")} failed.`
-    : skipped.length
-      ? `Valid, not fully verified: ${skipped.join(", ")} skipped.`
-      : "Fully verified: every check passed in this browser.";
+  const v = verdict(checks, sources, accepted);
+  const box = $("verdict");
+  box.className = `verdict ${v.state}`;
+  box.dataset.state = v.state;
+  box.textContent = v.text;
+  const summary = $("trust-summary");
+  summary.replaceChildren(...trustLines(sources, accepted).map((t) =>
+    el("li", { "data-key": t.key, "data-from": t.from }, t.text)));
+  return v;
+}
+
+function markUntrusted(failedNames) {
+  // A failed check: the values shown are not proven; say so next to the status and the values.
+  const warning = `Untrusted: ${failedNames.join(", ")} failed; these values are not proven.`;
+  const reading = $("reading");
+  reading.dataset.trust = "untrusted";
+  for (const dt of reading.querySelectorAll("dt")) {
+    if (dt.textContent === "Status" || dt.textContent === "Values") {
+      const dd = dt.nextElementSibling;
+      dd.classList.add("untrusted");
+      dd.append(" ", el("strong", { class: "untrusted-badge" }, `\u26a0 ${warning}`));
+    }
+  }
 }
 
 function renderReading(r, env) {
@@ -225,7 +299,9 @@ async function show(receiptJson, origin) {
   result.hidden = false;
   $("result-title").textContent = `Receipt: ${r.deviceId} #${r.seq}`;
   $("checks").replaceChildren();
+  $("trust-summary").replaceChildren();
   $("verdict").textContent = "";
+  delete $("reading").dataset.trust;
   renderBatch(r);
   renderCheckpoint(r);
   renderPath(r);
@@ -235,12 +311,18 @@ async function show(receiptJson, origin) {
     const config = await loadConfig();
     const [devKeys, opKeys, witKeys] = await Promise.all(
       [deviceKeys(r.deviceId), operatorKeys(config), witnessKeys(config)]);
+    const rpc = chainEndpoints(config, r);
     const { checks, envelope } = await verifyReceipt(r, {
-      deviceKeys: devKeys, operatorKeys: opKeys, chains: config.chains ?? [],
-      witnessKeys: witKeys, witnessQuorum: config.witness_quorum || 1,
+      deviceKeys: devKeys, operatorKeys: opKeys, chains: rpc.chains,
+      witnessKeys: witKeys, witnessQuorum: witKeys.quorum,
     });
+    const label = (k) => ({ from: k.from, label: k.source });
+    const sources = {
+      device: label(devKeys), operator: label(opKeys), witnesses: label(witKeys), rpc: label(rpc),
+    };
     renderReading(r, envelope);
-    renderChecks(checks);
+    const v = renderChecks(checks, r, sources, $("accept-server").checked);
+    if (v.untrusted) markUntrusted(checks.filter((c) => c.status === "fail").map((c) => c.name));
     setStatus(`Verified ${origin} in this browser.`, "done");
   } catch (err) {
     setStatus(`Verification stopped: ${err && err.message}`, "error");
@@ -285,6 +367,10 @@ function start() {
     }
     show(json, "the pasted receipt");
   });
+  loadTrust();
+  $("trust-form").addEventListener("input", saveTrust);
+  $("trust-form").addEventListener("submit", (ev) => ev.preventDefault());
+  $("trust-forget").addEventListener("click", forgetTrust);
   loadConfig();
   const q = new URLSearchParams(location.search);
   const deviceId = q.get("device_id") ?? q.get("device");

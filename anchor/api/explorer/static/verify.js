@@ -1070,7 +1070,7 @@ const hexQuantity = (v, what) => {
 async function checkOneAnchor(a, logRoot, chains, timeoutMs) {
   const chain = chains.find((c) => c.chain_id === a.chain_id);
   const where = `chain ${a.chain_id} block ${a.block_number}`;
-  if (!chain || !chain.rpc_url) return ["skip", `${where}: no JSON-RPC endpoint configured for chain ${a.chain_id}`];
+  if (!chain || !chain.rpc_url) return ["skip", `${where}: no JSON-RPC endpoint for chain ${a.chain_id} (the server publishes none; give your own)`];
   try {
     const id = hexQuantity(await rpc(chain.rpc_url, "eth_chainId", [], timeoutMs), "eth_chainId");
     if (id !== BigInt(a.chain_id)) {
@@ -1104,7 +1104,10 @@ async function checkAnchors(r, chains, timeoutMs) {
   if (!r.anchors.length) return check("anchors", "skip", `status ${r.status}: not anchored yet`);
   const results = [];
   for (const a of r.anchors) results.push(await checkOneAnchor(a, r.log.root, chains, timeoutMs));
-  const detail = results.map(([s, d]) => `${s}: ${d}`).join("\n");
+  // One anchor: its detail alone (the row already shows the status). Several: each line says
+  // which of them passed, failed or was skipped.
+  const detail = results.length === 1 ? results[0][1]
+    : results.map(([s, d], i) => `anchor ${i + 1} (${s === "skip" ? "skipped" : s}): ${d}`).join("\n");
   const fail = results.find(([s]) => s === "fail");
   if (fail) return check("anchors", "fail", detail, fail[2]);
   if (results.some(([s]) => s === "pass")) return check("anchors", "pass", detail);
