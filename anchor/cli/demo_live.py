@@ -243,6 +243,7 @@ def run_live_demo(
                 CITYANCHOR_BATCH_AGE_MS="1000",
                 CITYANCHOR_CHAIN_NAME="local",
                 CITYANCHOR_CHAIN_RPC_URL=chain.rpc_url,
+                CITYANCHOR_CHAIN_PUBLIC_RPC_URL=chain.rpc_url,
                 CITYANCHOR_CHAIN_ID=str(CHAIN_ID),
                 CITYANCHOR_CHAIN_CONTRACT=contract,
                 CITYANCHOR_CHAIN_KEY_FILE=str(job_key),

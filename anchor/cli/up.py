@@ -226,8 +226,13 @@ def _chain_settings(
         deployer = keys / "deployer.key"
         if not deployer.exists():
             write_private_file(deployer, chain.accounts[0].private_key.encode())
+        # The private chain's URL is loopback and holds no key: the explorer may publish it.
         settings = ChainSettings(
-            name="local", rpc_url=chain.rpc_url, chain_id=LOCAL_CHAIN_ID, key_file=str(key_file)
+            name="local",
+            rpc_url=chain.rpc_url,
+            public_rpc_url=chain.rpc_url,
+            chain_id=LOCAL_CHAIN_ID,
+            key_file=str(key_file),
         )
     else:
         if opts.chain_id is None or not opts.chain_key_file:

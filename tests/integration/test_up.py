@@ -218,6 +218,9 @@ def test_up_runs_everything_and_resumes_on_the_same_data_dir(
         assert denied == [0x87]  # not authorized: the broker refused it, nothing to ingest
         receipt = _wait_anchored(up["http"], signer.device_id, seqs[-1])
         assert receipt["anchors"][0]["chain_id"] == up["chain_id"]
+        # The private dev chain is loopback and keyless: the explorer may check anchors with it.
+        _, explorer = _request("GET", up["http"] + "/explorer/config.json")
+        assert [c["rpc_url"] for c in explorer["chains"]] == [up["rpc"]]
         (tmp_path / "r1.json").write_text(json.dumps(receipt))
         vkey_file.write_text(up["operator_vkey"] + "\n")
         assert (
