@@ -346,7 +346,7 @@ def exposed_metrics(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     monkeypatch.setattr(operator_store, "seal_latencies", seal_latencies)
     monkeypatch.setattr(operator_store, "anchor_positions", anchor_positions)
     state = metrics.MetricsState()
-    state.observe_request("/metrics", 0.01)
+    state.observe_request("/metrics", 0.01, method="GET", status=200)
     families = asyncio.run(metrics.collect(cast(Store, _FakeStore()), state, backends=["evm"]))
     names = set()
     for line in metrics.render(families).splitlines():
