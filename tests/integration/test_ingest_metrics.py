@@ -7,6 +7,8 @@ harness): readings and faults published, then the scrape agrees with what the da
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,5 +91,17 @@ def test_ingestor_serves_its_counters(env: Env, ingestors: Ingestors) -> None:
     assert s["cityanchor_ingest_mqtt_connected"] == [({}, 1.0)]
     assert s["cityanchor_build_info"] == [({"version": anchor.__version__}, 1.0)]
     assert "process_resident_memory_bytes" in s
+    # The compose healthcheck of the ingest services reads that gauge (docker/health.py).
+    assert _health("ingest", str(port)) == (0, "healthy")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+    code, said = _health("ingest", str(port))
+    assert code == 1 and said.startswith(f"unhealthy: metrics endpoint on port {port}")
+
+
+def _health(*args: str) -> tuple[int, str]:
+    health = Path(__file__).resolve().parents[2] / "docker" / "health.py"
+    result = subprocess.run(
+        [sys.executable, str(health), *args], capture_output=True, text=True, check=False
+    )
+    return result.returncode, result.stdout.strip()
