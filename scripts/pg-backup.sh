@@ -3,6 +3,7 @@
 #
 #   pg-backup.sh DIR                    # one dump into DIR, then prune
 #   pg-backup.sh --every SECONDS DIR    # the same, forever (the compose "backup" service)
+#   pg-backup.sh --check SECONDS DIR    # exit 0 if DIR's newest dump is younger (healthcheck)
 #
 # Connection: the libpq variables PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD, or
 # PGPASSWORD_FILE (a file holding the password, e.g. a compose secret; read here, never put on
@@ -15,6 +16,23 @@
 # renamed: DIR never holds a partial cityanchor-*.dump. Restore and the drill that proves a
 # dump restores: docs/operator-guide.md, "Backup and restore" (scripts/restore-drill.py).
 set -eu
+
+if [ "${1:-}" = "--check" ]; then
+    max_age="${2:?--check needs SECONDS}"
+    dir="${3:?usage: pg-backup.sh --check SECONDS DIR}"
+    newest="$(ls -1 "$dir" 2>/dev/null | grep -E '^cityanchor-[0-9]{8}T[0-9]{6}Z\.dump$' | sort | tail -n 1)"
+    if [ -z "$newest" ]; then
+        echo "pg-backup: no dump in $dir"
+        exit 1
+    fi
+    age=$(($(date +%s) - $(stat -c %Y "$dir/$newest")))
+    if [ "$age" -gt "$max_age" ]; then
+        echo "pg-backup: newest dump $newest is ${age}s old (more than ${max_age}s)"
+        exit 1
+    fi
+    echo "pg-backup: newest dump $newest is ${age}s old"
+    exit 0
+fi
 
 every=""
 if [ "${1:-}" = "--every" ]; then

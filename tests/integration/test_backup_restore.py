@@ -132,6 +132,14 @@ def test_backup_then_restore_drill_passes_with_identical_receipts(
     assert dump != old and f"wrote {dump}" in printed
     assert not list(out.glob(".*partial")), "a partial dump left behind"
     assert oct(dump.stat().st_mode & 0o777) == "0o600"
+    # The compose service's healthcheck: the newest dump is young enough.
+    check = subprocess.run(
+        ["sh", str(BACKUP), "--check", "3600", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0 and f"newest dump {dump.name}" in check.stdout
 
     drill = _drill(dump, env, "--source-dsn", dsn, "--", "--log-key", str(vkey))
     assert drill.returncode == 0, drill.stdout + drill.stderr
