@@ -590,6 +590,8 @@ def test_emqx_profile_is_a_two_node_cluster_behind_a_balancer(compose: dict[str,
         assert "./emqx/cityanchor_acl.conf:/opt/emqx/etc/cityanchor_acl.conf:ro" in node["volumes"]
         assert env["EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CERTFILE"] == "/run/secrets/tls_cert"
         assert node["healthcheck"]["test"] == ["CMD", "/opt/emqx/bin/emqx", "ctl", "status"]
+    # One dashboard, on the host's loopback (two would collide on the host port).
+    assert emqx["emqx1"]["ports"] == ["127.0.0.1:18083:18083"] and emqx["emqx2"]["ports"] == []
     data = {v.split(":")[0] for n in nodes for v in n["volumes"] if v.endswith(":/opt/emqx/data")}
     assert len(data) == 2 and data <= set(compose["volumes"])
     lb = _nginx_directives(DOCKER / "emqx" / "lb.conf")
