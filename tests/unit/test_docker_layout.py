@@ -592,7 +592,7 @@ def test_emqx_profile_is_a_two_node_cluster_behind_a_balancer(compose: dict[str,
         host = env["EMQX_NODE__NAME"].split("@", 1)[1]
         assert node["hostname"] == host and node["networks"]["default"]["aliases"] == [host]
         assert "EMQX_NODE__COOKIE" not in env  # the cookie comes from secrets/emqx.env
-        assert node["env_file"] == ["secrets/emqx.env"]
+        assert node["env_file"] == [{"path": "secrets/emqx.env", "required": False}]
         assert "./emqx/emqx.conf:/opt/emqx/etc/base.hocon:ro" in node["volumes"]
         assert "./emqx/cityanchor_acl.conf:/opt/emqx/etc/cityanchor_acl.conf:ro" in node["volumes"]
         assert env["EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CERTFILE"] == "/run/secrets/tls_cert"
