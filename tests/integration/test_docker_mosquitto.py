@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from anchor.broker.logins import INGEST_USER, dynsec_config
+from anchor.broker.logins import ADMIN_USER, INGEST_USER, BrokerAdmin, dynsec_config
 from anchor.local import free_port
 from anchor.local.base import chown_tree, is_root, system_user
 from anchor.local.mosquitto import find_dynsec_plugin, find_mosquitto
@@ -75,6 +75,7 @@ class Broker:
         self.base = base
         self.plain, self.tls = free_port(), free_port()
         self.password = "ingest-" + os.urandom(8).hex()
+        self.admin_password = "admin-" + os.urandom(8).hex()
         self.cert, key = _self_signed(base)
         text = (DOCKER / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
         # Only paths and ports move; every setting stays as the image has it.
@@ -94,7 +95,7 @@ class Broker:
         config = dynsec_config(
             [],
             ingest_hash=mosquitto_password_hash(self.password),
-            admin_hash=mosquitto_password_hash("admin-" + os.urandom(8).hex()),
+            admin_hash=mosquitto_password_hash(self.admin_password),
         )
         (base / "dynsec.json").write_text(json.dumps(config))
         if is_root():  # mosquitto drops to its own user and then writes data/ and dynsec.json
@@ -130,10 +131,12 @@ def broker(service_dir: Path) -> Iterator[Broker]:
     b.stop()
 
 
-def _connect_tls(broker: Broker, username: str | None, password: str | None) -> int:
+def _connect_tls(
+    broker: Broker, username: str | None, password: str | None, client_id: str = "tls-check"
+) -> int:
     """The CONNACK reason code value of a TLS connection to the 8883 listener."""
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="tls-check", protocol=MQTTProtocolVersion.MQTTv5
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
     )
     context = ssl.create_default_context(cafile=str(broker.cert))  # verifies name and chain
     client.tls_set_context(context)
@@ -174,3 +177,21 @@ def test_compose_mosquitto_conf_serves_tls_and_logins_and_its_healthcheck_works(
     assert _healthcheck(broker.plain) == 0
     broker.stop()
     assert _healthcheck(broker.plain) != 0
+
+
+def test_a_device_login_added_at_run_time_works_at_once_without_a_restart(
+    broker: Broker,
+) -> None:
+    # What the api service does on POST /v1/devices (CITYANCHOR_MQTT_DEVICE_LOGINS=1) against
+    # this broker configuration: the login over $CONTROL, no file edited, no restart.
+    pid = broker.proc.pid
+    admin = BrokerAdmin(f"mqtt://127.0.0.1:{broker.plain}", ADMIN_USER, broker.admin_password)
+    device, password = "d7-dev-001", "device-" + os.urandom(8).hex()
+    assert _connect_tls(broker, device, password, client_id=device) == 135
+    admin.add_device(device, "d7", password)
+    assert _connect_tls(broker, device, password, client_id=device) == 0
+    # Client id bound to the login: the same credentials under another id are refused.
+    assert _connect_tls(broker, device, password, client_id="someone-else") == 135
+    admin.remove_device(device)
+    assert _connect_tls(broker, device, password, client_id=device) == 135
+    assert broker.proc.pid == pid and broker.proc.poll() is None
