@@ -55,7 +55,7 @@ from anchor.broker.client import parse_mqtt_url
 from anchor.checkpoint import NoteVerifier
 from anchor.errors import AnchorError, Reason
 from anchor.host.config import Settings
-from anchor.host.files import load_operator_signer
+from anchor.host.files import load_operator_verifier
 from anchor.store import Store
 
 __all__ = [
@@ -263,7 +263,8 @@ async def serve(
     try:
         verifiers: list[NoteVerifier] = []
         try:
-            verifiers.append(load_operator_signer(settings.operator_key_file).verifier)
+            # The vkey file (public half) is enough and is what docker/compose.yaml mounts.
+            verifiers.append(load_operator_verifier(settings.operator_key_file))
         except AnchorError as exc:
             log.warning("no operator key (%s): checkpoints are served but not vouched for", exc)
         app = create_app(

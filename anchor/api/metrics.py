@@ -14,7 +14,9 @@ Two kinds of figures:
   were recorded (``cityanchor_anchors_vanished_total``, reason ``anchor_vanished``). They are
   read by :func:`collect` before each scrape and handed to a custom collector, because a
   collector's ``collect()`` is synchronous and the database is not.
-* **Of this process** (sum them across replicas): API request latency per route and token
+* **Of this process** (sum them across replicas): API request latency per route, method and
+  response status (``cityanchor_api_request_duration_seconds{route,method,status}``; a
+  request whose client went away before the answer is counted with status ``499``) and token
   authentication failures by reason.
 
 The seal histogram is kept cumulative in memory and extended with the batches sealed since the
@@ -57,7 +59,9 @@ from anchor.store import operator as ops
 __all__ = [
     "API_LATENCY_BUCKETS",
     "AUTH_FAILURE_REASONS",
+    "CLIENT_CLOSED",
     "CONTENT_TYPE",
+    "HTTP_METHODS",
     "SEAL_LATENCY_BUCKETS",
     "DatabaseFigures",
     "MetricsState",
@@ -73,6 +77,9 @@ API_LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 AUTH_FAILURE_REASONS = ("missing", "invalid", "revoked", "forbidden")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: The status label of a request whose client disconnected before it was answered (nginx's).
+CLIENT_CLOSED = 499
 
 # In text format 0.0.4 a counter's or histogram's creation time is a separate gauge family
 # (``..._created``) per series: names no dashboard uses, doubling the series count. The switch
@@ -280,8 +287,8 @@ class MetricsState:
         self.registry = CollectorRegistry()
         self.api_latency = Histogram(
             "cityanchor_api_request_duration_seconds",
-            "API request handling time by route (this process).",
-            ["route"],
+            "API request handling time by route, HTTP method and response status (this process).",
+            ["route", "method", "status"],
             buckets=API_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -310,8 +317,12 @@ class MetricsState:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
 
-    def observe_request(self, route: str, seconds: float) -> None:
-        self.api_latency.labels(route).observe(seconds)
+    def observe_request(self, route: str, seconds: float, *, method: str, status: int) -> None:
+        """One API request: ``route`` is the canonical route (``/v1/receipts/{device_id}/{seq}``,
+        or ``unmatched``), never the raw path, so the series stay few."""
+        if method not in HTTP_METHODS:
+            method = "other"  # a client's invented method must not create series
+        self.api_latency.labels(route, method, str(status)).observe(seconds)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

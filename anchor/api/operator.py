@@ -59,8 +59,8 @@ from aiohttp import web
 from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob
 from anchor.api import operator_devices
-from anchor.api.context import CONTEXT, Handler, problem
-from anchor.api.metrics import CONTENT_TYPE, MetricsState, collect, render
+from anchor.api.context import CONTEXT, Handler, problem, status_for
+from anchor.api.metrics import CLIENT_CLOSED, CONTENT_TYPE, MetricsState, collect, render
 from anchor.api.operator_guard import AUDIT_DETAIL, AUDIT_OUTCOME, METRICS, operator
 from anchor.api.operator_requests import BadRequest, exact_fields, int_query, json_body, parse_seq
 from anchor.api.operator_schemas import (
@@ -71,7 +71,7 @@ from anchor.api.operator_schemas import (
     security,
 )
 from anchor.api.spec import RouteTable
-from anchor.errors import Reason
+from anchor.errors import AnchorError, Reason
 from anchor.store import StoreError
 from anchor.store import operator as ops
 from anchor.store.device_json import device_json
@@ -266,12 +266,29 @@ async def _metrics(request: web.Request, token: TokenRow) -> web.StreamResponse:
 @web.middleware
 async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
+    # The status the client gets: _errors (the outer middleware) turns an AnchorError into a
+    # problem with status_for(reason), an HTTPException into its own status, anything else
+    # into 500; a cancelled request (the client went away) gets none.
+    status = 500
     try:
-        return await handler(request)
+        response = await handler(request)
+        status = response.status
+        return response
+    except AnchorError as exc:
+        status = status_for(exc.reason)
+        raise
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
     finally:
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].observe_request(route, time.perf_counter() - started)
+        request.app[METRICS].observe_request(
+            route, time.perf_counter() - started, method=request.method, status=status
+        )
 
 
 def add_routes(app: web.Application) -> None:

@@ -47,7 +47,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from anchor.ingest.main import run_ingest
 
     settings = settings_from_args(args)
-    return run_ingest(settings, workers=args.workers, worker_index=args.worker_index)
+    return run_ingest(
+        settings,
+        workers=args.workers,
+        worker_index=args.worker_index,
+        metrics_listen=args.metrics_listen,
+    )
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -230,6 +235,12 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--verify-processes", type=int, help="signature workers (default: one per core)")
     p.add_argument(
         "--workers", type=int, default=1, help="ingestor processes on the shared subscription"
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve this process's Prometheus metrics (no token: bind to an internal address; "
+        "worker i of --workers N on PORT+i)",
     )
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_ingest)

@@ -10,12 +10,13 @@ import stat
 import tempfile
 from pathlib import Path
 
-from anchor.checkpoint import NoteSigner
+from anchor.checkpoint import NoteSigner, NoteVerifier
 from anchor.errors import UsageError
 
 __all__ = [
     "KEY_FILE_LIMIT",
     "load_operator_signer",
+    "load_operator_verifier",
     "open_regular_nonblocking",
     "read_user_file",
     "write_file_atomic",
@@ -207,3 +208,19 @@ def load_operator_signer(path: str) -> NoteSigner:
         )
     raw = read_user_file(path, what="the operator key", limit=KEY_FILE_LIMIT)
     return NoteSigner.from_skey(raw.decode("utf-8", "replace").strip())
+
+
+def load_operator_verifier(path: str) -> NoteVerifier:
+    """The operator's checkpoint verifier key from ``path``: a note vkey file (the public half,
+    all that a process which only checks checkpoints, like the API, should be given), or
+    the skey file itself, whose verifier is derived."""
+    if not Path(path).exists():
+        raise UsageError(
+            f"cannot read the operator key {path}: no such file "
+            "(create one with `cityanchor keygen --operator`)"
+        )
+    text = read_user_file(path, what="the operator key", limit=KEY_FILE_LIMIT)
+    key = text.decode("utf-8", "replace").strip()
+    if key.startswith("PRIVATE+KEY+"):
+        return NoteSigner.from_skey(key).verifier
+    return NoteVerifier.from_vkey(key)

@@ -86,6 +86,8 @@ RETRY_MAX_S = 5.0
 # received_at is stamped by this process's clock, revocations and rotations by PostgreSQL's
 # (anchor.store, "Which clock decides"); beyond this offset the revocation rule is loose by it.
 CLOCK_OFFSET_WARN_S = 0.1
+# Upper bounds of the seal latency histogram of /metrics (anchor.ingest.metrics), in seconds.
+SEAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,9 @@ class IngestStats:
         self.seal_failures = 0
         self.received = 0
         self.device_acks = 0
+        # Cumulative (never a window), for /metrics: counts per SEAL_BUCKETS bound and +Inf.
+        self.seal_buckets = [0] * (len(SEAL_BUCKETS) + 1)
+        self.seal_sum_s = 0.0
 
     def record_seal(self, result: SealResult, latency_s: float) -> None:
         self.outcomes["accepted"] += result.accepted
@@ -151,6 +156,9 @@ class IngestStats:
         if result.batch_id is not None:
             self.batches += 1
         self.seal_latency_s.append(latency_s)
+        self.seal_sum_s += latency_s
+        for i, bound in enumerate((*SEAL_BUCKETS, float("inf"))):
+            self.seal_buckets[i] += latency_s <= bound
 
     def snapshot(self) -> dict[str, Any]:
         lat = sorted(self.seal_latency_s)
@@ -279,6 +287,11 @@ class Ingestor:
         )
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._connected.set)
+
+    @property
+    def mqtt_connected(self) -> bool:
+        """Connected to the broker now (read by the metrics thread; a bool read is atomic)."""
+        return self._connected.is_set()
 
     def _on_subscribe(
         self,

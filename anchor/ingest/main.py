@@ -19,6 +19,7 @@ from anchor.host.config import Settings
 from anchor.host.files import load_operator_signer
 from anchor.host.lifetime import RestartBackoff
 from anchor.ingest.ingestor import Ingestor
+from anchor.ingest.metrics import MetricsServer, ingest_registry, parse_listen
 from anchor.store import Store
 
 __all__ = ["load_operator_signer", "run_ingest"]
@@ -26,7 +27,9 @@ __all__ = ["load_operator_signer", "run_ingest"]
 log = logging.getLogger("anchor.ingest.ingestor")
 
 
-async def _run_one(settings: Settings, client_id: str) -> None:
+async def _run_one(
+    settings: Settings, client_id: str, metrics_at: tuple[str, int] | None = None
+) -> None:
     signer = load_operator_signer(settings.operator_key_file)
     store = await Store.connect(settings.database_url, max_size=2)
     stop = asyncio.Event()
@@ -37,7 +40,16 @@ async def _run_one(settings: Settings, client_id: str) -> None:
         await store.ensure_partitions()
         ingestor = Ingestor(settings=settings, store=store, signer=signer, client_id=client_id)
         log.info("ingestor %s starting: %s", client_id, json.dumps(settings.masked()))
-        await ingestor.run(stop)
+        server = None
+        if metrics_at is not None:
+            registry = ingest_registry(ingestor.stats, lambda: ingestor.mqtt_connected)
+            server = MetricsServer(registry, *metrics_at)
+            log.info("ingestor %s metrics on %s:%d", client_id, metrics_at[0], server.port)
+        try:
+            await ingestor.run(stop)
+        finally:
+            if server is not None:
+                server.close()
     finally:
         await store.close()
 
@@ -81,10 +93,22 @@ def _supervise(workers: int) -> int:
                     spawn(i)
 
 
-def run_ingest(settings: Settings, *, workers: int = 1, worker_index: int | None = None) -> int:
-    """Run the ingestor in this process, or supervise ``workers`` of them; returns an exit code."""
+def run_ingest(
+    settings: Settings,
+    *,
+    workers: int = 1,
+    worker_index: int | None = None,
+    metrics_listen: str | None = None,
+) -> int:
+    """Run the ingestor in this process, or supervise ``workers`` of them; returns an exit code.
+
+    ``metrics_listen`` (``HOST:PORT``) serves the process's Prometheus metrics
+    (:mod:`anchor.ingest.metrics`); worker ``i`` of several listens on ``PORT + i``.
+    """
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    if metrics_listen:  # checked before anything starts, for every worker's port
+        parse_listen(metrics_listen, offset=workers - 1)
     logging.getLogger("anchor").setLevel(min(logging.getLogger("anchor").level or 20, logging.INFO))
     if workers > 1 and worker_index is None:
         return _supervise(workers)
@@ -93,5 +117,6 @@ def run_ingest(settings: Settings, *, workers: int = 1, worker_index: int | None
         # Share the cores between the worker processes instead of oversubscribing them.
         cores = os.cpu_count() or 1
         settings = dataclasses.replace(settings, verify_processes=max(1, cores // workers))
-    asyncio.run(_run_one(settings, f"cityanchor-{settings.ingestor_name}-{index}"))
+    metrics_at = parse_listen(metrics_listen, offset=index) if metrics_listen else None
+    asyncio.run(_run_one(settings, f"cityanchor-{settings.ingestor_name}-{index}", metrics_at))
     return 0

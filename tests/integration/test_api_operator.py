@@ -422,6 +422,11 @@ def test_metrics_parse_and_hold_the_ingest_counters(api_world: ApiWorld, tok: To
     )
     routes = {lab["route"] for _, lab, _ in fams["cityanchor_api_request_duration_seconds"][1]}
     assert "/v1/devices" in routes and "/healthz" in routes
+    # Method and status too (issue 14 item 21): the refused calls above, as the client saw them.
+    api = fams["cityanchor_api_request_duration_seconds"][1]
+    series = {(lab["route"], lab["method"], lab["status"]) for _, lab, _ in api}
+    assert {("/metrics", "GET", "401"), ("/v1/devices", "POST", "401")} <= series, series
+    assert ("/healthz", "GET", "200") in series
     assert value("cityanchor_api_auth_failures_total", reason="missing") >= 1
     # Scraping again never lowers a counter (the seal histogram is extended, not rebuilt).
     again = parse_exposition(call(api_world, "GET", "/metrics", token=tok.metrics).body)

@@ -218,9 +218,8 @@ def test_services_and_their_dependencies(compose: dict[str, Any]) -> None:
             continue
         cond = svc["depends_on"]["migrate"]["condition"]
         assert cond == "service_completed_successfully", name
-        if name != "api":
-            assert svc["healthcheck"] == {"disable": True}, name
-    assert "8080:8080" in services["api"]["ports"]
+    # The API only on the host's loopback: the world reaches it through the HTTPS proxy.
+    assert services["api"]["ports"] == ["127.0.0.1:8080:8080"]
     assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
     conf = services["mosquitto"]["volumes"]
     assert "./mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in conf
@@ -346,7 +345,7 @@ def exposed_metrics(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     monkeypatch.setattr(operator_store, "seal_latencies", seal_latencies)
     monkeypatch.setattr(operator_store, "anchor_positions", anchor_positions)
     state = metrics.MetricsState()
-    state.observe_request("/metrics", 0.01)
+    state.observe_request("/metrics", 0.01, method="GET", status=200)
     families = asyncio.run(metrics.collect(cast(Store, _FakeStore()), state, backends=["evm"]))
     names = set()
     for line in metrics.render(families).splitlines():
@@ -364,10 +363,13 @@ def _panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         yield from panel.get("panels", [])  # collapsed rows hold theirs
 
 
-def test_dashboard_queries_name_exposed_metrics(exposed_metrics: set[str]) -> None:
+def test_dashboard_queries_name_exposed_metrics(all_exposed_metrics: set[str]) -> None:
+    # What Prometheus scrapes: the API's metrics and the ingestors' (a monitor's too).
+    exposed_metrics = all_exposed_metrics
     dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "cityanchor.json").read_text())
     used: set[str] = set()
     titles = []
+    exprs: list[str] = []
     for panel in _panels(dashboard):
         if panel["type"] == "row":
             continue
@@ -378,8 +380,9 @@ def test_dashboard_queries_name_exposed_metrics(exposed_metrics: set[str]) -> No
             names = set(re.findall(r"\b(cityanchor_[A-Za-z0-9_:]+)", target["expr"]))
             assert names, f"{panel['title']}: {target['expr']} names no cityanchor metric"
             missing = names - exposed_metrics
-            assert not missing, f"{panel['title']}: not exposed by anchor.api.metrics: {missing}"
+            assert not missing, f"{panel['title']}: not exposed by cityanchor: {missing}"
             used |= names
+            exprs.append(target["expr"])
     for needed in (
         "cityanchor_readings_stored_total",
         "cityanchor_readings_quarantined_total",
@@ -390,6 +393,9 @@ def test_dashboard_queries_name_exposed_metrics(exposed_metrics: set[str]) -> No
         assert needed in used, needed
     for words in ("ingest rate", "quarantine", "seal latency", "anchor lag", "api latency"):
         assert any(words in t for t in titles), words
+    # The request histogram's status and method labels (issue 14 item 21) are shown.
+    assert any("by (status, method)" in e for e in exprs)
+    assert "cityanchor_ingest_mqtt_connected" in used
 
 
 def test_grafana_provisioning_points_at_the_dashboard_and_prometheus(
@@ -423,3 +429,270 @@ def test_compose_file_matches_the_compose_specification_schema() -> None:
     validator = jsonschema.Draft7Validator(schema)
     errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(_load_yaml(COMPOSE))]
     assert not errors, errors
+
+
+# ------------------------------------------------------------------- issue 14 item 20: deployment
+
+
+def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    one_shot = {name for name, svc in services.items() if svc.get("restart") == "no"}
+    assert one_shot == {"broker-config", "migrate", "deploy"}
+    for name, svc in services.items():
+        if name in one_shot or name == "chain":  # anvil's image has no probe; demo only
+            continue
+        check = svc.get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), name
+    # ingest and anchor: docker/health.py, mounted read-only where the healthcheck runs it.
+    for name in ("ingest-1", "ingest-2", "anchor"):
+        test = services[name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "/opt/cityanchor/health.py"], name
+        assert "./health.py:/opt/cityanchor/health.py:ro" in services[name]["volumes"], name
+    assert services["ingest-1"]["healthcheck"]["test"][3:] == ["ingest", "9464"]
+    assert services["anchor"]["healthcheck"]["test"][3:] == ["anchor"]
+    # The ingestors wait for a broker that answers, not merely a started container.
+    assert services["ingest-1"]["depends_on"]["mosquitto"]["condition"] == "service_healthy"
+    probe = " ".join(services["mosquitto"]["healthcheck"]["test"])
+    assert "mosquitto_sub" in probe and "-eq 5" in probe and "$$SYS" in probe
+
+
+def test_health_script_modes_match_the_compose_commands(compose: dict[str, Any]) -> None:
+    # The port the ingest healthcheck asks is the one --metrics-listen opens.
+    services = _services(compose)
+    for name in ("ingest-1", "ingest-2"):
+        command = services[name]["command"]
+        listen = command[command.index("--metrics-listen") + 1]
+        port = services[name]["healthcheck"]["test"][-1]
+        assert listen == f"0.0.0.0:{port}", name
+    source = (DOCKER / "health.py").read_text(encoding="utf-8")
+    assert "from anchor.store.connection import ANCHOR_LOCK" in source
+
+
+def test_api_gets_the_public_operator_key_only(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    api = services["api"]
+    assert api["secrets"] == ["operator_vkey"]
+    env = _environment(api)
+    assert env["CITYANCHOR_OPERATOR_KEY_FILE"] == "/run/secrets/operator_vkey"
+    assert compose["secrets"]["operator_vkey"]["file"] == "./secrets/operator.vkey"
+    # Who holds the signing key: the ingestors, which seal and sign checkpoints; nobody else.
+    holders = {name for name, svc in services.items() if "operator_skey" in svc.get("secrets", [])}
+    assert holders == {"ingest-1", "ingest-2"}
+    # Behind the proxy every request comes from one address: the proxy limits, not the API.
+    assert load_settings(env=env).api_rate_per_s == 0
+    nginx = (DOCKER / "proxy" / "nginx.conf").read_text(encoding="utf-8")
+    assert "limit_req_zone $binary_remote_addr" in nginx and "limit_req_status 429;" in nginx
+
+
+def _nginx_directives(path: Path) -> list[str]:
+    lines = [ln.split("#", 1)[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    return [ln for ln in lines if ln]
+
+
+def test_tls_for_mqtt_and_https(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    assert compose["secrets"]["tls_cert"]["file"] == "./secrets/tls.crt"
+    assert compose["secrets"]["tls_key"]["file"] == "./secrets/tls.key"
+    # MQTT: 8883 published with TLS; plain 1883 on the host's loopback only.
+    mosquitto = services["mosquitto"]
+    assert mosquitto["ports"] == ["8883:8883", "127.0.0.1:1883:1883"]
+    assert set(mosquitto["secrets"]) == {"tls_cert", "tls_key"}
+    listeners: dict[str, dict[str, str]] = {}
+    current = None
+    for line in (DOCKER / "mosquitto" / "mosquitto.conf").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if key == "listener":
+            current = value.strip()
+            listeners[current] = {}
+        elif current is not None and key in ("protocol", "certfile", "keyfile", "tls_version"):
+            listeners[current][key] = value.strip()
+    assert listeners["8883"]["certfile"] == "/run/secrets/tls_cert"
+    assert listeners["8883"]["keyfile"] == "/run/secrets/tls_key"
+    assert "certfile" not in listeners["1883"]
+    # HTTPS: the proxy on 443 with the same files, 80 only redirects (and its own probe).
+    proxy = services["proxy"]
+    assert set(proxy["ports"]) == {"443:443", "80:80"}
+    assert "./proxy/nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    nginx = _nginx_directives(DOCKER / "proxy" / "nginx.conf")
+    assert "listen 443 ssl;" in nginx
+    assert "ssl_certificate /run/secrets/tls_cert;" in nginx
+    assert "ssl_certificate_key /run/secrets/tls_key;" in nginx
+    assert "server api:8080;" in nginx and "proxy_pass http://cityanchor_api;" in nginx
+    assert "return 308 https://$host$request_uri;" in nginx
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_nginx_files_are_balanced() -> None:
+    for path in (DOCKER / "proxy" / "nginx.conf", DOCKER / "emqx" / "lb.conf"):
+        text = "\n".join(_nginx_directives(path))
+        assert _balanced(text), path
+        for line in _nginx_directives(path):
+            assert line.endswith(("{", "}", ";")), f"{path.name}: {line!r}"
+
+
+def test_device_logins_need_no_broker_restart(compose: dict[str, Any]) -> None:
+    # Mosquitto's dynamic-security plugin: broker-config writes its file from the registry
+    # before the broker starts; the API adds and deletes device logins over $CONTROL at run time.
+    conf = (DOCKER / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so" in conf
+    assert "plugin_opt_config_file /mosquitto/dynsec/dynamic-security.json" in conf
+    assert "password_file" not in conf and "\nacl_file" not in conf
+    services = _services(compose)
+    assert services["broker-config"]["command"][:2] == ["broker", "dynsec-config"]
+    env = _environment(services["api"])
+    assert env["CITYANCHOR_MQTT_DEVICE_LOGINS"] == "1"
+    assert load_settings(env=env).mqtt_device_logins
+
+
+def test_backup_service_dumps_on_a_schedule_and_is_checked(compose: dict[str, Any]) -> None:
+    backup = _services(compose)["backup"]
+    assert backup["image"] == _services(compose)["postgres"]["image"]  # same pg_dump major
+    entry = [_interpolate(str(x)) for x in backup["entrypoint"]]
+    assert entry == ["sh", "/usr/local/bin/pg-backup.sh", "--every", "21600", "/backups"]
+    assert "../scripts/pg-backup.sh:/usr/local/bin/pg-backup.sh:ro" in backup["volumes"]
+    assert (DOCKER / "../scripts/pg-backup.sh").resolve().is_file()
+    assert (
+        _interpolate(backup["volumes"][1]) == "backups:/backups" and "backups" in compose["volumes"]
+    )
+    env = _environment(backup)
+    assert env["PGPASSWORD_FILE"] == "/run/secrets/db_password" and "PGPASSWORD" not in env
+    assert (env["PGHOST"], env["PGUSER"], env["PGDATABASE"]) == (
+        "postgres",
+        "cityanchor",
+        "cityanchor",
+    )
+    assert backup["secrets"] == ["db_password"]
+    check = [_interpolate(str(x)) for x in backup["healthcheck"]["test"]]
+    assert check == ["CMD", "sh", "/usr/local/bin/pg-backup.sh", "--check", "43200", "/backups"]
+    assert backup["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_emqx_profile_is_a_two_node_cluster_behind_a_balancer(compose: dict[str, Any]) -> None:
+    services = _services(compose)
+    emqx = {name: svc for name, svc in services.items() if "emqx" in svc.get("profiles", [])}
+    assert set(emqx) == {"emqx1", "emqx2", "emqx-lb"}
+    nodes = [emqx["emqx1"], emqx["emqx2"]]
+    names = [_environment(n)["EMQX_NODE__NAME"] for n in nodes]
+    assert len(set(names)) == 2
+    for node in nodes:
+        env = _environment(node)
+        assert env["EMQX_CLUSTER__DISCOVERY_STRATEGY"] == "static"
+        seeds = env["EMQX_CLUSTER__STATIC__SEEDS"].strip("[]").split(",")
+        assert sorted(seeds) == sorted(names)
+        host = env["EMQX_NODE__NAME"].split("@", 1)[1]
+        assert node["hostname"] == host and node["networks"]["default"]["aliases"] == [host]
+        assert "EMQX_NODE__COOKIE" not in env  # the cookie comes from secrets/emqx.env
+        assert node["env_file"] == [{"path": "secrets/emqx.env", "required": False}]
+        assert "./emqx/emqx.conf:/opt/emqx/etc/base.hocon:ro" in node["volumes"]
+        assert "./emqx/cityanchor_acl.conf:/opt/emqx/etc/cityanchor_acl.conf:ro" in node["volumes"]
+        assert env["EMQX_LISTENERS__SSL__DEFAULT__SSL_OPTIONS__CERTFILE"] == "/run/secrets/tls_cert"
+        assert node["healthcheck"]["test"] == ["CMD", "/opt/emqx/bin/emqx", "ctl", "status"]
+    # One dashboard, on the host's loopback (two would collide on the host port).
+    assert emqx["emqx1"]["ports"] == ["127.0.0.1:18083:18083"] and emqx["emqx2"]["ports"] == []
+    data = {v.split(":")[0] for n in nodes for v in n["volumes"] if v.endswith(":/opt/emqx/data")}
+    assert len(data) == 2 and data <= set(compose["volumes"])
+    lb = _nginx_directives(DOCKER / "emqx" / "lb.conf")
+    for port in ("1883", "8883"):
+        assert f"server emqx1:{port} max_fails=2 fail_timeout=10s;" in lb
+        assert f"server emqx2:{port} max_fails=2 fail_timeout=10s;" in lb
+    assert emqx["emqx-lb"]["depends_on"]["emqx1"]["condition"] == "service_healthy"
+    # Nothing outside the profile depends on EMQX: without --profile emqx it does not exist.
+    for name, svc in services.items():
+        if name not in emqx:
+            assert not set(svc.get("depends_on") or {}) & set(emqx), name
+    # The services reach it by CITYANCHOR_MQTT_URL=mqtt://emqx-lb:1883, which the settings take.
+    assert load_settings(env={"CITYANCHOR_MQTT_URL": "mqtt://emqx-lb:1883"}).mqtt_url
+
+
+# ------------------------------------------------------------------------------ alert rules
+
+
+@pytest.fixture
+def all_exposed_metrics(exposed_metrics: set[str]) -> set[str]:
+    """The API's series, the ingestors' (anchor.ingest.metrics) and a monitor's."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from anchor.ingest.ingestor import IngestStats
+    from anchor.ingest.metrics import ingest_registry
+    from anchor.monitor.output import MonitorMetrics
+
+    names = set(exposed_metrics)
+    monitor = MonitorMetrics()
+    monitor.alarms.labels("log_fork")
+    monitor.rounds.labels("ok")
+    for registry in (ingest_registry(IngestStats(), lambda: True), monitor.registry):
+        text = generate_latest(registry).decode()
+        for family in text_string_to_metric_families(text):
+            names |= {s.name for s in family.samples}
+    return names
+
+
+def _rules() -> list[dict[str, Any]]:
+    doc = _load_yaml(DOCKER / "prometheus" / "rules" / "cityanchor.yml")
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_name_exposed_metrics(all_exposed_metrics: set[str]) -> None:
+    rules = _rules()
+    alerts = {r["alert"] for r in rules}
+    assert len(alerts) == len(rules), "duplicate alert names"
+    used: set[str] = set()
+    for rule in rules:
+        expr = rule["expr"]
+        assert _balanced(expr.replace("(", "{").replace(")", "}")), rule["alert"]
+        names = set(re.findall(r"\b(cityanchor_[A-Za-z0-9_:]+)", expr))
+        missing = names - all_exposed_metrics
+        assert not missing, f"{rule['alert']}: not exposed by cityanchor: {missing}"
+        used |= names
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        if "for" in rule:
+            assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        for match in re.findall(r'up\{job="([^"]+)"\}', expr):
+            assert match in _scrape_jobs(), f"{rule['alert']}: no scrape job {match}"
+    # What issue 14 asked for: seal latency, anchoring stalled, quarantine spikes, the witness
+    # quorum, monitor alarms.
+    for needed in (
+        "cityanchor_seal_latency_seconds_bucket",
+        "cityanchor_anchor_lag_seconds",
+        "cityanchor_readings_quarantined_total",
+        "cityanchor_witness_quorum_waiting",
+        "cityanchor_monitor_alarms_total",
+        "cityanchor_ingest_mqtt_connected",
+    ):
+        assert needed in used, needed
+    for name in (
+        "CityanchorSealLatencyHigh",
+        "CityanchorAnchoringStalled",
+        "CityanchorQuarantineSpike",
+        "CityanchorWitnessQuorumWaiting",
+        "CityanchorMonitorAlarm",
+    ):
+        assert name in alerts, name
+
+
+def _scrape_jobs() -> set[str]:
+    doc = _load_yaml(DOCKER / "prometheus" / "prometheus.yml")
+    return {job["job_name"] for job in doc["scrape_configs"]}
+
+
+def test_prometheus_loads_the_rules_and_scrapes_the_ingestors(compose: dict[str, Any]) -> None:
+    doc = _load_yaml(DOCKER / "prometheus" / "prometheus.yml")
+    assert doc["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    mounts = _services(compose)["prometheus"]["volumes"]
+    assert "./prometheus/rules:/etc/prometheus/rules:ro" in mounts
+    (job,) = [j for j in doc["scrape_configs"] if j["job_name"] == "cityanchor-ingest"]
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    ingest = {n for n, s in _cityanchor_services(compose) if s["command"][:1] == ["ingest"]}
+    assert targets == {f"{name}:9464" for name in ingest}

@@ -136,9 +136,9 @@ def test_label_values_and_help_are_escaped() -> None:
 
 def test_rendered_state_parses() -> None:
     state = MetricsState()
-    state.observe_request("/v1/devices", 0.003)
-    state.observe_request("/v1/devices", 0.2)
-    state.observe_request("/v1/receipts/{device_id}/{seq}", 0.0004)
+    state.observe_request("/v1/devices", 0.003, method="POST", status=201)
+    state.observe_request("/v1/devices", 0.2, method="POST", status=201)
+    state.observe_request("/v1/receipts/{device_id}/{seq}", 0.0004, method="GET", status=404)
     state.auth_failed("forbidden")
     for v in (0.2, 0.7, 3.0):
         state.seal_latency.observe(v)
@@ -151,8 +151,16 @@ def test_rendered_state_parses() -> None:
     )
     parsed = parse_exposition(render(state.registry))
     assert parsed["cityanchor_seal_latency_seconds"][0] == "histogram"
-    routes = {lab["route"] for _, lab, _ in parsed["cityanchor_api_request_duration_seconds"][1]}
-    assert routes == {"/v1/devices", "/v1/receipts/{device_id}/{seq}"}
+    api = parsed["cityanchor_api_request_duration_seconds"][1]
+    routes = {(lab["route"], lab["method"], lab["status"]) for _, lab, _ in api}
+    assert routes == {
+        ("/v1/devices", "POST", "201"),
+        ("/v1/receipts/{device_id}/{seq}", "GET", "404"),
+    }
+    counts = {
+        lab["route"]: v for n, lab, v in api if n == "cityanchor_api_request_duration_seconds_count"
+    }
+    assert counts == {"/v1/devices": 2, "/v1/receipts/{device_id}/{seq}": 1}
     failures = {lab["reason"]: v for _, lab, v in parsed["cityanchor_api_auth_failures_total"][1]}
     assert failures == {"missing": 0, "invalid": 0, "revoked": 0, "forbidden": 1}
     lag = {lab["backend"]: v for _, lab, v in parsed["cityanchor_anchor_lag_seconds"][1]}
@@ -222,3 +230,23 @@ def test_witness_families_take_known_outcomes_only() -> None:
     assert sizes[w.key_label] == 7
     assert parsed["cityanchor_witness_quorum_waiting"][1][0][2] == 1
     assert parsed["cityanchor_witness_quorum_not_met_total"][1][0][2] == 4
+
+
+def test_request_histogram_labels_method_and_status_and_bounds_the_methods() -> None:
+    # Issue 14 item 21: route (as before), method and status; an invented method is "other",
+    # so a client cannot create series at will.
+    state = MetricsState()
+    state.observe_request("/v1/verify", 0.01, method="POST", status=200)
+    state.observe_request("/v1/verify", 0.01, method="POST", status=422)
+    state.observe_request("unmatched", 0.001, method="BREW", status=405)
+    api = parse_exposition(render(state.registry))["cityanchor_api_request_duration_seconds"][1]
+    series = {
+        (lab["route"], lab["method"], lab["status"])
+        for n, lab, _ in api
+        if n == "cityanchor_api_request_duration_seconds_count"
+    }
+    assert series == {
+        ("/v1/verify", "POST", "200"),
+        ("/v1/verify", "POST", "422"),
+        ("unmatched", "other", "405"),
+    }
