@@ -400,7 +400,7 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failed or skipped checks")
-    p.set_defaults(func=_cmd_verify)
+    p.set_defaults(func=_cmd_verify, more_positionals="receipts")
 
     p = sub.add_parser("export", help="export proofs in other formats")
     p.add_argument("batches", nargs="+", metavar="BATCH_FILE", help="batch JSON files")

@@ -107,6 +107,8 @@ def finish_parser(parser: argparse.ArgumentParser) -> None:
     for p in iter_parsers(parser):
         for action in p._actions:
             _one_value_per_flag(action)
+            if shows_default(action) and not action.help:
+                action.help = "(default: %(default)s)"  # argparse shows no help text at all
         p.formatter_class = DefaultsFormatter
         p.error = CliParser.error.__get__(p)  # type: ignore[method-assign]
         is_leaf = not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
