@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from anchor.host.redact import RedactingFormatter, redact_text
+from anchor.host.redact import MASK, RedactingFormatter, redact_text
 
 __all__ = [
     "LOG_BACKUPS",
@@ -87,7 +87,24 @@ class JsonLineFormatter(logging.Formatter):
             doc["exc"] = self.formatException(record.exc_info)
         elif record.exc_text:
             doc["exc"] = record.exc_text
-        return redact_text(json.dumps(doc, default=str, ensure_ascii=False))
+        # Masked before serialising: masking the JSON text could eat the backslash of an
+        # escaped quote and leave a line that is no longer JSON.
+        return json.dumps(_redacted(doc), default=str, ensure_ascii=False)
+
+
+_SECRET_KEY = re.compile(r"(?i)pass(word|wd)?$|secret|token$|api[-_]?key|private[-_]?key")
+
+
+def _redacted(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redacted(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(v, key) for v in value]
+    if isinstance(value, str):
+        return MASK if value and _SECRET_KEY.search(key) else redact_text(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact_text(str(value))
 
 
 def configure_logging(
