@@ -17,9 +17,10 @@ from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob, StepResult
 from anchor.cosigning.client import Witness, WitnessClient, aiohttp_post
 from anchor.cosigning.job import CosigningJob
-from anchor.errors import UsageError
+from anchor.errors import Reason, UsageError
 from anchor.host.config import Settings
-from anchor.store import Store
+from anchor.store import Store, StoreError
+from anchor.store.operator import anchor_lock_nowait
 
 if TYPE_CHECKING:
     from anchor.anchoring.chains.evm import EvmBackend
@@ -113,9 +114,6 @@ def run_anchor_once(settings: Settings, *, timeout_s: float = 120.0) -> int:
     process (``anchor loop``, e.g. under ``up``) holds the anchoring lock: waiting for a leader
     that never lets go looked like a hang (issue 14).
     """
-    from anchor.errors import Reason
-    from anchor.store import StoreError
-    from anchor.store.operator import anchor_lock_nowait
 
     async def body(job: AnchorJob) -> list[StepResult]:
         log.info("anchor run: taking the anchoring lock")

@@ -163,10 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extras = parser.parse_known_args(argv)
     # A command whose positional list may continue after its flags (`verify R1 --log-key K R2`)
     # names it with set_defaults(more_positionals=...); anything else left over is an error.
-    more = getattr(args, "more_positionals", None)
-    if extras and (more is None or any(e.startswith("-") for e in extras)):
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    more: str | None = getattr(args, "more_positionals", None)
     if extras:
+        if more is None or any(e.startswith("-") for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
         setattr(args, more, [*getattr(args, more), *extras])
     if args.log_max_bytes < 1 or args.log_backups < 0:
         parser.error("--log-max-bytes must be at least 1 and --log-backups at least 0")

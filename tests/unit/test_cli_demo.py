@@ -87,7 +87,7 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
             "--log-key",
             vkey,
             *receipts[:5],
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -106,7 +106,7 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
             *tampered,
             *(a for k in keys for a in ("--device-key", k)),
             "--json",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         check=False,
