@@ -162,6 +162,9 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
         ports = {k: int(v) for k, v in json.loads(ports_file.read_text()).items()}
     started: list[Any] = []
     stop_stale_servers(d)
+    if opts.http_port:
+        # A requested API port another program holds is refused before any server starts.
+        choose_http_port(opts.http_port, None)
     try:
         pg = start_on_stable_port(
             lambda port: PostgresServer(d / "postgres", port=port),

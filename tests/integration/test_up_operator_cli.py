@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -153,3 +154,22 @@ def test_a_failed_start_removes_the_data_dir_it_created(tmp_path: Path, services
     )  # fmt: skip
     assert again.returncode != 0
     assert (data_dir / "mine.txt").read_text() == "keep"
+
+
+def test_a_requested_http_port_in_use_is_refused_before_anything_starts(
+    services_dir: Path,
+) -> None:
+    """Before: the API was started on the taken port and retried until "API did not become
+    ready" a minute later, with the cause only in logs/api.log."""
+    parent = Path(tempfile.mkdtemp(prefix="busy-", dir=services_dir))
+    os.chmod(parent, 0o711)
+    data_dir = parent / "d"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        up = _cityanchor("up", "--data-dir", str(data_dir), "--http-port", str(port))
+    assert up.returncode == 2, up.stdout + up.stderr
+    assert f"cityanchor: error: --http-port {port} is in use by another program" in up.stderr
+    assert "PostgreSQL" not in up.stdout  # no server was started
+    assert not data_dir.exists()
