@@ -20,6 +20,12 @@ services connect as its non-superuser role ``cityanchor``, whose password is in
 ``DATA_DIR/postgres/service.password`` and, inside the DSN, in ``DATA_DIR/config.toml`` (both
 0600). A data dir from a version that used ``trust`` authentication is upgraded on start.
 Nothing ``up`` prints, logs or writes to ``up.json`` carries a password (anchor.host.redact).
+
+``up`` is the single-machine, evaluation mode: every server listens on 127.0.0.1 only, without
+TLS (docker/ deploys a fleet). Its flags are checked before anything starts
+(:class:`~anchor.cli.up_options.UpOptions`); a data dir this run created is removed again when
+the start fails. The children log JSON lines (``--log-format json``) to ``DATA_DIR/logs``,
+rotated by :func:`anchor.host.logs.rotate_copytruncate`.
 """
 
 from __future__ import annotations
@@ -442,6 +448,10 @@ def _run_locked(opts: UpOptions, d: Path, ready: list[bool]) -> int:
             ready.append(True)
             say(f"ready: {up_json}")
             say(f"API {http}   explorer {http}/explorer   MQTT {mq.url}")
+            say(
+                "single-machine mode: every port listens on 127.0.0.1 only, without TLS; "
+                "for a fleet see docker/README.md"
+            )
             servers = [
                 SupervisedServer("PostgreSQL", pg),
                 SupervisedServer("Mosquitto", mq, before_start=logins.before_restart),
