@@ -98,15 +98,22 @@ def finish_parser(parser: argparse.ArgumentParser) -> None:
 
     - ``--help`` shows each option's default (:class:`DefaultsFormatter`);
     - usage errors print :data:`ERROR_PREFIX` (:class:`CliParser`'s ``error``);
-    - a flag that may be given several values takes one per occurrence
-      (``--scope a --scope b``), so that it never swallows the positional arguments after it
-      (:func:`_one_value_per_flag`);
+    - in a command with positional arguments, a flag that may be given several values takes
+      one per occurrence (``--log-key A --log-key B``), so that it never swallows the
+      positional arguments after it (:func:`_one_value_per_flag`); elsewhere (``token create
+      --scope``, ``witness serve --log-key``) both ``--scope a b`` and ``--scope a --scope b``
+      work, as before;
     - ``-v``/``--verbose`` is accepted after the subcommand too (``cityanchor verify -v R``);
       counted apart (``verbose_after``) and added to the top-level count by ``main``.
     """
     for p in iter_parsers(parser):
+        has_positionals = any(
+            not a.option_strings and not isinstance(a, argparse._SubParsersAction)
+            for a in p._actions
+        )
         for action in p._actions:
-            _one_value_per_flag(action)
+            if has_positionals:
+                _one_value_per_flag(action)
             if shows_default(action) and not action.help:
                 action.help = "(default: %(default)s)"  # argparse shows no help text at all
         p.formatter_class = DefaultsFormatter

@@ -125,7 +125,7 @@ def keys(tmp_path: Path) -> dict[str, Path]:
 def witness(tmp_path: Path, keys: dict[str, Path]) -> Iterator[WitnessProcess]:
     argv = [
         "witness", "serve", "--key", str(keys["skey"]),
-        "--log-key", str(keys["log_vkey"]), "--log-key", str(keys["monkeys"]),
+        "--log-key", str(keys["log_vkey"]), str(keys["monkeys"]),
         "--state", str(tmp_path / "witness.db"),
     ]  # fmt: skip
     w = WitnessProcess(argv, free_port(), tmp_path / "witness.log")

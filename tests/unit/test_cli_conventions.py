@@ -87,7 +87,13 @@ def test_key_flags_take_one_value_and_never_swallow_the_receipts() -> None:
         ["token", "create", "--name", "n", "--scope", "metrics:read", "--scope", "devices:write"]
     )
     assert scopes.scope == ["metrics:read", "devices:write"]
-    for parser_ in _leaf_parsers():  # the convention holds for every command
+    both = parser.parse_args(
+        ["token", "create", "--name", "n", "--scope", "metrics:read", "devices:write"]
+    )
+    assert both.scope == ["metrics:read", "devices:write"]  # no positionals: both forms work
+    for parser_ in _leaf_parsers():  # the convention holds for every command with positionals
+        if not any(not a.option_strings for a in parser_._actions):
+            continue
         for action in parser_._actions:
             if action.option_strings:
                 assert action.nargs not in ("+", "*"), (parser_.prog, action.option_strings)
