@@ -366,7 +366,8 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     add_service_flags(p, mqtt=False, origin=False)
     p.add_argument(
         "--log-key",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="VKEY_FILE",
         help="operator key to check checkpoint signatures; repeatable (default: the public key "
