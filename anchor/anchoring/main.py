@@ -17,9 +17,10 @@ from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob, StepResult
 from anchor.cosigning.client import Witness, WitnessClient, aiohttp_post
 from anchor.cosigning.job import CosigningJob
-from anchor.errors import UsageError
+from anchor.errors import Reason, UsageError
 from anchor.host.config import Settings
-from anchor.store import Store
+from anchor.store import Store, StoreError
+from anchor.store.operator import anchor_lock_nowait
 
 if TYPE_CHECKING:
     from anchor.anchoring.chains.evm import EvmBackend
@@ -99,13 +100,34 @@ async def _with_job(settings: Settings, fn: Any) -> Any:
         await store.close()
 
 
+ANCHOR_RUNNING = (
+    "the anchoring job is running (it holds the anchoring lock); it will anchor the newest "
+    "checkpoint itself"
+)
+"""What ``anchor run`` and ``POST /v1/operator/anchor`` (409) say while a leader anchors."""
+
+
 def run_anchor_once(settings: Settings, *, timeout_s: float = 120.0) -> int:
-    """``cityanchor anchor run``: anchor the newest checkpoint on every backend and wait for it."""
+    """``cityanchor anchor run``: anchor the newest checkpoint on every backend and wait for it.
+
+    Raises StoreError ``conflict`` at once, as the HTTP equivalent answers 409, when another
+    process (``anchor loop``, e.g. under ``up``) holds the anchoring lock: waiting for a leader
+    that never lets go looked like a hang (issue 14).
+    """
 
     async def body(job: AnchorJob) -> list[StepResult]:
-        async with job.store.leadership():
+        log.info("anchor run: taking the anchoring lock")
+        async with anchor_lock_nowait(job.store) as held:
+            if not held:
+                raise StoreError(ANCHOR_RUNNING, reason=Reason.CONFLICT)
+            log.info(
+                "anchor run: anchoring the newest checkpoint on %s (waiting up to %.0fs)",
+                ", ".join(b.name for b in job.backends),
+                timeout_s,
+            )
             return await job.run_once(timeout_s=timeout_s)
 
+    log.info("anchor run: connecting to %s", settings.database_url)  # masked by the formatter
     results: list[StepResult] = asyncio.run(_with_job(settings, body))
     _print_results(results)
     return 0 if all(r.outcome in ("up_to_date", "empty_log", "scheduled") for r in results) else 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,9 +35,11 @@ from anchor.cli.inputs import (
     PROOF_FILE_LIMIT,
     RECEIPT_FILE_LIMIT,
 )
+from anchor.cli.parsing import ERROR_PREFIX, finish_parser
 from anchor.cli.service_commands import add_service_commands
 from anchor.errors import AnchorError, UsageError
-from anchor.host.redact import RedactingFormatter, redact_text
+from anchor.host.logs import LOG_BACKUPS, LOG_MAX_BYTES, configure_logging
+from anchor.host.redact import redact_text
 
 __all__ = [
     "BATCH_FILE_LIMIT",
@@ -77,9 +80,39 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cityanchor",
         description="Tamper-evident smart-city sensor data: signed readings, receipts, anchors.",
+        epilog="Errors start with 'cityanchor: error:'; exit status 2 is a usage error (bad "
+        "flags, unusable input files), 1 a failure (verify: a receipt is invalid).",
     )
     parser.add_argument("--version", action="version", version=f"cityanchor {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="json: one JSON object per line (time, level, logger, message, fields)",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="log to PATH, rotated by size, instead of stderr (under systemd or docker leave "
+        "it out: the supervisor keeps stderr)",
+    )
+    parser.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=LOG_MAX_BYTES,
+        metavar="N",
+        help="--log-file: rotate when the file reaches N bytes",
+    )
+    parser.add_argument(
+        "--log-backups",
+        type=int,
+        default=LOG_BACKUPS,
+        metavar="N",
+        help="--log-file: rotated files kept (PATH.1 .. PATH.N)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # In the order of `cityanchor --help`.
@@ -107,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_monitor_command(sub)
 
     p = sub.add_parser("demo", help="run the end-to-end demo (private services, simulated fleet)")
-    p.add_argument("--out", default="demo-output", help="output directory")
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="output directory")
     p.add_argument("--offline", action="store_true", help="the core only: no services needed")
     p.add_argument(
         "--keep-running",
@@ -120,31 +153,57 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readings", type=int, default=300, help="offline: readings to sign")
     p.add_argument("--batch-size", type=int, default=64, help="offline: readings per batch")
     p.set_defaults(func=_cmd_demo)
+    finish_parser(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse itself exits 2 on bad flags)."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
-    root = logging.getLogger()
-    if not root.handlers:  # what logging.basicConfig would do, with secrets masked
-        handler = logging.StreamHandler()
-        handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    log.setLevel(
-        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    args, extras = parser.parse_known_args(argv)
+    # A command whose positional list may continue after its flags (`verify R1 --log-key K R2`)
+    # names it with set_defaults(more_positionals=...); anything else left over is an error.
+    more: str | None = getattr(args, "more_positionals", None)
+    if extras:
+        if more is None or any(e.startswith("-") for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        setattr(args, more, [*getattr(args, more), *extras])
+    if args.log_max_bytes < 1 or args.log_backups < 0:
+        parser.error("--log-max-bytes must be at least 1 and --log-backups at least 0")
+    configure_logging(
+        fmt=args.log_format,
+        file=Path(args.log_file) if args.log_file else None,
+        max_bytes=args.log_max_bytes,
+        backups=args.log_backups,
     )
+    verbose = args.verbose + getattr(args, "verbose_after", 0)
+    log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     try:
         code: int = args.func(args)
     except UsageError as exc:
-        print(f"cityanchor: error: {redact_text(exc.detail)}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{redact_text(exc.detail)}", file=sys.stderr)
         return EXIT_USAGE
     except AnchorError as exc:
         # Connection failures may quote a DSN or an RPC URL: never with its password.
-        print(f"cityanchor: {redact_text(str(exc))}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_INVALID
+    except BrokenPipeError:
+        # The reader went away (`verify --json | head -1`): what it wanted it has. Point stdout
+        # at /dev/null so that the interpreter's final flush does not fail again, and exit
+        # quietly, as the Python documentation recommends (signal module, "Note on SIGPIPE").
+        _silence_stdout()
         return EXIT_INVALID
     return code
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing will be flushed to a pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from anchor.receipt import loads_receipt
     from anchor.verify import Check, ReceiptReport, verify_receipt
 
+    _refuse_stray_keys(args.receipts)
     device_keys = load_device_keys(args.device_key)
     log_keys = load_log_keys(args.log_key)
     witness_keys = load_witness_keys(args.witness_key)
@@ -175,6 +176,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         invalid = sum(1 for _, r in results if not r.valid)
         print(f"{len(results) - invalid} of {len(results)} receipts valid")
     return EXIT_OK if all(r.valid for _, r in results) else EXIT_INVALID
+
+
+def _refuse_stray_keys(receipts: list[str]) -> None:
+    """A key file among the receipts is an unquoted shell glob after a key flag (the shell gave
+    ``--device-key a.jwk b.jwk``): say how to write it rather than call b.jwk an invalid receipt."""
+    for path in receipts:
+        if path.endswith((".jwk", ".vkey")):
+            flag = "--device-key" if path.endswith(".jwk") else "--log-key"
+            raise UsageError(
+                f"{path} looks like a key, not a receipt: a key flag takes one file, so give "
+                f"{flag} once per key, or quote the glob for cityanchor to expand "
+                f"({flag} 'DIR/*{Path(path).suffix}')"
+            )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -293,6 +307,11 @@ def _cmd_verify_completeness(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_key_flag(p: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
+    """A repeatable key flag: one file (or quoted glob) per occurrence, never several."""
+    p.add_argument(flag, action="append", default=[], metavar=metavar, help=help)
+
+
 def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``keygen``, ``sign``, ``verify`` and ``export``."""
     p = sub.add_parser(
@@ -313,7 +332,9 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=None,
         help=f"--operator: key/log name (default {_DEFAULT_LOG_NAME}); --witness: its name",
     )
-    p.add_argument("--out", default=".", help="directory for the key files")
+    p.add_argument(
+        "--out", default=".", metavar="DIR", help="directory the key files are written to"
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -329,36 +350,36 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--ts", type=int, default=None, help="device time in ms (default: now)")
     p.add_argument("--format", choices=("cose-sign1", "jws"), default="cose-sign1")
     p.add_argument("--state", help="seq/prev state file (default: next to the key)")
-    p.add_argument("--out", default="-", help="envelope output file ('-': stdout, JWS only)")
+    p.add_argument(
+        "--out",
+        default="-",
+        metavar="FILE",
+        help="file the envelope is written to ('-': stdout, JWS only)",
+    )
     p.set_defaults(func=_cmd_sign)
 
     p = sub.add_parser("verify", help="verify receipts offline (and on chain with --rpc)")
     p.add_argument("receipts", nargs="+", metavar="RECEIPT", help="receipt JSON files")
-    # nargs="+" with extend lets a shell glob (--device-key devices/*.jwk) work as well as
-    # repeated flags; receipts therefore go before the key flags.
-    p.add_argument(
+    # One value per flag, so that a flag never swallows the receipts after it; a quoted glob
+    # (--device-key 'devices/*.jwk') is expanded by anchor.cli.inputs.expand_key_paths.
+    add_key_flag(
+        p,
         "--device-key",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="JWK_FILE",
-        help="trusted device public keys (JWK files); repeatable, globs welcome",
+        "JWK_FILE",
+        "a trusted device public key (JWK file); repeat the flag for more, or give a quoted "
+        "glob ('devices/*.jwk')",
     )
-    p.add_argument(
+    add_key_flag(
+        p,
         "--log-key",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="VKEY_FILE",
-        help="the operator's checkpoint verifier key (C2SP note vkey); repeatable",
+        "VKEY_FILE",
+        "the operator's checkpoint verifier key (C2SP note vkey); repeatable",
     )
-    p.add_argument(
+    add_key_flag(
+        p,
         "--witness-key",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="VKEY_FILE",
-        help="a witness's cosignature verifier key (C2SP tlog-cosignature, type 0x04); "
+        "VKEY_FILE",
+        "a witness's cosignature verifier key (C2SP tlog-cosignature, type 0x04); "
         "repeatable. Without one the witnesses check is skipped",
     )
     p.add_argument(
@@ -379,12 +400,17 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only failed or skipped checks")
-    p.set_defaults(func=_cmd_verify)
+    p.set_defaults(func=_cmd_verify, more_positionals="receipts")
 
     p = sub.add_parser("export", help="export proofs in other formats")
     p.add_argument("batches", nargs="+", metavar="BATCH_FILE", help="batch JSON files")
     p.add_argument("--chainpoint", action="store_true", help="Chainpoint v2 proofs (merkletools)")
-    p.add_argument("--out", default="chainpoint", help="output directory")
+    p.add_argument(
+        "--out",
+        default="chainpoint",
+        metavar="DIR",
+        help="directory the proof files are written to (one per batch)",
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -393,10 +419,10 @@ def add_proof_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p = sub.add_parser(
         "verify-consistency", help="check that a newer checkpoint extends an older one"
     )
-    add_service_flags(p)
+    add_service_flags(p, mqtt=False, operator_key=False, origin=False)
     p.add_argument("old", metavar="OLD", help="older checkpoint (signed note file)")
     p.add_argument("new", metavar="NEW", help="newer checkpoint (signed note file)")
-    p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE")
+    add_key_flag(p, "--log-key", "VKEY_FILE", "the operator's checkpoint verifier key; repeatable")
     p.add_argument("--proof", help="JSON list of hex hashes (default: ask the database)")
     p.set_defaults(func=_cmd_verify_consistency)
 
@@ -405,14 +431,13 @@ def add_proof_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="check a device's completeness proof (GET /v1/devices/{id}/completeness) offline",
     )
     p.add_argument("proof", metavar="FILE", help="completeness proof JSON")
-    p.add_argument("--log-key", action="extend", nargs="+", default=[], metavar="VKEY_FILE")
-    p.add_argument(
+    add_key_flag(p, "--log-key", "VKEY_FILE", "the operator's checkpoint verifier key; repeatable")
+    add_key_flag(
+        p,
         "--device-key",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="JWK_FILE",
-        help="the device's public keys (JWK files); without one, signatures are not checked",
+        "JWK_FILE",
+        "the device's public key (JWK file); repeatable, quoted globs welcome; without one, "
+        "signatures are not checked",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_verify_completeness)

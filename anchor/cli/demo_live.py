@@ -343,7 +343,7 @@ def run_live_demo(
             _say("stopped the ingestor, the anchoring job, Mosquitto and PostgreSQL")
 
             receipts = sorted(str(p) for p in (out / "receipts").glob("*.json"))
-            keys = sorted(str(p) for p in (out / "devices").glob("*.jwk"))
+            keys = str(out / "devices" / "*.jwk")  # a glob, expanded by verify itself
             vkey = str(out / "operator.vkey")
             code, text = _run_cli(
                 cli_main,
@@ -351,7 +351,7 @@ def run_live_demo(
                     "verify",
                     *receipts,
                     "--device-key",
-                    *keys,
+                    keys,
                     "--log-key",
                     vkey,
                     "--rpc",
@@ -378,7 +378,7 @@ def run_live_demo(
             _tamper(victim, tampered)
             code_t, text_t = _run_cli(
                 cli_main,
-                ["verify", str(tampered), "--device-key", *keys, "--rpc", chain.rpc_url, "--json"],
+                ["verify", str(tampered), "--device-key", keys, "--rpc", chain.rpc_url, "--json"],
             )
             failed = [
                 f"{c['name']} [{c['reason']}]"
@@ -422,7 +422,7 @@ def run_live_demo(
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
     _say(f"report: {out / 'report.json'}  ({summary['seconds']} s) -> {'OK' if ok else 'FAILED'}")
     _say(
-        f"try:  .venv/bin/cityanchor verify {out}/receipts/*.json --device-key {out}/devices/*.jwk "
-        f"--log-key {out}/operator.vkey"
+        f"try:  .venv/bin/cityanchor verify {out}/receipts/*.json "
+        f"--device-key '{out}/devices/*.jwk' --log-key {out}/operator.vkey"
     )
     return 0 if ok else 1

@@ -7,6 +7,7 @@ turns what it cannot use into a :class:`anchor.errors.UsageError`, exit status 2
 from __future__ import annotations
 
 import argparse
+import glob
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,12 @@ __all__ = [
     "PROOF_FILE_LIMIT",
     "RECEIPT_FILE_LIMIT",
     "add_service_flags",
+    "expand_key_paths",
     "load_device_keys",
     "load_log_keys",
     "load_witness_keys",
     "parse_duration",
+    "port_number",
     "read_input",
     "read_json_file",
     "settings_from_args",
@@ -65,15 +68,36 @@ def read_json_file(path: str, what: str, limit: int) -> Any:
         raise UsageError(f"{what} {path} is not JSON we accept: {exc}") from None
 
 
+def expand_key_paths(paths: Sequence[str], flag: str) -> list[str]:
+    """The files a repeatable key flag names: each value is a path or a glob pattern.
+
+    Key flags take one value each (``--device-key A --device-key B``) so that they never
+    swallow the positional arguments after them; a quoted pattern (``--device-key
+    'devices/*.jwk'``) is expanded here, in sorted order. A pattern that matches nothing is a
+    usage error (a mistyped directory must not silently check nothing).
+    """
+    out: list[str] = []
+    for path in paths:
+        if glob.has_magic(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise UsageError(f"{flag} {path!r} matches no file")
+            out.extend(matches)
+        else:
+            out.append(path)
+    return out
+
+
 def load_device_keys(paths: Sequence[str]) -> list[Any]:
-    """The trusted device public keys in JWK files (UsageError for one we cannot use)."""
+    """The trusted device public keys in JWK files or glob patterns (UsageError for one we
+    cannot use)."""
     from anchor.keys import PublicKey
 
     keys = []
-    for path in paths:
+    for path in expand_key_paths(paths, "--device-key"):
         jwk = read_json_file(path, "device key", KEY_FILE_LIMIT)
         if isinstance(jwk, dict) and "version" in jwk and "reading" in jwk:
-            raise UsageError(f"{path} is a receipt, not a key: put receipts before --device-key")
+            raise UsageError(f"{path} is a receipt, not a key: give it without --device-key")
         try:
             keys.append(PublicKey.from_jwk(jwk))
         except AnchorError as exc:
@@ -86,7 +110,7 @@ def load_log_keys(paths: Sequence[str]) -> list[Any]:
     from anchor.checkpoint import NoteVerifier
 
     verifiers = []
-    for path in paths:
+    for path in expand_key_paths(paths, "--log-key"):
         text = read_input(path, "log key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
         try:
             verifiers.append(NoteVerifier.from_vkey(text))
@@ -100,7 +124,7 @@ def load_witness_keys(paths: Sequence[str]) -> list[Any]:
     from anchor.cosignature import CosignerVerifier
 
     verifiers = []
-    for path in paths:
+    for path in expand_key_paths(paths, "--witness-key"):
         text = read_input(path, "witness key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
         try:
             verifiers.append(CosignerVerifier.from_vkey(text))
@@ -127,15 +151,44 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
     return load_settings(toml_path=config, overrides=overrides)
 
 
-def add_service_flags(p: argparse.ArgumentParser) -> None:
-    """The flags every command that reaches the services takes (read by settings_from_args)."""
+def add_service_flags(
+    p: argparse.ArgumentParser,
+    *,
+    mqtt: bool = True,
+    operator_key: bool = True,
+    origin: bool = True,
+) -> None:
+    """The flags of a command that reaches the services (read by settings_from_args).
+
+    ``--config`` and ``--database-url`` always; the broker, the operator key and the log origin
+    only where the command uses them, so that ``--help`` lists what applies.
+    """
     p.add_argument(
-        "--config", metavar="TOML", help="settings file (CITYANCHOR_* variables override)"
+        "--config",
+        metavar="TOML",
+        help="settings file (default: $CITYANCHOR_CONFIG if set; CITYANCHOR_* variables and "
+        "flags override it). Under `up` it is DATA_DIR/config.toml, named in up.json",
     )
     p.add_argument("--database-url", help="PostgreSQL DSN (CITYANCHOR_DATABASE_URL)")
-    p.add_argument("--mqtt", metavar="URL", help="broker, mqtt://host:port (CITYANCHOR_MQTT_URL)")
-    p.add_argument("--operator-key", metavar="SKEY_FILE", help="checkpoint signing key")
-    p.add_argument("--origin", help="log origin line of checkpoints")
+    if mqtt:
+        p.add_argument(
+            "--mqtt", metavar="URL", help="broker, mqtt://host:port (CITYANCHOR_MQTT_URL)"
+        )
+    if operator_key:
+        p.add_argument("--operator-key", metavar="SKEY_FILE", help="checkpoint signing key")
+    if origin:
+        p.add_argument("--origin", help="log origin line of checkpoints")
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 1..65535 (argparse turns the ValueError into exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not in 1..65535")
+    return port
 
 
 def parse_duration(text: str) -> float:

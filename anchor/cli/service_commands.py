@@ -18,9 +18,11 @@ from anchor.cli.inputs import (
     add_service_flags,
     load_log_keys,
     parse_duration,
+    port_number,
     settings_from_args,
 )
 from anchor.errors import AnchorError, UsageError
+from anchor.host.logs import LOG_BACKUPS, LOG_MAX_BYTES
 
 __all__ = ["add_service_commands"]
 
@@ -110,7 +112,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from anchor.cli.up import UpOptions, run_up
 
     if (args.rpc_url is None) != (args.chain_id is None):
-        raise UsageError("--rpc-url and --chain-id go together (with --chain-key-file)")
+        raise UsageError("--rpc and --chain-id go together (with --chain-key-file)")
     witnesses = tuple(_witness_flag(w) for w in args.witness)
     return run_up(
         UpOptions(
@@ -134,6 +136,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             witness_quorum=1 if args.witness_quorum is None else args.witness_quorum,
             witness_anchor_quorum=args.witness_anchor_quorum,
             witness_mode=args.witness_mode,
+            log_max_bytes=args.log_max_bytes,
+            log_backups=args.log_backups,
         )
     )
 
@@ -220,6 +224,13 @@ def _cmd_chain_deploy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_rpc_flag(p: argparse.ArgumentParser, help: str) -> None:
+    """``--rpc URL``, the one name every command gives a chain's JSON-RPC endpoint (``verify``,
+    ``monitor``); ``--rpc-url``, its earlier spelling here, still works but is not shown."""
+    p.add_argument("--rpc", dest="rpc_url", metavar="URL", help=help)
+    p.add_argument("--rpc-url", dest="rpc_url", help=argparse.SUPPRESS)
+
+
 def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``config``, ``ingest``, ``up``, ``audit``, ``api``, ``anchor`` and ``chain``."""
     p = sub.add_parser("config", help="configuration")
@@ -246,26 +257,63 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser(
-        "up", help="run everything on this machine (database, broker, chain, services)"
+        "up",
+        help="run everything on this machine (database, broker, chain, services): the "
+        "single-machine evaluation mode",
+        description="Run everything on this machine: a private PostgreSQL, Mosquitto and local "
+        "chain, the ingestor, the anchoring job and the API. This is the single-machine "
+        "evaluation mode: every port listens on 127.0.0.1 only, with no TLS. For a real fleet "
+        "(TLS for MQTT and HTTPS, separate hosts, backups) deploy with docker/ (docker/README.md).",
     )
-    p.add_argument("--data-dir", required=True, help="all state lives here; reuse it to resume")
-    p.add_argument("--mqtt-port", type=int, help="broker port (default: last time's, else free)")
-    p.add_argument("--http-port", type=int, help="API port (default: last time's, else free)")
     p.add_argument(
-        "--chain-port", type=int, help="local chain port (default: last time's, else free)"
+        "--data-dir",
+        required=True,
+        help="all state lives here; reuse it to resume. When run as root, the system users "
+        "postgres and mosquitto must be able to enter every directory above it (not under a "
+        "0700 directory such as /root)",
     )
-    p.add_argument("--rpc-url", help="an external EVM chain instead of the local one")
+    p.add_argument(
+        "--mqtt-port", type=port_number, help="broker port (default: last time's, else free)"
+    )
+    p.add_argument(
+        "--http-port", type=port_number, help="API port (default: last time's, else free)"
+    )
+    p.add_argument(
+        "--chain-port",
+        type=port_number,
+        help="local chain port (default: last time's, else free)",
+    )
+    _add_rpc_flag(p, "an external EVM chain's JSON-RPC URL, instead of the local one")
     p.add_argument("--chain-id", type=int, help="the external chain's id")
     p.add_argument("--chain-key-file", help="the external chain account's hex private key")
-    p.add_argument("--anchor-period", default="60s", help="anchoring period, e.g. 60s")
+    p.add_argument(
+        "--anchor-period", default="60s", metavar="DURATION", help="anchoring period, e.g. 60s"
+    )
     p.add_argument(
         "--anchor-recheck",
         default="30s",
         metavar="DURATION",
         help="how often recent anchors are re-checked against the chain (reorgs), e.g. 30s",
     )
-    p.add_argument("--operator-token-file", help="where to keep the operator's API token")
+    p.add_argument(
+        "--operator-token-file",
+        help="where to keep the operator's API token (default: DATA_DIR/keys/operator.token)",
+    )
     p.add_argument("--workers", type=int, default=1, help="ingestor processes")
+    p.add_argument(
+        "--log-max-bytes",
+        type=int,
+        default=LOG_MAX_BYTES,
+        metavar="N",
+        help="each service's log (DATA_DIR/logs/NAME.log, JSON lines) is rotated at N bytes",
+    )
+    p.add_argument(
+        "--log-backups",
+        type=int,
+        default=LOG_BACKUPS,
+        metavar="N",
+        help="rotated logs kept per service (NAME.log.1 .. NAME.log.N)",
+    )
     p.add_argument(
         "--broker-autosave-interval",
         type=int,
@@ -325,14 +373,16 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("audit", help="recompute every batch, the log, checkpoints and anchors")
-    add_service_flags(p)
+    # The database, the chains (config) and the operator key: no broker, no origin.
+    add_service_flags(p, mqtt=False, origin=False)
     p.add_argument(
         "--log-key",
         action="extend",
         nargs="+",
         default=[],
         metavar="VKEY_FILE",
-        help="operator key to check checkpoint signatures (default: the configured one)",
+        help="operator key to check checkpoint signatures; repeatable (default: the public key "
+        "of --operator-key / operator_key_file)",
     )
     p.add_argument("--no-chain", action="store_true", help="do not check anchors on chain")
     p.add_argument(
@@ -345,8 +395,8 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     p = sub.add_parser("api", help="serve the HTTP API (receipts, verification, operator)")
     add_service_flags(p)
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
-    p.add_argument("--port", type=int, default=8080, help="listen port")
+    p.add_argument("--host", default="127.0.0.1", help="listen address")
+    p.add_argument("--port", type=port_number, default=8080, help="listen port")
     p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_api)
@@ -357,13 +407,13 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "run",
         help="re-check recent anchors, anchor the newest checkpoint once and wait for it",
     )
-    add_service_flags(a)
+    add_service_flags(a, mqtt=False, operator_key=False, origin=False)
     a.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for confirmation")
     _add_reorg_flags(a)
     a.set_defaults(func=_cmd_anchor)
     a = asub.add_parser("loop", help="the anchoring job: one transaction per period")
-    add_service_flags(a)
-    a.add_argument("--period", help="e.g. 60s (default: anchor_period_s)")
+    add_service_flags(a, mqtt=False, operator_key=False, origin=False)
+    a.add_argument("--period", help="e.g. 60s (default: anchor_period_s, 60s)")
     _add_reorg_flags(a)
     a.add_argument(
         "--recheck-interval",
@@ -376,9 +426,9 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p = sub.add_parser("chain", help="chain operations")
     chsub = p.add_subparsers(dest="chain_command", required=True, metavar="ACTION")
     c = chsub.add_parser("deploy", help="deploy the AnchorRegistry contract")
-    add_service_flags(c)
+    add_service_flags(c, mqtt=False, operator_key=False, origin=False)
     c.add_argument("--name", default="evm", help="backend name (a [[chains]] entry)")
-    c.add_argument("--rpc-url", help="JSON-RPC endpoint")
+    _add_rpc_flag(c, "JSON-RPC endpoint")
     c.add_argument("--chain-id", type=int, help="the chain id the endpoint must report")
     c.add_argument("--key-file", help="file holding the deploying account's hex private key")
     c.add_argument("--fee-mode", choices=("eip1559", "legacy", "zero"))

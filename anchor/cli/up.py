@@ -20,6 +20,12 @@ services connect as its non-superuser role ``cityanchor``, whose password is in
 ``DATA_DIR/postgres/service.password`` and, inside the DSN, in ``DATA_DIR/config.toml`` (both
 0600). A data dir from a version that used ``trust`` authentication is upgraded on start.
 Nothing ``up`` prints, logs or writes to ``up.json`` carries a password (anchor.host.redact).
+
+``up`` is the single-machine, evaluation mode: every server listens on 127.0.0.1 only, without
+TLS (docker/ deploys a fleet). Its flags are checked before anything starts
+(:class:`~anchor.cli.up_options.UpOptions`); a data dir this run created is removed again when
+the start fails. The children log JSON lines (``--log-format json``) to ``DATA_DIR/logs``,
+rotated by :func:`anchor.host.logs.rotate_copytruncate`.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import pwd
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -63,6 +71,7 @@ from anchor.cli.up_recovery import (
 from anchor.errors import AnchorError, Reason, UsageError
 from anchor.host.config import ChainSettings, Settings, WitnessSettings, settings_to_toml
 from anchor.host.files import write_private_file, write_public_file
+from anchor.host.logs import rotate_copytruncate
 from anchor.host.redact import redact_url
 from anchor.local import AnvilNode, MosquittoServer, PostgresServer, start_on_stable_port
 
@@ -74,6 +83,13 @@ ORIGIN = "local.cityanchor.example/log"
 EXIT_ALREADY_RUNNING = 2
 _STOP_GRACE_S = 20.0  # for the children to drain, when there is something to drain into
 _STOP_GRACE_DEAD_S = 3.0
+_ROTATE_EVERY_S = 5.0  # how often the services' log sizes are looked at
+
+
+def _rotate_logs(logs: Path, opts: UpOptions) -> None:
+    for path in sorted(logs.glob("*.log")):
+        with contextlib.suppress(OSError):
+            rotate_copytruncate(path, max_bytes=opts.log_max_bytes, backups=opts.log_backups)
 
 
 class _StopRequested(Exception):
@@ -152,6 +168,9 @@ def _services(opts: UpOptions) -> Iterator[dict[str, Any]]:
         ports = {k: int(v) for k, v in json.loads(ports_file.read_text()).items()}
     started: list[Any] = []
     stop_stale_servers(d)
+    if opts.http_port:
+        # A requested API port another program holds is refused before any server starts.
+        choose_http_port(opts.http_port, None)
     try:
         pg = start_on_stable_port(
             lambda port: PostgresServer(d / "postgres", port=port),
@@ -235,8 +254,8 @@ def _chain_settings(
             key_file=str(key_file),
         )
     else:
-        if opts.chain_id is None or not opts.chain_key_file:
-            raise UsageError("--rpc-url needs --chain-id and --chain-key-file")
+        if opts.chain_id is None or not opts.chain_key_file:  # checked by UpOptions too
+            raise UsageError("--rpc needs --chain-id and --chain-key-file")
         settings = ChainSettings(
             name="external",
             rpc_url=opts.rpc_url or "",
@@ -264,9 +283,38 @@ def _chain_settings(
     return dataclasses.replace(settings, contract=contract)
 
 
+def _check_reachable(d: Path) -> None:
+    """Run as root, the servers drop to their system users, who must be able to enter every
+    directory above the data dir: refuse a data dir under /root (0700) now, before anything is
+    created, rather than after PostgreSQL's initdb has failed half-way (issue 14)."""
+    from anchor.local.base import check_traversable, is_root
+
+    if not is_root():
+        return
+    existing = d
+    while not existing.exists():
+        existing = existing.parent
+    for name in ("postgres", "mosquitto"):
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            continue  # the server itself says which package creates it
+        try:
+            # The data dir itself is made 0711 by up; what matters is everything above it.
+            check_traversable(d if existing == d else existing / "_", user)
+        except AnchorError as exc:
+            raise UsageError(f"--data-dir {d}: {exc.detail}") from None
+
+
 def run_up(opts: UpOptions) -> int:
-    """Run everything until SIGINT/SIGTERM; returns an exit code."""
+    """Run everything until SIGINT/SIGTERM; returns an exit code.
+
+    A data dir this call created is removed again if ``up`` fails before it was ever ready
+    (a refused start leaves nothing behind); one that existed is never removed.
+    """
     d = opts.data_dir.absolute()
+    _check_reachable(d)
+    created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
     try:
         lock_fd = lock_data_dir(d)
@@ -279,13 +327,19 @@ def run_up(opts: UpOptions) -> int:
             flush=True,
         )
         return EXIT_ALREADY_RUNNING
+    ready: list[bool] = []
     try:
-        return _run_locked(opts, d)
+        return _run_locked(opts, d, ready)
+    except BaseException:
+        if created and not ready:
+            say(f"start failed: removing {d}, which this up created")
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     finally:
         os.close(lock_fd)
 
 
-def _run_locked(opts: UpOptions, d: Path) -> int:
+def _run_locked(opts: UpOptions, d: Path, ready: list[bool]) -> int:
     # The servers drop to their own users (postgres, mosquitto): they must reach their folders.
     os.chmod(d, 0o711)
     for sub in ("keys", "logs"):
@@ -343,20 +397,28 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
         asyncio.run(_operator_token(pg.dsn, token_file))
         env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
         flags = ["--config", str(config_path)]
+        # JSON lines in DATA_DIR/logs/NAME.log (anchor.host.logs), rotated by _rotate_logs.
+        json_logs = ["--log-format", "json"]
         logs, run = d / "logs", d / "run"
         run.mkdir(exist_ok=True)
         children = [
             SupervisedCommand(
-                "ingest", ["ingest", *flags, "--workers", str(opts.workers)], env, logs, run
-            ),
-            SupervisedCommand(
-                "anchor",
-                ["anchor", "loop", *flags, "--period", f"{opts.anchor_period_s}s"],
+                "ingest",
+                [*json_logs, "ingest", *flags, "--workers", str(opts.workers)],
                 env,
                 logs,
                 run,
             ),
-            SupervisedCommand("api", ["api", *flags, "--port", str(http_port)], env, logs, run),
+            SupervisedCommand(
+                "anchor",
+                [*json_logs, "anchor", "loop", *flags, "--period", f"{opts.anchor_period_s}s"],
+                env,
+                logs,
+                run,
+            ),
+            SupervisedCommand(
+                "api", [*json_logs, "api", *flags, "--port", str(http_port)], env, logs, run
+            ),
         ]
         try:
             size_before = ingest_log.stat().st_size if ingest_log.exists() else 0
@@ -383,18 +445,31 @@ def _run_locked(opts: UpOptions, d: Path) -> int:
                 # Added for issue 13: the witnesses asked for cosignatures (empty: none).
                 "witnesses": [{"url": redact_url(u), "vkey": k} for u, k in opts.witnesses],
                 "witness_quorum": opts.witness_quorum,
+                # Added for issue 14: the settings file every command can be pointed at
+                # (--config FILE, or CITYANCHOR_CONFIG=FILE); it is 0600 (it holds passwords).
+                "config": str(config_path),
             }
             write_public_file(up_json, (json.dumps(doc, indent=2) + "\n").encode())
+            ready.append(True)
             say(f"ready: {up_json}")
             say(f"API {http}   explorer {http}/explorer   MQTT {mq.url}")
+            say(
+                "single-machine mode: every port listens on 127.0.0.1 only, without TLS; "
+                "for a fleet see docker/README.md"
+            )
             servers = [
                 SupervisedServer("PostgreSQL", pg),
                 SupervisedServer("Mosquitto", mq, before_start=logins.before_restart),
             ]
             if chain is not None:
                 servers.append(SupervisedServer("chain", chain))
+            next_rotation = 0.0
             while not stop:
                 time.sleep(0.2)
+                if time.monotonic() >= next_rotation and gate.is_open:
+                    # Not while the gate waits for the ingestor's subscription in its log.
+                    next_rotation = time.monotonic() + _ROTATE_EVERY_S
+                    _rotate_logs(logs, opts)
                 # Servers first: a child that died with its server restarts against a live one.
                 for server in servers:
                     server.check()

@@ -152,6 +152,8 @@ class DeviceGate:
             return True
         try:
             with self.ingest_log.open("rb") as f:
+                if f.seek(0, 2) < self.offset:
+                    self.offset = 0  # the log was rotated (truncated) since the broker's start
                 f.seek(self.offset)
                 subscribed = SUBSCRIBED in f.read()
         except OSError:

@@ -1,11 +1,18 @@
-"""What ``cityanchor up`` is asked to run: :class:`UpOptions`, built from its flags."""
+"""What ``cityanchor up`` is asked to run: :class:`UpOptions`, built from its flags.
+
+Every option is checked when the value is built, before ``up`` creates a directory or starts
+a server (issue 14: ``--http-port 99999`` used to start everything and fail a minute later).
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from anchor.errors import UsageError
+from anchor.host.logs import LOG_BACKUPS, LOG_MAX_BYTES
 
 __all__ = ["UpOptions"]
 
@@ -35,8 +42,38 @@ class UpOptions:
     witness_quorum: int = 1
     witness_anchor_quorum: bool = False
     witness_mode: str = "seal"
+    # The services' log files (DATA_DIR/logs/NAME.log) are rotated at this size, keeping this
+    # many old ones (anchor.host.logs.rotate_copytruncate).
+    log_max_bytes: int = LOG_MAX_BYTES
+    log_backups: int = LOG_BACKUPS
 
     def __post_init__(self) -> None:
+        for flag, port in (
+            ("--mqtt-port", self.mqtt_port),
+            ("--http-port", self.http_port),
+            ("--chain-port", self.chain_port),
+        ):
+            if port is not None and not 1 <= port <= 65535:
+                raise UsageError(f"{flag} {port} is not a port (1..65535)")
+        given = [p for p in (self.mqtt_port, self.http_port, self.chain_port) if p is not None]
+        if len(set(given)) != len(given):
+            raise UsageError("--mqtt-port, --http-port and --chain-port must differ")
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise UsageError(f"--data-dir {self.data_dir} exists and is not a directory")
+        if self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if not self.anchor_period_s > 0 or not self.anchor_recheck_s > 0:
+            raise UsageError("--anchor-period and --anchor-recheck must be positive")
+        if self.log_max_bytes < 1 or self.log_backups < 0:
+            raise UsageError("--log-max-bytes must be at least 1 and --log-backups at least 0")
+        if self.rpc_url is not None:
+            self._check_external_chain()
+        elif self.chain_id is not None or self.chain_key_file:
+            raise UsageError("--chain-id and --chain-key-file are for an external chain (--rpc)")
+        if self.operator_token_file is not None:
+            parent = self.operator_token_file.absolute().parent
+            if not parent.is_dir():
+                raise UsageError(f"--operator-token-file: no directory {parent}")
         if self.witness_quorum < 1:
             raise UsageError("--witness-quorum must be at least 1")
         if self.witnesses and self.witness_quorum > len(self.witnesses):
@@ -52,3 +89,18 @@ class UpOptions:
             raise UsageError("--broker-autosave-changes must be at least 1")
         if self.broker_max_queued_messages < 1:
             raise UsageError("--broker-max-queued must be at least 1")
+
+    def _check_external_chain(self) -> None:
+        try:
+            parts = urlsplit(self.rpc_url or "")
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as exc:
+            raise UsageError(f"--rpc {self.rpc_url!r} is not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+            raise UsageError("--rpc must be an http(s):// or ws(s):// URL with a host")
+        if self.chain_id is None or not self.chain_key_file:
+            raise UsageError("--rpc needs --chain-id and --chain-key-file")
+        if self.chain_id < 1:
+            raise UsageError("--chain-id must be positive")
+        if not os.access(self.chain_key_file, os.R_OK) or not Path(self.chain_key_file).is_file():
+            raise UsageError(f"--chain-key-file {self.chain_key_file}: not a readable file")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anchor.errors import AnchorError
+from anchor.errors import AnchorError, UsageError
 from anchor.host.lifetime import RestartBackoff, pid_alive, processes_with_arg, stop_pids
 from anchor.host.supervisor import ChildProcess
 from anchor.local import AnvilNode, MosquittoServer, PostgresServer, free_port, port_free
@@ -171,8 +171,17 @@ def port_moved(remembered: int) -> None:
 
 
 def choose_http_port(requested: int | None, remembered: int | None) -> int:
-    """The API's port: as requested, else last time's (waiting for it a moment), else free."""
+    """The API's port: as requested, else last time's (waiting for it a moment), else free.
+
+    A requested port that stays taken (by another program: ours were stopped before) is a
+    UsageError now, before the API is started on it and retried for a minute (issue 14).
+    """
     if requested:
+        deadline = time.monotonic() + PORT_WAIT_S
+        while not port_free(requested):
+            if time.monotonic() > deadline:
+                raise UsageError(f"--http-port {requested} is in use by another program")
+            time.sleep(0.5)
         return requested
     if remembered:
         deadline = time.monotonic() + PORT_WAIT_S

@@ -1,6 +1,10 @@
 """Settings: one frozen value built from defaults, an optional TOML file, ``CITYANCHOR_*``
 environment variables and command-line flags, in that order of precedence (last wins).
 
+The TOML file is the one a command's ``--config`` names, else the one ``CITYANCHOR_CONFIG``
+names (``export CITYANCHOR_CONFIG=DATA_DIR/config.toml`` points every command at an ``up``'s
+settings; ``up.json`` names that file), else none: every command reads its settings this way.
+
 Nothing else in cityanchor reads ``os.environ``; components take the values they need as
 keyword arguments.
 """
@@ -23,6 +27,7 @@ from anchor.host.files import read_user_file
 from anchor.host.redact import MASK, redact_text
 
 __all__ = [
+    "CONFIG_ENV",
     "ENV_PREFIX",
     "SECRET_FIELDS",
     "ChainSettings",
@@ -38,6 +43,8 @@ CONFIG_FILE_LIMIT = 1 << 20
 """Largest settings file read (a TOML file of a few lines; anything bigger is not one)."""
 
 ENV_PREFIX = "CITYANCHOR_"
+CONFIG_ENV = "CITYANCHOR_CONFIG"
+"""The settings file used when a command is given no ``--config``."""
 # Settings whose whole value is secret; every other string (database_url, mqtt_url, a chain's
 # rpc_url, ...) is shown through anchor.host.redact.redact_text, which hides the secrets inside it.
 SECRET_FIELDS = frozenset({"mqtt_password", "mqtt_admin_password"})
@@ -247,9 +254,12 @@ def load_settings(
 ) -> Settings:
     """Build Settings: defaults < TOML file < environment < ``overrides`` (CLI flags; None skipped).
 
-    Raises UsageError naming the source of any unknown key or badly typed value.
+    The TOML file is ``toml_path``, else the file ``env[CITYANCHOR_CONFIG]`` names (if set and
+    not empty). Raises UsageError naming the source of any unknown key or badly typed value.
     """
     env = os.environ if env is None else env
+    if toml_path is None and env.get(CONFIG_ENV):
+        toml_path = Path(env[CONFIG_ENV])
     types = {
         f.name: (int if f.type in ("int", int) else str)
         for f in fields(Settings)

@@ -170,6 +170,11 @@ def _write_receipts(world: World, out: Path) -> list[str]:
     return run(_query(world, body))
 
 
+def _key_flags(keys: list[str]) -> list[str]:
+    """One --device-key per file: a key flag takes one value (issue 14)."""
+    return [x for k in keys for x in ("--device-key", k)]
+
+
 def _device_keys(world: World) -> list[str]:
     paths = []
     for s in world.signers:
@@ -204,8 +209,7 @@ def test_anchor_then_verify_receipts_on_chain(
             [
                 "verify",
                 *receipts,
-                "--device-key",
-                *keys,
+                *_key_flags(keys),
                 "--log-key",
                 vkey,
                 "--rpc",
@@ -421,8 +425,7 @@ def test_dual_anchoring_survives_one_backend_down(
             [
                 "verify",
                 *receipts,
-                "--device-key",
-                *keys,
+                *_key_flags(keys),
                 "--rpc",
                 a.rpc_url,
                 "--rpc",
@@ -490,7 +493,7 @@ def _verify_on_chain(world: World, rpc_urls: list[str], out: str) -> int:
     receipts = _write_receipts(world, world.tmp / out)
     keys = _device_keys(world)
     rpc = [x for url in rpc_urls for x in ("--rpc", url)]
-    return cli_main(["verify", *receipts, "--device-key", *keys, *rpc, "-q"])
+    return cli_main(["verify", *receipts, *_key_flags(keys), *rpc, "-q"])
 
 
 def test_reorg_removes_anchor_job_marks_it_and_anchors_again(

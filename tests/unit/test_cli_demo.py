@@ -77,8 +77,17 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
     receipts = sorted(str(p) for p in (demo / "receipts").glob("*.json"))
     keys = sorted(str(p) for p in (demo / "devices").glob("*.jwk"))
     vkey = str(demo / "operator.vkey")
+    # A quoted glob, expanded by cityanchor; the key flags may come before the receipts.
     ok = subprocess.run(
-        [CITYANCHOR, "verify", *receipts[:5], "--device-key", *keys, "--log-key", vkey],
+        [
+            CITYANCHOR,
+            "verify",
+            "--device-key",
+            str(demo / "devices" / "*.jwk"),
+            "--log-key",
+            vkey,
+            *receipts[:5],
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -90,7 +99,14 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
     tampered = sorted(str(p) for p in (demo / "tampered").glob("*.json"))
     assert len(tampered) == 1
     bad = subprocess.run(
-        [CITYANCHOR, "verify", receipts[0], *tampered, "--device-key", *keys, "--json"],
+        [
+            CITYANCHOR,
+            "verify",
+            receipts[0],
+            *tampered,
+            *(a for k in keys for a in ("--device-key", k)),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -115,6 +131,16 @@ def test_verify_cli_exit_codes(demo: Path) -> None:
         check=False,
     )
     assert key_first.returncode == 2 and "is a receipt, not a key" in key_first.stderr
+    # An unquoted glob after a key flag: the shell's extra key files are not taken as receipts.
+    unquoted = subprocess.run(
+        [CITYANCHOR, "verify", receipts[0], "--device-key", *keys],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert unquoted.returncode == 2, unquoted.stdout
+    assert "looks like a key, not a receipt" in unquoted.stderr
+    assert "cityanchor: error: " in unquoted.stderr
 
 
 def test_verify_help_names_the_stable_flags() -> None:
