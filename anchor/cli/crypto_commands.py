@@ -9,6 +9,7 @@ anchor.merkle, anchor.completeness).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ from anchor.cli.inputs import (
 )
 from anchor.device_id import DEVICE_ID_PATTERN
 from anchor.errors import AnchorError, UsageError
+from anchor.host.files import KEY_FILE_LIMIT
 from anchor.wire import JsonRejected, strict_loads
 
 __all__ = ["add_key_commands", "add_proof_commands"]
@@ -126,7 +128,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from anchor.receipt import loads_receipt
     from anchor.verify import Check, ReceiptReport, verify_receipt
 
-    _refuse_stray_keys(args.receipts)
+    _sort_out_keys(args)
     device_keys = load_device_keys(args.device_key)
     log_keys = load_log_keys(args.log_key)
     witness_keys = load_witness_keys(args.witness_key)
@@ -178,17 +180,56 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.valid for _, r in results) else EXIT_INVALID
 
 
-def _refuse_stray_keys(receipts: list[str]) -> None:
-    """A key file among the receipts is an unquoted shell glob after a key flag (the shell gave
-    ``--device-key a.jwk b.jwk``): say how to write it rather than call b.jwk an invalid receipt."""
-    for path in receipts:
-        if path.endswith((".jwk", ".vkey")):
-            flag = "--device-key" if path.endswith(".jwk") else "--log-key"
-            raise UsageError(
-                f"{path} looks like a key, not a receipt: a key flag takes one file, so give "
-                f"{flag} once per key, or quote the glob for cityanchor to expand "
-                f"({flag} 'DIR/*{Path(path).suffix}')"
-            )
+def _key_kind(path: str) -> str | None:
+    """``device_key``, ``log_key`` or ``witness_key`` when the file at ``path`` is such a key
+    (by its content, never its name); None for anything else (a receipt, a missing file)."""
+    from anchor.checkpoint import ALG_ED25519
+    from anchor.cosignature import ALG_COSIGNATURE_V1
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(KEY_FILE_LIMIT + 1)
+    except OSError:
+        return None
+    if len(head) > KEY_FILE_LIMIT:
+        return None
+    text = head.decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        try:
+            doc = strict_loads(head, max_depth=3)
+        except JsonRejected:
+            return None
+        return "device_key" if isinstance(doc, dict) and "kty" in doc else None
+    # A note vkey, name+keyid+base64(type || key): its type byte says whose key it is.
+    parts = text.split("+", 2)
+    if len(parts) != 3 or "\n" in text:
+        return None
+    try:
+        raw = base64.b64decode(parts[2], validate=True)
+    except ValueError:
+        return None
+    kinds = {ALG_ED25519: "log_key", ALG_COSIGNATURE_V1: "witness_key"}
+    return kinds.get(raw[0]) if raw else None
+
+
+def _sort_out_keys(args: argparse.Namespace) -> None:
+    """Move key files that landed among the receipts to their key flag.
+
+    Key flags take one value each, so ``--device-key a.jwk b.jwk r.json`` (what the shell makes
+    of ``--device-key devices/*.jwk r.json``) leaves b.jwk among the receipts. A JWK is a device
+    key, a type-0x01 vkey a log key, a type-0x04 vkey a witness key whatever flag it followed,
+    so each goes where its content says and shell globs keep working after any key flag.
+    """
+    receipts = []
+    for path in args.receipts:
+        kind = _key_kind(path)
+        if kind is None:
+            receipts.append(path)
+        else:
+            getattr(args, kind).append(path)
+    if not receipts:
+        raise UsageError("no receipt to verify: give receipt JSON files (the files given are keys)")
+    args.receipts = receipts
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from anchor.checkpoint import generate_note_key
 from anchor.cli.commands import _build_parser, main
 from anchor.cli.parsing import ERROR_PREFIX, iter_parsers, shows_default
+from anchor.cosignature import generate_cosigner_key
 from anchor.keys import PrivateKey
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,10 +126,32 @@ def test_receipts_may_follow_the_key_flags_and_quoted_globs_expand(
     assert "0 of 2 receipts valid" in capsys.readouterr().out
     assert main(["verify", str(receipt), "--device-key", str(tmp_path / "none" / "*.jwk")]) == 2
     assert "matches no file" in capsys.readouterr().err
-    # An unquoted glob: the shell's second key file is named, with what to write instead.
-    assert main(["verify", str(receipt), "--device-key", *map(str, sorted(keys.iterdir()))]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(ERROR_PREFIX) and "looks like a key, not a receipt" in err
+    # An unquoted glob (the shell's key files after one flag): each file is a key by its content,
+    # so none is taken for a receipt, whichever key flag it followed.
+    assert main(["verify", str(receipt), "--device-key", *map(str, sorted(keys.iterdir()))]) == 1
+    out = capsys.readouterr().out
+    assert "0 of 1 receipts valid" in out and "d1.jwk" not in out
+    # Only keys: nothing to verify is a usage error.
+    assert main(["verify", "--device-key", *map(str, sorted(keys.iterdir()))]) == 2
+    assert "no receipt to verify" in capsys.readouterr().err
+
+
+def test_note_keys_among_the_receipts_go_to_their_flag_by_type_byte(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--log-key op.vkey w1.vkey r.json`: the shell's glob after one flag. A type-0x01 vkey is a
+    # log key, a type-0x04 one a witness key, whichever flag it followed.
+    receipt, _ = _receipt_and_key(tmp_path)
+    op, w1 = tmp_path / "op.vkey", tmp_path / "w1.vkey"
+    op.write_text(generate_note_key("log.example").verifier.vkey() + "\n")
+    w1.write_text(generate_cosigner_key("w1.example").verifier.vkey() + "\n")
+    code = main(["verify", "--log-key", str(op), str(w1), str(receipt), "--json"])
+    assert code == 1  # "{}" is no receipt, but every file found its place
+    report = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in report] == [str(receipt)]
+    # The witness key counted: a quorum of 1 needs a witness key, and this one was taken.
+    code = main(["verify", str(receipt), "--witness-quorum", "1", "--log-key", str(op), str(w1)])
+    assert code == 1 and "needs --witness-key" not in capsys.readouterr().err
 
 
 def test_usage_and_domain_errors_share_one_prefix(
