@@ -22,9 +22,10 @@ A device record is :func:`anchor.store.device_json.device_json`, the shape the C
 ``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the current key),
 ``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the current key)
 and ``keys`` (the whole key history).
-``mqtt_username`` (= device_id) and ``mqtt_password`` are in the registration answer, and only
-there, when the broker requires device logins (setting ``mqtt_device_logins``, on under
-``cityanchor up``); otherwise they are absent.
+``mqtt_username`` (= device_id), ``mqtt_password`` and ``mqtt_login_active`` are in the
+registration answer, and only there, when the broker requires device logins (setting
+``mqtt_device_logins``, on under ``cityanchor up``); otherwise they are absent. The answer is
+:func:`anchor.broker.enrol.register_device`'s, which ``cityanchor device register`` prints too.
 
 Errors are problem documents (RFC 9457) with a ``reason``: ``unauthorized`` (401: no token, a
 malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), ``forbidden``

@@ -107,6 +107,11 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
                     "description": "in the registration answer only, when the broker requires "
                     "device logins; shown once",
                 },
+                "mqtt_login_active": {
+                    "type": "boolean",
+                    "description": "in the registration answer only, with device logins: true "
+                    "when the broker confirmed the login before the answer (it works at once)",
+                },
             },
         },
         "DevicePage": {

@@ -210,10 +210,17 @@ async def revoke_token(store: StoreBase, token_id: int) -> TokenRow:
     return _token_row(row)
 
 
-async def list_tokens(store: StoreBase) -> list[TokenRow]:
-    """Every token, oldest first."""
+async def list_tokens(
+    store: StoreBase, *, after: int | None = None, limit: int | None = None
+) -> list[TokenRow]:
+    """Tokens oldest first: every one, or the page of at most ``limit`` after the id ``after``
+    (the last id of the previous page)."""
     async with store._connection("list_tokens") as conn:
-        rows = await conn.fetch(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id")
+        rows = await conn.fetch(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id > $1 ORDER BY id LIMIT $2",
+            after or 0,
+            limit,
+        )
     return [_token_row(r) for r in rows]
 
 
