@@ -11,6 +11,8 @@ Every operator endpoint takes a bearer token (``Authorization: Bearer ca_<id>_<s
   or the query: 200 with the tombstone;
 * ``POST /v1/anchors/run`` (``anchors:run``): one anchoring step: 202 with its results;
 * ``GET /v1/audit?after=&limit=`` (``audit:read``): the audit log, oldest first, id cursor;
+* ``GET /v1/quarantine?device_id=&reason=&after=&limit=`` (``audit:read``): refused messages
+  and their reasons (:mod:`anchor.api.operator_quarantine`);
 * ``GET /metrics`` (``metrics:read``): Prometheus text format 0.0.4 (see :mod:`anchor.api.metrics`).
 
 Public (no token; a device's public key is public information, and a city app needs it to
@@ -59,7 +61,7 @@ from aiohttp import web
 
 from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob
-from anchor.api import operator_devices
+from anchor.api import operator_devices, operator_quarantine
 from anchor.api.context import CONTEXT, Handler, problem
 from anchor.api.metrics import CONTENT_TYPE, MetricsState, collect, render
 from anchor.api.operator_guard import AUDIT_DETAIL, AUDIT_OUTCOME, METRICS, operator
@@ -88,6 +90,7 @@ ROUTES = RouteTable(components=OPERATOR_COMPONENTS)
 device registry first (:mod:`anchor.api.operator_devices`), then erasure, anchoring, the audit
 log and the metrics."""
 ROUTES.include(operator_devices.ROUTES)
+ROUTES.include(operator_quarantine.ROUTES)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ scheme and the device, erasure, anchoring and audit schemas) and the response, p
 security builders their operations share.
 
 The operations themselves are declared next to their handlers (:mod:`anchor.api.operator`,
-:mod:`anchor.api.operator_devices`).
+:mod:`anchor.api.operator_devices`, :mod:`anchor.api.operator_quarantine`).
 """
 
 from __future__ import annotations
@@ -149,6 +149,39 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
             "type": "object",
             "required": ["results"],
             "properties": {"results": {"type": "array", "items": {"type": "object"}}},
+        },
+        "QuarantineRow": {
+            "type": "object",
+            "required": ["id", "received_at", "topic", "device_id", "seq", "reason", "detail"],
+            "properties": {
+                "id": {"type": "integer"},
+                "received_at": {"type": "string", "format": "date-time"},
+                "topic": {"type": "string"},
+                "device_id": {
+                    "type": ["string", "null"],
+                    "description": "as the message claimed it (unverified)",
+                },
+                "seq": {"type": ["integer", "null"]},
+                "reason": {"type": "string", "description": "a reason code (docs/reason-codes.md)"},
+                "detail": {"type": "string"},
+                "raw_size": {"type": "integer"},
+                "raw_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "ingestor": {"type": "string"},
+            },
+        },
+        "QuarantinePage": {
+            "type": "object",
+            "required": ["rows", "next"],
+            "properties": {
+                "rows": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/QuarantineRow"},
+                },
+                "next": {
+                    "type": ["integer", "null"],
+                    "description": "the `after` of the next page",
+                },
+            },
         },
         "AuditPage": {
             "type": "object",
