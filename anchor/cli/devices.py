@@ -386,8 +386,8 @@ def run_with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T
 def _print_devices(records: Sequence[DeviceRecord], as_json: bool, limit: int) -> None:
     more = records[-1].device_id if records and len(records) == limit else None
     if as_json:
-        # The API's page shape (GET /v1/devices): the devices and the cursor of the next page.
-        print(json.dumps({"devices": [device_to_dict(r) for r in records], "next": more}, indent=2))
+        # A list, as published (the cursor of the next page is the last device_id).
+        print(json.dumps([device_to_dict(r) for r in records], indent=2))
         return
     print("DEVICE_ID\tSTATUS\tDISTRICT\tKIND\tKID\tKEYS")
     for r in records:
