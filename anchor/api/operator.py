@@ -44,7 +44,10 @@ NULL (its bytes and so its values are gone) and records a tombstone (who, when, 
 the leaf hash, the batch and every proof stay, so every other receipt still verifies, and the
 erased reading's receipt says ``"status": "erased"`` with an ``erasure`` object. Idempotent:
 the answer is 200 ``{"status": "erased", "erased_now": bool, "tombstone": {...}}``, with the
-first tombstone again (``erased_now`` false) on a repeat.
+first tombstone again (``erased_now`` false) on a repeat. The tombstone's ``erased_at``,
+``erased_by`` and ``legal_reason`` are the receipt's ``erasure`` object, named and written alike
+(``erased_at`` RFC 3339 UTC to the second); ``actor``, the name first published for
+``erased_by``, stays beside it as an alias.
 
 Audit log: every request to a changing endpoint (POST/DELETE above) is recorded, whatever its
 outcome (including 401 and 403), with the actor (token name, or ``anonymous``), token id,

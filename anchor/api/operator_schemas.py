@@ -133,13 +133,30 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
                 "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
                 "tombstone": {
                     "type": "object",
-                    "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
+                    "description": "`erased_at`, `erased_by` and `legal_reason` are named and "
+                    "written as in the erased reading's receipt (`erasure`).",
+                    "required": [
+                        "device_id",
+                        "seq",
+                        "leaf_hash",
+                        "erased_at",
+                        "erased_by",
+                        "actor",
+                    ],
                     "properties": {
                         "device_id": {"type": "string"},
                         "seq": {"type": "integer"},
                         "leaf_hash": {"type": "string"},
-                        "erased_at": {"type": "string", "format": "date-time"},
-                        "actor": {"type": "string"},
+                        "erased_at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "description": "RFC 3339 UTC to the second, as in receipts",
+                        },
+                        "erased_by": {"type": "string", "description": "the token's name"},
+                        "actor": {
+                            "type": "string",
+                            "description": "the same as `erased_by` (its first name, kept)",
+                        },
                         "legal_reason": {"type": "string"},
                     },
                 },

@@ -22,6 +22,7 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
+from anchor.store.records import rfc3339
 
 __all__ = [
     "AuditEntry",
@@ -113,14 +114,30 @@ class Tombstone:
     legal_reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The tombstone as the DELETE answer gives it: the receipt's ``erasure`` fields
+        (:meth:`erasure`) plus ``device_id``, ``seq``, ``leaf_hash`` and ``actor``, the name
+        this answer published first for ``erased_by`` (kept as its alias)."""
         return {
             "device_id": self.device_id,
             "seq": self.seq,
             "leaf_hash": self.leaf_hash.hex(),
-            "erased_at": _when(self.erased_at),
+            **self.erasure(),
             "actor": self.actor,
-            "legal_reason": self.legal_reason,
         }
+
+    def erasure(self) -> dict[str, Any]:
+        """``erased_at`` (RFC 3339 UTC to the second, as receipts write times), ``erased_by``
+        and ``legal_reason``: the receipt's ``erasure`` object, the one shape of an erasure."""
+        return erasure_json(self.erased_at, self.actor, self.legal_reason)
+
+
+def erasure_json(erased_at: datetime, erased_by: str, legal_reason: str) -> dict[str, Any]:
+    """An erasure as receipts and the DELETE answer carry it (see :meth:`Tombstone.erasure`)."""
+    return {
+        "erased_at": rfc3339(erased_at),
+        "erased_by": erased_by,
+        "legal_reason": legal_reason,
+    }
 
 
 def _when(value: datetime | None) -> str | None:

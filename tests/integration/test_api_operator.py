@@ -305,6 +305,12 @@ def test_erasure_answer_and_idempotence(
     stone = first["tombstone"]
     assert stone["device_id"] == device_id and stone["seq"] == seq
     assert stone["actor"] == f"eraser-{RUN}" and stone["legal_reason"] == f"GDPR art. 17 {RUN}"
+    # One shape (issue 14 item 13): the receipt's erasure fields, named and timed the same;
+    # `actor` stays, as the alias it was first published as.
+    assert stone["erased_by"] == stone["actor"]
+    status, receipt = api_world.get_json(f"/v1/receipts/{device_id}/{seq}")
+    assert status == 200 and receipt["status"] == "erased"
+    assert receipt["erasure"] == {k: stone[k] for k in ("erased_at", "erased_by", "legal_reason")}
     again = call(
         api_world,
         "DELETE",
