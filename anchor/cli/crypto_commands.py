@@ -83,6 +83,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     print(f"device key for {args.device_id} ({args.type})")
     print(f"  private: {files.private_pem} (mode 0600)")
     print(f"  public:  {files.public_jwk}")
+    # The kid as the API and `device show` print it (hex), and as envelope headers carry it.
+    from anchor.keys import b64url_encode
+
+    print(f"  kid:     {files.kid.hex()} (base64url {b64url_encode(files.kid)})")
     return EXIT_OK
 
 
