@@ -12,6 +12,7 @@ seconds; elsewhere, re-register or restart the broker).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login
@@ -20,9 +21,9 @@ from anchor.store.device_json import device_json
 if TYPE_CHECKING:
     from anchor.host.config import Settings
     from anchor.keys import PublicKey
-    from anchor.store import DeviceRecord, Store
+    from anchor.store import DeviceRecord, DeviceSpec, Store
 
-__all__ = ["broker_admin", "register_device"]
+__all__ = ["broker_admin", "register_device", "register_devices"]
 
 
 def broker_admin(settings: Settings) -> BrokerAdmin | None:
@@ -58,3 +59,24 @@ async def register_device(
             )
         )
     return record, answer
+
+
+async def register_devices(
+    store: Store, settings: Settings, specs: Sequence[DeviceSpec]
+) -> list[tuple[DeviceRecord, dict[str, Any]]]:
+    """Register many devices in one transaction (all or none, as
+    :meth:`Store.register_devices`), then issue each one's login as :func:`register_device`
+    does; the answers are in the order of ``specs``."""
+    records = await store.register_devices(specs)
+    admin = broker_admin(settings)
+    out = []
+    for record in records:
+        answer = device_json(record)
+        if settings.mqtt_device_logins:
+            answer.update(
+                await issue_device_login(
+                    store, record.device_id, district=record.district, admin=admin
+                )
+            )
+        out.append((record, answer))
+    return out

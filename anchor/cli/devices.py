@@ -16,10 +16,10 @@ each with ``--config TOML`` and ``--database-url`` (settings read as every comma
 flag over ``$CITYANCHOR_DATABASE_URL`` over the file) and, except ``db migrate``, ``--json``.
 ``register`` is ``POST /v1/devices``'s own code path (:mod:`anchor.broker.enrol`): when the
 broker requires device logins it issues the login, has the broker confirm it and prints it once;
-``revoke`` deletes the login from the broker as the API does. ``list`` prints a header row
-and, when the page is full, the ``--after`` of the next page. Handlers are sync
-``(args) -> int`` functions that run ``asyncio.run``; failures are raised as
-:class:`~anchor.errors.AnchorError` for ``cityanchor.main`` to report.
+``import`` does so for every device it registers; ``revoke`` deletes the login from the broker
+as the API does. ``list`` prints a header row and, when the page is full, the ``--after`` of the
+next page. Handlers are sync ``(args) -> int`` functions that run ``asyncio.run``; failures are
+raised as :class:`~anchor.errors.AnchorError` for ``cityanchor.main`` to report.
 
 Import files (all-or-nothing, in one transaction; every bad row is reported with its line):
 
@@ -44,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from anchor.broker.enrol import broker_admin, register_device
+from anchor.broker.enrol import broker_admin, register_device, register_devices
 from anchor.broker.logins import revoke_device_login
 from anchor.cli.inputs import settings_from_args
 from anchor.errors import AnchorError, Reason, UsageError
@@ -438,11 +438,18 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _cmd_import(args: argparse.Namespace) -> int:
     specs = parse_import(args.file, format=args.format)  # bad rows fail before connecting
-    records = run_with_store(args, lambda s: s.register_devices(specs))
+    # As `device register`: with broker logins on, each device gets its login (shown once).
+    done = run_with_settings(args, lambda s, settings: register_devices(s, settings, specs))
     if args.json:
-        print(json.dumps([device_to_dict(r) for r in records], indent=2))
-    else:
-        print(f"imported {len(records)} device(s) from {args.file}")
+        print(json.dumps([answer for _, answer in done], indent=2))
+        return 0
+    print(f"imported {len(done)} device(s) from {args.file}")
+    logins = [a for _, a in done if "mqtt_password" in a]
+    if logins:
+        print("MQTT_USERNAME\tMQTT_PASSWORD\tACTIVE  (shown once: only their hashes are stored)")
+        for a in logins:
+            active = "yes" if a["mqtt_login_active"] else "not yet"
+            print(f"{a['mqtt_username']}\t{a['mqtt_password']}\t{active}")
     return 0
 
 

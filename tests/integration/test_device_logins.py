@@ -241,6 +241,25 @@ def test_cli_register_gives_the_api_answer_and_a_working_login(
     assert _connack(up.mqtt, device_id, password) != 0
 
 
+def test_cli_import_issues_every_device_its_login(
+    up: Up, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = [f"imp-{next(_ids):05d}" for _ in range(3)]
+    doc = [
+        {"device_id": d, "public_key_jwk": PrivateKey.generate().public_key.to_jwk(),
+         "district": DISTRICT, "kind": "iot.noise"}
+        for d in ids
+    ]  # fmt: skip
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(doc))
+    assert cli_main(["device", "import", str(path), "--config", str(up.config), "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [a["device_id"] for a in answers] == ids
+    for a in answers:
+        assert a["mqtt_login_active"] is True
+        assert _connack(up.mqtt, a["mqtt_username"], a["mqtt_password"]) == 0
+
+
 def test_up_backstop_does_not_restart_the_broker_for_a_login_on_its_way(
     postgres: PostgresServer, services_dir: Path, tmp_path: Path
 ) -> None:
