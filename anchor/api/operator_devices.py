@@ -33,6 +33,7 @@ from anchor.broker.enrol import broker_admin, register_device
 from anchor.broker.logins import revoke_device_login
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import Reason
+from anchor.keys import b64url_encode
 from anchor.store import StoreError
 from anchor.store.device_json import device_json
 from anchor.store.operator import TokenRow
@@ -95,12 +96,17 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
         raise StoreError("device_id must be a string", reason=Reason.DEVICE_ID_INVALID)
     district, kind = text_field(body, "district"), text_field(body, "kind")
     key = parse_jwk(body["public_key_jwk"])
-    request[AUDIT_DETAIL] = {"district": district, "kind": kind, "kid": key.kid.hex()}
+    request[AUDIT_DETAIL] = {"district": district, "kind": kind, **_kid(key.kid)}
     # The one registration path, shared with `cityanchor device register` (anchor.broker.enrol).
     _, answer = await register_device(
         ctx.store, ctx.settings, device_id, key, district=district, kind=kind
     )
     return web.json_response(answer, status=201, headers={"Location": f"/v1/devices/{device_id}"})
+
+
+def _kid(kid: bytes) -> dict[str, str]:
+    # One shape for a kid: hex, with base64url (as envelope headers carry it) beside it.
+    return {"kid": kid.hex(), "kid_b64url": b64url_encode(kid)}
 
 
 @ROUTES.post(
@@ -124,7 +130,7 @@ async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     body = await json_body(request)
     exact_fields(body, ("public_key_jwk",))
     key = parse_jwk(body["public_key_jwk"])
-    request[AUDIT_DETAIL] = {"kid": key.kid.hex()}
+    request[AUDIT_DETAIL] = _kid(key.kid)
     record = await ctx.store.rotate_device_key(request.match_info["device_id"], key)
     return web.json_response(device_json(record))
 

@@ -203,6 +203,7 @@ def test_register_device_exactly_as_design_says(api_world: ApiWorld, tok: Tokens
     assert [(e["outcome"], e["status"]) for e in entries] == [("ok", 201), ("conflict", 409)]
     assert entries[0]["actor"] == f"writer-{RUN}"
     assert entries[0]["detail"]["kid"] == key.public_key.kid.hex()
+    assert entries[0]["detail"]["kid_b64url"] == b64url_encode(key.public_key.kid)  # item 13
 
 
 @pytest.mark.parametrize(
