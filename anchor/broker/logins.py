@@ -382,13 +382,19 @@ async def issue_device_login(
     if admin is not None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + admin.timeout
-        delay = 0.1
+        delay, retry = 0.1, False
         while True:
             try:
+                if retry and not await asyncio.to_thread(admin.missing, [device_id]):
+                    # A restarted broker loaded it from the registry meanwhile, maybe disabled
+                    # until an ingestor subscribes (anchor.cli.up_broker.DeviceGate): replacing
+                    # it would let the device in before that. It works once the gate opens.
+                    break
                 await asyncio.to_thread(admin.add_device, device_id, district, password)
                 active = True
                 break
             except BrokerError as exc:
+                retry = True
                 # Refused (the plugin answered with an error) is final; unreachable may pass.
                 if exc.reason != Reason.BROKER_UNAVAILABLE or loop.time() + delay > deadline:
                     log.error("broker login of %s not created in the broker: %s", device_id, exc)

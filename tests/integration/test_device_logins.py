@@ -36,11 +36,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from anchor.api import tokens
-from anchor.broker.logins import ADMIN_USER, BrokerAdmin
+from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login
 from anchor.cli.commands import main as cli_main
 from anchor.cli.up_broker import BrokerLogins, DeviceGate, service_dynsec
 from anchor.keys import PrivateKey
-from anchor.local import MosquittoServer, PostgresServer
+from anchor.local import MosquittoServer, PostgresServer, free_port
 from anchor.password_hashes import mosquitto_password_hash
 from anchor.store import Store
 from devices.signer import DeviceSigner
@@ -313,6 +313,49 @@ def test_up_backstop_does_not_restart_the_broker_for_a_login_on_its_way(
         assert mq.pid != pid
         assert "lost-1" in (logins.current or {})
     finally:
+        mq.stop()
+
+
+def test_a_login_waits_for_a_broker_that_is_back_within_the_timeout(
+    postgres: PostgresServer, services_dir: Path
+) -> None:
+    """The answer is not sent before the broker confirmed the login: a broker that cannot be
+    reached at first is tried again (up to the admin timeout) and the answer then says
+    `mqtt_login_active: true`, and the login works at once."""
+    dsn = postgres.create_database("i14_retry")
+    mq = MosquittoServer(
+        Path(tempfile.mkdtemp(prefix="mqr-", dir=services_dir)),
+        port=free_port(),
+        dynsec=service_dynsec([], "ingest-pw-r", "admin-pw-r"),
+    ).start()
+    mq.stop()  # down when the registration arrives
+    admin = BrokerAdmin(mq.url, ADMIN_USER, "admin-pw-r", timeout=60)
+    result: list[dict[str, Any]] = []
+
+    async def register() -> None:
+        store = await Store.connect(dsn, max_size=1)
+        try:
+            await store.migrate()
+            key = PrivateKey.generate().public_key
+            await store.register_device("retry-1", key, district=DISTRICT, kind="k")
+            result.append(
+                await issue_device_login(store, "retry-1", district=DISTRICT, admin=admin)
+            )
+        finally:
+            await store.close()
+
+    worker = threading.Thread(target=lambda: asyncio.run(register()))
+    worker.start()
+    try:
+        time.sleep(1.0)  # let it find the broker down at least once
+        mq.start()
+        worker.join(90)
+        assert not worker.is_alive()
+        (answer,) = result
+        assert answer["mqtt_login_active"] is True
+        assert _connack(mq.url, "retry-1", answer["mqtt_password"]) == 0
+    finally:
+        worker.join(90)
         mq.stop()
 
 
