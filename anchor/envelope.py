@@ -152,8 +152,9 @@ def verify_envelope(envelope: Envelope | bytes, key: PublicKey) -> Envelope:
     expected = key.kid
     if envelope.kid != expected:
         raise UnknownKid(
-            f"envelope kid {b64url_encode(envelope.kid)} is not the key's kid "
-            f"{b64url_encode(expected)}"
+            # Hex, as everywhere a person reads a kid; base64url beside it, as headers carry it.
+            f"envelope kid {envelope.kid.hex()} (base64url {b64url_encode(envelope.kid)}) is "
+            f"not the key's kid {expected.hex()}"
         )
     needed = ALG_KEY_TYPES.get(envelope.alg)
     if needed is None:

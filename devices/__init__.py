@@ -12,8 +12,10 @@ Example::
     from devices import DeviceSigner, generate_device_key, generate_values, load_private_key
 
     files = generate_device_key("keys", "aq-nanshan-0001")
-    signer = DeviceSigner.open(
-        "aq-nanshan-0001", load_private_key(files.private_pem), state_path="aq.state.json"
+    signer = DeviceSigner.open(  # the state is the device's: keys/aq-nanshan-0001.state.json
+        "aq-nanshan-0001",
+        load_private_key(files.private_pem),
+        state_path=device_state_path("keys", "aq-nanshan-0001"),
     )
     envelope = signer.sign("iot.air_quality", generate_values("iot.air_quality", rng, ts_ms=ts))
 """
@@ -27,7 +29,14 @@ from devices.keystore import (
     load_public_pem,
 )
 from devices.readings import FIVEG_KINDS, IOT_KINDS, KINDS, ReadingGenerator, generate_values
-from devices.signer import DeviceSigner, DeviceState, DeviceStateError, load_state, save_state
+from devices.signer import (
+    DeviceSigner,
+    DeviceState,
+    DeviceStateError,
+    device_state_path,
+    load_state,
+    save_state,
+)
 
 __all__ = [
     "FIVEG_KINDS",
@@ -39,6 +48,7 @@ __all__ = [
     "DeviceStateError",
     "ReadingGenerator",
     "device_key_files",
+    "device_state_path",
     "generate_device_key",
     "generate_values",
     "load_private_key",

@@ -12,13 +12,19 @@ handed to the caller. A crash after that write only burns a seq: the next readin
 and a ``prev`` naming an envelope that was never published, which a verifier sees as a gap,
 never as a conflict.
 
+The state is the device's, not its key's: :func:`device_state_path` names it after the device id
+(``{key_dir}/{device_id}.state.json``, as ``cityanchor sign`` and the fleet simulator keep it),
+so a rotated key continues the chain. :func:`adopt_legacy_state` moves a state file named after
+the key path (what ``cityanchor sign`` wrote before) to that name.
+
 In-memory signers (no state file) are for simulators and benchmarks, where a restart starts a
 new device history anyway.
 
 Example::
 
     key = load_private_key("keys/aq-nanshan-0001.key.pem")
-    signer = DeviceSigner.open("aq-nanshan-0001", key, state_path="state/aq-nanshan-0001.json")
+    state = device_state_path("keys", "aq-nanshan-0001")  # keys/aq-nanshan-0001.state.json
+    signer = DeviceSigner.open("aq-nanshan-0001", key, state_path=state)
     envelope = signer.sign("iot.air_quality", {"pm2_5": 12.5, "pm10": 20.1})
 """
 
@@ -47,6 +53,8 @@ __all__ = [
     "DeviceSigner",
     "DeviceState",
     "DeviceStateError",
+    "adopt_legacy_state",
+    "device_state_path",
     "load_state",
     "save_state",
 ]
@@ -159,6 +167,55 @@ def save_state(path: Path | str, state: DeviceState) -> None:
         raise DeviceStateError(
             f"cannot write state file {p}: {exc.strerror or exc}", reason=Reason.STATE_UNWRITABLE
         ) from exc
+
+
+def device_state_path(key_dir: Path | str, device_id: str) -> Path:
+    """Where a device's chain state lives by default: ``{key_dir}/{device_id}.state.json``.
+
+    Keyed on the device id, never on the key file: a device's seq and prev belong to the
+    device, so after a key rotation (the new key in the same directory) the chain continues
+    where it stopped instead of restarting at seq 1, which the ingestor would refuse as a
+    replay. The fleet simulator keeps its state under the same name.
+    """
+    if not _DEVICE_ID.fullmatch(device_id):
+        raise DeviceStateError(
+            f"device id {device_id!r} is not {DEVICE_ID_PATTERN}", reason=Reason.DEVICE_ID_INVALID
+        )
+    return Path(key_dir) / f"{device_id}.state.json"
+
+
+def adopt_legacy_state(key_path: Path | str, device_id: str) -> Path:
+    """The default state file of ``device_id`` whose key is ``key_path``, moving an older
+    key-path state file (``{key_path}.{device_id}.state.json``, what ``cityanchor sign`` wrote
+    before) to it when only the old one exists. Returns :func:`device_state_path`.
+
+    Raises ``DeviceStateError`` (``state_conflict``) when both exist and disagree: which
+    one is the truth cannot be guessed, and guessing wrong would sign a used seq again.
+    """
+    key = Path(key_path)
+    new = device_state_path(key.parent, device_id)
+    old = Path(f"{key}.{device_id}.state.json")
+    old_state = load_state(old)
+    if old_state is None:
+        return new
+    new_state = load_state(new)
+    if new_state is None:
+        if old_state.device_id != device_id:
+            raise DeviceStateError(
+                f"state file {old} belongs to device {old_state.device_id!r}",
+                reason=Reason.STATE_DEVICE_MISMATCH,
+            )
+        save_state(new, old_state)  # durable first, then the old name goes
+        old.unlink()
+        return new
+    if new_state == old_state:
+        old.unlink()
+        return new
+    raise DeviceStateError(
+        f"two state files for {device_id}: {old} (seq {old_state.seq}) and {new} (seq "
+        f"{new_state.seq}); keep the one with the higher seq, delete the other",
+        reason=Reason.STATE_CONFLICT,
+    )
 
 
 def _now_ms() -> int:

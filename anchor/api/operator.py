@@ -11,6 +11,8 @@ Every operator endpoint takes a bearer token (``Authorization: Bearer ca_<id>_<s
   or the query: 200 with the tombstone;
 * ``POST /v1/anchors/run`` (``anchors:run``): one anchoring step: 202 with its results;
 * ``GET /v1/audit?after=&limit=`` (``audit:read``): the audit log, oldest first, id cursor;
+* ``GET /v1/quarantine?device_id=&reason=&after=&limit=`` (``audit:read``): refused messages
+  and their reasons (:mod:`anchor.api.operator_quarantine`);
 * ``GET /metrics`` (``metrics:read``): Prometheus text format 0.0.4 (see :mod:`anchor.api.metrics`).
 
 Public (no token; a device's public key is public information, and a city app needs it to
@@ -22,9 +24,10 @@ A device record is :func:`anchor.store.device_json.device_json`, the shape the C
 ``revoke_reason``, ``kid`` (hex of the 32-byte RFC 7638 thumbprint of the current key),
 ``kid_b64url`` (the same bytes as in envelope headers), ``public_key_jwk`` (the current key)
 and ``keys`` (the whole key history).
-``mqtt_username`` (= device_id) and ``mqtt_password`` are in the registration answer, and only
-there, when the broker requires device logins (setting ``mqtt_device_logins``, on under
-``cityanchor up``); otherwise they are absent.
+``mqtt_username`` (= device_id), ``mqtt_password`` and ``mqtt_login_active`` are in the
+registration answer, and only there, when the broker requires device logins (setting
+``mqtt_device_logins``, on under ``cityanchor up``); otherwise they are absent. The answer is
+:func:`anchor.broker.enrol.register_device`'s, which ``cityanchor device register`` prints too.
 
 Errors are problem documents (RFC 9457) with a ``reason``: ``unauthorized`` (401: no token, a
 malformed, unknown, wrong or revoked token; with ``WWW-Authenticate: Bearer``), ``forbidden``
@@ -41,7 +44,10 @@ NULL (its bytes and so its values are gone) and records a tombstone (who, when, 
 the leaf hash, the batch and every proof stay, so every other receipt still verifies, and the
 erased reading's receipt says ``"status": "erased"`` with an ``erasure`` object. Idempotent:
 the answer is 200 ``{"status": "erased", "erased_now": bool, "tombstone": {...}}``, with the
-first tombstone again (``erased_now`` false) on a repeat.
+first tombstone again (``erased_now`` false) on a repeat. The tombstone's ``erased_at``,
+``erased_by`` and ``legal_reason`` are the receipt's ``erasure`` object, named and written alike
+(``erased_at`` RFC 3339 UTC to the second); ``actor``, the name first published for
+``erased_by``, stays beside it as an alias.
 
 Audit log: every request to a changing endpoint (POST/DELETE above) is recorded, whatever its
 outcome (including 401 and 403), with the actor (token name, or ``anonymous``), token id,
@@ -58,7 +64,7 @@ from aiohttp import web
 
 from anchor.anchoring.backend import build_backend
 from anchor.anchoring.job import AnchorJob
-from anchor.api import operator_devices
+from anchor.api import operator_devices, operator_quarantine
 from anchor.api.context import CONTEXT, Handler, problem, status_for
 from anchor.api.metrics import CLIENT_CLOSED, CONTENT_TYPE, MetricsState, collect, render
 from anchor.api.operator_guard import AUDIT_DETAIL, AUDIT_OUTCOME, METRICS, operator
@@ -87,6 +93,7 @@ ROUTES = RouteTable(components=OPERATOR_COMPONENTS)
 device registry first (:mod:`anchor.api.operator_devices`), then erasure, anchoring, the audit
 log and the metrics."""
 ROUTES.include(operator_devices.ROUTES)
+ROUTES.include(operator_quarantine.ROUTES)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ Declared on :data:`ROUTES`, which :mod:`anchor.api.operator` takes into the oper
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -30,15 +29,14 @@ from anchor.api.operator_schemas import (
     security,
 )
 from anchor.api.spec import RouteTable
-from anchor.broker.logins import ADMIN_USER, BrokerAdmin, issue_device_login, revoke_device_login
+from anchor.broker.enrol import broker_admin, register_device
+from anchor.broker.logins import revoke_device_login
 from anchor.device_id import DEVICE_ID_RE
 from anchor.errors import Reason
+from anchor.keys import b64url_encode
 from anchor.store import StoreError
 from anchor.store.device_json import device_json
 from anchor.store.operator import TokenRow
-
-if TYPE_CHECKING:
-    from anchor.host.config import Settings
 
 __all__ = ["ROUTES"]
 
@@ -61,7 +59,8 @@ _DISTRICT = re.compile(r"[^\x00-\x1f\x7f]{0,256}")
         "description": "A reserved device id (`.`, `..`, starting with `-` or with "
         "`cityanchor`) is refused with 400 `device_id_reserved`. With broker logins on, the "
         "answer carries `mqtt_username` (= device_id, also the only client id the broker "
-        "accepts for it) and `mqtt_password`, already accepted by the broker.",
+        "accepts for it), `mqtt_password` and `mqtt_login_active`: true when the broker "
+        "confirmed the login before this answer, so the device can connect at once.",
         "security": security("devices:write"),
         "requestBody": {
             "required": True,
@@ -97,26 +96,17 @@ async def _register(request: web.Request, token: TokenRow) -> web.StreamResponse
         raise StoreError("device_id must be a string", reason=Reason.DEVICE_ID_INVALID)
     district, kind = text_field(body, "district"), text_field(body, "kind")
     key = parse_jwk(body["public_key_jwk"])
-    request[AUDIT_DETAIL] = {"district": district, "kind": kind, "kid": key.kid.hex()}
-    record = await ctx.store.register_device(device_id, key, district=district, kind=kind)
-    answer = device_json(record)
-    if ctx.settings.mqtt_device_logins:
-        # The only time the password exists in clear: the registry stores its hash, and with
-        # an admin login the broker has the login before this answer leaves.
-        answer.update(
-            await issue_device_login(
-                ctx.store, device_id, district=district, admin=_broker_admin(ctx.settings)
-            )
-        )
+    request[AUDIT_DETAIL] = {"district": district, "kind": kind, **_kid(key.kid)}
+    # The one registration path, shared with `cityanchor device register` (anchor.broker.enrol).
+    _, answer = await register_device(
+        ctx.store, ctx.settings, device_id, key, district=district, kind=kind
+    )
     return web.json_response(answer, status=201, headers={"Location": f"/v1/devices/{device_id}"})
 
 
-def _broker_admin(settings: Settings) -> BrokerAdmin | None:
-    if not settings.mqtt_admin_password:
-        return None
-    return BrokerAdmin(
-        settings.mqtt_url, settings.mqtt_admin_username or ADMIN_USER, settings.mqtt_admin_password
-    )
+def _kid(kid: bytes) -> dict[str, str]:
+    # One shape for a kid: hex, with base64url (as envelope headers carry it) beside it.
+    return {"kid": kid.hex(), "kid_b64url": b64url_encode(kid)}
 
 
 @ROUTES.post(
@@ -140,7 +130,7 @@ async def _rotate(request: web.Request, token: TokenRow) -> web.StreamResponse:
     body = await json_body(request)
     exact_fields(body, ("public_key_jwk",))
     key = parse_jwk(body["public_key_jwk"])
-    request[AUDIT_DETAIL] = {"kid": key.kid.hex()}
+    request[AUDIT_DETAIL] = _kid(key.kid)
     record = await ctx.store.rotate_device_key(request.match_info["device_id"], key)
     return web.json_response(device_json(record))
 
@@ -168,7 +158,7 @@ async def _revoke(request: web.Request, token: TokenRow) -> web.StreamResponse:
     reason = text_field(body, "reason", 1024)
     request[AUDIT_DETAIL] = {"reason": reason}
     record = await ctx.store.revoke_device(request.match_info["device_id"], reason=reason)
-    admin = _broker_admin(ctx.settings) if ctx.settings.mqtt_device_logins else None
+    admin = broker_admin(ctx.settings)
     if admin is not None:
         # Its login goes at once (and its connection with it), not at the next reconcile.
         await revoke_device_login(admin, record.device_id)

@@ -3,7 +3,7 @@ scheme and the device, erasure, anchoring and audit schemas) and the response, p
 security builders their operations share.
 
 The operations themselves are declared next to their handlers (:mod:`anchor.api.operator`,
-:mod:`anchor.api.operator_devices`).
+:mod:`anchor.api.operator_devices`, :mod:`anchor.api.operator_quarantine`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,11 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
                     "description": "in the registration answer only, when the broker requires "
                     "device logins; shown once",
                 },
+                "mqtt_login_active": {
+                    "type": "boolean",
+                    "description": "in the registration answer only, with device logins: true "
+                    "when the broker confirmed the login before the answer (it works at once)",
+                },
             },
         },
         "DevicePage": {
@@ -128,13 +133,30 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
                 "erased_now": {"type": "boolean", "description": "false on a repeated DELETE"},
                 "tombstone": {
                     "type": "object",
-                    "required": ["device_id", "seq", "leaf_hash", "erased_at", "actor"],
+                    "description": "`erased_at`, `erased_by` and `legal_reason` are named and "
+                    "written as in the erased reading's receipt (`erasure`).",
+                    "required": [
+                        "device_id",
+                        "seq",
+                        "leaf_hash",
+                        "erased_at",
+                        "erased_by",
+                        "actor",
+                    ],
                     "properties": {
                         "device_id": {"type": "string"},
                         "seq": {"type": "integer"},
                         "leaf_hash": {"type": "string"},
-                        "erased_at": {"type": "string", "format": "date-time"},
-                        "actor": {"type": "string"},
+                        "erased_at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "description": "RFC 3339 UTC to the second, as in receipts",
+                        },
+                        "erased_by": {"type": "string", "description": "the token's name"},
+                        "actor": {
+                            "type": "string",
+                            "description": "the same as `erased_by` (its first name, kept)",
+                        },
                         "legal_reason": {"type": "string"},
                     },
                 },
@@ -144,6 +166,39 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
             "type": "object",
             "required": ["results"],
             "properties": {"results": {"type": "array", "items": {"type": "object"}}},
+        },
+        "QuarantineRow": {
+            "type": "object",
+            "required": ["id", "received_at", "topic", "device_id", "seq", "reason", "detail"],
+            "properties": {
+                "id": {"type": "integer"},
+                "received_at": {"type": "string", "format": "date-time"},
+                "topic": {"type": "string"},
+                "device_id": {
+                    "type": ["string", "null"],
+                    "description": "as the message claimed it (unverified)",
+                },
+                "seq": {"type": ["integer", "null"]},
+                "reason": {"type": "string", "description": "a reason code (docs/reason-codes.md)"},
+                "detail": {"type": "string"},
+                "raw_size": {"type": "integer"},
+                "raw_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "ingestor": {"type": "string"},
+            },
+        },
+        "QuarantinePage": {
+            "type": "object",
+            "required": ["rows", "next"],
+            "properties": {
+                "rows": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/QuarantineRow"},
+                },
+                "next": {
+                    "type": ["integer", "null"],
+                    "description": "the `after` of the next page",
+                },
+            },
         },
         "AuditPage": {
             "type": "object",

@@ -14,7 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from anchor.anchoring.backend import rpc_anchor_checker
+from anchor.api import tokens
 from anchor.api.context import MAX_BODY_BYTES, MAX_BODY_DEPTH, ApiContext
+from anchor.api.operator_quarantine import QUARANTINE_SCOPE
 from anchor.api.public_http import (
     ANCHORED_RECEIPT,
     DEFAULT_COMPLETENESS_RANGE,
@@ -41,6 +43,7 @@ from anchor.api.spec import (
     param,
     ref,
 )
+from anchor.api.tokens import TokenError
 from anchor.completeness import completeness_to_dict
 from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError, Reason
@@ -48,6 +51,7 @@ from anchor.keys import PublicKey
 from anchor.receipt import dumps_receipt, receipt_from_dict
 from anchor.sealing import MAX_STORED_INT
 from anchor.store import DeviceRecord, RegistryError, StoreError
+from anchor.store.quarantine import quarantine_reason
 from anchor.verify import Check, ReceiptReport, check_witnesses, verify_receipt
 from anchor.wire import JsonRejected, strict_loads
 
@@ -74,7 +78,9 @@ ROUTES = RouteTable()
         "until the checkpoint is anchored again); sealed ones are cached "
         "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
         "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
-        "envelope, and the tombstone as `erasure` (cached 5 s).",
+        "envelope, and the tombstone as `erasure` (cached 5 s). A reading that is not "
+        "stored is a 404; with a bearer token of scope `audit:read`, one the ingestors "
+        "quarantined says `quarantined: <reason>` in its `detail`.",
         "parameters": [
             DEVICE_ID,
             param("seq", "path", int_schema(1), "the reading's seq (else 400)"),
@@ -105,13 +111,40 @@ async def _get_receipt(request: web.Request) -> web.Response:
     ctx = request_context(request)
     device_id = parse_device_id(request.match_info["device_id"])
     seq = parse_integer(request.match_info["seq"], "seq", low=1)
-    receipt = await ctx.store.receipt(device_id, seq, hasher=hasher_for(ctx))
+    try:
+        receipt = await ctx.store.receipt(device_id, seq, hasher=hasher_for(ctx))
+    except StoreError as exc:
+        if exc.reason == Reason.NOT_FOUND:
+            await _explain_quarantine(request, ctx, device_id, seq)
+        raise
     # A sealed one becomes anchored within a period. Not "immutable": an anchored receipt's
     # envelope can be erased under privacy law, and its anchor can vanish in a reorg (it then
     # goes back to "sealed" until the checkpoint is anchored again): see ANCHORED_RECEIPT.
     cache = ANCHORED_RECEIPT if receipt.status == "anchored" else SHORT
     body = dumps_receipt(receipt).encode("utf-8")
     return with_etag(request, body, content_type="application/json", cache=cache)
+
+
+async def _explain_quarantine(
+    request: web.Request, ctx: ApiContext, device_id: str, seq: int
+) -> None:
+    """To an operator (a bearer token with ``audit:read``), a missing reading that was
+    quarantined is a 404 saying "quarantined: <reason>"; to anyone else, a bare 404."""
+    header = request.headers.get("Authorization")
+    if not header:
+        return
+    try:
+        token = await tokens.authenticate(ctx.store, tokens.bearer(header))
+        tokens.require_scope(token, QUARANTINE_SCOPE)
+    except TokenError:
+        return  # a public route: a bad token gets what the public gets
+    reason = await quarantine_reason(ctx.store, device_id, seq)
+    if reason is not None:
+        raise StoreError(
+            f"no reading {device_id} seq {seq}: quarantined: {reason} "
+            f"(GET /v1/quarantine?device_id={device_id} lists the rows)",
+            reason=Reason.NOT_FOUND,
+        )
 
 
 # -------------------------------------------------------------------------------- verify

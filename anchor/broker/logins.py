@@ -363,23 +363,45 @@ class BrokerAdmin:
 
 async def issue_device_login(
     store: Store, device_id: str, *, district: str, admin: BrokerAdmin | None = None
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Issue (or reissue) the device's broker password; returns it, the only time it exists.
 
     The registry keeps only its hash. With ``admin`` the login is also created in the running
-    broker before this returns; if that fails (``BrokerError``) the error is logged and the
-    login is kept in the registry: ``cityanchor up`` then notices the broker lacks it and
-    restarts the broker from the registry within seconds.
+    broker, and this returns only once the dynamic-security plugin has confirmed it (its
+    answer to ``createClient`` comes after the login is in force): ``mqtt_login_active`` is
+    then true. A broker that cannot be reached is tried again until ``admin.timeout`` has
+    passed; if it still fails (``BrokerError``) the error is logged, the login is kept in the
+    registry (``cityanchor up`` restarts its broker from the registry within seconds) and
+    ``mqtt_login_active`` is false. Without ``admin`` it is false too: the broker learns the
+    login from the registry (a generated file, a reload) on its own.
     """
     password = secrets.token_urlsafe(24)
     hashed = mosquitto_password_hash(password)
     await store.set_device_login(device_id, hashed)
+    active = False
     if admin is not None:
-        try:
-            await asyncio.to_thread(admin.add_device, device_id, district, password)
-        except BrokerError as exc:
-            log.error("broker login of %s not created in the broker: %s", device_id, exc)
-    return {"mqtt_username": device_id, "mqtt_password": password}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + admin.timeout
+        delay, retry = 0.1, False
+        while True:
+            try:
+                if retry and not await asyncio.to_thread(admin.missing, [device_id]):
+                    # A restarted broker loaded it from the registry meanwhile, maybe disabled
+                    # until an ingestor subscribes (anchor.cli.up_broker.DeviceGate): replacing
+                    # it would let the device in before that. It works once the gate opens.
+                    break
+                await asyncio.to_thread(admin.add_device, device_id, district, password)
+                active = True
+                break
+            except BrokerError as exc:
+                retry = True
+                # Refused (the plugin answered with an error) is final; unreachable may pass.
+                if exc.reason != Reason.BROKER_UNAVAILABLE or loop.time() + delay > deadline:
+                    log.error("broker login of %s not created in the broker: %s", device_id, exc)
+                    break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    return {"mqtt_username": device_id, "mqtt_password": password, "mqtt_login_active": active}
 
 
 async def revoke_device_login(admin: BrokerAdmin, device_id: str) -> None:

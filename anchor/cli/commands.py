@@ -129,6 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from anchor.cli.tokens import add_token_commands
 
     add_token_commands(sub)
+    from anchor.cli.quarantine import add_quarantine_commands
+
+    add_quarantine_commands(sub)
     from anchor.cli.broker import add_broker_commands
 
     add_broker_commands(sub)

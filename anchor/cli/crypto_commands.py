@@ -85,12 +85,16 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     print(f"device key for {args.device_id} ({args.type})")
     print(f"  private: {files.private_pem} (mode 0600)")
     print(f"  public:  {files.public_jwk}")
+    # The kid as the API and `device show` print it (hex), and as envelope headers carry it.
+    from anchor.keys import b64url_encode
+
+    print(f"  kid:     {files.kid.hex()} (base64url {b64url_encode(files.kid)})")
     return EXIT_OK
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     from devices.keystore import load_private_key
-    from devices.signer import DeviceSigner
+    from devices.signer import DeviceSigner, adopt_legacy_state
 
     try:
         values = strict_loads(args.values, max_depth=2)
@@ -98,10 +102,10 @@ def _cmd_sign(args: argparse.Namespace) -> int:
         raise UsageError(f"--values must be a flat JSON object of measurements: {exc}") from None
     if not isinstance(values, dict):
         raise UsageError("--values must be a JSON object")
-    state = (
-        Path(args.state) if args.state else Path(str(args.key) + f".{args.device_id}.state.json")
-    )
     try:
+        # Keyed on the device id (a rotated key continues the chain); an older state file
+        # named after the key path is moved to that name.
+        state = Path(args.state) if args.state else adopt_legacy_state(args.key, args.device_id)
         key = load_private_key(Path(args.key))
         signer = DeviceSigner.open(args.device_id, key, state_path=state, format=args.format)
     except AnchorError as exc:
@@ -390,7 +394,11 @@ def add_key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--values", required=True, help="JSON object, e.g. '{\"pm2_5\": 12.5}'")
     p.add_argument("--ts", type=int, default=None, help="device time in ms (default: now)")
     p.add_argument("--format", choices=("cose-sign1", "jws"), default="cose-sign1")
-    p.add_argument("--state", help="seq/prev state file (default: next to the key)")
+    p.add_argument(
+        "--state",
+        help="seq/prev state file (default: DEVICE_ID.state.json in the key's directory, "
+        "so a rotated key kept there continues the seq)",
+    )
     p.add_argument(
         "--out",
         default="-",

@@ -12,8 +12,13 @@ Async functions (:func:`register`, :func:`import_devices`, :func:`rotate`, :func
     cityanchor device show DEVICE_ID
     cityanchor db migrate
 
-each with ``--database-url`` (default ``$CITYANCHOR_DATABASE_URL``) and, except ``db migrate``,
-``--json``. Handlers are sync ``(args) -> int`` functions that run ``asyncio.run``; failures are
+each with ``--config TOML`` and ``--database-url`` (settings read as every command reads them:
+flag over ``$CITYANCHOR_DATABASE_URL`` over the file) and, except ``db migrate``, ``--json``.
+``register`` is ``POST /v1/devices``'s own code path (:mod:`anchor.broker.enrol`): when the
+broker requires device logins it issues the login, has the broker confirm it and prints it once;
+``import`` does so for every device it registers; ``revoke`` deletes the login from the broker
+as the API does. ``list`` prints a header row and, when the page is full, the ``--after`` of the
+next page. Handlers are sync ``(args) -> int`` functions that run ``asyncio.run``; failures are
 raised as :class:`~anchor.errors.AnchorError` for ``cityanchor.main`` to report.
 
 Import files (all-or-nothing, in one transaction; every bad row is reported with its line):
@@ -39,6 +44,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from anchor.broker.enrol import broker_admin, register_device, register_devices
+from anchor.broker.logins import revoke_device_login
+from anchor.cli.inputs import settings_from_args
 from anchor.errors import AnchorError, Reason, UsageError
 from anchor.host.files import read_user_file
 from anchor.keys import PublicKey
@@ -72,6 +80,8 @@ _COLUMNS = ("device_id", "district", "kind", "public_key_jwk", "public_key_jwk_p
 T = TypeVar("T")
 # What ArgumentParser.add_subparsers() returns (generic only to the type checker).
 if TYPE_CHECKING:
+    from anchor.host.config import Settings
+
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 else:
     _Subparsers = argparse._SubParsersAction
@@ -341,30 +351,51 @@ device_to_dict = device_json
 # Command line
 
 
-def run_with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
-    """Run ``work(store)`` on ``--database-url`` for a CLI subcommand, then close the store."""
-    dsn = args.database_url
-    if not dsn:
-        raise UsageError(f"no database: give --database-url or set {DATABASE_URL_ENV}")
+def run_with_settings(
+    args: argparse.Namespace, work: Callable[[Store, Settings], Awaitable[T]]
+) -> T:
+    """Run ``work(store, settings)`` for a CLI subcommand, then close the store.
+
+    Settings are read as every command reads them (:func:`anchor.cli.inputs.settings_from_args`):
+    ``--database-url`` over ``CITYANCHOR_*`` over ``--config`` (``cityanchor up`` keeps its
+    database URL and broker admin login in ``DATA_DIR/config.toml``).
+    """
+    if not (args.database_url or args.config or os.environ.get(DATABASE_URL_ENV)):
+        # The built-in default (a local PostgreSQL) is rarely the registry meant here.
+        raise UsageError(
+            f"no database: give --config (e.g. DATA_DIR/config.toml of `cityanchor up`), "
+            f"--database-url or set {DATABASE_URL_ENV}"
+        )
+    settings = settings_from_args(args)
 
     async def main() -> T:
-        store = await Store.connect(dsn, min_size=1, max_size=2)
+        store = await Store.connect(settings.database_url, min_size=1, max_size=2)
         try:
-            return await work(store)
+            return await work(store, settings)
         finally:
             await store.close()
 
     return asyncio.run(main())
 
 
-def _print_devices(records: Sequence[DeviceRecord], as_json: bool) -> None:
+def run_with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work(store)`` on the command's database (see :func:`run_with_settings`)."""
+    return run_with_settings(args, lambda store, settings: work(store))
+
+
+def _print_devices(records: Sequence[DeviceRecord], as_json: bool, limit: int) -> None:
+    more = records[-1].device_id if records and len(records) == limit else None
     if as_json:
+        # A list, as published (the cursor of the next page is the last device_id).
         print(json.dumps([device_to_dict(r) for r in records], indent=2))
         return
+    print("DEVICE_ID\tSTATUS\tDISTRICT\tKIND\tKID\tKEYS")
     for r in records:
         current = r.current_key
         kid = current.kid.hex() if current else "-"
-        print(f"{r.device_id}\t{r.status}\t{r.district}\t{r.kind}\t{kid}\t{len(r.keys)} key(s)")
+        print(f"{r.device_id}\t{r.status}\t{r.district}\t{r.kind}\t{kid}\t{len(r.keys)}")
+    if more is not None:
+        print(f"# more: --after {more}")
 
 
 def _print_device(record: DeviceRecord, as_json: bool) -> None:
@@ -383,21 +414,42 @@ def _print_device(record: DeviceRecord, as_json: bool) -> None:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     key = load_jwk(args.jwk)  # an unreadable key file fails before connecting
-    record = run_with_store(
+    # The one registration path of POST /v1/devices: the same answer, broker login included.
+    record, answer = run_with_settings(
         args,
-        lambda s: s.register_device(args.device_id, key, district=args.district, kind=args.kind),
+        lambda s, settings: register_device(
+            s, settings, args.device_id, key, district=args.district, kind=args.kind
+        ),
     )
-    _print_device(record, args.json)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    _print_device(record, False)
+    if "mqtt_password" in answer:
+        state = (
+            "accepted by the broker now"
+            if answer["mqtt_login_active"]
+            else "not confirmed by the broker yet (see the operator guide)"
+        )
+        print(f"  mqtt login: {answer['mqtt_username']} / {answer['mqtt_password']}")
+        print(f"  (shown once: only its hash is stored; {state})")
     return 0
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
     specs = parse_import(args.file, format=args.format)  # bad rows fail before connecting
-    records = run_with_store(args, lambda s: s.register_devices(specs))
+    # As `device register`: with broker logins on, each device gets its login (shown once).
+    done = run_with_settings(args, lambda s, settings: register_devices(s, settings, specs))
     if args.json:
-        print(json.dumps([device_to_dict(r) for r in records], indent=2))
-    else:
-        print(f"imported {len(records)} device(s) from {args.file}")
+        print(json.dumps([answer for _, answer in done], indent=2))
+        return 0
+    print(f"imported {len(done)} device(s) from {args.file}")
+    logins = [a for _, a in done if "mqtt_password" in a]
+    if logins:
+        print("MQTT_USERNAME\tMQTT_PASSWORD\tACTIVE  (shown once: only their hashes are stored)")
+        for a in logins:
+            active = "yes" if a["mqtt_login_active"] else "not yet"
+            print(f"{a['mqtt_username']}\t{a['mqtt_password']}\t{active}")
     return 0
 
 
@@ -410,9 +462,14 @@ def _cmd_rotate(args: argparse.Namespace) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace) -> int:
-    _print_device(
-        run_with_store(args, lambda s: revoke(s, args.device_id, reason=args.reason)), args.json
-    )
+    async def work(store: Store, settings: Settings) -> DeviceRecord:
+        record = await revoke(store, args.device_id, reason=args.reason)
+        admin = broker_admin(settings)
+        if admin is not None:  # its login goes at once, as with POST /v1/devices/{id}/revoke
+            await revoke_device_login(admin, record.device_id)
+        return record
+
+    _print_device(run_with_settings(args, work), args.json)
     return 0
 
 
@@ -423,7 +480,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
             s, district=args.district, status=args.status, after=args.after, limit=args.limit
         ),
     )
-    _print_devices(records, args.json)
+    _print_devices(records, args.json, args.limit)
     return 0
 
 
@@ -441,17 +498,23 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _database_url(p: argparse.ArgumentParser) -> None:
+def database_flags(p: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--database-url``, read by :func:`run_with_settings`."""
+    p.add_argument(
+        "--config",
+        metavar="TOML",
+        help="settings file, e.g. DATA_DIR/config.toml of `cityanchor up` (CITYANCHOR_* "
+        "variables and --database-url override it)",
+    )
     p.add_argument(
         "--database-url",
-        default=os.environ.get(DATABASE_URL_ENV),
         metavar="DSN",
-        help=f"PostgreSQL DSN (default: ${DATABASE_URL_ENV})",
+        help=f"PostgreSQL DSN (default: ${DATABASE_URL_ENV}, else the config file's)",
     )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    _database_url(p)
+    database_flags(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -511,6 +574,6 @@ def add_db_commands(subparsers: _Subparsers) -> argparse.ArgumentParser:
     db = subparsers.add_parser("db", help="database schema")
     sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     p = sub.add_parser("migrate", help="apply pending sql/NNN_*.sql migrations")
-    _database_url(p)
+    database_flags(p)
     p.set_defaults(func=_cmd_migrate)
     return db

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -15,11 +14,10 @@ from anchor.api.tokens import (
     SCOPES,
     NewToken,
     create_token,
-    list_tokens,
     parse_token,
     revoke_token,
 )
-from anchor.cli.devices import run_with_store
+from anchor.cli.devices import database_flags, run_with_store
 from anchor.host.files import write_private_file
 from anchor.store import Store
 from anchor.store import operator as ops
@@ -33,8 +31,6 @@ else:
     _Subparsers = argparse._SubParsersAction
 
 T = TypeVar("T")
-
-DATABASE_URL_ENV = "CITYANCHOR_DATABASE_URL"
 
 
 def _run(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
@@ -92,15 +88,24 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    records = _run(args, list_tokens)
+    records = _run(args, lambda s: ops.list_tokens(s, after=args.after, limit=args.limit))
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
+    print("ID\tNAME\tSCOPES\tSTATE\tLAST_USED")
     for r in records:
         state = f"revoked {r.revoked_at.isoformat()}" if r.revoked_at else "active"
         used = r.last_used_at.isoformat() if r.last_used_at else "never used"
         print(f"{r.id}\t{r.name}\t{','.join(r.scopes)}\t{state}\t{used}")
+    if records and len(records) == args.limit:
+        print(f"# more: --after {records[-1].id}")
     return 0
+
+
+def _limit(text: str) -> int:
+    if text.isdecimal() and 1 <= int(text) <= 1000:
+        return int(text)
+    raise argparse.ArgumentTypeError("expected 1..1000")
 
 
 def _token_id(text: str) -> int:
@@ -119,12 +124,8 @@ def add_token_commands(subparsers: _Subparsers) -> argparse.ArgumentParser:
     sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--database-url",
-            default=os.environ.get(DATABASE_URL_ENV),
-            metavar="DSN",
-            help=f"PostgreSQL DSN (default: ${DATABASE_URL_ENV})",
-        )
+        # --config and --database-url, read as every command reads its settings.
+        database_flags(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("create", help="create a token (its secret is printed once)")
@@ -147,7 +148,9 @@ def add_token_commands(subparsers: _Subparsers) -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=_cmd_revoke)
 
-    p = sub.add_parser("list", help="list tokens (never their secrets)")
+    p = sub.add_parser("list", help="list tokens (never their secrets), oldest first")
+    p.add_argument("--after", type=_token_id, metavar="ID", help="start after this id (cursor)")
+    p.add_argument("--limit", type=_limit, default=100, help="at most this many (max 1000)")
     common(p)
     p.set_defaults(func=_cmd_list)
     return token

@@ -22,6 +22,7 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
+from anchor.store.records import rfc3339
 
 __all__ = [
     "AuditEntry",
@@ -113,14 +114,30 @@ class Tombstone:
     legal_reason: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The tombstone as the DELETE answer gives it: the receipt's ``erasure`` fields
+        (:meth:`erasure`) plus ``device_id``, ``seq``, ``leaf_hash`` and ``actor``, the name
+        this answer published first for ``erased_by`` (kept as its alias)."""
         return {
             "device_id": self.device_id,
             "seq": self.seq,
             "leaf_hash": self.leaf_hash.hex(),
-            "erased_at": _when(self.erased_at),
+            **self.erasure(),
             "actor": self.actor,
-            "legal_reason": self.legal_reason,
         }
+
+    def erasure(self) -> dict[str, Any]:
+        """``erased_at`` (RFC 3339 UTC to the second, as receipts write times), ``erased_by``
+        and ``legal_reason``: the receipt's ``erasure`` object, the one shape of an erasure."""
+        return erasure_json(self.erased_at, self.actor, self.legal_reason)
+
+
+def erasure_json(erased_at: datetime, erased_by: str, legal_reason: str) -> dict[str, Any]:
+    """An erasure as receipts and the DELETE answer carry it (see :meth:`Tombstone.erasure`)."""
+    return {
+        "erased_at": rfc3339(erased_at),
+        "erased_by": erased_by,
+        "legal_reason": legal_reason,
+    }
 
 
 def _when(value: datetime | None) -> str | None:
@@ -210,10 +227,17 @@ async def revoke_token(store: StoreBase, token_id: int) -> TokenRow:
     return _token_row(row)
 
 
-async def list_tokens(store: StoreBase) -> list[TokenRow]:
-    """Every token, oldest first."""
+async def list_tokens(
+    store: StoreBase, *, after: int | None = None, limit: int | None = None
+) -> list[TokenRow]:
+    """Tokens oldest first: every one, or the page of at most ``limit`` after the id ``after``
+    (the last id of the previous page)."""
     async with store._connection("list_tokens") as conn:
-        rows = await conn.fetch(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id")
+        rows = await conn.fetch(
+            f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id > $1 ORDER BY id LIMIT $2",
+            after or 0,
+            limit,
+        )
     return [_token_row(r) for r in rows]
 
 

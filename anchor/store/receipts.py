@@ -21,6 +21,7 @@ from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found
+from anchor.store.operator import erasure_json
 from anchor.store.proofs import fetch_log_path
 from anchor.store.records import rfc3339
 
@@ -304,11 +305,8 @@ class ReceiptsMixin(StoreBase):
                     raise StoreError(
                         f"reading {r['device_id']} seq {r['seq']} was erased", reason=Reason.ERASED
                     )
-                erasure = {
-                    "erased_at": rfc3339(stone["erased_at"]),
-                    "erased_by": stone["actor"],
-                    "legal_reason": stone["legal_reason"],
-                }
+                # The same shape as the DELETE answer's tombstone (anchor.store.operator).
+                erasure = erasure_json(stone["erased_at"], stone["actor"], stone["legal_reason"])
             index = r["batch_index"]
             receipts.append(
                 Receipt(

@@ -203,6 +203,7 @@ def test_register_device_exactly_as_design_says(api_world: ApiWorld, tok: Tokens
     assert [(e["outcome"], e["status"]) for e in entries] == [("ok", 201), ("conflict", 409)]
     assert entries[0]["actor"] == f"writer-{RUN}"
     assert entries[0]["detail"]["kid"] == key.public_key.kid.hex()
+    assert entries[0]["detail"]["kid_b64url"] == b64url_encode(key.public_key.kid)  # item 13
 
 
 @pytest.mark.parametrize(
@@ -305,6 +306,12 @@ def test_erasure_answer_and_idempotence(
     stone = first["tombstone"]
     assert stone["device_id"] == device_id and stone["seq"] == seq
     assert stone["actor"] == f"eraser-{RUN}" and stone["legal_reason"] == f"GDPR art. 17 {RUN}"
+    # One shape (issue 14 item 13): the receipt's erasure fields, named and timed the same;
+    # `actor` stays, as the alias it was first published as.
+    assert stone["erased_by"] == stone["actor"]
+    status, receipt = api_world.get_json(f"/v1/receipts/{device_id}/{seq}")
+    assert status == 200 and receipt["status"] == "erased"
+    assert receipt["erasure"] == {k: stone[k] for k in ("erased_at", "erased_by", "legal_reason")}
     again = call(
         api_world,
         "DELETE",

@@ -535,7 +535,11 @@ def test_up_reconciler_brings_the_broker_in_step_with_the_registry(
         ingestor_subscribes()
         assert Device(broker.url, first).attempt() == 0
         late = asyncio.run(register("late-0001"))
-        logins.refresh(force=True)  # the broker lacks it: restarted from the registry
+        # The first look may catch a registration between its registry write and the API's
+        # createClient (issue 14 item 6): only a login still missing at the next look is lost.
+        logins.refresh(force=True)
+        assert Device(broker.url, first).attempt() == 0  # no restart yet: nobody disconnected
+        logins.refresh(force=True)  # the broker still lacks it: restarted from the registry
         assert Device(broker.url, late).attempt() == NOT_AUTHORIZED
         ingestor_subscribes()
         assert Device(broker.url, late).attempt() == 0

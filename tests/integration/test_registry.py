@@ -139,7 +139,13 @@ def test_import_csv_and_json(
 
     assert cli("device", "list", "--database-url", dsn, "--limit", "2", "--after", "c-2") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[0] for line in lines] == ["c-3", "j-0"]
+    # A header row, the page, and the cursor of the next page (the page was full).
+    assert [line.split("\t")[0] for line in lines] == [
+        "DEVICE_ID",
+        "c-3",
+        "j-0",
+        "# more: --after j-0",
+    ]
     assert cli("device", "list", "--database-url", dsn, "--district", "east", "--json") == 0
     assert len(json.loads(capsys.readouterr().out)) == 3
 
