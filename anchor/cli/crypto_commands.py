@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -191,6 +193,11 @@ def _key_kind(path: str) -> str | None:
     from anchor.cosignature import ALG_COSIGNATURE_V1
 
     try:
+        # Only a regular file is looked into: opening a FIFO would block, and read_input refuses
+        # anything else with its own message when the path is read as a receipt.
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > KEY_FILE_LIMIT:
+            return None
         with open(path, "rb") as f:
             head = f.read(KEY_FILE_LIMIT + 1)
     except OSError:
