@@ -39,7 +39,7 @@ _REASON = re.compile(r"[a-z0-9_]{1,64}")
         "operationId": "listQuarantine",
         "summary": "Refused messages and why, oldest first (scope audit:read)",
         "description": "Filter by `device_id` (as the message claimed it) and/or `reason` "
-        "(a reason code of docs/reason-codes.md); page with `after` = the `next` of the "
+        "(a reason code: see /problems); page with `after` = the `next` of the "
         "previous page. The refused bytes are not served: only their size and SHA-256.",
         "security": security(QUARANTINE_SCOPE),
         "parameters": [

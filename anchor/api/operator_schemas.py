@@ -179,7 +179,7 @@ OPERATOR_COMPONENTS: dict[str, dict[str, Any]] = {
                     "description": "as the message claimed it (unverified)",
                 },
                 "seq": {"type": ["integer", "null"]},
-                "reason": {"type": "string", "description": "a reason code (docs/reason-codes.md)"},
+                "reason": {"type": "string", "description": "a reason code (listed at /problems)"},
                 "detail": {"type": "string"},
                 "raw_size": {"type": "integer"},
                 "raw_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
