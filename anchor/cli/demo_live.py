@@ -29,6 +29,7 @@ from typing import Any
 from anchor.anchoring.backend import deploy
 from anchor.checkpoint import NoteSigner, generate_note_key
 from anchor.cli.demo import CliMain
+from anchor.cosignature import generate_cosigner_key
 from anchor.host.config import ChainSettings
 from anchor.host.files import write_private_file, write_public_file
 from anchor.host.redact import redact_url
@@ -41,6 +42,7 @@ from devices.simulator import SimulationConfig, SimulationReport, make_fleet, ru
 __all__ = ["LiveDemoConfig", "run_live_demo"]
 
 ORIGIN = "demo.cityanchor.example/log"
+WITNESS_NAME = "audit-office.demo.cityanchor.example/witness"
 CHAIN_ID = 31337
 DISTRICTS = ("futian", "nanshan", "luohu")
 FAULTS = {
@@ -218,6 +220,38 @@ def run_live_demo(
             )
             _say(f"AnchorRegistry deployed at {contract}")
 
+            # An independent witness (in a city: its audit office) cosigns the log's checkpoints
+            # (C2SP tlog-witness), so a receipt shows the log was not forked for its holder.
+            witness = generate_cosigner_key(WITNESS_NAME)
+            witness_skey = write_private_file(
+                base / "witness.skey", (witness.skey() + "\n").encode()
+            )
+            witness_vkey = write_public_file(
+                out / "witness.vkey", (witness.verifier.vkey() + "\n").encode()
+            )
+            witness_url = f"http://127.0.0.1:{free_port()}"
+            children.append(
+                _child(
+                    [
+                        "witness", "serve", "--key", str(witness_skey),
+                        "--log-key", str(out / "operator.vkey"),
+                        "--state", str(base / "witness.sqlite"),
+                        "--listen", witness_url.removeprefix("http://"),
+                    ],
+                    dict(os.environ),
+                    out / "logs" / "witness.log",
+                    b"listening on",
+                )
+            )  # fmt: skip
+            # Witnesses are configured in the settings file (TOML [[witnesses]]).
+            settings_file = write_private_file(
+                base / "cityanchor.toml",
+                (
+                    f'[[witnesses]]\nurl = "{witness_url}"\nvkey = "{witness.verifier.vkey()}"\n'
+                ).encode(),
+            )
+            _say(f"witness {WITNESS_NAME} at {witness_url} (its key: {witness_vkey})")
+
             fleet = make_fleet(config.devices, seed=config.seed, districts=DISTRICTS)
             asyncio.run(_register(pg.dsn, fleet))
             for d in fleet:
@@ -235,6 +269,7 @@ def run_live_demo(
 
             env = dict(
                 os.environ,
+                CITYANCHOR_CONFIG=str(settings_file),
                 CITYANCHOR_DATABASE_URL=pg.dsn,
                 CITYANCHOR_MQTT_URL=mq.url,
                 CITYANCHOR_OPERATOR_KEY_FILE=str(skey),
@@ -356,17 +391,25 @@ def run_live_demo(
                     vkey,
                     "--rpc",
                     chain.rpc_url,
+                    "--witness-key",
+                    str(witness_vkey),
                     "--json",
                 ],
             )
             results = json.loads(text)
             valid = sum(1 for r in results if r["valid"])
             full = sum(1 for r in results if r["fully_verified"])
+            cosigned = sum(
+                1
+                for r in results
+                if any(c["name"] == "witnesses" and c["status"] == "pass" for c in r["checks"])
+            )
             _say(
                 f"cityanchor verify --rpc {chain.rpc_url}: {valid}/{len(results)} receipts valid "
-                f"(exit {code}); every check, the on-chain anchor included, passes on {full}"
+                f"(exit {code}); every check, the on-chain anchor included, passes on {full}; "
+                f"cosigned by the witness: {cosigned}"
             )
-            ok &= code == 0 and valid == full == len(results) > 0
+            ok &= code == 0 and valid == full == cosigned == len(results) > 0
 
             cose = [
                 p
@@ -415,6 +458,7 @@ def run_live_demo(
         "explorer_url": explorer,
         "receipts_written": written,
         "receipts_valid": valid,
+        "receipts_cosigned": cosigned,
         "tampered_rejected": code_t == 1,
         "seconds": round(time.perf_counter() - started, 1),
         "ok": bool(ok),
@@ -423,6 +467,7 @@ def run_live_demo(
     _say(f"report: {out / 'report.json'}  ({summary['seconds']} s) -> {'OK' if ok else 'FAILED'}")
     _say(
         f"try:  .venv/bin/cityanchor verify {out}/receipts/*.json "
-        f"--device-key '{out}/devices/*.jwk' --log-key {out}/operator.vkey"
+        f"--device-key '{out}/devices/*.jwk' --log-key {out}/operator.vkey "
+        f"--witness-key {out}/witness.vkey"
     )
     return 0 if ok else 1

@@ -9,6 +9,7 @@ import pytest
 
 from anchor.cli import main
 from anchor.cli.demo_live import LiveDemoConfig, run_live_demo
+from anchor.cosignature import CosignerVerifier, verified_cosignatures
 
 
 def test_live_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -33,3 +34,7 @@ def test_live_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "/explorer?device_id=" in report["explorer_url"] and "proof explorer" in printed
     doc = json.loads(receipts[0].read_text())
     assert doc["status"] == "anchored" and doc["anchors"][0]["chain_id"] == 31337
+    # The demo's witness cosigned every receipt's checkpoint, and its key is left for verifiers.
+    assert report["receipts_cosigned"] == report["receipts_written"]
+    witness_vkey = (out / "witness.vkey").read_text().strip()
+    assert verified_cosignatures(doc["checkpoint"], [CosignerVerifier.from_vkey(witness_vkey)])
