@@ -60,6 +60,26 @@ def proc_table() -> dict[int, tuple[int, str]]:
     return table
 
 
+# Top-level flags of `cityanchor` that take a value (they may come before the subcommand).
+_VALUED_FLAGS = ("--log-format", "--log-file", "--log-max-bytes", "--log-backups")
+
+
+def subcommand_of(cmdline: str) -> str | None:
+    """The subcommand of a ``python -m anchor [global flags] SUBCOMMAND ...`` command line."""
+    words = cmdline.split()
+    try:
+        at = next(i for i in range(len(words) - 1) if words[i : i + 2] == ["-m", "anchor"])
+    except StopIteration:
+        return None
+    rest = iter(words[at + 2 :])
+    for word in rest:
+        if word in _VALUED_FLAGS:
+            next(rest, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def descendants(root: int, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
     table = table if table is not None else proc_table()
     children: dict[int, list[int]] = {}
@@ -235,8 +255,7 @@ class Up:
             return None
         table = proc_table()
         for pid in descendants(self.pid, table):
-            cmd = table[pid][1]
-            if f"-m anchor -v {subcommand} " in cmd + " " and table[pid][0] == self.pid:
+            if table[pid][0] == self.pid and subcommand_of(table[pid][1]) == subcommand:
                 return pid
         return None
 

@@ -44,6 +44,7 @@ from _system import (
     pss_kb,
     register_devices,
     rss_kb,
+    subcommand_of,
 )
 
 ROLES = ("up", "postgres", "mosquitto", "anvil", "ingest", "ingest-workers", "anchor", "api")
@@ -61,9 +62,9 @@ def roles(up: Up) -> dict[str, list[int]]:
     by_pid = {pid: table[pid] for pid in pids if pid in table}
     sub = {}
     for pid, (_, cmd) in by_pid.items():
-        for name in ("ingest", "anchor", "api"):
-            if f"-m anchor -v {name} " in cmd + " ":
-                sub[pid] = name
+        name = subcommand_of(cmd)
+        if name in ("ingest", "anchor", "api"):
+            sub[pid] = name
     for pid, (ppid, cmd) in by_pid.items():
         if pid == up.pid:
             out["up"].append(pid)
