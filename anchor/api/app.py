@@ -291,6 +291,22 @@ async def serve(
             await stop.wait()
         finally:
             await runner.cleanup()
+            # The per-batch receipt cache's figures (anchor.store.receipt_cache), for operators
+            # and bench/api.py: one line per process.
+            stats = store.receipt_cache.stats()
+            log.info(
+                "receipt cache: %s",
+                json.dumps(
+                    {
+                        "hits": stats.hits,
+                        "misses": stats.misses,
+                        "stale": stats.stale,
+                        "entries": stats.entries,
+                        "bytes": stats.nbytes,
+                        "hit_rate": round(stats.hit_rate, 4),
+                    }
+                ),
+            )
     finally:
         await store.close()
 
