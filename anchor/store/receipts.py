@@ -10,17 +10,21 @@ stored roots before use; anything that does not check out is rebuilt, and what c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from anchor import merkle
-from anchor.errors import Reason
+from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
-from anchor.store.errors import StoreError, checked_device_id, not_found
+from anchor.store.errors import StoreError, checked_device_id, not_found, translate
 from anchor.store.operator import erasure_json
 from anchor.store.proofs import fetch_log_path
 from anchor.store.receipt_cache import BatchShare, ReceiptCache
@@ -90,8 +94,63 @@ FROM checkpoints c WHERE c.log_size = coalesce(
 """
 
 
+# The receipt lookups' own pool (per Store, opened at the first receipt): at most this many
+# connections besides the Store's pool.
+RECEIPT_POOL_SIZE = 4
+
+
+async def _keep_session(conn: Any) -> None:
+    """The receipt pool's reset on release: nothing to undo. Its connections only run single
+    read-only statements outside any transaction (no SET, LISTEN, cursor or advisory lock), so
+    the default reset (``RESET ALL``, ``UNLISTEN *``, ... : a round trip per receipt) has no
+    session state to clear; asyncpg still rolls back an open transaction and drops listeners."""
+
+
 class ReceiptsMixin(StoreBase):
     """``receipt`` and ``receipts_for_batch`` of :class:`anchor.store.Store`."""
+
+    async def close(self) -> None:
+        """Close the receipt pool, then every other connection."""
+        pool = self.__dict__.pop("_receipt_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close()
+        await super().close()
+
+    @contextlib.asynccontextmanager
+    async def _receipt_connection(self) -> AsyncIterator[Any]:
+        """A connection for :meth:`receipt`'s read-only statements, from a pool of its own that
+        skips the per-release session reset (see :func:`_keep_session`); the Store's pool when
+        the Store was not built from a DSN."""
+        if not self._dsn:
+            async with self._connection("receipt") as conn:
+                yield conn
+            return
+        try:
+            pool = self.__dict__.get("_receipt_pool")
+            if pool is None:
+                lock = self.__dict__.setdefault("_receipt_pool_lock", asyncio.Lock())
+                async with lock:
+                    pool = self.__dict__.get("_receipt_pool")
+                    if pool is None:
+                        pool = self.__dict__["_receipt_pool"] = await asyncpg.create_pool(
+                            self._dsn,
+                            min_size=1,
+                            max_size=RECEIPT_POOL_SIZE,
+                            timeout=self._timeout,
+                            command_timeout=60.0,
+                            reset=_keep_session,
+                            server_settings={"application_name": "cityanchor", "timezone": "UTC"},
+                        )
+            async with pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except AnchorError:
+            raise
+        except Exception as exc:
+            err = translate(exc, "receipt")
+            if err is None:
+                raise
+            raise err from exc
 
     @property
     def receipt_cache(self) -> ReceiptCache:
@@ -118,7 +177,7 @@ class ReceiptsMixin(StoreBase):
         checked_device_id(device_id)
         if not 1 <= seq <= MAX_STORED_INT:
             raise not_found(f"no reading {device_id} seq {seq}")
-        async with self._connection("receipt") as conn:
+        async with self._receipt_connection() as conn:
             row = await conn.fetchrow(_RECEIPT_SQL, device_id, seq)
             if row is None:
                 raise not_found(f"no reading {device_id} seq {seq}")
