@@ -176,8 +176,11 @@ def _indented(value: Any, out: list[str], newline: str) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError("a non-string key")
-            out.append(sep + encode_basestring(key) + ": ")
-            _indented(item, out, inner)
+            if isinstance(item, str):  # the common case, without a call
+                out.append(sep + encode_basestring(key) + ": " + encode_basestring(item))
+            else:
+                out.append(sep + encode_basestring(key) + ": ")
+                _indented(item, out, inner)
             sep = "," + inner
         out.append(newline + "}")
     elif isinstance(value, list | tuple):
@@ -185,6 +188,10 @@ def _indented(value: Any, out: list[str], newline: str) -> None:
             out.append("[]")
             return
         inner = newline + "  "
+        if all(isinstance(item, str) for item in value):  # a path: hex strings
+            items = ("," + inner).join(map(encode_basestring, value))
+            out.append("[" + inner + items + newline + "]")
+            return
         sep = "[" + inner
         for item in value:
             out.append(sep)
