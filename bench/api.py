@@ -21,7 +21,9 @@ Everything runs privately on this machine, in a temporary directory:
   (2xx answers per second; any other answer is counted in ``errors``), ``p50_s``, ``p99_s``.
   ``cache_hit_rate`` (with ``cache_hits``, ``cache_misses``, ``cache_stale``) is the per-batch
   receipt cache's (anchor.store.receipt_cache), summed over the API's worker processes, over
-  everything they served (warm-up included: each worker fills each batch once).
+  everything they served (warm-up included: each worker fills each batch once);
+  ``lookups_per_statement`` is how many receipt lookups one statement carried on average
+  (concurrent requests share one: anchor.store.receipt_batcher).
 * **Baseline.** A trivial aiohttp app (same aiohttp, same route shape, answers a constant small
   JSON) in its own process, driven by the same generator with the same connections and duration:
   ``baseline_per_s``, ``baseline_p50_s``, ``baseline_p99_s``; ``ratio = per_s / baseline_per_s``.
@@ -387,18 +389,22 @@ class _Load:
 def _cache_figures(log_path: Path) -> dict[str, Any]:
     """The receipt cache's counters, summed over the API's worker processes: each logs one
     ``receipt cache: {...}`` line when it stops (anchor.api.app.serve)."""
-    hits = misses = stale = 0
+    hits = misses = stale = lookups = statements = 0
     for line in log_path.read_text(errors="replace").splitlines():
         _, sep, tail = line.partition("receipt cache: ")
         if sep:
             doc = json.loads(tail)
             hits, misses, stale = hits + doc["hits"], misses + doc["misses"], stale + doc["stale"]
+            lookups += doc.get("lookups", 0)
+            statements += doc.get("lookup_statements", 0)
     total = hits + misses + stale
     return {
         "cache_hits": hits,
         "cache_misses": misses,
         "cache_stale": stale,
         "cache_hit_rate": hits / total if total else math.nan,
+        # Concurrent receipt lookups share statements (anchor.store.receipt_batcher).
+        "lookups_per_statement": lookups / statements if statements else math.nan,
     }
 
 

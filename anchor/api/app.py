@@ -294,6 +294,7 @@ async def serve(
             # The per-batch receipt cache's figures (anchor.store.receipt_cache), for operators
             # and bench/api.py: one line per process.
             stats = store.receipt_cache.stats()
+            lookups, statements = store.receipt_lookups()
             log.info(
                 "receipt cache: %s",
                 json.dumps(
@@ -304,6 +305,8 @@ async def serve(
                         "entries": stats.entries,
                         "bytes": stats.nbytes,
                         "hit_rate": round(stats.hit_rate, 4),
+                        "lookups": lookups,
+                        "lookup_statements": statements,
                     }
                 ),
             )

@@ -27,6 +27,7 @@ from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found, translate
 from anchor.store.operator import erasure_json
 from anchor.store.proofs import fetch_log_path
+from anchor.store.receipt_batcher import LookupBatcher
 from anchor.store.receipt_cache import BatchShare, ReceiptCache
 from anchor.store.records import rfc3339
 
@@ -60,6 +61,26 @@ SELECT s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
 FROM s
 JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
 CROSS JOIN h
+"""
+
+# The same for several readings at once (anchor.store.receipt_batcher): $1 device ids, $2 seqs;
+# ``i`` is the 1-based position of the asked reading (absent when there is no such reading).
+_RECEIPTS_SQL = """
+SELECT k.i, s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
+       r.device_id, r.seq, r.format, r.envelope, h.log_size,
+       av.v AS anchors_version, cv.v AS cosignatures_version
+FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i)
+JOIN reading_seqs s ON s.device_id = k.device_id AND s.seq = k.seq
+JOIN batches b ON b.id = s.batch_id
+JOIN readings r ON r.device_id = s.device_id AND r.seq = s.seq AND r.received_at = s.received_at
+CROSS JOIN LATERAL (SELECT coalesce(
+        (SELECT max(log_size) FROM anchors WHERE log_size > b.log_index),
+        (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > b.log_index),
+        (SELECT max(log_size) FROM checkpoints)) AS log_size) h
+CROSS JOIN LATERAL (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text, ','
+        ORDER BY a.backend), '') AS v FROM anchors a WHERE a.log_size = h.log_size) av
+CROSS JOIN LATERAL (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '') AS v
+        FROM witness_cosignatures w WHERE w.log_size = h.log_size) cv
 """
 
 # Filling a batch's cache entry: the batch, the checkpoint of size $2 with its cosignature lines,
@@ -160,12 +181,19 @@ class ReceiptsMixin(StoreBase):
             cache = self.__dict__["_receipt_cache"] = ReceiptCache()
         return cache
 
+    def receipt_lookups(self) -> tuple[int, int]:
+        """Receipt lookups so far and the statements that carried them (several concurrent
+        lookups share one: :mod:`anchor.store.receipt_batcher`)."""
+        batcher: LookupBatcher | None = self.__dict__.get("_receipt_batcher")
+        return (0, 0) if batcher is None else (batcher.lookups, batcher.statements)
+
     async def receipt(
         self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
     ) -> Receipt:
         """The receipt of one stored reading (see :meth:`_receipt_full`).
 
-        The common case takes one statement: the reading, its stored batch path and the version
+        The common case takes one statement (shared with the lookups other requests make at the
+        same time): the reading, its stored batch path and the version
         of what its batch's receipts share (the checkpoint they end on, its anchors and
         cosignatures), which :attr:`receipt_cache` holds, verified, per batch; a missing or
         outdated entry is filled (one more statement and the log nodes) and its log path checked
@@ -177,16 +205,26 @@ class ReceiptsMixin(StoreBase):
         checked_device_id(device_id)
         if not 1 <= seq <= MAX_STORED_INT:
             raise not_found(f"no reading {device_id} seq {seq}")
-        async with self._receipt_connection() as conn:
-            row = await conn.fetchrow(_RECEIPT_SQL, device_id, seq)
-            if row is None:
-                raise not_found(f"no reading {device_id} seq {seq}")
-            fast = await self._receipt_fast(conn, row, hasher)
+        batcher: LookupBatcher | None = self.__dict__.get("_receipt_batcher")
+        if batcher is None:
+            batcher = self.__dict__["_receipt_batcher"] = LookupBatcher(self._lookup_rows)
+        row = await batcher.lookup((device_id, seq))
+        if row is None:
+            raise not_found(f"no reading {device_id} seq {seq}")
+        fast = await self._receipt_fast(row, hasher)
         return fast if fast is not None else await self._receipt_full(device_id, seq, hasher=hasher)
 
-    async def _receipt_fast(
-        self, conn: Any, row: Mapping[str, Any], hasher: merkle.Hasher
-    ) -> Receipt | None:
+    async def _lookup_rows(self, keys: Sequence[tuple[str, int]]) -> list[Any]:
+        """:data:`_RECEIPTS_SQL` for ``keys``: one row or None per key, in order (one
+        statement, so one snapshot for all of them)."""
+        async with self._receipt_connection() as conn:
+            if len(keys) == 1:
+                return [await conn.fetchrow(_RECEIPT_SQL, *keys[0])]
+            rows = await conn.fetch(_RECEIPTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
+        found = {r["i"]: r for r in rows}
+        return [found.get(i) for i in range(1, len(keys) + 1)]
+
+    async def _receipt_fast(self, row: Mapping[str, Any], hasher: merkle.Hasher) -> Receipt | None:
         if row["envelope"] is None or row["batch_path"] is None or row["log_size"] is None:
             return None
         key = (row["batch_id"], hasher.name)
@@ -194,7 +232,8 @@ class ReceiptsMixin(StoreBase):
         cache = self.receipt_cache
         share = cache.get(key, version)
         if share is None:
-            share = await self._batch_share(conn, row["batch_id"], row["log_size"], hasher)
+            async with self._receipt_connection() as conn:
+                share = await self._batch_share(conn, row["batch_id"], row["log_size"], hasher)
             if share is None:
                 return None
             cache.put(key, share)

@@ -279,3 +279,26 @@ def test_corruption_after_a_fill_is_caught_by_the_refill(db_dsn: str) -> None:
         assert exc.value.reason == "log_inconsistent"
 
     with_world(db_dsn, body)
+
+
+def test_concurrent_receipts_share_statements_and_equal_single_ones(db_dsn: str) -> None:
+    async def body(world: World) -> None:
+        await world.seal(3)
+        await world.seal(2)
+        store = world.store
+        await erase_reading(store, DEVICES[1], 2, actor="dpo", legal_reason="GDPR art. 17")
+        expected = [r for b in (1, 2) for r in await store.receipts_for_batch(b)]
+        asked = [(r.device_id, r.seq) for r in expected] + [(DEVICES[0], 999)]
+        got = await asyncio.gather(*(store.receipt(d, s) for d, s in asked), return_exceptions=True)
+        assert got[:-1] == expected
+        missing = got[-1]
+        assert isinstance(missing, StoreError) and missing.reason == "not_found"
+        batcher = store.__dict__["_receipt_batcher"]
+        # 11 lookups in fewer statements than lookups (at most 2 in flight at once).
+        assert batcher.lookups == 11 and batcher.statements < 11
+        for receipt in got[:-1]:
+            assert isinstance(receipt, Receipt)
+            if receipt.status != "erased":
+                world.valid(receipt)
+
+    with_world(db_dsn, body)
