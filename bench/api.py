@@ -16,19 +16,30 @@ Everything runs privately on this machine, in a temporary directory:
   otherwise be the figure) on a free loopback port. One receipt is fetched and verified offline
   first (device signature, leaf, both paths, checkpoint signature: ``sample_valid``). Then the
   load generator asks ``GET /v1/receipts/{device_id}/{seq}`` for uniformly random stored readings
-  over ``CONNECTIONS`` keep-alive connections: a warm-up, then ``duration_s`` timed: ``per_s``
+  (random access: no ordering that would favour the per-batch receipt cache) over
+  ``CONNECTIONS`` keep-alive connections: a warm-up, then ``duration_s`` timed: ``per_s``
   (2xx answers per second; any other answer is counted in ``errors``), ``p50_s``, ``p99_s``.
+  ``cache_hit_rate`` (with ``cache_hits``, ``cache_misses``, ``cache_stale``) is the per-batch
+  receipt cache's (anchor.store.receipt_cache), summed over the API's worker processes, over
+  everything they served (warm-up included: each worker fills each batch once);
+  ``lookups_per_statement`` is how many receipt lookups one statement carried on average
+  (concurrent requests share one: anchor.store.receipt_batcher).
 * **Baseline.** A trivial aiohttp app (same aiohttp, same route shape, answers a constant small
   JSON) in its own process, driven by the same generator with the same connections and duration:
   ``baseline_per_s``, ``baseline_p50_s``, ``baseline_p99_s``; ``ratio = per_s / baseline_per_s``.
+* **Rounds.** Baseline and API are driven alternately, ``rounds`` times (quick: 2, full: 3, at
+  most ``--repeat``); each side's best round is kept (other work on the shared cores only lowers a
+  figure), with the 1-minute load average read before it (``load1``, ``baseline_load1``).
 
 The load generator is ``wrk`` (one thread, a Lua script picking random receipt URLs) when it is
 on the PATH (Debian package ``wrk``), else an aiohttp client in a separate process (slower: it
 takes more of the shared cores, so its figures are lower for both sides); ``load_generator``
-names the one used. Aim (issue 6): ``per_s`` >= 3000 and ``p99_s`` < 0.020 on a 2-core machine.
+names the one used. Aims: ``per_s`` >= 3000 and ``p99_s`` < 0.020 on a 2-core machine (issue 6,
+``meets_aim``); ``ratio`` >= 0.3 with ``p99_s`` < 0.020 (issue 15, ``meets_ratio_aim``).
 The API process, PostgreSQL and the generator share the same cores; ``api_cpu_cores`` and
 ``pg_cpu_cores`` are the CPU use of the API process and of PostgreSQL (all its processes) during
-the timed run (1.0 = one core busy; the API's event loop is saturated near 1.0).
+the timed run (1.0 = one core busy; each API worker's event loop is saturated near 1.0; the API
+figure sums its worker processes).
 """
 
 from __future__ import annotations
@@ -72,6 +83,8 @@ GROUP = 10  # devices interleaved in one batch, as an ingestor sees a fleet
 ORIGIN = "bench.cityanchor.example/log"
 AIM_PER_S = 3000
 AIM_P99_S = 0.020
+AIM_RATIO = 0.3  # issue 15: receipts at >= 0.3 of the trivial endpoint's rate, p99 < 20 ms
+ROUNDS = {True: 2, False: 3}  # alternating baseline/API timed runs (at most --repeat)
 TS0_MS = 1_760_000_000_000
 
 _BASELINE_APP = """
@@ -233,7 +246,13 @@ class _Server:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def cpu_s(self) -> float:
-        return _cpu_s(self.proc.pid)
+        """CPU seconds of the process and its children (``--workers N`` serves in children)."""
+        pid = self.proc.pid
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            children = []
+        return _cpu_s(pid) + sum(_cpu_s(int(c)) for c in children)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -343,11 +362,17 @@ class _Load:
             ).result()
 
     def measure(
-        self, server: _Server, cfg: BenchConfig, pg: PostgresServer | None = None
+        self,
+        server: _Server,
+        cfg: BenchConfig,
+        pg: PostgresServer | None = None,
+        *,
+        warm: bool = True,
     ) -> tuple[dict[str, Any], float, float]:
-        """Warm-up, then the timed run; also the CPU use (cores) during it of the server and
-        of PostgreSQL (0.0 without ``pg``)."""
-        self.run(server.url(), WARMUP_S[cfg.quick])
+        """Warm-up (unless ``warm`` is false), then the timed run; also the CPU use (cores)
+        during it of the server and of PostgreSQL (0.0 without ``pg``)."""
+        if warm:
+            self.run(server.url(), WARMUP_S[cfg.quick])
         pg0 = _pg_cpu(pg) if pg else {}
         cpu0, t0 = server.cpu_s(), time.perf_counter()
         figures = self.run(server.url(), DURATION_S[cfg.quick])
@@ -359,6 +384,28 @@ class _Load:
 
 
 # ------------------------------------------------------------------------------- section
+
+
+def _cache_figures(log_path: Path) -> dict[str, Any]:
+    """The receipt cache's counters, summed over the API's worker processes: each logs one
+    ``receipt cache: {...}`` line when it stops (anchor.api.app.serve)."""
+    hits = misses = stale = lookups = statements = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        _, sep, tail = line.partition("receipt cache: ")
+        if sep:
+            doc = json.loads(tail)
+            hits, misses, stale = hits + doc["hits"], misses + doc["misses"], stale + doc["stale"]
+            lookups += doc.get("lookups", 0)
+            statements += doc.get("lookup_statements", 0)
+    total = hits + misses + stale
+    return {
+        "cache_hits": hits,
+        "cache_misses": misses,
+        "cache_stale": stale,
+        "cache_hit_rate": hits / total if total else math.nan,
+        # Concurrent receipt lookups share statements (anchor.store.receipt_batcher).
+        "lookups_per_statement": lookups / statements if statements else math.nan,
+    }
 
 
 def _sample_valid(server: _Server, key: PrivateKey, operator: NoteSigner, seq: int) -> bool:
@@ -407,7 +454,9 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
         figures["connections"] = CONNECTIONS
         figures["duration_s"] = DURATION_S[cfg.quick]
 
-        # Baseline first: the trivial endpoint, same generator, same connections.
+        # Both servers run side by side (idle when not driven); the generator drives one at a
+        # time, alternating, `rounds` times; each side's best round is kept (other work on the
+        # shared cores only ever lowers a figure), with the 1-minute load average before it.
         port = free_port()
         baseline = _Server(
             [sys.executable, "-c", _BASELINE_APP, str(port)],
@@ -416,9 +465,6 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
             base / "baseline.log",
         )
         servers.append(baseline)
-        base_fig, base_cores, _ = load.measure(baseline, cfg)
-        baseline.stop()
-
         port = free_port()
         env = dict(
             os.environ,
@@ -436,8 +482,36 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
         )  # fmt: skip
         servers.append(api)
         figures["sample_valid"] = _sample_valid(api, keys[0], operator, per_device // 2 + 1)
-        api_fig, api_cores, pg_cores = load.measure(api, cfg, pg)
+
+        rounds = max(1, min(cfg.repeat, ROUNDS[cfg.quick]))
+        best_base: tuple[dict[str, Any], float, float] | None = None
+        best_api: tuple[dict[str, Any], float, float, float] | None = None
+        history = []
+        for i in range(rounds):
+            load1 = os.getloadavg()[0]
+            b_fig, b_cores, _ = load.measure(baseline, cfg, warm=i == 0)
+            if best_base is None or b_fig["per_s"] > best_base[0]["per_s"]:
+                best_base = (b_fig, b_cores, load1)
+            load1_api = os.getloadavg()[0]
+            a_fig, a_cores, a_pg = load.measure(api, cfg, pg, warm=i == 0)
+            if best_api is None or a_fig["per_s"] > best_api[0]["per_s"]:
+                best_api = (a_fig, a_cores, a_pg, load1_api)
+            history.append(
+                {
+                    "baseline_per_s": round(b_fig["per_s"], 1),
+                    "baseline_load1": round(load1, 2),
+                    "per_s": round(a_fig["per_s"], 1),
+                    "p99_s": a_fig["p99_s"],
+                    "load1": round(load1_api, 2),
+                }
+            )
+            print(f"  round {i + 1}: {json.dumps(history[-1])}", flush=True)
+        assert best_base is not None and best_api is not None
+        baseline.stop()
         api.stop()
+        base_fig, base_cores, base_load = best_base
+        api_fig, api_cores, pg_cores, api_load = best_api
+        cache = _cache_figures(base / "api.log")
 
         figures.update(
             api_workers=API_WORKERS,
@@ -448,15 +522,22 @@ def api_section(cfg: BenchConfig) -> dict[str, Any]:
             errors=api_fig["errors"],
             api_cpu_cores=api_cores,
             pg_cpu_cores=pg_cores,
+            load1=api_load,
+            **cache,
             baseline_per_s=base_fig["per_s"],
             baseline_p50_s=base_fig["p50_s"],
             baseline_p99_s=base_fig["p99_s"],
             baseline_errors=base_fig["errors"],
             baseline_cpu_cores=base_cores,
+            baseline_load1=base_load,
+            rounds=history,
             ratio=api_fig["per_s"] / base_fig["per_s"],
             aim_per_s=AIM_PER_S,
             aim_p99_s=AIM_P99_S,
+            aim_ratio=AIM_RATIO,
             meets_aim=api_fig["per_s"] >= AIM_PER_S and api_fig["p99_s"] < AIM_P99_S,
+            meets_ratio_aim=api_fig["per_s"] / base_fig["per_s"] >= AIM_RATIO
+            and api_fig["p99_s"] < AIM_P99_S,
             cores=cores,
         )
     finally:

@@ -291,6 +291,25 @@ async def serve(
             await stop.wait()
         finally:
             await runner.cleanup()
+            # The per-batch receipt cache's figures (anchor.store.receipt_cache), for operators
+            # and bench/api.py: one line per process.
+            stats = store.receipt_cache.stats()
+            lookups, statements = store.receipt_lookups()
+            log.info(
+                "receipt cache: %s",
+                json.dumps(
+                    {
+                        "hits": stats.hits,
+                        "misses": stats.misses,
+                        "stale": stats.stale,
+                        "entries": stats.entries,
+                        "bytes": stats.nbytes,
+                        "hit_rate": round(stats.hit_rate, 4),
+                        "lookups": lookups,
+                        "lookup_statements": statements,
+                    }
+                ),
+            )
     finally:
         await store.close()
 

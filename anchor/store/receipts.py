@@ -10,19 +10,25 @@ stored roots before use; anything that does not check out is rebuilt, and what c
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
+
 from anchor import merkle
-from anchor.errors import Reason
+from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
-from anchor.store.errors import StoreError, checked_device_id, not_found
+from anchor.store.errors import StoreError, checked_device_id, not_found, translate
 from anchor.store.operator import erasure_json
 from anchor.store.proofs import fetch_log_path
+from anchor.store.receipt_batcher import LookupBatcher
+from anchor.store.receipt_cache import BatchShare, ReceiptCache
 from anchor.store.records import rfc3339
 
 __all__ = ["BATCH_TREE_CACHE", "ReceiptsMixin"]
@@ -30,36 +36,69 @@ __all__ = ["BATCH_TREE_CACHE", "ReceiptsMixin"]
 # Sealed batches whose verified Merkle trees a Store keeps (about 64 KiB each at 1000 readings).
 BATCH_TREE_CACHE = 256
 
-# Store.receipt's one statement: the reading, its batch, the checkpoint to prove against (the
-# newest anchored one covering the batch, else the newest cosigned one covering it, else the
-# newest; with its cosignature lines appended) and that checkpoint's anchors.
+# Store.receipt's one statement: the reading and its batch path, and the version of what its
+# batch's receipts share (anchor.store.receipt_cache): the checkpoint to prove against (the newest
+# anchored one covering the batch, else the newest cosigned one covering it, else the newest) and
+# the xmin of each anchor and cosignature row of that checkpoint (any insert or delete changes it).
 _RECEIPT_SQL = """
 WITH s AS (
     SELECT batch_id, batch_index, received_at, leaf_hash, batch_path
     FROM reading_seqs WHERE device_id = $1 AND seq = $2
 ), b AS (
-    SELECT id, size, root, log_index FROM batches WHERE id = (SELECT batch_id FROM s)
+    SELECT log_index FROM batches WHERE id = (SELECT batch_id FROM s)
 ), h AS (
-    SELECT c.log_size, c.root, c.note || coalesce((SELECT string_agg(w.line, '' ORDER BY
-        w.witness) FROM witness_cosignatures w WHERE w.log_size = c.log_size), '') AS note
-    FROM checkpoints c WHERE c.log_size = coalesce(
+    SELECT coalesce(
         (SELECT max(log_size) FROM anchors WHERE log_size > (SELECT log_index FROM b)),
         (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > (SELECT log_index FROM b)),
-        (SELECT max(log_size) FROM checkpoints))
+        (SELECT max(log_size) FROM checkpoints)) AS log_size
 )
 SELECT s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
-       r.device_id, r.seq, r.format, r.envelope,
-       b.size, b.root AS batch_root, b.log_index,
-       h.log_size, h.root AS log_root, h.note,
+       r.device_id, r.seq, r.format, r.envelope, h.log_size,
+       (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text, ',' ORDER BY a.backend), '')
+        FROM anchors a WHERE a.log_size = h.log_size) AS anchors_version,
+       (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '')
+        FROM witness_cosignatures w WHERE w.log_size = h.log_size) AS cosignatures_version
+FROM s
+JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
+CROSS JOIN h
+"""
+
+# The same for several readings at once (anchor.store.receipt_batcher): $1 device ids, $2 seqs;
+# ``i`` is the 1-based position of the asked reading (absent when there is no such reading).
+_RECEIPTS_SQL = """
+SELECT k.i, s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
+       r.device_id, r.seq, r.format, r.envelope, h.log_size,
+       av.v AS anchors_version, cv.v AS cosignatures_version
+FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i)
+JOIN reading_seqs s ON s.device_id = k.device_id AND s.seq = k.seq
+JOIN batches b ON b.id = s.batch_id
+JOIN readings r ON r.device_id = s.device_id AND r.seq = s.seq AND r.received_at = s.received_at
+CROSS JOIN LATERAL (SELECT coalesce(
+        (SELECT max(log_size) FROM anchors WHERE log_size > b.log_index),
+        (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > b.log_index),
+        (SELECT max(log_size) FROM checkpoints)) AS log_size) h
+CROSS JOIN LATERAL (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text, ','
+        ORDER BY a.backend), '') AS v FROM anchors a WHERE a.log_size = h.log_size) av
+CROSS JOIN LATERAL (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '') AS v
+        FROM witness_cosignatures w WHERE w.log_size = h.log_size) cv
+"""
+
+# Filling a batch's cache entry: the batch, the checkpoint of size $2 with its cosignature lines,
+# its anchors, and their version (as above), in one snapshot; the log path is read next.
+_SHARE_SQL = """
+SELECT b.size, b.root AS batch_root, b.log_index, c.log_size, c.root AS log_root,
+       c.note || coalesce((SELECT string_agg(w.line, '' ORDER BY w.witness)
+           FROM witness_cosignatures w WHERE w.log_size = c.log_size), '') AS note,
        (SELECT coalesce(json_agg(json_build_object(
             'chain_id', a.chain_id, 'contract', a.contract, 'tx_hash', a.tx_hash,
             'block_number', a.block_number, 'block_time', a.block_time) ORDER BY a.backend),
             '[]')
-        FROM anchors a WHERE a.log_size = h.log_size) AS anchors
-FROM s
-JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
-CROSS JOIN b
-LEFT JOIN h ON true
+        FROM anchors a WHERE a.log_size = c.log_size) AS anchors,
+       (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text, ',' ORDER BY a.backend), '')
+        FROM anchors a WHERE a.log_size = c.log_size) AS anchors_version,
+       (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '')
+        FROM witness_cosignatures w WHERE w.log_size = c.log_size) AS cosignatures_version
+FROM batches b, checkpoints c WHERE b.id = $1 AND c.log_size = $2
 """
 
 
@@ -76,47 +115,169 @@ FROM checkpoints c WHERE c.log_size = coalesce(
 """
 
 
+# The receipt lookups' own pool (per Store, opened at the first receipt): at most this many
+# connections besides the Store's pool.
+RECEIPT_POOL_SIZE = 4
+
+
+async def _keep_session(conn: Any) -> None:
+    """The receipt pool's reset on release: nothing to undo. Its connections only run single
+    read-only statements outside any transaction (no SET, LISTEN, cursor or advisory lock), so
+    the default reset (``RESET ALL``, ``UNLISTEN *``, ... : a round trip per receipt) has no
+    session state to clear; asyncpg still rolls back an open transaction and drops listeners."""
+
+
 class ReceiptsMixin(StoreBase):
     """``receipt`` and ``receipts_for_batch`` of :class:`anchor.store.Store`."""
+
+    async def close(self) -> None:
+        """Close the receipt pool, then every other connection."""
+        pool = self.__dict__.pop("_receipt_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close()
+        await super().close()
+
+    @contextlib.asynccontextmanager
+    async def _receipt_connection(self) -> AsyncIterator[Any]:
+        """A connection for :meth:`receipt`'s read-only statements, from a pool of its own that
+        skips the per-release session reset (see :func:`_keep_session`); the Store's pool when
+        the Store was not built from a DSN."""
+        if not self._dsn:
+            async with self._connection("receipt") as conn:
+                yield conn
+            return
+        try:
+            pool = self.__dict__.get("_receipt_pool")
+            if pool is None:
+                lock = self.__dict__.setdefault("_receipt_pool_lock", asyncio.Lock())
+                async with lock:
+                    pool = self.__dict__.get("_receipt_pool")
+                    if pool is None:
+                        pool = self.__dict__["_receipt_pool"] = await asyncpg.create_pool(
+                            self._dsn,
+                            min_size=1,
+                            max_size=RECEIPT_POOL_SIZE,
+                            timeout=self._timeout,
+                            command_timeout=60.0,
+                            reset=_keep_session,
+                            server_settings={"application_name": "cityanchor", "timezone": "UTC"},
+                        )
+            async with pool.acquire(timeout=self._timeout) as conn:
+                yield conn
+        except AnchorError:
+            raise
+        except Exception as exc:
+            err = translate(exc, "receipt")
+            if err is None:
+                raise
+            raise err from exc
+
+    @property
+    def receipt_cache(self) -> ReceiptCache:
+        """This store's per-batch receipt cache (:mod:`anchor.store.receipt_cache`)."""
+        cache: ReceiptCache | None = self.__dict__.get("_receipt_cache")
+        if cache is None:
+            cache = self.__dict__["_receipt_cache"] = ReceiptCache()
+        return cache
+
+    def receipt_lookups(self) -> tuple[int, int]:
+        """Receipt lookups so far and the statements that carried them (several concurrent
+        lookups share one: :mod:`anchor.store.receipt_batcher`)."""
+        batcher: LookupBatcher | None = self.__dict__.get("_receipt_batcher")
+        return (0, 0) if batcher is None else (batcher.lookups, batcher.statements)
 
     async def receipt(
         self, device_id: str, seq: int, *, hasher: merkle.Hasher = merkle.SHA256
     ) -> Receipt:
         """The receipt of one stored reading (see :meth:`_receipt_full`).
 
-        The common case takes two statements: one for the reading, its batch, the checkpoint to
-        prove against and that checkpoint's anchors, one for the log nodes. Both stored paths
-        are checked against the stored roots before anything is handed out; an erased reading,
-        a reading sealed before paths were stored, or any path that does not check out takes
-        the full path, which rebuilds the proofs.
+        The common case takes one statement (shared with the lookups other requests make at the
+        same time): the reading, its stored batch path and the version
+        of what its batch's receipts share (the checkpoint they end on, its anchors and
+        cosignatures), which :attr:`receipt_cache` holds, verified, per batch; a missing or
+        outdated entry is filled (one more statement and the log nodes) and its log path checked
+        against the stored checkpoint root first. The reading's batch path is checked against
+        the batch root before anything is handed out; an erased reading, a reading sealed
+        before paths were stored, or any path that does not check out takes the full path,
+        which rebuilds the proofs.
         """
         checked_device_id(device_id)
         if not 1 <= seq <= MAX_STORED_INT:
             raise not_found(f"no reading {device_id} seq {seq}")
-        async with self._connection("receipt") as conn:
-            # One statement is one snapshot; the log nodes read next are append-only.
-            row = await conn.fetchrow(_RECEIPT_SQL, device_id, seq)
-            if row is None:
-                raise not_found(f"no reading {device_id} seq {seq}")
-            fast = await self._receipt_fast(conn, row, hasher)
+        batcher: LookupBatcher | None = self.__dict__.get("_receipt_batcher")
+        if batcher is None:
+            batcher = self.__dict__["_receipt_batcher"] = LookupBatcher(self._lookup_rows)
+        row = await batcher.lookup((device_id, seq))
+        if row is None:
+            raise not_found(f"no reading {device_id} seq {seq}")
+        fast = await self._receipt_fast(row, hasher)
         return fast if fast is not None else await self._receipt_full(device_id, seq, hasher=hasher)
 
-    async def _receipt_fast(
-        self, conn: Any, row: Mapping[str, Any], hasher: merkle.Hasher
-    ) -> Receipt | None:
+    async def _lookup_rows(self, keys: Sequence[tuple[str, int]]) -> list[Any]:
+        """:data:`_RECEIPTS_SQL` for ``keys``: one row or None per key, in order (one
+        statement, so one snapshot for all of them)."""
+        async with self._receipt_connection() as conn:
+            if len(keys) == 1:
+                return [await conn.fetchrow(_RECEIPT_SQL, *keys[0])]
+            rows = await conn.fetch(_RECEIPTS_SQL, [k[0] for k in keys], [k[1] for k in keys])
+        found = {r["i"]: r for r in rows}
+        return [found.get(i) for i in range(1, len(keys) + 1)]
+
+    async def _receipt_fast(self, row: Mapping[str, Any], hasher: merkle.Hasher) -> Receipt | None:
         if row["envelope"] is None or row["batch_path"] is None or row["log_size"] is None:
             return None
+        key = (row["batch_id"], hasher.name)
+        version = (row["log_size"], row["anchors_version"], row["cosignatures_version"])
+        cache = self.receipt_cache
+        share = cache.get(key, version)
+        if share is None:
+            async with self._receipt_connection() as conn:
+                share = await self._batch_share(conn, row["batch_id"], row["log_size"], hasher)
+            if share is None:
+                return None
+            cache.put(key, share)
         raw_path = bytes(row["batch_path"])
-        batch_path = [raw_path[i : i + 32] for i in range(0, len(raw_path), 32)]
-        leaf, batch_root = bytes(row["leaf_hash"]), bytes(row["batch_root"])
-        log_index, log_size, log_root = row["log_index"], row["log_size"], bytes(row["log_root"])
+        batch_path = tuple(raw_path[i : i + 32] for i in range(0, len(raw_path), 32))
+        leaf = bytes(row["leaf_hash"])
         try:
             merkle.verify_inclusion(
-                leaf, row["batch_index"], row["size"], batch_path, batch_root, hasher=hasher
+                leaf, row["batch_index"], share.size, batch_path, share.root, hasher=hasher
             )
+        except merkle.ProofError:
+            return None
+        extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
+        return Receipt(
+            device_id=row["device_id"],
+            seq=row["seq"],
+            format=row["format"],
+            envelope=bytes(row["envelope"]),
+            leaf_hash=leaf,
+            batch=BatchProof(
+                size=share.size, index=row["batch_index"], root=share.root, path=batch_path
+            ),
+            log=share.log,
+            checkpoint=share.checkpoint,
+            anchors=share.anchors,
+            status="anchored" if share.anchors else "sealed",
+            extra=extra,
+        )
+
+    async def _batch_share(
+        self, conn: Any, batch_id: int, log_size: int, hasher: merkle.Hasher
+    ) -> BatchShare | None:
+        """A batch's cache entry ending on the checkpoint of ``log_size``, its log path checked
+        against the stored checkpoint root; None when anything does not check out (the caller
+        takes the full path, which reports it)."""
+        share = await conn.fetchrow(_SHARE_SQL, batch_id, log_size)
+        if share is None:
+            return None
+        size, batch_root, log_index = share["size"], bytes(share["batch_root"]), share["log_index"]
+        log_root = bytes(share["log_root"])
+        try:
             log_path = await fetch_log_path(conn, log_index, log_size, hasher=hasher)
             merkle.verify_inclusion(
-                merkle.log_leaf_hash(row["size"], batch_root, hasher=hasher),
+                merkle.log_leaf_hash(size, batch_root, hasher=hasher),
                 log_index,
                 log_size,
                 log_path,
@@ -133,26 +294,15 @@ class ReceiptsMixin(StoreBase):
                 block_number=a["block_number"],
                 block_time=rfc3339(datetime.fromisoformat(a["block_time"])),
             )
-            for a in json.loads(row["anchors"])
+            for a in json.loads(share["anchors"])
         )
-        extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
-        return Receipt(
-            device_id=row["device_id"],
-            seq=row["seq"],
-            format=row["format"],
-            envelope=bytes(row["envelope"]),
-            leaf_hash=leaf,
-            batch=BatchProof(
-                size=row["size"],
-                index=row["batch_index"],
-                root=batch_root,
-                path=tuple(batch_path),
-            ),
+        return BatchShare(
+            version=(log_size, share["anchors_version"], share["cosignatures_version"]),
+            size=size,
+            root=batch_root,
             log=LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path)),
-            checkpoint=row["note"],
+            checkpoint=share["note"],
             anchors=anchors,
-            status="anchored" if anchors else "sealed",
-            extra=extra,
         )
 
     async def _receipt_full(
