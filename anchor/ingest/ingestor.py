@@ -70,6 +70,7 @@ from anchor.envelope import Envelope
 from anchor.errors import AnchorError, Reason
 from anchor.host.config import Settings
 from anchor.host.lifetime import die_with_parent
+from anchor.ingest.paho_io import puback_all
 from anchor.keys import PublicKey
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
@@ -356,14 +357,12 @@ class Ingestor:
         client = self._client
         if client is None:
             return
-        stale = 0
-        for d in deliveries:
-            # A mid names a message only on the connection that delivered it; after a reconnect
-            # the broker redelivers those messages and the store de-duplicates them.
-            if d.generation != self._generation:
-                stale += 1
-                continue
-            client.ack(d.mid, 1)
+        # A mid names a message only on the connection that delivered it; after a reconnect
+        # the broker redelivers those messages and the store de-duplicates them.
+        generation = self._generation
+        mids = [d.mid for d in deliveries if d.generation == generation]
+        stale = len(deliveries) - len(mids)
+        puback_all(client, mids)
         if stale:
             log.info("%d deliveries from an earlier connection left to redelivery", stale)
 
