@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import multiprocessing
@@ -70,7 +69,8 @@ from anchor.envelope import Envelope
 from anchor.errors import AnchorError, Reason
 from anchor.host.config import Settings
 from anchor.host.lifetime import die_with_parent
-from anchor.ingest.paho_io import puback_all
+from anchor.ingest.paho_io import buffer_reads, puback_all
+from anchor.ingest.verify import verify_chunk as _verify_chunk
 from anchor.keys import PublicKey
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
@@ -113,26 +113,6 @@ class _Pending:
 
     def __len__(self) -> int:
         return len(self.deliveries)
-
-
-@functools.lru_cache(maxsize=4096)
-def _worker_key(key_type: str, raw: bytes) -> PublicKey:
-    return PublicKey(key_type, raw)
-
-
-def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[Reason | None]:
-    """Worker-process side: verify (signed_bytes, signature, key_type, key_raw) tuples.
-
-    Returns, per item, None when the signature is valid or the reason code why not.
-    """
-    out: list[Reason | None] = []
-    for signed, signature, key_type, key_raw in items:
-        try:
-            _worker_key(key_type, key_raw).verify(signature, signed)
-            out.append(None)
-        except AnchorError as exc:
-            out.append(exc.reason)
-    return out
 
 
 class IngestStats:
@@ -242,8 +222,10 @@ class Ingestor:
         store: Store,
         signer: NoteSigner,
         client_id: str,
+        verify_inline: bool = False,
     ) -> None:
         self.settings = settings
+        self.verify_inline = verify_inline  # verify here, not in a pool (one process per core)
         self.store = store
         self.signer = signer
         self.client_id = client_id
@@ -280,6 +262,7 @@ class Ingestor:
             log.error("mqtt connect refused: %s", reason_code)
             return
         self._generation += 1
+        buffer_reads(client)
         client.subscribe(self.settings.mqtt_topic, qos=1)
         log.info(
             "mqtt connected (session present: %s), subscribed to %s",
@@ -410,7 +393,12 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         jobs = [(e.signed_bytes, e.signature, k.key_type, k.raw) for _, e, k in checked]
         chunks = [jobs[i : i + VERIFY_CHUNK] for i in range(0, len(jobs), VERIFY_CHUNK)]
-        assert self._pool is not None
+        if self._pool is None:
+            out: list[Reason | None] = []
+            for chunk in chunks:
+                out += _verify_chunk(chunk)
+                await asyncio.sleep(0)  # let the sealer and the inbox move between chunks
+            return out
         results = await asyncio.gather(
             *(loop.run_in_executor(self._pool, _verify_chunk, c) for c in chunks)
         )
@@ -556,17 +544,21 @@ class Ingestor:
         self._loop = asyncio.get_running_loop()
         s = self.settings
         await self._registry.refresh()
-        workers = s.verify_processes or max(1, multiprocessing.cpu_count())
-        # spawn, not fork: paho's network thread must not be duplicated into the workers.
-        # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
-        # running, 56 MB, half an hour later).
-        self._pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=die_with_parent,
-            initargs=(signal.SIGTERM, os.getpid()),
-        )
-        await self._loop.run_in_executor(self._pool, _verify_chunk, [])  # start the workers now
+        if not self.verify_inline:
+            workers = s.verify_processes or max(1, multiprocessing.cpu_count())
+            # spawn, not fork: paho's network thread must not be duplicated into the workers.
+            # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
+            # running, 56 MB, half an hour later).
+            self._pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent,
+                initargs=(signal.SIGTERM, os.getpid()),
+            )
+            pool, loop = self._pool, self._loop  # start every worker now, not on first use
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
+            )
         self._client = self._start_mqtt()
         sealer = asyncio.create_task(self._seal_forever(), name="sealer")
         refresher = asyncio.create_task(self._refresh_registry(stop), name="registry")
@@ -599,7 +591,8 @@ class Ingestor:
             if self._client is not None:
                 self._client.disconnect()
                 self._client.loop_stop()
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             log.info("ingestor stopped: %s", json.dumps(self.stats.snapshot()))
 
     async def _take(self, pending: _Pending, stop: asyncio.Event) -> list[Incoming]:
