@@ -28,11 +28,7 @@ log = logging.getLogger("anchor.ingest.ingestor")
 
 
 async def _run_one(
-    settings: Settings,
-    client_id: str,
-    metrics_at: tuple[str, int] | None = None,
-    *,
-    verify_inline: bool = False,
+    settings: Settings, client_id: str, metrics_at: tuple[str, int] | None = None
 ) -> None:
     signer = load_operator_signer(settings.operator_key_file)
     store = await Store.connect(settings.database_url, max_size=2)
@@ -42,13 +38,7 @@ async def _run_one(
         loop.add_signal_handler(sig, stop.set)
     try:
         await store.ensure_partitions()
-        ingestor = Ingestor(
-            settings=settings,
-            store=store,
-            signer=signer,
-            client_id=client_id,
-            verify_inline=verify_inline,
-        )
+        ingestor = Ingestor(settings=settings, store=store, signer=signer, client_id=client_id)
         log.info("ingestor %s starting: %s", client_id, json.dumps(settings.masked()))
         server = None
         if metrics_at is not None:
@@ -112,8 +102,6 @@ def run_ingest(
 ) -> int:
     """Run the ingestor in this process, or supervise ``workers`` of them; returns an exit code.
 
-    With ``workers`` at least the number of cores (and ``verify_processes`` unset), each
-    process verifies signatures itself instead of through a pool of verify processes.
     ``metrics_listen`` (``HOST:PORT``) serves the process's Prometheus metrics
     (:mod:`anchor.ingest.metrics`); worker ``i`` of several listens on ``PORT + i``.
     """
@@ -125,14 +113,10 @@ def run_ingest(
     if workers > 1 and worker_index is None:
         return _supervise(workers)
     index = worker_index or 0
-    cores = os.cpu_count() or 1
-    # A process per core (or more) verifies in the process that reads the socket: shipping each
-    # signature to a verify process costs more CPU than it saves (docs/benchmarks.md, "Ingest").
-    inline = workers > 1 and not settings.verify_processes and workers >= cores
     if workers > 1 and not settings.verify_processes:
         # Share the cores between the worker processes instead of oversubscribing them.
+        cores = os.cpu_count() or 1
         settings = dataclasses.replace(settings, verify_processes=max(1, cores // workers))
     metrics_at = parse_listen(metrics_listen, offset=index) if metrics_listen else None
-    client_id = f"cityanchor-{settings.ingestor_name}-{index}"
-    asyncio.run(_run_one(settings, client_id, metrics_at, verify_inline=inline))
+    asyncio.run(_run_one(settings, f"cityanchor-{settings.ingestor_name}-{index}", metrics_at))
     return 0
