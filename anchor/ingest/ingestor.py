@@ -222,10 +222,8 @@ class Ingestor:
         store: Store,
         signer: NoteSigner,
         client_id: str,
-        verify_inline: bool = False,
     ) -> None:
         self.settings = settings
-        self.verify_inline = verify_inline  # verify here, not in a pool (one process per core)
         self.store = store
         self.signer = signer
         self.client_id = client_id
@@ -393,12 +391,7 @@ class Ingestor:
         loop = asyncio.get_running_loop()
         jobs = [(e.signed_bytes, e.signature, k.key_type, k.raw) for _, e, k in checked]
         chunks = [jobs[i : i + VERIFY_CHUNK] for i in range(0, len(jobs), VERIFY_CHUNK)]
-        if self._pool is None:
-            out: list[Reason | None] = []
-            for chunk in chunks:
-                out += _verify_chunk(chunk)
-                await asyncio.sleep(0)  # let the sealer and the inbox move between chunks
-            return out
+        assert self._pool is not None
         results = await asyncio.gather(
             *(loop.run_in_executor(self._pool, _verify_chunk, c) for c in chunks)
         )
@@ -544,21 +537,20 @@ class Ingestor:
         self._loop = asyncio.get_running_loop()
         s = self.settings
         await self._registry.refresh()
-        if not self.verify_inline:
-            workers = s.verify_processes or max(1, multiprocessing.cpu_count())
-            # spawn, not fork: paho's network thread must not be duplicated into the workers.
-            # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
-            # running, 56 MB, half an hour later).
-            self._pool = ProcessPoolExecutor(
-                workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=die_with_parent,
-                initargs=(signal.SIGTERM, os.getpid()),
-            )
-            pool, loop = self._pool, self._loop  # start every worker now, not on first use
-            await asyncio.gather(
-                *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
-            )
+        workers = s.verify_processes or max(1, multiprocessing.cpu_count())
+        # spawn, not fork: paho's network thread must not be duplicated into the workers.
+        # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
+        # running, 56 MB, half an hour later).
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(signal.SIGTERM, os.getpid()),
+        )
+        pool, loop = self._pool, self._loop  # start every worker now, not on first use
+        await asyncio.gather(
+            *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
+        )
         self._client = self._start_mqtt()
         sealer = asyncio.create_task(self._seal_forever(), name="sealer")
         refresher = asyncio.create_task(self._refresh_registry(stop), name="registry")
@@ -591,8 +583,7 @@ class Ingestor:
             if self._client is not None:
                 self._client.disconnect()
                 self._client.loop_stop()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             log.info("ingestor stopped: %s", json.dumps(self.stats.snapshot()))
 
     async def _take(self, pending: _Pending, stop: asyncio.Event) -> list[Incoming]:

@@ -1,4 +1,4 @@
-"""Signature checks of the ingestor, in a verify process of its pool or in the ingestor itself."""
+"""Signature checks of the ingestor, run in the verify processes of its pool."""
 
 from __future__ import annotations
 

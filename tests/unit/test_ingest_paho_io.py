@@ -57,32 +57,3 @@ def test_buffered_socket_serves_small_reads_from_one_recv() -> None:
     finally:
         a.close()
         b.close()
-
-
-def test_inline_verification_gives_the_pools_verdicts() -> None:
-    """`--workers` at one process per core verifies in the ingestor itself: same verdicts."""
-    import asyncio
-    from datetime import UTC, datetime
-
-    from anchor.checkpoint import generate_note_key
-    from anchor.envelope import parse_envelope
-    from anchor.errors import Reason
-    from anchor.host.config import Settings
-    from anchor.ingest.ingestor import Incoming, Ingestor
-    from anchor.keys import PrivateKey
-    from devices.signer import DeviceSigner
-
-    signer = DeviceSigner("dev-0001", PrivateKey.generate())
-    good = parse_envelope(signer.sign("iot.noise", {"n": 1}))
-    other = DeviceSigner("dev-0001", PrivateKey.generate()).key.public_key  # not the signer's
-    ingestor = Ingestor(
-        settings=Settings(),
-        store=None,  # type: ignore[arg-type]
-        signer=generate_note_key("t.example/log"),
-        client_id="t",
-        verify_inline=True,
-    )
-    item = Incoming(1, "city/d/dev-0001/readings", good.raw, datetime.now(UTC), 1)
-    checked = [(item, good, signer.key.public_key), (item, good, other)] * 200
-    verdicts = asyncio.run(ingestor._verify(checked))
-    assert verdicts == [None, Reason.BAD_SIGNATURE] * 200
