@@ -1,27 +1,40 @@
-"""Ingest benchmark: verified readings stored per second, end to end through a private Mosquitto
-and a private PostgreSQL, against the raw ``cryptography`` Ed25519 verify rate of all cores.
+"""Ingest benchmark: what the ingestor costs per verified reading, and what it sustains, end to
+end through a private Mosquitto and a private PostgreSQL, against raw ``cryptography`` Ed25519
+verification of the same signatures measured in the same run.
 
     python bench/ingest.py [--quick]
 
-Three measurements, all in this run on this machine:
+Measurements, all in this run on this machine:
 
 * ``baseline_per_s``: raw Ed25519 verification of the same signatures, one process per core,
   nothing else (no parsing, no MQTT, no database): the ceiling of a verifying ingestor.
-* ``per_s``: N pre-signed readings published as fast as the broker takes them (from another
-  process), until the last one is committed in PostgreSQL by ``cityanchor ingest`` (default
-  settings: batches of 1000 or 1 s, one verify process per core). ``ratio = per_s / baseline``.
-* seal latency at a fixed offered rate (10k readings/s, or the capacity if lower is all the
-  machine can do: the figure names the rate offered): from a reading's arrival at the ingestor
-  to the commit of its batch, p50 and p99, as the ingestor measures it; and the ingestor's peak
-  RSS (its own process plus its verify workers).
+  ``verify_cpu_us``: the CPU time of one raw verification (one process, best of the repeats).
+* the drain: N pre-signed readings wait in the broker (the ingestor's persistent session) while
+  the warmed-up ``cityanchor ingest`` (default settings: batches of 1000 or 1 s, one verify
+  process per core) is stopped (SIGSTOP); it is resumed and timed until the last one is
+  committed in PostgreSQL. ``per_s`` is that rate, ``ratio = per_s / baseline_per_s``.
+  ``ingest_cpu_us``: the CPU time (utime + stime from ``/proc/<pid>/stat``) the ingestor's
+  processes (main process and verify workers) spent per stored reading over the drain;
+  ``cpu_ratio = verify_cpu_us / ingest_cpu_us`` (1.0: the ingestor costs exactly its signature
+  checks; it excludes the broker's and PostgreSQL's CPU, which ``ratio`` includes).
+* ``live_per_s``: readings published flat out while the ingestor runs (publisher, broker,
+  database and ingestor share the cores).
+* ``sustained_per_s``: the highest offered rate (a short search, each step a few seconds of
+  paced publishing) at which the publisher achieves the rate and the backlog (published minus
+  stored) does not grow; ``p50_s``/``p99_s``: seal latency (arrival at the ingestor to the
+  commit of its batch, as the ingestor measures it) of a fresh ingestor offered 80% of that
+  rate (``latency_offered_per_s``; 0 sustained: 80% of the lowest rate tried); ``rss_mb``: its
+  peak RSS (every process of the ingestor).
 
-The publisher, the broker, PostgreSQL and the ingestor share the same cores: the figures are for
-the whole system on one machine, as a small deployment would run it.
+The publisher, the broker, PostgreSQL and the ingestor share the same cores: the rates are for
+the whole system on one machine, as a small deployment would run it; ``cpu_ratio`` isolates the
+ingestor's own cost from theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -35,6 +48,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from _common import BenchConfig, best_of, run_sections
 
 from anchor.checkpoint import generate_note_key
@@ -45,11 +59,18 @@ from anchor.store import DeviceSpec, Store
 from devices.signer import DeviceSigner
 
 SIZES = {True: 20_000, False: 100_000}
-LATENCY_SECONDS = {True: 6, False: 20}
-OFFERED_PER_S = 10_000
+# Sustained-rate search: steps, and seconds of paced publishing per step; then the latency run.
+SEARCH_STEPS = {True: 3, False: 6}
+STEP_SECONDS = {True: 3.0, False: 8.0}
+LATENCY_SECONDS = {True: 4, False: 20}
+LATENCY_SHARE = 0.8  # the latency run offers this share of the sustained rate
 DEVICES = 200
 # Ingestor processes on the shared subscription (`cityanchor ingest --workers N`).
 WORKERS = int(os.environ.get("BENCH_INGEST_WORKERS", "1"))
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+# In a publisher child: "progress", a shared count of the messages handed to paho so far.
+_shared: dict[str, Any] = {}
 
 
 def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> int:
@@ -64,6 +85,10 @@ def _verify_chunk(items: list[tuple[bytes, bytes, bytes]]) -> int:
     return len(items)
 
 
+def _set_progress(value: Any) -> None:
+    _shared["progress"] = value
+
+
 def _publish(url: str, messages: list[tuple[str, bytes]], rate: float, clients: int) -> float:
     """Child process: publish ``messages`` at ``rate``/s (0: flat out); return seconds taken."""
     from anchor.broker.client import create_client, parse_mqtt_url
@@ -76,6 +101,7 @@ def _publish(url: str, messages: list[tuple[str, bytes]], rate: float, clients: 
         c.loop_start()
         conns.append(c)
     infos = []
+    progress = _shared.get("progress")
     start = time.perf_counter()
     for n, (topic, payload) in enumerate(messages):
         if rate:
@@ -84,6 +110,10 @@ def _publish(url: str, messages: list[tuple[str, bytes]], rate: float, clients: 
             if delay > 0:
                 time.sleep(delay)
         infos.append(conns[n % clients].publish(topic, payload, qos=1))
+        if progress is not None and n % 100 == 99:
+            progress.value = n + 1
+    if progress is not None:
+        progress.value = len(messages)
     for info in infos:
         info.wait_for_publish(120)
     elapsed = time.perf_counter() - start
@@ -91,6 +121,33 @@ def _publish(url: str, messages: list[tuple[str, bytes]], rate: float, clients: 
         c.disconnect()
         c.loop_stop()
     return elapsed
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return out
+
+
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    """utime + stime of each live process in ``pids``, in seconds (/proc/<pid>/stat)."""
+    out = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+        out[pid] = (int(fields[11]) + int(fields[12])) * _TICK_S  # fields 14 and 15 of stat
+    return out
 
 
 class System:
@@ -105,7 +162,9 @@ class System:
         self.signers = [
             DeviceSigner(f"bench-{i:04d}", PrivateKey.generate()) for i in range(DEVICES)
         ]
-        asyncio.run(self._setup())
+        self._loop = asyncio.new_event_loop()
+        self._db: Any = None
+        self._loop.run_until_complete(self._setup())
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = base / "ingest.log"
 
@@ -121,6 +180,8 @@ class System:
             )
         finally:
             await store.close()
+        # One connection kept open for polling: a psql per poll costs the shared cores more.
+        self._db = await asyncpg.connect(self.pg.dsn)
 
     def messages(self, n: int) -> list[tuple[str, bytes]]:
         out = []
@@ -138,6 +199,7 @@ class System:
             CITYANCHOR_OPERATOR_KEY_FILE=str(self.base / "operator.skey"),
             CITYANCHOR_LOG_ORIGIN="bench.cityanchor.example/log",
         )
+        self.log_path.write_bytes(b"")
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "anchor", "-v", "ingest", "--workers", str(WORKERS)],
@@ -162,17 +224,22 @@ class System:
                 stats = json.loads(m.group(1))
         return stats
 
+    def signal_ingestor(self, sig: int) -> None:
+        """Send ``sig`` to the ingestor and every process under it (SIGSTOP / SIGCONT)."""
+        assert self.proc is not None
+        for pid in _tree(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def ingestor_cpu_s(self) -> dict[int, float]:
+        assert self.proc is not None
+        return _cpu_s(_tree(self.proc.pid))
+
     def peak_rss_mb(self) -> float:
         """Peak RSS of the ingestor and its verify workers (VmHWM of each)."""
         assert self.proc is not None
-        pids = [self.proc.pid]
-        try:
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-            pids += [int(p) for p in children.split()]
-        except OSError:
-            pass
         total_kb = 0
-        for pid in pids:
+        for pid in _tree(self.proc.pid):
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
@@ -182,13 +249,18 @@ class System:
         return total_kb / 1024
 
     def stored(self) -> int:
-        out = self.pg.psql("SELECT count(*) FROM reading_seqs")
-        return int(out.strip() or 0)
+        """Readings sealed so far (the bench's readings are all valid: every one is sealed)."""
+        q = "SELECT coalesce(sum(size), 0) FROM batches"
+        return int(self._loop.run_until_complete(self._db.fetchval(q)))
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.signal_ingestor(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait()
+        if self._db is not None:
+            self._loop.run_until_complete(self._db.close())
+        self._loop.close()
         self.mq.stop()
         self.pg.stop()
 
@@ -201,86 +273,180 @@ def _wait_stored(system: System, target: int, timeout: float) -> float:
             return time.perf_counter()
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {n} of {target} readings stored after {timeout}s")
-        time.sleep(0.05)
+        time.sleep(0.02)
+
+
+def _growth_per_s(samples: list[tuple[float, float]], seconds: float) -> float:
+    """How fast the backlog grows: its peak in the last third of the step minus its peak in the
+    middle third, per second. Batches make the backlog a sawtooth (it builds up to a batch and
+    drops at its commit); its peaks are steady when the ingestor keeps up."""
+    middle = [y for t, y in samples if seconds / 3 <= t < 2 * seconds / 3]
+    last = [y for t, y in samples if t >= 2 * seconds / 3]
+    if not middle or not last:
+        return 0.0
+    return (max(last) - max(middle)) / (seconds / 3)
+
+
+class Bench:
+    """The measurements of one run, in order, over one System."""
+
+    def __init__(self, cfg: BenchConfig, system: System) -> None:
+        self.cfg = cfg
+        self.system = system
+        self.ctx = multiprocessing.get_context("spawn")
+        self.stored = 0  # readings the store holds so far
+        self.progress = self.ctx.Value("q", 0, lock=False)
+        self.lowest_tried = 1 << 30  # the lowest rate the sustained search offered
+
+    def publish(self, msgs: list[tuple[str, bytes]], rate: float = 0) -> float:
+        with ProcessPoolExecutor(1, mp_context=self.ctx) as pub:
+            return pub.submit(_publish, self.system.mq.url, msgs, rate, 4).result()
+
+    def baseline(self, msgs: list[tuple[str, bytes]]) -> dict[str, float]:
+        """Raw verification of these messages' signatures: rate on all cores, CPU per verify."""
+        jobs = []
+        for _, raw in msgs:
+            e = parse_envelope(raw)
+            key = next(s for s in self.system.signers if s.device_id == e.reading.device_id)
+            jobs.append((key.key.public_key.raw, e.signature, e.signed_bytes))
+        cores = os.cpu_count() or 1
+        chunks = [jobs[i : i + 2000] for i in range(0, len(jobs), 2000)]
+        with ProcessPoolExecutor(cores, mp_context=self.ctx) as pool:
+            list(pool.map(_verify_chunk, chunks[:cores]))  # warm the workers up
+            base_s = best_of(lambda: sum(pool.map(_verify_chunk, chunks)), self.cfg.repeat)
+        sample = jobs[:5000]
+        _verify_chunk(sample)
+        cpu = float("inf")
+        for _ in range(max(1, self.cfg.repeat)):
+            t = time.process_time()
+            _verify_chunk(sample)
+            cpu = min(cpu, time.process_time() - t)
+        return {"baseline_per_s": len(jobs) / base_s, "verify_cpu_us": cpu / len(sample) * 1e6}
+
+    def drain(self, msgs: list[tuple[str, bytes]]) -> dict[str, float]:
+        """A warm ingestor, stopped while the backlog is published, then timed draining it."""
+        s = self.system
+        s.start_ingestor()
+        warm = s.messages(2000)  # spawn the verify workers, fill the caches
+        self.publish(warm)
+        _wait_stored(s, self.stored + len(warm), 120)
+        self.stored += len(warm)
+        before = s.ingestor_cpu_s()
+        s.signal_ingestor(signal.SIGSTOP)
+        try:
+            self.publish(msgs)
+        finally:
+            s.signal_ingestor(signal.SIGCONT)
+        t0 = time.perf_counter()
+        t_end = _wait_stored(s, self.stored + len(msgs), 300)
+        after = s.ingestor_cpu_s()
+        self.stored += len(msgs)
+        cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
+        return {
+            "per_s": len(msgs) / (t_end - t0),
+            "ingest_cpu_us": cpu / len(msgs) * 1e6,
+            "ingest_processes": len(after),
+        }
+
+    def live(self, msgs: list[tuple[str, bytes]]) -> float:
+        with ProcessPoolExecutor(1, mp_context=self.ctx) as pub:
+            t0 = time.perf_counter()
+            fut = pub.submit(_publish, self.system.mq.url, msgs, 0, 4)
+            t_end = _wait_stored(self.system, self.stored + len(msgs), 300)
+            fut.result()
+        self.stored += len(msgs)
+        return len(msgs) / (t_end - t0)
+
+    def holds(self, rate: int) -> bool:
+        """Offer ``rate``/s for a step: does the publisher reach it, and the backlog not grow?"""
+        seconds = STEP_SECONDS[self.cfg.quick]
+        self.lowest_tried = min(self.lowest_tried, rate)
+        msgs = self.system.messages(int(rate * seconds))
+        self.progress.value = 0
+        base = self.stored
+        samples: list[tuple[float, float]] = []
+        with ProcessPoolExecutor(
+            1, mp_context=self.ctx, initializer=_set_progress, initargs=(self.progress,)
+        ) as pub:
+            fut = pub.submit(_publish, self.system.mq.url, msgs, rate, 4)
+            while self.progress.value == 0 and not fut.done():
+                time.sleep(0.005)
+            t0 = time.perf_counter()
+            while not fut.done():
+                time.sleep(0.1)
+                t = time.perf_counter() - t0
+                backlog = self.progress.value - (self.system.stored() - base)
+                if self.progress.value < len(msgs):
+                    samples.append((t, backlog))
+            elapsed = fut.result()
+        _wait_stored(self.system, base + len(msgs), 300)
+        self.stored += len(msgs)
+        achieved = len(msgs) / elapsed
+        growth = _growth_per_s(samples, seconds)
+        ok = achieved >= 0.95 * rate and growth <= 0.1 * rate
+        print(
+            f"  offered {rate}/s: achieved {achieved:,.0f}/s, backlog growth {growth:,.0f}/s"
+            f" -> {'holds' if ok else 'falls behind'}",
+            flush=True,
+        )
+        return ok
+
+    def sustained(self, guess: float) -> int:
+        """A short search for the highest offered rate that holds, starting at ``guess``."""
+        lo, hi = 0, None
+        rate = max(500, int(guess // 100 * 100))
+        for _ in range(SEARCH_STEPS[self.cfg.quick]):
+            if self.holds(rate):
+                lo = rate
+            else:
+                hi = rate
+            nxt = int(rate * 1.3) if hi is None else (lo + hi) // 2 if lo else int(rate * 0.6)
+            rate = max(100, nxt // 100 * 100)
+        return lo  # 0: no rate tried held (then the latency run offers 80% of the lowest tried)
+
+    def latency_at(self, rate: int) -> tuple[dict[str, Any], float]:
+        """Offer ``rate``/s to a fresh ingestor: its seal latency stats and peak RSS."""
+        s = self.system
+        s.stop_ingestor()
+        s.start_ingestor()
+        msgs = s.messages(rate * LATENCY_SECONDS[self.cfg.quick])
+        self.publish(msgs, rate)
+        _wait_stored(s, self.stored + len(msgs), 300)
+        self.stored += len(msgs)
+        rss = s.peak_rss_mb()  # read while the ingestor still runs
+        return s.stop_ingestor(), rss
 
 
 def ingest_section(cfg: BenchConfig) -> dict[str, Any]:
     n = SIZES[cfg.quick]
-    cores = os.cpu_count() or 1
     base = Path(tempfile.mkdtemp(prefix="cityanchor-bench-"))
     os.chmod(base, 0o711)
     system = System(base)
-    ctx = multiprocessing.get_context("spawn")
+    bench = Bench(cfg, system)
     try:
-        throughput_msgs = system.messages(n)
-        # Baseline: the same signatures, raw cryptography, one process per core.
-        jobs = []
-        for _, raw in throughput_msgs:
-            e = parse_envelope(raw)
-            key = next(s for s in system.signers if s.device_id == e.reading.device_id)
-            jobs.append((key.key.public_key.raw, e.signature, e.signed_bytes))
-        chunks = [jobs[i : i + 2000] for i in range(0, len(jobs), 2000)]
-        with ProcessPoolExecutor(cores, mp_context=ctx) as pool:
-            list(pool.map(_verify_chunk, chunks[:cores]))  # warm the workers up
-            base_s = best_of(lambda: sum(pool.map(_verify_chunk, chunks)), cfg.repeat)
-        baseline_per_s = n / base_s
-
-        # Capacity: the ingestor drains a backlog the broker holds in its persistent session, so
-        # the publisher does not compete with it for the cores while it is timed.
-        system.start_ingestor()
-        system.stop_ingestor()
-        with ProcessPoolExecutor(1, mp_context=ctx) as pub:
-            publish_s = pub.submit(_publish, system.mq.url, throughput_msgs, 0, 4).result()
-        t0 = time.perf_counter()
-        system.start_ingestor()
-        t_end = _wait_stored(system, n, 300)
-        per_s = n / (t_end - t0)
-        live_msgs = system.messages(n // 2)
-        # Live: publisher and ingestor at once, as in production on one small machine.
-        with ProcessPoolExecutor(1, mp_context=ctx) as pub:
-            t0 = time.perf_counter()
-            fut = pub.submit(_publish, system.mq.url, live_msgs, 0, 4)
-            t_end = _wait_stored(system, n + len(live_msgs), 300)
-            fut.result()
-        live_per_s = len(live_msgs) / (t_end - t0)
-        n += len(live_msgs)
-
-        def latency_at(rate: int) -> tuple[dict[str, Any], float, float]:
-            """Offer ``rate``/s to a fresh ingestor: its seal latency, achieved rate and RSS."""
-            nonlocal n
-            system.stop_ingestor()
-            system.log_path.write_bytes(b"")
-            system.start_ingestor()
-            m = rate * LATENCY_SECONDS[cfg.quick]
-            msgs = system.messages(m)
-            with ProcessPoolExecutor(1, mp_context=ctx) as pub:
-                offered_s = pub.submit(_publish, system.mq.url, msgs, rate, 4).result()
-                _wait_stored(system, n + m, 300)
-            n += m
-            rss = system.peak_rss_mb()  # read while the ingestor still runs
-            return system.stop_ingestor(), m / offered_s, rss
-
-        half_stats, _, _ = latency_at(OFFERED_PER_S // 2)
-        stats, achieved_offer, rss = latency_at(OFFERED_PER_S)
+        msgs = system.messages(n)
+        figures: dict[str, Any] = {"readings": n, **bench.baseline(msgs)}
+        figures.update(bench.drain(msgs))
+        figures["live_per_s"] = bench.live(system.messages(n // 2))
+        sustained = bench.sustained(figures["live_per_s"])
+        rate = max(100, int((sustained or bench.lowest_tried) * LATENCY_SHARE))
+        stats, rss = bench.latency_at(rate)
     finally:
         system.close()
-    return {
-        "readings": SIZES[cfg.quick],
-        "per_s": per_s,
-        "live_per_s": live_per_s,
-        "baseline_per_s": baseline_per_s,
-        "ratio": per_s / baseline_per_s,
-        "publish_per_s": n / publish_s,
-        "offered_per_s": OFFERED_PER_S,
-        "achieved_offer_per_s": achieved_offer,
-        "p50_s": stats.get("seal_latency_p50_s"),
-        "p99_s": stats.get("seal_latency_p99_s"),
-        "half_offered_per_s": OFFERED_PER_S // 2,
-        "half_p50_s": half_stats.get("seal_latency_p50_s"),
-        "half_p99_s": half_stats.get("seal_latency_p99_s"),
-        "rss_mb": rss,
-        "cores": cores,
-    }
+    figures["ratio"] = figures["per_s"] / figures["baseline_per_s"]
+    figures["cpu_ratio"] = figures["verify_cpu_us"] / figures["ingest_cpu_us"]
+    figures.update(
+        {
+            "sustained_per_s": sustained,
+            "latency_offered_per_s": rate,
+            "p50_s": stats.get("seal_latency_p50_s"),
+            "p99_s": stats.get("seal_latency_p99_s"),
+            "rss_mb": rss,
+            "workers": WORKERS,
+            "cores": os.cpu_count() or 1,
+        }
+    )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

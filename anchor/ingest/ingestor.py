@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import multiprocessing
@@ -70,6 +69,8 @@ from anchor.envelope import Envelope
 from anchor.errors import AnchorError, Reason
 from anchor.host.config import Settings
 from anchor.host.lifetime import die_with_parent
+from anchor.ingest.paho_io import buffer_reads, puback_all
+from anchor.ingest.verify import verify_chunk as _verify_chunk
 from anchor.keys import PublicKey
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
@@ -112,26 +113,6 @@ class _Pending:
 
     def __len__(self) -> int:
         return len(self.deliveries)
-
-
-@functools.lru_cache(maxsize=4096)
-def _worker_key(key_type: str, raw: bytes) -> PublicKey:
-    return PublicKey(key_type, raw)
-
-
-def _verify_chunk(items: Sequence[tuple[bytes, bytes, str, bytes]]) -> list[Reason | None]:
-    """Worker-process side: verify (signed_bytes, signature, key_type, key_raw) tuples.
-
-    Returns, per item, None when the signature is valid or the reason code why not.
-    """
-    out: list[Reason | None] = []
-    for signed, signature, key_type, key_raw in items:
-        try:
-            _worker_key(key_type, key_raw).verify(signature, signed)
-            out.append(None)
-        except AnchorError as exc:
-            out.append(exc.reason)
-    return out
 
 
 class IngestStats:
@@ -279,6 +260,7 @@ class Ingestor:
             log.error("mqtt connect refused: %s", reason_code)
             return
         self._generation += 1
+        buffer_reads(client)
         client.subscribe(self.settings.mqtt_topic, qos=1)
         log.info(
             "mqtt connected (session present: %s), subscribed to %s",
@@ -356,14 +338,12 @@ class Ingestor:
         client = self._client
         if client is None:
             return
-        stale = 0
-        for d in deliveries:
-            # A mid names a message only on the connection that delivered it; after a reconnect
-            # the broker redelivers those messages and the store de-duplicates them.
-            if d.generation != self._generation:
-                stale += 1
-                continue
-            client.ack(d.mid, 1)
+        # A mid names a message only on the connection that delivered it; after a reconnect
+        # the broker redelivers those messages and the store de-duplicates them.
+        generation = self._generation
+        mids = [d.mid for d in deliveries if d.generation == generation]
+        stale = len(deliveries) - len(mids)
+        puback_all(client, mids)
         if stale:
             log.info("%d deliveries from an earlier connection left to redelivery", stale)
 
@@ -567,7 +547,10 @@ class Ingestor:
             initializer=die_with_parent,
             initargs=(signal.SIGTERM, os.getpid()),
         )
-        await self._loop.run_in_executor(self._pool, _verify_chunk, [])  # start the workers now
+        pool, loop = self._pool, self._loop  # start every worker now, not on first use
+        await asyncio.gather(
+            *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
+        )
         self._client = self._start_mqtt()
         sealer = asyncio.create_task(self._seal_forever(), name="sealer")
         refresher = asyncio.create_task(self._refresh_registry(stop), name="registry")
