@@ -153,19 +153,35 @@ def _key_id(name: str, public_key: bytes, alg: int = ALG_ED25519) -> bytes:
     ]
 
 
-def _check_key_fields(name: str, key_hash: bytes, public_key: bytes) -> None:
+def _check_name_and_key(name: str, public_key: bytes) -> None:
     problem = _name_problem(name)
     if problem:
         raise KeyMaterialError(problem)
     if not isinstance(public_key, bytes) or len(public_key) != _ED25519_KEY_SIZE:
         raise KeyMaterialError(f"Ed25519 public key must be {_ED25519_KEY_SIZE} bytes")
+
+
+def _check_key_fields(
+    name: str, key_hash: bytes, public_key: bytes, alg: int = ALG_ED25519, role: str = ""
+) -> None:
+    """The checks every Ed25519 note key makes when built: name rules, key size, and that
+    ``key_hash`` is the key ID of ``public_key`` for signature type ``alg``."""
+    _check_name_and_key(name, public_key)
     if not isinstance(key_hash, bytes) or len(key_hash) != _KEY_ID_SIZE:
         raise KeyMaterialError(f"key ID must be {_KEY_ID_SIZE} bytes")
-    expected = _key_id(name, public_key)
+    expected = _key_id(name, public_key, alg)
     if key_hash != expected:
         raise KeyMaterialError(
-            f"key ID mismatch for {name!r}: key says {key_hash.hex()}, computed {expected.hex()}"
+            f"key ID mismatch for {role}{name!r}: key says {key_hash.hex()}, "
+            f"computed {expected.hex()}"
         )
+
+
+def _public_key_of_seed(seed: bytes) -> bytes:
+    """The raw Ed25519 public key of a 32-byte seed (RFC 8032 private key)."""
+    if not isinstance(seed, bytes) or len(seed) != _ED25519_KEY_SIZE:
+        raise KeyMaterialError(f"Ed25519 seed must be {_ED25519_KEY_SIZE} bytes")
+    return Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
 
 
 def _split_key(encoded: str, what: str, alg: int = ALG_ED25519) -> tuple[str, bytes, bytes]:
@@ -214,11 +230,7 @@ class NoteVerifier:
     @classmethod
     def from_public_key(cls, name: str, public_key: bytes) -> NoteVerifier:
         """The verifier for a raw 32-byte Ed25519 public key under ``name``."""
-        problem = _name_problem(name)
-        if problem:
-            raise KeyMaterialError(problem)
-        if not isinstance(public_key, bytes) or len(public_key) != _ED25519_KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 public key must be {_ED25519_KEY_SIZE} bytes")
+        _check_name_and_key(name, public_key)
         return cls(name, _key_id(name, public_key), public_key)
 
     @classmethod
@@ -269,20 +281,15 @@ class NoteSigner:
     _private: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, bytes) or len(self.seed) != _ED25519_KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 seed must be {_ED25519_KEY_SIZE} bytes")
-        private = Ed25519PrivateKey.from_private_bytes(self.seed)
-        if private.public_key().public_bytes_raw() != self.public_key:
+        if _public_key_of_seed(self.seed) != self.public_key:
             raise KeyMaterialError(f"public key of {self.name!r} does not belong to its seed")
         _check_key_fields(self.name, self.key_hash, self.public_key)
-        object.__setattr__(self, "_private", private)
+        object.__setattr__(self, "_private", Ed25519PrivateKey.from_private_bytes(self.seed))
 
     @classmethod
     def from_seed(cls, name: str, seed: bytes) -> NoteSigner:
         """The signer for a raw 32-byte Ed25519 seed (RFC 8032 private key) under ``name``."""
-        if not isinstance(seed, bytes) or len(seed) != _ED25519_KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 seed must be {_ED25519_KEY_SIZE} bytes")
-        public_key = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+        public_key = _public_key_of_seed(seed)
         verifier = NoteVerifier.from_public_key(name, public_key)
         return cls(name, verifier.key_hash, public_key, seed)
 
@@ -295,8 +302,7 @@ class NoteSigner:
         if not isinstance(skey, str) or not skey.startswith(_SKEY_PREFIX):
             raise KeyMaterialError("signer key must start with 'PRIVATE+KEY+'")
         name, key_hash, seed = _split_key(skey[len(_SKEY_PREFIX) :], "signer key")
-        public_key = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
-        return cls(name, key_hash, public_key, seed)
+        return cls(name, key_hash, _public_key_of_seed(seed), seed)
 
     def skey(self) -> str:
         """The secret signer key string, which :meth:`from_skey` reads back. Keep it secret."""

@@ -43,9 +43,12 @@ from anchor.checkpoint import (
     MAX_SIGNATURES,
     NoteSignature,
     _b64decode_canonical,
+    _check_key_fields,
+    _check_name_and_key,
     _check_text,
     _key_id,
     _name_problem,
+    _public_key_of_seed,
     _split_key,
     parse_note_unverified,
 )
@@ -73,7 +76,6 @@ _HEADER = "cosignature/v1\n"
 _KEY_ID_SIZE = 4
 _TIMESTAMP_SIZE = 8
 _SIGNATURE_SIZE = 64
-_KEY_SIZE = 32
 
 
 def cosignature_message(text: str, timestamp: int) -> bytes:
@@ -107,26 +109,13 @@ class CosignerVerifier:
     public_key: bytes
 
     def __post_init__(self) -> None:
-        problem = _name_problem(self.name)
-        if problem:
-            raise KeyMaterialError(problem)
-        if not isinstance(self.public_key, bytes) or len(self.public_key) != _KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 public key must be {_KEY_SIZE} bytes")
-        expected = _key_id(self.name, self.public_key, ALG_COSIGNATURE_V1)
-        if self.key_hash != expected:
-            raise KeyMaterialError(
-                f"key ID mismatch for witness {self.name!r}: key says "
-                f"{self.key_hash.hex() if isinstance(self.key_hash, bytes) else self.key_hash!r}, "
-                f"computed {expected.hex()}"
-            )
+        _check_key_fields(
+            self.name, self.key_hash, self.public_key, ALG_COSIGNATURE_V1, role="witness "
+        )
 
     @classmethod
     def from_public_key(cls, name: str, public_key: bytes) -> CosignerVerifier:
-        problem = _name_problem(name)
-        if problem:
-            raise KeyMaterialError(problem)
-        if not isinstance(public_key, bytes) or len(public_key) != _KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 public key must be {_KEY_SIZE} bytes")
+        _check_name_and_key(name, public_key)
         return cls(name, _key_id(name, public_key, ALG_COSIGNATURE_V1), public_key)
 
     @classmethod
@@ -172,19 +161,14 @@ class CosignerSigner:
     _private: Ed25519PrivateKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, bytes) or len(self.seed) != _KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 seed must be {_KEY_SIZE} bytes")
-        private = Ed25519PrivateKey.from_private_bytes(self.seed)
-        if private.public_key().public_bytes_raw() != self.public_key:
+        if _public_key_of_seed(self.seed) != self.public_key:
             raise KeyMaterialError(f"public key of {self.name!r} does not belong to its seed")
         CosignerVerifier(self.name, self.key_hash, self.public_key)
-        object.__setattr__(self, "_private", private)
+        object.__setattr__(self, "_private", Ed25519PrivateKey.from_private_bytes(self.seed))
 
     @classmethod
     def from_seed(cls, name: str, seed: bytes) -> CosignerSigner:
-        if not isinstance(seed, bytes) or len(seed) != _KEY_SIZE:
-            raise KeyMaterialError(f"Ed25519 seed must be {_KEY_SIZE} bytes")
-        public_key = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
+        public_key = _public_key_of_seed(seed)
         verifier = CosignerVerifier.from_public_key(name, public_key)
         return cls(name, verifier.key_hash, public_key, seed)
 
@@ -196,8 +180,7 @@ class CosignerSigner:
         name, key_hash, seed = _split_key(
             skey.strip()[len(_SKEY_PREFIX) :], "witness signer key", ALG_COSIGNATURE_V1
         )
-        public_key = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes_raw()
-        return cls(name, key_hash, public_key, seed)
+        return cls(name, key_hash, _public_key_of_seed(seed), seed)
 
     def skey(self) -> str:
         encoded = base64.b64encode(bytes([ALG_COSIGNATURE_V1]) + self.seed).decode("ascii")
