@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,32 +105,33 @@ def load_device_keys(paths: Sequence[str]) -> list[Any]:
     return keys
 
 
+def _load_vkeys(
+    paths: Sequence[str], flag: str, what: str, parse: Callable[[str], Any]
+) -> list[Any]:
+    """Note verifier keys, one per file (or quoted glob), read by ``parse`` (UsageError for a
+    file that cannot be read or is not such a key)."""
+    verifiers = []
+    for path in expand_key_paths(paths, flag):
+        text = read_input(path, what, KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
+        try:
+            verifiers.append(parse(text))
+        except AnchorError as exc:
+            raise UsageError(f"{what} {path}: {exc.detail}") from exc
+    return verifiers
+
+
 def load_log_keys(paths: Sequence[str]) -> list[Any]:
     """The operator's checkpoint verifier keys in note vkey files (UsageError otherwise)."""
     from anchor.checkpoint import NoteVerifier
 
-    verifiers = []
-    for path in expand_key_paths(paths, "--log-key"):
-        text = read_input(path, "log key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
-        try:
-            verifiers.append(NoteVerifier.from_vkey(text))
-        except AnchorError as exc:
-            raise UsageError(f"log key {path}: {exc.detail}") from exc
-    return verifiers
+    return _load_vkeys(paths, "--log-key", "log key", NoteVerifier.from_vkey)
 
 
 def load_witness_keys(paths: Sequence[str]) -> list[Any]:
     """Witness cosignature verifier keys (type 0x04 note vkeys) in files (UsageError otherwise)."""
     from anchor.cosignature import CosignerVerifier
 
-    verifiers = []
-    for path in expand_key_paths(paths, "--witness-key"):
-        text = read_input(path, "witness key", KEY_FILE_LIMIT).decode("utf-8", "replace").strip()
-        try:
-            verifiers.append(CosignerVerifier.from_vkey(text))
-        except AnchorError as exc:
-            raise UsageError(f"witness key {path}: {exc.detail}") from exc
-    return verifiers
+    return _load_vkeys(paths, "--witness-key", "witness key", CosignerVerifier.from_vkey)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
