@@ -15,15 +15,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from integration.up_process import running_up
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "api-examples.md"
 
@@ -31,29 +31,8 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "api-examples.md"
 @pytest.fixture(scope="module")
 def up_dir(services_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data_dir = Path(tempfile.mkdtemp(prefix="upx-", dir=services_dir))
-    log = tmp_path_factory.mktemp("up") / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "anchor", "up", "--data-dir", str(data_dir),
-             "--anchor-period", "3s"],
-            env=env, stdout=out, stderr=out,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not (data_dir / "up.json").exists():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    with running_up(data_dir, tmp_path_factory.mktemp("up") / "up.log", "--anchor-period", "3s"):
         yield data_dir
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _blocks(text: str) -> list[str]:

@@ -13,14 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +35,7 @@ from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
 from devices.signer import DeviceSigner
 from integration import test_ingest as ingest_it
+from integration.up_process import http_json, running_up
 
 NOT_AUTHORIZED = 0x87
 DISTRICT = "harbour"
@@ -60,20 +56,7 @@ def up(services_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """`cityanchor up --workers 2`: two ingestors, each with its own client id."""
     data_dir = Path(tempfile.mkdtemp(prefix="upb-", dir=services_dir))
     log = tmp_path_factory.mktemp("up") / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "anchor", "up", "--data-dir", str(data_dir),
-             "--anchor-period", "5s", "--workers", "2"],
-            env=env, stdout=out, stderr=out,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not (data_dir / "up.json").exists():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        doc = json.loads((data_dir / "up.json").read_text())
+    with running_up(data_dir, log, "--anchor-period", "5s", "--workers", "2") as doc:
         settings = load_settings(toml_path=data_dir / "config.toml", env={})
         yield Up(
             mqtt=doc["mqtt"],
@@ -82,35 +65,13 @@ def up(services_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             dsn=settings.database_url,
             data_dir=data_dir,
         )
-    finally:
-        # SIGTERM, as an operator would: `up` stops what it started.
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
 
 
 def _register(
     up: Up, prefix: str, district: str = DISTRICT, device_id: str | None = None
 ) -> tuple[DeviceSigner, dict[str, Any]]:
     signer = DeviceSigner(device_id or f"{prefix}-{next(_ids):04d}", PrivateKey.generate())
-    status, answer = _request(
+    status, answer = http_json(
         "POST",
         up.http + "/v1/devices",
         {
@@ -332,7 +293,7 @@ def test_revoking_a_device_deletes_its_login_at_once(up: Up) -> None:
     signer, login = _register(up, "leaver")
     dev = Device(up.mqtt, login).start()
     try:
-        status, _ = _request(
+        status, _ = http_json(
             "POST", f"{up.http}/v1/devices/{signer.device_id}/revoke", {"reason": "t"}, up.token
         )
         assert status == 200
@@ -357,7 +318,7 @@ def test_reserved_device_ids_are_refused_in_every_registration_path(
     `device_id_reserved`; nothing is registered."""
     key = PrivateKey.generate().public_key
     for device_id in RESERVED:
-        status, problem = _request(
+        status, problem = http_json(
             "POST",
             up.http + "/v1/devices",
             {"device_id": device_id, "public_key_jwk": key.to_jwk(), "district": DISTRICT,

@@ -18,14 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +39,7 @@ from anchor.local import MosquittoServer, PostgresServer, free_port
 from anchor.password_hashes import mosquitto_password_hash
 from anchor.store import Store
 from devices.signer import DeviceSigner
+from integration.up_process import http_json, running_up
 
 DISTRICT = "harbour"
 _ids = iter(range(1, 100_000))
@@ -61,20 +57,7 @@ class Up:
 @pytest.fixture(scope="module")
 def up(services_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     data_dir = Path(tempfile.mkdtemp(prefix="upd-", dir=services_dir))
-    log = tmp_path_factory.mktemp("up") / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CITYANCHOR_")}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "anchor", "up", "--data-dir", str(data_dir)],
-            env=env, stdout=out, stderr=out,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not (data_dir / "up.json").exists():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        doc = json.loads((data_dir / "up.json").read_text())
+    with running_up(data_dir, tmp_path_factory.mktemp("up") / "up.log") as doc:
         yield Up(
             mqtt=doc["mqtt"],
             http=doc["http"],
@@ -82,14 +65,6 @@ def up(services_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             config=data_dir / "config.toml",
             data_dir=data_dir,
         )
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture(autouse=True)
@@ -100,21 +75,8 @@ def _no_env_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def _request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-
-
 def _register(up: Up, signer: DeviceSigner) -> dict[str, Any]:
-    status, answer = _request(
+    status, answer = http_json(
         "POST",
         up.http + "/v1/devices",
         {
@@ -419,7 +381,7 @@ def test_quarantine_is_listed_and_explained_to_operators_only(
     path = f"/v1/quarantine?device_id={device.device_id}"
     deadline = time.monotonic() + 60
     while True:
-        status, page = _request("GET", up.http + path, token=up.token)
+        status, page = http_json("GET", up.http + path, token=up.token)
         assert status == 200, page
         if page["rows"]:
             break
@@ -428,9 +390,9 @@ def test_quarantine_is_listed_and_explained_to_operators_only(
     (row,) = page["rows"]
     assert (row["device_id"], row["seq"], row["reason"]) == (device.device_id, 1, "unknown_kid")
     assert page["next"] is None and "raw" not in row
-    status, page = _request("GET", up.http + path + "&reason=bad_signature", token=up.token)
+    status, page = http_json("GET", up.http + path + "&reason=bad_signature", token=up.token)
     assert (status, page["rows"]) == (200, [])
-    status, problem = _request("GET", up.http + path)  # no token
+    status, problem = http_json("GET", up.http + path)  # no token
     assert (status, problem["reason"]) == (401, "unauthorized")
 
     # The CLI: the same rows, by device and reason, with a header.
@@ -445,10 +407,10 @@ def test_quarantine_is_listed_and_explained_to_operators_only(
 
     # The receipt: a bare 404 for the public, "quarantined: <reason>" for an operator.
     receipt = f"{up.http}/v1/receipts/{device.device_id}/1"
-    status, public = _request("GET", receipt)
+    status, public = http_json("GET", receipt)
     assert status == 404 and "quarantined" not in public["detail"]
-    status, bad_token = _request("GET", receipt, token="ca_1_not-a-real-token")
+    status, bad_token = http_json("GET", receipt, token="ca_1_not-a-real-token")
     assert status == 404 and "quarantined" not in bad_token["detail"]
-    status, operator = _request("GET", receipt, token=up.token)
+    status, operator = http_json("GET", receipt, token=up.token)
     assert (status, operator["reason"]) == (404, "not_found")
     assert "quarantined: unknown_kid" in operator["detail"]

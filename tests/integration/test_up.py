@@ -13,8 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from anchor.cli.commands import main as cli_main
 from anchor.keys import PrivateKey
 from devices.signer import DeviceSigner
+from integration.up_process import http_json
 
 
 def _start(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -64,16 +63,7 @@ def _stop(proc: subprocess.Popen[bytes], data_dir: Path) -> None:
 
 
 def _request(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return http_json(method, url, body, token, timeout=10)
 
 
 def _client(url: str, username: str, password: str) -> mqtt.Client:
