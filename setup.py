@@ -48,6 +48,8 @@ setup(
         "cbor2>=5.6,<7",
         "asyncpg>=0.29,<1",
         "paho-mqtt>=2.1,<3",
+        # The ingestor's MQTT packet codec (anchor.ingest.mqtt_native); sans-I/O, in Rust.
+        "mqtt5==0.8.0",
         "web3>=7,<9",
         "aiohttp>=3.9,<4",
         "prometheus_client>=0.20,<1",

@@ -245,6 +245,11 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--batch-age-ms", type=int, help="seal a batch this old (default 1000)")
     p.add_argument("--verify-processes", type=int, help="signature workers (default: one per core)")
     p.add_argument(
+        "--mqtt-client",
+        choices=("native", "paho"),
+        help="the ingestor's MQTT client: native (asyncio, default) or paho",
+    )
+    p.add_argument(
         "--workers", type=int, default=1, help="ingestor processes on the shared subscription"
     )
     p.add_argument(

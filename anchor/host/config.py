@@ -169,6 +169,8 @@ class Settings:
     # Devices resend from an on-disk outbox after an outage, so old readings are normal; 0 = off.
     clock_skew_past_ms: int = 7 * 24 * 3_600_000
     verify_processes: int = 0  # 0: one per core
+    # The ingestor's MQTT client: "native" (asyncio, anchor.ingest.mqtt_native) or "paho".
+    ingest_mqtt_client: str = "native"
     ingestor_name: str = "ingest"
     registry_refresh_ms: int = 5_000
     anchor_period_s: int = 60
@@ -200,6 +202,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.witness_mode not in WITNESS_MODES:
             raise UsageError(f"witness_mode must be one of {', '.join(WITNESS_MODES)}")
+        if self.ingest_mqtt_client not in ("native", "paho"):
+            raise UsageError("ingest_mqtt_client must be native or paho")
         if self.witness_quorum < 1:
             raise UsageError("witness_quorum must be at least 1")
         if self.witness_anchor_quorum not in (0, 1):

@@ -1,8 +1,10 @@
 """The ingestor: MQTT v5 -> checks -> signature verification on all cores -> batch -> one
 PostgreSQL transaction -> PUBACK.
 
-Nothing is acknowledged before it is durable. paho runs with ``manual_ack=True``: a PUBACK for a
-message is sent only after the transaction that stores it (or its quarantine row) has committed.
+Nothing is acknowledged before it is durable. The MQTT client (:mod:`anchor.ingest.link`: our
+own asyncio one by default, paho with ``--mqtt-client paho``) never acknowledges by itself: a
+PUBACK for a message is sent only after the transaction that stores it (or its quarantine row)
+has committed.
 A crash before that means the broker redelivers, and the store's (device_id, seq) uniqueness
 makes the redelivery harmless, so the effect is exactly-once.
 
@@ -10,9 +12,9 @@ Back-pressure comes from MQTT v5 itself: the CONNECT packet's Receive Maximum ca
 unacknowledged QoS 1 messages the broker may hand us. When PostgreSQL is slow or down nothing is
 acknowledged, the window fills, and the broker keeps the rest; nothing is ever dropped here.
 
-Pipeline (one asyncio loop; paho's network thread only converts packets into values):
+Pipeline (one asyncio loop; with paho, its network thread only converts packets into values):
 
-1. ``on_message`` (paho thread) -> :class:`Incoming` -> an inbox (bounded by the window);
+1. the client's reads -> :class:`Incoming` -> an inbox (bounded by the window);
 2. cheap checks in order (:mod:`anchor.admission`, pure): size cap, topic, envelope parse,
    topic/device match, registry lookup, topic/district match, key status, clock skew; a
    failure becomes a quarantine
@@ -48,14 +50,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
 from anchor import admission, merkle
 from anchor.admission import parse_topic  # re-exported; its home is anchor.admission
 from anchor.backoff import Backoff
-from anchor.broker.client import create_client, parse_mqtt_url
+from anchor.broker.client import parse_mqtt_url
 from anchor.checkpoint import NoteSigner
 from anchor.device_ack import (
     DURABLE,
@@ -69,7 +67,9 @@ from anchor.envelope import Envelope
 from anchor.errors import AnchorError, Reason
 from anchor.host.config import Settings
 from anchor.host.lifetime import die_with_parent
-from anchor.ingest.paho_io import buffer_reads, puback_all
+from anchor.ingest.link import Incoming, Link
+from anchor.ingest.mqtt_native import NativeMqtt
+from anchor.ingest.paho_io import PahoLink
 from anchor.ingest.verify import verify_chunk as _verify_chunk
 from anchor.keys import PublicKey
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
@@ -89,17 +89,6 @@ RETRY_MAX_S = 5.0
 CLOCK_OFFSET_WARN_S = 0.1
 # Upper bounds of the seal latency histogram of /metrics (anchor.ingest.metrics), in seconds.
 SEAL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One MQTT delivery, as taken off paho's thread."""
-
-    mid: int
-    topic: str
-    payload: bytes
-    received_at: datetime
-    generation: int  # which MQTT connection delivered it: a mid is only valid on that one
 
 
 @dataclass(slots=True)
@@ -235,115 +224,54 @@ class Ingestor:
             clock_skew_future_ms=settings.clock_skew_future_ms,
             clock_skew_past_ms=settings.clock_skew_past_ms,
         )
-        # paho's thread appends here and wakes the loop only when the inbox was empty: one
-        # cross-thread wake-up per burst instead of one syscall per message.
+        # The MQTT client appends here, on the event loop, a read's or a burst's deliveries at
+        # a time: one wake-up per read, not per message.
         self._inbox: deque[Incoming] = deque()
         self._inbox_ready = asyncio.Event()
-        self._inbox_signalled = False
         self._seal_queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=2)
-        self._generation = 0
-        self._client: mqtt.Client | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._connected = asyncio.Event()
+        self._link: Link | None = None
         self._pool: ProcessPoolExecutor | None = None
 
     # ------------------------------------------------------------------------------ MQTT side
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.error("mqtt connect refused: %s", reason_code)
-            return
-        self._generation += 1
-        buffer_reads(client)
-        client.subscribe(self.settings.mqtt_topic, qos=1)
-        log.info(
-            "mqtt connected (session present: %s), subscribed to %s",
-            flags.session_present,
-            self.settings.mqtt_topic,
-        )
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._connected.set)
-
     @property
     def mqtt_connected(self) -> bool:
         """Connected to the broker now (read by the metrics thread; a bool read is atomic)."""
-        return self._connected.is_set()
+        return self._link is not None and self._link.connected
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("mqtt subscription to %s refused: %s", self.settings.mqtt_topic, reason_codes)
-        else:
-            log.info("mqtt subscription active: %s", self.settings.mqtt_topic)
+    def _deliver(self, items: list[Incoming]) -> None:
+        # On the event loop (both clients): no lock, one Event.set per read or burst.
+        self._inbox.extend(items)
+        self._inbox_ready.set()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        log.warning(
-            "mqtt disconnected: %s; unacknowledged messages will be redelivered", reason_code
-        )
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._connected.clear)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # paho's thread: turn the packet into a value and hand it over; nothing else here.
-        self._inbox.append(
-            Incoming(msg.mid, msg.topic, bytes(msg.payload), _now(), self._generation)
-        )
-        if not self._inbox_signalled:
-            self._inbox_signalled = True
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._inbox_ready.set)
-
-    def _start_mqtt(self) -> mqtt.Client:
+    def _start_mqtt(self) -> Link:
         s = self.settings
-        # manual_ack: a PUBACK goes out only once the reading is durable (module docstring);
-        # ReceiveMaximum bounds what the broker sends us unacknowledged to the window.
-        client = create_client(
-            parse_mqtt_url(s.mqtt_url),
-            client_id=self.client_id,
-            username=s.mqtt_username or None,
-            password=s.mqtt_password or None,
-            clean_start=False,
-            session_expiry_s=s.mqtt_session_expiry_s,
-            receive_maximum=s.inflight_window,
-            reconnect_max_s=10,
-            manual_ack=True,
-        )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.loop_start()
-        return client
+        options: dict[str, Any] = {
+            "client_id": self.client_id,
+            "topic": s.mqtt_topic,
+            "deliver": self._deliver,
+            "username": s.mqtt_username or None,
+            "password": s.mqtt_password or None,
+            "session_expiry_s": s.mqtt_session_expiry_s,
+            "receive_maximum": s.inflight_window,
+        }
+        link: Link
+        if s.ingest_mqtt_client == "paho":
+            link = PahoLink(parse_mqtt_url(s.mqtt_url), **options)
+        else:
+            link = NativeMqtt(parse_mqtt_url(s.mqtt_url), **options)
+        link.start()
+        return link
 
     def _ack(self, deliveries: Sequence[Incoming]) -> None:
-        client = self._client
-        if client is None:
+        link = self._link
+        if link is None:
             return
         # A mid names a message only on the connection that delivered it; after a reconnect
         # the broker redelivers those messages and the store de-duplicates them.
-        generation = self._generation
+        generation = link.generation
         mids = [d.mid for d in deliveries if d.generation == generation]
         stale = len(deliveries) - len(mids)
-        puback_all(client, mids)
+        link.ack(mids)
         if stale:
             log.info("%d deliveries from an earlier connection left to redelivery", stale)
 
@@ -523,22 +451,21 @@ class Ingestor:
         # After the commit, before the broker's PUBACKs: a crash in between only means the
         # device resends and is acknowledged again (replayed_seq). QoS 1 into the device's
         # persistent session, so a device that is offline now gets it when it reconnects.
-        client = self._client
-        if client is None:
+        link = self._link
+        if link is None:
             return
         for topic, entries in self.device_ack_entries(result).items():
             for payload in encode_acks(entries):
-                client.publish(topic, payload, qos=1)
+                link.publish(topic, payload)
                 self.stats.device_acks += 1
 
     # --------------------------------------------------------------------------- main loop
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until ``stop`` is set, then seal and acknowledge what was verified, and return."""
-        self._loop = asyncio.get_running_loop()
         s = self.settings
         await self._registry.refresh()
         workers = s.verify_processes or max(1, multiprocessing.cpu_count())
-        # spawn, not fork: paho's network thread must not be duplicated into the workers.
+        # spawn, not fork: no thread of this process (paho's, asyncpg's) must be duplicated.
         # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
         # running, 56 MB, half an hour later).
         self._pool = ProcessPoolExecutor(
@@ -547,11 +474,11 @@ class Ingestor:
             initializer=die_with_parent,
             initargs=(signal.SIGTERM, os.getpid()),
         )
-        pool, loop = self._pool, self._loop  # start every worker now, not on first use
+        pool, loop = self._pool, asyncio.get_running_loop()  # every worker now, not on first use
         await asyncio.gather(
             *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
         )
-        self._client = self._start_mqtt()
+        self._link = self._start_mqtt()
         sealer = asyncio.create_task(self._seal_forever(), name="sealer")
         refresher = asyncio.create_task(self._refresh_registry(stop), name="registry")
         pending = _Pending()
@@ -580,9 +507,8 @@ class Ingestor:
                 await sealer
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
-            if self._client is not None:
-                self._client.disconnect()
-                self._client.loop_stop()
+            if self._link is not None:
+                await self._link.close()
             self._pool.shutdown(wait=True, cancel_futures=True)
             log.info("ingestor stopped: %s", json.dumps(self.stats.snapshot()))
 
@@ -600,9 +526,7 @@ class Ingestor:
                 await asyncio.wait_for(self._inbox_ready.wait(), timeout)
             except TimeoutError:
                 return items
-        # Re-arm before draining: whatever paho appends after this line signals again.
-        self._inbox_ready.clear()
-        self._inbox_signalled = False
+        self._inbox_ready.clear()  # the client's next delivery sets it again
         inbox = self._inbox
         while inbox and len(items) < room:
             items.append(inbox.popleft())
