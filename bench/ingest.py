@@ -137,6 +137,30 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
+def _thread_cpu_s(main: int, pids: list[int]) -> dict[str, float]:
+    """CPU seconds of the ingestor's threads in three parts: the main process's main thread
+    (the event loop), its other threads (paho's network thread, the pool's feeder and manager),
+    and every other process (the verify workers)."""
+    out = {"main_thread": 0.0, "other_threads": 0.0, "workers": 0.0}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            secs = (int(fields[11]) + int(fields[12])) * _TICK_S
+            part = (
+                "workers"
+                if pid != main
+                else "main_thread"
+                if int(task.name) == pid
+                else "other_threads"
+            )
+            out[part] += secs
+    return out
+
+
 def _cpu_s(pids: list[int]) -> dict[int, float]:
     """utime + stime of each live process in ``pids``, in seconds (/proc/<pid>/stat)."""
     out = {}
@@ -235,6 +259,11 @@ class System:
         assert self.proc is not None
         return _cpu_s(_tree(self.proc.pid))
 
+    def ingestor_threads_cpu_s(self) -> dict[str, float]:
+        """Per part (:func:`_thread_cpu_s`); with ``--workers`` 1 only (one main process)."""
+        assert self.proc is not None
+        return _thread_cpu_s(self.proc.pid, _tree(self.proc.pid))
+
     def peak_rss_mb(self) -> float:
         """Peak RSS of the ingestor and its verify workers (VmHWM of each)."""
         assert self.proc is not None
@@ -332,6 +361,7 @@ class Bench:
         _wait_stored(s, self.stored + len(warm), 120)
         self.stored += len(warm)
         before = s.ingestor_cpu_s()
+        threads_before = s.ingestor_threads_cpu_s()
         s.signal_ingestor(signal.SIGSTOP)
         try:
             self.publish(msgs)
@@ -340,13 +370,18 @@ class Bench:
         t0 = time.perf_counter()
         t_end = _wait_stored(s, self.stored + len(msgs), 300)
         after = s.ingestor_cpu_s()
+        threads_after = s.ingestor_threads_cpu_s()
         self.stored += len(msgs)
         cpu = sum(v - before.get(pid, 0.0) for pid, v in after.items())
-        return {
+        out: dict[str, float] = {
             "per_s": len(msgs) / (t_end - t0),
             "ingest_cpu_us": cpu / len(msgs) * 1e6,
             "ingest_processes": len(after),
         }
+        if WORKERS == 1:  # where the ingestor's CPU goes, per stored reading
+            for part, secs in threads_after.items():
+                out[f"{part}_us"] = (secs - threads_before[part]) / len(msgs) * 1e6
+        return out
 
     def live(self, msgs: list[tuple[str, bytes]]) -> float:
         with ProcessPoolExecutor(1, mp_context=self.ctx) as pub:
@@ -443,6 +478,7 @@ def ingest_section(cfg: BenchConfig) -> dict[str, Any]:
             "p99_s": stats.get("seal_latency_p99_s"),
             "rss_mb": rss,
             "workers": WORKERS,
+            "mqtt_client": os.environ.get("CITYANCHOR_INGEST_MQTT_CLIENT", "native"),
             "cores": os.cpu_count() or 1,
         }
     )
