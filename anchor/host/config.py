@@ -168,7 +168,9 @@ class Settings:
     clock_skew_future_ms: int = 5 * 60_000
     # Devices resend from an on-disk outbox after an outage, so old readings are normal; 0 = off.
     clock_skew_past_ms: int = 7 * 24 * 3_600_000
-    verify_processes: int = 0  # 0: one per core
+    # 0: one per core; -1: none, signatures checked in the ingestor process between reads (for
+    # `ingest --workers N`, one process per core, each its own MQTT connection).
+    verify_processes: int = 0
     # The ingestor's MQTT client: "native" (asyncio, anchor.ingest.mqtt_native) or "paho".
     ingest_mqtt_client: str = "native"
     ingestor_name: str = "ingest"
@@ -202,6 +204,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.witness_mode not in WITNESS_MODES:
             raise UsageError(f"witness_mode must be one of {', '.join(WITNESS_MODES)}")
+        if self.verify_processes < -1:
+            raise UsageError("verify_processes must be -1 (none), 0 (one per core) or more")
         if self.ingest_mqtt_client not in ("native", "paho"):
             raise UsageError("ingest_mqtt_client must be native or paho")
         if self.witness_quorum < 1:

@@ -318,8 +318,9 @@ class Ingestor:
             return []
         loop = asyncio.get_running_loop()
         jobs = [(e.signed_bytes, e.signature, k.key_type, k.raw) for _, e, k in checked]
+        if self._pool is None:  # verify_processes -1: here, between reads (--workers N)
+            return _verify_chunk(jobs)
         chunks = [jobs[i : i + VERIFY_CHUNK] for i in range(0, len(jobs), VERIFY_CHUNK)]
-        assert self._pool is not None
         results = await asyncio.gather(
             *(loop.run_in_executor(self._pool, _verify_chunk, c) for c in chunks)
         )
@@ -465,19 +466,20 @@ class Ingestor:
         s = self.settings
         await self._registry.refresh()
         workers = s.verify_processes or max(1, multiprocessing.cpu_count())
-        # spawn, not fork: no thread of this process (paho's, asyncpg's) must be duplicated.
-        # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
-        # running, 56 MB, half an hour later).
-        self._pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=die_with_parent,
-            initargs=(signal.SIGTERM, os.getpid()),
-        )
-        pool, loop = self._pool, asyncio.get_running_loop()  # every worker now, not on first use
-        await asyncio.gather(
-            *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
-        )
+        if workers > 0:
+            # spawn, not fork: no thread of this process (paho's, asyncpg's) may be duplicated.
+            # die_with_parent: a killed ingestor's workers go with it (issue 11: they were left
+            # running, 56 MB, half an hour later).
+            self._pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent,
+                initargs=(signal.SIGTERM, os.getpid()),
+            )
+            pool, loop = self._pool, asyncio.get_running_loop()  # all now, not on first use
+            await asyncio.gather(
+                *(loop.run_in_executor(pool, _verify_chunk, []) for _ in [0] * workers)
+            )
         self._link = self._start_mqtt()
         sealer = asyncio.create_task(self._seal_forever(), name="sealer")
         refresher = asyncio.create_task(self._refresh_registry(stop), name="registry")
@@ -509,7 +511,8 @@ class Ingestor:
                 await refresher
             if self._link is not None:
                 await self._link.close()
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
             log.info("ingestor stopped: %s", json.dumps(self.stats.snapshot()))
 
     async def _take(self, pending: _Pending, stop: asyncio.Event) -> list[Incoming]:

@@ -199,6 +199,9 @@ class _Connection(asyncio.Protocol):
                     add(Incoming(pid, topic, payload, now, generation))
                 else:
                     self.owner._control(self, _decode_control(view[pos:end]))
+                    # A CONNACK opens a new generation, and a resumed session's queued PUBLISH
+                    # packets follow it in the same read: they belong to the new one.
+                    generation = self.owner.generation
                 pos = end
         except ProtocolViolation as exc:
             log.error("mqtt: %s (reason 0x%02X); dropping the connection", exc, exc.code)
@@ -337,9 +340,6 @@ class NativeMqtt:
             conn.abort(None, "refused")
             return
         self._backoff.reset()
-        self.generation += 1
-        self._conn = conn
-        self.connected = True
         self._out_max = max(1, connack.receive_max)
         keepalive = connack.server_keep_alive or self.keepalive_s
         conn.write(self._subscribe)
@@ -385,6 +385,12 @@ class NativeMqtt:
         if isinstance(packet, mqtt5.ConnAckPacket):
             if conn.connack.done():
                 raise ProtocolViolation(PROTOCOL_ERROR, "a second CONNACK")
+            if packet.reason_code == mqtt5.ConnAckReasonCode.SUCCESS:
+                # Now, not when _session wakes up: the PUBLISH packets after the CONNACK in
+                # this same read are this connection's, and their packet ids valid on it only.
+                self.generation += 1
+                self._conn = conn
+                self.connected = True
             conn.connack.set_result(packet)
         elif isinstance(packet, mqtt5.PubAckPacket):
             if self._out_inflight.pop(packet.packet_id, None) is not None:

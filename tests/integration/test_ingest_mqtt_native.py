@@ -78,6 +78,9 @@ def test_qos1_delivery_and_nothing_acknowledged_until_asked(mosquitto: Mosquitto
         c.start()
         await _until(lambda: len(got) >= expect, 20, f"{expect} deliveries")
         await asyncio.sleep(0.3)  # nothing more than expected arrives
+        # The queued messages follow the CONNACK in the same read: they are this connection's
+        # (the ingestor acknowledges only those of the current generation).
+        assert all(d.generation == c.generation == 1 for d in got)
         if ack:
             c.ack([d.mid for d in got])
             await asyncio.sleep(0.2)
