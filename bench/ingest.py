@@ -17,6 +17,9 @@ Measurements, all in this run on this machine:
   processes (main process and verify workers) spent per stored reading over the drain;
   ``cpu_ratio = verify_cpu_us / ingest_cpu_us`` (1.0: the ingestor costs exactly its signature
   checks; it excludes the broker's and PostgreSQL's CPU, which ``ratio`` includes).
+  With one ingestor process, ``main_thread_us`` / ``other_threads_us`` / ``workers_us`` split
+  ``ingest_cpu_us`` into the event loop's thread, the main process's other threads (paho's
+  network thread with ``CITYANCHOR_INGEST_MQTT_CLIENT=paho``) and the verify workers.
 * ``live_per_s``: readings published flat out while the ingestor runs (publisher, broker,
   database and ingestor share the cores).
 * ``sustained_per_s``: the highest offered rate (a short search, each step a few seconds of

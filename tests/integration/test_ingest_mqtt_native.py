@@ -278,3 +278,29 @@ def test_oversized_envelope_is_quarantined_with_its_reason(env: Env, ingestors: 
     counts = _wait_counts(env, 1, quarantine=1)
     assert counts["readings"] == 1
     assert counts.get("quarantine.oversized") == 1
+
+
+def test_verify_in_process_stores_good_and_quarantines_forged(
+    env: Env, ingestors: Ingestors
+) -> None:
+    """``verify_processes -1`` (no pool: the ingestor process checks signatures itself, the
+    mode for ``--workers N``): the same outcomes as with the pool."""
+    fleet = _fleet(env, 2)  # an Ed25519 (COSE) and a P-256 (JWS) device
+    ingestors.start(env, CITYANCHOR_VERIFY_PROCESSES="-1")
+    pub = Publisher(env.mqtt_url, f"pub-{env.group}")
+    try:
+        for n in range(10):
+            pub.publish(fleet.topic(env, n % 2), _sign(fleet, n % 2, n))
+        for i in range(2):
+            bad = bytearray(_sign(fleet, i, 100 + i))
+            if bad[:1] == b"e":  # JWS: change a signature character, still base64url
+                bad[-2] = ord("A") if bad[-2] != ord("A") else ord("B")
+            else:
+                bad[-1] ^= 1
+            pub.publish(fleet.topic(env, i), bytes(bad))
+        pub.flush()
+    finally:
+        pub.close()
+    counts = _wait_counts(env, 10, quarantine=2)
+    assert counts["readings"] == 10
+    assert counts.get("quarantine.bad_signature") == 2
