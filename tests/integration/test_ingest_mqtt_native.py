@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,3 +305,26 @@ def test_verify_in_process_stores_good_and_quarantines_forged(
     counts = _wait_counts(env, 10, quarantine=2)
     assert counts["readings"] == 10
     assert counts.get("quarantine.bad_signature") == 2
+
+
+def test_paho_fallback_stores_and_acknowledges(env: Env, ingestors: Ingestors) -> None:
+    """``--mqtt-client paho`` (the previous path, kept as a fallback) still ingests, and its
+    PUBACKs go out: a second ingestor on the same session gets nothing again."""
+    fleet = _fleet(env, 2)
+    first = ingestors.start(env, "--mqtt-client", "paho")
+    pub = Publisher(env.mqtt_url, f"pub-{env.group}")
+    try:
+        for n in range(12):
+            pub.publish(fleet.topic(env, n % 2), _sign(fleet, n % 2, n))
+        pub.flush()
+    finally:
+        pub.close()
+    assert _wait_counts(env, 12)["readings"] == 12
+    time.sleep(1.5)  # the PUBACKs follow the commit
+    first.send_signal(signal.SIGTERM)
+    first.wait(30)
+    ingestors.start(env)  # native, same client id and session
+    time.sleep(2.0)
+    counts = _counts(env)
+    assert counts["readings"] == 12
+    assert counts.get("quarantine", 0) == 0  # nothing was redelivered (replayed_seq)
