@@ -34,6 +34,7 @@ from anchor.envelope_model import (
     _non_canonical,
     _reject_bytes,
 )
+from anchor.errors import EnvelopeError
 from anchor.keys import SIGNATURE_SIZE, PrivateKey, b64url_decode, b64url_encode
 from anchor.wire import JsonRejected, strict_loads
 
@@ -91,9 +92,66 @@ def _segment_spelling(text: str, what: str) -> tuple[bytes, bool]:
     return data, not padding and b64url_encode(data) == body
 
 
+# The protected header as sign_jws writes it: compact JSON, alg then kid, nothing else.
+_CANONICAL_HEADER = re.compile(
+    rb'\{"alg":"('
+    + b"|".join(re.escape(a.encode()) for a in sorted(ALLOWED_ALGS))
+    + rb')","kid":"([A-Za-z0-9_-]{43})"\}'
+)
+
+
+def _parse_canonical(raw: bytes) -> Envelope | None:
+    """The envelope of ``raw`` if its protected header is spelt exactly as the signer spells
+    it and every segment is canonical base64url, else None.
+
+    Consensus-critical shortcut, never a second set of rules: what it accepts,
+    :func:`_parse_general` accepts with the same result (tests/unit/test_envelope_fastpath.py
+    checks this on random and mutated envelopes), and everything else, every rejection
+    included, goes to :func:`_parse_general`. The header pattern admits only JSON that the
+    strict loader reads as ``{"alg": <allowed>, "kid": <43 base64url chars>}``, which passes
+    every header rule but the kid's decoding, done here by the same function; the payload gets
+    the same strict JSON, Reading and low-S checks as in the general parse.
+    """
+    header_b64, payload_b64, signature_b64 = raw.decode("ascii").split(".")
+    try:
+        header_bytes, header_ok = _segment_spelling(header_b64, "protected header")
+        match = _CANONICAL_HEADER.fullmatch(header_bytes)
+        if match is None or not header_ok:
+            return None
+        payload_bytes, payload_ok = _segment_spelling(payload_b64, "payload")
+        signature, signature_ok = _segment_spelling(signature_b64, "signature")
+        if not (payload_ok and signature_ok and payload_bytes) or len(signature) != SIGNATURE_SIZE:
+            return None
+        alg = match.group(1).decode("ascii")
+        kid = b64url_decode(match.group(2))
+        reading = Reading.from_payload(_json_object(payload_bytes, "JWS payload"), FORMAT_JWS)
+        _check_low_s(alg, signature)
+    except (ValueError, EnvelopeError):
+        return None  # _parse_general says why, in its own order
+    return Envelope(
+        format=FORMAT_JWS,
+        alg=alg,
+        kid=kid,
+        reading=reading,
+        raw=raw,
+        signed_bytes=raw[: len(header_b64) + 1 + len(payload_b64)],
+        signature=signature,
+    )
+
+
 def parse_jws(raw: bytes) -> Envelope:
     """Parse a JWS compact envelope (size already bounded by the caller, ASCII with two dots);
-    raises the parse errors of :func:`anchor.envelope.parse_envelope`."""
+    raises the parse errors of :func:`anchor.envelope.parse_envelope`.
+
+    An envelope spelt exactly as devices spell it takes a shortcut (:func:`_parse_canonical`)
+    with the same result; every other input, and every rejection, is :func:`_parse_general`'s.
+    """
+    envelope = _parse_canonical(raw)
+    return envelope if envelope is not None else _parse_general(raw)
+
+
+def _parse_general(raw: bytes) -> Envelope:
+    """Parse any JWS compact envelope under every rule, in the documented order."""
     # RFC 7515 section 7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature).
     header_b64, payload_b64, signature_b64 = raw.decode("ascii").split(".")
     segments = [

@@ -53,6 +53,17 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return best
 
 
+def best_of_interleaved(fns: Sequence[Callable[[], object]], repeat: int = 3) -> list[float]:
+    """:func:`best_of` for several functions at once, their runs taken in turn (round 1: each
+    function once, round 2: each once, ...): for a ratio of two figures, so that a spell of
+    load from other work on a shared machine falls on both sides of it, not on one."""
+    best = [float("inf")] * len(fns)
+    for _ in range(max(1, repeat)):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], best_of(fn, 1))
+    return best
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument(
