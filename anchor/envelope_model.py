@@ -239,8 +239,11 @@ class Reading:
         _check_text(self.device_id, "device_id")
         if not _DEVICE_ID.fullmatch(self.device_id):
             _malformed(f"device_id {_excerpt(self.device_id)} does not match {DEVICE_ID_PATTERN}")
-        _check_uint(self.seq, "seq", 1, _MAX_SEQ)
-        _check_uint(self.ts, "ts", 0, _MAX_INT)
+        # type() is int: not bool, which _check_uint refuses (and explains).
+        if type(self.seq) is not int or not 1 <= self.seq <= _MAX_SEQ:
+            _check_uint(self.seq, "seq", 1, _MAX_SEQ)
+        if type(self.ts) is not int or not 0 <= self.ts <= _MAX_INT:
+            _check_uint(self.ts, "ts", 0, _MAX_INT)
         if not _check_text(self.kind, "kind"):
             _malformed("kind must not be empty")
         # type() first: isinstance() against an ABC costs more than the rest of a check.
@@ -249,8 +252,14 @@ class Reading:
         for key, value in self.values.items():
             if type(key) is not str or not key.isascii():
                 _check_text(key, "a key in values")
-            # Fast path for the common finite float, so the message is only built on failure.
-            if type(value) is float and math.isfinite(value):
+            # Fast paths for the values _check_scalar passes, so the message is only built for
+            # the others (it then decides).
+            if (
+                (type(value) is float and math.isfinite(value))
+                or type(value) is bool
+                or (type(value) is int and _MIN_INT <= value <= _MAX_INT)
+                or (type(value) is str and value.isascii())
+            ):
                 continue
             _check_scalar(value, f"values[{_excerpt(key, 24)}]")
         if not isinstance(self.prev, bytes) or len(self.prev) != _PREV_SIZE:

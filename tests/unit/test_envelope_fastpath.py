@@ -105,8 +105,8 @@ def payloads(draw: st.DrawFn, jws: bool) -> dict[Any, Any]:
     prev = bytes(32) if seq == 1 else draw(st.binary(min_size=32, max_size=32))
     payload: dict[Any, Any] = {
         "device_id": draw(st.sampled_from(["aq-1", "dev.0_x-Y", "A" * 64])),
-        "seq": seq,
-        "ts": draw(st.integers(0, 2**64 - 1) | st.just(1_764_000_000_000)),
+        "seq": seq if not _chance(draw, 5) else draw(st.sampled_from([0, True, 2**64, 1.0])),
+        "ts": draw(st.integers(0, 2**64 - 1) | st.sampled_from([1_764_000_000_000, -1, 2**64])),
         "kind": draw(st.sampled_from(["iot.air_quality", "k"]) | st.text(min_size=1, max_size=5)),
         "values": draw(
             st.dictionaries(st.text(max_size=6), _GOOD_SCALARS, max_size=5)
@@ -114,6 +114,12 @@ def payloads(draw: st.DrawFn, jws: bool) -> dict[Any, Any]:
         ),
         "prev": prev.hex() if jws else prev,
     }
+    if _chance(draw, 20):
+        # A value at the edge of what values may hold (the Reading checks take shortcuts).
+        edge = ["\ud800", "\u00e9", 2**64 - 1, 2**64, -(2**64), -(2**64) - 1, True, None]
+        edge += [float("nan"), float("-inf"), b"x", [1], 0.5]
+        key = draw(st.sampled_from(["\u00e9", "\ud800", "k"]) | st.text(max_size=3))
+        payload["values"] = {**payload["values"], key: draw(st.sampled_from(edge))}
     if draw(st.booleans()):
         extra = draw(st.dictionaries(st.text(max_size=6), _VALUES, max_size=2))
         payload.update({k: v for k, v in extra.items() if k not in payload})
