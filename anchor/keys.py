@@ -225,17 +225,20 @@ class PublicKey:
     key_type: str
     raw: bytes
     _key: _PublicObject = field(init=False, repr=False, compare=False, hash=False)
+    _kid: bytes = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         _check_key_type(self.key_type)
         if not isinstance(self.raw, bytes):
             raise KeyMaterialError(f"raw key must be bytes, got {type(self.raw).__name__}")
         object.__setattr__(self, "_key", _load_public(self.key_type, self.raw))
+        # Once, not per envelope: verify_envelope compares it with every envelope's kid.
+        object.__setattr__(self, "_kid", jwk_thumbprint(self.to_jwk()))
 
     @property
     def kid(self) -> bytes:
         """32 raw bytes: the RFC 7638 SHA-256 thumbprint of :meth:`to_jwk`."""
-        return jwk_thumbprint(self.to_jwk())
+        return self._kid
 
     def to_jwk(self) -> dict[str, str]:
         """The public JWK (RFC 8037 section 2 / RFC 7518 section 6.2.1), required members only."""
