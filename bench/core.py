@@ -11,6 +11,11 @@ Sections (each a function ``BenchConfig -> dict`` in :data:`SECTIONS`, merged in
   does (one ``0x01 || left || right`` per interior node) with none of its bookkeeping.
   ``tree_ratio = baseline_time / tree_time`` (1.0 = no overhead; we aim for >= 0.5). Also all
   N inclusion proofs at once, and ``verify_inclusion`` calls per second.
+* ``envelope_section``: parse + verify of N signed envelopes (quick 2k, full 10k) against raw
+  ``cryptography`` verification of the same signatures with keys and messages ready
+  (``verify_ratio``), and verify-only of parsed envelopes (``verify_only_ratio``). The three are
+  timed in CPU time of this process and in turns (``best_of_interleaved``), so that other work
+  on a shared machine does not land on one side of a ratio only.
 
 Adding a section (envelope verification -> ``verify_ratio``, receipts, ...): write
 ``def envelope_section(cfg: BenchConfig) -> dict[str, Any]`` measuring both the thing and its
