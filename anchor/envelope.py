@@ -41,6 +41,13 @@ here. :mod:`anchor.envelope_model` holds the limits, the allow-list, the errors,
 :class:`Reading` and :class:`Envelope`; :mod:`anchor.envelope_cose` and
 :mod:`anchor.envelope_jws` hold the two codecs. None of them imports this module.
 
+Speed without a second rulebook: each codec first tries ``_parse_canonical``, which recognises
+the one layout a device's signer produces (outer structure and protected header compared byte
+by byte, the payload checked in full) and returns None for anything else; everything it does not
+accept, every rejection included, goes to the codec's ``_parse_general``, the rules above in
+their order. tests/unit/test_envelope_fastpath.py holds the result against the parser from
+before the shortcuts (tests/envelope_oracle): same acceptance, fields, reason and message.
+
 Pure: bytes in, bytes out, no I/O, no logging. Every failure is an
 :class:`~anchor.errors.EnvelopeError` with a stable ``reason`` (see ``docs/reason-codes.md``);
 messages quote device-supplied text only as a short ``repr()`` excerpt.

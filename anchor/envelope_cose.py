@@ -35,6 +35,7 @@ from anchor.envelope_model import (
     _malformed,
     _non_canonical,
 )
+from anchor.errors import EnvelopeError
 from anchor.keys import SIGNATURE_SIZE, PrivateKey
 
 __all__ = ["parse_cose", "sign_cose"]
@@ -98,33 +99,48 @@ def _fits(fmt: str, value: float) -> bool:
     return struct.pack(">d", narrow) == struct.pack(">d", value) and not math.isnan(value)
 
 
+def _float_end(data: bytes, pos: int, info: int) -> int:
+    # Major type 7 after its initial byte (section 3.3): simple values and floats. Section
+    # 4.2.1 asks for the preferred serialization: a float in the shortest of half, single,
+    # double that keeps its value.
+    if info < 24:
+        return pos
+    if info == 24:
+        return pos + 1
+    if info == 25:
+        return pos + 2
+    if info == 26:
+        if _fits(">e", struct.unpack_from(">f", data, pos)[0]):
+            raise _NotDeterministic("a single-precision float that fits in half precision")
+        return pos + 4
+    if info == 27:
+        if _fits(">f", struct.unpack_from(">d", data, pos)[0]):
+            raise _NotDeterministic("a double-precision float that fits in single precision")
+        return pos + 8
+    raise _NotDeterministic("an indefinite-length item or a reserved simple value")
+
+
+# Initial bytes of the items that are complete in one byte and always shortest: integers
+# 0..23 and -1..-24 (majors 0, 1), and simple values 0..23 (false, true, null, ...).
+_ONE_BYTE_ITEM = tuple((b < 0x38 and (b & 0x1F) < 24) or 0xE0 <= b < 0xF8 for b in range(256))
+# Byte and text strings shorter than 24 bytes (majors 2, 3 with the length in the initial byte).
+_SHORT_STRING = tuple(0x40 <= b < 0x58 or 0x60 <= b < 0x78 for b in range(256))
+
+
 def _deterministic_item(data: bytes, pos: int) -> int:
     """Check the CBOR item at ``pos`` against RFC 8949 section 4.2.1; return where it ends.
 
     Precondition: ``data`` was decoded by :func:`_cbor_decode` (well-formed, definite lengths,
     depth <= :data:`MAX_CBOR_DEPTH`, so the recursion is shallow). Raises ``_NotDeterministic``.
+    The elements of arrays and maps that are a one-byte item, a short string or a half float
+    (nearly all of a reading) are stepped over inline, without a call: the same rules, fewer
+    Python frames (tests/unit/test_envelope_fastpath.py checks it against the plain walk).
     """
     initial = data[pos]
     major, info = initial >> 5, initial & 0x1F
     pos += 1
     if major == 7:
-        # Simple values and floats (section 3.3). Section 4.2.1 asks for the preferred
-        # serialization: a float in the shortest of half, single, double that keeps its value.
-        if info < 24:
-            return pos
-        if info == 24:
-            return pos + 1
-        if info == 25:
-            return pos + 2
-        if info == 26:
-            if _fits(">e", struct.unpack_from(">f", data, pos)[0]):
-                raise _NotDeterministic("a single-precision float that fits in half precision")
-            return pos + 4
-        if info == 27:
-            if _fits(">f", struct.unpack_from(">d", data, pos)[0]):
-                raise _NotDeterministic("a double-precision float that fits in single precision")
-            return pos + 8
-        raise _NotDeterministic("an indefinite-length item or a reserved simple value")
+        return _float_end(data, pos, info)
     if info < 24:
         argument = info
     elif info < 28:
@@ -136,27 +152,50 @@ def _deterministic_item(data: bytes, pos: int) -> int:
             raise _NotDeterministic(f"a {size}-byte argument {argument} (not the shortest head)")
     else:
         raise _NotDeterministic("an indefinite-length item")
-    if major in (2, 3):
+    if major < 2:
+        return pos  # the argument is the value
+    if major < 4:
         return pos + argument
-    if major == 4:
-        for _ in range(argument):
-            pos = _deterministic_item(data, pos)
-        return pos
-    if major == 5:
-        # Keys sorted by the bytewise lexicographic order of their deterministic encodings.
-        previous = b""
-        for i in range(argument):
-            start = pos
-            pos = _deterministic_item(data, pos)
-            key = data[start:pos]
-            if i and key <= previous:
-                raise _NotDeterministic("map keys not in bytewise order of their encodings")
-            previous = key
-            pos = _deterministic_item(data, pos)
-        return pos
     if major == 6:
         return _deterministic_item(data, pos)
-    return pos  # major 0 and 1: the argument is the value
+    one_byte, short_string = _ONE_BYTE_ITEM, _SHORT_STRING
+    if major == 4:
+        for _ in range(argument):
+            b = data[pos]
+            if one_byte[b]:
+                pos += 1
+            elif short_string[b]:
+                pos += 1 + (b & 0x1F)
+            elif b == 0xF9:
+                pos += 3
+            else:
+                pos = _deterministic_item(data, pos)
+        return pos
+    # Major 5: keys sorted by the bytewise lexicographic order of their deterministic encodings.
+    previous = b""
+    for i in range(argument):
+        start = pos
+        b = data[pos]
+        if short_string[b]:
+            pos += 1 + (b & 0x1F)
+        elif one_byte[b]:
+            pos += 1
+        else:
+            pos = _deterministic_item(data, pos)
+        key = data[start:pos]
+        if i and key <= previous:
+            raise _NotDeterministic("map keys not in bytewise order of their encodings")
+        previous = key
+        b = data[pos]
+        if one_byte[b]:
+            pos += 1
+        elif short_string[b]:
+            pos += 1 + (b & 0x1F)
+        elif b == 0xF9:
+            pos += 3
+        else:
+            pos = _deterministic_item(data, pos)
+    return pos
 
 
 def _check_deterministic(data: bytes, what: str) -> None:
@@ -174,9 +213,82 @@ def _sig_structure(protected: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(["Signature1", protected, b"", payload], canonical=True)
 
 
+# The one spelling a device's signer produces (sign_cose), byte by byte up to the payload:
+# tag 18, an array of 4, the protected header as a 38-byte bstr holding the map {1: alg, 4: kid}
+# (keys in order, alg a one-byte negative integer, kid a 32-byte bstr), and the empty map.
+_CANONICAL_ALG_BYTES = {0x20 + (-1 - alg_id): name for alg_id, name in COSE_ALG_NAMES.items()}
+_PROTECTED_PREFIX = bytes([0xA2, _H_ALG])  # map of 2, label 1, then the alg byte
+_KID_HEAD = bytes([_H_KID, 0x58, _KID_SIZE])  # label 4, bstr of 32
+_SIGNATURE_HEAD = bytes([0x58, SIGNATURE_SIZE])
+_SIG_STRUCTURE_HEAD = cbor2.dumps("Signature1")  # after the array head 0x84
+_EMPTY_BSTR = b"\x40"
+
+
+def _parse_canonical(raw: bytes) -> Envelope | None:
+    """The envelope of ``raw`` if it is laid out exactly as the signer lays it out, else None.
+
+    Consensus-critical shortcut, never a second set of rules: what it accepts,
+    :func:`_parse_general` accepts with the same result (tests/unit/test_envelope_fastpath.py
+    checks this on random and mutated envelopes), and everything else, every rejection
+    included, goes to :func:`_parse_general`, so reasons and messages come from one place.
+    The outer message and the protected header are checked byte by byte against the single
+    spelling the wire format allows for them, which is every structural, header and
+    deterministic-form rule of theirs at once; the payload gets the same strict decode,
+    Reading checks, deterministic-form walk and low-S check as in the general parse.
+    """
+    # 0: tag 18, 1: array of 4, 2-3: bstr of 38, 4-41: {1: alg, 4: kid}, 42: {}, 43: payload.
+    if len(raw) < 112 or raw[0:4] != b"\xd2\x84\x58\x26" or raw[42] != 0xA0:
+        return None
+    alg = _CANONICAL_ALG_BYTES.get(raw[6])
+    if alg is None or raw[4:6] != _PROTECTED_PREFIX or raw[7:10] != _KID_HEAD:
+        return None
+    # The payload bstr head, in its shortest form (section 4.2.1); an envelope is at most 16 KiB.
+    head = raw[43]
+    if 0x40 <= head < 0x58:
+        start, size = 44, head - 0x40
+    elif head == 0x58 and raw[44] >= 24:
+        start, size = 45, raw[44]
+    elif head == 0x59 and raw[44] != 0:
+        start, size = 46, int.from_bytes(raw[44:46], "big")
+    else:
+        return None
+    end = start + size
+    if len(raw) != end + 2 + SIGNATURE_SIZE or raw[end : end + 2] != _SIGNATURE_HEAD:
+        return None
+    payload_bytes = raw[start:end]
+    signature = raw[end + 2 :]
+    try:
+        reading = Reading.from_payload(_cbor_decode(payload_bytes, "COSE payload"), FORMAT_COSE)
+        _check_deterministic(payload_bytes, "COSE payload")
+        _check_low_s(alg, signature)
+    except EnvelopeError:
+        return None  # _parse_general says why, in its own order
+    return Envelope(
+        format=FORMAT_COSE,
+        alg=alg,
+        kid=raw[10:42],
+        reading=reading,
+        raw=raw,
+        # RFC 9052 section 4.4, as _sig_structure builds it: the received protected-header
+        # and payload byte strings, heads included (both in their shortest form, checked above).
+        signed_bytes=b"".join((b"\x84", _SIG_STRUCTURE_HEAD, raw[2:42], _EMPTY_BSTR, raw[43:end])),
+        signature=signature,
+    )
+
+
 def parse_cose(raw: bytes) -> Envelope:
     """Parse a COSE_Sign1 envelope (size already bounded by the caller); raises the parse errors
-    of :func:`anchor.envelope.parse_envelope`."""
+    of :func:`anchor.envelope.parse_envelope`.
+
+    An envelope spelt exactly as devices spell it takes a shortcut (:func:`_parse_canonical`)
+    with the same result; every other input, and every rejection, is :func:`_parse_general`'s.
+    """
+    envelope = _parse_canonical(raw)
+    return envelope if envelope is not None else _parse_general(raw)
+
+
+def _parse_general(raw: bytes) -> Envelope:
+    """Parse any COSE_Sign1 envelope under every rule, in the documented order."""
     # RFC 9052 section 4.2: COSE_Sign1 = [protected: bstr, unprotected: map, payload: bstr / nil,
     # signature: bstr], optionally wrapped in tag 18, which is the only tag allowed anywhere.
     body = raw[1:] if raw[0] == _COSE_SIGN1_TAG else raw

@@ -34,6 +34,7 @@ from anchor.envelope_model import (
     _non_canonical,
     _reject_bytes,
 )
+from anchor.errors import EnvelopeError
 from anchor.keys import SIGNATURE_SIZE, PrivateKey, b64url_decode, b64url_encode
 from anchor.wire import JsonRejected, strict_loads
 
@@ -91,9 +92,84 @@ def _segment_spelling(text: str, what: str) -> tuple[bytes, bool]:
     return data, not padding and b64url_encode(data) == body
 
 
+# The protected header as sign_jws writes it: compact JSON, alg then kid, nothing else.
+_CANONICAL_HEADER = re.compile(
+    rb'\{"alg":"('
+    + b"|".join(re.escape(a.encode()) for a in sorted(ALLOWED_ALGS))
+    + rb')","kid":"([A-Za-z0-9_-]{43})"\}'
+)
+
+
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_URL_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
+def _canonical_segment(text: bytes) -> bytes | None:
+    """What :func:`_segment_spelling` decodes ``text`` to when it says canonical (unpadded
+    base64url, zero trailing bits), else None; in C calls only, for the shortcut."""
+    if len(text) % 4 == 1 or text.translate(None, _B64URL_ALPHABET):
+        return None  # an impossible length, or a byte outside the alphabet (``=`` included)
+    standard = text.translate(_URL_TO_STANDARD)
+    data = binascii.a2b_base64(standard + b"=" * (-len(text) % 4))
+    # Canonical: encoding the bytes again gives the same text (so no non-zero trailing bits).
+    return data if binascii.b2a_base64(data, newline=False).rstrip(b"=") == standard else None
+
+
+def _parse_canonical(raw: bytes) -> Envelope | None:
+    """The envelope of ``raw`` if its protected header is spelt exactly as the signer spells
+    it and every segment is canonical base64url, else None.
+
+    Consensus-critical shortcut, never a second set of rules: what it accepts,
+    :func:`_parse_general` accepts with the same result (tests/unit/test_envelope_fastpath.py
+    checks this on random and mutated envelopes), and everything else, every rejection
+    included, goes to :func:`_parse_general`. The header pattern admits only JSON that the
+    strict loader reads as ``{"alg": <allowed>, "kid": <43 base64url chars>}``, which passes
+    every header rule but the kid's decoding, done here by the same function; the payload gets
+    the same strict JSON, Reading and low-S checks as in the general parse.
+    """
+    parts = raw.split(b".")
+    if len(parts) != 3:
+        return None
+    header_b64, payload_b64, signature_b64 = parts
+    header_bytes = _canonical_segment(header_b64)
+    match = None if header_bytes is None else _CANONICAL_HEADER.fullmatch(header_bytes)
+    if match is None:
+        return None
+    payload_bytes = _canonical_segment(payload_b64)
+    signature = _canonical_segment(signature_b64)
+    kid = _canonical_segment(match.group(2))
+    if not payload_bytes or signature is None or len(signature) != SIGNATURE_SIZE or kid is None:
+        return None
+    alg = match.group(1).decode("ascii")
+    try:
+        reading = Reading.from_payload(_json_object(payload_bytes, "JWS payload"), FORMAT_JWS)
+        _check_low_s(alg, signature)
+    except EnvelopeError:
+        return None  # _parse_general says why, in its own order
+    return Envelope(
+        format=FORMAT_JWS,
+        alg=alg,
+        kid=kid,
+        reading=reading,
+        raw=raw,
+        signed_bytes=raw[: len(header_b64) + 1 + len(payload_b64)],
+        signature=signature,
+    )
+
+
 def parse_jws(raw: bytes) -> Envelope:
     """Parse a JWS compact envelope (size already bounded by the caller, ASCII with two dots);
-    raises the parse errors of :func:`anchor.envelope.parse_envelope`."""
+    raises the parse errors of :func:`anchor.envelope.parse_envelope`.
+
+    An envelope spelt exactly as devices spell it takes a shortcut (:func:`_parse_canonical`)
+    with the same result; every other input, and every rejection, is :func:`_parse_general`'s.
+    """
+    envelope = _parse_canonical(raw)
+    return envelope if envelope is not None else _parse_general(raw)
+
+
+def _parse_general(raw: bytes) -> Envelope:
+    """Parse any JWS compact envelope under every rule, in the documented order."""
     # RFC 7515 section 7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature).
     header_b64, payload_b64, signature_b64 = raw.decode("ascii").split(".")
     segments = [

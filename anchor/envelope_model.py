@@ -84,6 +84,7 @@ _MIN_INT, _MAX_INT = -(2**64), 2**64 - 1
 _DEVICE_ID = DEVICE_ID_RE  # the one rule: anchor.device_id
 _PREV_HEX = re.compile(r"[0-9a-f]{64}")
 _CORE_KEYS = ("device_id", "seq", "ts", "kind", "values", "prev")
+_CORE_KEY_SET = frozenset(_CORE_KEYS)
 
 
 class MalformedEnvelope(EnvelopeError):
@@ -155,6 +156,8 @@ def _non_canonical(detail: str) -> NoReturn:
 
 
 def _check_text(value: object, what: str) -> str:
+    if type(value) is str and value.isascii():
+        return value  # the common case, and ASCII has no surrogates
     if not isinstance(value, str):
         _malformed(f"{what} must be text, got {type(value).__name__}")
     try:
@@ -236,23 +239,34 @@ class Reading:
         _check_text(self.device_id, "device_id")
         if not _DEVICE_ID.fullmatch(self.device_id):
             _malformed(f"device_id {_excerpt(self.device_id)} does not match {DEVICE_ID_PATTERN}")
-        _check_uint(self.seq, "seq", 1, _MAX_SEQ)
-        _check_uint(self.ts, "ts", 0, _MAX_INT)
+        # type() is int: not bool, which _check_uint refuses (and explains).
+        if type(self.seq) is not int or not 1 <= self.seq <= _MAX_SEQ:
+            _check_uint(self.seq, "seq", 1, _MAX_SEQ)
+        if type(self.ts) is not int or not 0 <= self.ts <= _MAX_INT:
+            _check_uint(self.ts, "ts", 0, _MAX_INT)
         if not _check_text(self.kind, "kind"):
             _malformed("kind must not be empty")
-        if not isinstance(self.values, Mapping):
+        # type() first: isinstance() against an ABC costs more than the rest of a check.
+        if type(self.values) is not dict and not isinstance(self.values, Mapping):
             _malformed(f"values must be a map, got {type(self.values).__name__}")
         for key, value in self.values.items():
-            _check_text(key, "a key in values")
-            # Fast path for the common finite float, so the message is only built on failure.
-            if type(value) is float and math.isfinite(value):
+            if type(key) is not str or not key.isascii():
+                _check_text(key, "a key in values")
+            # Fast paths for the values _check_scalar passes, so the message is only built for
+            # the others (it then decides).
+            if (
+                (type(value) is float and math.isfinite(value))
+                or type(value) is bool
+                or (type(value) is int and _MIN_INT <= value <= _MAX_INT)
+                or (type(value) is str and value.isascii())
+            ):
                 continue
             _check_scalar(value, f"values[{_excerpt(key, 24)}]")
         if not isinstance(self.prev, bytes) or len(self.prev) != _PREV_SIZE:
             _malformed("prev must be 32 bytes")
         if self.seq == 1 and self.prev != _ZERO_PREV:
             _malformed("prev must be 32 zero bytes for seq 1")
-        if not isinstance(self.extra, Mapping):
+        if type(self.extra) is not dict and not isinstance(self.extra, Mapping):
             _malformed(f"extra must be a map, got {type(self.extra).__name__}")
         for key, value in self.extra.items():
             _check_text(key, "a payload key")
@@ -289,8 +303,8 @@ class Reading:
         for key in payload:
             if not isinstance(key, str):
                 _malformed(f"payload key {_excerpt(key)} is not text")
-        missing = [k for k in _CORE_KEYS if k not in payload]
-        if missing:
+        if not payload.keys() >= _CORE_KEY_SET:
+            missing = [k for k in _CORE_KEYS if k not in payload]
             _malformed(f"payload lacks {', '.join(missing)}")
         values = payload["values"]
         if not isinstance(values, dict):
@@ -302,7 +316,10 @@ class Reading:
             prev = bytes.fromhex(prev)
         elif not isinstance(prev, bytes):
             _malformed(f"prev must be a byte string, got {type(prev).__name__}")
-        extra = {k: v for k, v in payload.items() if k not in _CORE_KEYS}
+        # All six core keys are there (above): any further key is an extra one.
+        extra = (
+            {k: v for k, v in payload.items() if k not in _CORE_KEYS} if len(payload) > 6 else {}
+        )
         if format == FORMAT_JWS:
             # JSON has no byte strings; _check_extra accepts them only for COSE's sake.
             _reject_bytes(extra)

@@ -31,7 +31,7 @@ import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -184,6 +184,7 @@ def _check_key_type(key_type: object) -> None:
 
 
 _PublicObject = Ed25519PublicKey | ec.EllipticCurvePublicKey
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # immutable; built once, not per signature
 _PrivateObject = Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
@@ -224,17 +225,20 @@ class PublicKey:
     key_type: str
     raw: bytes
     _key: _PublicObject = field(init=False, repr=False, compare=False, hash=False)
+    _kid: bytes = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         _check_key_type(self.key_type)
         if not isinstance(self.raw, bytes):
             raise KeyMaterialError(f"raw key must be bytes, got {type(self.raw).__name__}")
         object.__setattr__(self, "_key", _load_public(self.key_type, self.raw))
+        # Once, not per envelope: verify_envelope compares it with every envelope's kid.
+        object.__setattr__(self, "_kid", jwk_thumbprint(self.to_jwk()))
 
     @property
     def kid(self) -> bytes:
         """32 raw bytes: the RFC 7638 SHA-256 thumbprint of :meth:`to_jwk`."""
-        return jwk_thumbprint(self.to_jwk())
+        return self._kid
 
     def to_jwk(self) -> dict[str, str]:
         """The public JWK (RFC 8037 section 2 / RFC 7518 section 6.2.1), required members only."""
@@ -287,14 +291,17 @@ class PublicKey:
             size = len(signature) if isinstance(signature, bytes) else type(signature).__name__
             raise BadSignature(f"{self.key_type} signature must be 64 bytes, got {size}")
         try:
-            if isinstance(self._key, Ed25519PublicKey):
-                self._key.verify(signature, message)
+            # key_type, not isinstance(): _key was loaded for key_type (__post_init__), and an
+            # isinstance() against cryptography's abstract classes costs about as much as the
+            # rest of this method around the signature check.
+            if self.key_type == ED25519:
+                cast(Ed25519PublicKey, self._key).verify(signature, message)
             else:
                 # RFC 7518 section 3.4: r and s as 32-byte big-endian integers, concatenated.
                 r = int.from_bytes(signature[:_FIELD_SIZE], "big")
                 s = int.from_bytes(signature[_FIELD_SIZE:], "big")
                 der = encode_dss_signature(r, s)
-                self._key.verify(der, message, ec.ECDSA(hashes.SHA256()))
+                cast(ec.EllipticCurvePublicKey, self._key).verify(der, message, _ECDSA_SHA256)
         except InvalidSignature as exc:
             raise BadSignature(f"{self.key_type} signature does not verify") from exc
 

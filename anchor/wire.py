@@ -105,13 +105,19 @@ def strict_decoder() -> json.JSONDecoder:
     )
 
 
+_STRICT = strict_decoder()
+
+
 def strict_loads(text: str | bytes, *, max_depth: int) -> Any:
     """RFC 8259 JSON only: nesting at most ``max_depth`` (counted before ``json.loads``
     recurses), no duplicate object keys, no ``NaN``/``Infinity``; ``bytes`` must be UTF-8
     (never guessed as UTF-16/32). Raises :class:`JsonRejected`.
     """
     data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
-    if nesting_depth(data, max_depth) > max_depth:
+    # Every opening bracket, in a string or not, counts towards this sum, so it bounds the
+    # depth from above: only a document with more brackets than the bound needs the scan.
+    if (data.count(b"[") + data.count(b"{") > max_depth
+            and nesting_depth(data, max_depth) > max_depth):  # fmt: skip
         raise JsonRejected(f"JSON nests deeper than {max_depth}")
     if isinstance(text, bytes):
         try:
@@ -119,9 +125,11 @@ def strict_loads(text: str | bytes, *, max_depth: int) -> Any:
         except UnicodeDecodeError as exc:
             raise JsonRejected(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(
-            text, object_pairs_hook=_pairs_without_duplicates, parse_constant=_no_constants
-        )
+        if text.startswith("\ufeff"):
+            # What json.loads does before decoding (its message), which _STRICT.decode skips.
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        # One decoder for every call: json.loads would build a new one each time.
+        return _STRICT.decode(text)
     except JsonRejected:
         raise
     except json.JSONDecodeError as exc:

@@ -32,8 +32,11 @@ Section = Callable[[BenchConfig], Figures]
 """One part of a bench: measures something and returns its figures (merged into the JSON)."""
 
 
-def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
-    """The shortest of ``repeat`` wall-clock runs of ``fn()``, in seconds (``perf_counter``).
+def best_of(
+    fn: Callable[[], object], repeat: int = 3, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The shortest of ``repeat`` wall-clock runs of ``fn()``, in seconds (``perf_counter``;
+    ``clock=time.process_time`` for the CPU time of this process instead).
 
     The garbage collector is off while ``fn`` runs (as ``timeit`` does), so a collection
     triggered by the setup of one run is not billed to the next; it is collected in between.
@@ -44,12 +47,27 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
         gc.collect()
         gc.disable()
         try:
-            start = time.perf_counter()
+            start = clock()
             fn()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
         finally:
             gc.enable()
         best = min(best, elapsed)
+    return best
+
+
+def best_of_interleaved(
+    fns: Sequence[Callable[[], object]],
+    repeat: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """:func:`best_of` for several functions at once, their runs taken in turn (round 1: each
+    function once, round 2: each once, ...): for a ratio of two figures, so that a spell of
+    load from other work on a shared machine falls on both sides of it, not on one."""
+    best = [float("inf")] * len(fns)
+    for _ in range(max(1, repeat)):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], best_of(fn, 1, clock))
     return best
 
 
