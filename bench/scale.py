@@ -7,7 +7,7 @@ Everything runs privately on this machine (a PostgreSQL of its own, in a tempora
 unless ``--keep``/``--reuse``), against stable interfaces only: :meth:`anchor.store.Store.seal`,
 ``migrate`` and ``ensure_partitions``, the ``cityanchor api`` process over HTTP and the CLI.
 
-* **Fill** (bench/_fill.py). ``readings`` readings (default 10,000,000; ``--quick`` 200,000;
+* **Fill** (bench/_fill.py). ``readings`` readings (default 10,000,000; ``--quick`` 50,000;
   ``--huge`` 100,000,000 after checking free disk) from the simulator's fleet mix
   (devices.simulator.make_fleet: six IoT kinds and 5G, 20% P-256 keys, 30% JWS signers, the
   simulator's value generators; 100 devices, 1 more per 10,000 readings above 1M), every one a
@@ -86,7 +86,9 @@ from anchor.local import PostgresServer, free_port
 from anchor.store import Store
 
 DEFAULT_READINGS = 10_000_000
-QUICK_READINGS = 200_000
+# 50,000: the fill costs ~0.5 ms of CPU a reading (signing, parsing, sealing), so 200,000 would
+# take most of a minute on two idle cores before anything is measured.
+QUICK_READINGS = 50_000
 HUGE_READINGS = 100_000_000
 MONTHS = 13
 BATCH = 1000
@@ -282,8 +284,12 @@ def open_data(base: Path, readings: int, *, must_exist: bool, cores: int) -> Dat
     pg = PostgresServer(base / "pg")
     pg.start()
     data = Data(base, pg, plan, devices, operator, doc)
-    asyncio.run(_fill_store(data, cores))
-    pg.psql("ANALYZE")
+    try:
+        asyncio.run(_fill_store(data, cores))
+        pg.psql("ANALYZE")
+    except BaseException:
+        pg.stop()
+        raise
     data.save()
     return data
 
