@@ -265,7 +265,9 @@ def open_data(base: Path, readings: int, *, must_exist: bool, cores: int) -> Dat
     plan = plan_for(readings)
     devices = make_devices(plan.devices, simulated=True)
     operator = generate_note_key(ORIGIN)
-    (base / "operator.skey").write_text(operator.skey() + "\n")
+    skey = base / "operator.skey"
+    skey.touch(0o600)
+    skey.write_text(operator.skey() + "\n")
     doc: dict[str, Any] = {
         "plan": _plan_doc(plan),
         "fleet": [
@@ -529,7 +531,7 @@ def archive_figures(data: Data, work: Path) -> dict[str, Any]:
         return {
             "archive": None,
             "archive_reason": f"`cityanchor {' '.join(args[:3])}` exited {done.returncode}: "
-            + (done.stderr or done.stdout)[-400:].strip(),
+            + (done.stderr or done.stdout).replace(data.pg.dsn, "DSN")[-400:].strip(),
         }
     files, size = _tree_bytes(out)
     # Only the data dir's copy of the store changed; its manifest says the month is gone.
@@ -548,7 +550,7 @@ def archive_figures(data: Data, work: Path) -> dict[str, Any]:
             "file_bytes": size,
             "file_bytes_per_reading": size / gone if gone else math.nan,
             "db_bytes_freed": db_before - db_after,
-            "output_tail": done.stdout[-300:],
+            "output_tail": done.stdout.replace(data.pg.dsn, "DSN")[-300:],
         },
         "archive_reason": None,
     }
