@@ -562,6 +562,7 @@ def archive_figures(data: Data, work: Path) -> dict[str, Any]:
 def measure(base: Path, readings: int, *, quick: bool, repeat: int, must_exist: bool) -> dict:
     data = open_data(base, readings, must_exist=must_exist, cores=os.cpu_count() or 1)
     work = Path(tempfile.mkdtemp(prefix="cityanchor-bench-scale-run-"))
+    os.chmod(work, 0o711)  # an archive command may have PostgreSQL write below it
     try:
         figures: dict[str, Any] = {
             "readings": data.doc["readings_live"],
