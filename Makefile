@@ -45,6 +45,8 @@ bench: install
 	$(PY) bench/anchoring.py
 	$(PY) bench/broker_persistence.py
 	$(PY) bench/witness.py
+	# 10M readings over 13 months (about an hour on 2 cores; --keep DIR reuses the fill).
+	$(PY) bench/scale.py
 
 # The fault campaign (bench/faults.py): every fault of issue 11 under 200 readings/s, both
 # device sides; the tables go to docs/reliability.md. `make test` runs its quick mode
