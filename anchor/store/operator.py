@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from anchor.errors import Reason
+from anchor.store import packed
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
 from anchor.store.records import rfc3339
@@ -314,8 +315,9 @@ async def erase_reading(
 ) -> tuple[Tombstone, bool]:
     """Erase a reading's envelope and record its tombstone, in one transaction.
 
-    Sets ``readings.envelope`` to NULL; ``leaf_hash``, ``batch_id``, ``batch_index`` and every
-    log node stay, so all proofs stay valid. Idempotent: erasing an erased reading changes
+    Overwrites the envelope's bytes in its batch's packed row (``reading_batches``, sql/009)
+    with zeros; the leaf hash, the reading's place and every log node stay, so all proofs stay
+    valid. Idempotent: erasing an erased reading changes
     nothing and returns the first tombstone with ``False`` (``True`` when erased now).
     Raises ``StoreError``: ``not_found``, ``device_id_invalid``.
     """
@@ -324,8 +326,9 @@ async def erase_reading(
         raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
     async with store._connection("erase_reading") as conn, conn.transaction():
         row = await conn.fetchrow(
-            "SELECT leaf_hash, received_at FROM reading_seqs WHERE device_id = $1 AND seq = $2 "
-            "FOR UPDATE",
+            f"SELECT s.batch_id, bt.sealed_at, o.lo, o.hi, {packed.LEAF_SQL} AS leaf_hash, "
+            f"{packed.ENVELOPE_SQL} AS envelope FROM reading_seqs s {packed.PACKED_JOIN} "
+            f"{packed.OFFSETS_SQL} WHERE s.device_id = $1 AND s.seq = $2 FOR UPDATE OF s",
             device_id,
             seq,
         )
@@ -338,22 +341,29 @@ async def erase_reading(
         )
         if existing is not None:
             return _tombstone(existing), False
+        # The envelope's bytes in its batch's packed row become zeros (same length: no other
+        # reading's offset moves); the leaf stays, so every proof stays valid. The row's old
+        # version, like any updated row's, is gone once VACUUM has run.
         await conn.execute(
-            "UPDATE readings SET envelope = NULL "
-            "WHERE device_id = $1 AND seq = $2 AND received_at = $3",
-            device_id,
-            seq,
-            row["received_at"],
+            "UPDATE reading_batches SET envelopes = overlay(envelopes PLACING "
+            "decode(repeat('00', $4), 'hex') FROM $3 + 1 FOR $4) "
+            "WHERE batch_id = $1 AND sealed_at = $2",
+            row["batch_id"],
+            row["sealed_at"],
+            row["lo"],
+            row["hi"] - row["lo"],
         )
         created = await conn.fetchrow(
             "INSERT INTO reading_erasures (device_id, seq, leaf_hash, actor, token_id, "
-            f"legal_reason) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_TOMBSTONE_COLUMNS}",
+            f"legal_reason, format) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            f"RETURNING {_TOMBSTONE_COLUMNS}",
             device_id,
             seq,
             row["leaf_hash"],
             actor[:200],
             token_id,
             legal_reason,
+            packed.envelope_format(bytes(row["envelope"])),
         )
     return _tombstone(created), True
 
