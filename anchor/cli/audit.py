@@ -90,7 +90,8 @@ async def _name_readings(conn: Any, damaged: Sequence[tuple[int, int, str]]) -> 
     names = {
         (r["batch_id"], r["batch_index"]): f"{r['device_id']} seq {r['seq']}"
         for r in await conn.fetch(
-            "SELECT s.batch_id, s.batch_index, s.device_id, s.seq FROM reading_seqs s "
+            "SELECT s.batch_id, s.batch_index, d.device_id, s.seq FROM reading_seqs s "
+            "JOIN devices d ON d.num = s.device_num "
             "JOIN unnest($1::bigint[], $2::int[]) AS k(batch_id, batch_index) "
             "ON s.batch_id = k.batch_id AND s.batch_index = k.batch_index",
             [d[0] for d in damaged],

@@ -221,8 +221,8 @@ class DevicesMixin(StoreBase):
             return None
         async with self._connection("reading_received_at") as conn:
             when: datetime | None = await conn.fetchval(
-                f"SELECT s.received_at FROM reading_seqs s {packed.PACKED_JOIN} "
-                f"WHERE s.device_id = $1 AND s.seq = $2 AND {packed.LEAF_SQL} = $3",
+                f"SELECT s.received_at FROM {packed.SEQS} {packed.PACKED_JOIN} "
+                f"WHERE d.device_id = $1 AND s.seq = $2 AND {packed.LEAF_SQL} = $3",
                 device_id,
                 seq,
                 leaf_hash,

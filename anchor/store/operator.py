@@ -327,8 +327,8 @@ async def erase_reading(
     async with store._connection("erase_reading") as conn, conn.transaction():
         row = await conn.fetchrow(
             f"SELECT s.batch_id, bt.sealed_at, o.lo, o.hi, {packed.LEAF_SQL} AS leaf_hash, "
-            f"{packed.ENVELOPE_SQL} AS envelope FROM reading_seqs s {packed.PACKED_JOIN} "
-            f"{packed.OFFSETS_SQL} WHERE s.device_id = $1 AND s.seq = $2 FOR UPDATE OF s",
+            f"{packed.ENVELOPE_SQL} AS envelope FROM {packed.SEQS} {packed.PACKED_JOIN} "
+            f"{packed.OFFSETS_SQL} WHERE d.device_id = $1 AND s.seq = $2 FOR UPDATE OF s",
             device_id,
             seq,
         )
@@ -393,9 +393,9 @@ async def seal_latencies(store: StoreBase, *, after_batch: int) -> tuple[list[fl
     """
     async with store._connection("seal_latencies") as conn:
         rows = await conn.fetch(
-            "SELECT b.id, greatest(0, extract(epoch FROM b.sealed_at - min(s.received_at))) "
-            "AS latency FROM batches b JOIN reading_seqs s ON s.batch_id = b.id "
-            "WHERE b.id > $1 GROUP BY b.id ORDER BY b.id",
+            "SELECT b.id, greatest(0, extract(epoch FROM b.sealed_at - p.received_min)) "
+            "AS latency FROM batches b JOIN reading_batches p ON p.batch_id = b.id "
+            "AND p.sealed_at = b.sealed_at WHERE b.id > $1 ORDER BY b.id",
             after_batch,
         )
         erased: int = await conn.fetchval("SELECT count(*) FROM reading_erasures")

@@ -26,6 +26,8 @@ __all__ = [
     "ENVELOPE_SQL",
     "LEAF_SQL",
     "OFFSETS_SQL",
+    "PACKED_JOIN",
+    "SEQS",
     "block_path",
     "envelope_format",
     "pack",
@@ -54,6 +56,8 @@ OFFSETS_SQL = """CROSS JOIN LATERAL (
 ENVELOPE_SQL = "substring(p.envelopes FROM o.lo + 1 FOR o.hi - o.lo)"
 LEAF_SQL = "substring(p.leaves FROM 32 * s.batch_index + 1 FOR 32)"
 BLOCK_SQL = f"substring(p.leaves FROM 32 * (s.batch_index & ~{BLOCK - 1}) + 1 FOR {_HASH * BLOCK})"
+# A reading_seqs row ``s`` with its device ``d`` (reading_seqs keys a device by its number).
+SEQS = "reading_seqs s JOIN devices d ON d.num = s.device_num"
 # reading_seqs ``s`` -> its batch ``bt`` -> its packed row ``p`` (bt.sealed_at is p's partition
 # key, so one partition's index is searched).
 PACKED_JOIN = (

@@ -207,15 +207,16 @@ class ProofsMixin(StoreBase):
             ):
                 raise not_found(f"device {device_id} is not registered")
             latest: int = await conn.fetchval(
-                "SELECT coalesce(max(seq), 0) FROM reading_seqs WHERE device_id = $1", device_id
+                f"SELECT coalesce(max(s.seq), 0) FROM {packed.SEQS} WHERE d.device_id = $1",
+                device_id,
             )
             hi = min(to_seq, latest)
             rows = await conn.fetch(
                 f"SELECT s.seq, {packed.LEAF_SQL} AS leaf_hash, s.batch_id, s.batch_index, "
                 f"{packed.ENVELOPE_SQL} AS envelope, e.format AS erased_format "
-                f"FROM reading_seqs s {packed.PACKED_JOIN} {packed.OFFSETS_SQL} "
-                "LEFT JOIN reading_erasures e ON e.device_id = s.device_id AND e.seq = s.seq "
-                "WHERE s.device_id = $1 AND s.seq BETWEEN $2 AND $3 ORDER BY s.seq",
+                f"FROM {packed.SEQS} {packed.PACKED_JOIN} {packed.OFFSETS_SQL} "
+                "LEFT JOIN reading_erasures e ON e.device_id = d.device_id AND e.seq = s.seq "
+                "WHERE d.device_id = $1 AND s.seq BETWEEN $2 AND $3 ORDER BY s.seq",
                 device_id,
                 from_seq,
                 hi,

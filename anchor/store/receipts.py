@@ -46,7 +46,7 @@ BATCH_TREE_CACHE = 256
 # checkpoint (any insert or delete changes it). {keys} is the lookup: one (device_id, seq), or
 # (anchor.store.receipt_batcher) $1 device ids and $2 seqs, ``i`` the 1-based position asked.
 _RECEIPT_TEMPLATE = """
-SELECT {i}s.batch_id, s.batch_index, s.device_id, s.seq,
+SELECT {i}s.batch_id, s.batch_index, d.device_id, s.seq,
        {envelope} AS envelope, {block} AS block, h.log_size,
        av.v AS anchors_version, cv.v AS cosignatures_version
 FROM {keys}
@@ -68,8 +68,8 @@ _RECEIPT_SQL = _RECEIPT_TEMPLATE.format(
     envelope=packed.ENVELOPE_SQL,
     block=packed.BLOCK_SQL,
     offsets=packed.OFFSETS_SQL,
-    keys="reading_seqs s",
-    where="WHERE s.device_id = $1 AND s.seq = $2",
+    keys=packed.SEQS,
+    where="WHERE d.device_id = $1 AND s.seq = $2",
 )
 _RECEIPTS_SQL = _RECEIPT_TEMPLATE.format(
     i="k.i, ",
@@ -77,16 +77,17 @@ _RECEIPTS_SQL = _RECEIPT_TEMPLATE.format(
     block=packed.BLOCK_SQL,
     offsets=packed.OFFSETS_SQL,
     keys="unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i) "
-    "JOIN reading_seqs s ON s.device_id = k.device_id AND s.seq = k.seq",
+    "JOIN devices d ON d.device_id = k.device_id "
+    "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq",
     where="",
 )
 
 # One reading's envelope and place, for the full path.
 _READING_SQL = f"""
-SELECT s.batch_id, s.batch_index, s.device_id, s.seq, {packed.ENVELOPE_SQL} AS envelope
-FROM reading_seqs s {packed.PACKED_JOIN}
+SELECT s.batch_id, s.batch_index, d.device_id, s.seq, {packed.ENVELOPE_SQL} AS envelope
+FROM {packed.SEQS} {packed.PACKED_JOIN}
 {packed.OFFSETS_SQL}
-WHERE s.device_id = $1 AND s.seq = $2
+WHERE d.device_id = $1 AND s.seq = $2
 """
 
 # Filling a batch's cache entry: the batch, the checkpoint of size $2 with its cosignature lines,

@@ -32,7 +32,7 @@ QUARANTINE_RAW_LIMIT = 16 * 1024
 """Bytes of a quarantined message kept in ``quarantine.raw`` (its size and SHA-256 are of all)."""
 
 _TEXT_LIMITS = {"topic": 1024, "detail": 4096, "device_id": 128}
-_SEQ_COLUMNS = ("device_id", "seq", "batch_id", "batch_index", "received_at")
+_SEQ_COLUMNS = ("device_num", "seq", "batch_id", "batch_index", "received_at")
 _QUARANTINE_COLUMNS = (
     "received_at", "topic", "device_id", "seq", "reason", "detail", "raw", "raw_size",
     "raw_sha256", "ingestor",
@@ -144,9 +144,10 @@ class SealMixin(StoreBase):
             if lookup:
                 ids, seqs = zip(*lookup, strict=True)
                 for row in await conn.fetch(
-                    f"SELECT s.device_id, s.seq, {packed.LEAF_SQL} AS leaf_hash "
+                    f"SELECT d.device_id, s.seq, {packed.LEAF_SQL} AS leaf_hash "
                     "FROM unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
-                    "JOIN reading_seqs s ON s.device_id = k.device_id AND s.seq = k.seq "
+                    "JOIN devices d ON d.device_id = k.device_id "
+                    "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq "
                     f"{packed.PACKED_JOIN}",
                     list(ids),
                     list(seqs),
@@ -253,18 +254,27 @@ class SealMixin(StoreBase):
         # row per reading: paths are built from the leaves when a receipt asks.
         packed_leaves, ends, envelopes = packed.pack([c.envelope.raw for c in accepted], leaves)
         await conn.execute(
-            "INSERT INTO reading_batches (batch_id, sealed_at, leaves, ends, envelopes) "
-            "VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO reading_batches (batch_id, sealed_at, received_min, leaves, ends, "
+            "envelopes) VALUES ($1, $2, $3, $4, $5, $6)",
             batch_id,
             sealed_at,
+            min(c.received_at for c in accepted),
             packed_leaves,
             ends,
             envelopes,
         )
+        nums = {
+            r["device_id"]: r["num"]
+            for r in await conn.fetch(
+                "SELECT device_id, num FROM devices WHERE device_id = ANY($1::text[])",
+                list({c.envelope.reading.device_id for c in accepted}),
+            )
+        }
         seqs = [
-            (c.envelope.reading.device_id, c.envelope.reading.seq, batch_id, i, c.received_at)
+            (nums[c.envelope.reading.device_id], c.envelope.reading.seq, batch_id, i,
+             c.received_at)
             for i, c in enumerate(accepted)
-        ]
+        ]  # fmt: skip
         await conn.copy_records_to_table("reading_seqs", records=seqs, columns=_SEQ_COLUMNS)
         return batch_id, size, batch_root, note
 

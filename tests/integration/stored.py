@@ -10,11 +10,11 @@ from anchor.store import packed
 
 # One row per stored reading: device_id, seq, batch_id, batch_index, received_at, envelope (the
 # stored bytes: zeros once erased), leaf_hash, and where the envelope lies (sealed_at, lo, hi).
-# Append a WHERE / ORDER BY on ``s`` (reading_seqs).
+# Append a WHERE / ORDER BY on ``s`` (reading_seqs) and ``d`` (its device: d.device_id).
 STORED_SQL = (
-    f"SELECT s.device_id, s.seq, s.batch_id, s.batch_index, s.received_at, "
+    f"SELECT d.device_id, s.seq, s.batch_id, s.batch_index, s.received_at, "
     f"{packed.ENVELOPE_SQL} AS envelope, {packed.LEAF_SQL} AS leaf_hash, "
-    f"bt.sealed_at, o.lo, o.hi FROM reading_seqs s {packed.PACKED_JOIN} {packed.OFFSETS_SQL} "
+    f"bt.sealed_at, o.lo, o.hi FROM {packed.SEQS} {packed.PACKED_JOIN} {packed.OFFSETS_SQL} "
 )
 
 
@@ -22,7 +22,7 @@ async def tamper(conn: Any, device_id: str, seq: int, change: Callable[[bytes], 
     """Replace the stored envelope of (device_id, seq) by ``change(envelope)`` (same length:
     the offsets of the batch's other envelopes stay), as an intruder with SQL access would;
     returns the new bytes."""
-    row = await conn.fetchrow(STORED_SQL + "WHERE s.device_id = $1 AND s.seq = $2", device_id, seq)
+    row = await conn.fetchrow(STORED_SQL + "WHERE d.device_id = $1 AND s.seq = $2", device_id, seq)
     new = change(bytes(row["envelope"]))
     assert len(new) == row["hi"] - row["lo"]
     await conn.execute(

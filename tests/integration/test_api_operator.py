@@ -343,7 +343,7 @@ def test_erased_receipt_and_every_other_receipt_of_its_batch_verify(
         batch = await store.receipts_for_batch(batch_id)
         async with store.connection("test") as conn:
             row = await conn.fetchrow(
-                STORED_SQL + "WHERE s.device_id = $1 AND s.seq = $2", device_id, seq
+                STORED_SQL + "WHERE d.device_id = $1 AND s.seq = $2", device_id, seq
             )
         return receipt, batch, row, await operator_store.tombstone(store, device_id, seq)
 

@@ -114,7 +114,7 @@ async def _quarantine(dsn: str) -> list[asyncpg.Record]:
 async def _stored(dsn: str, device_id: str) -> dict[int, bytes]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch(STORED_SQL + "WHERE s.device_id = $1 ORDER BY s.seq", device_id)
+        rows = await conn.fetch(STORED_SQL + "WHERE d.device_id = $1 ORDER BY s.seq", device_id)
         return {r["seq"]: bytes(r["envelope"]) for r in rows}
     finally:
         await conn.close()

@@ -490,7 +490,7 @@ def test_a_receipt_that_fails_verification_is_evidence(world: World) -> None:
         conn = await asyncpg.connect(world.dsn)
         try:  # one stored byte of every envelope of the sampled device
             for r in await conn.fetch(
-                STORED_SQL + "WHERE s.device_id = $1", world.device.device_id
+                STORED_SQL + "WHERE d.device_id = $1", world.device.device_id
             ):
                 await tamper(
                     conn,

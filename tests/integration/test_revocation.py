@@ -172,7 +172,7 @@ async def _outcome(dsn: str, device_id: str) -> tuple[list[Any], list[Any]]:
     conn = await asyncpg.connect(dsn)
     try:
         sealed = []
-        for r in await conn.fetch(STORED_SQL + "WHERE s.device_id = $1", device_id):
+        for r in await conn.fetch(STORED_SQL + "WHERE d.device_id = $1", device_id):
             env = parse_envelope(bytes(r["envelope"]))  # ts and kid are in the envelope
             sealed.append(
                 {"seq": r["seq"], "ts": env.reading.ts, "received_at": r["received_at"],

@@ -550,7 +550,8 @@ def test_failed_seal_leaves_nothing_behind(db_dsn: str) -> None:
             await conn.execute(
                 """CREATE FUNCTION fail_poison() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                  IF NEW.device_id = 'dev-001' THEN RAISE EXCEPTION 'injected'; END IF;
+                  IF NEW.device_num = (SELECT num FROM devices WHERE device_id = 'dev-001')
+                  THEN RAISE EXCEPTION 'injected'; END IF;
                   RETURN NEW;
                 END $$;
                 CREATE TRIGGER poison BEFORE INSERT ON reading_seqs
