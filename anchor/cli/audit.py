@@ -121,7 +121,7 @@ async def run_audit(
     ``mark_vanished`` moves the anchors found gone from their chain to ``vanished_anchors``."""
     import asyncpg
 
-    from anchor.store import packed
+    from anchor.store.packed import split_envelopes, split_leaves
 
     report = AuditReport()
     gone: list[tuple[Any, str]] = []
@@ -162,11 +162,11 @@ async def run_audit(
                     b["id"],
                     b["sealed_at"],
                 )
-                stored_leaves = [] if row is None else packed.split_leaves(bytes(row["leaves"]))
+                stored_leaves = [] if row is None else split_leaves(bytes(row["leaves"]))
                 slots = (
                     []
                     if row is None
-                    else packed.split_envelopes(bytes(row["ends"]), bytes(row["envelopes"]))
+                    else split_envelopes(bytes(row["ends"]), bytes(row["envelopes"]))
                 )
                 leaves = []
                 for i, (env, kept) in enumerate(zip(slots, stored_leaves, strict=False)):

@@ -15,9 +15,9 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.keys import PublicKey
 from anchor.sealing import MAX_STORED_INT
-from anchor.store import packed
 from anchor.store.connection import MAX_LIST, StoreBase, clean_text
 from anchor.store.errors import StoreError, checked_device_id, conflict, not_found
+from anchor.store.packed import LEAF_SQL, PACKED_JOIN, SEQS
 from anchor.store.records import (
     DeviceKeyRecord,
     DeviceRecord,
@@ -221,8 +221,8 @@ class DevicesMixin(StoreBase):
             return None
         async with self._connection("reading_received_at") as conn:
             when: datetime | None = await conn.fetchval(
-                f"SELECT s.received_at FROM {packed.SEQS} {packed.PACKED_JOIN} "
-                f"WHERE d.device_id = $1 AND s.seq = $2 AND {packed.LEAF_SQL} = $3",
+                f"SELECT s.received_at FROM {SEQS} {PACKED_JOIN} "
+                f"WHERE d.device_id = $1 AND s.seq = $2 AND {LEAF_SQL} = $3",
                 device_id,
                 seq,
                 leaf_hash,

@@ -20,9 +20,16 @@ from datetime import datetime
 from typing import Any
 
 from anchor.errors import Reason
-from anchor.store import packed
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
+from anchor.store.packed import (
+    ENVELOPE_SQL,
+    LEAF_SQL,
+    OFFSETS_SQL,
+    PACKED_JOIN,
+    SEQS,
+    envelope_format,
+)
 from anchor.store.records import rfc3339
 
 __all__ = [
@@ -326,9 +333,9 @@ async def erase_reading(
         raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
     async with store._connection("erase_reading") as conn, conn.transaction():
         row = await conn.fetchrow(
-            f"SELECT s.batch_id, bt.sealed_at, o.lo, o.hi, {packed.LEAF_SQL} AS leaf_hash, "
-            f"{packed.ENVELOPE_SQL} AS envelope FROM {packed.SEQS} {packed.PACKED_JOIN} "
-            f"{packed.OFFSETS_SQL} WHERE d.device_id = $1 AND s.seq = $2 FOR UPDATE OF s",
+            f"SELECT s.batch_id, bt.sealed_at, o.lo, o.hi, {LEAF_SQL} AS leaf_hash, "
+            f"{ENVELOPE_SQL} AS envelope FROM {SEQS} {PACKED_JOIN} "
+            f"{OFFSETS_SQL} WHERE d.device_id = $1 AND s.seq = $2 FOR UPDATE OF s",
             device_id,
             seq,
         )
@@ -363,7 +370,7 @@ async def erase_reading(
             actor[:200],
             token_id,
             legal_reason,
-            packed.envelope_format(bytes(row["envelope"])),
+            envelope_format(bytes(row["envelope"])),
         )
     return _tombstone(created), True
 

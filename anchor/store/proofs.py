@@ -22,9 +22,17 @@ from anchor.completeness import (
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord
 from anchor.sealing import MAX_STORED_INT
-from anchor.store import packed
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found
+from anchor.store.packed import (
+    ENVELOPE_SQL,
+    LEAF_SQL,
+    OFFSETS_SQL,
+    PACKED_JOIN,
+    SEQS,
+    envelope_format,
+    split_leaves,
+)
 from anchor.store.records import BatchRecord, rfc3339
 
 __all__ = ["ProofsMixin", "fetch_log_path", "resolve_nodes"]
@@ -123,7 +131,7 @@ class ProofsMixin(StoreBase):
             leaves = await conn.fetchval(_LEAVES_SQL, batch_id)
         if leaves is None:
             raise not_found(f"no batch {batch_id}")
-        return packed.split_leaves(bytes(leaves))
+        return split_leaves(bytes(leaves))
 
     async def log_entries(self, size: int) -> list[tuple[int, bytes]]:
         """The first ``size`` batches in log order as ``(batch size, batch root)``: what the
@@ -184,7 +192,7 @@ class ProofsMixin(StoreBase):
             bytes(row["root"]),
             row["log_index"],
             row["sealed_at"],
-            tuple(packed.split_leaves(b"" if leaves is None else bytes(leaves))),
+            tuple(split_leaves(b"" if leaves is None else bytes(leaves))),
         )
 
     async def completeness_proof(
@@ -207,14 +215,14 @@ class ProofsMixin(StoreBase):
             ):
                 raise not_found(f"device {device_id} is not registered")
             latest: int = await conn.fetchval(
-                f"SELECT coalesce(max(s.seq), 0) FROM {packed.SEQS} WHERE d.device_id = $1",
+                f"SELECT coalesce(max(s.seq), 0) FROM {SEQS} WHERE d.device_id = $1",
                 device_id,
             )
             hi = min(to_seq, latest)
             rows = await conn.fetch(
-                f"SELECT s.seq, {packed.LEAF_SQL} AS leaf_hash, s.batch_id, s.batch_index, "
-                f"{packed.ENVELOPE_SQL} AS envelope, e.format AS erased_format "
-                f"FROM {packed.SEQS} {packed.PACKED_JOIN} {packed.OFFSETS_SQL} "
+                f"SELECT s.seq, {LEAF_SQL} AS leaf_hash, s.batch_id, s.batch_index, "
+                f"{ENVELOPE_SQL} AS envelope, e.format AS erased_format "
+                f"FROM {SEQS} {PACKED_JOIN} {OFFSETS_SQL} "
                 "LEFT JOIN reading_erasures e ON e.device_id = d.device_id AND e.seq = s.seq "
                 "WHERE d.device_id = $1 AND s.seq BETWEEN $2 AND $3 ORDER BY s.seq",
                 device_id,
@@ -232,7 +240,7 @@ class ProofsMixin(StoreBase):
                 "WHERE b.id = ANY($1::bigint[])",
                 batch_ids,
             ):
-                leaves[r["batch_id"]] = packed.split_leaves(bytes(r["leaves"]))
+                leaves[r["batch_id"]] = split_leaves(bytes(r["leaves"]))
             top = max((b["log_index"] for b in batch_rows), default=-1)
             head = await conn.fetchrow(
                 "SELECT c.log_size, c.root, c.note FROM checkpoints c WHERE c.log_size > $1 "
@@ -278,7 +286,7 @@ class ProofsMixin(StoreBase):
         readings = [
             StoredReading(
                 r["seq"],
-                r["erased_format"] or packed.envelope_format(bytes(r["envelope"])),
+                r["erased_format"] or envelope_format(bytes(r["envelope"])),
                 None if r["erased_format"] else bytes(r["envelope"]),
                 bytes(r["leaf_hash"]),
                 r["batch_id"],

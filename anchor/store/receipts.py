@@ -24,10 +24,21 @@ from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
-from anchor.store import packed
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found, translate
 from anchor.store.operator import erasure_json
+from anchor.store.packed import (
+    BLOCK_SQL,
+    ENVELOPE_SQL,
+    OFFSETS_SQL,
+    PACKED_JOIN,
+    SEQS,
+    block_path,
+    envelope_format,
+    split_envelopes,
+    split_leaves,
+    upper_levels,
+)
 from anchor.store.proofs import fetch_log_path
 from anchor.store.receipt_batcher import LookupBatcher
 from anchor.store.receipt_cache import BatchShare, ReceiptCache
@@ -65,17 +76,17 @@ CROSS JOIN LATERAL (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witn
 """
 _RECEIPT_SQL = _RECEIPT_TEMPLATE.format(
     i="",
-    envelope=packed.ENVELOPE_SQL,
-    block=packed.BLOCK_SQL,
-    offsets=packed.OFFSETS_SQL,
-    keys=packed.SEQS,
+    envelope=ENVELOPE_SQL,
+    block=BLOCK_SQL,
+    offsets=OFFSETS_SQL,
+    keys=SEQS,
     where="WHERE d.device_id = $1 AND s.seq = $2",
 )
 _RECEIPTS_SQL = _RECEIPT_TEMPLATE.format(
     i="k.i, ",
-    envelope=packed.ENVELOPE_SQL,
-    block=packed.BLOCK_SQL,
-    offsets=packed.OFFSETS_SQL,
+    envelope=ENVELOPE_SQL,
+    block=BLOCK_SQL,
+    offsets=OFFSETS_SQL,
     keys="unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i) "
     "JOIN devices d ON d.device_id = k.device_id "
     "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq",
@@ -84,9 +95,9 @@ _RECEIPTS_SQL = _RECEIPT_TEMPLATE.format(
 
 # One reading's envelope and place, for the full path.
 _READING_SQL = f"""
-SELECT s.batch_id, s.batch_index, d.device_id, s.seq, {packed.ENVELOPE_SQL} AS envelope
-FROM {packed.SEQS} {packed.PACKED_JOIN}
-{packed.OFFSETS_SQL}
+SELECT s.batch_id, s.batch_index, d.device_id, s.seq, {ENVELOPE_SQL} AS envelope
+FROM {SEQS} {PACKED_JOIN}
+{OFFSETS_SQL}
 WHERE d.device_id = $1 AND s.seq = $2
 """
 
@@ -249,7 +260,7 @@ class ReceiptsMixin(StoreBase):
         index: int = row["batch_index"]
         envelope = bytes(row["envelope"])
         try:
-            leaf, path = packed.block_path(bytes(row["block"]), index, share.upper, hasher)
+            leaf, path = block_path(bytes(row["block"]), index, share.upper, hasher)
             merkle.verify_inclusion(leaf, index, share.size, path, share.root, hasher=hasher)
         except merkle.ProofError:
             return None
@@ -261,7 +272,7 @@ class ReceiptsMixin(StoreBase):
         return Receipt(
             device_id=row["device_id"],
             seq=row["seq"],
-            format=packed.envelope_format(envelope),
+            format=envelope_format(envelope),
             envelope=envelope,
             leaf_hash=leaf,
             batch=BatchProof(size=share.size, index=index, root=share.root, path=tuple(path)),
@@ -285,9 +296,9 @@ class ReceiptsMixin(StoreBase):
         log_root = bytes(share["log_root"])
         if share["leaves"] is None:
             return None
-        leaves = packed.split_leaves(bytes(share["leaves"]))
+        leaves = split_leaves(bytes(share["leaves"]))
         # Hashing the batch's tree is CPU work (~1 ms at 1,000 leaves), once per batch.
-        root, upper = await asyncio.to_thread(packed.upper_levels, leaves, hasher)
+        root, upper = await asyncio.to_thread(upper_levels, leaves, hasher)
         if len(leaves) != size or root != batch_root:
             return None
         try:
@@ -433,7 +444,7 @@ class ReceiptsMixin(StoreBase):
             erasure = None
             index = r["batch_index"]
             envelope = b"" if r["envelope"] is None else bytes(r["envelope"])
-            fmt = packed.envelope_format(envelope)
+            fmt = envelope_format(envelope)
             if merkle.leaf_hash(envelope, hasher=hasher) != leaves_and_paths[index][0]:
                 stone = await conn.fetchrow(
                     "SELECT erased_at, actor, legal_reason, format FROM reading_erasures "
@@ -481,8 +492,8 @@ class ReceiptsMixin(StoreBase):
         """Each reading of a batch (device_id, seq, batch_index, stored envelope) from its
         packed row: the ids from the envelope itself (reading_seqs has no index by batch), or,
         for bytes that are not the leaf's (erased), from the tombstone of that leaf."""
-        leaves = packed.split_leaves(bytes(stored["leaves"]))
-        slots = packed.split_envelopes(bytes(stored["ends"]), bytes(stored["envelopes"]))
+        leaves = split_leaves(bytes(stored["leaves"]))
+        slots = split_envelopes(bytes(stored["ends"]), bytes(stored["envelopes"]))
         out: list[dict[str, Any]] = []
         missing: dict[bytes, int] = {}
         for i, (env, leaf) in enumerate(zip(slots, leaves, strict=True)):
@@ -524,7 +535,7 @@ class ReceiptsMixin(StoreBase):
             "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1",
             batch_id,
         )
-        leaves = packed.split_leaves(b"" if stored is None else bytes(stored))
+        leaves = split_leaves(b"" if stored is None else bytes(stored))
         levels = merkle.tree_levels(leaves, hasher=hasher)
         if len(leaves) != size or levels[-1][0] != root:
             raise StoreError(

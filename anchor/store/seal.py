@@ -20,10 +20,10 @@ from anchor.sealing import (
     Rejection,
     classify_candidates,
 )
-from anchor.store import packed
 from anchor.store.connection import SEAL_LOCK, StoreBase, clean_text
 from anchor.store.devices import fetch_devices
 from anchor.store.errors import RegistryError, StoreError
+from anchor.store.packed import LEAF_SQL, PACKED_JOIN, pack
 from anchor.store.records import DeviceRecord, SealResult
 
 __all__ = ["QUARANTINE_RAW_LIMIT", "SealMixin", "recheck_key_validity"]
@@ -144,11 +144,11 @@ class SealMixin(StoreBase):
             if lookup:
                 ids, seqs = zip(*lookup, strict=True)
                 for row in await conn.fetch(
-                    f"SELECT d.device_id, s.seq, {packed.LEAF_SQL} AS leaf_hash "
+                    f"SELECT d.device_id, s.seq, {LEAF_SQL} AS leaf_hash "
                     "FROM unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
                     "JOIN devices d ON d.device_id = k.device_id "
                     "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq "
-                    f"{packed.PACKED_JOIN}",
+                    f"{PACKED_JOIN}",
                     list(ids),
                     list(seqs),
                 ):
@@ -252,7 +252,7 @@ class SealMixin(StoreBase):
         )
         # The batch's envelopes and leaves in one packed row (sql/009), and a slim reading_seqs
         # row per reading: paths are built from the leaves when a receipt asks.
-        packed_leaves, ends, envelopes = packed.pack([c.envelope.raw for c in accepted], leaves)
+        packed_leaves, ends, envelopes = pack([c.envelope.raw for c in accepted], leaves)
         await conn.execute(
             "INSERT INTO reading_batches (batch_id, sealed_at, received_min, leaves, ends, "
             "envelopes) VALUES ($1, $2, $3, $4, $5, $6)",
