@@ -6,7 +6,7 @@ so a statement reads one reading's envelope and a few of its batch's leaves with
 and PostgreSQL fetches only those TOAST chunks. This module is the pure part: packing and
 unpacking, the SQL fragments the store's statements share, and building a batch path from the
 16 leaves around a reading (:data:`BLOCK`) plus the batch tree's levels above them, which the
-receipt cache keeps per batch (about 4 KiB for a 1,000-reading batch, where the whole tree is 64).
+receipt cache keeps per batch (126 hashes for a 1,000-reading batch; the whole tree has 2,000).
 
 An erased envelope's bytes are zeros (or, erased before 009, empty); whether a reading is erased
 is decided by its tombstone in ``reading_erasures``, never by the bytes alone.
