@@ -245,7 +245,9 @@ def anchor_section(cfg: BenchConfig) -> dict[str, Any]:
                 latencies = sorted(
                     anchored_at[int(bid)] - published[(dev, int(seq))]
                     for dev, seq, bid in _rows(
-                        pg, "SELECT device_id, seq, batch_id FROM reading_seqs"
+                        pg,
+                        "SELECT d.device_id, s.seq, s.batch_id FROM reading_seqs s "
+                        "JOIN devices d ON d.num = s.device_num",
                     )
                     if (dev, int(seq)) in published
                 )

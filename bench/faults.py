@@ -68,6 +68,8 @@ from typing import Any
 
 from _system import Db, Fleet, Rec, Up, http_json, machine, register_devices, rpc, sdk_features
 
+from anchor.store import packed
+
 FAULTS = (
     "none",
     "kill9-ingest",
@@ -157,11 +159,12 @@ class Campaign:
         """Until a reading signed after ``since`` is sealed and sealing is current again."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            # By arrival time: since 009 a reading's own ts lives only inside its envelope.
             first = self._scalar(
-                "SELECT count(*) FROM readings r WHERE r.ts > $1", int(since * 1000)
+                "SELECT count(*) FROM reading_seqs WHERE received_at > to_timestamp($1)", since
             )
-            newest = self._scalar("SELECT max(ts) FROM readings")
-            if first and newest and newest >= (time.time() - 5) * 1000:
+            newest = self._scalar("SELECT extract(epoch FROM max(received_at)) FROM reading_seqs")
+            if first and newest and float(newest) >= time.time() - 5:
                 return True
             time.sleep(0.5)
         return False
@@ -351,7 +354,7 @@ class Campaign:
         deadline = time.monotonic() + self.plan.settle_s
         stored: set[tuple[str, int]] = set()
         while time.monotonic() < deadline:
-            rows = self.db.fetch("SELECT device_id, seq FROM reading_seqs")
+            rows = self.db.fetch(f"SELECT d.device_id, s.seq FROM {packed.SEQS}")
             if rows is not None:
                 stored = {(r[0], int(r[1])) for r in rows}
                 if want <= stored:
@@ -424,8 +427,9 @@ class Campaign:
         fleet = self.fleet
         fleet.refresh_acks()
         stored_rows = self.db.fetch(
-            "SELECT r.device_id, r.seq, r.envelope, extract(epoch FROM b.sealed_at)::float8 "
-            "FROM readings r JOIN batches b ON b.id = r.batch_id"
+            f"SELECT d.device_id, s.seq, {packed.ENVELOPE_SQL}, "
+            f"extract(epoch FROM bt.sealed_at)::float8 "
+            f"FROM {packed.SEQS} {packed.PACKED_JOIN} {packed.OFFSETS_SQL}"
         )
         if stored_rows is None:
             raise RuntimeError("cannot read the readings back from PostgreSQL")

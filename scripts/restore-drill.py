@@ -87,7 +87,8 @@ async def compare_receipts(restored_dsn: str, source_dsn: str, *, sample: int) -
         conn = await asyncpg.connect(restored_dsn)
         try:
             rows = await conn.fetch(
-                "SELECT device_id, seq, batch_id FROM readings ORDER BY batch_id, batch_index"
+                "SELECT d.device_id, s.seq, s.batch_id FROM reading_seqs s "
+                "JOIN devices d ON d.num = s.device_num ORDER BY s.batch_id, s.batch_index"
             )
         finally:
             await conn.close()

@@ -1,7 +1,9 @@
 """``cityanchor audit``: recompute everything the receipts rely on from what is stored.
 
-1. every batch: each reading's leaf hash from its stored envelope bytes, and the batch root from
-   the leaves, in batch order (an erased reading contributes its kept leaf hash);
+1. every batch: each reading's leaf hash from its stored envelope bytes (its batch's packed row,
+   sql/009), and the batch root from the leaves, in batch order (an erased reading, zeros with
+   a tombstone, contributes its kept leaf hash); the readings whose places reading_seqs holds
+   must be exactly the batch's;
 2. the whole batch log from the batches' sizes and roots (each log leaf is
    ``H(0x00 || uint64_be(size) || root)``, :func:`anchor.merkle.log_leaf_hash`), where the size
    is the count of readings stored for the batch, and each checkpoint: its root must be the root of
@@ -80,6 +82,32 @@ class _Progress:
             self.stream.flush()
 
 
+async def _name_readings(conn: Any, damaged: Sequence[tuple[int, int, str]]) -> list[Divergence]:
+    """A divergence per damaged envelope, named by its reading (one pass over reading_seqs,
+    which has no index by batch place: sql/009)."""
+    if not damaged:
+        return []
+    names = {
+        (r["batch_id"], r["batch_index"]): f"{r['device_id']} seq {r['seq']}"
+        for r in await conn.fetch(
+            "SELECT s.batch_id, s.batch_index, d.device_id, s.seq FROM reading_seqs s "
+            "JOIN devices d ON d.num = s.device_num "
+            "JOIN unnest($1::bigint[], $2::int[]) AS k(batch_id, batch_index) "
+            "ON s.batch_id = k.batch_id AND s.batch_index = k.batch_index",
+            [d[0] for d in damaged],
+            [d[1] for d in damaged],
+        )
+    }
+    return [
+        Divergence(
+            "reading",
+            f"{names.get((batch_id, i), 'no stored reading')} (batch {batch_id} index {i})",
+            detail,
+        )
+        for batch_id, i, detail in damaged
+    ]
+
+
 async def run_audit(
     dsn: str,
     *,
@@ -93,16 +121,32 @@ async def run_audit(
     ``mark_vanished`` moves the anchors found gone from their chain to ``vanished_anchors``."""
     import asyncpg
 
+    from anchor.store.packed import split_envelopes, split_leaves
+
     report = AuditReport()
     gone: list[tuple[Any, str]] = []
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             batches = await conn.fetch(
-                "SELECT id, size, root, log_index FROM batches ORDER BY log_index"
+                "SELECT id, size, root, log_index, sealed_at FROM batches ORDER BY log_index"
             )
+            # One pass over reading_seqs: how many readings each batch's places hold.
+            places = {
+                r["batch_id"]: (r["n"], r["distinct_n"], r["lo"], r["hi"])
+                for r in await conn.fetch(
+                    "SELECT batch_id, count(*) AS n, count(DISTINCT batch_index) AS distinct_n, "
+                    "min(batch_index) AS lo, max(batch_index) AS hi FROM reading_seqs "
+                    "GROUP BY batch_id"
+                )
+            }
+            erased_leaves = {
+                bytes(r["leaf_hash"])
+                for r in await conn.fetch("SELECT leaf_hash FROM reading_erasures")
+            }
             bar = _Progress(len(batches), progress if len(batches) > 1 else None)
             log_leaves: list[bytes] = []
+            damaged: list[tuple[int, int, str]] = []
             for expected_index, b in enumerate(batches):
                 if b["log_index"] != expected_index:
                     report.divergences.append(
@@ -112,39 +156,47 @@ async def run_audit(
                             f"log index {b['log_index']}, expected {expected_index} (a gap)",
                         )
                     )
-                rows = await conn.fetch(
-                    "SELECT device_id, seq, envelope, leaf_hash, batch_index FROM readings "
-                    "WHERE batch_id = $1 ORDER BY batch_index",
+                row = await conn.fetchrow(
+                    "SELECT leaves, ends, envelopes FROM reading_batches "
+                    "WHERE batch_id = $1 AND sealed_at = $2",
                     b["id"],
+                    b["sealed_at"],
+                )
+                stored_leaves = [] if row is None else split_leaves(bytes(row["leaves"]))
+                slots = (
+                    []
+                    if row is None
+                    else split_envelopes(bytes(row["ends"]), bytes(row["envelopes"]))
                 )
                 leaves = []
-                for r in rows:
-                    stored = bytes(r["leaf_hash"])
-                    if r["envelope"] is None:
-                        report.erased += 1
-                    else:
-                        computed = merkle.leaf_hash(bytes(r["envelope"]), hasher=hasher)
-                        if computed != stored:
-                            report.divergences.append(
-                                Divergence(
-                                    "reading",
-                                    f"{r['device_id']} seq {r['seq']} (batch {b['id']} "
-                                    f"index {r['batch_index']})",
-                                    f"stored envelope hashes to {computed.hex()}, leaf hash is "
-                                    f"{stored.hex()}",
-                                )
+                for i, (env, kept) in enumerate(zip(slots, stored_leaves, strict=False)):
+                    computed = merkle.leaf_hash(env, hasher=hasher)
+                    stored = kept
+                    if computed != stored and not any(env) and stored in erased_leaves:
+                        report.erased += 1  # zeros where an erased envelope was: keep its leaf
+                    elif computed != stored:
+                        damaged.append(
+                            (
+                                b["id"],
+                                i,
+                                f"stored envelope hashes to {computed.hex()}, leaf hash is "
+                                f"{stored.hex()}",
                             )
+                        )
                         stored = computed  # the envelope is what the receipt proves
                     leaves.append(stored)
-                report.readings += len(rows)
-                if [r["batch_index"] for r in rows] != list(range(len(rows))) or len(rows) != b[
-                    "size"
-                ]:
+                n = len(leaves)
+                report.readings += n
+                if (
+                    n != b["size"]
+                    or len(slots) != len(stored_leaves)
+                    or places.get(b["id"]) != (n, n, 0, n - 1)
+                ):
                     report.divergences.append(
                         Divergence(
                             "batch",
                             f"batch {b['id']}",
-                            f"{len(rows)} readings stored, size {b['size']}, or bad indexes",
+                            f"{n} readings stored, size {b['size']}, or bad indexes",
                         )
                     )
                 root = merkle.root(leaves, hasher=hasher)
@@ -160,11 +212,10 @@ async def run_audit(
                 # The size that goes into the leaf is the count of readings actually stored,
                 # not the batches.size column: a changed size column is then a divergence
                 # (above), and the log must still recompute from what the receipts prove.
-                log_leaves.append(
-                    merkle.log_leaf_hash(max(1, len(rows)), bytes(b["root"]), hasher=hasher)
-                )
+                log_leaves.append(merkle.log_leaf_hash(max(1, n), bytes(b["root"]), hasher=hasher))
                 report.batches += 1
                 bar.step()
+            report.divergences.extend(await _name_readings(conn, damaged))
             await _audit_checkpoints(conn, log_leaves, log_verifiers, hasher, report)
             gone = await _audit_anchors(conn, backends, report)
             report.anchors_vanished = await conn.fetchval("SELECT count(*) FROM vanished_anchors")

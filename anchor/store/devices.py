@@ -17,6 +17,7 @@ from anchor.keys import PublicKey
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import MAX_LIST, StoreBase, clean_text
 from anchor.store.errors import StoreError, checked_device_id, conflict, not_found
+from anchor.store.packed import LEAF_SQL, PACKED_JOIN, SEQS
 from anchor.store.records import (
     DeviceKeyRecord,
     DeviceRecord,
@@ -220,8 +221,8 @@ class DevicesMixin(StoreBase):
             return None
         async with self._connection("reading_received_at") as conn:
             when: datetime | None = await conn.fetchval(
-                "SELECT received_at FROM reading_seqs "
-                "WHERE device_id = $1 AND seq = $2 AND leaf_hash = $3",
+                f"SELECT s.received_at FROM {SEQS} {PACKED_JOIN} "
+                f"WHERE d.device_id = $1 AND s.seq = $2 AND {LEAF_SQL} = $3",
                 device_id,
                 seq,
                 leaf_hash,

@@ -22,6 +22,14 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
+from anchor.store.packed import (
+    ENVELOPE_SQL,
+    LEAF_SQL,
+    OFFSETS_SQL,
+    PACKED_JOIN,
+    SEQS,
+    envelope_format,
+)
 from anchor.store.records import rfc3339
 
 __all__ = [
@@ -314,8 +322,9 @@ async def erase_reading(
 ) -> tuple[Tombstone, bool]:
     """Erase a reading's envelope and record its tombstone, in one transaction.
 
-    Sets ``readings.envelope`` to NULL; ``leaf_hash``, ``batch_id``, ``batch_index`` and every
-    log node stay, so all proofs stay valid. Idempotent: erasing an erased reading changes
+    Overwrites the envelope's bytes in its batch's packed row (``reading_batches``, sql/009)
+    with zeros; the leaf hash, the reading's place and every log node stay, so all proofs stay
+    valid. Idempotent: erasing an erased reading changes
     nothing and returns the first tombstone with ``False`` (``True`` when erased now).
     Raises ``StoreError``: ``not_found``, ``device_id_invalid``.
     """
@@ -324,8 +333,9 @@ async def erase_reading(
         raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
     async with store._connection("erase_reading") as conn, conn.transaction():
         row = await conn.fetchrow(
-            "SELECT leaf_hash, received_at FROM reading_seqs WHERE device_id = $1 AND seq = $2 "
-            "FOR UPDATE",
+            f"SELECT s.batch_id, bt.sealed_at, o.lo, o.hi, {LEAF_SQL} AS leaf_hash, "
+            f"{ENVELOPE_SQL} AS envelope FROM {SEQS} {PACKED_JOIN} "
+            f"{OFFSETS_SQL} WHERE d.device_id = $1 AND s.seq = $2 FOR UPDATE OF s",
             device_id,
             seq,
         )
@@ -338,22 +348,29 @@ async def erase_reading(
         )
         if existing is not None:
             return _tombstone(existing), False
+        # The envelope's bytes in its batch's packed row become zeros (same length: no other
+        # reading's offset moves); the leaf stays, so every proof stays valid. The row's old
+        # version, like any updated row's, is gone once VACUUM has run.
         await conn.execute(
-            "UPDATE readings SET envelope = NULL "
-            "WHERE device_id = $1 AND seq = $2 AND received_at = $3",
-            device_id,
-            seq,
-            row["received_at"],
+            "UPDATE reading_batches SET envelopes = overlay(envelopes PLACING "
+            "decode(repeat('00', $4), 'hex') FROM $3 + 1 FOR $4) "
+            "WHERE batch_id = $1 AND sealed_at = $2",
+            row["batch_id"],
+            row["sealed_at"],
+            row["lo"],
+            row["hi"] - row["lo"],
         )
         created = await conn.fetchrow(
             "INSERT INTO reading_erasures (device_id, seq, leaf_hash, actor, token_id, "
-            f"legal_reason) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_TOMBSTONE_COLUMNS}",
+            f"legal_reason, format) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+            f"RETURNING {_TOMBSTONE_COLUMNS}",
             device_id,
             seq,
             row["leaf_hash"],
             actor[:200],
             token_id,
             legal_reason,
+            envelope_format(bytes(row["envelope"])),
         )
     return _tombstone(created), True
 
@@ -383,9 +400,9 @@ async def seal_latencies(store: StoreBase, *, after_batch: int) -> tuple[list[fl
     """
     async with store._connection("seal_latencies") as conn:
         rows = await conn.fetch(
-            "SELECT b.id, greatest(0, extract(epoch FROM b.sealed_at - min(s.received_at))) "
-            "AS latency FROM batches b JOIN reading_seqs s ON s.batch_id = b.id "
-            "WHERE b.id > $1 GROUP BY b.id ORDER BY b.id",
+            "SELECT b.id, greatest(0, extract(epoch FROM b.sealed_at - p.received_min)) "
+            "AS latency FROM batches b JOIN reading_batches p ON p.batch_id = b.id "
+            "AND p.sealed_at = b.sealed_at WHERE b.id > $1 ORDER BY b.id",
             after_batch,
         )
         erased: int = await conn.fetchval("SELECT count(*) FROM reading_erasures")

@@ -24,9 +24,24 @@ from anchor.receipt import AnchorRecord
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found
+from anchor.store.packed import (
+    ENVELOPE_SQL,
+    LEAF_SQL,
+    OFFSETS_SQL,
+    PACKED_JOIN,
+    SEQS,
+    envelope_format,
+    split_leaves,
+)
 from anchor.store.records import BatchRecord, rfc3339
 
 __all__ = ["ProofsMixin", "fetch_log_path", "resolve_nodes"]
+
+# A batch's leaf hashes, packed (sql/009).
+_LEAVES_SQL = (
+    "SELECT p.leaves FROM batches b JOIN reading_batches p "
+    "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1"
+)
 
 
 async def resolve_nodes(
@@ -113,13 +128,10 @@ class ProofsMixin(StoreBase):
     async def batch_leaf_hashes(self, batch_id: int) -> list[bytes]:
         """The batch's leaf hashes in batch order; raises ``StoreError`` (``not_found``)."""
         async with self._connection("batch_leaf_hashes") as conn:
-            rows = await conn.fetch(
-                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
-                batch_id,
-            )
-        if not rows:
+            leaves = await conn.fetchval(_LEAVES_SQL, batch_id)
+        if leaves is None:
             raise not_found(f"no batch {batch_id}")
-        return [bytes(r["leaf_hash"]) for r in rows]
+        return split_leaves(bytes(leaves))
 
     async def log_entries(self, size: int) -> list[tuple[int, bytes]]:
         """The first ``size`` batches in log order as ``(batch size, batch root)``: what the
@@ -173,17 +185,14 @@ class ProofsMixin(StoreBase):
             )
             if row is None:
                 raise not_found(f"no {what} {value}")
-            leaves = await conn.fetch(
-                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
-                row["id"],
-            )
+            leaves = await conn.fetchval(_LEAVES_SQL, row["id"])
         return BatchRecord(
             row["id"],
             row["size"],
             bytes(row["root"]),
             row["log_index"],
             row["sealed_at"],
-            tuple(bytes(r["leaf_hash"]) for r in leaves),
+            tuple(split_leaves(b"" if leaves is None else bytes(leaves))),
         )
 
     async def completeness_proof(
@@ -206,14 +215,16 @@ class ProofsMixin(StoreBase):
             ):
                 raise not_found(f"device {device_id} is not registered")
             latest: int = await conn.fetchval(
-                "SELECT coalesce(max(seq), 0) FROM reading_seqs WHERE device_id = $1", device_id
+                f"SELECT coalesce(max(s.seq), 0) FROM {SEQS} WHERE d.device_id = $1",
+                device_id,
             )
             hi = min(to_seq, latest)
             rows = await conn.fetch(
-                "SELECT s.seq, s.leaf_hash, s.batch_id, s.batch_index, r.format, r.envelope "
-                "FROM reading_seqs s JOIN readings r ON r.device_id = s.device_id "
-                "AND r.seq = s.seq AND r.received_at = s.received_at "
-                "WHERE s.device_id = $1 AND s.seq BETWEEN $2 AND $3 ORDER BY s.seq",
+                f"SELECT s.seq, {LEAF_SQL} AS leaf_hash, s.batch_id, s.batch_index, "
+                f"{ENVELOPE_SQL} AS envelope, e.format AS erased_format "
+                f"FROM {SEQS} {PACKED_JOIN} {OFFSETS_SQL} "
+                "LEFT JOIN reading_erasures e ON e.device_id = d.device_id AND e.seq = s.seq "
+                "WHERE d.device_id = $1 AND s.seq BETWEEN $2 AND $3 ORDER BY s.seq",
                 device_id,
                 from_seq,
                 hi,
@@ -224,11 +235,12 @@ class ProofsMixin(StoreBase):
             )
             leaves: dict[int, list[bytes]] = {b: [] for b in batch_ids}
             for r in await conn.fetch(
-                "SELECT batch_id, leaf_hash FROM reading_seqs WHERE batch_id = ANY($1::bigint[]) "
-                "ORDER BY batch_id, batch_index",
+                "SELECT p.batch_id, p.leaves FROM batches b JOIN reading_batches p "
+                "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at "
+                "WHERE b.id = ANY($1::bigint[])",
                 batch_ids,
             ):
-                leaves[r["batch_id"]].append(bytes(r["leaf_hash"]))
+                leaves[r["batch_id"]] = split_leaves(bytes(r["leaves"]))
             top = max((b["log_index"] for b in batch_rows), default=-1)
             head = await conn.fetchrow(
                 "SELECT c.log_size, c.root, c.note FROM checkpoints c WHERE c.log_size > $1 "
@@ -274,8 +286,8 @@ class ProofsMixin(StoreBase):
         readings = [
             StoredReading(
                 r["seq"],
-                r["format"],
-                None if r["envelope"] is None else bytes(r["envelope"]),
+                r["erased_format"] or envelope_format(bytes(r["envelope"])),
+                None if r["erased_format"] else bytes(r["envelope"]),
                 bytes(r["leaf_hash"]),
                 r["batch_id"],
                 r["batch_index"],

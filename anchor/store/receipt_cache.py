@@ -4,7 +4,9 @@ Most of a receipt is shared by the ~1,000 readings of its batch: the batch's siz
 checkpoint it ends on (the operator-signed note with the stored witness cosignature lines
 appended), the batch's log inclusion path to that checkpoint, and the checkpoint's anchors.
 :class:`ReceiptCache` keeps that per batch, so a receipt costs one indexed lookup (the reading,
-its batch path, and the *version* of what its batch shares) plus in-memory assembly.
+16 leaves of its batch around it, and the *version* of what its batch shares) plus in-memory
+assembly: the levels of the batch's tree above those 16 leaves are cached too (sql/009 stores
+leaves per batch, not paths per reading).
 
 **What is cached is checked when it is filled.** An entry is built from the database by
 :mod:`anchor.store.receipts` and stored only after the batch's log path, rebuilt from stored log
@@ -43,8 +45,9 @@ from anchor.receipt import AnchorRecord, LogProof
 
 __all__ = ["BatchShare", "CacheStats", "ReceiptCache"]
 
-# Defaults: a 1M-reading log has ~1,000 batches of ~2 KiB each here; a year of one batch a second
-# would not fit, and need not (receipts of old batches are asked rarely).
+# Defaults: a 1M-reading log has ~1,000 batches of ~11 KiB each here (upper tree levels
+# included); a year of one batch a second would not fit, and need not (receipts of old batches
+# are asked rarely).
 MAX_ENTRIES = 8192
 MAX_BYTES = 32 << 20
 
@@ -59,6 +62,9 @@ class BatchShare:
     log: LogProof
     checkpoint: str
     anchors: tuple[AnchorRecord, ...]
+    # The batch tree's levels from level 4 up (anchor.store.packed.upper_levels): with the 16
+    # leaves a lookup reads around its reading they give its batch path (verified per receipt).
+    upper: tuple[tuple[bytes, ...], ...] = ()
 
     @property
     def nbytes(self) -> int:
@@ -66,6 +72,7 @@ class BatchShare:
         return (
             256
             + 48 * len(self.log.path)
+            + sum(72 * len(level) for level in self.upper)
             + len(self.checkpoint)
             + sum(160 + len(a.tx_hash) + len(a.contract) for a in self.anchors)
         )

@@ -20,12 +20,26 @@ from typing import Any
 import asyncpg
 
 from anchor import merkle
+from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found, translate
 from anchor.store.operator import erasure_json
+from anchor.store.packed import (
+    BLOCK_SQL,
+    ENVELOPE_SQL,
+    OFFSETS_SQL,
+    PACKED_JOIN,
+    PACKED_ROW,
+    SEQS,
+    block_path,
+    envelope_format,
+    split_envelopes,
+    split_leaves,
+    upper_levels,
+)
 from anchor.store.proofs import fetch_log_path
 from anchor.store.receipt_batcher import LookupBatcher
 from anchor.store.receipt_cache import BatchShare, ReceiptCache
@@ -36,43 +50,21 @@ __all__ = ["BATCH_TREE_CACHE", "ReceiptsMixin"]
 # Sealed batches whose verified Merkle trees a Store keeps (about 64 KiB each at 1000 readings).
 BATCH_TREE_CACHE = 256
 
-# Store.receipt's one statement: the reading and its batch path, and the version of what its
-# batch's receipts share (anchor.store.receipt_cache): the checkpoint to prove against (the newest
-# anchored one covering the batch, else the newest cosigned one covering it, else the newest) and
-# the xmin of each anchor and cosignature row of that checkpoint (any insert or delete changes it).
-_RECEIPT_SQL = """
-WITH s AS (
-    SELECT batch_id, batch_index, received_at, leaf_hash, batch_path
-    FROM reading_seqs WHERE device_id = $1 AND seq = $2
-), b AS (
-    SELECT log_index FROM batches WHERE id = (SELECT batch_id FROM s)
-), h AS (
-    SELECT coalesce(
-        (SELECT max(log_size) FROM anchors WHERE log_size > (SELECT log_index FROM b)),
-        (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > (SELECT log_index FROM b)),
-        (SELECT max(log_size) FROM checkpoints)) AS log_size
-)
-SELECT s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
-       r.device_id, r.seq, r.format, r.envelope, h.log_size,
-       (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text, ',' ORDER BY a.backend), '')
-        FROM anchors a WHERE a.log_size = h.log_size) AS anchors_version,
-       (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '')
-        FROM witness_cosignatures w WHERE w.log_size = h.log_size) AS cosignatures_version
-FROM s
-JOIN readings r ON r.device_id = $1 AND r.seq = $2 AND r.received_at = s.received_at
-CROSS JOIN h
-"""
-
-# The same for several readings at once (anchor.store.receipt_batcher): $1 device ids, $2 seqs;
-# ``i`` is the 1-based position of the asked reading (absent when there is no such reading).
-_RECEIPTS_SQL = """
-SELECT k.i, s.batch_id, s.batch_index, s.leaf_hash, s.batch_path,
-       r.device_id, r.seq, r.format, r.envelope, h.log_size,
+# Store.receipt's statement: the reading's envelope and the 16 leaves of its batch around it
+# (anchor.store.packed; the path is built from them and the batch's cached upper tree levels),
+# and the version of what its batch's receipts share (anchor.store.receipt_cache): the checkpoint
+# to prove against (the newest anchored one covering the batch, else the newest cosigned one
+# covering it, else the newest) and the xmin of each anchor and cosignature row of that
+# checkpoint (any insert or delete changes it). {keys} is the lookup: one (device_id, seq), or
+# (anchor.store.receipt_batcher) $1 device ids and $2 seqs, ``i`` the 1-based position asked.
+_RECEIPT_TEMPLATE = """
+SELECT {i}s.batch_id, s.batch_index, d.device_id, s.seq,
+       {envelope} AS envelope, {block} AS block, h.log_size,
        av.v AS anchors_version, cv.v AS cosignatures_version
-FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i)
-JOIN reading_seqs s ON s.device_id = k.device_id AND s.seq = k.seq
+FROM {keys}
 JOIN batches b ON b.id = s.batch_id
-JOIN readings r ON r.device_id = s.device_id AND r.seq = s.seq AND r.received_at = s.received_at
+{packed_row}
+{offsets}
 CROSS JOIN LATERAL (SELECT coalesce(
         (SELECT max(log_size) FROM anchors WHERE log_size > b.log_index),
         (SELECT max(log_size) FROM witness_cosignatures WHERE log_size > b.log_index),
@@ -81,6 +73,35 @@ CROSS JOIN LATERAL (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text,
         ORDER BY a.backend), '') AS v FROM anchors a WHERE a.log_size = h.log_size) av
 CROSS JOIN LATERAL (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '') AS v
         FROM witness_cosignatures w WHERE w.log_size = h.log_size) cv
+{where}
+"""
+_RECEIPT_SQL = _RECEIPT_TEMPLATE.format(
+    i="",
+    envelope=ENVELOPE_SQL,
+    block=BLOCK_SQL,
+    offsets=OFFSETS_SQL,
+    packed_row=PACKED_ROW.format(b="b"),
+    keys=SEQS,
+    where="WHERE d.device_id = $1 AND s.seq = $2",
+)
+_RECEIPTS_SQL = _RECEIPT_TEMPLATE.format(
+    i="k.i, ",
+    envelope=ENVELOPE_SQL,
+    block=BLOCK_SQL,
+    offsets=OFFSETS_SQL,
+    packed_row=PACKED_ROW.format(b="b"),
+    keys="unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i) "
+    "JOIN devices d ON d.device_id = k.device_id "
+    "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq",
+    where="",
+)
+
+# One reading's envelope and place, for the full path.
+_READING_SQL = f"""
+SELECT s.batch_id, s.batch_index, d.device_id, s.seq, {ENVELOPE_SQL} AS envelope
+FROM {SEQS} {PACKED_JOIN}
+{OFFSETS_SQL}
+WHERE d.device_id = $1 AND s.seq = $2
 """
 
 # Filling a batch's cache entry: the batch, the checkpoint of size $2 with its cosignature lines,
@@ -97,7 +118,9 @@ SELECT b.size, b.root AS batch_root, b.log_index, c.log_size, c.root AS log_root
        (SELECT coalesce(string_agg(a.backend || ':' || a.xmin::text, ',' ORDER BY a.backend), '')
         FROM anchors a WHERE a.log_size = c.log_size) AS anchors_version,
        (SELECT coalesce(string_agg(w.xmin::text, ',' ORDER BY w.witness), '')
-        FROM witness_cosignatures w WHERE w.log_size = c.log_size) AS cosignatures_version
+        FROM witness_cosignatures w WHERE w.log_size = c.log_size) AS cosignatures_version,
+       (SELECT p.leaves FROM reading_batches p WHERE p.batch_id = b.id
+        AND p.sealed_at = b.sealed_at) AS leaves
 FROM batches b, checkpoints c WHERE b.id = $1 AND c.log_size = $2
 """
 
@@ -225,7 +248,7 @@ class ReceiptsMixin(StoreBase):
         return [found.get(i) for i in range(1, len(keys) + 1)]
 
     async def _receipt_fast(self, row: Mapping[str, Any], hasher: merkle.Hasher) -> Receipt | None:
-        if row["envelope"] is None or row["batch_path"] is None or row["log_size"] is None:
+        if row["envelope"] is None or row["block"] is None or row["log_size"] is None:
             return None
         key = (row["batch_id"], hasher.name)
         version = (row["log_size"], row["anchors_version"], row["cosignatures_version"])
@@ -237,25 +260,25 @@ class ReceiptsMixin(StoreBase):
             if share is None:
                 return None
             cache.put(key, share)
-        raw_path = bytes(row["batch_path"])
-        batch_path = tuple(raw_path[i : i + 32] for i in range(0, len(raw_path), 32))
-        leaf = bytes(row["leaf_hash"])
+        index: int = row["batch_index"]
+        envelope = bytes(row["envelope"])
         try:
-            merkle.verify_inclusion(
-                leaf, row["batch_index"], share.size, batch_path, share.root, hasher=hasher
-            )
+            # Checked against the batch root on the way (anchor.store.packed.block_path).
+            leaf, path = block_path(bytes(row["block"]), index, share.upper, share.root, hasher)
         except merkle.ProofError:
+            return None
+        # Envelope bytes that are not the leaf's (an erased reading's zeros, or damage) take
+        # the full path: it serves the tombstone, or the stored bytes as they are.
+        if merkle.leaf_hash(envelope, hasher=hasher) != leaf:
             return None
         extra = {} if hasher.name == merkle.SHA256.name else {"hash_scheme": hasher.name}
         return Receipt(
             device_id=row["device_id"],
             seq=row["seq"],
-            format=row["format"],
-            envelope=bytes(row["envelope"]),
+            format=envelope_format(envelope),
+            envelope=envelope,
             leaf_hash=leaf,
-            batch=BatchProof(
-                size=share.size, index=row["batch_index"], root=share.root, path=batch_path
-            ),
+            batch=BatchProof(size=share.size, index=index, root=share.root, path=tuple(path)),
             log=share.log,
             checkpoint=share.checkpoint,
             anchors=share.anchors,
@@ -274,6 +297,13 @@ class ReceiptsMixin(StoreBase):
             return None
         size, batch_root, log_index = share["size"], bytes(share["batch_root"]), share["log_index"]
         log_root = bytes(share["log_root"])
+        if share["leaves"] is None:
+            return None
+        leaves = split_leaves(bytes(share["leaves"]))
+        # Hashing the batch's tree is CPU work (~1 ms at 1,000 leaves), once per batch.
+        root, upper = await asyncio.to_thread(upper_levels, leaves, hasher)
+        if len(leaves) != size or root != batch_root:
+            return None
         try:
             log_path = await fetch_log_path(conn, log_index, log_size, hasher=hasher)
             merkle.verify_inclusion(
@@ -303,6 +333,7 @@ class ReceiptsMixin(StoreBase):
             log=LogProof(index=log_index, size=log_size, root=log_root, path=tuple(log_path)),
             checkpoint=share["note"],
             anchors=anchors,
+            upper=upper,
         )
 
     async def _receipt_full(
@@ -320,33 +351,10 @@ class ReceiptsMixin(StoreBase):
             self._connection("receipt") as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            row = await conn.fetchrow(
-                "SELECT batch_id, batch_index, received_at, leaf_hash, batch_path "
-                "FROM reading_seqs WHERE device_id = $1 AND seq = $2",
-                device_id,
-                seq,
-            )
+            row = await conn.fetchrow(_READING_SQL, device_id, seq)
             if row is None:
                 raise not_found(f"no reading {device_id} seq {seq}")
-            envelopes = await conn.fetch(
-                "SELECT device_id, seq, format, envelope, batch_index FROM readings "
-                "WHERE device_id = $1 AND seq = $2 AND received_at = $3",
-                device_id,
-                seq,
-                row["received_at"],
-            )
-            stored = None
-            if row["batch_path"] is not None:
-                raw_path = bytes(row["batch_path"])
-                stored = {
-                    row["batch_index"]: (
-                        bytes(row["leaf_hash"]),
-                        [raw_path[i : i + 32] for i in range(0, len(raw_path), 32)],
-                    )
-                }
-            (receipt,) = await self._receipts(
-                conn, row["batch_id"], envelopes, hasher=hasher, stored_paths=stored
-            )
+            (receipt,) = await self._receipts(conn, row["batch_id"], [row], hasher=hasher)
         return receipt
 
     async def receipts_for_batch(
@@ -358,21 +366,14 @@ class ReceiptsMixin(StoreBase):
             self._connection("receipts_for_batch") as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            span = await conn.fetchrow(
-                "SELECT min(received_at) AS lo, max(received_at) AS hi FROM reading_seqs "
-                "WHERE batch_id = $1",
+            stored = await conn.fetchrow(
+                "SELECT p.leaves, p.ends, p.envelopes FROM batches b JOIN reading_batches p "
+                "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1",
                 batch_id,
             )
-            if span is None or span["lo"] is None:
+            if stored is None:
                 raise not_found(f"no batch {batch_id}")
-            # The received_at range lets PostgreSQL look only at the batch's partitions.
-            envelopes = await conn.fetch(
-                "SELECT device_id, seq, format, envelope, batch_index FROM readings "
-                "WHERE batch_id = $1 AND received_at BETWEEN $2 AND $3 ORDER BY batch_index",
-                batch_id,
-                span["lo"],
-                span["hi"],
-            )
+            envelopes = await self._batch_readings(conn, batch_id, stored, hasher)
             return await self._receipts(conn, batch_id, envelopes, hasher=hasher)
 
     async def _receipts(
@@ -382,7 +383,6 @@ class ReceiptsMixin(StoreBase):
         envelopes: Sequence[Mapping[str, Any]],
         *,
         hasher: merkle.Hasher,
-        stored_paths: Mapping[int, tuple[bytes, list[bytes]]] | None = None,
     ) -> list[Receipt]:
         batch = await conn.fetchrow(
             "SELECT size, root, log_index FROM batches WHERE id = $1", batch_id
@@ -391,16 +391,14 @@ class ReceiptsMixin(StoreBase):
             raise not_found(f"no batch {batch_id}")
         batch_root = bytes(batch["root"])
         batch_size: int = batch["size"]
-        leaves_and_paths = self._checked_paths(stored_paths, batch_size, batch_root, hasher)
-        if leaves_and_paths is None:
-            levels = await self._batch_tree(conn, batch_id, batch_size, batch_root, hasher)
-            leaves_and_paths = {
-                r["batch_index"]: (
-                    levels[0][r["batch_index"]],
-                    merkle.path_from_levels(levels, r["batch_index"]),
-                )
-                for r in envelopes
-            }
+        levels = await self._batch_tree(conn, batch_id, batch_size, batch_root, hasher)
+        leaves_and_paths = {
+            r["batch_index"]: (
+                levels[0][r["batch_index"]],
+                merkle.path_from_levels(levels, r["batch_index"]),
+            )
+            for r in envelopes
+        }
         log_index: int = batch["log_index"]
         # The newest anchored checkpoint that covers this batch, so the receipt ends on chain;
         # until one exists, the newest checkpoint (status "sealed"). One round trip.
@@ -443,27 +441,37 @@ class ReceiptsMixin(StoreBase):
         for r in envelopes:
             # An erased reading (sql/003_operator.sql) keeps its leaf and proofs; its receipt
             # has no envelope, status "erased" and the tombstone as the extra field "erasure".
+            # Its stored bytes are zeros (sql/009), so they do not hash to its leaf; bytes that
+            # do not and have no tombstone are served as stored (the receipt then fails its
+            # leaf check, which shows the damage).
             erasure = None
-            if r["envelope"] is None:
+            index = r["batch_index"]
+            envelope = b"" if r["envelope"] is None else bytes(r["envelope"])
+            fmt = envelope_format(envelope)
+            if merkle.leaf_hash(envelope, hasher=hasher) != leaves_and_paths[index][0]:
                 stone = await conn.fetchrow(
-                    "SELECT erased_at, actor, legal_reason FROM reading_erasures "
+                    "SELECT erased_at, actor, legal_reason, format FROM reading_erasures "
                     "WHERE device_id = $1 AND seq = $2",
                     r["device_id"],
                     r["seq"],
                 )
-                if stone is None:
-                    raise StoreError(
-                        f"reading {r['device_id']} seq {r['seq']} was erased", reason=Reason.ERASED
+                if stone is not None:
+                    if stone["format"] is None:
+                        raise StoreError(
+                            f"reading {r['device_id']} seq {r['seq']} was erased",
+                            reason=Reason.ERASED,
+                        )
+                    # The same shape as the DELETE answer's tombstone (anchor.store.operator).
+                    erasure = erasure_json(
+                        stone["erased_at"], stone["actor"], stone["legal_reason"]
                     )
-                # The same shape as the DELETE answer's tombstone (anchor.store.operator).
-                erasure = erasure_json(stone["erased_at"], stone["actor"], stone["legal_reason"])
-            index = r["batch_index"]
+                    fmt = stone["format"]
             receipts.append(
                 Receipt(
                     device_id=r["device_id"],
                     seq=r["seq"],
-                    format=r["format"],
-                    envelope=b"" if erasure else bytes(r["envelope"]),
+                    format=fmt,
+                    envelope=b"" if erasure else envelope,
                     leaf_hash=leaves_and_paths[index][0],
                     batch=BatchProof(
                         size=batch_size,
@@ -481,22 +489,40 @@ class ReceiptsMixin(StoreBase):
         return receipts
 
     @staticmethod
-    def _checked_paths(
-        stored: Mapping[int, tuple[bytes, list[bytes]]] | None,
-        size: int,
-        root: bytes,
-        hasher: merkle.Hasher,
-    ) -> dict[int, tuple[bytes, list[bytes]]] | None:
-        """The stored (leaf, path) pairs if every one leads to the stored root, else None (the
-        caller then rebuilds the tree): a stored path is never handed out unchecked."""
-        if not stored:
-            return None
-        for index, (leaf, path) in stored.items():
-            try:
-                merkle.verify_inclusion(leaf, index, size, path, root, hasher=hasher)
-            except merkle.ProofError:
-                return None
-        return dict(stored)
+    async def _batch_readings(
+        conn: Any, batch_id: int, stored: Mapping[str, Any], hasher: merkle.Hasher
+    ) -> list[dict[str, Any]]:
+        """Each reading of a batch (device_id, seq, batch_index, stored envelope) from its
+        packed row: the ids from the envelope itself (reading_seqs has no index by batch), or,
+        for bytes that are not the leaf's (erased), from the tombstone of that leaf."""
+        leaves = split_leaves(bytes(stored["leaves"]))
+        slots = split_envelopes(bytes(stored["ends"]), bytes(stored["envelopes"]))
+        out: list[dict[str, Any]] = []
+        missing: dict[bytes, int] = {}
+        for i, (env, leaf) in enumerate(zip(slots, leaves, strict=True)):
+            row: dict[str, Any] = {"batch_index": i, "envelope": env}
+            if merkle.leaf_hash(env, hasher=hasher) == leaf:
+                reading = parse_envelope(env).reading
+                row.update(device_id=reading.device_id, seq=reading.seq)
+            else:
+                missing[leaf] = i
+            out.append(row)
+        if missing:
+            for t in await conn.fetch(
+                "SELECT device_id, seq, leaf_hash FROM reading_erasures "
+                "WHERE leaf_hash = ANY($1::bytea[])",
+                list(missing),
+            ):
+                i = missing.pop(bytes(t["leaf_hash"]), -1)
+                if i >= 0:
+                    out[i].update(device_id=t["device_id"], seq=t["seq"])
+        if missing:
+            raise StoreError(
+                f"batch {batch_id}: stored envelope {sorted(missing.values())[0]} does not "
+                "hash to its leaf and has no tombstone",
+                reason=Reason.LOG_INCONSISTENT,
+            )
+        return out
 
     async def _batch_tree(
         self, conn: Any, batch_id: int, size: int, root: bytes, hasher: merkle.Hasher
@@ -507,13 +533,12 @@ class ReceiptsMixin(StoreBase):
         if levels is not None:
             self._batch_trees.move_to_end(key)
             return levels
-        leaves = [
-            bytes(r["leaf_hash"])
-            for r in await conn.fetch(
-                "SELECT leaf_hash FROM reading_seqs WHERE batch_id = $1 ORDER BY batch_index",
-                batch_id,
-            )
-        ]
+        stored = await conn.fetchval(
+            "SELECT p.leaves FROM batches b JOIN reading_batches p "
+            "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1",
+            batch_id,
+        )
+        leaves = split_leaves(b"" if stored is None else bytes(stored))
         levels = merkle.tree_levels(leaves, hasher=hasher)
         if len(leaves) != size or levels[-1][0] != root:
             raise StoreError(

@@ -1,4 +1,5 @@
-"""The schema: numbered migrations, applied once each, and the monthly ``readings`` partitions.
+"""The schema: numbered migrations, applied once each, and the monthly partitions of
+``reading_batches``.
 
 Where the migrations are. The repository keeps them in the top-level ``sql/`` (``NNN_name.sql``,
 as the project's layout says); a built distribution carries them as the package resource
@@ -26,6 +27,19 @@ from anchor.store.connection import MIGRATE_LOCK, MIGRATION_REFUSED_STATE, SEAL_
 from anchor.store.errors import StoreError
 
 __all__ = ["SQL_DIR", "SchemaMixin", "migration_files", "migrations_dir"]
+
+# The monthly partitioned table (sql/009: one packed row per batch, by month of its seal) and
+# its partition key.
+_PARTITIONED = "reading_batches"
+_KEY = "sealed_at"
+
+# pg_class read with a fresh snapshot, not to_regclass(): that uses the catalog cache, which
+# taking an advisory lock does not refresh, so it can miss a table that a concurrent migrate()
+# just committed.
+_EXISTS = (
+    "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1 "
+    "AND relnamespace = current_schema()::regnamespace)"
+)
 
 _MIGRATION_FILE = re.compile(r"(\d{3,})_([A-Za-z0-9_]+)\.sql")
 
@@ -157,19 +171,22 @@ class SchemaMixin(StoreBase):
     async def ensure_partitions(
         self, months_ahead: int = 2, *, start: datetime | None = None
     ) -> list[str]:
-        """Create the monthly ``readings`` partitions (UTC months) from the current month (or
-        the month of ``start``) to ``months_ahead`` months later, moving any rows for them out
-        of the default partition; return the names of the partitions created now.
+        """Create the monthly ``reading_batches`` partitions (UTC months of ``sealed_at``,
+        sql/009) from the current month (or the month of ``start``) to ``months_ahead`` months
+        later, moving any rows for them out of the default partition; return the names of the
+        partitions created now.
         """
         created: list[str] = []
         async with self._connection("ensure_partitions") as conn:
             if start is None:
                 start = await conn.fetchval("SELECT now()")
                 assert start is not None
+            if not await conn.fetchval(_EXISTS, _PARTITIONED):
+                return created  # a schema before 009 (migrated with an older directory)
             year, month = start.astimezone(UTC).year, start.astimezone(UTC).month
             for _ in range(months_ahead + 1):
                 nyear, nmonth = (year + 1, 1) if month == 12 else (year, month + 1)
-                name = f"readings_y{year:04d}m{month:02d}"
+                name = f"{_PARTITIONED}_y{year:04d}m{month:02d}"
                 if await self._ensure_partition(
                     conn,
                     name,
@@ -185,10 +202,7 @@ class SchemaMixin(StoreBase):
         # pg_class read with a fresh snapshot, not to_regclass(): that uses the catalog cache,
         # which taking an advisory lock does not refresh, so it can miss a table that a
         # concurrent migrate() just committed.
-        exists = (
-            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1 "
-            "AND relnamespace = current_schema()::regnamespace)"
-        )
+        exists = _EXISTS
         if await conn.fetchval(exists, name):
             return False
         async with conn.transaction():
@@ -199,18 +213,21 @@ class SchemaMixin(StoreBase):
                 return False
             bounds = f"FROM ('{lo.isoformat()}') TO ('{hi.isoformat()}')"
             await conn.execute(
-                f"CREATE TABLE {name} (LIKE readings INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                f"CREATE TABLE {name} (LIKE {_PARTITIONED} INCLUDING DEFAULTS "
+                "INCLUDING CONSTRAINTS INCLUDING STORAGE)"
             )
             # The bound as a constraint lets ATTACH skip scanning the new table.
             await conn.execute(
                 f"ALTER TABLE {name} ADD CONSTRAINT {name}_bound CHECK "
-                f"(received_at >= '{lo.isoformat()}' AND received_at < '{hi.isoformat()}')"
+                f"({_KEY} >= '{lo.isoformat()}' AND {_KEY} < '{hi.isoformat()}')"
             )
             await conn.execute(
-                f"WITH moved AS (DELETE FROM readings_default WHERE received_at >= $1 "
-                f"AND received_at < $2 RETURNING *) INSERT INTO {name} SELECT * FROM moved",
+                f"WITH moved AS (DELETE FROM {_PARTITIONED}_default WHERE {_KEY} >= $1 "
+                f"AND {_KEY} < $2 RETURNING *) INSERT INTO {name} SELECT * FROM moved",
                 lo,
                 hi,
             )
-            await conn.execute(f"ALTER TABLE readings ATTACH PARTITION {name} FOR VALUES {bounds}")
+            await conn.execute(
+                f"ALTER TABLE {_PARTITIONED} ATTACH PARTITION {name} FOR VALUES {bounds}"
+            )
         return True

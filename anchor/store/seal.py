@@ -23,6 +23,7 @@ from anchor.sealing import (
 from anchor.store.connection import SEAL_LOCK, StoreBase, clean_text
 from anchor.store.devices import fetch_devices
 from anchor.store.errors import RegistryError, StoreError
+from anchor.store.packed import LEAF_SQL, PACKED_JOIN, pack
 from anchor.store.records import DeviceRecord, SealResult
 
 __all__ = ["QUARANTINE_RAW_LIMIT", "SealMixin", "recheck_key_validity"]
@@ -31,13 +32,7 @@ QUARANTINE_RAW_LIMIT = 16 * 1024
 """Bytes of a quarantined message kept in ``quarantine.raw`` (its size and SHA-256 are of all)."""
 
 _TEXT_LIMITS = {"topic": 1024, "detail": 4096, "device_id": 128}
-_READING_COLUMNS = (
-    "device_id", "seq", "ts", "received_at", "format", "kind", "kid", "envelope", "leaf_hash",
-    "batch_id", "batch_index",
-)  # fmt: skip
-_SEQ_COLUMNS = (
-    "device_id", "seq", "leaf_hash", "batch_id", "batch_index", "received_at", "batch_path",
-)  # fmt: skip
+_SEQ_COLUMNS = ("device_num", "seq", "batch_id", "batch_index", "received_at")
 _QUARANTINE_COLUMNS = (
     "received_at", "topic", "device_id", "seq", "reason", "detail", "raw", "raw_size",
     "raw_sha256", "ingestor",
@@ -126,7 +121,8 @@ class SealMixin(StoreBase):
         them (:func:`anchor.sealing.classify_candidates`), and if any is accepted: number the
         batch, compute its root, append its log leaf (``merkle.log_leaf_hash(size, root)``,
         which binds the batch size) to the batch log, sign the new
-        checkpoint, and COPY batch, checkpoint, log nodes, readings and reading_seqs; finally
+        checkpoint, and write batch, checkpoint, log nodes, the batch's packed row
+        (``reading_batches``) and reading_seqs; finally
         COPY the quarantine rows (passed-in rejections first). When nothing is accepted only
         quarantine rows are written.
 
@@ -148,9 +144,11 @@ class SealMixin(StoreBase):
             if lookup:
                 ids, seqs = zip(*lookup, strict=True)
                 for row in await conn.fetch(
-                    "SELECT s.device_id, s.seq, s.leaf_hash FROM reading_seqs s "
-                    "JOIN unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
-                    "ON s.device_id = k.device_id AND s.seq = k.seq",
+                    f"SELECT d.device_id, s.seq, {LEAF_SQL} AS leaf_hash "
+                    "FROM unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
+                    "JOIN devices d ON d.device_id = k.device_id "
+                    "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq "
+                    f"{PACKED_JOIN}",
                     list(ids),
                     list(seqs),
                 ):
@@ -212,8 +210,7 @@ class SealMixin(StoreBase):
         hasher: merkle.Hasher,
     ) -> tuple[int, int, bytes, str]:
         leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in accepted]
-        levels = merkle.tree_levels(leaves, hasher=hasher)
-        batch_root = levels[-1][0]
+        batch_root = merkle.root(leaves, hasher=hasher)
         batch_id: int = await conn.fetchval("SELECT nextval('batch_ids')")
         head = await conn.fetchrow(
             "SELECT log_size, frontier FROM checkpoints ORDER BY log_size DESC LIMIT 1"
@@ -234,8 +231,9 @@ class SealMixin(StoreBase):
         )
         log_root = merkle.compact_root(new_frontier, hasher=hasher)
         note = sign_checkpoint(Checkpoint(origin, size + 1, log_root), signer)
-        await conn.execute(
-            "INSERT INTO batches (id, size, root, log_index, ingestor) VALUES ($1, $2, $3, $4, $5)",
+        sealed_at = await conn.fetchval(
+            "INSERT INTO batches (id, size, root, log_index, ingestor) VALUES ($1, $2, $3, $4, $5) "
+            "RETURNING sealed_at",
             batch_id,
             len(accepted),
             batch_root,
@@ -252,19 +250,31 @@ class SealMixin(StoreBase):
         await conn.copy_records_to_table(
             "log_nodes", records=nodes, columns=("level", "idx", "hash")
         )
-        readings = []
-        seqs = []
-        for i, (c, leaf) in enumerate(zip(accepted, leaves, strict=True)):
-            env, r = c.envelope, c.envelope.reading
-            readings.append(
-                (
-                    r.device_id, r.seq, r.ts, c.received_at, env.format,
-                    clean_text(r.kind, 1 << 16), env.kid, env.raw, leaf, batch_id, i,
-                )
-            )  # fmt: skip
-            path = b"".join(merkle.path_from_levels(levels, i))
-            seqs.append((r.device_id, r.seq, leaf, batch_id, i, c.received_at, path))
-        await conn.copy_records_to_table("readings", records=readings, columns=_READING_COLUMNS)
+        # The batch's envelopes and leaves in one packed row (sql/009), and a slim reading_seqs
+        # row per reading: paths are built from the leaves when a receipt asks.
+        packed_leaves, ends, envelopes = pack([c.envelope.raw for c in accepted], leaves)
+        await conn.execute(
+            "INSERT INTO reading_batches (batch_id, sealed_at, received_min, leaves, ends, "
+            "envelopes) VALUES ($1, $2, $3, $4, $5, $6)",
+            batch_id,
+            sealed_at,
+            min(c.received_at for c in accepted),
+            packed_leaves,
+            ends,
+            envelopes,
+        )
+        nums = {
+            r["device_id"]: r["num"]
+            for r in await conn.fetch(
+                "SELECT device_id, num FROM devices WHERE device_id = ANY($1::text[])",
+                list({c.envelope.reading.device_id for c in accepted}),
+            )
+        }
+        seqs = [
+            (nums[c.envelope.reading.device_id], c.envelope.reading.seq, batch_id, i,
+             c.received_at)
+            for i, c in enumerate(accepted)
+        ]  # fmt: skip
         await conn.copy_records_to_table("reading_seqs", records=seqs, columns=_SEQ_COLUMNS)
         return batch_id, size, batch_root, note
 

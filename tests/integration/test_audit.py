@@ -20,6 +20,7 @@ from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, PostgresServer
 from anchor.store import Candidate, DeviceSpec, Store
 from devices.signer import DeviceSigner
+from integration.stored import STORED_SQL, flip_middle_byte, tamper
 
 ORIGIN = "audit-it.cityanchor.example/log"
 
@@ -92,18 +93,9 @@ def test_audit_passes_then_names_the_corrupted_reading(sealed: Sealed) -> None:
     async def corrupt() -> tuple[str, int, int]:
         conn = await asyncpg.connect(sealed.dsn)
         try:
-            row = await conn.fetchrow(
-                "SELECT device_id, seq, batch_id, envelope FROM readings "
-                "WHERE batch_id = 3 AND batch_index = 2"
-            )
-            env = bytearray(row["envelope"])
-            env[len(env) // 2] ^= 0x01  # one stored byte
-            await conn.execute(
-                "UPDATE readings SET envelope = $1 WHERE device_id = $2 AND seq = $3",
-                bytes(env),
-                row["device_id"],
-                row["seq"],
-            )
+            row = await conn.fetchrow(STORED_SQL + "WHERE s.batch_id = 3 AND s.batch_index = 2")
+            # One stored byte, in the batch's packed row.
+            await tamper(conn, row["device_id"], row["seq"], flip_middle_byte)
             return row["device_id"], row["seq"], row["batch_id"]
         finally:
             await conn.close()

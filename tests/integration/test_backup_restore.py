@@ -27,6 +27,8 @@ from anchor.keys import PrivateKey
 from anchor.local import AnvilNode, PostgresServer
 from anchor.store import Candidate, DeviceSpec, Store
 from devices.signer import DeviceSigner
+from integration.stored import STORED_SQL, flip_middle_byte
+from integration.stored import tamper as tamper_envelope
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKUP = ROOT / "scripts" / "pg-backup.sh"
@@ -159,17 +161,8 @@ def test_restore_drill_fails_on_a_dump_of_a_tampered_store(
     async def tamper() -> None:
         conn = await asyncpg.connect(dsn)
         try:
-            row = await conn.fetchrow(
-                "SELECT device_id, seq, envelope FROM readings ORDER BY batch_id LIMIT 1"
-            )
-            env_bytes = bytearray(row["envelope"])
-            env_bytes[len(env_bytes) // 2] ^= 0x01
-            await conn.execute(
-                "UPDATE readings SET envelope = $1 WHERE device_id = $2 AND seq = $3",
-                bytes(env_bytes),
-                row["device_id"],
-                row["seq"],
-            )
+            row = await conn.fetchrow(STORED_SQL + "ORDER BY s.batch_id LIMIT 1")
+            await tamper_envelope(conn, row["device_id"], row["seq"], flip_middle_byte)
         finally:
             await conn.close()
 

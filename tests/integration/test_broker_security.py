@@ -188,7 +188,9 @@ async def _stored(dsn: str, device_id: str) -> tuple[int, dict[str, int]]:
     try:
         async with store.connection("test") as conn:
             stored = await conn.fetchval(
-                "SELECT count(*) FROM readings WHERE device_id = $1", device_id
+                "SELECT count(*) FROM reading_seqs s JOIN devices d ON d.num = s.device_num "
+                "WHERE d.device_id = $1",
+                device_id,
             )
             rows = await conn.fetch(
                 "SELECT reason, count(*) AS n FROM quarantine WHERE device_id = $1 GROUP BY reason",

@@ -32,6 +32,7 @@ from anchor.store import Store
 from anchor.verify import verify_receipt
 from devices.signer import DeviceSigner
 from integration.api_fixtures import ApiWorld
+from integration.stored import STORED_SQL
 from integration.test_api_public import post_verify, receipt_json
 from integration.test_ingest import (
     Env,
@@ -113,9 +114,7 @@ async def _quarantine(dsn: str) -> list[asyncpg.Record]:
 async def _stored(dsn: str, device_id: str) -> dict[int, bytes]:
     conn = await asyncpg.connect(dsn)
     try:
-        rows = await conn.fetch(
-            "SELECT seq, envelope FROM readings WHERE device_id = $1 ORDER BY seq", device_id
-        )
+        rows = await conn.fetch(STORED_SQL + "WHERE d.device_id = $1 ORDER BY s.seq", device_id)
         return {r["seq"]: bytes(r["envelope"]) for r in rows}
     finally:
         await conn.close()

@@ -68,7 +68,9 @@ def _stored(env: ingest_it.Env, device_id: str) -> tuple[list[int], dict[str, in
         conn = await asyncpg.connect(env.dsn)
         try:
             seqs = await conn.fetch(
-                "SELECT seq FROM readings WHERE device_id = $1 ORDER BY seq", device_id
+                "SELECT s.seq FROM reading_seqs s JOIN devices d ON d.num = s.device_num "
+                "WHERE d.device_id = $1 ORDER BY s.seq",
+                device_id,
             )
             rows = await conn.fetch(
                 "SELECT reason, count(*) AS n FROM quarantine WHERE device_id = $1 GROUP BY 1",

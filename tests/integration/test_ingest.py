@@ -34,6 +34,7 @@ from anchor.local import MosquittoServer, PostgresServer
 from anchor.store import Store
 from anchor.verify import verify_receipt
 from devices.signer import DeviceSigner
+from integration.stored import STORED_SQL
 
 _counter = itertools.count(1)
 
@@ -252,8 +253,7 @@ async def _audit(env: Env) -> None:
         assert [b["log_index"] for b in batches] == list(range(len(batches)))
         for b in batches:
             rows = await conn.fetch(
-                "SELECT envelope, leaf_hash FROM readings WHERE batch_id = $1 ORDER BY batch_index",
-                b["id"],
+                STORED_SQL + "WHERE s.batch_id = $1 ORDER BY s.batch_index", b["id"]
             )
             leaves = [merkle.leaf_hash(r["envelope"]) for r in rows]
             assert leaves == [r["leaf_hash"] for r in rows]

@@ -44,6 +44,7 @@ from anchor.local import AnvilNode, PostgresServer, free_port
 from anchor.store import Candidate, DeviceSpec, Store
 from anchor.witness_protocol import origin_hash
 from devices.signer import DeviceSigner
+from integration.stored import STORED_SQL, tamper
 from integration.test_witness import WitnessProcess
 
 ORIGIN = "monitor-it.cityanchor.example/log"
@@ -488,12 +489,15 @@ def test_a_receipt_that_fails_verification_is_evidence(world: World) -> None:
     async def corrupt() -> None:
         conn = await asyncpg.connect(world.dsn)
         try:  # one stored byte of every envelope of the sampled device
-            await conn.execute(
-                "UPDATE readings SET envelope = overlay(envelope placing "
-                "decode(lpad(to_hex(get_byte(envelope, 20) # 1), 2, '0'), 'hex') from 21 for 1) "
-                "WHERE device_id = $1",
-                world.device.device_id,
-            )
+            for r in await conn.fetch(
+                STORED_SQL + "WHERE d.device_id = $1", world.device.device_id
+            ):
+                await tamper(
+                    conn,
+                    r["device_id"],
+                    r["seq"],
+                    lambda e: e[:20] + bytes([e[20] ^ 1]) + e[21:],
+                )
         finally:
             await conn.close()
 

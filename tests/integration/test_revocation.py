@@ -30,11 +30,13 @@ import asyncpg
 import pytest
 
 from anchor.api import tokens
+from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
 from anchor.local import MosquittoServer, PostgresServer, free_port
 from anchor.receipt import receipt_to_dict
 from anchor.store import Store
 from devices.signer import DeviceSigner
+from integration.stored import STORED_SQL
 from integration.test_ingest import Env, Ingestors, Publisher, _env, _run, _wait_for, _with_store
 
 RATE_PER_S = 200
@@ -169,9 +171,13 @@ def _stream_around(
 async def _outcome(dsn: str, device_id: str) -> tuple[list[Any], list[Any]]:
     conn = await asyncpg.connect(dsn)
     try:
-        sealed = await conn.fetch(
-            "SELECT seq, ts, received_at, kid FROM readings WHERE device_id = $1", device_id
-        )
+        sealed = []
+        for r in await conn.fetch(STORED_SQL + "WHERE d.device_id = $1", device_id):
+            env = parse_envelope(bytes(r["envelope"]))  # ts and kid are in the envelope
+            sealed.append(
+                {"seq": r["seq"], "ts": env.reading.ts, "received_at": r["received_at"],
+                 "kid": env.kid}
+            )  # fmt: skip
         quarantined = await conn.fetch(
             "SELECT seq, reason, received_at, detail FROM quarantine WHERE device_id = $1",
             device_id,

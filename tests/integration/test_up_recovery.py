@@ -146,7 +146,10 @@ def _pg(data_dir: Path) -> PostgresServer:
 
 
 def _stored_seqs(data_dir: Path, device_id: str) -> set[int]:
-    out = _pg(data_dir).psql(f"SELECT seq FROM reading_seqs WHERE device_id = '{device_id}'")
+    out = _pg(data_dir).psql(
+        "SELECT s.seq FROM reading_seqs s JOIN devices d ON d.num = s.device_num "
+        f"WHERE d.device_id = '{device_id}'"
+    )
     return {int(x) for x in out.split()}
 
 
