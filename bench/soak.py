@@ -11,8 +11,8 @@ Starts ``cityanchor up --anchor-period 5s`` on a temporary data dir, registers d
   itself, PostgreSQL (all its processes), Mosquitto, anvil, the ingestor, the ingestor's pool
   workers, the anchoring job and the API;
 * PostgreSQL's database size (``pg_database_size``);
-* seal latency (from a reading's arrival at the ingestor, ``received_at``, to the commit of its batch) p50 / p99 over
-  the readings sealed since the previous sample, and the rate stored.
+* seal latency (from a reading's arrival at the ingestor, ``received_at``, to the commit of its
+  batch) p50 / p99 over the readings sealed since the previous sample, and the rate stored.
 
 It writes a PNG plot (matplotlib) and the samples as JSON next to it, prints a table, and as its
 last line one JSON object (DESIGN.md "Interfaces"; ``--quick`` takes 5 minutes, not 60 s, as
