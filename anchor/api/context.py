@@ -41,6 +41,7 @@ the page documenting each type there (:mod:`anchor.api.problems`)."""
 _STATUS: dict[Reason, int] = {
     Reason.NOT_FOUND: 404,
     Reason.ERASED: 410,
+    Reason.READING_ARCHIVED: 410,
     Reason.UNAUTHORIZED: 401,
     Reason.FORBIDDEN: 403,
     Reason.CONFLICT: 409,

@@ -146,6 +146,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "batch_size": getattr(args, "batch_size", None),
         "batch_age_ms": getattr(args, "batch_age_ms", None),
         "verify_processes": getattr(args, "verify_processes", None),
+        "archive_dir": getattr(args, "archive_dir", None),
         **extra,
     }
     config = Path(args.config) if getattr(args, "config", None) else None

@@ -399,6 +399,13 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--port", type=port_number, default=8080, help="listen port")
     p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--archive-dir",
+        metavar="DIR",
+        help="the archived months' files (cityanchor archive --dir): receipts of archived "
+        "readings are served from them (default: archive_dir; none: answered 410 "
+        "reading_archived)",
+    )
     p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")
