@@ -42,8 +42,10 @@ __all__ = [
     "ArchiveReader",
     "ArchiveRecord",
     "ArchivesMixin",
+    "archive_record",
     "archived_batch",
     "archived_place",
+    "check_archive",
     "erase_archived",
     "month_bounds",
     "parse_month",
@@ -120,7 +122,8 @@ class ArchiveRecord:
         return "restored" if self.restored_at is not None else "archived"
 
 
-def _record(r: Mapping[str, Any]) -> ArchiveRecord:
+def archive_record(r: Mapping[str, Any]) -> ArchiveRecord:
+    """An ``archives`` row as its record."""
     fields: dict[str, Any] = dict(r)
     fields["sha256"] = bytes(fields["sha256"])
     return ArchiveRecord(**fields)
@@ -301,7 +304,7 @@ class ArchivesMixin(StoreBase):
         """Every month ever archived, by month."""
         async with self._connection("archives") as conn:
             rows = await conn.fetch(f"SELECT {_ROW_COLUMNS} FROM archives ORDER BY month")
-        return [_record(r) for r in rows]
+        return [archive_record(r) for r in rows]
 
     async def months_to_archive(self, before: str) -> list[str]:
         """The months before ``before`` that hold batches in the database, oldest first."""
@@ -339,8 +342,8 @@ class ArchivesMixin(StoreBase):
                     f"SELECT {_ROW_COLUMNS} FROM archives WHERE month = $1", month
                 )
                 if existing is not None and existing["restored_at"] is None:
-                    recover_files(directory, _record(existing))
-                    return _record(existing), False
+                    recover_files(directory, archive_record(existing))
+                    return archive_record(existing), False
                 if hi > await conn.fetchval("SELECT date_trunc('month', now())"):
                     raise StoreError(
                         f"month {month} is not over: only months before the current one are "
@@ -409,7 +412,7 @@ class ArchivesMixin(StoreBase):
                     after_step("detached")
                     await conn.execute(f"DROP TABLE {name}")
                 after_step("dropped")
-                return _record(row), True
+                return archive_record(row), True
             finally:
                 with contextlib.suppress(Exception):
                     await conn.execute("SELECT pg_advisory_unlock($1)", ARCHIVE_LOCK)
@@ -480,7 +483,7 @@ class ArchivesMixin(StoreBase):
                 )
                 if row is None:
                     raise not_found(f"month {month} was never archived")
-                record = _record(row)
+                record = archive_record(row)
                 if record.restored_at is not None:
                     return record, False
                 recover_files(directory, record)
@@ -513,7 +516,7 @@ class ArchivesMixin(StoreBase):
                         f"RETURNING {_ROW_COLUMNS}",
                         month,
                     )
-                return _record(row), True
+                return archive_record(row), True
             finally:
                 with contextlib.suppress(Exception):
                     await conn.execute("SELECT pg_advisory_unlock($1)", ARCHIVE_LOCK)
@@ -558,7 +561,7 @@ async def erase_archived(
             if place is None:
                 return None  # restored meanwhile: the caller erases it in the database
             month = place["month"]
-            record = _record(
+            record = archive_record(
                 await conn.fetchrow(f"SELECT {_ROW_COLUMNS} FROM archives WHERE month = $1", month)
             )
             recover_files(directory, record)

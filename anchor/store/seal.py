@@ -99,6 +99,26 @@ def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
     )
 
 
+# reading_seqs ``s`` -> its batch -> its packed row, if its month is in the database (an
+# archived month's leaves are in its archive file: anchor.store.archives).
+_ARCHIVED_OR_PACKED_JOIN = PACKED_JOIN.replace("JOIN reading_batches", "LEFT JOIN reading_batches")
+
+
+def _archived_leaves(
+    candidates: Sequence[Candidate], archived: set[tuple[str, int]], hasher: merkle.Hasher
+) -> dict[tuple[str, int], bytes]:
+    """Leaves to classify the candidates by for the looked-up readings of archived months
+    (their leaves are in the archive files, which the seal does not read): a candidate whose
+    (device, seq) is archived is refused as ``replayed_seq`` (its own leaf stands for the
+    stored one; that it is refused is what matters, and 13-month-old redeliveries are the
+    expected case); an archived seq - 1 is not chain-checked."""
+    return {
+        key: merkle.leaf_hash(c.envelope.raw, hasher=hasher)
+        for c in candidates
+        if (key := (c.envelope.reading.device_id, c.envelope.reading.seq)) in archived
+    }
+
+
 class SealMixin(StoreBase):
     """``seal`` and ``quarantine`` of :class:`anchor.store.Store`."""
 
@@ -143,16 +163,21 @@ class SealMixin(StoreBase):
             stored: dict[tuple[str, int], bytes] = {}
             if lookup:
                 ids, seqs = zip(*lookup, strict=True)
+                archived: set[tuple[str, int]] = set()
                 for row in await conn.fetch(
                     f"SELECT d.device_id, s.seq, {LEAF_SQL} AS leaf_hash "
                     "FROM unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
                     "JOIN devices d ON d.device_id = k.device_id "
                     "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq "
-                    f"{PACKED_JOIN}",
+                    f"{_ARCHIVED_OR_PACKED_JOIN}",
                     list(ids),
                     list(seqs),
                 ):
-                    stored[(row["device_id"], row["seq"])] = bytes(row["leaf_hash"])
+                    if row["leaf_hash"] is None:
+                        archived.add((row["device_id"], row["seq"]))
+                    else:
+                        stored[(row["device_id"], row["seq"])] = bytes(row["leaf_hash"])
+                stored.update(_archived_leaves(candidates, archived, hasher))
             accepted, rejected = classify_candidates(candidates, stored, hasher=hasher)
             quarantine = [*rejections, *key_rejected, *rejected]
             batch_id = log_index = None
