@@ -263,7 +263,6 @@ def test_archive_serve_audit_erase_restore(
             world.valid(await st.receipt(DEVICES[0], 2))
         finally:
             await st.close()
-        return None
 
     _run(erase())
     files = sorted(p.name for p in tmp_path.iterdir())
@@ -283,7 +282,7 @@ def test_archive_serve_audit_erase_restore(
     env = bytearray(line.envelopes)
     env[5] ^= 1
     member = af.encode_line(af.BatchLine(**{**_fields(line), "envelopes": bytes(env)}))
-    path.write_bytes(member + good[entry["length"]:])
+    path.write_bytes(member + good[entry["length"] :])
     report = _run(run_audit(db_dsn, log_verifiers=[SIGNER.verifier], archive_dir=tmp_path,
                             progress=None))  # fmt: skip
     assert not report.ok
