@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import gzip
 import hashlib
 import json
@@ -39,11 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from anchor import merkle
+from anchor.errors import Reason
+from anchor.store.errors import StoreError
 from anchor.store.packed import split_envelopes, split_leaves
 
 __all__ = [
     "MANIFEST_FORMAT",
     "ArchiveFormatError",
+    "ArchiveReader",
     "BatchLine",
     "Manifest",
     "ManifestBatch",
@@ -305,6 +309,57 @@ def parse_manifest(data: bytes) -> Manifest:
 
 
 # ------------------------------------------------------------------------------------- files
+
+
+_BATCH_CACHE = 64
+
+
+def _invalid(detail: str) -> StoreError:
+    return StoreError(detail, reason=Reason.ARCHIVE_INVALID)
+
+
+class ArchiveReader:
+    """Reads archived batches from one directory for receipts: each month's manifest once per
+    file name (a rewrite gives a new name), and the last :data:`_BATCH_CACHE` batch lines."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._manifests: dict[str, Manifest] = {}
+        self._lines: collections.OrderedDict[tuple[str, int], BatchLine] = collections.OrderedDict()
+
+    def manifest(self, month: str, file: str) -> Manifest:
+        cached = self._manifests.get(file)
+        if cached is not None:
+            return cached
+        path = self.directory / manifest_name(month)
+        try:
+            manifest = parse_manifest(path.read_bytes())
+        except (OSError, ArchiveFormatError) as exc:
+            raise _invalid(f"archive manifest {path}: {exc}") from exc
+        if manifest.file != file:
+            raise _invalid(f"archive manifest {path} names {manifest.file}, the database {file}")
+        self._manifests[file] = manifest
+        return manifest
+
+    def batch(self, month: str, file: str, batch_id: int) -> BatchLine:
+        key = (file, batch_id)
+        line = self._lines.get(key)
+        if line is not None:
+            self._lines.move_to_end(key)
+            return line
+        entry = self.manifest(month, file).batch(batch_id)
+        if entry is None:
+            raise _invalid(f"archive {file}: its manifest has no batch {batch_id}")
+        try:
+            line = read_member(self.directory / file, entry.offset, entry.length)
+        except (OSError, ArchiveFormatError) as exc:
+            raise _invalid(f"archive {self.directory / file}: batch {batch_id}: {exc}") from exc
+        if line.batch_id != batch_id:
+            raise _invalid(f"archive {file}: batch {batch_id}'s place holds {line.batch_id}")
+        self._lines[key] = line
+        if len(self._lines) > _BATCH_CACHE:
+            self._lines.popitem(last=False)
+        return line
 
 
 def write_durably(path: Path, chunks: Iterable[bytes]) -> tuple[bytes, int]:

@@ -22,7 +22,6 @@ Erasures and archiving: the archiving transaction locks the partition first and 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -31,8 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anchor.store.archive_file as af
 from anchor.errors import Reason
-from anchor.store import archive_file as af
+from anchor.store.archive_file import ArchiveReader
 from anchor.store.connection import ARCHIVE_LOCK, StoreBase
 from anchor.store.errors import StoreError, not_found
 from anchor.store.packed import envelope_format
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 _PARTITIONED = "reading_batches"
-_BATCH_CACHE = 64
 _ROW_COLUMNS = (
     "month, file, sha256, bytes, batches, readings, log_from, log_to, generation, "
     "archived_at, restored_at"
@@ -127,52 +126,6 @@ def archive_record(r: Mapping[str, Any]) -> ArchiveRecord:
     fields: dict[str, Any] = dict(r)
     fields["sha256"] = bytes(fields["sha256"])
     return ArchiveRecord(**fields)
-
-
-class ArchiveReader:
-    """Reads archived batches from one directory for receipts: each month's manifest once per
-    file name (a rewrite gives a new name), and the last :data:`_BATCH_CACHE` batch lines."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._manifests: dict[str, af.Manifest] = {}
-        self._lines: collections.OrderedDict[tuple[str, int], af.BatchLine] = (
-            collections.OrderedDict()
-        )
-
-    def manifest(self, month: str, file: str) -> af.Manifest:
-        cached = self._manifests.get(file)
-        if cached is not None:
-            return cached
-        path = self.directory / af.manifest_name(month)
-        try:
-            manifest = af.parse_manifest(path.read_bytes())
-        except (OSError, af.ArchiveFormatError) as exc:
-            raise _invalid(f"archive manifest {path}: {exc}") from exc
-        if manifest.file != file:
-            raise _invalid(f"archive manifest {path} names {manifest.file}, the database {file}")
-        self._manifests[file] = manifest
-        return manifest
-
-    def batch(self, month: str, file: str, batch_id: int) -> af.BatchLine:
-        key = (file, batch_id)
-        line = self._lines.get(key)
-        if line is not None:
-            self._lines.move_to_end(key)
-            return line
-        entry = self.manifest(month, file).batch(batch_id)
-        if entry is None:
-            raise _invalid(f"archive {file}: its manifest has no batch {batch_id}")
-        try:
-            line = af.read_member(self.directory / file, entry.offset, entry.length)
-        except (OSError, af.ArchiveFormatError) as exc:
-            raise _invalid(f"archive {self.directory / file}: batch {batch_id}: {exc}") from exc
-        if line.batch_id != batch_id:
-            raise _invalid(f"archive {file}: batch {batch_id}'s place holds {line.batch_id}")
-        self._lines[key] = line
-        if len(self._lines) > _BATCH_CACHE:
-            self._lines.popitem(last=False)
-        return line
 
 
 def _missing_dir(what: str, month: str, file: str) -> StoreError:

@@ -21,7 +21,7 @@ from anchor.errors import AnchorError
 from anchor.store.errors import translate
 
 if TYPE_CHECKING:
-    from anchor.store.archives import ArchiveReader
+    from anchor.store.archive_file import ArchiveReader
 
 __all__ = [
     "ADVISORY_LOCKS",

@@ -369,12 +369,8 @@ class ReceiptsMixin(StoreBase):
             place = await archived_place(conn, device_id, seq)
             if place is None:
                 raise not_found(f"no reading {device_id} seq {seq}")
-            line = await archived_batch(
-                self.archive_reader,
-                conn,
-                place["batch_id"],
-                what=f"reading {device_id} seq {seq}",
-            )
+            what = f"reading {device_id} seq {seq}"
+            line = await archived_batch(self.archive_reader, conn, place["batch_id"], what=what)
             if line is None:  # restored between the two statements
                 raise not_found(f"no reading {device_id} seq {seq}")
             index = place["batch_index"]
