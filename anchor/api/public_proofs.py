@@ -86,8 +86,10 @@ ROUTES = RouteTable()
         "until the checkpoint is anchored again); sealed ones are cached "
         "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
         "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
-        "envelope, and the tombstone as `erasure` (cached 5 s). A reading that is not "
-        "stored is a 404; with a bearer token of scope `audit:read`, one the ingestors "
+        "envelope, and the tombstone as `erasure` (cached 5 s). A reading of an archived "
+        "month (`cityanchor archive`) is served from its archive file, the same bytes, when "
+        "the API has `archive_dir`; without it the answer is 410 `reading_archived` naming "
+        "the month and file. A reading that is not stored is a 404; with a bearer token of scope `audit:read`, one the ingestors "
         "quarantined says `quarantined: <reason>` in its `detail`.",
         "parameters": [
             DEVICE_ID,

@@ -381,3 +381,50 @@ def test_unanchored_month_is_refused_unless_allowed(db_dsn: str, tmp_path: Path)
             await store.close()
 
     _run(body())
+
+
+def test_the_api_serves_archived_receipts_from_the_file_or_answers_reading_archived(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    from aiohttp import ClientSession, web
+
+    from anchor.api.app import ApiContext, create_app
+    from anchor.host.config import Settings
+    from anchor.local import free_port
+
+    async def body() -> list[tuple[int, bytes]]:
+        world = await _world(db_dsn)
+        store = world.store
+        out: list[tuple[int, bytes]] = []
+        try:
+            before = await world.receipts(store, (1,))
+            _, now = await store.archive_month(_name(OLD), tmp_path)
+            assert now
+            for directory in (None, tmp_path):
+                served = await Store.connect(db_dsn)
+                served.use_archive_dir(directory)
+                app = create_app(ApiContext(store=served, settings=Settings(database_url=db_dsn)))
+                runner = web.AppRunner(app)
+                await runner.setup()
+                port = free_port()
+                await web.TCPSite(runner, "127.0.0.1", port).start()
+                try:
+                    async with (
+                        ClientSession() as http,
+                        http.get(f"http://127.0.0.1:{port}/v1/receipts/{DEVICES[0]}/1") as resp,
+                    ):
+                        out.append((resp.status, await resp.read()))
+                finally:
+                    await runner.cleanup()
+                    await served.close()
+            out.append((0, before[(DEVICES[0], 1)]))
+        finally:
+            await store.close()
+        return out
+
+    (gone, body_gone), (ok, body_ok), (_, before) = _run(body())
+    problem = json.loads(body_gone)
+    assert gone == 410 and problem["reason"] == "reading_archived"
+    assert problem["type"] == "/problems/reading_archived"
+    assert _name(OLD) in problem["detail"] and f"{_name(OLD)}.jsonl.gz" in problem["detail"]
+    assert ok == 200 and body_ok == before
