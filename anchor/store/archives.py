@@ -50,6 +50,7 @@ __all__ = [
     "month_bounds",
     "parse_month",
     "recover_files",
+    "refuse_archived_range",
 ]
 
 _PARTITIONED = "reading_batches"
@@ -142,6 +143,27 @@ async def archived_place(conn: Any, device_id: str, seq: int) -> Mapping[str, An
     the reading does not exist or its month is in the database."""
     row: Mapping[str, Any] | None = await conn.fetchrow(_PLACE_SQL, device_id, seq)
     return row
+
+
+async def refuse_archived_range(conn: Any, device_id: str, lo: int, hi: int) -> None:
+    """Raise ``reading_archived`` when a reading of ``device_id`` with seq in ``lo..hi`` is in
+    an archived month: a completeness proof must not present it as a gap."""
+    row = await conn.fetchrow(
+        "SELECT a.month, a.file FROM reading_seqs s JOIN devices d ON d.num = s.device_num "
+        "JOIN batches bt ON bt.id = s.batch_id JOIN archives a ON a.month = "
+        "to_char(bt.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM') AND a.restored_at IS NULL "
+        "WHERE d.device_id = $1 AND s.seq BETWEEN $2 AND $3 LIMIT 1",
+        device_id,
+        lo,
+        hi,
+    )
+    if row is not None:
+        raise StoreError(
+            f"readings {device_id} seq {lo}..{hi} include the archived month {row['month']} "
+            f"(file {row['file']}): a completeness proof over it needs the month restored "
+            f"(`cityanchor archive restore --month {row['month']} --dir DIR`)",
+            reason=Reason.READING_ARCHIVED,
+        )
 
 
 async def archived_batch(

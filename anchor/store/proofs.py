@@ -22,6 +22,7 @@ from anchor.completeness import (
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord
 from anchor.sealing import MAX_STORED_INT
+from anchor.store.archives import refuse_archived_range
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found
 from anchor.store.packed import (
@@ -219,6 +220,7 @@ class ProofsMixin(StoreBase):
                 device_id,
             )
             hi = min(to_seq, latest)
+            await refuse_archived_range(conn, device_id, from_seq, hi)
             rows = await conn.fetch(
                 f"SELECT s.seq, {LEAF_SQL} AS leaf_hash, s.batch_id, s.batch_index, "
                 f"{ENVELOPE_SQL} AS envelope, e.format AS erased_format "

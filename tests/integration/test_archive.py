@@ -210,6 +210,12 @@ def test_archive_serve_audit_erase_restore(
                 await plain.receipt(DEVICES[0], 1)
             assert err.value.reason == Reason.READING_ARCHIVED
             assert _name(OLD) in err.value.detail and f"{_name(OLD)}.jsonl.gz" in err.value.detail
+            # A completeness proof never shows an archived month as gaps: refused.
+            with pytest.raises(StoreError) as err:
+                await plain.completeness_proof(DEVICES[0], 1, 100)
+            assert err.value.reason == Reason.READING_ARCHIVED and _name(OLD) in err.value.detail
+            proof = await plain.completeness_proof(DEVICES[0], 7, 100)
+            assert [r.seq for r in proof.readings] == [7, 8, 9, 10, 11] and proof.gaps == ()
             # Unknown readings are still not_found.
             with pytest.raises(StoreError) as err:
                 await plain.receipt(DEVICES[0], 999)
