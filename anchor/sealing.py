@@ -159,8 +159,9 @@ _ZERO_PREV = bytes(32)
 class Candidate:
     """A reading that passed the ingestor's size, parse, registry and signature checks.
 
-    ``received_at`` (timezone-aware) is when the ingestor took it off MQTT; it is the
-    partition key of the stored reading. ``topic`` is the MQTT topic it came on.
+    ``received_at`` (timezone-aware) is when the ingestor took it off MQTT (stored per reading;
+    the stored batch is partitioned by its seal time, sql/009). ``topic`` is the MQTT topic it
+    came on.
     """
 
     envelope: Envelope
