@@ -61,6 +61,7 @@ __all__ = [
     "iter_members",
     "manifest_name",
     "parse_manifest",
+    "place",
     "read_member",
     "write_durably",
 ]
@@ -233,17 +234,22 @@ def erase_in_line(line: BatchLine, index: int) -> BatchLine:
     return replace(line, envelopes=envelopes, erased=tuple(sorted({*line.erased, index})))
 
 
+def place(line: BatchLine, offset: int, length: int) -> ManifestBatch:
+    """The manifest's entry of a batch whose member is at ``offset`` (``length`` bytes)."""
+    return ManifestBatch(line.batch_id, line.log_index, line.size, line.root, offset, length)
+
+
 def build_manifest(
     month: str,
     file: str,
     *,
-    members: Sequence[tuple[BatchLine, int, int]],
+    entries: Sequence[ManifestBatch],
     sha256: bytes,
     size: int,
     created_at: str,
 ) -> bytes:
-    """The manifest of a file whose batches are ``members``: (line, offset, length)."""
-    if not members:
+    """The manifest of a file whose batches are ``entries``, in file order."""
+    if not entries:
         raise ArchiveFormatError("an archive holds at least one batch")
     doc = {
         "format": MANIFEST_FORMAT,
@@ -251,20 +257,20 @@ def build_manifest(
         "file": file,
         "sha256": sha256.hex(),
         "bytes": size,
-        "batches": len(members),
-        "readings": sum(line.size for line, _, _ in members),
-        "log_from": min(line.log_index for line, _, _ in members),
-        "log_to": max(line.log_index for line, _, _ in members),
+        "batches": len(entries),
+        "readings": sum(e.size for e in entries),
+        "log_from": min(e.log_index for e in entries),
+        "log_to": max(e.log_index for e in entries),
         "batch_roots": [
             {
-                "batch_id": line.batch_id,
-                "log_index": line.log_index,
-                "size": line.size,
-                "root": line.root.hex(),
-                "offset": offset,
-                "length": length,
+                "batch_id": e.batch_id,
+                "log_index": e.log_index,
+                "size": e.size,
+                "root": e.root.hex(),
+                "offset": e.offset,
+                "length": e.length,
             }
-            for line, offset, length in members
+            for e in entries
         ],
         "created_at": created_at,
     }

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,18 +35,20 @@ from anchor.errors import Reason
 from anchor.store.archive_file import ArchiveReader
 from anchor.store.connection import ARCHIVE_LOCK, StoreBase
 from anchor.store.errors import StoreError, not_found
-from anchor.store.packed import envelope_format
 from anchor.store.schema import SchemaMixin
 
 __all__ = [
+    "ARCHIVE_COLUMNS",
     "ArchiveReader",
     "ArchiveRecord",
     "ArchivesMixin",
+    "archive_invalid",
     "archive_record",
     "archived_batch",
+    "archived_error",
     "archived_place",
     "check_archive",
-    "erase_archived",
+    "check_line_against",
     "month_bounds",
     "parse_month",
     "recover_files",
@@ -54,7 +56,7 @@ __all__ = [
 ]
 
 _PARTITIONED = "reading_batches"
-_ROW_COLUMNS = (
+ARCHIVE_COLUMNS = (
     "month, file, sha256, bytes, batches, readings, log_from, log_to, generation, "
     "archived_at, restored_at"
 )
@@ -97,7 +99,7 @@ def _partition(month: str) -> str:
     return f"{_PARTITIONED}_y{year:04d}m{m:02d}"
 
 
-def _invalid(detail: str) -> StoreError:
+def archive_invalid(detail: str) -> StoreError:
     return StoreError(detail, reason=Reason.ARCHIVE_INVALID)
 
 
@@ -129,7 +131,7 @@ def archive_record(r: Mapping[str, Any]) -> ArchiveRecord:
     return ArchiveRecord(**fields)
 
 
-def _missing_dir(what: str, month: str, file: str) -> StoreError:
+def archived_error(what: str, month: str, file: str) -> StoreError:
     return StoreError(
         f"{what} is in the archived month {month}, file {file}: this process has no archive "
         "directory (--archive-dir / archive_dir); give it one, or restore the month with "
@@ -181,7 +183,7 @@ async def archived_batch(
     if row is None:
         return None
     if reader is None:
-        raise _missing_dir(what or f"batch {batch_id}", row["month"], row["file"])
+        raise archived_error(what or f"batch {batch_id}", row["month"], row["file"])
     return await asyncio.to_thread(reader.batch, row["month"], row["file"], batch_id)
 
 
@@ -209,7 +211,7 @@ def recover_files(directory: Path, record: ArchiveRecord) -> None:
             old.unlink()
 
 
-def _check_against(line: af.BatchLine, batch: Mapping[str, Any]) -> str | None:
+def check_line_against(line: af.BatchLine, batch: Mapping[str, Any]) -> str | None:
     if (line.batch_id, line.log_index, line.size, line.root) != (
         batch["id"],
         batch["log_index"],
@@ -229,12 +231,12 @@ def check_archive(
     try:
         manifest = af.parse_manifest((directory / af.manifest_name(record.month)).read_bytes())
     except (OSError, af.ArchiveFormatError) as exc:
-        raise _invalid(f"archive of {record.month}: manifest: {exc}") from exc
+        raise archive_invalid(f"archive of {record.month}: manifest: {exc}") from exc
     problems = []
     try:
         sha, size = af.file_sha256(path)
     except OSError as exc:
-        raise _invalid(f"archive of {record.month}: {path}: {exc}") from exc
+        raise archive_invalid(f"archive of {record.month}: {path}: {exc}") from exc
     if manifest.file != record.file or (manifest.sha256, manifest.bytes) != (sha, size):
         problems.append(f"{record.file}: SHA-256 {sha.hex()} ({size} bytes) is not the manifest's")
     if (record.sha256, record.bytes) != (sha, size):
@@ -248,7 +250,7 @@ def check_archive(
         except (OSError, af.ArchiveFormatError) as exc:
             problems.append(f"{record.file}: batch {entry.batch_id}: {exc}")
             continue
-        problem = _check_against(line, batch)
+        problem = check_line_against(line, batch)
         if problem is None and (entry.log_index, entry.size, entry.root) != (
             line.log_index,
             line.size,
@@ -278,7 +280,7 @@ class ArchivesMixin(StoreBase):
     async def archives(self) -> list[ArchiveRecord]:
         """Every month ever archived, by month."""
         async with self._connection("archives") as conn:
-            rows = await conn.fetch(f"SELECT {_ROW_COLUMNS} FROM archives ORDER BY month")
+            rows = await conn.fetch(f"SELECT {ARCHIVE_COLUMNS} FROM archives ORDER BY month")
         return [archive_record(r) for r in rows]
 
     async def months_to_archive(self, before: str) -> list[str]:
@@ -314,7 +316,7 @@ class ArchivesMixin(StoreBase):
             await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK)
             try:
                 existing = await conn.fetchrow(
-                    f"SELECT {_ROW_COLUMNS} FROM archives WHERE month = $1", month
+                    f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE month = $1", month
                 )
                 if existing is not None and existing["restored_at"] is None:
                     recover_files(directory, archive_record(existing))
@@ -350,17 +352,17 @@ class ArchivesMixin(StoreBase):
                 after_step("file")
                 sha, size = af.file_sha256(directory / file)
                 manifest = af.build_manifest(
-                    month, file, members=members, sha256=sha, size=size,
+                    month, file, entries=members, sha256=sha, size=size,
                     created_at=datetime.now(UTC).isoformat(),
                 )  # fmt: skip
                 record = ArchiveRecord(
-                    month, file, sha, size, len(members), sum(m[0].size for m in members),
+                    month, file, sha, size, len(members), sum(m.size for m in members),
                     batches[0]["log_index"], last, 0, datetime.now(UTC), None,
                 )  # fmt: skip
                 af.write_durably(directory / af.manifest_name(month), [manifest])
                 _, problems = await asyncio.to_thread(check_archive, directory, record, batches)
                 if problems:
-                    raise _invalid(f"archive of {month} does not read back: {problems[0]}")
+                    raise archive_invalid(f"archive of {month} does not read back: {problems[0]}")
                 after_step("verified")
                 async with conn.transaction():
                     await conn.execute(f"LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE")
@@ -379,7 +381,7 @@ class ArchivesMixin(StoreBase):
                         "ON CONFLICT (month) DO UPDATE SET file = $2, sha256 = $3, bytes = $4, "
                         "batches = $5, readings = $6, log_from = $7, log_to = $8, "
                         "generation = 0, archived_at = now(), restored_at = NULL "
-                        f"RETURNING {_ROW_COLUMNS}",
+                        f"RETURNING {ARCHIVE_COLUMNS}",
                         month, file, sha, size, record.batches, record.readings,
                         record.log_from, record.log_to,
                     )  # fmt: skip
@@ -394,11 +396,11 @@ class ArchivesMixin(StoreBase):
 
     async def _write_month(
         self, conn: Any, partition: str, batches: Sequence[Mapping[str, Any]], path: Path
-    ) -> tuple[list[tuple[af.BatchLine, int, int]], set[tuple[int, int]]]:
+    ) -> tuple[list[af.ManifestBatch], set[tuple[int, int]]]:
         """Write the partition's rows to ``path`` durably, in log order, from one snapshot;
-        returns each line's (line without its bytes, offset, length) and the erased places."""
+        returns each line's manifest entry and the erased places."""
         by_id = {b["id"]: b for b in batches}
-        members: list[tuple[af.BatchLine, int, int]] = []
+        members: list[af.ManifestBatch] = []
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             erased: set[tuple[int, int]] = {
                 (r["batch_id"], r["batch_index"])
@@ -432,10 +434,10 @@ class ArchivesMixin(StoreBase):
                     )  # fmt: skip
                     problem = af.check_line(line)
                     if problem is not None:
-                        raise _invalid(f"not archived: the database's {problem}")
+                        raise archive_invalid(f"not archived: the database's {problem}")
                     member = await asyncio.to_thread(af.encode_line, line)
                     f.write(member)
-                    members.append((af.BatchLine(**_slim(line)), offset, len(member)))
+                    members.append(af.place(line, offset, len(member)))
                     offset += len(member)
                 f.flush()
                 os.fsync(f.fileno())
@@ -454,7 +456,7 @@ class ArchivesMixin(StoreBase):
             await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK)
             try:
                 row = await conn.fetchrow(
-                    f"SELECT {_ROW_COLUMNS} FROM archives WHERE month = $1", month
+                    f"SELECT {ARCHIVE_COLUMNS} FROM archives WHERE month = $1", month
                 )
                 if row is None:
                     raise not_found(f"month {month} was never archived")
@@ -472,7 +474,7 @@ class ArchivesMixin(StoreBase):
                     check_archive, directory, record, batches
                 )
                 if problems:
-                    raise _invalid(f"not restored: {problems[0]}")
+                    raise archive_invalid(f"not restored: {problems[0]}")
                 path = directory / record.file
                 async with conn.transaction():
                     await SchemaMixin._ensure_partition(conn, name, lo, hi)
@@ -488,112 +490,10 @@ class ArchivesMixin(StoreBase):
                     )  # fmt: skip
                     row = await conn.fetchrow(
                         f"UPDATE archives SET restored_at = now() WHERE month = $1 "
-                        f"RETURNING {_ROW_COLUMNS}",
+                        f"RETURNING {ARCHIVE_COLUMNS}",
                         month,
                     )
                 return archive_record(row), True
             finally:
                 with contextlib.suppress(Exception):
                     await conn.execute("SELECT pg_advisory_unlock($1)", ARCHIVE_LOCK)
-
-
-def _slim(line: af.BatchLine) -> dict[str, Any]:
-    """A line's fields without its bytes (the manifest needs ids, sizes and roots only)."""
-    return {
-        "batch_id": line.batch_id,
-        "sealed_at": line.sealed_at,
-        "received_min": line.received_min,
-        "log_index": line.log_index,
-        "size": line.size,
-        "root": line.root,
-        "leaves": b"",
-        "ends": b"",
-        "envelopes": b"",
-        "erased": line.erased,
-    }
-
-
-async def erase_archived(
-    store: StoreBase,
-    device_id: str,
-    seq: int,
-    *,
-    insert_tombstone: Callable[[Any, bytes, str], Any],
-) -> Any | None:
-    """Erase a reading of an archived month (see the module docstring). Returns what
-    ``insert_tombstone(conn, leaf_hash, format)`` returned (it runs in the transaction that
-    records the rewritten file), or None when the reading's month is not archived."""
-    async with store._connection("erase_archived") as conn:
-        place = await archived_place(conn, device_id, seq)
-        if place is None:
-            return None
-        if store.archive_reader is None:
-            raise _missing_dir(f"reading {device_id} seq {seq}", place["month"], place["file"])
-        directory = store.archive_reader.directory
-        await conn.execute("SELECT pg_advisory_lock($1)", ARCHIVE_LOCK)
-        try:
-            place = await archived_place(conn, device_id, seq)  # under the lock
-            if place is None:
-                return None  # restored meanwhile: the caller erases it in the database
-            month = place["month"]
-            record = archive_record(
-                await conn.fetchrow(f"SELECT {_ROW_COLUMNS} FROM archives WHERE month = $1", month)
-            )
-            recover_files(directory, record)
-            batches = await conn.fetch(
-                "SELECT id, size, root, log_index FROM batches WHERE sealed_at >= $1 "
-                "AND sealed_at < $2 ORDER BY log_index",
-                *month_bounds(month),
-            )
-            manifest, problems = await asyncio.to_thread(check_archive, directory, record, batches)
-            if problems:
-                raise _invalid(f"not erased: {problems[0]}")
-            old = directory / record.file
-            generation = record.generation + 1
-            new_file = af.data_file_name(month, generation)
-            lines = [line for _, line in af.iter_members(old, manifest)]
-            index = place["batch_index"]
-            target = next(i for i, line in enumerate(lines) if line.batch_id == place["batch_id"])
-            envelope = lines[target].envelope(index)
-            leaf = lines[target].leaves[32 * index : 32 * index + 32]
-            lines[target] = af.erase_in_line(lines[target], index)
-            members: list[tuple[af.BatchLine, int, int]] = []
-            encoded = [af.encode_line(line) for line in lines]
-            offset = 0
-            for line, member in zip(lines, encoded, strict=True):
-                members.append((line, offset, len(member)))
-                offset += len(member)
-            sha, size = af.write_durably(directory / new_file, encoded)
-            pending = directory / (af.manifest_name(month) + ".next")
-            af.write_durably(
-                pending,
-                [
-                    af.build_manifest(
-                        month,
-                        new_file,
-                        members=members,
-                        sha256=sha,
-                        size=size,
-                        created_at=manifest.created_at,
-                    )
-                ],  # fmt: skip,
-            )
-            async with conn.transaction():
-                result = await insert_tombstone(conn, leaf, envelope_format(envelope))
-                await conn.execute(
-                    "UPDATE archives SET file = $2, sha256 = $3, bytes = $4, generation = $5 "
-                    "WHERE month = $1",
-                    month,
-                    new_file,
-                    sha,
-                    size,
-                    generation,
-                )
-            recover_files(
-                directory,
-                replace(record, file=new_file, sha256=sha, bytes=size, generation=generation),
-            )
-            return result
-        finally:
-            with contextlib.suppress(Exception):
-                await conn.execute("SELECT pg_advisory_unlock($1)", ARCHIVE_LOCK)

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from anchor.errors import Reason
-from anchor.store.archives import erase_archived
+from anchor.store.archive_erase import erase_archived
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
 from anchor.store.packed import (

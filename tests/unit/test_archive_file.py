@@ -80,10 +80,10 @@ def test_a_file_reads_whole_and_by_member_and_matches_its_manifest(tmp_path: Pat
     assert [json.loads(x)["batch_id"] for x in whole] == [1, 2, 3]
     places, offset = [], 0
     for line, member in zip(lines, members, strict=True):
-        places.append((line, offset, len(member)))
+        places.append(af.place(line, offset, len(member)))
         offset += len(member)
     text = af.build_manifest(
-        "2026-01", path.name, members=places, sha256=sha, size=size, created_at="now"
+        "2026-01", path.name, entries=places, sha256=sha, size=size, created_at="now"
     )
     manifest = af.parse_manifest(text)
     assert (manifest.batches[2].batch_id, manifest.readings, manifest.log_to) == (3, 20, 2)
