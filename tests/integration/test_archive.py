@@ -70,9 +70,10 @@ class World:
         self.signers = {d: DeviceSigner(d, k) for d, k in self.keys.items()}
         self.raw: dict[tuple[str, int], bytes] = {}
 
-    async def setup(self) -> None:
+    async def setup(self, *, partitions: bool = True) -> None:
         await self.store.migrate()
-        await self.store.ensure_partitions(4, start=OLD)
+        if partitions:
+            await self.store.ensure_partitions(4, start=OLD)
         for device_id, key in self.keys.items():
             await self.store.register_device(
                 device_id, key.public_key, district="nanshan", kind="iot.air_quality"
@@ -142,10 +143,10 @@ def _run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def _world(dsn: str) -> World:
+async def _world(dsn: str, *, partitions: bool = True) -> World:
     store = await Store.connect(dsn)
     world = World(store)
-    await world.setup()
+    await world.setup(partitions=partitions)
     return world
 
 
@@ -372,17 +373,36 @@ def test_a_crash_between_steps_leaves_the_month_whole_and_a_rerun_finishes(
 
 def test_unanchored_month_is_refused_unless_allowed(db_dsn: str, tmp_path: Path) -> None:
     async def body() -> None:
-        world = await _world(db_dsn)
+        # No partitions made for the old months: their batches are in the default partition.
+        world = await _world(db_dsn, partitions=False)
         store = world.store
         try:
+            assert _partition(OLD) not in await _partitions(store)
             async with store.connection() as conn:
                 await conn.execute("DELETE FROM anchors")
+            before = await world.receipts(store, (1, 2))
             with pytest.raises(StoreError) as err:
                 await store.archive_month(_name(OLD), tmp_path)
             assert err.value.reason == Reason.ARCHIVE_UNANCHORED
-            assert _partition(OLD) in await _partitions(store)
+            assert await store.archives() == []
+            assert await world.receipts(store, (1, 2)) == before
             record, now = await store.archive_month(_name(OLD), tmp_path, allow_unanchored=True)
             assert now and record.readings == 12
+            assert _partition(OLD) not in await _partitions(store)
+            async with store.connection() as conn:
+                assert (
+                    await conn.fetchval(
+                        "SELECT count(*) FROM reading_batches WHERE batch_id IN (1, 2)"
+                    )
+                    == 0
+                )
+            store.use_archive_dir(tmp_path)
+            assert await world.receipts(store, (1, 2)) == before
+            # Restored into a partition of its own (not the default one).
+            _, now = await store.restore_month(_name(OLD), tmp_path)
+            assert now and _partition(OLD) in await _partitions(store)
+            store.use_archive_dir(None)
+            assert await world.receipts(store, (1, 2)) == before
         finally:
             await store.close()
 
