@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from _common import BenchConfig, run_sections
 from storage import BATCH, DEVICES, SIZES, _fill_new, _fleet, _sign_all, _sizes
 
@@ -111,7 +112,8 @@ def archive_section(cfg: BenchConfig) -> dict[str, Any]:
             stored = await _fill_new(dsn, envelopes, operator)
             store = await Store.connect(dsn)
             try:
-                async with store.connection() as conn:
+                conn = await asyncpg.connect(dsn)
+                try:
                     # Sealed two months back: the partition key moves each packed row.
                     for table, column in (("batches", "id"), ("reading_batches", "batch_id")):
                         await conn.execute(
@@ -119,6 +121,8 @@ def archive_section(cfg: BenchConfig) -> dict[str, Any]:
                             f"$1::timestamptz + {column} * interval '1 minute'",
                             month,
                         )
+                finally:
+                    await conn.close()
                 cp = await store.latest_checkpoint_record()
                 assert cp is not None
                 await store.record_anchor(
