@@ -15,6 +15,7 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.keys import PublicKey
 from anchor.sealing import MAX_STORED_INT
+from anchor.store.archives import archived_batch
 from anchor.store.connection import MAX_LIST, StoreBase, clean_text
 from anchor.store.errors import StoreError, checked_device_id, conflict, not_found
 from anchor.store.packed import LEAF_SQL, PACKED_JOIN, SEQS
@@ -75,6 +76,10 @@ async def fetch_devices(conn: Any, clause: str, *args: Any) -> list[DeviceRecord
         keys[k["device_id"]].append(key_record(k))
     records = [device_record(r, keys[r["device_id"]]) for r in rows]
     return sorted(records, key=lambda d: d.device_id)
+
+
+# reading_seqs ``s`` -> its batch -> its packed row, if its month is in the database.
+_PACKED_IF_STORED = PACKED_JOIN.replace("JOIN reading_batches", "LEFT JOIN reading_batches")
 
 
 class DevicesMixin(StoreBase):
@@ -220,13 +225,25 @@ class DevicesMixin(StoreBase):
         if not 1 <= seq <= MAX_STORED_INT:
             return None
         async with self._connection("reading_received_at") as conn:
-            when: datetime | None = await conn.fetchval(
-                f"SELECT s.received_at FROM {SEQS} {PACKED_JOIN} "
-                f"WHERE d.device_id = $1 AND s.seq = $2 AND {LEAF_SQL} = $3",
+            row = await conn.fetchrow(
+                f"SELECT s.received_at, s.batch_id, s.batch_index, {LEAF_SQL} AS leaf_hash "
+                f"FROM {SEQS} {_PACKED_IF_STORED} WHERE d.device_id = $1 AND s.seq = $2",
                 device_id,
                 seq,
-                leaf_hash,
             )
+            if row is None:
+                return None
+            leaf = row["leaf_hash"]
+            if leaf is None:
+                # An archived month (anchor.store.archives): the leaf is in its file, read when
+                # this process has the archive directory; without it the time is not known.
+                try:
+                    line = await archived_batch(self.archive_reader, conn, row["batch_id"])
+                except StoreError:
+                    return None
+                i = row["batch_index"]
+                leaf = None if line is None else line.leaves[32 * i : 32 * i + 32]
+        when: datetime | None = row["received_at"] if leaf == leaf_hash else None
         return when
 
     async def list_devices(

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from anchor import merkle
 from anchor.anchoring.chains.base import AnchorConfirmation
 from anchor.checkpoint import generate_note_key
 from anchor.cli.audit import run_audit
@@ -221,7 +222,12 @@ def test_archive_serve_audit_erase_restore(
             with pytest.raises(StoreError) as err:
                 await plain.receipt(DEVICES[0], 999)
             assert err.value.reason == Reason.NOT_FOUND
+            leaf = merkle.leaf_hash(world.raw[(DEVICES[0], 1)])
+            assert await plain.reading_received_at(DEVICES[0], 1, leaf) is None
             plain.use_archive_dir(tmp_path)
+            # The time the key-validity rule is judged at (POST /v1/verify): from the file's leaf.
+            assert await plain.reading_received_at(DEVICES[0], 1, leaf) == OLD + timedelta(days=2)
+            assert await plain.reading_received_at(DEVICES[0], 1, bytes(32)) is None
             after = await world.receipts(plain, (1, 2))
             assert after == before  # byte for byte
             for key in before:
