@@ -348,7 +348,9 @@ class ArchivesMixin(StoreBase):
                 await SchemaMixin._ensure_partition(conn, name, lo, hi)
                 after_step("partition")
                 file = af.data_file_name(month)
-                members, erased = await self._write_month(conn, name, batches, directory / file)
+                members, erased = await self._write_month(
+                    conn, name, batches, directory / file, after_step
+                )
                 after_step("file")
                 sha, size = af.file_sha256(directory / file)
                 manifest = af.build_manifest(
@@ -395,7 +397,12 @@ class ArchivesMixin(StoreBase):
                     await conn.execute("SELECT pg_advisory_unlock($1)", ARCHIVE_LOCK)
 
     async def _write_month(
-        self, conn: Any, partition: str, batches: Sequence[Mapping[str, Any]], path: Path
+        self,
+        conn: Any,
+        partition: str,
+        batches: Sequence[Mapping[str, Any]],
+        path: Path,
+        progress: Step,
     ) -> tuple[list[af.ManifestBatch], set[tuple[int, int]]]:
         """Write the partition's rows to ``path`` durably, in log order, from one snapshot;
         returns each line's manifest entry and the erased places."""
@@ -439,6 +446,8 @@ class ArchivesMixin(StoreBase):
                     f.write(member)
                     members.append(af.place(line, offset, len(member)))
                     offset += len(member)
+                    if len(members) % 200 == 0:
+                        progress(f"writing: {len(members)}/{len(batches)} batches")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
