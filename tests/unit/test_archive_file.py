@@ -116,3 +116,23 @@ def test_names_months_and_the_archived_reason() -> None:
         with pytest.raises(ValueError):
             parse_month(bad)
     assert status_for(Reason.READING_ARCHIVED) == 410
+
+
+def test_the_command_refuses_months_not_over_and_bad_months_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anchor.cli.commands import main
+    from anchor.cli.parsing import ERROR_PREFIX
+
+    dsn = ["--database-url", "postgresql://nobody@127.0.0.1:1/none"]
+    assert main(["archive", "--before", "2999-01", "--dir", str(tmp_path), *dsn]) == 2
+    assert capsys.readouterr().err.startswith(f"{ERROR_PREFIX}--before 2999-01 is after")
+    assert main(["archive", "--before", "2020-01", "--dir", str(tmp_path / "no"), *dsn]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["archive", *dsn]) == 2
+    assert "--before YYYY-MM is needed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["archive", "--before", "2026-13", *dsn])
+    assert exc.value.code == 2 and ERROR_PREFIX in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["archive", "restore", "--dir", str(tmp_path), *dsn])  # --month is required
