@@ -212,6 +212,9 @@ def test_archive_serve_audit_erase_restore(
                 await plain.receipt(DEVICES[0], 1)
             assert err.value.reason == Reason.READING_ARCHIVED
             assert _name(OLD) in err.value.detail and f"{_name(OLD)}.jsonl.gz" in err.value.detail
+            with pytest.raises(StoreError) as err:
+                await plain.batch_record(1)
+            assert err.value.reason == Reason.READING_ARCHIVED
             # A completeness proof never shows an archived month as gaps: refused.
             with pytest.raises(StoreError) as err:
                 await plain.completeness_proof(DEVICES[0], 1, 100)
@@ -228,6 +231,10 @@ def test_archive_serve_audit_erase_restore(
             # The time the key-validity rule is judged at (POST /v1/verify): from the file's leaf.
             assert await plain.reading_received_at(DEVICES[0], 1, leaf) == OLD + timedelta(days=2)
             assert await plain.reading_received_at(DEVICES[0], 1, bytes(32)) is None
+            record = await plain.batch_record(1)
+            assert len(record.leaf_hashes) == 6 and record.leaf_hashes == tuple(
+                await plain.batch_leaf_hashes(1)
+            )
             after = await world.receipts(plain, (1, 2))
             assert after == before  # byte for byte
             for key in before:
