@@ -3,7 +3,7 @@ from its file against receipts from the database, erasure in an archived month, 
 
     python bench/archive.py [--quick]
 
-* **Fill.** A private PostgreSQL gets ``readings`` readings (quick: 20,000; full: 200,000) from
+* **Fill.** A private PostgreSQL gets ``readings`` readings (quick: 10,000; full: 200,000) from
   ``bench/storage.py``'s simulator-like fleet, sealed with :meth:`anchor.store.Store.seal` in
   batches of 1000; the batches are then moved to a month two months back (``sealed_at``, the
   partition key) and the newest checkpoint is recorded as anchored.
@@ -31,7 +31,7 @@ from typing import Any
 
 import asyncpg
 from _common import BenchConfig, run_sections
-from storage import BATCH, DEVICES, SIZES, _fill_new, _fleet, _sign_all, _sizes
+from storage import BATCH, _fill_new, _fleet, _sign_all, _sizes
 
 from anchor.anchoring.chains.base import AnchorConfirmation
 from anchor.checkpoint import generate_note_key
@@ -42,6 +42,8 @@ from anchor.store import DeviceSpec, Store
 from anchor.store.operator import erase_reading
 
 ORIGIN = "bench.cityanchor.example/archive"
+SIZES = {True: 10_000, False: 200_000}
+DEVICES = {True: 100, False: 1000}
 RECEIPTS = 300
 
 
