@@ -9,6 +9,7 @@ import gzip
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +137,46 @@ def test_the_command_refuses_months_not_over_and_bad_months_before_connecting(
     assert exc.value.code == 2 and ERROR_PREFIX in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["archive", "restore", "--dir", str(tmp_path), *dsn])  # --month is required
+
+
+def _record(file: str, generation: int) -> Any:
+    from anchor.store.archives import ArchiveRecord
+
+    return ArchiveRecord(
+        "2026-01", file, b"\0" * 32, 1, 1, 1, 0, 0, generation, datetime.now(UTC), None
+    )
+
+
+def _pending(tmp_path: Path, file: str) -> None:
+    line = _line()
+    member = af.encode_line(line)
+    text = af.build_manifest(
+        "2026-01", file, entries=[af.place(line, 0, len(member))], sha256=b"\0" * 32,
+        size=len(member), created_at="now",
+    )  # fmt: skip
+    (tmp_path / "2026-01.manifest.json.next").write_bytes(text)
+
+
+def test_recovery_after_a_crash_in_an_erasure_rewrite(tmp_path: Path) -> None:
+    from anchor.store.archives import recover_files
+
+    for name in ("2026-01.jsonl.gz", "2026-01.g1.jsonl.gz", "2026-01.manifest.json"):
+        (tmp_path / name).write_bytes(b"x")
+    # The database committed the new file: its manifest takes its place, the old file goes.
+    _pending(tmp_path, "2026-01.g1.jsonl.gz")
+    recover_files(tmp_path, _record("2026-01.g1.jsonl.gz", 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2026-01.g1.jsonl.gz",
+        "2026-01.manifest.json",
+    ]
+    assert af.parse_manifest((tmp_path / "2026-01.manifest.json").read_bytes()).file == (
+        "2026-01.g1.jsonl.gz"
+    )
+    # The database did not commit a newer one: the pending manifest and its file go.
+    (tmp_path / "2026-01.g2.jsonl.gz").write_bytes(b"y")
+    _pending(tmp_path, "2026-01.g2.jsonl.gz")
+    recover_files(tmp_path, _record("2026-01.g1.jsonl.gz", 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "2026-01.g1.jsonl.gz",
+        "2026-01.manifest.json",
+    ]
