@@ -39,15 +39,15 @@ see :mod:`anchor.device_id`), ``conflict`` (409: device or key already registere
 already revoked, anchoring job busy), ``not_found`` (404), ``anchoring_unconfigured`` (503: no
 chain configured).
 
-Erasure (PIPL / GDPR): ``DELETE /v1/readings/{device_id}/{seq}`` sets the stored envelope to
-NULL (its bytes and so its values are gone) and records a tombstone (who, when, legal reason);
-the leaf hash, the batch and every proof stay, so every other receipt still verifies, and the
-erased reading's receipt says ``"status": "erased"`` with an ``erasure`` object. Idempotent:
-the answer is 200 ``{"status": "erased", "erased_now": bool, "tombstone": {...}}``, with the
-first tombstone again (``erased_now`` false) on a repeat. The tombstone's ``erased_at``,
-``erased_by`` and ``legal_reason`` are the receipt's ``erasure`` object, named and written alike
-(``erased_at`` RFC 3339 UTC to the second); ``actor``, the name first published for
-``erased_by``, stays beside it as an alias.
+Erasure (PIPL / GDPR): ``DELETE /v1/readings/{device_id}/{seq}`` overwrites the stored envelope
+with zeros (its bytes and so its values are gone; sql/009) and records a tombstone (who, when,
+legal reason); the leaf hash, the batch and every proof stay, so every other receipt still
+verifies, and the erased reading's receipt says ``"status": "erased"`` with an ``erasure``
+object. Idempotent: the answer is 200 ``{"status": "erased", "erased_now": bool, "tombstone":
+{...}}``, with the first tombstone again (``erased_now`` false) on a repeat. The tombstone's
+``erased_at``, ``erased_by`` and ``legal_reason`` are the receipt's ``erasure`` object, named
+and written alike (``erased_at`` RFC 3339 UTC to the second); ``actor``, the name first
+published for ``erased_by``, stays beside it as an alias.
 
 Audit log: every request to a changing endpoint (POST/DELETE above) is recorded, whatever its
 outcome (including 401 and 403), with the actor (token name, or ``anonymous``), token id,

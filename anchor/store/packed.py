@@ -118,14 +118,19 @@ def block_path(
     block: bytes,
     index: int,
     upper: Sequence[Sequence[bytes]],
+    root: bytes,
     hasher: merkle.Hasher = merkle.SHA256,
 ) -> tuple[bytes, list[bytes]]:
     """The leaf and RFC 9162 audit path of leaf ``index`` from the batch's leaves in its block
-    (``index & ~15`` on, as :data:`BLOCK_SQL` reads them) and :func:`upper_levels`.
+    (``index & ~15`` on, as :data:`BLOCK_SQL` reads them), :func:`upper_levels` and the batch
+    ``root`` they were checked against.
 
     In the tree the levels are built by pairing (a last odd node is carried up), so below level
     4 a node and its sibling lie in the same aligned block of 16 leaves, and the block's own
-    tree has the same nodes there. The caller verifies the path against the batch root.
+    tree has the same nodes there; its root is the tree's node above them (level 4, or the
+    batch root in a batch of at most 16). That node is checked: so the path, made of the
+    block's nodes and of levels already checked against the root, leads to the root. Raises
+    ``ProofError`` when it does not (stored leaves that are not the sealed ones).
     """
     base = index & ~(BLOCK - 1)
     local = index - base
@@ -133,6 +138,9 @@ def block_path(
     if not 0 <= local < len(leaves):
         raise merkle.ProofError(f"index {index} is outside its stored block")
     levels = merkle.tree_levels(leaves, hasher=hasher)
+    expected = upper[0][index >> BLOCK_LEVELS] if upper else root
+    if levels[-1][0] != expected:
+        raise merkle.ProofError(f"the stored leaves around {index} do not lead to the root")
     path = []
     for k in range(BLOCK_LEVELS):
         sibling = (local >> k) ^ 1

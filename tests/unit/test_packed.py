@@ -38,7 +38,7 @@ def test_block_path_is_the_rfc9162_path_for_every_leaf(size: int) -> None:
     for index in range(size):
         base = index & ~(packed.BLOCK - 1)
         block = blob[32 * base : 32 * (base + packed.BLOCK)]  # as BLOCK_SQL reads it
-        leaf, path = packed.block_path(block, index, upper)
+        leaf, path = packed.block_path(block, index, upper, root)
         assert leaf == leaves[index]
         assert path == merkle.inclusion_proof(leaves, index)
         merkle.verify_inclusion(leaf, index, size, path, root)
@@ -46,19 +46,21 @@ def test_block_path_is_the_rfc9162_path_for_every_leaf(size: int) -> None:
 
 def test_block_path_refuses_an_index_outside_its_block() -> None:
     leaves = _leaves(20)
-    _, upper = packed.upper_levels(leaves)
+    root, upper = packed.upper_levels(leaves)
     with pytest.raises(merkle.ProofError):
-        packed.block_path(b"".join(leaves[16:]), 16 + 4, upper)
+        packed.block_path(b"".join(leaves[16:]), 16 + 4, upper, root)
 
 
-def test_a_wrong_upper_level_gives_a_path_that_fails_the_root() -> None:
-    leaves = _leaves(100)
-    root, _ = packed.upper_levels(leaves)
-    _, other = packed.upper_levels(_leaves(101)[1:])
-    blob = b"".join(leaves)
-    leaf, path = packed.block_path(blob[32 * 32 : 32 * 48], 40, other)
-    with pytest.raises(merkle.ProofError):
-        merkle.verify_inclusion(leaf, 40, 100, path, root)
+@pytest.mark.parametrize("size", [5, 16, 40, 100])
+def test_a_changed_stored_leaf_is_refused(size: int) -> None:
+    leaves = _leaves(size)
+    root, upper = packed.upper_levels(leaves)
+    for index in (0, size - 1):
+        base = index & ~(packed.BLOCK - 1)
+        block = bytearray(b"".join(leaves[base : base + packed.BLOCK]))
+        block[-1] ^= 1  # the block's last leaf, whichever the asked one is
+        with pytest.raises(merkle.ProofError):
+            packed.block_path(bytes(block), index, upper, root)
 
 
 def test_envelope_format_is_read_from_the_bytes() -> None:
