@@ -467,3 +467,48 @@ def test_the_api_serves_archived_receipts_from_the_file_or_answers_reading_archi
     assert problem["type"] == "/problems/reading_archived"
     assert _name(OLD) in problem["detail"] and f"{_name(OLD)}.jsonl.gz" in problem["detail"]
     assert ok == 200 and body_ok == before
+
+
+def test_an_erasure_while_the_month_is_being_archived_makes_it_run_again(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    import threading
+
+    def erase_elsewhere() -> None:
+        async def erase() -> None:
+            other = await Store.connect(db_dsn)
+            try:
+                await erase_reading(other, DEVICES[0], 7, actor="dpo", legal_reason="GDPR")
+            finally:
+                await other.close()
+
+        thread = threading.Thread(target=lambda: asyncio.run(erase()))
+        thread.start()
+        thread.join()
+
+    async def body() -> None:
+        world = await _world(db_dsn)
+        store = world.store
+        try:
+            # Erased after the file was written and checked, before the partition is dropped.
+            with pytest.raises(StoreError) as err:
+                await store.archive_month(
+                    _name(MID),
+                    tmp_path,
+                    after_step=lambda step: erase_elsewhere() if step == "verified" else None,
+                )
+            assert err.value.reason == Reason.DB_BUSY and err.value.retryable
+            assert await store.archives() == []
+            record, now = await store.archive_month(_name(MID), tmp_path)
+            assert now
+            manifest = af.parse_manifest((tmp_path / f"{_name(MID)}.manifest.json").read_bytes())
+            (line,) = [x for _, x in af.iter_members(tmp_path / record.file, manifest)]
+            assert line.erased == (0,) and not any(line.envelope(0))
+            store.use_archive_dir(tmp_path)
+            erased = await store.receipt(DEVICES[0], 7)
+            assert erased.status == "erased"
+            world.valid(erased)
+        finally:
+            await store.close()
+
+    _run(body())
