@@ -326,15 +326,18 @@ def _invalid(detail: str) -> StoreError:
 
 class ArchiveReader:
     """Reads archived batches from one directory for receipts: each month's manifest once per
-    file name (a rewrite gives a new name), and the last :data:`_BATCH_CACHE` batch lines."""
+    file (name and SHA-256, as the database records them: a file archived again after a restore
+    keeps its name, not its contents), and the last :data:`_BATCH_CACHE` batch lines."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._manifests: dict[str, Manifest] = {}
-        self._lines: collections.OrderedDict[tuple[str, int], BatchLine] = collections.OrderedDict()
+        self._manifests: dict[tuple[str, bytes], Manifest] = {}
+        self._lines: collections.OrderedDict[tuple[str, bytes, int], BatchLine] = (
+            collections.OrderedDict()
+        )
 
-    def manifest(self, month: str, file: str) -> Manifest:
-        cached = self._manifests.get(file)
+    def manifest(self, month: str, file: str, sha256: bytes) -> Manifest:
+        cached = self._manifests.get((file, sha256))
         if cached is not None:
             return cached
         path = self.directory / manifest_name(month)
@@ -342,18 +345,18 @@ class ArchiveReader:
             manifest = parse_manifest(path.read_bytes())
         except (OSError, ArchiveFormatError) as exc:
             raise _invalid(f"archive manifest {path}: {exc}") from exc
-        if manifest.file != file:
-            raise _invalid(f"archive manifest {path} names {manifest.file}, the database {file}")
-        self._manifests[file] = manifest
+        if (manifest.file, manifest.sha256) != (file, sha256):
+            raise _invalid(f"archive manifest {path} names {manifest.file}, not the database's")
+        self._manifests[(file, sha256)] = manifest
         return manifest
 
-    def batch(self, month: str, file: str, batch_id: int) -> BatchLine:
-        key = (file, batch_id)
+    def batch(self, month: str, file: str, sha256: bytes, batch_id: int) -> BatchLine:
+        key = (file, sha256, batch_id)
         line = self._lines.get(key)
         if line is not None:
             self._lines.move_to_end(key)
             return line
-        entry = self.manifest(month, file).batch(batch_id)
+        entry = self.manifest(month, file, sha256).batch(batch_id)
         if entry is None:
             raise _invalid(f"archive {file}: its manifest has no batch {batch_id}")
         try:

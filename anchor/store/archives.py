@@ -175,7 +175,7 @@ async def archived_batch(
     ``reading_archived`` when it is but ``reader`` is None, ``archive_invalid`` when the file
     does not hold it."""
     row = await conn.fetchrow(
-        "SELECT a.month, a.file FROM batches bt JOIN archives a ON a.month = "
+        "SELECT a.month, a.file, a.sha256 FROM batches bt JOIN archives a ON a.month = "
         "to_char(bt.sealed_at AT TIME ZONE 'UTC', 'YYYY-MM') AND a.restored_at IS NULL "
         "WHERE bt.id = $1",
         batch_id,
@@ -184,7 +184,9 @@ async def archived_batch(
         return None
     if reader is None:
         raise archived_error(what or f"batch {batch_id}", row["month"], row["file"])
-    return await asyncio.to_thread(reader.batch, row["month"], row["file"], batch_id)
+    return await asyncio.to_thread(
+        reader.batch, row["month"], row["file"], bytes(row["sha256"]), batch_id
+    )
 
 
 def recover_files(directory: Path, record: ArchiveRecord) -> None:

@@ -414,8 +414,17 @@ def test_unanchored_month_is_refused_unless_allowed(db_dsn: str, tmp_path: Path)
             # Restored into a partition of its own (not the default one).
             _, now = await store.restore_month(_name(OLD), tmp_path)
             assert now and _partition(OLD) in await _partitions(store)
+            reader = store.archive_reader
             store.use_archive_dir(None)
             assert await world.receipts(store, (1, 2)) == before
+            # Erased in the database, archived again under the same file name: a reader that
+            # cached the first file's lines serves the new file (cached by name AND SHA-256).
+            await erase_reading(store, DEVICES[0], 1, actor="dpo", legal_reason="GDPR")
+            record, now = await store.archive_month(_name(OLD), tmp_path, allow_unanchored=True)
+            assert now and record.file == f"{_name(OLD)}.jsonl.gz"
+            store.archive_reader = reader
+            erased = await store.receipt(DEVICES[0], 1)
+            assert erased.status == "erased" and erased.envelope == b""
         finally:
             await store.close()
 
