@@ -24,6 +24,7 @@ from anchor.store.archives import (
     archived_error,
     archived_place,
     check_line_against,
+    directory_errors,
     month_bounds,
     recover_files,
 )
@@ -120,15 +121,16 @@ async def erase_archived(
                 length = len(changed) if e.batch_id == entry.batch_id else e.length
                 entries.append(replace(e, offset=offset, length=length))
                 offset += length
-            sha, size = await asyncio.to_thread(
-                af.write_durably, directory / new_file, _members(old, manifest, entry, changed)
-            )
-            pending = directory / (af.manifest_name(month) + ".next")
-            text = af.build_manifest(
-                month, new_file, entries=entries, sha256=sha, size=size,
-                created_at=manifest.created_at,
-            )  # fmt: skip
-            af.write_durably(pending, [text])
+            with directory_errors(directory):
+                sha, size = await asyncio.to_thread(
+                    af.write_durably, directory / new_file, _members(old, manifest, entry, changed)
+                )
+                pending = directory / (af.manifest_name(month) + ".next")
+                text = af.build_manifest(
+                    month, new_file, entries=entries, sha256=sha, size=size,
+                    created_at=manifest.created_at,
+                )  # fmt: skip
+                af.write_durably(pending, [text])
             async with conn.transaction():
                 result = await insert_tombstone(conn, leaf, envelope_format(envelope))
                 await conn.execute(

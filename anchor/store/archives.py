@@ -24,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anchor.store.archive_file as af
-from anchor.errors import Reason
+from anchor.errors import Reason, UsageError
 from anchor.store.archive_file import ArchiveReader
 from anchor.store.connection import ARCHIVE_LOCK, StoreBase
 from anchor.store.errors import StoreError, not_found
@@ -49,6 +49,7 @@ __all__ = [
     "archived_place",
     "check_archive",
     "check_line_against",
+    "directory_errors",
     "month_bounds",
     "parse_month",
     "recover_files",
@@ -97,6 +98,18 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 def _partition(month: str) -> str:
     year, m = parse_month(month)
     return f"{_PARTITIONED}_y{year:04d}m{m:02d}"
+
+
+@contextlib.contextmanager
+def directory_errors(directory: Path) -> Iterator[None]:
+    """A file error in the archive directory as the operator's (``UsageError``: the store's
+    connection helper would report an ``OSError`` as the database being unreachable)."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(
+            f"archive directory {directory}: {exc.strerror or exc}: {exc.filename or ''}"
+        ) from exc
 
 
 def archive_invalid(detail: str) -> StoreError:
@@ -193,6 +206,11 @@ def recover_files(directory: Path, record: ArchiveRecord) -> None:
     """Finish or undo a file rewrite a crash interrupted (see the module docstring): the
     record's file is the month's; a pending manifest for it is put in place, one for another
     file is dropped with that file; older generations' files are removed."""
+    with directory_errors(directory):
+        _recover_files(directory, record)
+
+
+def _recover_files(directory: Path, record: ArchiveRecord) -> None:
     pending = directory / (af.manifest_name(record.month) + ".next")
     if pending.exists():
         try:
@@ -350,20 +368,21 @@ class ArchivesMixin(StoreBase):
                 await SchemaMixin._ensure_partition(conn, name, lo, hi)
                 after_step("partition")
                 file = af.data_file_name(month)
-                members, erased = await self._write_month(
-                    conn, name, batches, directory / file, after_step
-                )
-                after_step("file")
-                sha, size = af.file_sha256(directory / file)
-                manifest = af.build_manifest(
-                    month, file, entries=members, sha256=sha, size=size,
-                    created_at=datetime.now(UTC).isoformat(),
-                )  # fmt: skip
-                record = ArchiveRecord(
-                    month, file, sha, size, len(members), sum(m.size for m in members),
-                    batches[0]["log_index"], last, 0, datetime.now(UTC), None,
-                )  # fmt: skip
-                af.write_durably(directory / af.manifest_name(month), [manifest])
+                with directory_errors(directory):
+                    members, erased = await self._write_month(
+                        conn, name, batches, directory / file, after_step
+                    )
+                    after_step("file")
+                    sha, size = af.file_sha256(directory / file)
+                    manifest = af.build_manifest(
+                        month, file, entries=members, sha256=sha, size=size,
+                        created_at=datetime.now(UTC).isoformat(),
+                    )  # fmt: skip
+                    record = ArchiveRecord(
+                        month, file, sha, size, len(members), sum(m.size for m in members),
+                        batches[0]["log_index"], last, 0, datetime.now(UTC), None,
+                    )  # fmt: skip
+                    af.write_durably(directory / af.manifest_name(month), [manifest])
                 _, problems = await asyncio.to_thread(check_archive, directory, record, batches)
                 if problems:
                     raise archive_invalid(f"archive of {month} does not read back: {problems[0]}")

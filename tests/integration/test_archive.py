@@ -177,6 +177,13 @@ def test_archive_serve_audit_erase_restore(
     world, before = _run(prepare())
     assert len(before) == 12
 
+    # A directory it cannot write to: the operator's error (exit 2), the month stays.
+    blocker = tmp_path / f"{_name(OLD)}.jsonl.gz.tmp"
+    blocker.mkdir()
+    code = main(["archive", "--before", _name(MID), "--dir", str(tmp_path), "--database-url",
+                 db_dsn])  # fmt: skip
+    assert code == 2 and f"archive directory {tmp_path}: Is a directory" in capsys.readouterr().err
+    blocker.rmdir()
     # Unanchored newer batches do not stop the older month; the current month is never taken.
     code = main(["archive", "--before", _name(MID), "--dir", str(tmp_path), "--database-url",
                  db_dsn])  # fmt: skip
