@@ -447,7 +447,7 @@ class Reason(StrEnum):
         "A month to archive holds a batch no anchored checkpoint covers yet.",
     )
     ARCHIVE_INVALID = (
-        "archive_invalid", "StoreError; archive, audit",
+        "archive_invalid", "StoreError; archive, audit; HTTP 500",
         "An archive file or manifest is missing or does not match its record or batch roots.",
     )
     IMPORT_INVALID = "import_invalid", "ImportFileError", "A device import file has bad rows."

@@ -54,6 +54,7 @@ _STATUS: dict[Reason, int] = {
     Reason.CHAIN_UNAVAILABLE: 503,
     Reason.DB_ERROR: 500,
     Reason.LOG_INCONSISTENT: 500,
+    Reason.ARCHIVE_INVALID: 500,
     Reason.INTERNAL: 500,
 }
 

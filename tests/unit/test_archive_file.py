@@ -117,6 +117,7 @@ def test_names_months_and_the_archived_reason() -> None:
         with pytest.raises(ValueError):
             parse_month(bad)
     assert status_for(Reason.READING_ARCHIVED) == 410
+    assert status_for(Reason.ARCHIVE_INVALID) == 500  # the operator's files, not the request
 
 
 def test_the_command_refuses_months_not_over_and_bad_months_before_connecting(
