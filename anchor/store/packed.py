@@ -6,7 +6,7 @@ so a statement reads one reading's envelope and a few of its batch's leaves with
 and PostgreSQL fetches only those TOAST chunks. This module is the pure part: packing and
 unpacking, the SQL fragments the store's statements share, and building a batch path from the
 16 leaves around a reading (:data:`BLOCK`) plus the batch tree's levels above them, which the
-receipt cache keeps per batch (about 4 KiB for a 1,000-reading batch, where the whole tree is 64).
+receipt cache keeps per batch (126 hashes for a 1,000-reading batch; the whole tree has 2,000).
 
 An erased envelope's bytes are zeros (or, erased before 009, empty); whether a reading is erased
 is decided by its tombstone in ``reading_erasures``, never by the bytes alone.
@@ -27,6 +27,7 @@ __all__ = [
     "LEAF_SQL",
     "OFFSETS_SQL",
     "PACKED_JOIN",
+    "PACKED_ROW",
     "SEQS",
     "block_path",
     "envelope_format",
@@ -58,12 +59,16 @@ LEAF_SQL = "substring(p.leaves FROM 32 * s.batch_index + 1 FOR 32)"
 BLOCK_SQL = f"substring(p.leaves FROM 32 * (s.batch_index & ~{BLOCK - 1}) + 1 FOR {_HASH * BLOCK})"
 # A reading_seqs row ``s`` with its device ``d`` (reading_seqs keys a device by its number).
 SEQS = "reading_seqs s JOIN devices d ON d.num = s.device_num"
-# reading_seqs ``s`` -> its batch ``bt`` -> its packed row ``p`` (bt.sealed_at is p's partition
-# key, so one partition's index is searched).
-PACKED_JOIN = (
-    "JOIN batches bt ON bt.id = s.batch_id "
-    "JOIN reading_batches p ON p.batch_id = s.batch_id AND p.sealed_at = bt.sealed_at"
+# The packed row ``p`` of batch ``{b}`` (a ``batches`` row joined before it): a LATERAL probe
+# (OFFSET 0 keeps the planner from flattening it) so that b.sealed_at, p's partition key, is a
+# parameter and PostgreSQL prunes to one partition at run time instead of probing every month.
+PACKED_ROW = (
+    "CROSS JOIN LATERAL (SELECT p.batch_id, p.sealed_at, p.leaves, p.ends, p.envelopes "
+    "FROM reading_batches p WHERE p.batch_id = {b}.id AND p.sealed_at = {b}.sealed_at "
+    "OFFSET 0) AS p"
 )
+# reading_seqs ``s`` -> its batch ``bt`` -> its packed row ``p``.
+PACKED_JOIN = "JOIN batches bt ON bt.id = s.batch_id " + PACKED_ROW.format(b="bt")
 
 
 def pack(envelopes: Sequence[bytes], leaves: Sequence[bytes]) -> tuple[bytes, bytes, bytes]:

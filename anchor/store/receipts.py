@@ -33,6 +33,7 @@ from anchor.store.packed import (
     ENVELOPE_SQL,
     OFFSETS_SQL,
     PACKED_JOIN,
+    PACKED_ROW,
     SEQS,
     block_path,
     envelope_format,
@@ -63,7 +64,7 @@ SELECT {i}s.batch_id, s.batch_index, d.device_id, s.seq,
        av.v AS anchors_version, cv.v AS cosignatures_version
 FROM {keys}
 JOIN batches b ON b.id = s.batch_id
-JOIN reading_batches p ON p.batch_id = s.batch_id AND p.sealed_at = b.sealed_at
+{packed_row}
 {offsets}
 CROSS JOIN LATERAL (SELECT coalesce(
         (SELECT max(log_size) FROM anchors WHERE log_size > b.log_index),
@@ -80,6 +81,7 @@ _RECEIPT_SQL = _RECEIPT_TEMPLATE.format(
     envelope=ENVELOPE_SQL,
     block=BLOCK_SQL,
     offsets=OFFSETS_SQL,
+    packed_row=PACKED_ROW.format(b="b"),
     keys=SEQS,
     where="WHERE d.device_id = $1 AND s.seq = $2",
 )
@@ -88,6 +90,7 @@ _RECEIPTS_SQL = _RECEIPT_TEMPLATE.format(
     envelope=ENVELOPE_SQL,
     block=BLOCK_SQL,
     offsets=OFFSETS_SQL,
+    packed_row=PACKED_ROW.format(b="b"),
     keys="unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(device_id, seq, i) "
     "JOIN devices d ON d.device_id = k.device_id "
     "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq",
