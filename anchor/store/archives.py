@@ -35,10 +35,12 @@ from anchor.errors import Reason, UsageError
 from anchor.store.archive_file import ArchiveReader
 from anchor.store.connection import ARCHIVE_LOCK, StoreBase
 from anchor.store.errors import StoreError, not_found
+from anchor.store.packed import PACKED_ROW
 from anchor.store.schema import SchemaMixin
 
 __all__ = [
     "ARCHIVE_COLUMNS",
+    "PACKED_IF_STORED",
     "ArchiveReader",
     "ArchiveRecord",
     "ArchivesMixin",
@@ -57,6 +59,14 @@ __all__ = [
 ]
 
 _PARTITIONED = "reading_batches"
+# reading_seqs ``s`` -> its batch ``bt`` -> its packed row ``p`` if its month is in the database
+# (p's columns NULL for a reading of an archived month): anchor.store.packed.PACKED_JOIN, outer.
+PACKED_IF_STORED = (
+    "JOIN batches bt ON bt.id = s.batch_id "
+    + PACKED_ROW.format(b="bt").replace("CROSS JOIN LATERAL", "LEFT JOIN LATERAL", 1)
+    + " ON true"
+)
+assert "LEFT JOIN LATERAL" in PACKED_IF_STORED
 ARCHIVE_COLUMNS = (
     "month, file, sha256, bytes, batches, readings, log_from, log_to, generation, "
     "archived_at, restored_at"

@@ -15,10 +15,10 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.keys import PublicKey
 from anchor.sealing import MAX_STORED_INT
-from anchor.store.archives import archived_batch
+from anchor.store.archives import PACKED_IF_STORED, archived_batch
 from anchor.store.connection import MAX_LIST, StoreBase, clean_text
 from anchor.store.errors import StoreError, checked_device_id, conflict, not_found
-from anchor.store.packed import LEAF_SQL, PACKED_JOIN, SEQS
+from anchor.store.packed import LEAF_SQL, SEQS
 from anchor.store.records import (
     DeviceKeyRecord,
     DeviceRecord,
@@ -76,10 +76,6 @@ async def fetch_devices(conn: Any, clause: str, *args: Any) -> list[DeviceRecord
         keys[k["device_id"]].append(key_record(k))
     records = [device_record(r, keys[r["device_id"]]) for r in rows]
     return sorted(records, key=lambda d: d.device_id)
-
-
-# reading_seqs ``s`` -> its batch -> its packed row, if its month is in the database.
-_PACKED_IF_STORED = PACKED_JOIN.replace("JOIN reading_batches", "LEFT JOIN reading_batches")
 
 
 class DevicesMixin(StoreBase):
@@ -227,7 +223,7 @@ class DevicesMixin(StoreBase):
         async with self._connection("reading_received_at") as conn:
             row = await conn.fetchrow(
                 f"SELECT s.received_at, s.batch_id, s.batch_index, {LEAF_SQL} AS leaf_hash "
-                f"FROM {SEQS} {_PACKED_IF_STORED} WHERE d.device_id = $1 AND s.seq = $2",
+                f"FROM {SEQS} {PACKED_IF_STORED} WHERE d.device_id = $1 AND s.seq = $2",
                 device_id,
                 seq,
             )

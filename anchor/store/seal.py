@@ -20,10 +20,11 @@ from anchor.sealing import (
     Rejection,
     classify_candidates,
 )
+from anchor.store.archives import PACKED_IF_STORED
 from anchor.store.connection import SEAL_LOCK, StoreBase, clean_text
 from anchor.store.devices import fetch_devices
 from anchor.store.errors import RegistryError, StoreError
-from anchor.store.packed import LEAF_SQL, PACKED_JOIN, pack
+from anchor.store.packed import LEAF_SQL, pack
 from anchor.store.records import DeviceRecord, SealResult
 
 __all__ = ["QUARANTINE_RAW_LIMIT", "SealMixin", "recheck_key_validity"]
@@ -99,11 +100,6 @@ def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
     )
 
 
-# reading_seqs ``s`` -> its batch -> its packed row, if its month is in the database (an
-# archived month's leaves are in its archive file: anchor.store.archives).
-_ARCHIVED_OR_PACKED_JOIN = PACKED_JOIN.replace("JOIN reading_batches", "LEFT JOIN reading_batches")
-
-
 def _archived_leaves(
     candidates: Sequence[Candidate], archived: set[tuple[str, int]], hasher: merkle.Hasher
 ) -> dict[tuple[str, int], bytes]:
@@ -169,7 +165,7 @@ class SealMixin(StoreBase):
                     "FROM unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
                     "JOIN devices d ON d.device_id = k.device_id "
                     "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq "
-                    f"{_ARCHIVED_OR_PACKED_JOIN}",
+                    f"{PACKED_IF_STORED}",
                     list(ids),
                     list(seqs),
                 ):
