@@ -360,6 +360,10 @@ class Reason(StrEnum):
         "No such device, reading, batch, checkpoint size or route.",
     )
     ERASED = "erased", "HTTP 410; StoreError", "The reading's envelope is gone without a tombstone."
+    READING_ARCHIVED = (
+        "reading_archived", "HTTP 410; StoreError",
+        "The reading's month is archived to a file this process was not given (archive_dir).",
+    )
     DEVICE_ID_INVALID = (
         "device_id_invalid", "HTTP 400; DeviceIdError, StoreError, devices",
         "A device id is not [A-Za-z0-9._-]{1,64}.",
@@ -437,6 +441,14 @@ class Reason(StrEnum):
     LOG_INCONSISTENT = (
         "log_inconsistent", "StoreError; HTTP 500",
         "The stored batch log contradicts itself.",
+    )
+    ARCHIVE_UNANCHORED = (
+        "archive_unanchored", "StoreError; archive",
+        "A month to archive holds a batch no anchored checkpoint covers yet.",
+    )
+    ARCHIVE_INVALID = (
+        "archive_invalid", "StoreError; archive, audit; HTTP 500",
+        "An archive file or manifest is missing or does not match its record or batch roots.",
     )
     IMPORT_INVALID = "import_invalid", "ImportFileError", "A device import file has bad rows."
     BROKER_UNAVAILABLE = (

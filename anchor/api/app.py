@@ -260,6 +260,7 @@ async def serve(
     """Serve the API until ``stop`` is set."""
     log.info("api starting: %s", json.dumps(settings.masked()))
     store = await Store.connect(settings.database_url, max_size=8)
+    store.use_archive_dir(settings.archive_dir or None)
     try:
         verifiers: list[NoteVerifier] = []
         try:

@@ -41,6 +41,7 @@ the page documenting each type there (:mod:`anchor.api.problems`)."""
 _STATUS: dict[Reason, int] = {
     Reason.NOT_FOUND: 404,
     Reason.ERASED: 410,
+    Reason.READING_ARCHIVED: 410,
     Reason.UNAUTHORIZED: 401,
     Reason.FORBIDDEN: 403,
     Reason.CONFLICT: 409,
@@ -53,6 +54,7 @@ _STATUS: dict[Reason, int] = {
     Reason.CHAIN_UNAVAILABLE: 503,
     Reason.DB_ERROR: 500,
     Reason.LOG_INCONSISTENT: 500,
+    Reason.ARCHIVE_INVALID: 500,
     Reason.INTERNAL: 500,
 }
 

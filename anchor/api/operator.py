@@ -108,7 +108,9 @@ ROUTES.include(operator_quarantine.ROUTES)
         "summary": "Erase a reading's envelope for privacy law (scope readings:erase)",
         "description": "Keeps the leaf hash, batch and proofs; records a tombstone. "
         "legal_reason in the JSON body or the query. Idempotent (200 again, erased_now "
-        "false, the first tombstone).",
+        "false, the first tombstone). A reading of an archived month: its archive file is "
+        "rewritten with the envelope's bytes zeroed (the API needs `archive_dir`, else 410 "
+        "`reading_archived`).",
         "security": security("readings:erase"),
         "parameters": [
             DEVICE_ID_PARAM,
@@ -117,7 +119,7 @@ ROUTES.include(operator_quarantine.ROUTES)
         ],
         "responses": {
             **ok_response(200, "Erasure", "Erased (now or before)."),
-            **problem_responses(400, 401, 403, 404),
+            **problem_responses(400, 401, 403, 404, 410),
         },
     },
 )

@@ -86,8 +86,11 @@ ROUTES = RouteTable()
         "until the checkpoint is anchored again); sealed ones are cached "
         "5 s (`public, max-age=5`). A strong `ETag` (hash of the body) answers "
         "`If-None-Match` with 304. An erased reading's receipt has status `erased`, no "
-        "envelope, and the tombstone as `erasure` (cached 5 s). A reading that is not "
-        "stored is a 404; with a bearer token of scope `audit:read`, one the ingestors "
+        "envelope, and the tombstone as `erasure` (cached 5 s). A reading of an archived "
+        "month (`cityanchor archive`) is served from its archive file, the same bytes, when "
+        "the API has `archive_dir`; without it the answer is 410 `reading_archived` naming "
+        "the month and file. A reading that is not stored is a 404; with a bearer token of "
+        "scope `audit:read`, one the ingestors "
         "quarantined says `quarantined: <reason>` in its `detail`.",
         "parameters": [
             DEVICE_ID,
@@ -482,7 +485,9 @@ def _cosigners(ctx: ApiContext, receipt: Any) -> dict[str, Any]:
         "readings must chain (`prev` of k+1 = leaf hash of k), so nothing between two "
         f"present readings can be removed or reordered. At most {MAX_COMPLETENESS_RANGE} seqs per "
         f"request (400 `range_too_large`); without to_seq, {DEFAULT_COMPLETENESS_RANGE}. Page with "
-        "from_seq = previous to_seq + 1.",
+        "from_seq = previous to_seq + 1. A range that includes readings of an archived "
+        "month is refused (410 `reading_archived`, naming the month) rather than shown "
+        "with gaps: restore the month first (`cityanchor archive restore`).",
         "parameters": [
             DEVICE_ID,
             param("from_seq", "query", int_schema(1, default=1), "first seq (default 1)"),
@@ -499,7 +504,7 @@ def _cosigners(ctx: ApiContext, receipt: Any) -> dict[str, Any]:
                 "The proof (`cityanchor/completeness/v2`).",
                 **{"Cache-Control": CACHE_HEADER},
             ),
-            **errors(400, 404),
+            **errors(400, 404, 410),
         },
     },
 )

@@ -31,11 +31,16 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from anchor import merkle
 from anchor.checkpoint import NoteVerifier, open_checkpoint, parse_checkpoint_unverified
 from anchor.errors import AnchorError, Reason
+
+if TYPE_CHECKING:
+    from anchor.store.archive_file import Manifest
 
 __all__ = ["AuditReport", "Divergence", "run_audit"]
 
@@ -59,6 +64,8 @@ class AuditReport:
     anchors_skipped: int = 0
     anchors_vanished: int = 0  # marked vanished before this audit (vanished_anchors)
     anchors_marked: int = 0  # marked vanished by this audit (mark_vanished)
+    archives: int = 0  # archived months (anchor.store.archives)
+    archives_unchecked: int = 0  # archived months not checked: no archive directory given
     divergences: list[Divergence] = field(default_factory=list)
 
     @property
@@ -116,9 +123,12 @@ async def run_audit(
     hasher: merkle.Hasher = merkle.SHA256,
     progress: TextIO | None = sys.stderr,
     mark_vanished: bool = False,
+    archive_dir: Path | None = None,
 ) -> AuditReport:
     """Audit the store at ``dsn``; ``backends`` (by name) check anchors on their chains;
-    ``mark_vanished`` moves the anchors found gone from their chain to ``vanished_anchors``."""
+    ``mark_vanished`` moves the anchors found gone from their chain to ``vanished_anchors``;
+    ``archive_dir`` holds the archived months' files (without it they are counted in
+    ``archives_unchecked`` and their batches' readings are not recomputed)."""
     import asyncpg
 
     from anchor.store.packed import split_envelopes, split_leaves
@@ -144,6 +154,7 @@ async def run_audit(
                 bytes(r["leaf_hash"])
                 for r in await conn.fetch("SELECT leaf_hash FROM reading_erasures")
             }
+            archived = await _audit_archives(conn, batches, archive_dir, report)
             bar = _Progress(len(batches), progress if len(batches) > 1 else None)
             log_leaves: list[bytes] = []
             damaged: list[tuple[int, int, str]] = []
@@ -156,12 +167,24 @@ async def run_audit(
                             f"log index {b['log_index']}, expected {expected_index} (a gap)",
                         )
                     )
-                row = await conn.fetchrow(
-                    "SELECT leaves, ends, envelopes FROM reading_batches "
-                    "WHERE batch_id = $1 AND sealed_at = $2",
-                    b["id"],
-                    b["sealed_at"],
-                )
+                month = _month_of(b["sealed_at"])
+                if month in archived and archived[month] is None:
+                    # An archived month without its files: the log leaf from the batch row.
+                    log_leaves.append(
+                        merkle.log_leaf_hash(b["size"], bytes(b["root"]), hasher=hasher)
+                    )
+                    report.batches += 1
+                    bar.step()
+                    continue
+                if month in archived:
+                    row = _archived_row(archived[month], b["id"])
+                else:
+                    row = await conn.fetchrow(
+                        "SELECT leaves, ends, envelopes FROM reading_batches "
+                        "WHERE batch_id = $1 AND sealed_at = $2",
+                        b["id"],
+                        b["sealed_at"],
+                    )
                 stored_leaves = [] if row is None else split_leaves(bytes(row["leaves"]))
                 slots = (
                     []
@@ -224,6 +247,71 @@ async def run_audit(
     if mark_vanished and gone:
         await _mark(dsn, gone, report)
     return report
+
+
+def _month_of(when: datetime) -> str:
+    utc = when.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
+
+
+# An archived month's file and manifest (checked), or None when there is no archive directory.
+_Archived = tuple[Path, "Manifest"] | None
+
+
+async def _audit_archives(
+    conn: Any, batches: Sequence[Any], archive_dir: Path | None, report: AuditReport
+) -> dict[str, _Archived]:
+    """Check each archived month's file (anchor.store.archives.check_archive: its SHA-256
+    against the manifest and the ``archives`` row, every batch line against its batch row, its
+    leaves against its root, its envelopes against their leaves); the months by name."""
+    from anchor.store.archives import archive_record, check_archive
+
+    out: dict[str, _Archived] = {}
+    rows = await conn.fetch(
+        "SELECT month, file, sha256, bytes, batches, readings, log_from, log_to, generation, "
+        "archived_at, restored_at FROM archives WHERE restored_at IS NULL ORDER BY month"
+    )
+    for r in rows:
+        record = archive_record(r)
+        report.archives += 1
+        if archive_dir is None:
+            report.archives_unchecked += 1
+            out[record.month] = None
+            continue
+        month_batches = [b for b in batches if _month_of(b["sealed_at"]) == record.month]
+        try:
+            manifest, problems = await asyncio.to_thread(
+                check_archive, archive_dir, record, month_batches
+            )
+        except AnchorError as exc:
+            report.divergences.append(
+                Divergence("archive", f"archive of {record.month}", f"[{exc.reason}] {exc.detail}")
+            )
+            out[record.month] = None
+            continue
+        report.divergences.extend(
+            Divergence("archive", f"archive of {record.month}", f"[{Reason.ARCHIVE_INVALID}] {p}")
+            for p in problems
+        )
+        out[record.month] = (archive_dir / record.file, manifest)
+    return out
+
+
+def _archived_row(archived: _Archived, batch_id: int) -> dict[str, bytes] | None:
+    """An archived batch's stored values from its file, or None (reported by the batch checks
+    as a batch without readings) when the file does not hold it."""
+    from anchor.store.archive_file import ArchiveFormatError, read_member
+
+    assert archived is not None
+    path, manifest = archived
+    entry = manifest.batch(batch_id)
+    if entry is None:
+        return None
+    try:
+        line = read_member(path, entry.offset, entry.length)
+    except (OSError, ArchiveFormatError):
+        return None
+    return {"leaves": line.leaves, "ends": line.ends, "envelopes": line.envelopes}
 
 
 async def _mark(dsn: str, gone: Sequence[tuple[Any, str]], report: AuditReport) -> None:

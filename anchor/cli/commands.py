@@ -138,6 +138,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from anchor.cli.witness import add_witness_commands
 
     add_witness_commands(sub)
+    from anchor.cli.archive import add_archive_commands
+
+    add_archive_commands(sub)
     from anchor.cli.monitor import add_monitor_command
 
     add_monitor_command(sub)

@@ -147,6 +147,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "batch_age_ms": getattr(args, "batch_age_ms", None),
         "verify_processes": getattr(args, "verify_processes", None),
         "ingest_mqtt_client": getattr(args, "mqtt_client", None),
+        "archive_dir": getattr(args, "archive_dir", None),
         **extra,
     }
     config = Path(args.config) if getattr(args, "config", None) else None

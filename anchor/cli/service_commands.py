@@ -81,6 +81,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             log_verifiers=keys,
             backends=backends,
             mark_vanished=args.mark_vanished,
+            archive_dir=Path(settings.archive_dir) if settings.archive_dir else None,
         )
     )
     for d in report.divergences:
@@ -90,6 +91,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             f"audit: marked {report.anchors_marked} anchor(s) anchor_vanished: receipts no longer "
             "cite them; the anchoring job anchors the newest checkpoint again if it was one"
         )
+    if report.archives_unchecked:
+        print(
+            f"audit: {report.archives_unchecked} of {report.archives} archived month(s) not "
+            "checked: no --archive-dir / archive_dir"
+        )
     if report.anchors_vanished:
         print(
             f"audit: {report.anchors_vanished} anchor(s) marked vanished earlier "
@@ -97,7 +103,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         )
     print(
         f"audit: {report.batches} batches, {report.readings} readings ({report.erased} erased), "
-        f"{report.checkpoints} checkpoints, {report.anchors_checked} anchors checked on chain"
+        + (f"{report.archives} archived month(s), " if report.archives else "")
+        + f"{report.checkpoints} checkpoints, {report.anchors_checked} anchors checked on chain"
         + (
             f" ({report.anchors_skipped} on unconfigured chains skipped)"
             if report.anchors_skipped
@@ -391,6 +398,13 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     )
     p.add_argument("--no-chain", action="store_true", help="do not check anchors on chain")
     p.add_argument(
+        "--archive-dir",
+        metavar="DIR",
+        help="the archived months' files (cityanchor archive --dir): each is checked against its "
+        "manifest, its database record and the batch roots (default: archive_dir; none: "
+        "archived months are counted, not checked)",
+    )
+    p.add_argument(
         "--mark-vanished",
         action="store_true",
         help="mark anchors found gone from their chain anchor_vanished (as the anchoring job "
@@ -404,6 +418,13 @@ def add_service_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--port", type=port_number, default=8080, help="listen port")
     p.add_argument("--workers", type=int, default=1, help="API processes sharing the port")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--archive-dir",
+        metavar="DIR",
+        help="the archived months' files (cityanchor archive --dir): receipts of archived "
+        "readings are served from them (default: archive_dir; none: answered 410 "
+        "reading_archived)",
+    )
     p.set_defaults(func=_cmd_api)
 
     p = sub.add_parser("anchor", help="anchor the batch log's checkpoints on chain")

@@ -183,6 +183,10 @@ class Settings:
     # Per client address; bursts of twice this. 0 turns the limit off (e.g. behind a proxy
     # that limits already).
     api_rate_per_s: int = 1000
+    # Directory of the archived months' files (`cityanchor archive --dir`): the API serves the
+    # receipts of archived readings from it, and erasure rewrites their file there. Empty: such
+    # a receipt is answered reading_archived (410) naming the month and file.
+    archive_dir: str = ""
     # Witnesses (C2SP tlog-witness) the anchoring process asks to cosign checkpoints: TOML
     # [[witnesses]] tables (url, vkey), or `up --witness URL=VKEY_FILE`.
     # seal: cosign every new checkpoint as it is sealed; anchor: only the one about to be

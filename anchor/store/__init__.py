@@ -58,7 +58,8 @@ Layout. One module per concern, each a mixin over :class:`~anchor.store.connecti
 (the pool and the one connection helper that translates failures): :mod:`.schema`
 (migrations, partitions), :mod:`.devices` (registry, broker logins), :mod:`.seal`, :mod:`.receipts`,
 :mod:`.proofs` (checkpoints, consistency and completeness proofs, batch records),
-:mod:`.anchors`, :mod:`.witnesses` (witness cosignatures); :mod:`.records` holds the frozen
+:mod:`.anchors`, :mod:`.witnesses` (witness cosignatures), :mod:`.archives` (archived months,
+sql/010); :mod:`.records` holds the frozen
 values, :mod:`.errors` the errors and
 :mod:`.operator` the operator side's queries (tokens, audit, erasure, metrics). :class:`Store`
 is their sum. Mixins rather than one object per concern because callers hold one ``Store``
@@ -73,9 +74,11 @@ from __future__ import annotations
 
 from anchor.sealing import Candidate, Rejection
 from anchor.store.anchors import AnchorsMixin
+from anchor.store.archives import ArchiveRecord, ArchivesMixin
 from anchor.store.connection import (
     ADVISORY_LOCKS,
     ANCHOR_LOCK,
+    ARCHIVE_LOCK,
     MIGRATE_LOCK,
     MIGRATION_REFUSED_STATE,
     SEAL_LOCK,
@@ -102,12 +105,14 @@ from anchor.store.witnesses import StoredCosignature, WitnessesMixin, WitnessFig
 __all__ = [
     "ADVISORY_LOCKS",
     "ANCHOR_LOCK",
+    "ARCHIVE_LOCK",
     "BATCH_TREE_CACHE",
     "MIGRATE_LOCK",
     "MIGRATION_REFUSED_STATE",
     "QUARANTINE_RAW_LIMIT",
     "SEAL_LOCK",
     "SQL_DIR",
+    "ArchiveRecord",
     "BatchRecord",
     "Candidate",
     "CheckpointRecord",
@@ -138,6 +143,7 @@ class Store(
     ProofsMixin,
     AnchorsMixin,
     WitnessesMixin,
+    ArchivesMixin,
 ):
     """A pool of connections to the cityanchor database. Build it with :meth:`connect`.
 

@@ -13,16 +13,20 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import asyncpg
 
 from anchor.errors import AnchorError
 from anchor.store.errors import translate
 
+if TYPE_CHECKING:
+    from anchor.store.archive_file import ArchiveReader
+
 __all__ = [
     "ADVISORY_LOCKS",
     "ANCHOR_LOCK",
+    "ARCHIVE_LOCK",
     "MIGRATE_LOCK",
     "MIGRATION_REFUSED_STATE",
     "SEAL_LOCK",
@@ -37,10 +41,14 @@ MIGRATE_LOCK = 0x4341_0002
 MIGRATION_REFUSED_STATE = "CA001"
 """SQLSTATE a migration raises to refuse a database (reported as ``migration_refused``)."""
 ANCHOR_LOCK = 0x4341_0003
+ARCHIVE_LOCK = 0x4341_0004
+"""Held (session) by whoever changes an archived month or its file: archiving, restoring, and
+erasing a reading of an archived month (anchor.store.archives)."""
 ADVISORY_LOCKS: Mapping[str, int] = {
     "seal": SEAL_LOCK,
     "migrate": MIGRATE_LOCK,
     "anchor": ANCHOR_LOCK,
+    "archive": ARCHIVE_LOCK,
 }
 
 MAX_LIST = 1000
@@ -69,6 +77,9 @@ class StoreBase:
         self._batch_trees: collections.OrderedDict[tuple[int, str], list[Sequence[bytes]]] = (
             collections.OrderedDict()
         )
+        # Where receipts of archived months are read from (Store.use_archive_dir); None: such a
+        # receipt is answered reading_archived (anchor.store.archives).
+        self.archive_reader: ArchiveReader | None = None
 
     @classmethod
     async def connect(

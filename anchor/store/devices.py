@@ -15,9 +15,10 @@ from typing import Any
 from anchor.errors import Reason
 from anchor.keys import PublicKey
 from anchor.sealing import MAX_STORED_INT
+from anchor.store.archives import PACKED_IF_STORED, archived_batch
 from anchor.store.connection import MAX_LIST, StoreBase, clean_text
 from anchor.store.errors import StoreError, checked_device_id, conflict, not_found
-from anchor.store.packed import LEAF_SQL, PACKED_JOIN, SEQS
+from anchor.store.packed import LEAF_SQL, SEQS
 from anchor.store.records import (
     DeviceKeyRecord,
     DeviceRecord,
@@ -220,13 +221,25 @@ class DevicesMixin(StoreBase):
         if not 1 <= seq <= MAX_STORED_INT:
             return None
         async with self._connection("reading_received_at") as conn:
-            when: datetime | None = await conn.fetchval(
-                f"SELECT s.received_at FROM {SEQS} {PACKED_JOIN} "
-                f"WHERE d.device_id = $1 AND s.seq = $2 AND {LEAF_SQL} = $3",
+            row = await conn.fetchrow(
+                f"SELECT s.received_at, s.batch_id, s.batch_index, {LEAF_SQL} AS leaf_hash "
+                f"FROM {SEQS} {PACKED_IF_STORED} WHERE d.device_id = $1 AND s.seq = $2",
                 device_id,
                 seq,
-                leaf_hash,
             )
+            if row is None:
+                return None
+            leaf = row["leaf_hash"]
+            if leaf is None:
+                # An archived month (anchor.store.archives): the leaf is in its file, read when
+                # this process has the archive directory; without it the time is not known.
+                try:
+                    line = await archived_batch(self.archive_reader, conn, row["batch_id"])
+                except StoreError:
+                    return None
+                i = row["batch_index"]
+                leaf = None if line is None else line.leaves[32 * i : 32 * i + 32]
+        when: datetime | None = row["received_at"] if leaf == leaf_hash else None
         return when
 
     async def list_devices(

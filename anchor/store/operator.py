@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from anchor.errors import Reason
+from anchor.store.archive_erase import erase_archived
 from anchor.store.connection import ANCHOR_LOCK, MAX_LIST, StoreBase
 from anchor.store.errors import StoreError, checked_device_id
 from anchor.store.packed import (
@@ -339,8 +340,72 @@ async def erase_reading(
             device_id,
             seq,
         )
-        if row is None:
-            raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
+        if row is not None:
+            return await _erase_stored(conn, row, device_id, seq, (actor, legal_reason, token_id))
+    # Not in the database's packed rows: perhaps in an archived month (its own connection).
+    archived = await _erase_archived(
+        store, device_id, seq, actor=actor, legal_reason=legal_reason, token_id=token_id
+    )
+    if archived is None:
+        raise StoreError(f"no reading {device_id} seq {seq}", reason=Reason.NOT_FOUND)
+    return archived
+
+
+async def _erase_stored(
+    conn: Any, row: Any, device_id: str, seq: int, who: tuple[str, str, int | None]
+) -> tuple[Tombstone, bool]:
+    actor, legal_reason, token_id = who
+    existing = await conn.fetchrow(
+        f"SELECT {_TOMBSTONE_COLUMNS} FROM reading_erasures WHERE device_id = $1 AND seq = $2",
+        device_id,
+        seq,
+    )
+    if existing is not None:
+        return _tombstone(existing), False
+    # The envelope's bytes in its batch's packed row become zeros (same length: no other
+    # reading's offset moves); the leaf stays, so every proof stays valid. The row's old
+    # version, like any updated row's, is gone once VACUUM has run.
+    await conn.execute(
+        "UPDATE reading_batches SET envelopes = overlay(envelopes PLACING "
+        "decode(repeat('00', $4), 'hex') FROM $3 + 1 FOR $4) "
+        "WHERE batch_id = $1 AND sealed_at = $2",
+        row["batch_id"],
+        row["sealed_at"],
+        row["lo"],
+        row["hi"] - row["lo"],
+    )
+    created = await _insert_tombstone(
+        conn,
+        (device_id, seq, row["leaf_hash"], actor[:200], token_id, legal_reason),
+        envelope_format(bytes(row["envelope"])),
+    )
+    return _tombstone(created), True
+
+
+async def _insert_tombstone(conn: Any, values: tuple[Any, ...], fmt: str) -> Any:
+    return await conn.fetchrow(
+        "INSERT INTO reading_erasures (device_id, seq, leaf_hash, actor, token_id, "
+        f"legal_reason, format) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+        f"RETURNING {_TOMBSTONE_COLUMNS}",
+        *values,
+        fmt,
+    )
+
+
+async def _erase_archived(
+    store: StoreBase,
+    device_id: str,
+    seq: int,
+    *,
+    actor: str,
+    legal_reason: str,
+    token_id: int | None,
+) -> tuple[Tombstone, bool] | None:
+    """Erase a reading of an archived month: the same tombstone, and the month's archive file
+    rewritten with the envelope's bytes zeroed (anchor.store.archives.erase_archived); None
+    when the reading is not in an archived month either."""
+
+    async def insert(conn: Any, leaf: bytes, fmt: str) -> tuple[Tombstone, bool]:
         existing = await conn.fetchrow(
             f"SELECT {_TOMBSTONE_COLUMNS} FROM reading_erasures WHERE device_id = $1 AND seq = $2",
             device_id,
@@ -348,31 +413,21 @@ async def erase_reading(
         )
         if existing is not None:
             return _tombstone(existing), False
-        # The envelope's bytes in its batch's packed row become zeros (same length: no other
-        # reading's offset moves); the leaf stays, so every proof stays valid. The row's old
-        # version, like any updated row's, is gone once VACUUM has run.
-        await conn.execute(
-            "UPDATE reading_batches SET envelopes = overlay(envelopes PLACING "
-            "decode(repeat('00', $4), 'hex') FROM $3 + 1 FOR $4) "
-            "WHERE batch_id = $1 AND sealed_at = $2",
-            row["batch_id"],
-            row["sealed_at"],
-            row["lo"],
-            row["hi"] - row["lo"],
-        )
-        created = await conn.fetchrow(
-            "INSERT INTO reading_erasures (device_id, seq, leaf_hash, actor, token_id, "
-            f"legal_reason, format) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-            f"RETURNING {_TOMBSTONE_COLUMNS}",
+        values = (device_id, seq, leaf, actor[:200], token_id, legal_reason)
+        return _tombstone(await _insert_tombstone(conn, values, fmt)), True
+
+    async with store._connection("erase_reading") as conn:
+        existing = await conn.fetchrow(
+            f"SELECT {_TOMBSTONE_COLUMNS} FROM reading_erasures WHERE device_id = $1 AND seq = $2",
             device_id,
             seq,
-            row["leaf_hash"],
-            actor[:200],
-            token_id,
-            legal_reason,
-            envelope_format(bytes(row["envelope"])),
         )
-    return _tombstone(created), True
+    if existing is not None:
+        return _tombstone(existing), False
+    result: tuple[Tombstone, bool] | None = await erase_archived(
+        store, device_id, seq, insert_tombstone=insert
+    )
+    return result
 
 
 async def tombstone(store: StoreBase, device_id: str, seq: int) -> Tombstone | None:

@@ -22,6 +22,7 @@ from anchor.completeness import (
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord
 from anchor.sealing import MAX_STORED_INT
+from anchor.store.archives import archived_batch, refuse_archived_range
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found
 from anchor.store.packed import (
@@ -128,10 +129,19 @@ class ProofsMixin(StoreBase):
     async def batch_leaf_hashes(self, batch_id: int) -> list[bytes]:
         """The batch's leaf hashes in batch order; raises ``StoreError`` (``not_found``)."""
         async with self._connection("batch_leaf_hashes") as conn:
-            leaves = await conn.fetchval(_LEAVES_SQL, batch_id)
+            leaves = await self._leaves(conn, batch_id)
         if leaves is None:
             raise not_found(f"no batch {batch_id}")
-        return split_leaves(bytes(leaves))
+        return split_leaves(leaves)
+
+    async def _leaves(self, conn: Any, batch_id: int) -> bytes | None:
+        """The batch's packed leaves: from the database, or from its archive file when its
+        month is archived (``reading_archived`` without the archive directory)."""
+        leaves = await conn.fetchval(_LEAVES_SQL, batch_id)
+        if leaves is not None:
+            return bytes(leaves)
+        line = await archived_batch(self.archive_reader, conn, batch_id)
+        return None if line is None else line.leaves
 
     async def log_entries(self, size: int) -> list[tuple[int, bytes]]:
         """The first ``size`` batches in log order as ``(batch size, batch root)``: what the
@@ -185,14 +195,14 @@ class ProofsMixin(StoreBase):
             )
             if row is None:
                 raise not_found(f"no {what} {value}")
-            leaves = await conn.fetchval(_LEAVES_SQL, row["id"])
+            leaves = await self._leaves(conn, row["id"])
         return BatchRecord(
             row["id"],
             row["size"],
             bytes(row["root"]),
             row["log_index"],
             row["sealed_at"],
-            tuple(split_leaves(b"" if leaves is None else bytes(leaves))),
+            tuple(split_leaves(leaves or b"")),
         )
 
     async def completeness_proof(
@@ -219,6 +229,7 @@ class ProofsMixin(StoreBase):
                 device_id,
             )
             hi = min(to_seq, latest)
+            await refuse_archived_range(conn, device_id, from_seq, hi)
             rows = await conn.fetch(
                 f"SELECT s.seq, {LEAF_SQL} AS leaf_hash, s.batch_id, s.batch_index, "
                 f"{ENVELOPE_SQL} AS envelope, e.format AS erased_format "

@@ -24,6 +24,7 @@ from anchor.envelope import parse_envelope
 from anchor.errors import AnchorError, Reason
 from anchor.receipt import AnchorRecord, BatchProof, LogProof, Receipt
 from anchor.sealing import MAX_STORED_INT
+from anchor.store.archives import archived_batch, archived_place
 from anchor.store.connection import StoreBase
 from anchor.store.errors import StoreError, checked_device_id, not_found, translate
 from anchor.store.operator import erasure_json
@@ -233,7 +234,9 @@ class ReceiptsMixin(StoreBase):
             batcher = self.__dict__["_receipt_batcher"] = LookupBatcher(self._lookup_rows)
         row = await batcher.lookup((device_id, seq))
         if row is None:
-            raise not_found(f"no reading {device_id} seq {seq}")
+            # Not in the database's packed rows: perhaps in an archived month (one more
+            # statement, for unknown readings and archived ones only).
+            return await self._archived_receipt(device_id, seq, hasher)
         fast = await self._receipt_fast(row, hasher)
         return fast if fast is not None else await self._receipt_full(device_id, seq, hasher=hasher)
 
@@ -357,6 +360,34 @@ class ReceiptsMixin(StoreBase):
             (receipt,) = await self._receipts(conn, row["batch_id"], [row], hasher=hasher)
         return receipt
 
+    async def _archived_receipt(self, device_id: str, seq: int, hasher: merkle.Hasher) -> Receipt:
+        """The receipt of a reading of an archived month, from its archive file
+        (anchor.store.archives): built as :meth:`_receipt_full` builds it from the database, so
+        byte for byte the receipt served before the month was archived. Raises ``StoreError``:
+        ``not_found``, ``reading_archived`` (no archive directory), ``archive_invalid``."""
+        async with (
+            self._connection("receipt") as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            place = await archived_place(conn, device_id, seq)
+            if place is None:
+                raise not_found(f"no reading {device_id} seq {seq}")
+            what = f"reading {device_id} seq {seq}"
+            line = await archived_batch(self.archive_reader, conn, place["batch_id"], what=what)
+            if line is None:  # restored between the two statements
+                raise not_found(f"no reading {device_id} seq {seq}")
+            index = place["batch_index"]
+            row = {
+                "batch_index": index,
+                "device_id": device_id,
+                "seq": seq,
+                "envelope": line.envelope(index),
+            }
+            (receipt,) = await self._receipts(
+                conn, place["batch_id"], [row], hasher=hasher, leaves=line.leaves
+            )
+        return receipt
+
     async def receipts_for_batch(
         self, batch_id: int, *, hasher: merkle.Hasher = merkle.SHA256
     ) -> list[Receipt]:
@@ -371,10 +402,15 @@ class ReceiptsMixin(StoreBase):
                 "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1",
                 batch_id,
             )
+            leaves = None
             if stored is None:
-                raise not_found(f"no batch {batch_id}")
+                line = await archived_batch(self.archive_reader, conn, batch_id)
+                if line is None:
+                    raise not_found(f"no batch {batch_id}")
+                leaves = line.leaves
+                stored = {"leaves": line.leaves, "ends": line.ends, "envelopes": line.envelopes}
             envelopes = await self._batch_readings(conn, batch_id, stored, hasher)
-            return await self._receipts(conn, batch_id, envelopes, hasher=hasher)
+            return await self._receipts(conn, batch_id, envelopes, hasher=hasher, leaves=leaves)
 
     async def _receipts(
         self,
@@ -383,6 +419,7 @@ class ReceiptsMixin(StoreBase):
         envelopes: Sequence[Mapping[str, Any]],
         *,
         hasher: merkle.Hasher,
+        leaves: bytes | None = None,
     ) -> list[Receipt]:
         batch = await conn.fetchrow(
             "SELECT size, root, log_index FROM batches WHERE id = $1", batch_id
@@ -391,7 +428,9 @@ class ReceiptsMixin(StoreBase):
             raise not_found(f"no batch {batch_id}")
         batch_root = bytes(batch["root"])
         batch_size: int = batch["size"]
-        levels = await self._batch_tree(conn, batch_id, batch_size, batch_root, hasher)
+        levels = await self._batch_tree(
+            conn, batch_id, batch_size, batch_root, hasher, archived=leaves
+        )
         leaves_and_paths = {
             r["batch_index"]: (
                 levels[0][r["batch_index"]],
@@ -525,19 +564,29 @@ class ReceiptsMixin(StoreBase):
         return out
 
     async def _batch_tree(
-        self, conn: Any, batch_id: int, size: int, root: bytes, hasher: merkle.Hasher
+        self,
+        conn: Any,
+        batch_id: int,
+        size: int,
+        root: bytes,
+        hasher: merkle.Hasher,
+        *,
+        archived: bytes | None = None,
     ) -> list[Sequence[bytes]]:
-        """The batch's tree levels, checked against its stored root once, then cached."""
+        """The batch's tree levels, checked against its stored root once, then cached;
+        ``archived``: its leaves from its archive file instead of the database."""
         key = (batch_id, hasher.name)
         levels = self._batch_trees.get(key)
         if levels is not None:
             self._batch_trees.move_to_end(key)
             return levels
-        stored = await conn.fetchval(
-            "SELECT p.leaves FROM batches b JOIN reading_batches p "
-            "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1",
-            batch_id,
-        )
+        stored = archived
+        if stored is None:
+            stored = await conn.fetchval(
+                "SELECT p.leaves FROM batches b JOIN reading_batches p "
+                "ON p.batch_id = b.id AND p.sealed_at = b.sealed_at WHERE b.id = $1",
+                batch_id,
+            )
         leaves = split_leaves(b"" if stored is None else bytes(stored))
         levels = merkle.tree_levels(leaves, hasher=hasher)
         if len(leaves) != size or levels[-1][0] != root:

@@ -20,10 +20,11 @@ from anchor.sealing import (
     Rejection,
     classify_candidates,
 )
+from anchor.store.archives import PACKED_IF_STORED
 from anchor.store.connection import SEAL_LOCK, StoreBase, clean_text
 from anchor.store.devices import fetch_devices
 from anchor.store.errors import RegistryError, StoreError
-from anchor.store.packed import LEAF_SQL, PACKED_JOIN, pack
+from anchor.store.packed import LEAF_SQL, pack
 from anchor.store.records import DeviceRecord, SealResult
 
 __all__ = ["QUARANTINE_RAW_LIMIT", "SealMixin", "recheck_key_validity"]
@@ -99,6 +100,21 @@ def _quarantine_record(r: Rejection, ingestor: str) -> tuple[Any, ...]:
     )
 
 
+def _archived_leaves(
+    candidates: Sequence[Candidate], archived: set[tuple[str, int]], hasher: merkle.Hasher
+) -> dict[tuple[str, int], bytes]:
+    """Leaves to classify the candidates by for the looked-up readings of archived months
+    (their leaves are in the archive files, which the seal does not read): a candidate whose
+    (device, seq) is archived is refused as ``replayed_seq`` (its own leaf stands for the
+    stored one; that it is refused is what matters, and 13-month-old redeliveries are the
+    expected case); an archived seq - 1 is not chain-checked."""
+    return {
+        key: merkle.leaf_hash(c.envelope.raw, hasher=hasher)
+        for c in candidates
+        if (key := (c.envelope.reading.device_id, c.envelope.reading.seq)) in archived
+    }
+
+
 class SealMixin(StoreBase):
     """``seal`` and ``quarantine`` of :class:`anchor.store.Store`."""
 
@@ -143,16 +159,21 @@ class SealMixin(StoreBase):
             stored: dict[tuple[str, int], bytes] = {}
             if lookup:
                 ids, seqs = zip(*lookup, strict=True)
+                archived: set[tuple[str, int]] = set()
                 for row in await conn.fetch(
                     f"SELECT d.device_id, s.seq, {LEAF_SQL} AS leaf_hash "
                     "FROM unnest($1::text[], $2::bigint[]) AS k(device_id, seq) "
                     "JOIN devices d ON d.device_id = k.device_id "
                     "JOIN reading_seqs s ON s.device_num = d.num AND s.seq = k.seq "
-                    f"{PACKED_JOIN}",
+                    f"{PACKED_IF_STORED}",
                     list(ids),
                     list(seqs),
                 ):
-                    stored[(row["device_id"], row["seq"])] = bytes(row["leaf_hash"])
+                    if row["leaf_hash"] is None:
+                        archived.add((row["device_id"], row["seq"]))
+                    else:
+                        stored[(row["device_id"], row["seq"])] = bytes(row["leaf_hash"])
+                stored.update(_archived_leaves(candidates, archived, hasher))
             accepted, rejected = classify_candidates(candidates, stored, hasher=hasher)
             quarantine = [*rejections, *key_rejected, *rejected]
             batch_id = log_index = None

@@ -217,7 +217,7 @@ def test_a_database_filled_under_008_serves_the_same_receipts_after_009(
             async with new.connection("test") as c:
                 await c.execute("UPDATE reading_erasures SET erased_at = '2026-01-02T03:04:05Z'")
 
-            assert await old.migrate() == [9]
+            assert await old.migrate() == [9, 10]  # 010: the archives table (issue 16)
             devices = sorted(keys)
             got, want = await _everything(old, devices), await _everything(new, devices)
             assert got == want
