@@ -18,6 +18,7 @@ from anchor.sealing import (
     MAX_STORED_INT,
     Candidate,
     Rejection,
+    candidate_leaf,
     classify_candidates,
 )
 from anchor.store.connection import SEAL_LOCK, StoreBase, clean_text
@@ -211,7 +212,7 @@ class SealMixin(StoreBase):
         ingestor: str,
         hasher: merkle.Hasher,
     ) -> tuple[int, int, bytes, str]:
-        leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in accepted]
+        leaves = [candidate_leaf(c, hasher) for c in accepted]
         levels = merkle.tree_levels(leaves, hasher=hasher)
         batch_root = levels[-1][0]
         batch_id: int = await conn.fetchval("SELECT nextval('batch_ids')")
