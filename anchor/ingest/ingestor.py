@@ -434,9 +434,12 @@ class Ingestor:
         device publish to: a device is told about what it published, never about another's.
         """
         out: dict[str, list[AckEntry]] = {}
+        targets: dict[str, str | None] = {}  # a batch has ~1000 readings from a few devices
 
         def add(topic: str, seq: int | None, leaf: bytes, status: int, reason: str) -> None:
-            target = ack_topic_for(topic)
+            target = targets.get(topic, "")
+            if target == "":
+                target = targets[topic] = ack_topic_for(topic)
             if target is None:
                 return
             out.setdefault(target, []).append(AckEntry(seq or 0, leaf, status, reason))
