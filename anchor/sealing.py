@@ -10,7 +10,7 @@ path binds its batch size. Receipts issued from these values must verify forever
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from anchor import merkle
@@ -26,6 +26,7 @@ __all__ = [
     "Candidate",
     "Rejection",
     "SealedBatch",
+    "candidate_leaf",
     "classify_candidates",
     "seal_batch",
 ]
@@ -167,6 +168,34 @@ class Candidate:
     envelope: Envelope
     received_at: datetime
     topic: str
+    # The leaf hash computed once where the reading was admitted (the ingestor), with the
+    # hasher named by ``leaf_hasher``; classify, the batch tree and the device ack all use it
+    # (they hashed the same bytes three times a reading). Optional: a candidate without it, or
+    # hashed with another hasher, is hashed when needed, so the leaf is always
+    # ``merkle.leaf_hash(envelope.raw, hasher=<the seal's hasher>)``.
+    leaf: bytes | None = field(default=None, compare=False)
+    leaf_hasher: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def hashed(
+        cls,
+        envelope: Envelope,
+        received_at: datetime,
+        topic: str,
+        *,
+        hasher: merkle.Hasher = merkle.SHA256,
+    ) -> Candidate:
+        """A candidate carrying its leaf hash under ``hasher`` (computed here, once)."""
+        return cls(
+            envelope, received_at, topic, merkle.leaf_hash(envelope.raw, hasher=hasher), hasher.name
+        )
+
+
+def candidate_leaf(c: Candidate, hasher: merkle.Hasher = merkle.SHA256) -> bytes:
+    """``c``'s leaf hash under ``hasher``: the one it carries when computed with ``hasher``."""
+    if c.leaf is not None and c.leaf_hasher == hasher.name:
+        return c.leaf
+    return merkle.leaf_hash(c.envelope.raw, hasher=hasher)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +252,7 @@ def classify_candidates(
 
     Only links backwards are checked: a stored seq + 1 is not re-read.
     """
-    leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in candidates]
+    leaves = [candidate_leaf(c, hasher) for c in candidates]
     order = sorted(
         range(len(candidates)),
         key=lambda i: (

@@ -72,6 +72,7 @@ from anchor.ingest.mqtt_native import NativeMqtt
 from anchor.ingest.paho_io import PahoLink
 from anchor.ingest.verify import verify_chunk as _verify_chunk
 from anchor.keys import PublicKey
+from anchor.sealing import candidate_leaf
 from anchor.store import Candidate, DeviceRecord, Rejection, SealResult, Store, StoreError
 
 __all__ = ["Incoming", "IngestStats", "Ingestor", "parse_topic"]
@@ -338,7 +339,9 @@ class Ingestor:
             checked, await self._verify(checked), strict=True
         ):
             if failure is None:
-                pending.candidates.append(Candidate(envelope, item.received_at, item.topic))
+                pending.candidates.append(
+                    Candidate.hashed(envelope, item.received_at, item.topic, hasher=self.hasher)
+                )
             else:
                 r = envelope.reading
                 pending.rejections.append(
@@ -431,21 +434,22 @@ class Ingestor:
         device publish to: a device is told about what it published, never about another's.
         """
         out: dict[str, list[AckEntry]] = {}
+        targets: dict[str, str | None] = {}  # a batch has ~1000 readings from a few devices
 
-        def add(topic: str, seq: int | None, raw: bytes, status: int, reason: str) -> None:
-            target = ack_topic_for(topic)
+        def add(topic: str, seq: int | None, leaf: bytes, status: int, reason: str) -> None:
+            target = targets.get(topic, "")
+            if target == "":
+                target = targets[topic] = ack_topic_for(topic)
             if target is None:
                 return
-            leaf = merkle.leaf_hash(raw, hasher=self.hasher)
             out.setdefault(target, []).append(AckEntry(seq or 0, leaf, status, reason))
 
         for c in result.sealed:
-            add(c.topic, c.envelope.reading.seq, c.envelope.raw, DURABLE, "")
+            add(c.topic, c.envelope.reading.seq, candidate_leaf(c, self.hasher), DURABLE, "")
         for r in result.rejected:
-            if r.reason == Reason.REPLAYED_SEQ:
-                add(r.topic, r.seq, r.raw, DURABLE, r.reason)
-            elif r.reason in FINAL_REASONS:
-                add(r.topic, r.seq, r.raw, REFUSED, r.reason)
+            if r.reason == Reason.REPLAYED_SEQ or r.reason in FINAL_REASONS:
+                status = DURABLE if r.reason == Reason.REPLAYED_SEQ else REFUSED
+                add(r.topic, r.seq, merkle.leaf_hash(r.raw, hasher=self.hasher), status, r.reason)
         return out
 
     def _send_device_acks(self, result: SealResult) -> None:

@@ -6,6 +6,7 @@ is the key-validity rule described under "Key validity" in :mod:`anchor.store`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -190,11 +191,18 @@ class OpenAnchorTx:
     tx: AnchorTx
 
 
+# PublicKey is immutable and its constructor validates the point and computes the RFC 7638
+# thumbprint (~40 us): every seal re-reads its batch's devices (the key validity recheck), so
+# the same few hundred keys were built again per batch. A key that does not load raises and is
+# not cached; the cache is bounded.
+_public_key = functools.lru_cache(maxsize=8192)(PublicKey)
+
+
 def key_record(row: Mapping[str, Any]) -> DeviceKeyRecord:
     return DeviceKeyRecord(
         device_id=row["device_id"],
         kid=bytes(row["kid"]),
-        public_key=PublicKey(row["key_type"], bytes(row["public_key"])),
+        public_key=_public_key(row["key_type"], bytes(row["public_key"])),
         valid_from=row["valid_from"],
         valid_until=row["valid_until"],
     )

@@ -18,6 +18,7 @@ from anchor.sealing import (
     MAX_STORED_INT,
     Candidate,
     Rejection,
+    candidate_leaf,
     classify_candidates,
 )
 from anchor.store.archives import PACKED_IF_STORED
@@ -230,7 +231,7 @@ class SealMixin(StoreBase):
         ingestor: str,
         hasher: merkle.Hasher,
     ) -> tuple[int, int, bytes, str]:
-        leaves = [merkle.leaf_hash(c.envelope.raw, hasher=hasher) for c in accepted]
+        leaves = [candidate_leaf(c, hasher) for c in accepted]
         batch_root = merkle.root(leaves, hasher=hasher)
         batch_id: int = await conn.fetchval("SELECT nextval('batch_ids')")
         head = await conn.fetchrow(

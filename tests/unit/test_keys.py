@@ -395,3 +395,22 @@ def test_pem_rejections() -> None:
         with pytest.raises(KeyMaterialError) as exc:
             PublicKey.from_pem(bad)
         assert exc.value.reason == "key_invalid"
+
+
+def test_the_store_builds_each_registered_key_once_and_still_refuses_bad_ones() -> None:
+    from datetime import UTC, datetime
+
+    from anchor.store.records import key_record
+
+    key = PrivateKey.generate().public_key
+    row = {
+        "device_id": "aq-1", "kid": key.kid, "key_type": key.key_type,
+        "public_key": bytearray(key.raw), "valid_from": datetime.now(UTC), "valid_until": None,
+    }  # fmt: skip
+    first, again = key_record(row), key_record(dict(row))
+    assert first.public_key == key and first.public_key.kid == key.kid
+    assert again.public_key is first.public_key  # cached: not validated and thumbprinted again
+    bad = dict(row, public_key=b"\x00" * 31)
+    for _ in range(2):  # a key that does not load is refused every time, never cached
+        with pytest.raises(KeyMaterialError):
+            key_record(bad)

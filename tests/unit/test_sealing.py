@@ -24,6 +24,7 @@ from anchor.sealing import (
     MAX_STORED_INT,
     BatchLog,
     Candidate,
+    candidate_leaf,
     classify_candidates,
     seal_batch,
 )
@@ -200,3 +201,41 @@ def test_seal_batch_and_log_preconditions() -> None:
         log.append(1, b"short")
     with pytest.raises(ProofError):
         log.root(1)
+
+
+# ------------------------------------------------------------------- the leaf hash, computed once
+
+
+def test_a_hashed_candidate_carries_its_leaf_for_its_hasher_only() -> None:
+    plain = candidate(1)
+    raw = plain.envelope.raw
+    hashed = Candidate.hashed(plain.envelope, plain.received_at, plain.topic)
+    assert hashed.leaf == merkle.leaf_hash(raw) and hashed.leaf_hasher == merkle.SHA256.name
+    assert candidate_leaf(hashed) is hashed.leaf
+    assert candidate_leaf(plain) == merkle.leaf_hash(raw)
+    # Another hasher never gets the carried SHA-256 leaf: it is computed with that hasher.
+    assert candidate_leaf(hashed, merkle.SM3) == merkle.leaf_hash(raw, hasher=merkle.SM3)
+    assert candidate_leaf(hashed, merkle.SM3) != hashed.leaf
+    sm3 = Candidate.hashed(plain.envelope, NOW, plain.topic, hasher=merkle.SM3)
+    assert candidate_leaf(sm3, merkle.SM3) == merkle.leaf_hash(raw, hasher=merkle.SM3)
+    assert candidate_leaf(sm3) == merkle.leaf_hash(raw)
+    assert hashed == plain  # the carried leaf is a cache, not part of the candidate's identity
+
+
+def test_classify_uses_the_carried_leaf_and_agrees_with_plain_candidates() -> None:
+    first = candidate(1)
+    second = candidate(2, prev=leaf(first))
+    third = candidate(3, prev=b"\x05" * 32)
+    stored = {("aq-1", 1): leaf(first)}
+    plain = classify_candidates([second, first, third], stored)
+    hashed = [Candidate.hashed(c.envelope, c.received_at, c.topic) for c in (second, first, third)]
+    assert classify_candidates(hashed, stored) == plain
+    assert [r.reason for r in plain[1]] == ["replayed_seq", "prev_mismatch"]
+    # The carried leaf is what classify compares (it is not hashed again): a carried leaf that
+    # is not the stored one is a conflict, and under another hasher it is not used at all.
+    forged = Candidate(first.envelope, NOW, first.topic, b"\x07" * 32, merkle.SHA256.name)
+    _, rejected = classify_candidates([forged], stored)
+    assert [r.reason for r in rejected] == ["seq_conflict"]
+    stored_sm3 = {("aq-1", 1): merkle.leaf_hash(first.envelope.raw, hasher=merkle.SM3)}
+    _, rejected = classify_candidates([forged], stored_sm3, hasher=merkle.SM3)
+    assert [r.reason for r in rejected] == ["replayed_seq"]
