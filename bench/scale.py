@@ -37,7 +37,8 @@ unless ``--keep``/``--reuse``), against stable interfaces only: :meth:`anchor.st
   --database-url DSN --dir DIR --allow-unanchored`` (the fill moves each batch's ``sealed_at``,
   the partition key, to the month its readings arrived in; no chain runs here, so nothing is
   anchored), in a directory of its own: ``archive.seconds``, ``archive.file_bytes`` (the
-  files it wrote), ``archive.readings`` and ``archive.db_bytes_freed``. Otherwise ``archive`` is null and ``archive_reason`` says why.
+  files it wrote), ``archive.readings`` and ``archive.db_bytes_freed``. Otherwise ``archive``
+  is null and ``archive_reason`` says why.
   Archiving changes the store, so it runs last; a kept directory records which months went, and
   later runs only ask receipts for readings still stored.
 
