@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,14 @@ def postgres(services_dir: Path) -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def pg_dsn(postgres: PostgresServer) -> str:
     return postgres.dsn
+
+
+@pytest.fixture
+def db_dsn(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL for one test, dropped after it."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield postgres.create_database(name)
+    postgres.drop_database(name)
 
 
 @pytest.fixture(scope="session")

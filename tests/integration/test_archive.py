@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from anchor.cli.commands import main
 from anchor.envelope import parse_envelope
 from anchor.errors import Reason
 from anchor.keys import PrivateKey
-from anchor.local import PostgresServer
 from anchor.receipt import Receipt, dumps_receipt
 from anchor.sealing import Candidate
 from anchor.store import Store, StoreError
@@ -52,14 +49,6 @@ def _name(when: datetime) -> str:
 
 NOW = datetime.now(UTC)
 OLD, MID, CUR = _month(NOW, -3), _month(NOW, -2), _month(NOW, 0)
-
-
-@pytest.fixture
-def db_dsn(postgres: PostgresServer) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    postgres.create_database(name)
-    yield postgres.dsn_for(name)
-    postgres.drop_database(name)
 
 
 class World:

@@ -7,8 +7,7 @@ the cache (issue 15, "Receipts")."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +19,6 @@ from anchor.checkpoint import generate_note_key
 from anchor.cosignature import generate_cosigner_key
 from anchor.envelope import parse_envelope
 from anchor.keys import PrivateKey
-from anchor.local import PostgresServer
 from anchor.receipt import Receipt
 from anchor.sealing import Candidate
 from anchor.store import Store, StoreError
@@ -32,14 +30,6 @@ ORIGIN = "cityanchor.test/log"
 SIGNER = generate_note_key(ORIGIN)
 WITNESS = generate_cosigner_key("w1.witness.example")
 DEVICES = ("cache-000", "cache-001")
-
-
-@pytest.fixture
-def db_dsn(postgres: PostgresServer) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    postgres.create_database(name)
-    yield postgres.dsn_for(name)
-    postgres.drop_database(name)
 
 
 class World:

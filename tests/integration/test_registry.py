@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +12,7 @@ import pytest
 from anchor.cli.devices import ImportFileError, add_db_commands, add_device_commands
 from anchor.errors import UsageError
 from anchor.keys import PrivateKey, b64url_encode
-from anchor.local import PostgresServer
 from anchor.store import DeviceRecord, Store, StoreError
-
-
-@pytest.fixture
-def db_dsn(postgres: PostgresServer) -> Iterator[str]:
-    name = f"r_{uuid.uuid4().hex[:16]}"
-    yield postgres.create_database(name)
-    postgres.drop_database(name)
 
 
 def cli(*argv: str) -> int:

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import shutil
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,15 +39,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 def _dsn(postgres: PostgresServer, database: str) -> str:
     return postgres.dsn_for(database)
-
-
-@pytest.fixture
-def db_dsn(postgres: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database for one test."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    postgres.create_database(name)
-    yield _dsn(postgres, name)
-    postgres.drop_database(name)
 
 
 async def _store(dsn: str, *, migrate: bool = True, **kw: Any) -> Store:
